@@ -1,0 +1,1 @@
+//! Address management (filled by the IPAM work).

@@ -1,0 +1,358 @@
+//! Network namespace primitives shared by every crate of netagent.
+//!
+//! Named namespaces live where iproute2 keeps them (`/run/netns/NAME`, a bind mount of the
+//! namespace file), so `ip -n NAME ...` and `ip netns list` see them. Code runs inside a namespace
+//! on a dedicated thread that enters it with `setns(2)` and ends afterwards, so no thread of the
+//! caller ever changes namespace; processes enter it between fork and exec. Nothing here shells out
+//! and nothing here touches the caller's own namespace.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+
+/// Where named network namespaces are bind-mounted (as iproute2 does).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Errors of namespace operations. Each names the namespace and the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("network namespace name {0:?} is invalid: use 1-200 characters of [A-Za-z0-9_.-]")]
+    InvalidName(String),
+    #[error("network namespace {0:?} already exists")]
+    Exists(String),
+    #[error("network namespace {0:?} does not exist")]
+    NotFound(String),
+    #[error(
+        "{op} for network namespace {name:?} failed: {source} (netagent needs root / CAP_SYS_ADMIN)"
+    )]
+    Sys {
+        op: &'static str,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the thread running inside network namespace {0:?} panicked")]
+    Panicked(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn sys(op: &'static str, name: &str) -> impl FnOnce(nix::errno::Errno) -> Error {
+    let name = name.to_string();
+    move |e| Error::Sys {
+        op,
+        name,
+        source: io::Error::from(e),
+    }
+}
+
+fn io_err(op: &'static str, name: &str) -> impl FnOnce(io::Error) -> Error {
+    let name = name.to_string();
+    move |source| Error::Sys { op, name, source }
+}
+
+/// Checks a namespace name: it becomes a file name under [`NETNS_RUN_DIR`].
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+/// An open handle on a network namespace. Holding it keeps the namespace alive even if its
+/// name is deleted; dropping it does not delete anything.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+    path: PathBuf,
+    file: File,
+}
+
+impl NetNs {
+    /// Creates the named namespace `/run/netns/NAME` (like `ip netns add`). Fails with
+    /// [`Error::Exists`] if the name is taken.
+    pub fn create(name: &str) -> Result<NetNs> {
+        validate_name(name)?;
+        fs::create_dir_all(NETNS_RUN_DIR).map_err(io_err("create /run/netns", name))?;
+        let path = Path::new(NETNS_RUN_DIR).join(name);
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Error::Exists(name.to_string()));
+            }
+            Err(e) => return Err(io_err("create mount point", name)(e)),
+        }
+        let target = path.clone();
+        let owned = name.to_string();
+        let made = std::thread::spawn(move || -> Result<()> {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(sys("unshare", &owned))?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(sys("bind mount", &owned))
+        })
+        .join()
+        .map_err(|_| Error::Panicked(name.to_string()))
+        .and_then(|r| r);
+        if let Err(e) = made {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Self::open(name)
+    }
+
+    /// Opens the existing named namespace `/run/netns/NAME`.
+    pub fn open(name: &str) -> Result<NetNs> {
+        validate_name(name)?;
+        Self::open_path(name, Path::new(NETNS_RUN_DIR).join(name))
+    }
+
+    /// Opens the named namespace, creating it if it does not exist (adopts a leftover).
+    pub fn ensure(name: &str) -> Result<NetNs> {
+        match Self::create(name) {
+            Err(Error::Exists(_)) => Self::open(name),
+            other => other,
+        }
+    }
+
+    /// Opens a namespace by path, e.g. `/proc/<pid>/ns/net`; `name` is only used in messages.
+    pub fn open_path(name: &str, path: impl Into<PathBuf>) -> Result<NetNs> {
+        let path = path.into();
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::NotFound(name.to_string())
+            } else {
+                io_err("open", name)(e)
+            }
+        })?;
+        Ok(NetNs {
+            name: name.to_string(),
+            path,
+            file,
+        })
+    }
+
+    /// The namespace of the calling thread.
+    pub fn current() -> Result<NetNs> {
+        Self::open_path("self", "/proc/thread-self/ns/net")
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The namespace file, for `setns` or for APIs that take a namespace fd.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The namespace's inode number: equal for two handles on the same namespace.
+    pub fn inode(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self
+            .file
+            .metadata()
+            .map_err(io_err("stat", &self.name))?
+            .ino())
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace; the thread ends afterwards.
+    /// Sockets created inside `f` (netlink included) stay bound to this namespace.
+    pub fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+                        .map_err(sys("setns", &self.name))?;
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| Error::Panicked(self.name.clone()))?
+        })
+    }
+
+    /// A `Command` whose process enters this namespace before `exec` (not `ip netns exec`:
+    /// the mount namespace, /sys and the cgroup2 mount stay those of the caller).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        self.prepare(&mut cmd);
+        cmd
+    }
+
+    /// Makes an existing `Command` enter this namespace before `exec`.
+    pub fn prepare(&self, cmd: &mut Command) {
+        let fd = self.file.try_clone().expect("dup of a namespace fd");
+        // SAFETY: the closure runs between fork and exec and only calls setns(2), which is
+        // async-signal-safe; the fd it uses was opened before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+            });
+        }
+    }
+
+    /// Deletes the named namespace (like `ip netns del`). Processes still inside keep it alive
+    /// until they exit. Deleting a namespace that is already gone is not an error.
+    pub fn delete(self) -> Result<()> {
+        delete(&self.name)
+    }
+}
+
+/// Deletes the named namespace `/run/netns/NAME`; a missing one is not an error.
+pub fn delete(name: &str) -> Result<()> {
+    validate_name(name)?;
+    let path = Path::new(NETNS_RUN_DIR).join(name);
+    match umount2(&path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(sys("unmount", name)(e)),
+    }
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", name)(e)),
+    }
+}
+
+/// Whether the named namespace exists.
+pub fn exists(name: &str) -> bool {
+    validate_name(name).is_ok() && Path::new(NETNS_RUN_DIR).join(name).exists()
+}
+
+/// Names of all named namespaces, sorted.
+pub fn list() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let entries = match fs::read_dir(NETNS_RUN_DIR) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => return Err(io_err("list", NETNS_RUN_DIR)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err("list", NETNS_RUN_DIR))?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Pids of the processes whose network namespace is `ns` (found through /proc/PID/ns/net).
+pub fn pids_in(ns: &NetNs) -> Result<Vec<i32>> {
+    use std::os::unix::fs::MetadataExt;
+    let want = ns.inode()?;
+    let dev = ns.file.metadata().map_err(io_err("stat", &ns.name))?.dev();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc")
+        .map_err(io_err("list /proc", &ns.name))?
+        .flatten()
+    {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(meta) = fs::metadata(entry.path().join("ns/net"))
+            && meta.ino() == want
+            && meta.dev() == dev
+        {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// The cgroup2 mount point, read from /proc/self/mounts (hybrid hosts mount it at
+/// /sys/fs/cgroup/unified, pure v2 hosts at /sys/fs/cgroup).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let (_src, target, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(target))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("nalab-1-node1").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(201)] {
+            assert!(
+                matches!(validate_name(bad), Err(Error::InvalidName(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn create_run_delete() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let name = format!("nstest-{}-crd", std::process::id());
+        let ns = NetNs::create(&name).unwrap();
+        assert!(exists(&name));
+        assert!(list().unwrap().contains(&name));
+        assert!(matches!(NetNs::create(&name), Err(Error::Exists(_))));
+        let here = NetNs::current().unwrap().inode().unwrap();
+        let inside = ns
+            .run(|| NetNs::current().unwrap().inode().unwrap())
+            .unwrap();
+        assert_eq!(inside, ns.inode().unwrap());
+        assert_ne!(inside, here, "run() must execute in the other namespace");
+        assert_eq!(
+            NetNs::current().unwrap().inode().unwrap(),
+            here,
+            "caller thread unchanged"
+        );
+        // A process started with command() is in the namespace too.
+        let out = ns
+            .command("readlink")
+            .arg("/proc/self/ns/net")
+            .output()
+            .unwrap();
+        let link = String::from_utf8_lossy(&out.stdout);
+        assert!(link.contains(&inside.to_string()), "{link}");
+        let again = NetNs::ensure(&name).unwrap();
+        assert_eq!(again.inode().unwrap(), inside);
+        ns.delete().unwrap();
+        assert!(!exists(&name));
+        delete(&name).unwrap();
+    }
+}

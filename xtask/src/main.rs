@@ -1,0 +1,59 @@
+//! `cargo xtask` — the project's task runner. Every command a newcomer or CI needs is here.
+
+mod kernel;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "netagent's task runner")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (apt packages, rust-src, bpf-linker). Idempotent.
+    Setup,
+    /// Everything CI runs: setup, fmt check, clippy, unit tests, namespace tests, kernel-lab tests.
+    Test,
+    /// The kernel lab alone: namespace tests under Debian's stock kernel in qemu (IPVS, ESP).
+    TestKernel {
+        /// Only run kernel-lab tests whose name contains one of these.
+        filters: Vec<String>,
+    },
+    /// The namespace lab.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Remove namespaces, processes and cgroups left by crashed lab runs.
+    Clean {
+        /// Also remove labs whose creating process is still alive.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Test => test::run(),
+        Cmd::TestKernel { filters } => kernel::run(&filters),
+        Cmd::Lab {
+            cmd: LabCmd::Clean { all },
+        } => {
+            let removed = lab::clean_leftovers(all)?;
+            println!("lab clean: removed {removed} leftover namespace(s)");
+            Ok(())
+        }
+    }
+}
