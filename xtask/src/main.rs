@@ -1,5 +1,6 @@
 //! `cargo xtask` — the project's task runner. Every command a newcomer or CI needs is here.
 
+mod bench;
 mod kernel;
 mod setup;
 mod test;
@@ -26,6 +27,10 @@ enum Cmd {
         /// Only run kernel-lab tests whose name contains one of these.
         filters: Vec<String>,
     },
+    /// System benchmarks (all, or the named ones: see xtask/src/bench.rs).
+    Bench {
+        names: Vec<String>,
+    },
     /// The namespace lab.
     Lab {
         #[command(subcommand)]
@@ -48,6 +53,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Test => test::run(),
         Cmd::TestKernel { filters } => kernel::run(&filters),
+        Cmd::Bench { names } => bench::run(&names),
         Cmd::Lab {
             cmd: LabCmd::Clean { all },
         } => {

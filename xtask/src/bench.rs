@@ -1,0 +1,29 @@
+//! `cargo xtask bench [NAME...]`: the system benchmarks. Each lives as a bench target of the crate
+//! it measures (criterion, or `harness = false` for lab-based ones) and prints its figures; this
+//! only maps names to cargo invocations so xtask itself stays light.
+
+use anyhow::{Result, bail};
+
+use crate::util::{cargo, exec, require_root};
+
+/// (name, cargo package, bench target, what it measures)
+pub const BENCHES: &[(&str, &str, &str, &str)] = &[
+    ("ipam", "ipam", "ipam", "carve a /8 into /24s, allocate a /16, state size"),
+];
+
+pub fn run(names: &[String]) -> Result<()> {
+    require_root("cargo xtask bench")?;
+    let selected: Vec<_> = BENCHES
+        .iter()
+        .filter(|(name, ..)| names.is_empty() || names.iter().any(|n| n == name))
+        .collect();
+    if selected.is_empty() {
+        let known: Vec<&str> = BENCHES.iter().map(|b| b.0).collect();
+        bail!("no benchmark named {}; known: {}", names.join(", "), known.join(", "));
+    }
+    for (name, package, target, what) in selected {
+        eprintln!("== bench {name}: {what}");
+        exec(cargo().args(["bench", "-p", package, "--bench", target]))?;
+    }
+    Ok(())
+}
