@@ -1,0 +1,82 @@
+//! Node objects. Owned by the cluster control plane.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Meta;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Worker,
+    Manager,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    #[default]
+    Active,
+    Pause,
+    Drain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Unknown,
+    Down,
+    Ready,
+    Disconnected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// Desired role (`node promote/demote`, `node update --role`).
+    pub role: Role,
+    pub availability: Availability,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeDescription {
+    pub hostname: String,
+    pub os: String,
+    pub architecture: String,
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+    pub engine_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeStatus {
+    pub state: NodeState,
+    pub message: String,
+    /// Address the node's dispatcher session comes from.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerStatus {
+    /// Raft member id.
+    pub raft_id: u64,
+    /// Advertise address of the manager's cluster port (host:2377).
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub meta: Meta,
+    pub spec: NodeSpec,
+    /// Observed role (what its certificate says).
+    pub role: Role,
+    pub description: NodeDescription,
+    pub status: NodeStatus,
+    pub manager_status: Option<ManagerStatus>,
+    /// Control-plane address (`--advertise-addr`).
+    pub advertise_addr: String,
+    /// VXLAN source address (`--data-path-addr`, defaults to the advertise address).
+    pub data_path_addr: String,
+}
