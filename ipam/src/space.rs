@@ -266,14 +266,20 @@ impl Space {
         }
     }
 
-    /// Make the next serial allocation start after `value`.
+    /// Whether `value` is inside the bounds of dynamic allocation.
+    pub fn in_bounds(&self, value: u128) -> bool {
+        let (lo, hi) = self.bounds();
+        (lo..=hi).contains(&value)
+    }
+
+    /// Make the next serial allocation start after `value` (nothing changes
+    /// if it is outside the bounds of dynamic allocation).
     pub fn resume_after(&mut self, value: u128) {
         let (lo, hi) = self.bounds();
-        self.cursor = if value < lo || value >= hi {
-            lo
-        } else {
-            value + 1
-        };
+        if value < lo || value > hi {
+            return;
+        }
+        self.cursor = if value == hi { lo } else { value + 1 };
     }
 
     /// Hand out the next free address of the allocation bounds, starting

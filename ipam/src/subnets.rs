@@ -196,11 +196,13 @@ impl Subnets {
                 .subnet_of(address)
                 .ok_or(Error::AddressWithoutSubnet { address })
                 .map_err(conflict)?;
-            s.request_address(subnet, address).map_err(conflict)?;
-            let key = Net::parse(subnet, "subnet")?.key();
+            let space = s.space_mut(subnet)?;
+            space.request(address).map_err(conflict)?;
             let value = addr_value(address).1;
-            let entry = highest.entry(key).or_insert(value);
-            *entry = (*entry).max(value);
+            if space.in_bounds(value) {
+                let entry = highest.entry(space.net().key()).or_insert(value);
+                *entry = (*entry).max(value);
+            }
         }
         for (key, value) in highest {
             if let Some(space) = s.spaces.get_mut(&key) {
@@ -625,3 +627,6 @@ impl Serialize for Subnets {
         self.to_repr().serialize(serializer)
     }
 }
+
+#[cfg(test)]
+mod tests;
