@@ -1,0 +1,55 @@
+//! The leader's decisions, as pure functions: a [`ClusterState`] (every stored object) goes in,
+//! [`Changes`] to propose through Raft come out. Nothing here does I/O, so followers never run it
+//! and the Raft log carries only its results (DESIGN.md, "State").
+//!
+//! - [`allocator`]: subnets and VNIs of networks, VIPs of services, addresses of tasks, over an
+//!   [`ipam::Ipam`] rebuilt from the state on every pass (so a new leader needs nothing else).
+//! - [`constraint`]: placement constraints (`node.hostname==x`, `node.labels.k!=v`, ...).
+//! - [`orchestrate`]: one task per replica slot (or per eligible node for global services),
+//!   restarts, drain and down-node replacement, history cleanup.
+//! - [`scheduler`]: spreads pending tasks over eligible nodes.
+//!
+//! [`reconcile`] runs them in that order; the leader calls it whenever the store changes and on a
+//! timer.
+
+pub mod allocator;
+pub mod constraint;
+pub mod orchestrate;
+pub mod scheduler;
+mod state;
+
+pub use state::{Changes, ClusterState};
+
+use chrono::{DateTime, Utc};
+
+/// Knobs of the leader's loop.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Terminal tasks kept per slot for `service ps` history (docker: 5).
+    pub task_history: usize,
+    /// Delay before a failed or completed task of a running service is replaced (docker: 5 s).
+    pub restart_delay: chrono::Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            task_history: 5,
+            restart_delay: chrono::Duration::seconds(5),
+        }
+    }
+}
+
+/// One pass of the leader: orchestrate replicas, allocate task addresses, schedule. Returns the
+/// changed and deleted objects; applying them to `state` and calling again yields no changes
+/// (unless time moved on).
+pub fn reconcile(state: &ClusterState, config: &Config, now: DateTime<Utc>) -> Changes {
+    let mut work = state.clone();
+    orchestrate::run(&mut work, config, now);
+    allocator::allocate_tasks(&mut work, now);
+    scheduler::run(&mut work, now);
+    work.changes_since(state)
+}
+
+#[cfg(test)]
+mod tests;

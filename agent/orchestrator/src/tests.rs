@@ -1,0 +1,485 @@
+//! Scenario tests of a whole pass: state in, changes out, applied, repeated.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use model::network::{IpamConfig, Network, NetworkSpec};
+use model::node::{Availability, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
+use model::service::{
+    EndpointSpec, NetworkAttachmentSpec, Service, ServiceMode, ServiceSpec, TaskTemplate,
+};
+use model::task::TaskState;
+use model::{Meta, Node, Task};
+
+use crate::allocator::{allocate_network, allocate_vips, ipam_from_state};
+use crate::{ClusterState, Config, reconcile};
+
+pub fn node(id: &str, hostname: &str) -> Node {
+    Node {
+        meta: Meta::with_id(id.into()),
+        spec: NodeSpec {
+            role: Role::Worker,
+            availability: Availability::Active,
+            labels: BTreeMap::new(),
+        },
+        role: Role::Worker,
+        description: NodeDescription {
+            hostname: hostname.into(),
+            ..Default::default()
+        },
+        status: NodeStatus {
+            state: NodeState::Ready,
+            ..Default::default()
+        },
+        manager_status: None,
+        advertise_addr: String::new(),
+        data_path_addr: String::new(),
+    }
+}
+
+fn network(state: &ClusterState, name: &str, subnet: Option<&str>) -> Network {
+    let spec = NetworkSpec {
+        name: name.into(),
+        driver: "overlay".into(),
+        ipam: subnet
+            .map(|s| {
+                vec![IpamConfig {
+                    subnet: Some(s.into()),
+                    ..Default::default()
+                }]
+            })
+            .unwrap_or_default(),
+        options: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        encrypted: false,
+        attachable: false,
+        internal: false,
+        ingress: false,
+        mtu: None,
+    };
+    let allocation = Some(allocate_network(state, &spec).unwrap());
+    Network {
+        meta: Meta::with_id(format!("net-{name}")),
+        spec,
+        allocation,
+    }
+}
+
+fn service(state: &ClusterState, name: &str, mode: ServiceMode, networks: &[&str]) -> Service {
+    let mut s = Service {
+        meta: Meta::with_id(format!("svc-{name}")),
+        spec: ServiceSpec {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            mode,
+            task: TaskTemplate {
+                command: vec!["sleep".into(), "1000".into()],
+                ..Default::default()
+            },
+            networks: networks
+                .iter()
+                .map(|n| NetworkAttachmentSpec {
+                    target: format!("net-{n}"),
+                    aliases: vec![],
+                })
+                .collect(),
+            endpoint: EndpointSpec::default(),
+        },
+        virtual_ips: vec![],
+    };
+    allocate_vips(state, &mut s).unwrap();
+    s
+}
+
+struct World {
+    state: ClusterState,
+    config: Config,
+    now: DateTime<Utc>,
+}
+
+impl World {
+    fn new(nodes: usize) -> World {
+        let mut state = ClusterState::default();
+        for i in 1..=nodes {
+            let n = node(&format!("id{i}"), &format!("node{i}"));
+            state.nodes.insert(n.meta.id.clone(), n);
+        }
+        World {
+            state,
+            config: Config::default(),
+            now: Utc::now(),
+        }
+    }
+
+    /// Runs passes until nothing changes; returns how many passes changed something.
+    fn settle(&mut self) -> usize {
+        for pass in 0..10 {
+            let changes = reconcile(&self.state, &self.config, self.now);
+            if changes.is_empty() {
+                return pass;
+            }
+            self.state.apply(&changes);
+        }
+        panic!("no fixed point after 10 passes");
+    }
+
+    /// The executor's part: every assigned task starts running.
+    fn run_assigned(&mut self) {
+        for t in self.state.tasks.values_mut() {
+            if t.status.state == TaskState::Assigned && t.desired_state == TaskState::Running {
+                t.status.state = TaskState::Running;
+                t.status.timestamp = self.now;
+            }
+            if t.desired_state >= TaskState::Shutdown
+                && !t.status.state.is_terminal()
+                && t.node_id.is_some()
+            {
+                t.status.state = TaskState::Shutdown;
+                t.status.timestamp = self.now;
+            }
+        }
+    }
+
+    fn live(&self, service: &str) -> Vec<&Task> {
+        self.state
+            .tasks
+            .values()
+            .filter(|t| {
+                t.service_id == format!("svc-{service}") && t.desired_state == TaskState::Running
+            })
+            .collect()
+    }
+
+    fn nodes_of(&self, service: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .live(service)
+            .iter()
+            .filter_map(|t| t.node_id.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn add_network(&mut self, name: &str, subnet: Option<&str>) {
+        let n = network(&self.state, name, subnet);
+        self.state.networks.insert(n.meta.id.clone(), n);
+    }
+
+    fn add_service(&mut self, name: &str, mode: ServiceMode, networks: &[&str]) {
+        let s = service(&self.state, name, mode, networks);
+        self.state.services.insert(s.meta.id.clone(), s);
+    }
+}
+
+fn replicas(n: u64) -> ServiceMode {
+    ServiceMode::Replicated { replicas: n }
+}
+
+#[test]
+fn replicas_spread_over_nodes_with_addresses_and_settle() {
+    let mut w = World::new(3);
+    w.add_network("web", None);
+    w.add_service("api", replicas(3), &["web"]);
+    assert!(w.settle() >= 1);
+    assert_eq!(w.nodes_of("api"), ["id1", "id2", "id3"]);
+    let vip = &w.state.services["svc-api"].virtual_ips[0].addr;
+    assert_eq!(
+        vip, "10.0.0.2/24",
+        "the VIP is the first address after the gateway"
+    );
+    let mut addrs: Vec<String> = w
+        .live("api")
+        .iter()
+        .map(|t| t.networks[0].addresses[0].clone())
+        .collect();
+    addrs.sort();
+    assert_eq!(addrs, ["10.0.0.3/24", "10.0.0.4/24", "10.0.0.5/24"]);
+    let slots: Vec<u64> = {
+        let mut s: Vec<u64> = w.live("api").iter().map(|t| t.slot).collect();
+        s.sort();
+        s
+    };
+    assert_eq!(slots, [1, 2, 3]);
+    w.run_assigned();
+    assert_eq!(w.settle(), 0, "a running service needs no change");
+}
+
+#[test]
+fn scale_down_and_up() {
+    let mut w = World::new(2);
+    w.add_service("s", replicas(3), &[]);
+    w.settle();
+    w.run_assigned();
+    w.state.services.get_mut("svc-s").unwrap().spec.mode = replicas(1);
+    w.settle();
+    assert_eq!(w.live("s").len(), 1);
+    assert_eq!(w.live("s")[0].slot, 1);
+    w.run_assigned();
+    w.state.services.get_mut("svc-s").unwrap().spec.mode = replicas(4);
+    w.settle();
+    assert_eq!(w.live("s").len(), 4);
+    assert_eq!(w.nodes_of("s"), ["id1", "id1", "id2", "id2"]);
+}
+
+#[test]
+fn drain_moves_tasks_and_pause_takes_no_new_ones() {
+    let mut w = World::new(3);
+    w.add_service("s", replicas(3), &[]);
+    w.settle();
+    w.run_assigned();
+    w.state.nodes.get_mut("id2").unwrap().spec.availability = Availability::Drain;
+    w.settle();
+    assert_eq!(w.live("s").len(), 3);
+    assert!(
+        !w.nodes_of("s").contains(&"id2".to_string()),
+        "no task left on the drained node"
+    );
+    let old: Vec<&Task> = w
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.node_id.as_deref() == Some("id2"))
+        .collect();
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].desired_state, TaskState::Shutdown);
+
+    // Pause: running tasks stay, new ones go elsewhere.
+    w.run_assigned();
+    w.state.nodes.get_mut("id2").unwrap().spec.availability = Availability::Active;
+    w.state.nodes.get_mut("id1").unwrap().spec.availability = Availability::Pause;
+    let before = w.nodes_of("s");
+    w.settle();
+    assert_eq!(w.nodes_of("s"), before, "pause moves nothing");
+    w.state.services.get_mut("svc-s").unwrap().spec.mode = replicas(5);
+    w.settle();
+    let on_paused = w
+        .live("s")
+        .iter()
+        .filter(|t| t.node_id.as_deref() == Some("id1"))
+        .count();
+    assert_eq!(
+        on_paused,
+        before.iter().filter(|n| *n == "id1").count(),
+        "no new task on a paused node"
+    );
+}
+
+#[test]
+fn a_down_node_has_its_tasks_placed_elsewhere() {
+    let mut w = World::new(3);
+    w.add_service("s", replicas(3), &[]);
+    w.settle();
+    w.run_assigned();
+    w.state.nodes.get_mut("id3").unwrap().status.state = NodeState::Down;
+    w.settle();
+    assert_eq!(w.nodes_of("s").iter().filter(|n| *n == "id3").count(), 0);
+    assert_eq!(w.live("s").len(), 3);
+    // The old task stays (desired shutdown) until its node reports it stopped.
+    let old: Vec<&Task> = w
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.node_id.as_deref() == Some("id3"))
+        .collect();
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].desired_state, TaskState::Shutdown);
+    assert_eq!(old[0].status.state, TaskState::Running);
+    // Unknown (e.g. right after a leader change) is not down: nothing moves.
+    w.state.nodes.get_mut("id3").unwrap().status.state = NodeState::Unknown;
+    assert_eq!(w.settle(), 0);
+}
+
+#[test]
+fn constraints_restrict_placement_and_explain_failure() {
+    let mut w = World::new(3);
+    w.state
+        .nodes
+        .get_mut("id2")
+        .unwrap()
+        .spec
+        .labels
+        .insert("zone".into(), "east".into());
+    w.add_service("s", replicas(2), &[]);
+    w.state
+        .services
+        .get_mut("svc-s")
+        .unwrap()
+        .spec
+        .task
+        .constraints = vec!["node.labels.zone==east".into()];
+    w.settle();
+    assert_eq!(w.nodes_of("s"), ["id2", "id2"]);
+
+    w.add_service("t", replicas(1), &[]);
+    w.state
+        .services
+        .get_mut("svc-t")
+        .unwrap()
+        .spec
+        .task
+        .constraints = vec!["node.hostname==nowhere".into()];
+    w.state.nodes.get_mut("id1").unwrap().status.state = NodeState::Down;
+    w.settle();
+    let t = w.live("t")[0];
+    assert_eq!(t.status.state, TaskState::Pending);
+    assert_eq!(
+        t.status.err.as_deref(),
+        Some(
+            "no suitable node (scheduling constraints not satisfied on 2 nodes; 1 node not available for new tasks)"
+        )
+    );
+}
+
+#[test]
+fn a_full_network_leaves_tasks_pending_with_the_reason() {
+    let mut w = World::new(2);
+    // /29: 8 addresses - network, broadcast, gateway = 5; the VIP takes one.
+    w.add_network("tiny", Some("10.9.9.0/29"));
+    w.add_service("s", replicas(6), &["tiny"]);
+    w.settle();
+    let pending: Vec<&Task> = w
+        .live("s")
+        .into_iter()
+        .filter(|t| t.status.state == TaskState::Pending)
+        .collect();
+    assert_eq!(pending.len(), 2);
+    let err = pending[0].status.err.as_deref().unwrap();
+    assert!(
+        err.contains("no available IP addresses on network tiny") && err.contains("10.9.9.0/29"),
+        "{err}"
+    );
+    // Scaling down frees addresses; the rest get placed.
+    w.run_assigned();
+    w.state.services.get_mut("svc-s").unwrap().spec.mode = replicas(4);
+    w.settle();
+    w.run_assigned();
+    w.settle();
+    w.run_assigned();
+    assert_eq!(w.settle(), 0);
+    assert!(
+        w.live("s")
+            .iter()
+            .all(|t| t.status.state == TaskState::Running),
+        "all 4 run"
+    );
+}
+
+#[test]
+fn global_services_run_once_per_eligible_node() {
+    let mut w = World::new(3);
+    w.state.nodes.get_mut("id3").unwrap().spec.availability = Availability::Pause;
+    w.add_service("g", ServiceMode::Global, &[]);
+    w.settle();
+    assert_eq!(w.nodes_of("g"), ["id1", "id2"]);
+    w.run_assigned();
+    let n = node("id4", "node4");
+    w.state.nodes.insert("id4".into(), n);
+    w.settle();
+    assert_eq!(w.nodes_of("g"), ["id1", "id2", "id4"]);
+    w.state.nodes.get_mut("id1").unwrap().spec.availability = Availability::Drain;
+    w.settle();
+    assert_eq!(w.nodes_of("g"), ["id2", "id4"]);
+}
+
+#[test]
+fn failed_tasks_are_replaced_after_the_restart_delay_and_history_is_trimmed() {
+    let mut w = World::new(1);
+    w.add_service("s", replicas(1), &[]);
+    for round in 0..8 {
+        w.settle();
+        w.run_assigned();
+        let t = w.live("s")[0].meta.id.clone();
+        let t = w.state.tasks.get_mut(&t).unwrap();
+        t.status.state = TaskState::Failed;
+        t.status.exit_code = Some(1);
+        t.status.timestamp = w.now;
+        assert_eq!(w.settle(), 0, "round {round}: not before the delay");
+        w.now += Duration::seconds(6);
+    }
+    w.settle();
+    let all = w.state.tasks.len();
+    assert_eq!(all, 1 + 5, "one live task and five in history");
+}
+
+#[test]
+fn removed_services_stop_then_vanish_and_free_their_addresses() {
+    let mut w = World::new(2);
+    w.add_network("web", Some("10.1.0.0/24"));
+    w.add_service("s", replicas(2), &["web"]);
+    w.settle();
+    w.run_assigned();
+    w.state.services.remove("svc-s");
+    w.settle();
+    assert!(
+        w.state
+            .tasks
+            .values()
+            .all(|t| t.desired_state == TaskState::Shutdown)
+    );
+    w.run_assigned();
+    w.settle();
+    assert!(w.state.tasks.is_empty());
+    let ipam = ipam_from_state(&w.state);
+    let subnet = "10.1.0.0/24".parse().unwrap();
+    assert!(
+        !ipam
+            .subnets()
+            .is_address_allocated(subnet, "10.1.0.3".parse().unwrap())
+    );
+}
+
+#[test]
+fn networks_get_the_lowest_free_subnet_and_overlaps_are_refused() {
+    let mut w = World::new(1);
+    w.add_network("a", None);
+    w.add_network("b", None);
+    let a = &w.state.networks["net-a"].allocation.as_ref().unwrap()[0];
+    let b = &w.state.networks["net-b"].allocation.as_ref().unwrap()[0];
+    assert_eq!((a.subnet.as_str(), a.vni), ("10.0.0.0/24", 4096));
+    assert_eq!((b.subnet.as_str(), b.vni), ("10.0.1.0/24", 4097));
+    let spec = NetworkSpec {
+        ipam: vec![IpamConfig {
+            subnet: Some("10.0.0.0/16".into()),
+            ..Default::default()
+        }],
+        ..w.state.networks["net-a"].spec.clone()
+    };
+    let e = allocate_network(&w.state, &spec).unwrap_err().to_string();
+    assert!(
+        e.contains("10.0.0.0/16") && e.contains("10.0.0.0/24"),
+        "{e}"
+    );
+    let bad = NetworkSpec {
+        ipam: vec![IpamConfig {
+            subnet: Some("10.0.300.0/24".into()),
+            ..Default::default()
+        }],
+        ..spec
+    };
+    let e = allocate_network(&w.state, &bad).unwrap_err().to_string();
+    assert!(e.starts_with("invalid subnet \"10.0.300.0/24\""), "{e}");
+}
+
+#[test]
+fn joining_a_network_later_replaces_tasks_with_attached_ones() {
+    let mut w = World::new(1);
+    w.add_network("a", None);
+    w.add_service("s", replicas(1), &[]);
+    w.settle();
+    w.run_assigned();
+    let mut svc = w.state.services["svc-s"].clone();
+    svc.spec.networks.push(NetworkAttachmentSpec {
+        target: "net-a".into(),
+        aliases: vec![],
+    });
+    allocate_vips(&w.state, &mut svc).unwrap();
+    w.state.services.insert(svc.meta.id.clone(), svc);
+    w.settle();
+    let live = w.live("s");
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        live[0].networks.len(),
+        1,
+        "the new task is attached to the network"
+    );
+}
