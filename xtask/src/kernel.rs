@@ -1,7 +1,489 @@
-//! `cargo xtask test-kernel`: the kernel lab (Debian's stock kernel under qemu). Not written yet.
+//! `cargo xtask test-kernel [FILTER...]`: the kernel lab.
+//!
+//! This host's kernel lacks IPVS, ESP and GCM, so the namespace tests that need them run inside a
+//! qemu guest (TCG) booting Debian bookworm's stock kernel, whose modules have them:
+//!
+//! 1. [`debian`]: the newest `linux-image-6.1.0-*-amd64` is fetched with `apt-get download` and
+//!    unpacked with `dpkg-deb -x` (never installed) into `~/.cache/netagent/kernel/`; its modules
+//!    are decompressed if needed and indexed with `depmod -b`.
+//! 2. The suites below are built on the host (`cargo test --no-run`) and their tests listed, so
+//!    that FILTER selects exact test names before anything boots.
+//! 3. [`initramfs`]: a small initramfs (static busybox, kmod with its libraries as the kernel's
+//!    module loader, the virtio/9p modules and an `/init` script), cached under a hash of its
+//!    contents.
+//! 4. [`guest`]: qemu boots it. The guest mounts the Debian module tree, the host's root file
+//!    system (read-only) and a results directory over 9p, loads the modules the lab needs, then
+//!    runs each suite's test binary chrooted into the host's root (fresh /proc, /sys, cgroup2,
+//!    /dev, /run, /tmp), so the binaries find the host's `ip`, `nft`, `ping`, ... and glibc, while
+//!    the kernel and its modules are Debian's 6.1. Each suite's output and exit status land in the
+//!    results directory; the host streams them, enforces a timeout and reports.
 
-use anyhow::{Result, bail};
+mod debian;
+mod guest;
+mod initramfs;
 
-pub fn run(_filters: &[String]) -> Result<()> {
-    bail!("the kernel lab is not implemented yet")
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{cargo, have, output, require_root};
+
+/// One kernel-lab suite: a test target run inside the guest.
+#[derive(Debug, Clone, Copy)]
+pub struct Suite {
+    /// Cargo package (`-p`).
+    pub package: &'static str,
+    /// Integration-test target (`--test`).
+    pub target: &'static str,
+    /// Only tests whose name contains this run ("" = all of the target's tests).
+    pub filter: &'static str,
+    /// Also run `#[ignore]`d tests (the kernel-lab-only tests are ignored on the host).
+    pub include_ignored: bool,
+}
+
+const fn suite(
+    package: &'static str,
+    target: &'static str,
+    filter: &'static str,
+    include_ignored: bool,
+) -> Suite {
+    Suite {
+        package,
+        target,
+        filter,
+        include_ignored,
+    }
+}
+
+/// The kernel lab's suites, in the order they run. Add one line per suite.
+pub const SUITES: &[Suite] = &[
+    // The ordinary namespace-lab tests must pass under Debian's 6.1 kernel too.
+    suite("lab", "lab", "", false),
+    // Tests that need IPVS, ESP, GCM: ignored on the host, run here.
+    suite("lab", "kernel_lab", "", true),
+];
+
+/// Modules loaded when the guest boots (their dependencies come along). Anything else the tests
+/// need is loaded on demand by the kernel through the guest's `modprobe`.
+pub const PRELOAD_MODULES: &[&str] = &[
+    // The first loads in parallel with the others: the slowest (~1 s of crypto self-tests).
+    "aesni_intel",
+    "ip_vs",
+    "veth",
+    "bridge",
+    "vxlan",
+    "tun",
+    "dummy",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+    "nft_ct",
+    "esp4",
+    "xfrm_user",
+    "xfrm_algo",
+    "gcm",
+    "ghash_generic",
+    "ctr",
+    "seqiv",
+    "echainiv",
+    "authenc",
+    "crypto_user",
+];
+
+/// Test threads per suite inside the guest (it has 2 vCPUs).
+const TEST_THREADS: u32 = 2;
+/// The whole guest run (boot, all suites) must finish within this; override with
+/// NETAGENT_KERNEL_LAB_TIMEOUT (seconds).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Old run directories (console log, outputs) kept under `<target>/kernel-lab/`.
+const KEEP_RUNS: usize = 5;
+
+/// A suite resolved to a binary and the exact tests to run.
+pub struct Planned {
+    /// "package/target", or with the suite's filter "package/target[filter]".
+    pub name: String,
+    pub exe: PathBuf,
+    /// Working directory (the package's root, as `cargo test` uses).
+    pub cwd: PathBuf,
+    pub include_ignored: bool,
+    pub tests: Vec<String>,
+}
+
+pub fn run(filters: &[String]) -> Result<()> {
+    require_root("cargo xtask test-kernel")?;
+    for tool in [
+        "qemu-system-x86_64",
+        "apt-get",
+        "apt-cache",
+        "dpkg-deb",
+        "depmod",
+        "ldd",
+        "busybox",
+    ] {
+        if !have(tool) {
+            bail!(
+                "test-kernel needs `{tool}`, which is not on PATH: run `cargo xtask setup` first"
+            );
+        }
+    }
+    let started = Instant::now();
+
+    let kernel = debian::kernel().context("could not prepare the Debian kernel")?;
+    let plan = plan(filters)?;
+    if plan.is_empty() {
+        let names: Vec<String> = SUITES
+            .iter()
+            .map(|s| format!("{}/{}", s.package, s.target))
+            .collect();
+        bail!(
+            "no kernel-lab test matches {filters:?} (suites: {}); a filter selects tests whose \
+             `package/target::test_name` contains it",
+            names.join(", ")
+        );
+    }
+    let initrd = initramfs::build(&kernel).context("could not build the kernel-lab initramfs")?;
+    let prepared = started.elapsed();
+
+    let run_dir = new_run_dir()?;
+    eprintln!(
+        "test-kernel: {} test(s) in {} suite(s) under Debian {} ({}), logs in {}",
+        plan.iter().map(|p| p.tests.len()).sum::<usize>(),
+        plan.len(),
+        kernel.release,
+        kernel.version,
+        run_dir.display()
+    );
+    let outcome = guest::run(&guest::Spec {
+        kernel: &kernel,
+        initrd: &initrd,
+        plan: &plan,
+        run_dir: &run_dir,
+        timeout: timeout()?,
+        preload: PRELOAD_MODULES,
+        test_threads: TEST_THREADS,
+    })?;
+
+    // Report.
+    eprintln!();
+    eprintln!("test-kernel: summary (Debian {})", kernel.release);
+    eprintln!(
+        "  prepare (kernel, build, initramfs): {:.1}s",
+        prepared.as_secs_f64()
+    );
+    match outcome.boot {
+        Some(b) => eprintln!("  guest boot to ready: {:.1}s", b.as_secs_f64()),
+        None => eprintln!("  guest boot to ready: never"),
+    }
+    let mut failed: Vec<String> = Vec::new();
+    for (p, r) in plan.iter().zip(&outcome.suites) {
+        let time = r
+            .secs
+            .map(|s| format!("{s:.1}s"))
+            .unwrap_or_else(|| "-".into());
+        let status = match r.rc {
+            Some(0) => "ok".to_string(),
+            Some(rc) => format!("FAILED (exit {rc})"),
+            None => "did not finish".to_string(),
+        };
+        let result_line = r
+            .output
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("test result:"))
+            .unwrap_or("");
+        eprintln!("  {:<28} {:>7}  {status}  {result_line}", p.name, time);
+        if r.rc != Some(0) {
+            let names = failed_tests(&r.output);
+            if names.is_empty() {
+                failed.push(format!("{} (exit {:?})", p.name, r.rc));
+            } else {
+                failed.extend(names.into_iter().map(|t| format!("{}::{t}", p.name)));
+            }
+        }
+    }
+    eprintln!("  total: {:.1}s", started.elapsed().as_secs_f64());
+    if outcome.timed_out || !outcome.finished {
+        eprintln!(
+            "\n--- guest console (last 40 lines of {}) ---\n{}",
+            outcome.console.display(),
+            tail(&outcome.console, 40)
+        );
+        if outcome.timed_out {
+            bail!(
+                "the kernel-lab guest did not finish within {:?} and was killed{}; see {}",
+                timeout()?,
+                if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (unfinished or failed: {})", failed.join(", "))
+                },
+                outcome.console.display()
+            );
+        }
+        bail!(
+            "the kernel-lab guest stopped before finishing (qemu {}){}; see {}",
+            outcome.qemu_status,
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(", unfinished or failed: {}", failed.join(", "))
+            },
+            outcome.console.display()
+        );
+    }
+    if !failed.is_empty() {
+        bail!(
+            "kernel lab: {} failed: {} (outputs in {})",
+            failed.len(),
+            failed.join(", "),
+            run_dir.display()
+        );
+    }
+    eprintln!("test-kernel: all green");
+    Ok(())
+}
+
+fn timeout() -> Result<Duration> {
+    match std::env::var("NETAGENT_KERNEL_LAB_TIMEOUT") {
+        Ok(s) => {
+            let secs: u64 = s.trim().parse().with_context(|| {
+                format!("NETAGENT_KERNEL_LAB_TIMEOUT={s:?} is not a number of seconds")
+            })?;
+            Ok(Duration::from_secs(secs.max(1)))
+        }
+        Err(_) => Ok(DEFAULT_TIMEOUT),
+    }
+}
+
+/// Builds every suite's test binary and picks the tests to run.
+fn plan(filters: &[String]) -> Result<Vec<Planned>> {
+    // One cargo invocation per package builds all its suites' targets.
+    let mut packages: Vec<&str> = SUITES.iter().map(|s| s.package).collect();
+    packages.dedup();
+    let mut built: Vec<(String, String, PathBuf, PathBuf)> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for pkg in packages {
+        if !seen.insert(pkg) {
+            continue;
+        }
+        let targets: BTreeSet<&str> = SUITES
+            .iter()
+            .filter(|s| s.package == pkg)
+            .map(|s| s.target)
+            .collect();
+        built.extend(build(pkg, &targets)?);
+    }
+    let mut plan = Vec::new();
+    for s in SUITES {
+        let (exe, cwd) = built
+            .iter()
+            .find(|(p, t, _, _)| p == s.package && t == s.target)
+            .map(|(_, _, exe, cwd)| (exe.clone(), cwd.clone()))
+            .with_context(|| {
+                format!(
+                    "cargo built no test binary for {}/{} (is `{}` a [[test]] target of {}?)",
+                    s.package, s.target, s.target, s.package
+                )
+            })?;
+        let name = if s.filter.is_empty() {
+            format!("{}/{}", s.package, s.target)
+        } else {
+            format!("{}/{}[{}]", s.package, s.target, s.filter)
+        };
+        let tests: Vec<String> = list_tests(&exe, s.include_ignored)?
+            .into_iter()
+            .filter(|t| t.contains(s.filter))
+            .filter(|t| {
+                let key = format!("{}/{}::{t}", s.package, s.target);
+                filters.is_empty() || filters.iter().any(|f| key.contains(f.as_str()))
+            })
+            .collect();
+        if tests.is_empty() {
+            continue;
+        }
+        plan.push(Planned {
+            name,
+            exe,
+            cwd,
+            include_ignored: s.include_ignored,
+            tests,
+        });
+    }
+    Ok(plan)
+}
+
+/// `cargo test --no-run -p PKG --test T...`; returns (package, target, executable, package dir).
+fn build(pkg: &str, targets: &BTreeSet<&str>) -> Result<Vec<(String, String, PathBuf, PathBuf)>> {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+        "-p",
+        pkg,
+    ]);
+    for t in targets {
+        cmd.args(["--test", t]);
+    }
+    cmd.stderr(Stdio::inherit());
+    let out = output(&mut cmd).with_context(|| format!("could not build the tests of {pkg}"))?;
+    let mut found = Vec::new();
+    for line in out.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let (Some(name), Some(exe), Some(manifest)) = (
+            msg["target"]["name"].as_str(),
+            msg["executable"].as_str(),
+            msg["manifest_path"].as_str(),
+        ) else {
+            continue;
+        };
+        let is_test = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if !is_test || !targets.contains(name) {
+            continue;
+        }
+        let cwd = Path::new(manifest)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(crate::util::root);
+        found.push((pkg.to_string(), name.to_string(), PathBuf::from(exe), cwd));
+    }
+    Ok(found)
+}
+
+/// The tests in a libtest binary (run on the host with `--list`; nothing executes).
+fn list_tests(exe: &Path, include_ignored: bool) -> Result<Vec<String>> {
+    let parse = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_suffix(": test"))
+            .map(str::to_string)
+            .collect()
+    };
+    let all = parse(
+        &output(Command::new(exe).arg("--list"))
+            .with_context(|| format!("could not list the tests of {}", exe.display()))?,
+    );
+    if include_ignored {
+        return Ok(all);
+    }
+    let ignored: BTreeSet<String> = parse(
+        &output(Command::new(exe).args(["--list", "--ignored"]))
+            .with_context(|| format!("could not list the ignored tests of {}", exe.display()))?,
+    )
+    .into_iter()
+    .collect();
+    Ok(all.into_iter().filter(|t| !ignored.contains(t)).collect())
+}
+
+/// Names of failed tests in libtest output (the "failures:" list at the end).
+fn failed_tests(output: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_list = false;
+    for line in output.lines() {
+        if line == "failures:" {
+            in_list = true;
+            names.clear();
+            continue;
+        }
+        if in_list {
+            match line.strip_prefix("    ") {
+                Some(name) if !name.trim().is_empty() => names.push(name.trim().to_string()),
+                _ if line.trim().is_empty() && names.is_empty() => {}
+                _ => in_list = false,
+            }
+        }
+    }
+    names
+}
+
+/// `<target>/kernel-lab/<unique>`: the results share and the console log of one run. The newest
+/// runs are kept for inspection; older ones of finished processes are removed.
+fn new_run_dir() -> Result<PathBuf> {
+    let meta = output(cargo().args(["metadata", "--no-deps", "--format-version", "1"]))
+        .context("cargo metadata failed")?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&meta).context("cargo metadata printed something that is not JSON")?;
+    let target = meta["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")?;
+    let base = target.join("kernel-lab");
+    std::fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
+    prune_runs(&base);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let dir = base.join(format!("run-{}-{}", stamp.as_millis(), std::process::id()));
+    std::fs::create_dir_all(dir.join("results"))
+        .with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn prune_runs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let mut runs: Vec<(String, PathBuf, Option<u32>)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix("run-")?;
+            let (millis, pid) = rest.split_once('-')?;
+            let _: u128 = millis.parse().ok()?;
+            Some((format!("{millis:0>20}"), e.path(), pid.parse().ok()))
+        })
+        .collect();
+    runs.sort();
+    let excess = runs.len().saturating_sub(KEEP_RUNS.saturating_sub(1));
+    for (_, path, pid) in runs.into_iter().take(excess) {
+        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
+/// The last `n` lines of a text file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_tests_are_read_from_libtest_output() {
+        let out = "running 2 tests\ntest a ... ok\ntest b::c ... FAILED\n\nfailures:\n\n\
+                   ---- b::c stdout ----\nboom\n\nfailures:\n    b::c\n    d\n\n\
+                   test result: FAILED. 1 passed; 2 failed";
+        assert_eq!(failed_tests(out), ["b::c", "d"]);
+        assert!(failed_tests("test result: ok. 3 passed").is_empty());
+    }
+
+    #[test]
+    fn suites_are_unique() {
+        let mut seen = BTreeSet::new();
+        for s in SUITES {
+            assert!(seen.insert((s.package, s.target, s.filter)), "{s:?}");
+        }
+    }
 }

@@ -13,7 +13,6 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-#[allow(dead_code)] // used by the kernel lab
 /// The download cache: ~/.cache/netagent (or $XDG_CACHE_HOME/netagent).
 pub fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
