@@ -156,6 +156,46 @@ impl Bitmap {
         runs
     }
 
+    /// The bits as hex, 16 digits per 64-bit word, lowest word first.
+    pub fn to_hex(&self) -> String {
+        self.words.iter().map(|w| format!("{w:016x}")).collect()
+    }
+
+    /// Bits from [`Bitmap::to_hex`]; `None` unless the text is well formed
+    /// and sets no bit at or above `len`.
+    pub fn from_hex(text: &str, len: u64) -> Option<Bitmap> {
+        if !text.len().is_multiple_of(16) || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        let words = text
+            .as_bytes()
+            .chunks(16)
+            .map(|c| u64::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
+            .collect::<Option<Vec<u64>>>()?;
+        let mut b = Bitmap { words };
+        b.trim();
+        match b.words.len() {
+            0 => Some(b),
+            n if (n as u64 - 1) * 64 >= len => None,
+            _ => b.first_set(len, u64::MAX).is_none().then_some(b),
+        }
+    }
+
+    /// Whether any bit is set in both.
+    pub fn intersects(&self, other: &Bitmap) -> bool {
+        self.words.iter().zip(&other.words).any(|(a, b)| a & b != 0)
+    }
+
+    /// Set every bit set in `other`.
+    pub fn union_with(&mut self, other: &Bitmap) {
+        if other.words.len() > self.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= b;
+        }
+    }
+
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.words.capacity() * std::mem::size_of::<u64>()
@@ -207,6 +247,27 @@ mod tests {
         b.set_range(100, 300);
         assert_eq!(a.next_clear_union(&b, 0, 1 << 20), Some(301));
         assert_eq!(a.next_clear_union(&b, 0, 300), None);
+    }
+
+    #[test]
+    fn hex() {
+        let mut b = Bitmap::default();
+        b.set_range(0, 3);
+        b.set(64);
+        let text = b.to_hex();
+        assert_eq!(text, "000000000000000f0000000000000001");
+        assert_eq!(Bitmap::from_hex(&text, 65), Some(b.clone()));
+        assert_eq!(Bitmap::from_hex(&text, 64), None);
+        assert_eq!(Bitmap::from_hex(&text, 1000), Some(b));
+        assert_eq!(Bitmap::from_hex("", 0), Some(Bitmap::default()));
+        assert_eq!(
+            Bitmap::from_hex("0000000000000000", 0),
+            Some(Bitmap::default())
+        );
+        assert_eq!(Bitmap::from_hex("xyz", 64), None);
+        assert_eq!(Bitmap::from_hex("000000000000000g", 64), None);
+        assert_eq!(Bitmap::from_hex("+00000000000000f", 64), None);
+        assert_eq!(Bitmap::from_hex("é00000000000000", 64), None);
     }
 
     proptest! {

@@ -92,3 +92,129 @@ impl Ipam {
         self.subnets.heap_bytes() + self.vnis.heap_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subnets::SubnetRequest;
+    use ipnet::IpNet;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn stored() -> Allocations {
+        Allocations {
+            subnets: vec![
+                SubnetRequest::new(net("10.0.0.0/24")).with_gateway(ip("10.0.0.1")),
+                SubnetRequest::new(net("10.0.1.0/24")).with_gateway(ip("10.0.1.1")),
+                SubnetRequest::new(net("fd00:10::/64")),
+            ],
+            addresses: vec![
+                ip("10.0.0.2"),
+                ip("10.0.0.3"),
+                ip("10.0.1.9"),
+                ip("fd00:10::2"),
+            ],
+            vnis: vec![4096, 4097, 4099],
+        }
+    }
+
+    #[test]
+    fn rebuild_restores_subnets_addresses_and_vnis() {
+        let mut ipam = Ipam::rebuild(PoolConfig::default(), &stored()).unwrap();
+        assert_eq!(ipam.subnets().len(), 3);
+        assert_eq!(ipam.vnis().len(), 3);
+        assert_eq!(ipam.vnis_mut().allocate().unwrap(), 4098);
+        assert_eq!(ipam.vnis_mut().allocate().unwrap(), 4100);
+        assert_eq!(
+            ipam.subnets_mut().allocate().unwrap().subnet,
+            net("10.0.2.0/24")
+        );
+        assert_eq!(
+            ipam.subnets_mut()
+                .allocate_address(net("10.0.0.0/24"))
+                .unwrap(),
+            ip("10.0.0.4")
+        );
+        assert_eq!(ipam.config(), &PoolConfig::default());
+    }
+
+    #[test]
+    fn rebuild_refuses_conflicting_vnis() {
+        let mut a = stored();
+        a.vnis.push(4097);
+        let e = Ipam::rebuild(PoolConfig::default(), &a).unwrap_err();
+        assert_eq!(e, Error::Conflict(Box::new(Error::VniInUse { vni: 4097 })));
+        assert_eq!(
+            e.to_string(),
+            "the stored allocations conflict: VNI 4097 is already allocated to another network; \
+             choose another VNI (correct or remove the object in the store that holds it)"
+        );
+        let mut a = stored();
+        a.vnis.push(17);
+        let e = Ipam::rebuild(PoolConfig::default(), &a).unwrap_err();
+        assert_eq!(
+            e,
+            Error::Conflict(Box::new(Error::VniOutOfRange { vni: 17 }))
+        );
+    }
+
+    #[test]
+    fn rebuild_refuses_conflicting_subnets_and_addresses() {
+        let mut a = stored();
+        a.subnets.push(SubnetRequest::new(net("10.0.0.128/25")));
+        let e = Ipam::rebuild(PoolConfig::default(), &a).unwrap_err();
+        assert_eq!(
+            e,
+            Error::Conflict(Box::new(Error::SubnetOverlap {
+                requested: net("10.0.0.128/25"),
+                existing: net("10.0.0.0/24"),
+            }))
+        );
+        let mut a = stored();
+        a.addresses.push(ip("10.0.1.9"));
+        assert!(matches!(
+            Ipam::rebuild(PoolConfig::default(), &a),
+            Err(Error::Conflict(inner)) if matches!(*inner, Error::AddressInUse { .. })
+        ));
+    }
+
+    #[test]
+    fn serde_roundtrip() {
+        let mut ipam = Ipam::rebuild(PoolConfig::default(), &stored()).unwrap();
+        ipam.subnets_mut().allocate().unwrap();
+        let json = serde_json::to_string_pretty(&ipam).unwrap();
+        let back: Ipam = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ipam);
+        // The allocations themselves serialize too (the agent may log them).
+        let a = stored();
+        let back: Allocations = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+        let empty: Ipam =
+            serde_json::from_str(&serde_json::to_string(&Ipam::default()).unwrap()).unwrap();
+        assert_eq!(empty, Ipam::default());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [
+            "{}",
+            r#"{"subnets":{"config":{"pools":[]}},"vnis":{}}"#,
+            r#"{"subnets":{"config":{"pools":[{"base":"10.0.0.0/8","mask":24}]},
+                "pool_subnets":[["10.0.0.0/24","10.255.255.0/24"],["10.0.0.0/24","10.0.0.0/24"]]},
+                "vnis":{}}"#,
+            r#"{"subnets":{"config":{"pools":[{"base":"10.0.0.0/8","mask":24}]},
+                "addresses":[{"subnet":"1.0.0.0/8","gateway":"1.0.0.1","next":"1.0.0.2"}]},
+                "vnis":{}}"#,
+            r#"{"subnets":{"config":{"pools":[{"base":"10.0.0.0/8","mask":24}]}},
+                "vnis":{"allocated":[[4096,99999999]]}}"#,
+        ] {
+            assert!(serde_json::from_str::<Ipam>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -528,14 +528,27 @@ impl Subnets {
 
     fn to_repr(&self) -> SubnetsRepr {
         let mut pool_subnets = Vec::new();
+        let mut pool_bitmaps = Vec::new();
         for pool in &self.pools {
-            for (a, z) in pool.used.runs() {
+            let runs = pool.used.runs();
+            // A run costs about 40 bytes of JSON, a word of hex 16: a
+            // fragmented pool is written as a bitmap, so the serialized size
+            // stays within twice the bitmap's.
+            if runs.len() * 40 > pool.used.heap_bytes() * 2 + 64 {
+                pool_bitmaps.push(PoolBitmap {
+                    pool: pool.net.to_ipnet(),
+                    subnets: pool.used.to_hex(),
+                });
+                continue;
+            }
+            for (a, z) in runs {
                 pool_subnets.push((pool.chunk(a).to_ipnet(), pool.chunk(z).to_ipnet()));
             }
         }
         SubnetsRepr {
             config: self.config.clone(),
             pool_subnets,
+            pool_bitmaps,
             other_subnets: self
                 .others
                 .iter()
@@ -574,6 +587,22 @@ impl Subnets {
             }
             pool.used.set_range(ia, iz);
         }
+        for PoolBitmap { pool, subnets } in repr.pool_bitmaps {
+            let Some(state) = s.pools.iter_mut().find(|p| p.net.to_ipnet() == pool) else {
+                return Err(Error::InvalidState(format!(
+                    "subnet bitmap of {pool}, which is not a pool"
+                )));
+            };
+            let bits = Bitmap::from_hex(&subnets, state.count).ok_or_else(|| {
+                Error::InvalidState(format!("subnet bitmap of pool {pool} is malformed"))
+            })?;
+            if state.used.intersects(&bits) {
+                return Err(Error::InvalidState(format!(
+                    "subnets of pool {pool} are listed twice"
+                )));
+            }
+            state.used.union_with(&bits);
+        }
         for subnet in repr.other_subnets {
             s.request(&SubnetRequest::new(subnet))?;
         }
@@ -603,6 +632,9 @@ struct SubnetsRepr {
     /// Runs of consecutive allocated pool subnets: first and last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pool_subnets: Vec<(IpNet, IpNet)>,
+    /// Allocated subnets of fragmented pools, as hex bitmaps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pool_bitmaps: Vec<PoolBitmap>,
     /// Allocated subnets that are not one of the pools' subnets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     other_subnets: Vec<IpNet>,
@@ -630,3 +662,11 @@ impl Serialize for Subnets {
 
 #[cfg(test)]
 mod tests;
+
+/// The allocated subnets of one pool as a bitmap: bit i of the hex text (16
+/// digits per 64-bit word, lowest word first) is the pool's i-th subnet.
+#[derive(Serialize, Deserialize)]
+struct PoolBitmap {
+    pool: IpNet,
+    subnets: String,
+}

@@ -801,3 +801,44 @@ fn a_full_slash_8_is_small() {
     let back: Subnets = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
 }
+
+#[test]
+fn fragmented_pools_serialize_as_bitmaps() {
+    let mut s = Subnets::new(pools(&["10.0.0.0/16", "10.1.0.0/16"], 24));
+    for _ in 0..300 {
+        s.allocate().unwrap();
+    }
+    for i in (0..256).step_by(2) {
+        s.release(net(&format!("10.0.{i}.0/24"))).unwrap();
+    }
+    let value = serde_json::to_value(&s).unwrap();
+    // 10.0.0.0/16 is fragmented: a bitmap; 10.1.0.0/16 holds one run.
+    assert_eq!(value["pool_bitmaps"][0]["pool"], "10.0.0.0/16");
+    assert_eq!(
+        value["pool_subnets"],
+        serde_json::json!([["10.1.0.0/24", "10.1.43.0/24"]])
+    );
+    let back: Subnets = serde_json::from_value(value.clone()).unwrap();
+    assert_eq!(back, s);
+
+    let tamper = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = value.clone();
+        f(&mut v);
+        serde_json::from_value::<Subnets>(v)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = tamper(&|v| v["pool_bitmaps"][0]["pool"] = "10.2.0.0/16".into());
+    assert!(e.contains("not a pool"), "{e}");
+    let e = tamper(&|v| v["pool_bitmaps"][0]["subnets"] = "zz".into());
+    assert!(e.contains("malformed"), "{e}");
+    // Bit 256 of a pool of 256 subnets.
+    let e = tamper(&|v| {
+        v["pool_bitmaps"][0]["subnets"] = format!("{}0000000000000001", "0".repeat(64)).into()
+    });
+    assert!(e.contains("malformed"), "{e}");
+    let e = tamper(&|v| {
+        v["pool_subnets"] = serde_json::json!([["10.0.1.0/24", "10.0.1.0/24"]]);
+    });
+    assert!(e.contains("listed twice"), "{e}");
+}
