@@ -1,0 +1,8 @@
+//! The executor of a node: turns the node's assignments (tasks, the networks they need) and the
+//! gossip endpoint tables into running processes and kernel state, and reports task status.
+//!
+//! - [`runner`]: a task's namespace, cgroup and process, started through the [`shim`] so it
+//!   outlives an agent restart and its exit code is never lost.
+
+pub mod runner;
+pub mod shim;

@@ -1,0 +1,350 @@
+//! Tasks as processes: each task gets a network namespace, a cgroup, a directory, and a process
+//! started through the [`shim`](crate::shim). Everything is found again from the directory and the
+//! kernel after an agent restart, so running tasks are adopted, never restarted.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use netns::NetNs;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::shim::{self, EXIT, PID, RESOLV, SPEC, ShimSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("task id {0:?} is invalid: use letters, digits, '-' and '_'")]
+    InvalidId(String),
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error("{what} for task {task}: {source}")]
+    Io {
+        what: String,
+        task: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("task {0} has no command to run")]
+    NoCommand(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What a task's process is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    /// Never started (or its start was lost before the shim ran).
+    NotStarted,
+    /// Started, not yet running the command (the shim is setting up).
+    Starting,
+    Running {
+        pid: u32,
+    },
+    /// Exited with this code (128+N when killed by signal N).
+    Exited {
+        code: i32,
+    },
+}
+
+/// How tasks run on this node.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Task directories live here (`<state dir>/tasks`).
+    pub dir: PathBuf,
+    /// Task namespaces are named `<prefix>t-<task id>`.
+    pub netns_prefix: String,
+    /// Task cgroups go under this cgroup2 directory; None runs tasks without cgroups.
+    pub cgroup: Option<PathBuf>,
+    /// The shim command: program and leading arguments; the task directory is appended.
+    pub shim: Vec<OsString>,
+    /// The nameserver written into tasks' /etc/resolv.conf.
+    pub nameserver: String,
+}
+
+/// Starts, watches, stops and removes task processes.
+pub struct Runner {
+    config: RunnerConfig,
+    /// Shims this agent started, reaped when they exit (adopted shims are reaped by init).
+    shims: Mutex<HashMap<String, Child>>,
+}
+
+fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(id.to_string()))
+    }
+}
+
+impl Runner {
+    pub fn new(config: RunnerConfig) -> Result<Runner> {
+        fs::create_dir_all(&config.dir).map_err(|source| Error::Io {
+            what: format!("create {}", config.dir.display()),
+            task: "-".into(),
+            source,
+        })?;
+        if let Some(cg) = &config.cgroup {
+            fs::create_dir_all(cg).map_err(|source| Error::Io {
+                what: format!("create cgroup {}", cg.display()),
+                task: "-".into(),
+                source,
+            })?;
+        }
+        Ok(Runner {
+            config,
+            shims: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn io<'a>(
+        &self,
+        what: impl Into<String>,
+        task: &'a str,
+    ) -> impl FnOnce(std::io::Error) -> Error + 'a {
+        let what = what.into();
+        move |source| Error::Io {
+            what,
+            task: task.to_string(),
+            source,
+        }
+    }
+
+    /// The task's directory.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.config.dir.join(id)
+    }
+
+    /// The name of the task's network namespace.
+    pub fn netns_name(&self, id: &str) -> String {
+        format!("{}t-{id}", self.config.netns_prefix)
+    }
+
+    fn cgroup(&self, id: &str) -> Option<PathBuf> {
+        self.config.cgroup.as_ref().map(|c| c.join(id))
+    }
+
+    /// Tasks that have a directory here (running, exited, or being set up).
+    pub fn list(&self) -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(&self.config.dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.retain(|id| check_id(id).is_ok());
+        ids.sort();
+        ids
+    }
+
+    /// The task's network namespace, created (or adopted) on first use.
+    pub fn namespace(&self, id: &str) -> Result<NetNs> {
+        check_id(id)?;
+        let dir = self.dir(id);
+        fs::create_dir_all(&dir).map_err(self.io(format!("create {}", dir.display()), id))?;
+        Ok(NetNs::ensure(&self.netns_name(id))?)
+    }
+
+    /// Starts the task's command through the shim unless it was already started (a restarted
+    /// agent adopts what runs). `env` is KEY=VALUE.
+    pub fn start(&self, id: &str, argv: &[String], env: &[String]) -> Result<()> {
+        check_id(id)?;
+        if argv.is_empty() {
+            return Err(Error::NoCommand(id.to_string()));
+        }
+        if self.state(id) != ProcState::NotStarted {
+            return Ok(());
+        }
+        let ns = self.namespace(id)?;
+        let dir = self.dir(id);
+        let cgroup = self.cgroup(id);
+        if let Some(cg) = &cgroup {
+            fs::create_dir_all(cg)
+                .map_err(self.io(format!("create cgroup {}", cg.display()), id))?;
+        }
+        shim::write_atomic(
+            &dir,
+            RESOLV,
+            &format!("nameserver {}\noptions ndots:0\n", self.config.nameserver),
+        )
+        .map_err(self.io("write resolv.conf", id))?;
+        let spec = ShimSpec {
+            argv: argv.to_vec(),
+            env: env.to_vec(),
+            netns: ns.path().to_path_buf(),
+            cgroup,
+            workdir: dir.join("work"),
+        };
+        let json = serde_json::to_string_pretty(&spec).expect("a spec serializes");
+        shim::write_atomic(&dir, SPEC, &json).map_err(self.io("write the task spec", id))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("shim.log"))
+            .map_err(self.io("open shim.log", id))?;
+        let (program, args) = self
+            .config
+            .shim
+            .split_first()
+            .expect("a shim command is configured");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(self.io("dup", id))?)
+            .stderr(log);
+        shim::detach(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(self.io(format!("start the shim {}", program.to_string_lossy()), id))?;
+        self.shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), child);
+        Ok(())
+    }
+
+    fn reap(&self, id: &str) {
+        let mut shims = self.shims.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(child) = shims.get_mut(id)
+            && matches!(child.try_wait(), Ok(Some(_)))
+        {
+            shims.remove(id);
+        }
+    }
+
+    /// What the task's process is doing, from its directory and the kernel.
+    pub fn state(&self, id: &str) -> ProcState {
+        self.reap(id);
+        let dir = self.dir(id);
+        if let Ok(code) = fs::read_to_string(dir.join(EXIT)) {
+            return ProcState::Exited {
+                code: code.trim().parse().unwrap_or(-1),
+            };
+        }
+        if let Some(pid) = read_pid(&dir) {
+            if self.pid_in_task(id, pid) {
+                return ProcState::Running { pid };
+            }
+            // The process is gone without an exit file: the shim was killed with it.
+            return ProcState::Exited { code: 137 };
+        }
+        if !dir.join(SPEC).exists() {
+            return ProcState::NotStarted;
+        }
+        let shim_alive = self
+            .shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some();
+        if shim_alive {
+            ProcState::Starting
+        } else {
+            ProcState::NotStarted
+        }
+    }
+
+    /// Whether `pid` is a live process inside the task's namespace (guards against pid reuse).
+    fn pid_in_task(&self, id: &str, pid: u32) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ns) = NetNs::open(&self.netns_name(id)) else {
+            return false;
+        };
+        let Ok(want) = ns.inode() else { return false };
+        fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| m.ino() == want)
+            .unwrap_or(false)
+    }
+
+    /// Stops the task: SIGTERM, then after `grace` SIGKILL to everything in its cgroup (or its
+    /// process). Returns the exit code if the process had been running.
+    pub fn stop(&self, id: &str, grace: Duration) -> Option<i32> {
+        let pid = match self.state(id) {
+            ProcState::Running { pid } => pid,
+            ProcState::Exited { code } => return Some(code),
+            _ => {
+                self.kill_all(id);
+                return None;
+            }
+        };
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let ProcState::Exited { code } = self.state(id) {
+                return Some(code);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_all(id);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let ProcState::Exited { code } = self.state(id) {
+                return Some(code);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(137)
+    }
+
+    /// SIGKILL to every process of the task (its cgroup and its namespace).
+    fn kill_all(&self, id: &str) {
+        if let Some(cg) = self.cgroup(id) {
+            let _ = fs::write(cg.join("cgroup.kill"), "1");
+        }
+        if let Ok(ns) = NetNs::open(&self.netns_name(id)) {
+            for pid in netns::pids_in(&ns).unwrap_or_default() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Removes everything of the task: processes, namespace, cgroup, directory.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        check_id(id)?;
+        self.kill_all(id);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        if let Ok(ns) = NetNs::open(&self.netns_name(id)) {
+            while !netns::pids_in(&ns).unwrap_or_default().is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.reap(id);
+        self.shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        netns::delete(&self.netns_name(id))?;
+        if let Some(cg) = self.cgroup(id) {
+            while cg.exists() && fs::remove_dir(&cg).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let dir = self.dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(format!("remove {}", dir.display()), id)(e)),
+        }
+    }
+
+    /// The last `max` bytes of the task's output.
+    pub fn output_tail(&self, id: &str, max: usize) -> String {
+        let text = fs::read(self.dir(id).join(shim::OUTPUT)).unwrap_or_default();
+        String::from_utf8_lossy(&text[text.len().saturating_sub(max)..]).into_owned()
+    }
+}
+
+fn read_pid(dir: &Path) -> Option<u32> {
+    fs::read_to_string(dir.join(PID)).ok()?.trim().parse().ok()
+}

@@ -1,0 +1,159 @@
+//! The task shim: a small process between the agent and a task's command. The agent starts it
+//! detached (own session); it joins the task's cgroup and network namespace, gives the task its own
+//! mount namespace with the task's /etc/resolv.conf, runs the command, waits for it and records the
+//! exit code in the task directory. So tasks survive agent restarts and their exit codes are
+//! never lost, and the agent needs no parent-child link to adopt them.
+//!
+//! Files in a task directory: `spec.json` (written by the agent), `pid` (the command's pid),
+//! `exit` (its exit code; 128+N when killed by signal N), `output.log` (its stdout and stderr),
+//! `resolv.conf`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, setns, unshare};
+use serde::{Deserialize, Serialize};
+
+/// What the shim runs, as the agent wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimSpec {
+    pub argv: Vec<String>,
+    /// KEY=VALUE, on top of a minimal PATH.
+    pub env: Vec<String>,
+    /// The task's network namespace file.
+    pub netns: PathBuf,
+    /// The task's cgroup2 directory, if the host has cgroup2.
+    pub cgroup: Option<PathBuf>,
+    /// The working directory of the command.
+    pub workdir: PathBuf,
+}
+
+pub const SPEC: &str = "spec.json";
+pub const PID: &str = "pid";
+pub const EXIT: &str = "exit";
+pub const OUTPUT: &str = "output.log";
+pub const RESOLV: &str = "resolv.conf";
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Writes `contents` to `dir/name` atomically (write a temporary file, then rename).
+pub fn write_atomic(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))
+}
+
+/// The shim's main: runs the task described in `dir` and returns the shim's own exit status
+/// (0 once the task's exit code is recorded). Call it from a single-threaded process.
+pub fn run(dir: &Path) -> i32 {
+    match run_inner(dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            let msg = format!("netagent shim: {e}\n");
+            let _ = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(OUTPUT))
+                .and_then(|mut f| f.write_all(msg.as_bytes()));
+            // A task that could not start exits 127, as a shell reports "command not found".
+            let _ = write_atomic(dir, EXIT, "127\n");
+            1
+        }
+    }
+}
+
+fn run_inner(dir: &Path) -> Result<(), String> {
+    let spec: ShimSpec = serde_json::from_slice(
+        &fs::read(dir.join(SPEC)).map_err(|e| format!("read {}/{SPEC}: {e}", dir.display()))?,
+    )
+    .map_err(|e| format!("parse {}/{SPEC}: {e}", dir.display()))?;
+    if spec.argv.is_empty() {
+        return Err("the task has no command".into());
+    }
+    if let Some(cg) = &spec.cgroup {
+        fs::write(cg.join("cgroup.procs"), "0")
+            .map_err(|e| format!("join cgroup {}: {e}", cg.display()))?;
+    }
+    let ns = File::open(&spec.netns).map_err(|e| format!("open {}: {e}", spec.netns.display()))?;
+    setns(&ns, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("enter the task's network namespace: {e}"))?;
+    // The task's own view of /etc/resolv.conf, in a mount namespace of its own.
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare the mount namespace: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make / private: {e}"))?;
+    let resolv = dir.join(RESOLV);
+    if resolv.exists() && Path::new("/etc/resolv.conf").exists() {
+        mount(
+            Some(&resolv),
+            "/etc/resolv.conf",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind {} on /etc/resolv.conf: {e}", resolv.display()))?;
+    }
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(OUTPUT))
+        .map_err(|e| format!("open the output log: {e}"))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("dup the output log: {e}"))?;
+    fs::create_dir_all(&spec.workdir)
+        .map_err(|e| format!("create {}: {e}", spec.workdir.display()))?;
+    let mut cmd = Command::new(&spec.argv[0]);
+    cmd.args(&spec.argv[1..])
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .current_dir(&spec.workdir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    for kv in &spec.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        cmd.env(k, v);
+    }
+    // The command gets default signal dispositions and its own process group.
+    cmd.process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("start {:?}: {e}", spec.argv[0]))?;
+    write_atomic(dir, PID, &format!("{}\n", child.id()))
+        .map_err(|e| format!("write the pid file: {e}"))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("wait for the task: {e}"))?;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    write_atomic(dir, EXIT, &format!("{code}\n"))
+        .map_err(|e| format!("write the exit file: {e}"))?;
+    Ok(())
+}
+
+/// Sets the shim's session so signals to the agent's process group do not reach it.
+pub fn detach(cmd: &mut Command) {
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+}
