@@ -1,0 +1,255 @@
+//! chitchat's transport, replaced: every message is sealed by [`crate::wire`] on the way out and
+//! must open (key, tag, replay window, framing, [`crate::validate`]) on the way in. Nothing
+//! that fails reaches chitchat; each failure is counted.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use chitchat::transport::{Socket, Transport};
+use chitchat::{ChitchatMessage, Deserializable, Serializable};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::wire::{self, CompiledKeys, Opened, Reassembler, Reject, ReplayGuard, Sealer};
+use crate::{Stats, Timings};
+
+/// Counters shared by the transport and the API.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub datagrams_sent: AtomicU64,
+    pub datagrams_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub dropped_unknown_key: AtomicU64,
+    pub dropped_bad_auth: AtomicU64,
+    pub dropped_replay: AtomicU64,
+    pub dropped_malformed: AtomicU64,
+    pub dropped_incomplete: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub eager_pushes: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Stats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            messages_sent: g(&self.messages_sent),
+            messages_received: g(&self.messages_received),
+            datagrams_sent: g(&self.datagrams_sent),
+            datagrams_received: g(&self.datagrams_received),
+            bytes_sent: g(&self.bytes_sent),
+            bytes_received: g(&self.bytes_received),
+            dropped_unknown_key: g(&self.dropped_unknown_key),
+            dropped_bad_auth: g(&self.dropped_bad_auth),
+            dropped_replay: g(&self.dropped_replay),
+            dropped_malformed: g(&self.dropped_malformed),
+            dropped_incomplete: g(&self.dropped_incomplete),
+            send_errors: g(&self.send_errors),
+            eager_pushes: g(&self.eager_pushes),
+        }
+    }
+}
+
+/// What the transport shares with the rest of the crate.
+pub(crate) struct Shared {
+    pub keys: RwLock<Arc<CompiledKeys>>,
+    pub counters: Counters,
+    /// Woken after chitchat has applied a message that carried a delta.
+    pub data_arrived: Notify,
+}
+
+impl Shared {
+    pub fn keys(&self) -> Arc<CompiledKeys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Hands chitchat one pre-bound UDP socket wrapped in the envelope.
+pub(crate) struct SecureTransport {
+    socket: Mutex<Option<tokio::net::UdpSocket>>,
+    shared: Arc<Shared>,
+    mtu: u16,
+    timings: Timings,
+}
+
+impl SecureTransport {
+    pub fn new(
+        socket: tokio::net::UdpSocket,
+        shared: Arc<Shared>,
+        mtu: u16,
+        timings: Timings,
+    ) -> Self {
+        SecureTransport {
+            socket: Mutex::new(Some(socket)),
+            shared,
+            mtu,
+            timings,
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for SecureTransport {
+    async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let socket = self
+            .socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the gossip socket was already opened"))?;
+        Ok(Box::new(SecureSocket {
+            socket,
+            shared: self.shared.clone(),
+            sealer: Sealer::new(self.mtu),
+            guard: ReplayGuard::new(self.timings.replay_max_age, 4096),
+            reassembler: Reassembler::new(64, self.timings.reassembly_timeout),
+            buf: vec![0u8; 65_536].into_boxed_slice(),
+            signal_pending: false,
+        }))
+    }
+}
+
+struct SecureSocket {
+    socket: tokio::net::UdpSocket,
+    shared: Arc<Shared>,
+    sealer: Sealer,
+    guard: ReplayGuard,
+    reassembler: Reassembler,
+    buf: Box<[u8]>,
+    /// The last message returned carried a delta: once chitchat asks for the next one, it has
+    /// applied it, and the view may look.
+    signal_pending: bool,
+}
+
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::OutOfMemory
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    ) || e.raw_os_error() == Some(105) // ENOBUFS
+}
+
+impl SecureSocket {
+    fn count_reject(&self, r: Reject, from: SocketAddr) {
+        let c = &self.shared.counters;
+        let counter = match r {
+            Reject::Malformed => &c.dropped_malformed,
+            Reject::UnknownKey => &c.dropped_unknown_key,
+            Reject::BadAuth => &c.dropped_bad_auth,
+            Reject::Replay => &c.dropped_replay,
+        };
+        add(counter, 1);
+        debug!(%from, reason = ?r, "gossip datagram dropped");
+    }
+
+    /// Turns one datagram into a message for chitchat, or nothing.
+    fn accept(&mut self, n: usize, from: SocketAddr) -> Option<ChitchatMessage> {
+        let keys = self.shared.keys();
+        let bytes = match wire::open(&keys, &mut self.guard, &self.buf[..n], self.sealer.sender()) {
+            Ok(Opened::Message(m)) => m,
+            Ok(Opened::Fragment {
+                sender,
+                msg_id,
+                index,
+                count,
+                chunk,
+            }) => {
+                let (res, given_up) = self.reassembler.add(sender, msg_id, index, count, chunk);
+                add(&self.shared.counters.dropped_incomplete, given_up);
+                match res {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return None,
+                    Err(r) => {
+                        self.count_reject(r, from);
+                        return None;
+                    }
+                }
+            }
+            Err(r) => {
+                self.count_reject(r, from);
+                return None;
+            }
+        };
+        let Some(checked) = crate::validate::check(&bytes) else {
+            self.count_reject(Reject::Malformed, from);
+            return None;
+        };
+        match ChitchatMessage::deserialize(&mut &bytes[..]) {
+            Ok(msg) => {
+                add(&self.shared.counters.messages_received, 1);
+                self.signal_pending = checked.has_delta;
+                Some(msg)
+            }
+            Err(_) => {
+                self.count_reject(Reject::Malformed, from);
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Socket for SecureSocket {
+    async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
+        let bytes = msg.serialize_to_vec();
+        let keys = self.shared.keys();
+        let datagrams = match self.sealer.seal(&keys, &bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                add(&self.shared.counters.send_errors, 1);
+                warn!(%to, error = %e, "gossip message not sent");
+                return Ok(());
+            }
+        };
+        let c = &self.shared.counters;
+        add(&c.messages_sent, 1);
+        for d in datagrams {
+            match self.socket.send_to(&d, to).await {
+                Ok(n) => {
+                    add(&c.datagrams_sent, 1);
+                    add(&c.bytes_sent, n as u64);
+                }
+                Err(e) => {
+                    add(&c.send_errors, 1);
+                    debug!(%to, error = %e, "gossip send failed");
+                    break;
+                }
+            }
+        }
+        // A failed send never stops gossip: the peer is retried or declared dead.
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        if std::mem::take(&mut self.signal_pending) {
+            self.shared.data_arrived.notify_one();
+        }
+        loop {
+            // The only await point: dropping this future loses nothing.
+            let (n, from) = match self.socket.recv_from(&mut self.buf).await {
+                Ok(r) => r,
+                Err(e) if transient(&e) => continue,
+                Err(e) => return Err(anyhow::Error::new(e).context("gossip socket failed")),
+            };
+            add(&self.shared.counters.datagrams_received, 1);
+            add(&self.shared.counters.bytes_received, n as u64);
+            if let Some(msg) = self.accept(n, from) {
+                return Ok((from, msg));
+            }
+        }
+    }
+}

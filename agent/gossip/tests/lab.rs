@@ -1,0 +1,342 @@
+//! Gossip in the namespace lab: one instance per node, sockets inside the nodes' namespaces.
+//! Conditions are awaited with generous timeouts; nothing here asserts on timing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Cluster, LONG, endpoint, is_root, key};
+use gossip::{Event, Keyring, Timings};
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: the lab needs root");
+            return;
+        }
+    };
+}
+
+/// An entry published on one node shows on all five; withdrawn, it disappears everywhere and
+/// stays gone — also when a stale ADD of it arrives after the DELETE.
+#[test]
+fn publish_and_withdraw_reach_all_five_and_stay_withdrawn() {
+    require_root!();
+    let mut c = Cluster::new(5, 1, Timings::fast());
+    c.start_all();
+    c.wait_converged();
+    let mut sub = c.g(5).subscribe("net1");
+    assert_eq!(sub.try_recv(), Some(Event::Resync(vec![])));
+
+    // Fresh node 3 writes versions 1 (vtep), 2 (endpoint), then 3 (the tombstone).
+    let vtep = "198.18.0.3".parse().unwrap();
+    c.rt.block_on(c.g(3).publish_vtep(vtep)).unwrap();
+    let ep = endpoint("net1", "ep-a", 3);
+    c.publish(3, ep.clone());
+    c.wait("all five see ep-a and node3's VTEP", || {
+        (1..=5).all(|i| c.sees(i, "net1", "ep-a", 3) && c.g(i).vteps().get("node3") == Some(&vtep))
+    });
+    let got =
+        c.rt.block_on(async { tokio::time::timeout(LONG, sub.recv()).await.expect("event") });
+    match got {
+        Some(Event::Added(e)) => {
+            assert_eq!(e.owner, "node3");
+            assert_eq!(e.endpoint, ep);
+        }
+        other => panic!("expected Added, got {other:?}"),
+    }
+
+    assert!(c.withdraw(3, "net1", "ep-a"));
+    assert!(!c.withdraw(3, "net1", "ep-a"), "already withdrawn");
+    c.wait("ep-a is gone everywhere", || {
+        (1..=5).all(|i| !c.sees(i, "net1", "ep-a", 3))
+    });
+    let got =
+        c.rt.block_on(async { tokio::time::timeout(LONG, sub.recv()).await.expect("event") });
+    assert!(
+        matches!(got, Some(Event::Removed(ref e)) if e.endpoint.id == "ep-a"),
+        "{got:?}"
+    );
+
+    // A stale ADD (version 2, before the tombstone's 3), sealed with the cluster key and sent to
+    // node 2 from node 4's namespace, as a late or replayed relay would deliver it.
+    let g3 = c.g(3);
+    let value = r#"{"i":"10.0.0.3","m":"02:42:0a:00:00:03"}"#;
+    let before = c.g(2).stats();
+    for (from_version, version) in [(0, 2), (1, 2), (2, 3)] {
+        let msg = gossip::validate::forge::ack(
+            "node3",
+            g3.generation(),
+            g3.addr(),
+            from_version,
+            &[("ep/net1/ep-a", value, version, false)],
+            None,
+        );
+        let datagrams = gossip::wire::seal_message(&c.keys[0], 1500, &msg).unwrap();
+        send_from(&c, 4, c.addr(2), &datagrams);
+    }
+    c.wait("node 2 processed the stale adds", || {
+        c.g(2).stats().messages_received >= before.messages_received + 3
+    });
+    // The envelope accepted all three (sealed with the cluster key, fresh): chitchat saw them.
+    let after = c.g(2).stats();
+    assert_eq!(after.dropped_malformed, before.dropped_malformed);
+    assert_eq!(after.dropped_replay, before.dropped_replay);
+    assert_eq!(after.dropped_bad_auth, before.dropped_bad_auth);
+    assert_eq!(after.dropped_unknown_key, before.dropped_unknown_key);
+    std::thread::sleep(Timings::fast().gossip_interval * 20);
+    for i in 1..=5 {
+        assert!(!c.sees(i, "net1", "ep-a", 3), "ep-a resurrected on node{i}");
+    }
+    // The rest of the table is intact and the cluster healthy.
+    assert!((1..=5).all(|i| c.g(i).vteps().len() == 1));
+}
+
+fn send_from(c: &Cluster, i: usize, to: SocketAddr, datagrams: &[Vec<u8>]) {
+    let from = c.lab.node(i).addr();
+    c.lab
+        .node(i)
+        .in_ns(|| {
+            let s = std::net::UdpSocket::bind((from, 0)).unwrap();
+            for d in datagrams {
+                s.send_to(d, to).unwrap();
+            }
+        })
+        .unwrap();
+}
+
+/// A node cut off by a partition: its entries are withdrawn elsewhere after failure detection
+/// (and it withdraws the others'); healed, everything returns.
+#[test]
+fn isolated_node_is_withdrawn_and_returns_when_healed() {
+    require_root!();
+    let mut c = Cluster::new(5, 2, Timings::fast());
+    c.start_all();
+    c.wait_converged();
+    for i in 1..=5 {
+        c.publish(i, endpoint("net1", &format!("ep{i}"), i as u8));
+    }
+    let all_see_all =
+        |c: &Cluster| (1..=5).all(|i| (1..=5).all(|o| c.sees(i, "net1", &format!("ep{o}"), o)));
+    c.wait("all see all five endpoints", || all_see_all(&c));
+
+    c.lab.isolate(5).unwrap();
+    c.wait(
+        "nodes 1-4 withdrew node 5's endpoint, node 5 withdrew theirs",
+        || {
+            (1..=4).all(|i| !c.sees(i, "net1", "ep5", 5) && c.sees(i, "net1", "ep1", 1))
+                && (1..=4).all(|o| !c.sees(5, "net1", &format!("ep{o}"), o))
+                && c.sees(5, "net1", "ep5", 5)
+        },
+    );
+    assert!(
+        c.g(1)
+            .members()
+            .iter()
+            .any(|m| m.node_id == "node5" && !m.alive)
+    );
+
+    c.lab.heal_all().unwrap();
+    c.wait("healed: all see all five endpoints again", || {
+        all_see_all(&c)
+    });
+    c.wait_converged();
+}
+
+/// Every manager (the seeds) restarts at once: the workers' and managers' views merge again
+/// without any manual step.
+#[test]
+fn all_managers_restarted_the_view_heals() {
+    require_root!();
+    let mut c = Cluster::new(5, 3, Timings::fast());
+    c.start_all();
+    c.wait_converged();
+    for i in 1..=5 {
+        c.publish(i, endpoint("net1", &format!("ep{i}"), i as u8));
+    }
+    let all_see_all =
+        |c: &Cluster| (1..=5).all(|i| (1..=5).all(|o| c.sees(i, "net1", &format!("ep{o}"), o)));
+    c.wait("all see all five endpoints", || all_see_all(&c));
+
+    for m in 1..=3 {
+        c.kill(m);
+    }
+    c.wait("workers withdrew the managers' endpoints", || {
+        (4..=5).all(|i| (1..=3).all(|o| !c.sees(i, "net1", &format!("ep{o}"), o)))
+    });
+    // The managers come back (new incarnations) and republish, as a restarted agent does.
+    for m in 1..=3 {
+        c.start(m);
+        c.publish(m, endpoint("net1", &format!("ep{m}"), m as u8));
+    }
+    c.wait("after the restart all see all five endpoints", || {
+        all_see_all(&c)
+    });
+    c.wait_converged();
+
+    // A graceful leave withdraws the node's entries everywhere too.
+    let g5 = c.take(5);
+    c.rt.block_on(g5.shutdown()).unwrap();
+    c.wait("node 5 left: its endpoint is gone", || {
+        (1..=4).all(|i| !c.sees(i, "net1", "ep5", 5) && c.sees(i, "net1", "ep4", 4))
+    });
+}
+
+/// A node with the wrong key can neither inject nor read; replayed and malformed datagrams are
+/// dropped and counted; a full key rotation loses no entry.
+#[test]
+fn keys_replays_malformed_and_rotation() {
+    require_root!();
+    let mut c = Cluster::new(5, 1, Timings::fast());
+    c.keys[4] = Keyring::single(key(9, 0x99));
+    // Node 2 also "seeds" a spy socket on node 5 (port 7947) that captures its datagrams.
+    let spy_addr = SocketAddr::new(c.lab.node(5).addr().into(), 7947);
+    let spy = common::bind_in(&c.lab, 5, spy_addr);
+    spy.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    c.start_all();
+    let mut cfg2 = c.config(2);
+    cfg2.seeds.push(spy_addr);
+    c.kill(2);
+    c.start_with(2, cfg2);
+    for i in 1..=5 {
+        c.publish(i, endpoint("net1", &format!("ep{i}"), i as u8));
+    }
+    let good_see_good =
+        |c: &Cluster| (1..=4).all(|i| (1..=4).all(|o| c.sees(i, "net1", &format!("ep{o}"), o)));
+    c.wait("nodes 1-4 see each other's endpoints", || good_see_good(&c));
+    c.wait(
+        "node 5's datagrams are refused for their unknown key",
+        || c.g(1).stats().dropped_unknown_key > 0,
+    );
+    std::thread::sleep(Timings::fast().gossip_interval * 20);
+    for i in 1..=4 {
+        assert!(!c.sees(i, "net1", "ep5", 5), "node 5 injected into node{i}");
+        assert!(c.g(i).members().iter().all(|m| m.node_id != "node5"));
+    }
+    assert_eq!(c.g(5).endpoints("net1").len(), 1, "node 5 read nothing");
+
+    // Replays: what node 2 sent to the spy, sent to node 1 twice.
+    let mut captured = Vec::new();
+    let mut buf = [0u8; 2048];
+    while captured.len() < 5 {
+        if let Ok((n, _)) = spy.recv_from(&mut buf) {
+            captured.push(buf[..n].to_vec());
+        }
+    }
+    let before = c.g(1).stats();
+    send_from(&c, 5, c.addr(1), &captured);
+    send_from(&c, 5, c.addr(1), &captured);
+    c.wait("every second copy is counted as a replay", || {
+        c.g(1).stats().dropped_replay >= before.dropped_replay + captured.len() as u64
+    });
+
+    // Malformed: junk, truncated, a bad version, a flipped tag.
+    let mut junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 3],
+        vec![1; 30],
+        vec![2; 200],
+        (0..1400u32).map(|i| (i * 7) as u8).collect(),
+    ];
+    let mut flipped = captured[0].clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    junk.push(flipped);
+    let before = c.g(1).stats();
+    send_from(&c, 3, c.addr(1), &junk);
+    c.wait("junk is counted", || {
+        let s = c.g(1).stats();
+        s.dropped_malformed + s.dropped_bad_auth + s.dropped_unknown_key
+            >= before.dropped_malformed
+                + before.dropped_bad_auth
+                + before.dropped_unknown_key
+                + junk.len() as u64
+                - 1
+    });
+    assert!(c.g(1).stats().dropped_malformed >= before.dropped_malformed + 3);
+    assert!(c.g(1).stats().dropped_bad_auth > before.dropped_bad_auth);
+
+    // Rotation 1 -> 2 on nodes 1-4, watched on node 1: no entry may go away at any step.
+    let mut sub = c.g(1).subscribe("net1");
+    let k1 = key(1, 0x11);
+    let k2 = key(2, 0x22);
+    let steps = [
+        Keyring {
+            primary: k1.clone(),
+            accepted: vec![k2.clone()],
+        },
+        Keyring {
+            primary: k2.clone(),
+            accepted: vec![k1.clone()],
+        },
+        Keyring::single(k2.clone()),
+    ];
+    for ring in steps {
+        for i in 1..=4 {
+            c.g(i).set_keyring(ring.clone()).unwrap();
+            std::thread::sleep(Timings::fast().gossip_interval * 3);
+        }
+        std::thread::sleep(Timings::fast().gossip_interval * 10);
+        assert!(
+            good_see_good(&c),
+            "an entry was lost at {ring:?}\n{}",
+            c.describe()
+        );
+    }
+    c.publish(4, endpoint("net1", "after-rotation", 44));
+    c.wait("a new entry crosses under the new key", || {
+        (1..=4).all(|i| c.sees(i, "net1", "after-rotation", 4))
+    });
+    let mut events = Vec::new();
+    while let Some(e) = sub.try_recv() {
+        events.push(e);
+    }
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Removed(_))),
+        "no entry flapped during rotation: {events:?}"
+    );
+    c.wait_converged_subset(&[1, 2, 3, 4]);
+}
+
+trait Subset {
+    fn wait_converged_subset(&self, nodes: &[usize]);
+}
+
+impl Subset for Cluster {
+    fn wait_converged_subset(&self, nodes: &[usize]) {
+        self.wait("the subset sees itself alive", || {
+            nodes.iter().all(|&i| {
+                let m = self.g(i).members();
+                nodes
+                    .iter()
+                    .all(|&o| m.iter().any(|x| x.node_id == format!("node{o}") && x.alive))
+            })
+        });
+    }
+}
+
+/// A subscriber that falls far behind gets a fresh snapshot instead of the missed events.
+#[test]
+fn a_lagging_subscriber_gets_a_snapshot() {
+    require_root!();
+    let mut c = Cluster::new(1, 1, Timings::fast());
+    c.start_all();
+    let mut sub = c.g(1).subscribe("net1");
+    assert_eq!(sub.try_recv(), Some(Event::Resync(vec![])));
+    for k in 0..1500u32 {
+        c.publish(1, endpoint("net1", &format!("e{k}"), (k % 250) as u8));
+    }
+    match sub.try_recv() {
+        Some(Event::Resync(all)) => assert_eq!(all.len(), 1500),
+        other => panic!("expected a resync, got {other:?}"),
+    }
+    c.withdraw(1, "net1", "e7");
+    match sub.try_recv() {
+        Some(Event::Removed(e)) => assert_eq!(e.endpoint.id, "e7"),
+        other => panic!("expected the removal, got {other:?}"),
+    }
+    assert_eq!(sub.try_recv(), None);
+    assert_eq!(c.g(1).endpoints("net1").len(), 1499);
+}
