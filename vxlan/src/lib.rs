@@ -1,0 +1,1212 @@
+//! The kernel half of an overlay network: desired values in, idempotent netlink changes out.
+//!
+//! A [`Dataplane`] is a per-node handle. It knows the node's network namespace (in production
+//! the agent's own, [`netns::NetNs::current`]), its data-path (VTEP) address, the data-path UDP
+//! port and a prefix for the namespaces it creates. Its operations take desired values and make
+//! the kernel match them, reading the kernel (netlink dumps) every time, so a restarted process
+//! converges and a second pass over unchanged state writes nothing ([`Dataplane::writes`]).
+//!
+//! Kernel layout, as Docker's overlay driver does it:
+//! - one sandbox namespace per network per node, `<prefix>1-<network id[..10]>`, created with
+//!   the network's first local endpoint and removed with its last;
+//! - in it, bridge `br0` with the network's gateway address and `vxlan0` (VNI, dstport = the
+//!   data-path port, local VTEP, learning off, proxy ARP on) on `br0`. `vxlan0` is created from
+//!   the node namespace straight into the sandbox, so its UDP socket lives in the node namespace
+//!   where the underlay is;
+//! - per task endpoint a veth `ve<hash>` on `br0` whose peer is the task's interface (address,
+//!   MAC `02:42` + the four address bytes, the network's MTU);
+//! - per remote endpoint a permanent neighbour entry (IP -> MAC) and a VXLAN FDB entry (MAC ->
+//!   VTEP) on `vxlan0`: no flooding, no learning;
+//! - MTU: the underlay interface's MTU - 50 unless the network overrides it;
+//! - the gateway bridge (`docker_gwbridge`) in the node namespace with masquerade of its subnet
+//!   and no traffic between tasks (isolated bridge ports plus a drop rule), in nftables table
+//!   [`nft::TABLE`]; per task a `gw<hash>` veth on it and the task's default route.
+//!
+//! Everything is blocking: from async code call it on a blocking thread
+//! (`tokio::task::spawn_blocking`). The calling thread never changes namespace: netlink sockets
+//! are opened inside the namespace they serve on a short-lived thread ([`netns::NetNs::run`]),
+//! nft runs as a process that enters the node namespace before exec.
+
+mod error;
+mod kernel;
+pub mod nft;
+mod nl;
+mod spec;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use netns::NetNs;
+
+pub use error::{Error, Result};
+pub use ipnet::Ipv4Net;
+pub use spec::{
+    DEFAULT_GWBRIDGE, DEFAULT_PORT, DesiredState, Endpoint, GatewayEndpoint, GwBridge, Keep, Mac,
+    Network, NetworkState, Peer, PeerChanges, Removed, VNI_MAX, VXLAN_OVERHEAD,
+};
+
+use kernel::{Addr, Link, LinkChange};
+use nl::{Counter, Nl, Req};
+use spec::{check_host, check_id, check_ifname, veth_name};
+
+/// Prefix of the namespaces netagent creates unless configured otherwise.
+pub const DEFAULT_PREFIX: &str = "netagent-";
+/// The sandbox bridge.
+pub const BRIDGE: &str = "br0";
+/// The VXLAN device inside a sandbox.
+pub const VXLAN: &str = "vxlan0";
+const SANDBOX_TAG: &str = "1-";
+const EP_TAG: &str = "ve";
+const GW_TAG: &str = "gw";
+
+/// How to build a [`Dataplane`].
+#[derive(Debug)]
+pub struct Config {
+    /// The node's network namespace: the underlay is here, and so are the VXLAN sockets and
+    /// the gateway bridge.
+    pub netns: NetNs,
+    /// The node's data-path address (VTEP): source of VXLAN packets.
+    pub vtep: Ipv4Addr,
+    /// The data-path UDP port (Docker: 4789, `--data-path-port`).
+    pub port: u16,
+    /// Names of namespaces netagent creates start with this.
+    pub prefix: String,
+}
+
+impl Config {
+    /// A configuration with the default port and prefix.
+    pub fn new(netns: NetNs, vtep: Ipv4Addr) -> Config {
+        Config {
+            netns,
+            vtep,
+            port: DEFAULT_PORT,
+            prefix: DEFAULT_PREFIX.to_string(),
+        }
+    }
+}
+
+struct Sbox {
+    ns: NetNs,
+    nl: Nl,
+}
+
+struct Net {
+    spec: Network,
+    peers: BTreeMap<Ipv4Addr, Peer>,
+    sbox: Option<Sbox>,
+}
+
+/// What every operation needs besides the per-network state.
+struct Ctx {
+    node: NetNs,
+    vtep: Ipv4Addr,
+    port: u16,
+    prefix: String,
+    underlay: String,
+    underlay_mtu: u32,
+    counter: Arc<Counter>,
+}
+
+/// The per-node handle on the overlay data plane. See the crate documentation.
+pub struct Dataplane {
+    ctx: Ctx,
+    nl: Nl,
+    nets: BTreeMap<String, Net>,
+    gw: Option<GwBridge>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("netns", &self.ctx.node.name())
+            .field("vtep", &self.ctx.vtep)
+            .field("port", &self.ctx.port)
+            .field("prefix", &self.ctx.prefix)
+            .field("networks", &self.nets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Ctx {
+    fn mtu(&self, n: &Network) -> u32 {
+        n.mtu
+            .unwrap_or_else(|| self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD).max(68))
+    }
+
+    fn sandbox_name(&self, id: &str) -> String {
+        // Ids are validated ASCII, so byte slicing is safe.
+        format!("{}{SANDBOX_TAG}{}", self.prefix, &id[..id.len().min(10)])
+    }
+
+    fn sandbox_prefix(&self) -> String {
+        format!("{}{SANDBOX_TAG}", self.prefix)
+    }
+
+    fn netlink_err(&self, op: impl Into<String>, ns: &str, e: nl::NlError) -> Error {
+        Error::Netlink {
+            op: op.into(),
+            ns: ns.to_string(),
+            detail: e.to_string(),
+            errno: e.errno,
+        }
+    }
+}
+
+fn open_task(path: &Path) -> Result<NetNs> {
+    match NetNs::open_path(&path.to_string_lossy(), path) {
+        Ok(ns) => Ok(ns),
+        Err(netns::Error::NotFound(_)) => Err(Error::TaskNamespaceMissing {
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies requests whose failure with one of `ignore` (e.g. ENOENT on delete) is fine.
+fn batch_ignoring(nl: &mut Nl, reqs: Vec<Req>, ignore: &[i32]) -> Result<()> {
+    let whats: Vec<String> = reqs.iter().map(|r| r.what.clone()).collect();
+    for (r, what) in nl.batch(reqs)?.into_iter().zip(whats) {
+        if let Err(e) = r
+            && !ignore.contains(&e.errno)
+        {
+            return Err(Error::Netlink {
+                op: what,
+                ns: nl.ns_name().to_string(),
+                detail: e.to_string(),
+                errno: e.errno,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn delete_link(nl: &mut Nl, l: &Link) -> Result<()> {
+    batch_ignoring(
+        nl,
+        vec![kernel::del_link(l.index, &l.name)],
+        &[libc::ENODEV],
+    )
+}
+
+fn create_link(nl: &mut Nl, req: Req, name: &str) -> Result<Link> {
+    nl.request(req)?;
+    kernel::link_by_name(nl, name)?.ok_or_else(|| Error::Netlink {
+        op: format!("find {name} after creating it"),
+        ns: nl.ns_name().to_string(),
+        detail: "it vanished".into(),
+        errno: libc::ENODEV,
+    })
+}
+
+/// Makes the IPv4 addresses of link `index` exactly `want`.
+fn ensure_addrs(nl: &mut Nl, index: u32, dev: &str, want: &[Addr]) -> Result<()> {
+    let have: Vec<Addr> = kernel::addrs(nl)?
+        .into_iter()
+        .filter(|a| a.index == index)
+        .collect();
+    let mut reqs = Vec::new();
+    for a in &have {
+        if !want.contains(a) {
+            reqs.push(kernel::del_addr(a, dev));
+        }
+    }
+    for a in want {
+        if !have.contains(a) {
+            reqs.push(kernel::new_addr(a, dev));
+        }
+    }
+    if reqs.is_empty() {
+        return Ok(());
+    }
+    batch_ignoring(nl, reqs, &[libc::EADDRNOTAVAIL])
+}
+
+/// Which default route a task interface should carry.
+#[derive(Clone, Copy)]
+enum RouteWant {
+    /// Leave the task's routes alone (overlay endpoints).
+    Leave,
+    /// Default route via this gateway on the interface.
+    Via(Ipv4Addr),
+    /// No default route through the interface.
+    Without,
+}
+
+/// A veth pair from a bridge (in the namespace of `host_nl`) into a task namespace.
+struct VethWant<'a> {
+    host_name: String,
+    master: u32,
+    isolated: bool,
+    mtu: u32,
+    task: &'a NetNs,
+    ifname: &'a str,
+    mac: Mac,
+    addr: Ipv4Addr,
+    prefix: u8,
+    route: RouteWant,
+}
+
+fn ensure_veth(host_nl: &mut Nl, counter: &Arc<Counter>, w: &VethWant) -> Result<()> {
+    let host = kernel::link_by_name(host_nl, &w.host_name)?;
+    let mut task_nl = Nl::open(w.task, counter.clone())?;
+    let tl = kernel::link_by_name(&mut task_nl, w.ifname)?;
+    let paired = match (&host, &tl) {
+        (Some(h), Some(t)) => {
+            h.is("veth") && t.is("veth") && h.link == Some(t.index) && t.link == Some(h.index)
+        }
+        _ => false,
+    };
+    let (host, tl) = if paired {
+        let (h, t) = (host.expect("paired"), tl.expect("paired"));
+        let hc = LinkChange {
+            mtu: (h.mtu != w.mtu).then_some(w.mtu),
+            up: !h.up,
+            master: (h.master != Some(w.master)).then_some(w.master),
+            mac: None,
+        };
+        if !hc.is_empty() {
+            host_nl.request(kernel::set_link(&h, &hc))?;
+        }
+        let tc = LinkChange {
+            mtu: (t.mtu != w.mtu).then_some(w.mtu),
+            up: !t.up,
+            master: None,
+            mac: (t.mac != w.mac.0).then_some(w.mac),
+        };
+        if !tc.is_empty() {
+            task_nl.request(kernel::set_link(&t, &tc))?;
+        }
+        (h, t)
+    } else {
+        // Replace whatever half-made or foreign pair holds the names (a crash left it).
+        if let Some(h) = &host {
+            delete_link(host_nl, h)?;
+        }
+        if let Some(t) = kernel::link_by_name(&mut task_nl, w.ifname)? {
+            delete_link(&mut task_nl, &t)?;
+        }
+        let req = kernel::new_veth(&kernel::VethSpec {
+            name: &w.host_name,
+            master: w.master,
+            mtu: w.mtu,
+            peer_name: w.ifname,
+            peer_mac: w.mac,
+            peer_ns: w.task,
+        });
+        let h = create_link(host_nl, req, &w.host_name)?;
+        let t = kernel::link_by_name(&mut task_nl, w.ifname)?.ok_or_else(|| Error::Netlink {
+            op: format!("find {} in the task after creating it", w.ifname),
+            ns: w.task.name().to_string(),
+            detail: "it is not there".into(),
+            errno: libc::ENODEV,
+        })?;
+        if !t.up {
+            task_nl.request(kernel::set_link(
+                &t,
+                &LinkChange {
+                    up: true,
+                    ..Default::default()
+                },
+            ))?;
+        }
+        (h, t)
+    };
+    if w.isolated && host.isolated != Some(true) {
+        host_nl.request(kernel::set_isolated(&host))?;
+    }
+    ensure_addrs(
+        &mut task_nl,
+        tl.index,
+        w.ifname,
+        &[Addr {
+            index: tl.index,
+            addr: w.addr,
+            prefix: w.prefix,
+        }],
+    )?;
+    match w.route {
+        RouteWant::Leave => {}
+        RouteWant::Via(gw) => {
+            let routes = kernel::default_routes(&mut task_nl)?;
+            let ok = routes
+                .iter()
+                .any(|r| r.gateway == Some(gw) && r.oif == Some(tl.index) && r.metric == 0);
+            if !ok {
+                task_nl.request(kernel::replace_default_route(gw, tl.index))?;
+            }
+        }
+        RouteWant::Without => {
+            let reqs: Vec<Req> = kernel::default_routes(&mut task_nl)?
+                .iter()
+                .filter(|r| r.oif == Some(tl.index))
+                .map(kernel::del_default_route)
+                .collect();
+            if !reqs.is_empty() {
+                batch_ignoring(&mut task_nl, reqs, &[libc::ESRCH, libc::ENOENT])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Dataplane {
+    /// Opens the data plane of the node namespace `cfg.netns`. Fails with
+    /// [`Error::UnderlayNotFound`] unless an interface there holds `cfg.vtep`.
+    pub fn new(cfg: Config) -> Result<Dataplane> {
+        let prefix_ok = cfg.prefix.len() <= 150
+            && cfg
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !prefix_ok {
+            return Err(Error::invalid(
+                format!("namespace prefix {:?}", cfg.prefix),
+                "use at most 150 characters of [A-Za-z0-9_.-]",
+            ));
+        }
+        if cfg.port == 0 {
+            return Err(Error::invalid(
+                "data-path port 0",
+                "use 1024-49151 (default 4789)",
+            ));
+        }
+        if cfg.vtep.is_unspecified() || cfg.vtep.is_multicast() || cfg.vtep.is_broadcast() {
+            return Err(Error::invalid(
+                format!("data-path address {}", cfg.vtep),
+                "use the node's unicast underlay address",
+            ));
+        }
+        let counter = Arc::new(Counter::default());
+        let mut nl = Nl::open(&cfg.netns, counter.clone())?;
+        let addr = kernel::addrs(&mut nl)?
+            .into_iter()
+            .find(|a| a.addr == cfg.vtep)
+            .ok_or_else(|| Error::UnderlayNotFound {
+                ns: cfg.netns.name().to_string(),
+                vtep: cfg.vtep,
+            })?;
+        let link = kernel::links(&mut nl)?
+            .into_iter()
+            .find(|l| l.index == addr.index)
+            .ok_or_else(|| Error::UnderlayNotFound {
+                ns: cfg.netns.name().to_string(),
+                vtep: cfg.vtep,
+            })?;
+        tracing::debug!(underlay = %link.name, mtu = link.mtu, vtep = %cfg.vtep, "vxlan data plane opened");
+        Ok(Dataplane {
+            ctx: Ctx {
+                node: cfg.netns,
+                vtep: cfg.vtep,
+                port: cfg.port,
+                prefix: cfg.prefix,
+                underlay: link.name,
+                underlay_mtu: link.mtu,
+                counter,
+            },
+            nl,
+            nets: BTreeMap::new(),
+            gw: None,
+        })
+    }
+
+    /// The underlay interface (the one holding the VTEP address) and its MTU.
+    pub fn underlay(&self) -> (&str, u32) {
+        (&self.ctx.underlay, self.ctx.underlay_mtu)
+    }
+
+    /// The MTU a network gets on this node: its override, else the underlay MTU - 50.
+    pub fn mtu(&self, network: &Network) -> u32 {
+        self.ctx.mtu(network)
+    }
+
+    /// The name of a network's sandbox namespace on this node.
+    pub fn sandbox_name(&self, network_id: &str) -> String {
+        self.ctx.sandbox_name(network_id)
+    }
+
+    /// Mutating kernel requests made so far: netlink writes, namespace creations and deletions,
+    /// sysctl writes and nftables transactions. Reads are not counted.
+    pub fn writes(&self) -> u64 {
+        self.ctx.counter.get()
+    }
+
+    /// Calls `hook` with the running count after every mutating kernel request (for metrics,
+    /// tracing or fault injection).
+    pub fn on_write(&mut self, hook: impl FnMut(u64) + Send + 'static) {
+        self.ctx.counter.set_hook(Some(Box::new(hook)));
+    }
+
+    /// Records a network and, if its sandbox exists on this node (also one left by an earlier
+    /// process), makes the sandbox match it: bridge, VXLAN device, gateway address, peers.
+    pub fn ensure_network(&mut self, network: &Network) -> Result<()> {
+        self.ensure_network_inner(network, None)
+    }
+
+    fn ensure_network_inner(&mut self, network: &Network, peers: Option<&[Peer]>) -> Result<()> {
+        network.validate()?;
+        for (id, other) in &self.nets {
+            if *id == network.id {
+                continue;
+            }
+            if other.spec.vni == network.vni {
+                return Err(Error::invalid(
+                    format!("VNI {} of network {}", network.vni, network.id),
+                    format!("network {id} on this node has it already"),
+                ));
+            }
+            if self.ctx.sandbox_name(id) == self.ctx.sandbox_name(&network.id) {
+                return Err(Error::invalid(
+                    format!("network id {}", network.id),
+                    format!("network {id} shares its first 10 characters"),
+                ));
+            }
+        }
+        let net = self.nets.entry(network.id.clone()).or_insert_with(|| Net {
+            spec: network.clone(),
+            peers: BTreeMap::new(),
+            sbox: None,
+        });
+        net.spec = network.clone();
+        if let Some(p) = peers {
+            net.peers = peer_map(&self.ctx, p);
+        }
+        self.open_sandbox(&network.id, false, true)?;
+        Ok(())
+    }
+
+    /// Removes a network's sandbox (and with it every endpoint of the network on this node)
+    /// and forgets the network. Removing an unknown or absent network is not an error.
+    pub fn remove_network(&mut self, network_id: &str) -> Result<()> {
+        check_id(network_id)?;
+        let sbox = self.nets.remove(network_id).and_then(|n| n.sbox);
+        let name = self.ctx.sandbox_name(network_id);
+        remove_sandbox(&self.ctx, &name, sbox)
+    }
+
+    /// Ensures the sandbox of a known network exists (creating it when `create`) and, when it
+    /// was opened now or `verify`, that it matches the network. Returns whether it exists and
+    /// what changed in its peers.
+    fn open_sandbox(
+        &mut self,
+        id: &str,
+        create: bool,
+        verify: bool,
+    ) -> Result<(bool, PeerChanges)> {
+        let name = self.ctx.sandbox_name(id);
+        let ctx = &self.ctx;
+        let net = self.nets.get_mut(id).ok_or_else(|| Error::UnknownNetwork {
+            id: id.to_string(),
+            op: "using its sandbox",
+        })?;
+        let exists = netns::exists(&name);
+        if net.sbox.is_some() && exists {
+            let changes = if verify {
+                reconcile_sandbox(ctx, &mut self.nl, net)?
+            } else {
+                PeerChanges::default()
+            };
+            return Ok((true, changes));
+        }
+        net.sbox = None;
+        let ns = if exists {
+            // A leftover of an earlier process: adopt it, unless it is a dangling mount point.
+            match NetNs::open(&name).and_then(|ns| ns.run(|| ()).map(|()| ns)) {
+                Ok(ns) => Some(ns),
+                Err(_) => {
+                    tracing::warn!(sandbox = %name, "replacing a broken sandbox namespace");
+                    netns::delete(&name)?;
+                    ctx.counter.add(1);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let ns = match ns {
+            Some(ns) => ns,
+            None if create => {
+                let ns = NetNs::create(&name)?;
+                ctx.counter.add(1);
+                ns
+            }
+            None => return Ok((false, PeerChanges::default())),
+        };
+        let nl = Nl::open(&ns, ctx.counter.clone())?;
+        net.sbox = Some(Sbox { ns, nl });
+        Ok((true, reconcile_sandbox(ctx, &mut self.nl, net)?))
+    }
+
+    /// Ensures a task's endpoint on a network: the network's sandbox (created with its first
+    /// endpoint), a veth from `br0` into the task namespace named `ifname`, with the address,
+    /// MAC and MTU. A stale interface of that name in the task is replaced.
+    pub fn ensure_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
+        check_id(&ep.network)?;
+        check_ifname(&ep.ifname)?;
+        let spec = self
+            .nets
+            .get(&ep.network)
+            .ok_or_else(|| Error::UnknownNetwork {
+                id: ep.network.clone(),
+                op: "ensure_endpoint",
+            })?
+            .spec
+            .clone();
+        let what = format!("endpoint {} of network {}", ep.ifname, spec.id);
+        check_host(&what, &spec.subnet, ep.address)?;
+        if ep.address == spec.gateway {
+            return Err(Error::invalid(
+                format!("address {} of {what}", ep.address),
+                "it is the network's gateway address",
+            ));
+        }
+        let task = open_task(&ep.netns)?;
+        self.open_sandbox(&spec.id, true, false)?;
+        let ctx = &self.ctx;
+        let sbox = self
+            .nets
+            .get_mut(&spec.id)
+            .and_then(|n| n.sbox.as_mut())
+            .expect("sandbox opened above");
+        let br = kernel::link_by_name(&mut sbox.nl, BRIDGE)?.ok_or_else(|| Error::Netlink {
+            op: format!("find {BRIDGE}"),
+            ns: sbox.ns.name().to_string(),
+            detail: "the sandbox has no bridge; call ensure_network to repair it".into(),
+            errno: libc::ENODEV,
+        })?;
+        ensure_veth(
+            &mut sbox.nl,
+            &ctx.counter,
+            &VethWant {
+                host_name: veth_name(EP_TAG, &ep.netns, &ep.ifname),
+                master: br.index,
+                isolated: false,
+                mtu: ctx.mtu(&spec),
+                task: &task,
+                ifname: &ep.ifname,
+                mac: ep.mac(),
+                addr: ep.address,
+                prefix: spec.subnet.prefix_len(),
+                route: RouteWant::Leave,
+            },
+        )
+    }
+
+    /// Removes a task's endpoint (both ends of its veth); removing the network's last endpoint
+    /// on this node removes the sandbox. Removing an absent endpoint is not an error.
+    pub fn remove_endpoint(&mut self, network_id: &str, netns: &Path, ifname: &str) -> Result<()> {
+        check_id(network_id)?;
+        check_ifname(ifname)?;
+        let name = self.ctx.sandbox_name(network_id);
+        if !netns::exists(&name) {
+            if let Some(n) = self.nets.get_mut(network_id) {
+                n.sbox = None;
+            }
+            return Ok(());
+        }
+        let cached = self.nets.get_mut(network_id).and_then(|n| n.sbox.take());
+        let mut sbox = match cached {
+            Some(s) => s,
+            None => {
+                let ns = NetNs::open(&name)?;
+                let nl = Nl::open(&ns, self.ctx.counter.clone())?;
+                Sbox { ns, nl }
+            }
+        };
+        let veth = veth_name(EP_TAG, netns, ifname);
+        let links = kernel::links(&mut sbox.nl)?;
+        if let Some(l) = links.iter().find(|l| l.name == veth) {
+            delete_link(&mut sbox.nl, l)?;
+        }
+        let left = links
+            .iter()
+            .filter(|l| l.name != veth && l.name.starts_with(EP_TAG) && l.is("veth"))
+            .count();
+        if left == 0 {
+            remove_sandbox(&self.ctx, &name, Some(sbox))
+        } else {
+            if let Some(n) = self.nets.get_mut(network_id) {
+                n.sbox = Some(sbox);
+            }
+            Ok(())
+        }
+    }
+
+    /// Sets the full set of remote endpoints of a network and programs only the difference
+    /// (neighbour IP -> MAC and FDB MAC -> VTEP on `vxlan0`). Peers on this node's own VTEP
+    /// are skipped. Without a sandbox on this node the set is kept for when one is made.
+    pub fn set_peers(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
+        let net = self
+            .nets
+            .get_mut(network_id)
+            .ok_or_else(|| Error::UnknownNetwork {
+                id: network_id.to_string(),
+                op: "set_peers",
+            })?;
+        net.peers = peer_map(&self.ctx, peers);
+        let name = self.ctx.sandbox_name(network_id);
+        if net.sbox.is_none() && !netns::exists(&name) {
+            return Ok(PeerChanges::default());
+        }
+        if let Some(sbox) = net.sbox.as_mut()
+            && netns::exists(&name)
+        {
+            let vx = kernel::link_by_name(&mut sbox.nl, VXLAN)?;
+            if let Some(vx) = vx.filter(|l| l.is("vxlan")) {
+                return apply_peers(&self.ctx, sbox, vx.index, &net.peers);
+            }
+        }
+        // The sandbox is not open yet or lost its device: a full reconcile repairs it.
+        Ok(self.open_sandbox(network_id, false, true)?.1)
+    }
+
+    /// Ensures the gateway bridge: a bridge in the node namespace with the gateway address,
+    /// IPv4 forwarding on, masquerade of its subnet and no traffic between its ports.
+    pub fn ensure_gwbridge(&mut self, gw: &GwBridge) -> Result<()> {
+        gw.validate()?;
+        let mtu = gw.mtu.unwrap_or(self.ctx.underlay_mtu);
+        let nl = &mut self.nl;
+        let br = match kernel::link_by_name(nl, &gw.name)? {
+            Some(l) if l.is("bridge") => {
+                let c = LinkChange {
+                    mtu: (l.mtu != mtu).then_some(mtu),
+                    up: !l.up,
+                    ..Default::default()
+                };
+                if !c.is_empty() {
+                    nl.request(kernel::set_link(&l, &c))?;
+                }
+                l
+            }
+            Some(l) => {
+                return Err(Error::NameTaken {
+                    name: gw.name.clone(),
+                    ns: self.ctx.node.name().to_string(),
+                    found: l.kind_name(),
+                    want: "bridge",
+                });
+            }
+            None => create_link(nl, kernel::new_bridge(&gw.name, mtu), &gw.name)?,
+        };
+        ensure_addrs(
+            nl,
+            br.index,
+            &gw.name,
+            &[Addr {
+                index: br.index,
+                addr: gw.gateway(),
+                prefix: gw.subnet.prefix_len(),
+            }],
+        )?;
+        if nft::ensure_sysctl(&self.ctx.node, "net/ipv4/ip_forward", "1")? {
+            self.ctx.counter.add(1);
+        }
+        let (script, tag) = nft::script(&gw.name, &gw.subnet);
+        if !nft::is_current(&self.ctx.node, &tag)? {
+            nft::apply(&self.ctx.node, &script)?;
+            self.ctx.counter.add(1);
+        }
+        self.gw = Some(gw.clone());
+        Ok(())
+    }
+
+    /// Removes the gateway bridge, every gateway endpoint and the nftables table.
+    pub fn remove_gwbridge(&mut self) -> Result<()> {
+        let name = self
+            .gw
+            .take()
+            .map(|g| g.name)
+            .unwrap_or_else(|| DEFAULT_GWBRIDGE.to_string());
+        let links = kernel::links(&mut self.nl)?;
+        for l in &links {
+            if is_gw_veth(l) || (l.name == name && l.is("bridge")) {
+                delete_link(&mut self.nl, l)?;
+            }
+        }
+        if nft::exists(&self.ctx.node)? {
+            nft::delete(&self.ctx.node)?;
+            self.ctx.counter.add(1);
+        }
+        Ok(())
+    }
+
+    /// Ensures a task's interface on the gateway bridge (isolated from the other tasks) and,
+    /// with `default_route`, the task's default route via the bridge's address.
+    pub fn ensure_gateway_endpoint(&mut self, ep: &GatewayEndpoint) -> Result<()> {
+        check_ifname(&ep.ifname)?;
+        let gw = self.gw.clone().ok_or_else(|| Error::NoGwBridge {
+            path: ep.netns.clone(),
+        })?;
+        check_host("a gateway endpoint", &gw.subnet, ep.address)?;
+        if ep.address == gw.gateway() {
+            return Err(Error::invalid(
+                format!("gateway endpoint address {}", ep.address),
+                "it is the gateway bridge's own address",
+            ));
+        }
+        let task = open_task(&ep.netns)?;
+        let br = kernel::link_by_name(&mut self.nl, &gw.name)?
+            .filter(|l| l.is("bridge"))
+            .ok_or_else(|| Error::NoGwBridge {
+                path: ep.netns.clone(),
+            })?;
+        ensure_veth(
+            &mut self.nl,
+            &self.ctx.counter,
+            &VethWant {
+                host_name: veth_name(GW_TAG, &ep.netns, &ep.ifname),
+                master: br.index,
+                isolated: true,
+                mtu: gw.mtu.unwrap_or(self.ctx.underlay_mtu),
+                task: &task,
+                ifname: &ep.ifname,
+                mac: ep.mac(),
+                addr: ep.address,
+                prefix: gw.subnet.prefix_len(),
+                route: if ep.default_route {
+                    RouteWant::Via(gw.gateway())
+                } else {
+                    RouteWant::Without
+                },
+            },
+        )
+    }
+
+    /// Removes a task's gateway endpoint; an absent one is not an error.
+    pub fn remove_gateway_endpoint(&mut self, netns: &Path, ifname: &str) -> Result<()> {
+        check_ifname(ifname)?;
+        let name = veth_name(GW_TAG, netns, ifname);
+        if let Some(l) = kernel::link_by_name(&mut self.nl, &name)? {
+            delete_link(&mut self.nl, &l)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every object netagent made on this node that `keep` does not name: sandboxes
+    /// (also of crashed processes), endpoints, gateway endpoints, the gateway bridge. Networks
+    /// not kept are forgotten.
+    pub fn remove_stale(&mut self, keep: &Keep) -> Result<Removed> {
+        let mut removed = Removed::default();
+        let kept: BTreeMap<String, &String> = keep
+            .networks
+            .iter()
+            .map(|id| (self.ctx.sandbox_name(id), id))
+            .collect();
+        let forget: Vec<String> = self
+            .nets
+            .keys()
+            .filter(|id| !keep.networks.contains(*id))
+            .cloned()
+            .collect();
+        for id in forget {
+            let sbox = self.nets.remove(&id).and_then(|n| n.sbox);
+            let name = self.ctx.sandbox_name(&id);
+            if netns::exists(&name) && !kept.contains_key(&name) {
+                removed.sandboxes += 1;
+            }
+            remove_sandbox(&self.ctx, &name, sbox)?;
+        }
+        let sb_prefix = self.ctx.sandbox_prefix();
+        for name in netns::list()? {
+            if !name.starts_with(&sb_prefix) {
+                continue;
+            }
+            let Some(id) = kept.get(&name) else {
+                remove_sandbox(&self.ctx, &name, None)?;
+                removed.sandboxes += 1;
+                continue;
+            };
+            let want: BTreeSet<String> = keep
+                .endpoints
+                .iter()
+                .filter(|(n, _, _)| n == *id)
+                .map(|(_, path, ifname)| veth_name(EP_TAG, path, ifname))
+                .collect();
+            let cached = self.nets.get_mut(*id).and_then(|n| n.sbox.take());
+            let mut sbox = match cached {
+                Some(s) => s,
+                None => match NetNs::open(&name) {
+                    Ok(ns) => match Nl::open(&ns, self.ctx.counter.clone()) {
+                        Ok(nl) => Sbox { ns, nl },
+                        Err(_) => {
+                            remove_sandbox(&self.ctx, &name, None)?;
+                            continue;
+                        }
+                    },
+                    Err(_) => continue,
+                },
+            };
+            let links = kernel::links(&mut sbox.nl)?;
+            let mut left = 0;
+            for l in links
+                .iter()
+                .filter(|l| l.name.starts_with(EP_TAG) && l.is("veth"))
+            {
+                if want.contains(&l.name) {
+                    left += 1;
+                } else {
+                    delete_link(&mut sbox.nl, l)?;
+                    removed.endpoints += 1;
+                }
+            }
+            if left == 0 {
+                remove_sandbox(&self.ctx, &name, Some(sbox))?;
+                removed.sandboxes += 1;
+            } else if let Some(n) = self.nets.get_mut(*id) {
+                n.sbox = Some(sbox);
+            }
+        }
+        let want_gw: BTreeSet<String> = keep
+            .gateway_endpoints
+            .iter()
+            .map(|(path, ifname)| veth_name(GW_TAG, path, ifname))
+            .collect();
+        for l in kernel::links(&mut self.nl)? {
+            if is_gw_veth(&l) && !want_gw.contains(&l.name) {
+                delete_link(&mut self.nl, &l)?;
+                removed.gateway_endpoints += 1;
+            }
+        }
+        if !keep.gwbridge {
+            let name = self
+                .gw
+                .as_ref()
+                .map(|g| g.name.clone())
+                .unwrap_or_else(|| DEFAULT_GWBRIDGE.to_string());
+            let present =
+                kernel::link_by_name(&mut self.nl, &name)?.is_some_and(|l| l.is("bridge"));
+            if present || nft::exists(&self.ctx.node)? {
+                self.remove_gwbridge()?;
+                removed.gwbridge = true;
+            }
+            self.gw = None;
+        }
+        Ok(removed)
+    }
+
+    /// Makes this node's overlay data plane exactly `desired`: removes what is stale, then
+    /// ensures every network (with its peers), the gateway bridge, every endpoint and every
+    /// gateway endpoint. A gateway endpoint of a task whose overlay endpoints are all on
+    /// internal networks gets no default route.
+    pub fn apply(&mut self, desired: &DesiredState) -> Result<()> {
+        self.remove_stale(&desired.keep())?;
+        for n in &desired.networks {
+            self.ensure_network_inner(&n.network, Some(&n.peers))?;
+        }
+        if let Some(gw) = &desired.gwbridge {
+            self.ensure_gwbridge(gw)?;
+        }
+        let mut internal_only: BTreeMap<&PathBuf, bool> = BTreeMap::new();
+        for n in &desired.networks {
+            for ep in &n.endpoints {
+                if ep.network != n.network.id {
+                    return Err(Error::invalid(
+                        format!("endpoint {} in {:?}", ep.ifname, ep.netns),
+                        format!(
+                            "it names network {} but is listed under network {}",
+                            ep.network, n.network.id
+                        ),
+                    ));
+                }
+                self.ensure_endpoint(ep)?;
+                *internal_only.entry(&ep.netns).or_insert(true) &= n.network.internal;
+            }
+        }
+        for g in &desired.gateway_endpoints {
+            let mut g = g.clone();
+            if internal_only.get(&g.netns).copied().unwrap_or(false) {
+                g.default_route = false;
+            }
+            self.ensure_gateway_endpoint(&g)?;
+        }
+        Ok(())
+    }
+}
+
+fn is_gw_veth(l: &Link) -> bool {
+    l.is("veth")
+        && l.name.len() == GW_TAG.len() + 12
+        && l.name.starts_with(GW_TAG)
+        && l.name[GW_TAG.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit())
+}
+
+fn peer_map(ctx: &Ctx, peers: &[Peer]) -> BTreeMap<Ipv4Addr, Peer> {
+    peers
+        .iter()
+        .filter(|p| p.vtep != ctx.vtep)
+        .map(|p| (p.ip, *p))
+        .collect()
+}
+
+/// Makes an open sandbox match its network: lo up, `br0`, `vxlan0`, the gateway address and
+/// the peers.
+fn reconcile_sandbox(ctx: &Ctx, node_nl: &mut Nl, net: &mut Net) -> Result<PeerChanges> {
+    let mtu = ctx.mtu(&net.spec);
+    let sbox = net.sbox.as_mut().expect("sandbox is open");
+    let links = kernel::links(&mut sbox.nl)?;
+    if let Some(lo) = links.iter().find(|l| l.name == "lo")
+        && !lo.up
+    {
+        sbox.nl.request(kernel::set_link(
+            lo,
+            &LinkChange {
+                up: true,
+                ..Default::default()
+            },
+        ))?;
+    }
+    let br = match links.iter().find(|l| l.name == BRIDGE) {
+        Some(l) if l.is("bridge") => {
+            let c = LinkChange {
+                mtu: (l.mtu != mtu).then_some(mtu),
+                up: !l.up,
+                ..Default::default()
+            };
+            if !c.is_empty() {
+                sbox.nl.request(kernel::set_link(l, &c))?;
+            }
+            l.clone()
+        }
+        other => {
+            if let Some(l) = other {
+                delete_link(&mut sbox.nl, l)?;
+            }
+            create_link(&mut sbox.nl, kernel::new_bridge(BRIDGE, mtu), BRIDGE)?
+        }
+    };
+    let want = kernel::VxInfo {
+        vni: net.spec.vni,
+        port: ctx.port,
+        local: Some(ctx.vtep),
+        learning: false,
+        proxy: true,
+    };
+    let vx = match links.iter().find(|l| l.name == VXLAN) {
+        Some(l) if l.is("vxlan") && l.vxlan.as_ref() == Some(&want) => {
+            let c = LinkChange {
+                mtu: (l.mtu != mtu).then_some(mtu),
+                up: !l.up,
+                master: (l.master != Some(br.index)).then_some(br.index),
+                mac: None,
+            };
+            if !c.is_empty() {
+                sbox.nl.request(kernel::set_link(l, &c))?;
+            }
+            Some(l.clone())
+        }
+        other => {
+            if let Some(l) = other {
+                delete_link(&mut sbox.nl, l)?;
+            }
+            None
+        }
+    };
+    let vx = match vx {
+        Some(l) => l,
+        None => {
+            let spec = kernel::VxSpec {
+                name: VXLAN,
+                vni: net.spec.vni,
+                port: ctx.port,
+                local: ctx.vtep,
+                mtu,
+                target: &sbox.ns,
+                master: Some(br.index),
+            };
+            match node_nl.try_request(kernel::new_vxlan(&spec))? {
+                Ok(()) => {}
+                Err(e) if e.errno == libc::EEXIST => {
+                    free_vni(ctx, node_nl, net.spec.vni, sbox.ns.name())?;
+                    node_nl
+                        .try_request(kernel::new_vxlan(&spec))?
+                        .map_err(|e| {
+                            ctx.netlink_err(
+                                format!("create {VXLAN} for network {}", net.spec.id),
+                                ctx.node.name(),
+                                e,
+                            )
+                        })?;
+                }
+                Err(e) => {
+                    return Err(ctx.netlink_err(
+                        format!("create {VXLAN} for network {}", net.spec.id),
+                        ctx.node.name(),
+                        e,
+                    ));
+                }
+            }
+            kernel::link_by_name(&mut sbox.nl, VXLAN)?.ok_or_else(|| Error::Netlink {
+                op: format!("find {VXLAN} after creating it"),
+                ns: sbox.ns.name().to_string(),
+                detail: "it vanished".into(),
+                errno: libc::ENODEV,
+            })?
+        }
+    };
+    ensure_addrs(
+        &mut sbox.nl,
+        br.index,
+        BRIDGE,
+        &[Addr {
+            index: br.index,
+            addr: net.spec.gateway,
+            prefix: net.spec.subnet.prefix_len(),
+        }],
+    )?;
+    apply_peers(ctx, sbox, vx.index, &net.peers)
+}
+
+/// The VNI is taken on the node's data-path port. Removes VXLAN devices with it from
+/// netagent's own (stale) sandboxes; if another holds it, says which.
+fn free_vni(ctx: &Ctx, node_nl: &mut Nl, vni: u32, own: &str) -> Result<()> {
+    let holds = |l: &Link| {
+        l.vxlan
+            .as_ref()
+            .is_some_and(|v| v.vni == vni && v.port == ctx.port)
+    };
+    let mut freed = false;
+    for name in netns::list()? {
+        if name == own || !name.starts_with(&ctx.sandbox_prefix()) {
+            continue;
+        }
+        let Ok(ns) = NetNs::open(&name) else { continue };
+        let Ok(mut nl) = Nl::open(&ns, ctx.counter.clone()) else {
+            continue;
+        };
+        for l in kernel::links(&mut nl)? {
+            if holds(&l) {
+                tracing::warn!(vni, sandbox = %name, device = %l.name, "removing a stale VXLAN device that holds the VNI");
+                delete_link(&mut nl, &l)?;
+                freed = true;
+            }
+        }
+    }
+    if freed {
+        return Ok(());
+    }
+    let holder = kernel::links(node_nl)?
+        .into_iter()
+        .find(|l| holds(l))
+        .map(|l| {
+            format!(
+                "device {} in network namespace {:?}",
+                l.name,
+                ctx.node.name()
+            )
+        })
+        .unwrap_or_else(|| {
+            format!(
+                "a VXLAN device created from network namespace {:?} and moved to a namespace \
+                 netagent does not own",
+                ctx.node.name()
+            )
+        });
+    Err(Error::VniInUse {
+        vni,
+        port: ctx.port,
+        holder,
+    })
+}
+
+/// Makes the neighbour and FDB entries on `vxlan0` exactly the peers.
+fn apply_peers(
+    ctx: &Ctx,
+    sbox: &mut Sbox,
+    vx: u32,
+    peers: &BTreeMap<Ipv4Addr, Peer>,
+) -> Result<PeerChanges> {
+    let _ = ctx;
+    let neigh: BTreeMap<Ipv4Addr, (Option<Mac>, bool)> = kernel::neighbours(&mut sbox.nl, false)?
+        .into_iter()
+        .filter(|n| n.ifindex == vx)
+        .filter_map(|n| n.dst.map(|ip| (ip, (n.mac, n.permanent))))
+        .collect();
+    let mut fdb: BTreeMap<Mac, Vec<Option<Ipv4Addr>>> = BTreeMap::new();
+    for n in kernel::neighbours(&mut sbox.nl, true)? {
+        if n.ifindex == vx
+            && n.own
+            && let Some(mac) = n.mac
+        {
+            fdb.entry(mac).or_default().push(n.dst);
+        }
+    }
+    let want_fdb: BTreeMap<Mac, Ipv4Addr> = peers.values().map(|p| (p.mac, p.vtep)).collect();
+    let mut changes = PeerChanges::default();
+    let mut reqs = Vec::new();
+    let mut dels = Vec::new();
+    for p in peers.values() {
+        match neigh.get(&p.ip) {
+            Some((Some(m), true)) if *m == p.mac => {}
+            Some(_) => {
+                changes.updated += 1;
+                reqs.push(kernel::set_neigh(vx, p.ip, p.mac));
+            }
+            None => {
+                changes.added += 1;
+                reqs.push(kernel::set_neigh(vx, p.ip, p.mac));
+            }
+        }
+    }
+    for (ip, (mac, _)) in &neigh {
+        if !peers.contains_key(ip) {
+            changes.removed += 1;
+            dels.push(kernel::del_neigh(vx, *ip, mac.unwrap_or(Mac([0; 6]))));
+        }
+    }
+    for (mac, vtep) in &want_fdb {
+        let have = fdb.get(mac).map(Vec::as_slice).unwrap_or(&[]);
+        if have != [Some(*vtep)] {
+            for d in have.iter().flatten().filter(|d| *d != vtep) {
+                dels.push(kernel::del_fdb(vx, *mac, *d));
+            }
+            reqs.push(kernel::set_fdb(vx, *mac, *vtep));
+        }
+    }
+    for (mac, dsts) in &fdb {
+        if !want_fdb.contains_key(mac) {
+            for d in dsts.iter().flatten() {
+                dels.push(kernel::del_fdb(vx, *mac, *d));
+            }
+        }
+    }
+    dels.extend(reqs);
+    if !dels.is_empty() {
+        batch_ignoring(&mut sbox.nl, dels, &[libc::ENOENT, libc::ESRCH])?;
+    }
+    Ok(changes)
+}
+
+/// Removes a sandbox: its links first (the VNI is free at once and task interfaces go now,
+/// not when the namespace is torn down later), then the namespace.
+fn remove_sandbox(ctx: &Ctx, name: &str, sbox: Option<Sbox>) -> Result<()> {
+    if !netns::exists(name) {
+        return Ok(());
+    }
+    let sbox = match sbox {
+        Some(s) => Some(s),
+        None => NetNs::open(name).ok().and_then(|ns| {
+            Nl::open(&ns, ctx.counter.clone())
+                .ok()
+                .map(|nl| Sbox { ns, nl })
+        }),
+    };
+    if let Some(mut s) = sbox {
+        let links = kernel::links(&mut s.nl)?;
+        let reqs: Vec<Req> = links
+            .iter()
+            .filter(|l| l.name != "lo" && (l.is("veth") || l.is("vxlan")))
+            .map(|l| kernel::del_link(l.index, &l.name))
+            .collect();
+        if !reqs.is_empty() {
+            batch_ignoring(&mut s.nl, reqs, &[libc::ENODEV])?;
+        }
+        // Socket and namespace handle go before the name, so the namespace dies now.
+        drop(s);
+    }
+    netns::delete(name)?;
+    ctx.counter.add(1);
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! Helpers shared by the vxlan lab tests: task namespaces, data planes on lab nodes, pings,
+//! captures on the underlay.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lab::Lab;
+use netns::NetNs;
+use vxlan::{Config, Dataplane, Endpoint, Network, Peer};
+
+/// Skips a test that needs root (namespaces).
+#[macro_export]
+macro_rules! need_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+/// The prefix node `i`'s data plane uses for its namespaces (removed with the lab).
+pub fn node_prefix(lab: &Lab, i: usize) -> String {
+    format!("{}-n{i}-", lab.prefix())
+}
+
+/// A data plane on lab node `i`.
+pub fn dataplane(lab: &Lab, i: usize, port: u16) -> Dataplane {
+    let node = lab.node(i);
+    let mut cfg = Config::new(NetNs::open(node.ns().name()).unwrap(), node.addr());
+    cfg.port = port;
+    cfg.prefix = node_prefix(lab, i);
+    Dataplane::new(cfg).unwrap()
+}
+
+/// A task namespace (lo up) named after the lab, so the lab removes it.
+pub fn task(lab: &Lab, name: &str) -> (NetNs, PathBuf) {
+    let ns = NetNs::create(&format!("{}-t-{name}", lab.prefix())).unwrap();
+    run_ok(ns.command("ip").args(["link", "set", "lo", "up"]));
+    let path = ns.path().to_path_buf();
+    (ns, path)
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip ARGS` inside `ns`, its stdout.
+pub fn ip(ns: &NetNs, args: &[&str]) -> String {
+    run_ok(ns.command("ip").args(args))
+}
+
+/// Whether one ping from `ns` to `addr` is answered within a second.
+pub fn ping(ns: &NetNs, addr: Ipv4Addr) -> bool {
+    ns.command("ping")
+        .args(["-c", "1", "-W", "1", "-q", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Ping with a few retries (the first packets may wait for ARP).
+pub fn reaches(ns: &NetNs, addr: Ipv4Addr) -> bool {
+    (0..3).any(|_| ping(ns, addr))
+}
+
+/// Runs `checks` (namespace, address, expected reachability) concurrently; returns the ones
+/// whose outcome differed.
+pub fn check_reach(checks: &[(&NetNs, Ipv4Addr, bool, String)]) -> Vec<String> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = checks
+            .iter()
+            .map(|(ns, addr, want, label)| {
+                s.spawn(move || {
+                    let got = if *want {
+                        reaches(ns, *addr)
+                    } else {
+                        ping(ns, *addr)
+                    };
+                    (got != *want).then(|| format!("{label}: expected reachable={want}"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+pub fn network(id: &str, vni: u32, subnet: &str) -> Network {
+    let subnet: vxlan::Ipv4Net = subnet.parse().unwrap();
+    Network {
+        id: id.into(),
+        vni,
+        subnet,
+        gateway: Ipv4Addr::from(u32::from(subnet.network()) + 1),
+        mtu: None,
+        internal: false,
+    }
+}
+
+pub fn endpoint(net: &str, path: &Path, ifname: &str, address: Ipv4Addr) -> Endpoint {
+    Endpoint {
+        network: net.into(),
+        netns: path.to_path_buf(),
+        ifname: ifname.into(),
+        address,
+        mac: None,
+    }
+}
+
+pub fn peer(ip: Ipv4Addr, vtep: Ipv4Addr) -> Peer {
+    Peer::new(ip, vtep)
+}
+
+/// Namespaces whose name starts with `prefix`.
+pub fn namespaces(prefix: &str) -> Vec<String> {
+    netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// A tcpdump on the lab's underlay bridge writing a pcap file; `stop` returns its packets.
+pub struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    /// Captures on the underlay bridge port `iface` (`p<i>` is node i's link).
+    pub fn start(lab: &Lab, iface: &str, name: &str, filter: &str) -> Capture {
+        let file = lab.dir().join(format!("{name}.pcap"));
+        let child = lab
+            .underlay()
+            .command("tcpdump")
+            .args([
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-i",
+                iface,
+                "-n",
+                "-U",
+                "-s",
+                "256",
+                "-w",
+            ])
+            .arg(&file)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until tcpdump has created its file (it listens by then).
+        let start = Instant::now();
+        while !file.exists() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        Capture { child, file }
+    }
+
+    pub fn stop(mut self) -> Vec<Vec<u8>> {
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let data = std::fs::read(&self.file)
+            .unwrap_or_else(|e| panic!("{}: {e}; tcpdump said: {stderr}", self.file.display()));
+        let pkts = pcap_packets(&data);
+        if pkts.is_empty() {
+            eprintln!("tcpdump captured nothing: {stderr}");
+        }
+        pkts
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The packets of a classic pcap file (either byte order, Ethernet link type).
+pub fn pcap_packets(data: &[u8]) -> Vec<Vec<u8>> {
+    assert!(data.len() >= 24, "pcap file too short");
+    let magic = u32::from_le_bytes(data[0..4].try_into().unwrap());
+    let le = match magic {
+        0xa1b2c3d4 | 0xa1b23c4d => true,
+        0xd4c3b2a1 | 0x4d3cb2a1 => false,
+        m => panic!("not a pcap file (magic {m:#x})"),
+    };
+    let u32_at = |off: usize| {
+        let b: [u8; 4] = data[off..off + 4].try_into().unwrap();
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    assert_eq!(u32_at(20), 1, "link type must be Ethernet");
+    let mut off = 24;
+    let mut out = Vec::new();
+    while off + 16 <= data.len() {
+        let incl = u32_at(off + 8) as usize;
+        let start = off + 16;
+        if start + incl > data.len() {
+            break;
+        }
+        out.push(data[start..start + incl].to_vec());
+        off = start + incl;
+    }
+    out
+}
+
+/// A decoded VXLAN packet: outer addresses, UDP destination port, VNI, inner frame.
+#[derive(Debug, Clone)]
+pub struct VxlanPacket {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub vni: u32,
+    pub inner: Vec<u8>,
+}
+
+/// Decodes Ethernet / IPv4 / UDP / VXLAN (flags with the I bit, 24-bit VNI).
+pub fn decode_vxlan(frame: &[u8]) -> Option<VxlanPacket> {
+    if frame.len() < 14 + 20 + 8 + 8 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if ip[0] >> 4 != 4 || ip[9] != 17 || ip.len() < ihl + 16 {
+        return None;
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let udp = &ip[ihl..];
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    let vx = &udp[8..];
+    if vx[0] & 0x08 == 0 {
+        return None;
+    }
+    let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
+    Some(VxlanPacket {
+        src,
+        dst,
+        dport,
+        vni,
+        inner: vx[8..].to_vec(),
+    })
+}
