@@ -1,0 +1,244 @@
+//! Store tests: three replicas in one process over an in-memory network.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use model::{Kind, Object};
+use openraft::BasicNode;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+
+use super::*;
+
+#[derive(Clone, Default)]
+struct Router(Arc<Mutex<HashMap<NodeId, Raft>>>);
+
+struct Client {
+    target: NodeId,
+    router: Router,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("node {0} is down")]
+struct Down(NodeId);
+
+impl Client {
+    fn raft(&self) -> Result<Raft, Down> {
+        self.router
+            .0
+            .lock()
+            .unwrap()
+            .get(&self.target)
+            .cloned()
+            .ok_or(Down(self.target))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Router {
+    type Network = Client;
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Client {
+        Client {
+            target,
+            router: self.clone(),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Client {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _o: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let raft = self
+            .raft()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        raft.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _o: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let raft = self
+            .raft()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        raft.install_snapshot(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _o: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let raft = self
+            .raft()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        raft.vote(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        heartbeat_ms: 50,
+        election_min_ms: 150,
+        election_max_ms: 300,
+        snapshot_every: 20,
+        keep_behind_snapshot: 5,
+    }
+}
+
+async fn open(dir: &Path, id: NodeId, router: &Router) -> Store {
+    let s = Store::open(
+        &dir.join(format!("n{id}.redb")),
+        id,
+        &config(),
+        router.clone(),
+    )
+    .await
+    .unwrap();
+    router.0.lock().unwrap().insert(id, s.raft().clone());
+    s
+}
+
+async fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn cluster_with_port(port: u16) -> Object {
+    let mut c = change::tests_support::sample();
+    if let Object::Cluster(ref mut cl) = c {
+        cl.data_path_port = port;
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_snapshots_compacts_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::default();
+    let s1 = open(dir.path(), 1, &router).await;
+    s1.bootstrap("n1").await.unwrap();
+    wait("s1 leader", || s1.is_leader()).await;
+    let s2 = open(dir.path(), 2, &router).await;
+    let s3 = open(dir.path(), 3, &router).await;
+    s1.add_voter(2, "n2").await.unwrap();
+    s1.add_voter(3, "n3").await.unwrap();
+    let mut feed = s2.subscribe();
+
+    // 50 writes: more than two snapshots' worth, so the log is compacted.
+    let mut ids = Vec::new();
+    for i in 0..50u16 {
+        let obj = cluster_with_port(1000 + i);
+        ids.push(obj.id().to_string());
+        let out = s1.propose(Batch::one(Change::Create(obj))).await.unwrap();
+        assert!(out[0].as_ref().unwrap().meta().version > 0);
+    }
+    // A follower refuses to propose and names the leader.
+    match s2
+        .propose(Batch::one(Change::Create(cluster_with_port(1))))
+        .await
+    {
+        Err(ProposeError::NotLeader {
+            leader: Some((1, addr)),
+        }) => assert_eq!(addr, "n1"),
+        other => panic!("{other:?}"),
+    }
+    // A conflicting batch changes nothing.
+    let dup = s1.get(Kind::Cluster, &ids[0]).unwrap().unwrap();
+    let err = s1
+        .propose(Batch::new(vec![
+            Change::Delete {
+                kind: Kind::Cluster,
+                id: ids[1].clone(),
+                version: None,
+            },
+            Change::Create(dup),
+        ]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProposeError::Conflict(Conflict::Exists { .. })),
+        "{err}"
+    );
+    s1.read_barrier().await.unwrap();
+    assert_eq!(s1.list(Kind::Cluster).unwrap().len(), 50);
+    let target = s1.applied_index();
+    s2.wait_applied(target).await;
+    s3.wait_applied(target).await;
+    assert_eq!(
+        s2.list(Kind::Cluster).unwrap(),
+        s1.list(Kind::Cluster).unwrap()
+    );
+    assert!(matches!(
+        feed.try_recv().unwrap().as_ref(),
+        Event::Changes { .. }
+    ));
+
+    s1.snapshot_now().await.unwrap();
+    wait("log compaction", || {
+        let (first, _) = s1.log_bounds().unwrap();
+        first.unwrap_or(0) > 10
+    })
+    .await;
+
+    // A new member catches up from a snapshot.
+    let s4 = open(dir.path(), 4, &router).await;
+    s1.add_voter(4, "n4").await.unwrap();
+    s4.wait_applied(target).await;
+    assert_eq!(s4.list(Kind::Cluster).unwrap().len(), 50);
+
+    // Restart of a follower keeps its state.
+    router.0.lock().unwrap().remove(&3);
+    s3.shutdown().await;
+    drop(s3);
+    let s3 = open(dir.path(), 3, &router).await;
+    wait("s3 reloaded", || {
+        s3.list(Kind::Cluster).unwrap().len() == 50
+    })
+    .await;
+
+    // Remove a voter.
+    s1.remove_voter(4).await.unwrap();
+    let (_, voters) = s1.members();
+    assert_eq!(voters.into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
+
+    // Everyone but node 2 dies; node 2 is forced into a new cluster of its own.
+    for s in [&s1, &s3, &s4] {
+        s.shutdown().await;
+    }
+    s2.shutdown().await;
+    router.0.lock().unwrap().clear();
+    drop((s1, s2, s3, s4));
+    force_new_cluster(&dir.path().join("n2.redb"), 2, "n2").unwrap();
+    let s2 = open(dir.path(), 2, &router).await;
+    wait("s2 leader alone", || s2.is_leader()).await;
+    s2.propose(Batch::one(Change::Create(cluster_with_port(7))))
+        .await
+        .unwrap();
+    assert_eq!(s2.list(Kind::Cluster).unwrap().len(), 51);
+    let (_, voters) = s2.members();
+    assert_eq!(voters.into_iter().collect::<Vec<_>>(), vec![2]);
+    s2.shutdown().await;
+}
