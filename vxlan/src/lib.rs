@@ -94,7 +94,9 @@ struct Sbox {
 
 struct Net {
     spec: Network,
-    peers: BTreeMap<Ipv4Addr, Peer>,
+    /// `None` until the peer set is given: a new process does not touch the peers a sandbox
+    /// already holds before it knows them.
+    peers: Option<BTreeMap<Ipv4Addr, Peer>>,
     sbox: Option<Sbox>,
 }
 
@@ -439,7 +441,9 @@ impl Dataplane {
     }
 
     /// Records a network and, if its sandbox exists on this node (also one left by an earlier
-    /// process), makes the sandbox match it: bridge, VXLAN device, gateway address, peers.
+    /// process), makes the sandbox match it: bridge, VXLAN device, gateway address, and the
+    /// peers once [`Dataplane::set_peers`] has given them (before that, peers a sandbox holds
+    /// are left alone, so a restarted process does not cut traffic while it learns them).
     pub fn ensure_network(&mut self, network: &Network) -> Result<()> {
         self.ensure_network_inner(network, None)
     }
@@ -465,12 +469,12 @@ impl Dataplane {
         }
         let net = self.nets.entry(network.id.clone()).or_insert_with(|| Net {
             spec: network.clone(),
-            peers: BTreeMap::new(),
+            peers: None,
             sbox: None,
         });
         net.spec = network.clone();
         if let Some(p) = peers {
-            net.peers = peer_map(&self.ctx, p);
+            net.peers = Some(peer_map(&self.ctx, p));
         }
         self.open_sandbox(&network.id, false, true)?;
         Ok(())
@@ -644,7 +648,7 @@ impl Dataplane {
                 id: network_id.to_string(),
                 op: "set_peers",
             })?;
-        net.peers = peer_map(&self.ctx, peers);
+        net.peers = Some(peer_map(&self.ctx, peers));
         let name = self.ctx.sandbox_name(network_id);
         if net.sbox.is_none() && !netns::exists(&name) {
             return Ok(PeerChanges::default());
@@ -654,7 +658,8 @@ impl Dataplane {
         {
             let vx = kernel::link_by_name(&mut sbox.nl, VXLAN)?;
             if let Some(vx) = vx.filter(|l| l.is("vxlan")) {
-                return apply_peers(&self.ctx, sbox, vx.index, &net.peers);
+                let peers = net.peers.as_ref().expect("set above");
+                return apply_peers(&self.ctx, sbox, vx.index, peers);
             }
         }
         // The sandbox is not open yet or lost its device: a full reconcile repairs it.
@@ -1056,7 +1061,10 @@ fn reconcile_sandbox(ctx: &Ctx, node_nl: &mut Nl, net: &mut Net) -> Result<PeerC
             prefix: net.spec.subnet.prefix_len(),
         }],
     )?;
-    apply_peers(ctx, sbox, vx.index, &net.peers)
+    match &net.peers {
+        Some(peers) => apply_peers(ctx, sbox, vx.index, peers),
+        None => Ok(PeerChanges::default()),
+    }
 }
 
 /// The VNI is taken on the node's data-path port. Removes VXLAN devices with it from

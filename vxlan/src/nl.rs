@@ -206,6 +206,7 @@ impl Nl {
             let mut out = Vec::new();
             let mut seqs = Vec::new();
             for req in reqs.by_ref().take(BATCH) {
+                tracing::debug!(ns = %self.ns, op = %req.what, "netlink write");
                 let seq = self.encode(req.msg, req.flags | NLM_F_ACK, &mut out);
                 seqs.push(seq);
             }

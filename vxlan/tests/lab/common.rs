@@ -1,6 +1,5 @@
 //! Helpers shared by the vxlan lab tests: task namespaces, data planes on lab nodes, pings,
 //! captures on the underlay.
-#![allow(dead_code)]
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,8 @@
 //! Three nodes, two overlay networks with different VNIs, a task per network on every node.
 
-mod common;
-
 use std::net::Ipv4Addr;
 
-use common::*;
+use crate::common::*;
 use lab::{Lab, host_snapshot};
 use netns::NetNs;
 use vxlan::{DesiredState, NetworkState};
