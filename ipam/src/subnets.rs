@@ -74,6 +74,9 @@ struct PoolState {
     /// Subnets of the pool that overlap an allocated subnet of another size
     /// (an explicit subnet inside or across the pool).
     blocked: Bitmap,
+    /// The lowest index free in both bitmaps (`count` if none): first fit
+    /// starts there instead of scanning the taken prefix of the pool.
+    free_from: u64,
 }
 
 impl PoolState {
@@ -111,6 +114,16 @@ impl PoolState {
 
     fn heap_bytes(&self) -> usize {
         self.used.heap_bytes() + self.blocked.heap_bytes()
+    }
+
+    /// Restore `free_from` after bits changed; `start` is at or below the
+    /// lowest bit that was cleared (any value will do if none was).
+    fn refresh(&mut self, start: u64) {
+        let from = start.min(self.free_from);
+        self.free_from = self
+            .used
+            .next_clear_union(&self.blocked, from, self.count - 1)
+            .unwrap_or(self.count);
     }
 }
 
@@ -157,6 +170,7 @@ impl Subnets {
                 count: p.subnet_count(),
                 used: Bitmap::default(),
                 blocked: Bitmap::default(),
+                free_from: 0,
             })
             .collect();
         Subnets {
@@ -258,13 +272,16 @@ impl Subnets {
     /// Record `n`, which overlaps nothing allocated.
     fn insert(&mut self, n: Net) {
         if let Some((p, i)) = self.pool_chunk(&n) {
-            self.pools[p].used.set(i);
+            let pool = &mut self.pools[p];
+            pool.used.set(i);
+            pool.refresh(i);
             return;
         }
         self.others.insert(n.key(), n.prefix);
         for pool in &mut self.pools {
             if let Some((lo, hi)) = pool.span(&n) {
                 pool.blocked.set_range(lo, hi);
+                pool.refresh(lo);
             }
         }
     }
@@ -273,7 +290,9 @@ impl Subnets {
     fn remove(&mut self, n: Net) {
         self.spaces.remove(&n.key());
         if let Some((p, i)) = self.pool_chunk(&n) {
-            self.pools[p].used.clear(i);
+            let pool = &mut self.pools[p];
+            pool.used.clear(i);
+            pool.refresh(i);
             return;
         }
         self.others.remove(&n.key());
@@ -313,6 +332,7 @@ impl Subnets {
                     pool.blocked.set_range(a.max(lo), z.min(hi));
                 }
             }
+            pool.refresh(lo);
         }
     }
 
@@ -341,7 +361,7 @@ impl Subnets {
             .collect();
         for p in 0..self.pools.len() {
             let pool = &self.pools[p];
-            let mut from = 0;
+            let mut from = pool.free_from;
             while let Some(i) = pool
                 .used
                 .next_clear_union(&pool.blocked, from, pool.count - 1)
@@ -354,7 +374,9 @@ impl Subnets {
                     .max();
                 match clash {
                     None => {
-                        self.pools[p].used.set(i);
+                        let pool = &mut self.pools[p];
+                        pool.used.set(i);
+                        pool.refresh(i);
                         return Ok(self.info(candidate));
                     }
                     Some(last) if last >= pool.net.last() => break,
@@ -602,6 +624,9 @@ impl Subnets {
                 )));
             }
             state.used.union_with(&bits);
+        }
+        for pool in &mut s.pools {
+            pool.refresh(0);
         }
         for subnet in repr.other_subnets {
             s.request(&SubnetRequest::new(subnet))?;
