@@ -161,12 +161,13 @@ pub fn run(filters: &[String]) -> Result<()> {
         kernel.version,
         run_dir.display()
     );
+    let timeout = timeout()?;
     let outcome = guest::run(&guest::Spec {
         kernel: &kernel,
         initrd: &initrd,
         plan: &plan,
         run_dir: &run_dir,
-        timeout: timeout()?,
+        timeout,
         preload: PRELOAD_MODULES,
         test_threads: TEST_THREADS,
     })?;
@@ -175,7 +176,7 @@ pub fn run(filters: &[String]) -> Result<()> {
     eprintln!();
     eprintln!("test-kernel: summary (Debian {})", kernel.release);
     eprintln!(
-        "  prepare (kernel, build, initramfs): {:.1}s",
+        "  prepare (kernel, test build, initramfs): {:.1}s",
         prepared.as_secs_f64()
     );
     match outcome.boot {
@@ -203,52 +204,61 @@ pub fn run(filters: &[String]) -> Result<()> {
         if r.rc != Some(0) {
             let names = failed_tests(&r.output);
             if names.is_empty() {
-                failed.push(format!("{} (exit {:?})", p.name, r.rc));
+                failed.push(format!("{} ({status})", p.name));
             } else {
                 failed.extend(names.into_iter().map(|t| format!("{}::{t}", p.name)));
             }
         }
+        if let Some(logs) = &r.lab_logs {
+            eprintln!("    lab logs of its failed tests: {}", logs.display());
+        }
     }
     eprintln!("  total: {:.1}s", started.elapsed().as_secs_f64());
-    if outcome.timed_out || !outcome.finished {
-        eprintln!(
-            "\n--- guest console (last 40 lines of {}) ---\n{}",
-            outcome.console.display(),
-            tail(&outcome.console, 40)
-        );
-        if outcome.timed_out {
-            bail!(
-                "the kernel-lab guest did not finish within {:?} and was killed{}; see {}",
-                timeout()?,
-                if failed.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (unfinished or failed: {})", failed.join(", "))
-                },
-                outcome.console.display()
-            );
-        }
-        bail!(
-            "the kernel-lab guest stopped before finishing (qemu {}){}; see {}",
-            outcome.qemu_status,
-            if failed.is_empty() {
-                String::new()
-            } else {
-                format!(", unfinished or failed: {}", failed.join(", "))
-            },
-            outcome.console.display()
-        );
+    if outcome.finished && failed.is_empty() {
+        eprintln!("test-kernel: all green");
+        return Ok(());
     }
-    if !failed.is_empty() {
+    eprintln!(
+        "\n--- guest console, last 30 lines of {} ---\n{}",
+        outcome.console.display(),
+        tail(&outcome.console, 30)
+    );
+    if !outcome.finished {
+        let qemu_log = tail(&outcome.qemu_log, 10);
+        if !qemu_log.is_empty() {
+            eprintln!("--- {} ---\n{qemu_log}", outcome.qemu_log.display());
+        }
+    }
+    let failures = if failed.is_empty() {
+        String::new()
+    } else {
+        format!("; failed or unfinished: {}", failed.join(", "))
+    };
+    if outcome.timed_out {
         bail!(
-            "kernel lab: {} failed: {} (outputs in {})",
-            failed.len(),
-            failed.join(", "),
+            "the kernel-lab guest {} within {timeout:?} and was killed{failures} (logs in {}; \
+             NETAGENT_KERNEL_LAB_TIMEOUT=SECONDS changes the limit)",
+            if outcome.boot.is_none() {
+                "did not boot"
+            } else {
+                "did not finish"
+            },
             run_dir.display()
         );
     }
-    eprintln!("test-kernel: all green");
-    Ok(())
+    if !outcome.finished {
+        bail!(
+            "the kernel-lab guest stopped before finishing (qemu: {}){failures} (logs in {})",
+            outcome.qemu_status,
+            run_dir.display()
+        );
+    }
+    bail!(
+        "kernel lab: {} failed: {} (outputs in {})",
+        failed.len(),
+        failed.join(", "),
+        run_dir.join("results").display()
+    )
 }
 
 fn timeout() -> Result<Duration> {
@@ -266,14 +276,9 @@ fn timeout() -> Result<Duration> {
 /// Builds every suite's test binary and picks the tests to run.
 fn plan(filters: &[String]) -> Result<Vec<Planned>> {
     // One cargo invocation per package builds all its suites' targets.
-    let mut packages: Vec<&str> = SUITES.iter().map(|s| s.package).collect();
-    packages.dedup();
+    let packages: BTreeSet<&str> = SUITES.iter().map(|s| s.package).collect();
     let mut built: Vec<(String, String, PathBuf, PathBuf)> = Vec::new();
-    let mut seen = BTreeSet::new();
     for pkg in packages {
-        if !seen.insert(pkg) {
-            continue;
-        }
         let targets: BTreeSet<&str> = SUITES
             .iter()
             .filter(|s| s.package == pkg)

@@ -38,6 +38,8 @@ pub struct SuiteResult {
     pub output: String,
     /// Guest-measured run time.
     pub secs: Option<f64>,
+    /// Logs the lab kept for failed tests (copied out of the guest's /tmp).
+    pub lab_logs: Option<PathBuf>,
 }
 
 pub struct Outcome {
@@ -49,6 +51,7 @@ pub struct Outcome {
     pub timed_out: bool,
     pub qemu_status: String,
     pub console: PathBuf,
+    pub qemu_log: PathBuf,
 }
 
 /// Kills and reaps qemu when dropped, whatever happened before.
@@ -277,6 +280,7 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
                     .collect();
                 (t.len() == 2).then(|| t[1] - t[0])
             }),
+            lab_logs: Some(results.join(format!("{i}.lab-logs"))).filter(|p| p.is_dir()),
         })
         .collect();
     if boot.is_none() && results.join("ready").exists() {
@@ -294,6 +298,7 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
             .map(|s| s.to_string())
             .unwrap_or_else(|| "killed".into()),
         console,
+        qemu_log,
     })
 }
 

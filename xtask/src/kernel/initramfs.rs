@@ -48,6 +48,11 @@ suite() {
     chroot /host "$@" </dev/null >"/results/$id.out" 2>&1
     rc=$?
     echo "$t0 $(uptime)" >"/results/$id.time"
+    # The lab keeps the logs of failed tests in /tmp, which dies with the guest.
+    if [ "$rc" != 0 ] && [ -n "$(ls /host/tmp/netagent-lab 2>/dev/null)" ]; then
+        cp -r /host/tmp/netagent-lab "/results/$id.lab-logs"
+    fi
+    rm -rf /host/tmp/netagent-lab
     echo "$rc" >"/results/$id.rc"
     say "suite $name: exit $rc"
 }
@@ -67,6 +72,7 @@ say "modules loaded at $(uptime)s"
 mount -t proc proc /host/proc || fail "mount /proc in the chroot"
 mount -t sysfs sysfs /host/sys || fail "mount /sys in the chroot"
 mount -t cgroup2 cgroup2 /host/sys/fs/cgroup || fail "mount cgroup2 in the chroot"
+mount -t bpf bpf /host/sys/fs/bpf 2>/dev/null
 mount -t devtmpfs devtmpfs /host/dev || fail "mount /dev in the chroot"
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
