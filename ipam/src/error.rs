@@ -19,7 +19,7 @@ pub enum Error {
     /// A network (subnet, pool or ip-range) was written with host bits set.
     #[error("{what} {given} has host bits set; write it as {canonical}")]
     NotCanonical {
-        /// What the network was given as: "subnet", "pool" or "ip-range".
+        /// What the network was given as: "subnet", "address pool" or "ip-range".
         what: &'static str,
         /// The network as given.
         given: IpNet,

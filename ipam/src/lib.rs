@@ -41,6 +41,8 @@
 //! # Ok::<(), ipam::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod bitmap;
 mod error;
 mod ipam;

@@ -50,7 +50,23 @@ pub(crate) fn to_ip(v6: bool, value: u128) -> IpAddr {
     }
 }
 
+impl Key {
+    /// The key of an IPv4 network starting at `start`.
+    pub fn v4(start: u128) -> Key {
+        Key { v6: false, start }
+    }
+}
+
 impl Net {
+    /// The network of a map key and a prefix length.
+    pub fn from_key(key: &Key, prefix: u8) -> Net {
+        Net {
+            v6: key.v6,
+            start: key.start,
+            prefix,
+        }
+    }
+
     /// The numeric form of a network, refusing host bits.
     pub fn parse(net: IpNet, what: &'static str) -> Result<Net> {
         let canonical = net.trunc();

@@ -254,11 +254,7 @@ impl Subnets {
             start: n.last(),
         };
         if let Some((k, &prefix)) = self.others.range(..=probe).next_back() {
-            let other = Net {
-                v6: k.v6,
-                start: k.start,
-                prefix,
-            };
+            let other = Net::from_key(k, prefix);
             if other.overlaps(n) {
                 return Some(other);
             }
@@ -304,30 +300,10 @@ impl Subnets {
             // Other subnets may share the first or last pool subnet.
             let from = pool.chunk(lo).start;
             let to = pool.chunk(hi).last();
-            let before = self
-                .others
-                .range(
-                    ..Key {
-                        v6: false,
-                        start: from,
-                    },
-                )
-                .next_back();
-            let within = self.others.range(
-                Key {
-                    v6: false,
-                    start: from,
-                }..=Key {
-                    v6: false,
-                    start: to,
-                },
-            );
+            let before = self.others.range(..Key::v4(from)).next_back();
+            let within = self.others.range(Key::v4(from)..=Key::v4(to));
             for (k, &prefix) in before.into_iter().chain(within) {
-                let other = Net {
-                    v6: k.v6,
-                    start: k.start,
-                    prefix,
-                };
+                let other = Net::from_key(k, prefix);
                 if let Some((a, z)) = pool.span(&other) {
                     pool.blocked.set_range(a.max(lo), z.min(hi));
                 }
@@ -443,11 +419,11 @@ impl Subnets {
                 all.extend((a..=z).map(|i| pool.chunk(i)));
             }
         }
-        all.extend(self.others.iter().map(|(k, &prefix)| Net {
-            v6: k.v6,
-            start: k.start,
-            prefix,
-        }));
+        all.extend(
+            self.others
+                .iter()
+                .map(|(k, &prefix)| Net::from_key(k, prefix)),
+        );
         all.sort_unstable();
         all.into_iter().map(Net::to_ipnet).collect()
     }
@@ -468,11 +444,7 @@ impl Subnets {
         let (v6, value) = addr_value(address);
         let probe = Key { v6, start: value };
         if let Some((k, &prefix)) = self.others.range(..=probe).next_back() {
-            let other = Net {
-                v6: k.v6,
-                start: k.start,
-                prefix,
-            };
+            let other = Net::from_key(k, prefix);
             if other.contains(address) {
                 return Some(other.to_ipnet());
             }
@@ -574,14 +546,7 @@ impl Subnets {
             other_subnets: self
                 .others
                 .iter()
-                .map(|(k, &prefix)| {
-                    Net {
-                        v6: k.v6,
-                        start: k.start,
-                        prefix,
-                    }
-                    .to_ipnet()
-                })
+                .map(|(k, &prefix)| Net::from_key(k, prefix).to_ipnet())
                 .collect(),
             addresses: self.spaces.values().map(Space::to_repr).collect(),
         }
