@@ -398,3 +398,161 @@ proptest! {
         run(ops)?;
     }
 }
+
+/// Any network: either family, any prefix, host bits or not.
+fn any_net() -> impl Strategy<Value = IpNet> {
+    prop_oneof![
+        (any::<u32>(), 0u8..=32).prop_map(|(a, p)| IpNet::new(IpAddr::V4(a.into()), p).unwrap()),
+        (any::<u32>(), 0u8..=32)
+            .prop_map(|(a, p)| IpNet::new(IpAddr::V4(a.into()), p).unwrap().trunc()),
+        (any::<u128>(), 0u8..=128)
+            .prop_map(|(a, p)| IpNet::new(IpAddr::V6(a.into()), p).unwrap().trunc()),
+        (any::<u128>(), 0u8..=128).prop_map(|(a, p)| IpNet::new(IpAddr::V6(a.into()), p).unwrap()),
+    ]
+}
+
+fn any_addr() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<u32>().prop_map(|a| IpAddr::V4(a.into())),
+        any::<u128>().prop_map(|a| IpAddr::V6(a.into())),
+    ]
+}
+
+#[derive(Clone, Debug)]
+enum Wild {
+    Allocate(Vec<IpNet>),
+    Request(IpNet, Option<IpAddr>, Option<IpNet>),
+    Release(IpNet),
+    AllocAddr(IpNet),
+    RequestAddr(IpNet, IpAddr),
+    ReleaseAddr(IpNet, IpAddr),
+    Vni(u32),
+}
+
+fn wild() -> impl Strategy<Value = Wild> {
+    prop_oneof![
+        prop::collection::vec(any_net(), 0..3).prop_map(Wild::Allocate),
+        (
+            any_net(),
+            prop::option::of(any_addr()),
+            prop::option::of(any_net())
+        )
+            .prop_map(|(n, g, r)| Wild::Request(n, g, r)),
+        any_net().prop_map(Wild::Release),
+        any_net().prop_map(Wild::AllocAddr),
+        (any_net(), any_addr()).prop_map(|(n, a)| Wild::RequestAddr(n, a)),
+        (any_net(), any_addr()).prop_map(|(n, a)| Wild::ReleaseAddr(n, a)),
+        any::<u32>().prop_map(Wild::Vni),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Arbitrary input (any prefix, host bits, wrong family, /0, /32, /128)
+    /// gives results or errors, never a panic, and the state stays
+    /// serializable.
+    #[test]
+    fn arbitrary_input_never_panics(
+        pools in prop::collection::vec((any_net(), any::<u8>()), 0..3),
+        ops in prop::collection::vec(wild(), 0..60),
+    ) {
+        let config = PoolConfig::with_masks(pools).unwrap_or_default();
+        let mut ipam = Ipam::new(config);
+        let mut held = Vec::new();
+        for op in ops {
+            match op {
+                Wild::Allocate(avoid) => {
+                    if let Ok(info) = ipam.subnets_mut().allocate_avoiding(&avoid) {
+                        held.push(info.subnet);
+                    }
+                }
+                Wild::Request(n, g, r) => {
+                    let req = SubnetRequest { subnet: n, gateway: g, ip_range: r };
+                    if ipam.subnets_mut().request(&req).is_ok() {
+                        held.push(n);
+                    }
+                }
+                Wild::Release(n) => {
+                    let _ = ipam.subnets_mut().release(n);
+                }
+                Wild::AllocAddr(n) => {
+                    let n = held.first().copied().unwrap_or(n);
+                    let _ = ipam.subnets_mut().allocate_address(n);
+                }
+                Wild::RequestAddr(n, a) => {
+                    let _ = ipam.subnets_mut().request_address(n, a);
+                }
+                Wild::ReleaseAddr(n, a) => {
+                    let _ = ipam.subnets_mut().release_address(n, a);
+                }
+                Wild::Vni(v) => {
+                    let _ = ipam.vnis_mut().request(v);
+                    let _ = ipam.vnis_mut().release(v.wrapping_add(1));
+                }
+            }
+        }
+        let json = serde_json::to_string(&ipam).unwrap();
+        let back: Ipam = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(back, ipam);
+    }
+
+    /// Arbitrary serialized state is loaded or refused, never trusted blindly
+    /// and never a panic; what loads serializes back to itself.
+    #[test]
+    fn arbitrary_state_never_panics(
+        runs in prop::collection::vec(prop_oneof![
+            1 => (any_net(), any_net()),
+            6 => (0u32..8, 0u32..8).prop_map(|(a, z)| (slash24(a), slash24(z))),
+        ], 0..3),
+        others in prop::collection::vec(prop_oneof![1 => any_net(), 4 => near_net()], 0..3),
+        spaces in prop::collection::vec(
+            prop_oneof![
+                1 => (any_net(), any_addr(), any_addr(), prop::collection::vec((any_addr(), any_addr()), 0..3)),
+6 => (0u32..8, 0u32..256, 0u32..256, prop::collection::vec((0u32..256, 0u32..256), 0..3))
+                    .prop_map(|(n, g, x, a)| {
+                        let at = |o: u32| IpAddr::V4((0x0a00_0000 + (n << 8) + o).into());
+                        (slash24(n), at(g), at(x), a.into_iter().map(|(p, q)| (at(p.min(q)), at(p.max(q)))).collect())
+                    }),
+            ],
+            0..3,
+        ),
+        bitmap in prop_oneof![Just(String::new()), "[0-9a-f]{0,40}", "(0{16}){0,3}[0-9a-f]{16}"],
+        vnis in prop::collection::vec(prop_oneof![
+            1 => (any::<u32>(), any::<u32>()),
+            4 => (4090u32..4200, 4090u32..4200),
+        ], 0..3),
+    ) {
+        let state = serde_json::json!({
+            "subnets": {
+                "config": {"pools": [{"base": "10.0.0.0/8", "mask": 24}, {"base": "192.0.0.0/2", "mask": 29}]},
+                "pool_subnets": runs,
+                "pool_bitmaps": [{"pool": "10.0.0.0/8", "subnets": bitmap}],
+                "other_subnets": others,
+                "addresses": spaces.iter().map(|(n, g, next, allocated)| serde_json::json!({
+                    "subnet": n, "gateway": g, "next": next, "allocated": allocated,
+                })).collect::<Vec<_>>(),
+            },
+            "vnis": {"allocated": vnis},
+        });
+        if let Ok(ipam) = serde_json::from_value::<Ipam>(state) {
+            let json = serde_json::to_string(&ipam).unwrap();
+            let back: Ipam = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(back, ipam);
+        }
+    }
+}
+
+/// 10.0.i.0/24.
+fn slash24(i: u32) -> IpNet {
+    IpNet::new(IpAddr::V4((0x0a00_0000 + (i << 8)).into()), 24).unwrap()
+}
+
+/// Networks in and around 10.0.0.0/21.
+fn near_net() -> impl Strategy<Value = IpNet> {
+    (0u32..2048, 20u8..=32).prop_map(|(a, p)| {
+        IpNet::new(IpAddr::V4((0x0a00_0000 + a).into()), p)
+            .unwrap()
+            .trunc()
+    })
+}
