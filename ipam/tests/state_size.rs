@@ -41,3 +41,21 @@ fn full_slash_8_of_slash_24s_is_under_a_mebibyte() {
     let back: Ipam = serde_json::from_slice(&json).unwrap();
     assert_eq!(back, ipam);
 }
+
+#[test]
+fn full_slash_8_with_one_address_per_subnet() {
+    // Not a target, a figure: address state is created per subnet on first use.
+    let mut ipam = Ipam::new(PoolConfig::default());
+    for _ in 0..65_536 {
+        let info = ipam.subnets_mut().allocate().unwrap();
+        ipam.subnets_mut().allocate_address(info.subnet).unwrap();
+    }
+    let json = serde_json::to_vec(&ipam).unwrap();
+    println!(
+        "full 10.0.0.0/8 in /24s, one address in each: heap ~{} bytes, serde_json {} bytes",
+        ipam.heap_bytes(),
+        json.len()
+    );
+    let back: Ipam = serde_json::from_slice(&json).unwrap();
+    assert_eq!(back, ipam);
+}
