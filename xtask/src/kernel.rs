@@ -314,6 +314,19 @@ fn plan(filters: &[String]) -> Result<Vec<Planned>> {
         if tests.is_empty() {
             continue;
         }
+        // The guest mounts fresh file systems over these: what lives there is invisible.
+        for path in [&exe, &cwd] {
+            if let Some(dir) = ["/tmp", "/run", "/dev", "/proc", "/sys"]
+                .into_iter()
+                .find(|d| path.starts_with(d))
+            {
+                bail!(
+                    "{} is under {dir}, which the kernel-lab guest replaces with its own: \
+                     build elsewhere (e.g. unset CARGO_TARGET_DIR or point it outside {dir})",
+                    path.display()
+                );
+            }
+        }
         plan.push(Planned {
             name,
             exe,

@@ -69,40 +69,65 @@ fn kernel_cache() -> PathBuf {
     cache_dir().join("kernel")
 }
 
-/// The newest bookworm kernel, unpacked in the cache (fetched first if it is not there).
+/// The newest bookworm kernel, unpacked in the cache (fetched first if it is not there). If it
+/// cannot be fetched (offline), the newest kernel unpacked before is used.
 pub fn kernel() -> Result<Kernel> {
     let cache = kernel_cache();
     fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
-    let (package, version) = match newest_available() {
-        Ok(found) => found,
-        Err(e) => {
-            // Offline, or apt cannot help: any kernel unpacked before will do.
-            if let Some(k) = newest_cached(&cache) {
+    let fetched = newest_available().and_then(|(package, version)| {
+        let release = package
+            .strip_prefix("linux-image-")
+            .context("unexpected kernel package name")?
+            .to_string();
+        let root = cache.join(format!("{package}_{}", version.replace(':', "%3a")));
+        let kernel = Kernel {
+            package,
+            version,
+            release,
+            root,
+        };
+        if !kernel.root.join(COMPLETE).exists() {
+            let deb = download(&cache, &kernel)?;
+            unpack(&deb, &kernel)?;
+            remove_others(&cache, &kernel);
+        }
+        Ok(kernel)
+    });
+    match fetched {
+        Ok(k) => Ok(k),
+        Err(e) => match newest_cached(&cache) {
+            Some(k) => {
                 eprintln!(
                     "test-kernel: {e:#}; using the cached {} {}",
                     k.package, k.version
                 );
-                return Ok(k);
+                Ok(k)
             }
-            return Err(e);
-        }
-    };
-    let release = package
-        .strip_prefix("linux-image-")
-        .context("unexpected kernel package name")?
-        .to_string();
-    let root = cache.join(format!("{package}_{}", version.replace(':', "%3a")));
-    let kernel = Kernel {
-        package,
-        version,
-        release,
-        root,
-    };
-    if !kernel.root.join(COMPLETE).exists() {
-        let deb = download(&cache, &kernel)?;
-        unpack(&deb, &kernel)?;
+            None => Err(e),
+        },
     }
-    Ok(kernel)
+}
+
+/// Removes the packages and trees of older kernels once a newer one is unpacked.
+fn remove_others(cache: &Path, keep: &Kernel) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("linux-image-") && e.path() != keep.root {
+            eprintln!("test-kernel: removing the older {name}");
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+    if let Ok(debs) = fs::read_dir(cache.join("debs")) {
+        let current = format!("{}_{}", keep.package, keep.version.replace(':', "%3a"));
+        for e in debs.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(&current) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// The `linux-image-6.1.0-N-amd64` package with the highest N that apt knows, and its candidate

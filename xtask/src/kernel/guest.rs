@@ -84,7 +84,10 @@ fn run_script(spec: &Spec) -> String {
         "NETAGENT_KERNEL_LAB=1".into(),
     ];
     // Pass the knobs a developer may set on the host.
-    for (k, v) in std::env::vars() {
+    for (k, v) in std::env::vars_os() {
+        let (Some(k), Some(v)) = (k.to_str(), v.to_str()) else {
+            continue;
+        };
         if k.starts_with("NETAGENT_") && k != "NETAGENT_KERNEL_LAB_TIMEOUT"
             || k == "RUST_LOG"
             || k == "RUST_BACKTRACE"
@@ -197,8 +200,12 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
             "none",
         ])
         .args(["-no-reboot", "-nic", "none", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
+        .arg("-chardev")
+        .arg(format!(
+            "file,id=console,path={}",
+            console.to_string_lossy().replace(',', ",,")
+        ))
+        .args(["-serial", "chardev:console"])
         .arg("-kernel")
         .arg(spec.kernel.boot_image())
         .arg("-initrd")

@@ -15,6 +15,8 @@ use anyhow::{Context, Result, bail};
 use super::debian::Kernel;
 use crate::util::output;
 
+const BUSYBOX: &str = "/bin/busybox";
+
 /// Modules needed to mount the 9p shares; loaded with busybox `insmod` in dependency order.
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
@@ -63,7 +65,7 @@ set -- $PRELOAD
 if [ $# -gt 0 ]; then
     (modprobe "$1" || say "warning: modprobe $1 failed") &
     shift
-    if ! modprobe -a "$@"; then
+    if [ $# -gt 0 ] && ! modprobe -a "$@"; then
         for m in "$@"; do modprobe "$m" || say "warning: modprobe $m failed"; done
     fi
     wait
@@ -111,7 +113,14 @@ pub fn build(kernel: &Kernel) -> Result<PathBuf> {
     // The kernel opens /dev/console for /init before anything is mounted.
     a.char_dev("dev/console", 0o600, 5, 1);
     a.file("init", 0o755, INIT.as_bytes());
-    a.file("bin/busybox", 0o755, &read(Path::new("/bin/busybox"))?);
+    let busybox = read(Path::new(BUSYBOX))?;
+    if elf_is_dynamic(&busybox) {
+        bail!(
+            "{BUSYBOX} is dynamically linked; the initramfs needs the static one: \
+             apt-get install busybox-static"
+        );
+    }
+    a.file("bin/busybox", 0o755, &busybox);
 
     // kmod, run as /sbin/modprobe by the kernel, with its shared libraries at the paths ldd
     // resolves them to.
@@ -256,6 +265,18 @@ fn module_name(path: &str) -> String {
     normalize(stem)
 }
 
+/// Whether an ELF64 executable asks for a dynamic loader (has a PT_INTERP program header).
+fn elf_is_dynamic(elf: &[u8]) -> bool {
+    let at = |o: usize, n: usize| elf.get(o..o + n);
+    let u64_at = |o| at(o, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    let u16_at = |o| at(o, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return false;
+    };
+    (0..usize::from(count))
+        .any(|i| at(phoff as usize + i * usize::from(size), 4) == Some(&3u32.to_le_bytes()[..]))
+}
+
 /// FNV-1a, 64 bit: a stable content hash for cache keys.
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -353,6 +374,14 @@ mod tests {
         assert!(text.contains("TRAILER!!!\0"));
         // A directory, a file and the trailer.
         assert_eq!(text.matches("070701").count(), 3);
+    }
+
+    #[test]
+    fn static_and_dynamic_executables_are_told_apart() {
+        // This test binary is dynamically linked (glibc); a truncated header is not.
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(elf_is_dynamic(&me));
+        assert!(!elf_is_dynamic(&me[..16]));
     }
 
     #[test]
