@@ -149,6 +149,7 @@ pub fn run(filters: &[String]) -> Result<()> {
             names.join(", ")
         );
     }
+    let boot_image = kernel.boot_image();
     let initrd = initramfs::build(&kernel).context("could not build the kernel-lab initramfs")?;
     let prepared = started.elapsed();
 
@@ -164,6 +165,7 @@ pub fn run(filters: &[String]) -> Result<()> {
     let timeout = timeout()?;
     let outcome = guest::run(&guest::Spec {
         kernel: &kernel,
+        boot_image: &boot_image,
         initrd: &initrd,
         plan: &plan,
         run_dir: &run_dir,

@@ -25,6 +25,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub struct Spec<'a> {
     pub kernel: &'a Kernel,
+    /// What `-kernel` boots (see [`Kernel::boot_image`]).
+    pub boot_image: &'a Path,
     pub initrd: &'a Path,
     pub plan: &'a [Planned],
     pub run_dir: &'a Path,
@@ -207,7 +209,7 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
         ))
         .args(["-serial", "chardev:console"])
         .arg("-kernel")
-        .arg(spec.kernel.boot_image())
+        .arg(spec.boot_image)
         .arg("-initrd")
         .arg(spec.initrd)
         // Speculation mitigations halve the speed of every exec under TCG and change nothing
