@@ -139,46 +139,69 @@ fn virtfs(path: &Path, tag: &str, readonly: bool) -> String {
     )
 }
 
-/// Follows a growing file and prints what is new.
+/// Follows a growing file.
 struct Follow {
     path: PathBuf,
     pos: u64,
-    prefix: &'static str,
     partial: String,
 }
 
 impl Follow {
-    fn new(path: PathBuf, prefix: &'static str) -> Self {
+    fn new(path: PathBuf) -> Self {
         Follow {
             path,
             pos: 0,
-            prefix,
             partial: String::new(),
         }
     }
 
-    /// Prints the complete new lines (all of them with `flush`).
-    fn poll(&mut self, flush: bool) {
-        let Ok(mut f) = File::open(&self.path) else {
-            return;
-        };
-        if f.seek(SeekFrom::Start(self.pos)).is_err() {
-            return;
+    /// The complete lines added since the last call (and the incomplete last one with `flush`).
+    fn lines(&mut self, flush: bool) -> Vec<String> {
+        if let Ok(mut f) = File::open(&self.path)
+            && f.seek(SeekFrom::Start(self.pos)).is_ok()
+        {
+            let mut new = Vec::new();
+            if f.read_to_end(&mut new).is_ok() {
+                self.pos += new.len() as u64;
+                self.partial.push_str(&String::from_utf8_lossy(&new));
+            }
         }
-        let mut new = Vec::new();
-        if f.read_to_end(&mut new).is_err() {
-            return;
-        }
-        self.pos += new.len() as u64;
-        self.partial.push_str(&String::from_utf8_lossy(&new));
-        let mut out = std::io::stderr().lock();
+        let mut lines = Vec::new();
         while let Some(i) = self.partial.find('\n') {
             let line: String = self.partial.drain(..=i).collect();
-            let _ = write!(out, "{}{}", self.prefix, line.replace('\r', ""));
+            lines.push(line.trim_end_matches(['\r', '\n']).to_string());
         }
         if flush && !self.partial.is_empty() {
-            let _ = writeln!(out, "{}{}", self.prefix, self.partial.replace('\r', ""));
-            self.partial.clear();
+            lines.push(std::mem::take(&mut self.partial));
+        }
+        lines
+    }
+}
+
+/// Prints the guest's console (prefixed) and the suites' outputs as they grow, in order: a
+/// suite's output is complete before the console line that reports its exit.
+struct Streams {
+    console: Follow,
+    outputs: Vec<Follow>,
+}
+
+impl Streams {
+    fn print(&mut self, flush: bool) {
+        let mut err = std::io::stderr().lock();
+        for line in self.console.lines(flush) {
+            if line.contains("kernel-lab: suite ") && line.contains(": exit ") {
+                for o in &mut self.outputs {
+                    for l in o.lines(true) {
+                        let _ = writeln!(err, "{l}");
+                    }
+                }
+            }
+            let _ = writeln!(err, "guest: {line}");
+        }
+        for o in &mut self.outputs {
+            for l in o.lines(flush) {
+                let _ = writeln!(err, "{l}");
+            }
         }
     }
 }
@@ -240,10 +263,12 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
         "could not start qemu-system-x86_64 (run `cargo xtask setup` to install qemu-system-x86)",
     )?);
 
-    let mut console_follow = Follow::new(console.clone(), "guest: ");
-    let mut outputs: Vec<Follow> = (0..spec.plan.len())
-        .map(|i| Follow::new(results.join(format!("{i}.out")), ""))
-        .collect();
+    let mut streams = Streams {
+        console: Follow::new(console.clone()),
+        outputs: (0..spec.plan.len())
+            .map(|i| Follow::new(results.join(format!("{i}.out"))))
+            .collect(),
+    };
     let mut boot = None;
     let mut timed_out = false;
     let status: Option<ExitStatus> = loop {
@@ -253,10 +278,7 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
         if boot.is_none() && results.join("ready").exists() {
             boot = Some(started.elapsed());
         }
-        console_follow.poll(false);
-        for o in &mut outputs {
-            o.poll(false);
-        }
+        streams.print(false);
         let elapsed = started.elapsed();
         if elapsed > spec.timeout || (boot.is_none() && elapsed > BOOT_TIMEOUT) {
             timed_out = true;
@@ -274,10 +296,7 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
         std::thread::sleep(Duration::from_millis(100));
     };
     drop(qemu);
-    console_follow.poll(true);
-    for o in &mut outputs {
-        o.poll(true);
-    }
+    streams.print(true);
 
     let read = |name: String| fs::read_to_string(results.join(name)).ok();
     let suites = (0..spec.plan.len())
