@@ -1,0 +1,772 @@
+//! The daemon's brain: whether this node is in a swarm and as what, and the transitions between
+//! those states (`swarm init`, `swarm join`, `swarm leave`, `--force-new-cluster`, promotion
+//! and demotion). Each transition holds one lock so they never interleave.
+//!
+//! Per-node components are started in [`Agent::start_member`]: that is the place to add gossip
+//! and the executor (they get the `Arc<Member>`: identity, cluster settings via the store or the
+//! dispatcher session, TLS to the cluster port) and to stop them with the member's cancel token.
+
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use model::cluster::{ClusterSettings, EncryptionKey, JoinTokens};
+use model::node::{Availability, ManagerStatus, NodeSpec, NodeState as Health, NodeStatus, Role};
+use model::{Cluster, Meta, Node, Object};
+use pki::{Ca, Identity, JoinToken, NodeKeys};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use store::{Batch, Change, Store};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::error::{Failure, Result};
+use crate::member::{Manager, Member};
+use crate::rpc::generated::ca_client::CaClient;
+use crate::rpc::generated::control_client::ControlClient;
+use crate::rpc::messages::{JoinRaftRequest, JoinRequest, RenewRequest, WireError};
+use crate::state::{NodeState, Saved};
+
+/// `POST /swarm/init`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    pub advertise_addr: Option<String>,
+    pub data_path_addr: Option<String>,
+    pub data_path_port: Option<u16>,
+    #[serde(default)]
+    pub default_addr_pool: Vec<String>,
+    pub default_addr_pool_mask_length: Option<u8>,
+    #[serde(default)]
+    pub force_new_cluster: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitResponse {
+    pub node_id: String,
+    pub worker_token: String,
+    /// Cluster-port address to join through.
+    pub addr: String,
+}
+
+/// `POST /swarm/join`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinApiRequest {
+    pub token: String,
+    /// A manager's cluster-port address, host[:port].
+    pub remote_addr: String,
+    pub advertise_addr: Option<String>,
+    pub data_path_addr: Option<String>,
+    /// Refuse unless the token makes this node a manager.
+    #[serde(default)]
+    pub manager: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinApiResponse {
+    pub node_id: String,
+    pub role: Role,
+}
+
+pub struct Agent {
+    pub cfg: Config,
+    member: RwLock<Option<Arc<Member>>>,
+    ops: tokio::sync::Mutex<()>,
+    /// The API router, for requests forwarded from followers (set once the API is built).
+    pub router: OnceLock<axum::Router>,
+}
+
+fn random_raft_id() -> u64 {
+    rand::rng().random_range(1..u64::MAX / 2)
+}
+
+fn with_port(addr: &str, port: u16) -> String {
+    if addr.parse::<std::net::SocketAddr>().is_ok() || (addr.contains(':') && !addr.contains("::"))
+    {
+        addr.to_string()
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+fn valid_ip(what: &str, a: &str) -> Result<()> {
+    a.parse::<std::net::IpAddr>().map(|_| ()).map_err(|_| {
+        Failure::bad_request(format!(
+            "invalid {what} {a:?}: give an IP address of this node"
+        ))
+    })
+}
+
+fn network_keys() -> Vec<EncryptionKey> {
+    let mut rng = rand::rng();
+    let mut keys = Vec::new();
+    for (subsystem, algorithm, len) in [
+        ("gossip", "aes-256-gcm", 32),
+        ("ipsec", "rfc4106(gcm(aes))", 20),
+    ] {
+        for lamport_time in 1..=3u64 {
+            let key: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            keys.push(EncryptionKey {
+                subsystem: subsystem.into(),
+                algorithm: algorithm.into(),
+                key,
+                lamport_time,
+            });
+        }
+    }
+    keys
+}
+
+fn validate_pools(pools: &[String], mask: u8) -> Result<()> {
+    if !(1..=30).contains(&mask) {
+        return Err(Failure::bad_request(format!(
+            "invalid --default-addr-pool-mask-length {mask}: use 1-30"
+        )));
+    }
+    for p in pools {
+        let (ip, len) = p.split_once('/').ok_or_else(|| {
+            Failure::bad_request(format!(
+                "invalid --default-addr-pool {p:?}: give a CIDR such as 10.0.0.0/8"
+            ))
+        })?;
+        let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+            Failure::bad_request(format!(
+                "invalid --default-addr-pool {p:?}: {ip:?} is not an IPv4 address"
+            ))
+        })?;
+        let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| {
+            Failure::bad_request(format!(
+                "invalid --default-addr-pool {p:?}: bad prefix length"
+            ))
+        })?;
+        if len > mask {
+            return Err(Failure::bad_request(format!(
+                "invalid --default-addr-pool {p:?}: its prefix /{len} is longer than the subnet mask length {mask}"
+            )));
+        }
+        let host_bits = u32::from(ip) & (u32::MAX.checked_shr(len as u32).unwrap_or(0));
+        if len < 32 && host_bits != 0 {
+            return Err(Failure::bad_request(format!(
+                "invalid --default-addr-pool {p:?}: host bits are set; did you mean {}/{len}?",
+                std::net::Ipv4Addr::from(u32::from(ip) & !(u32::MAX >> len))
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Agent {
+    pub fn new(cfg: Config) -> Arc<Agent> {
+        Arc::new(Agent {
+            cfg,
+            member: RwLock::new(None),
+            ops: tokio::sync::Mutex::new(()),
+            router: OnceLock::new(),
+        })
+    }
+
+    /// The current membership, if the node is in a swarm.
+    pub fn member(&self) -> Option<Arc<Member>> {
+        self.member
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_member(&self, m: Option<Arc<Member>>) {
+        *self.member.write().unwrap_or_else(|e| e.into_inner()) = m;
+    }
+
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.cfg.heartbeat_ms)
+    }
+
+    /// Rejoins the swarm the node was in before the daemon stopped.
+    pub async fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
+        let _g = self.ops.lock().await;
+        if let Some(saved) = Saved::load(&self.cfg)? {
+            tracing::info!(node = %saved.node.node_id, role = ?saved.node.role, "resuming swarm membership");
+            self.start_member(saved, false)
+                .await
+                .map_err(|f| anyhow::anyhow!(f.message))
+                .context("cannot resume the swarm membership")?;
+        }
+        Ok(())
+    }
+
+    /// Starts every component of a membership: on a manager the store, the cluster port, the
+    /// peer probes and the leader-only loops; on every node the dispatcher session. Gossip and
+    /// the executor will start here too.
+    fn start_member(
+        self: &Arc<Self>,
+        saved: Saved,
+        bootstrap: bool,
+    ) -> futures::future::BoxFuture<'static, Result<Arc<Member>>> {
+        // Boxed: the session it starts may call back into a role change that starts a member.
+        let agent = self.clone();
+        Box::pin(async move { agent.start_member_now(saved, bootstrap).await })
+    }
+
+    async fn start_member_now(
+        self: &Arc<Self>,
+        saved: Saved,
+        bootstrap: bool,
+    ) -> Result<Arc<Member>> {
+        let cfg = &self.cfg;
+        let client_tls = pki::tls::client_config(&saved.ca_pem, &saved.keys)
+            .map_err(|e| Failure::internal(format!("the node's certificates are unusable: {e}")))?;
+        let addr = cfg.cluster_addr(&saved.node.advertise_addr);
+        let grace = (self.heartbeat() * 3).max(Duration::from_millis(600));
+        let rpc_timeout = Duration::from_secs(10);
+        let manager = if saved.node.role == Role::Manager {
+            std::fs::create_dir_all(cfg.raft_dir())
+                .with_context(|| format!("cannot create {}", cfg.raft_dir().display()))?;
+            let net = crate::raft_net::RaftNet::new(client_tls.clone());
+            let store = Store::open(&cfg.raft_db(), saved.node.raft_id, &cfg.store_config(), net)
+                .await
+                .map_err(|e| Failure::internal(e.to_string()))?;
+            if bootstrap {
+                store
+                    .bootstrap(&addr)
+                    .await
+                    .map_err(|e| Failure::internal(e.to_string()))?;
+            }
+            Some(Manager {
+                store,
+                peers: Default::default(),
+                sessions: Default::default(),
+                grace,
+            })
+        } else {
+            None
+        };
+        let member = Arc::new(Member::new(
+            saved.node.clone(),
+            saved.ca_pem.clone(),
+            saved.keys.clone(),
+            client_tls,
+            manager,
+            addr.clone(),
+            self.heartbeat(),
+            rpc_timeout,
+        ));
+        if member.manager.is_some() {
+            let listener = match TcpListener::bind(("0.0.0.0", cfg.cluster_port)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    member.stop().await;
+                    return Err(Failure::unavailable(format!(
+                        "cannot listen on the cluster port {}: {e}; is another agent running?",
+                        cfg.cluster_port
+                    )));
+                }
+            };
+            let server_tls = pki::tls::server_config(&saved.ca_pem, &saved.keys).map_err(|e| {
+                Failure::internal(format!("the node's certificates are unusable: {e}"))
+            })?;
+            member.spawn(crate::services::serve(
+                self.clone(),
+                member.clone(),
+                listener,
+                server_tls,
+            ));
+            member.spawn(crate::peers::run(member.clone(), self.heartbeat()));
+            member.spawn(crate::leader::run(member.clone()));
+            let store = member.store()?.clone();
+            if !bootstrap && !store.is_initialized().await {
+                // A new manager (joined or promoted): ask the leader for a seat.
+                member.spawn(ensure_voter(member.clone()));
+            }
+        }
+        member.spawn(crate::session::run(self.clone(), member.clone()));
+        self.set_member(Some(member.clone()));
+        Ok(member)
+    }
+
+    async fn stop_member(&self) -> Option<Arc<Member>> {
+        let m = self.member();
+        if let Some(m) = &m {
+            self.set_member(None);
+            m.stop().await;
+        }
+        m
+    }
+
+    /// `swarm init` (and `--force-new-cluster`).
+    pub async fn init(self: &Arc<Self>, req: InitRequest) -> Result<InitResponse> {
+        let _g = self.ops.lock().await;
+        if req.force_new_cluster {
+            return self.force_new_cluster().await;
+        }
+        if self.member().is_some() {
+            return Err(Failure::conflict(
+                "This node is already part of a swarm. Use \"netctl swarm leave\" to leave this swarm and join another one.",
+            ));
+        }
+        let advertise = match req
+            .advertise_addr
+            .clone()
+            .or(self.cfg.advertise_addr.clone())
+        {
+            Some(a) => a,
+            None => crate::sysinfo::default_addr().map_err(Failure::bad_request)?,
+        };
+        valid_ip("--advertise-addr", &advertise)?;
+        let data_path = req
+            .data_path_addr
+            .clone()
+            .or(self.cfg.data_path_addr.clone())
+            .unwrap_or_else(|| advertise.clone());
+        valid_ip("--data-path-addr", &data_path)?;
+        let port = req.data_path_port.unwrap_or(4789);
+        if !(1024..=49151).contains(&port) {
+            return Err(Failure::bad_request(format!(
+                "invalid --data-path-port {port}: use a UDP port in 1024-49151 (default 4789)"
+            )));
+        }
+        let pools = if req.default_addr_pool.is_empty() {
+            vec!["10.0.0.0/8".to_string()]
+        } else {
+            req.default_addr_pool.clone()
+        };
+        let mask = req.default_addr_pool_mask_length.unwrap_or(24);
+        validate_pools(&pools, mask)?;
+
+        let cluster_id = model::new_id();
+        let node_id = model::new_id();
+        let raft_id = random_raft_id();
+        let ca = Ca::generate(&cluster_id).map_err(|e| Failure::internal(e.to_string()))?;
+        let keys = ca
+            .issue(&Identity {
+                node_id: node_id.clone(),
+                role: pki::Role::Manager,
+                cluster_id: cluster_id.clone(),
+            })
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        let addr = self.cfg.cluster_addr(&advertise);
+        let tokens = JoinTokens {
+            worker: JoinToken::generate(&ca.digest()).to_string(),
+            manager: JoinToken::generate(&ca.digest()).to_string(),
+        };
+        let saved = Saved {
+            node: NodeState {
+                node_id: node_id.clone(),
+                cluster_id: cluster_id.clone(),
+                role: Role::Manager,
+                raft_id,
+                advertise_addr: advertise.clone(),
+                data_path_addr: data_path.clone(),
+                managers: vec![addr.clone()],
+            },
+            ca_pem: ca.cert_pem().to_string(),
+            keys,
+        };
+        Saved::wipe(&self.cfg)?;
+        saved.save(&self.cfg)?;
+        let result = async {
+            let member = self.start_member(saved, true).await?;
+            let store = member.store()?.clone();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !store.is_leader() {
+                if Instant::now() > deadline {
+                    return Err(Failure::internal(
+                        "the new single-manager cluster elected no leader within 20s",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let cluster = Cluster {
+                meta: Meta::with_id(cluster_id.clone()),
+                ca_cert_pem: ca.cert_pem().to_string(),
+                ca_key_pem: ca.key_pem().to_string(),
+                join_tokens: tokens.clone(),
+                default_addr_pools: pools,
+                subnet_size: mask,
+                data_path_port: port,
+                network_keys: network_keys(),
+                settings: ClusterSettings {
+                    heartbeat_period_ms: self.cfg.heartbeat_ms,
+                },
+            };
+            let node = Node {
+                meta: Meta::with_id(node_id.clone()),
+                spec: NodeSpec {
+                    role: Role::Manager,
+                    availability: Availability::Active,
+                    labels: Default::default(),
+                },
+                role: Role::Manager,
+                description: crate::sysinfo::describe(&self.cfg.hostname),
+                status: NodeStatus {
+                    state: Health::Ready,
+                    message: String::new(),
+                    addr: advertise.clone(),
+                },
+                manager_status: Some(ManagerStatus {
+                    raft_id,
+                    addr: addr.clone(),
+                }),
+                advertise_addr: advertise.clone(),
+                data_path_addr: data_path.clone(),
+            };
+            store
+                .propose(Batch::new(vec![
+                    Change::Create(Object::Cluster(cluster)),
+                    Change::Create(Object::Node(node)),
+                ]))
+                .await
+                .map_err(|e| Failure::internal(e.to_string()))?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.stop_member().await;
+            let _ = Saved::wipe(&self.cfg);
+            return Err(e);
+        }
+        tracing::info!(node = %node_id, cluster = %cluster_id, "swarm initialised");
+        Ok(InitResponse {
+            node_id,
+            worker_token: tokens.worker,
+            addr,
+        })
+    }
+
+    /// `swarm init --force-new-cluster`: this manager restarts as the only manager of the same
+    /// cluster with all state kept.
+    async fn force_new_cluster(self: &Arc<Self>) -> Result<InitResponse> {
+        let Some(saved) = Saved::load(&self.cfg)? else {
+            return Err(Failure::bad_request(
+                "--force-new-cluster recovers a swarm from a manager that was part of it, and this node is in no swarm; use `netctl swarm init`",
+            ));
+        };
+        if saved.node.role != Role::Manager || !self.cfg.raft_db().exists() {
+            return Err(Failure::bad_request(
+                "--force-new-cluster must run on a manager (this node is a worker): run it on a surviving manager",
+            ));
+        }
+        self.stop_member().await;
+        let addr = self.cfg.cluster_addr(&saved.node.advertise_addr);
+        let db = self.cfg.raft_db();
+        let raft_id = saved.node.raft_id;
+        let addr2 = addr.clone();
+        tokio::task::spawn_blocking(move || store::force_new_cluster(&db, raft_id, &addr2))
+            .await
+            .map_err(|e| Failure::internal(e.to_string()))?
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        let mut saved = saved;
+        saved.node.managers = vec![addr.clone()];
+        saved.save(&self.cfg)?;
+        let member = self.start_member(saved.clone(), false).await?;
+        let store = member.store()?.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !store.is_leader() {
+            if Instant::now() > deadline {
+                return Err(Failure::internal(
+                    "the recovered manager did not become leader within 20s; see the agent's log",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cluster = member.cluster()?;
+        tracing::warn!(node = %saved.node.node_id, "forced a new cluster: this manager is the only one now");
+        Ok(InitResponse {
+            node_id: saved.node.node_id,
+            worker_token: cluster.join_tokens.worker,
+            addr,
+        })
+    }
+
+    /// `swarm join`.
+    pub async fn join(self: &Arc<Self>, req: JoinApiRequest) -> Result<JoinApiResponse> {
+        let _g = self.ops.lock().await;
+        if self.member().is_some() {
+            return Err(Failure::conflict(
+                "This node is already part of a swarm. Use \"netctl swarm leave\" to leave this swarm and join another one.",
+            ));
+        }
+        let token =
+            JoinToken::parse(&req.token).map_err(|e| Failure::bad_request(e.to_string()))?;
+        let remote = with_port(&req.remote_addr, self.cfg.cluster_port);
+        let advertise = match req
+            .advertise_addr
+            .clone()
+            .or(self.cfg.advertise_addr.clone())
+        {
+            Some(a) => a,
+            None => crate::sysinfo::default_addr().map_err(Failure::bad_request)?,
+        };
+        valid_ip("--advertise-addr", &advertise)?;
+        let data_path = req
+            .data_path_addr
+            .clone()
+            .or(self.cfg.data_path_addr.clone())
+            .unwrap_or_else(|| advertise.clone());
+        valid_ip("--data-path-addr", &data_path)?;
+        let (csr, key) = pki::new_csr().map_err(|e| Failure::internal(e.to_string()))?;
+        let tls = pki::tls::pinned_client_config(&token.ca_digest)
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        let channel = crate::rpc::transport::channel(&remote, tls, Duration::from_secs(20))
+            .map_err(|s| Failure::from_status(&s))?;
+        let resp = CaClient::new(channel)
+            .join(JoinRequest {
+                token: req.token.trim().to_string(),
+                csr_pem: csr,
+                want_manager: req.manager,
+                hostname: self.cfg.hostname.clone(),
+                advertise_addr: advertise.clone(),
+                data_path_addr: data_path.clone(),
+                description: crate::sysinfo::describe(&self.cfg.hostname),
+            })
+            .await
+            .map_err(|s| {
+                let mut f = Failure::from_status(&s);
+                f.message = format!(
+                    "could not join the swarm through {remote}: {}",
+                    explain_transport(&s)
+                );
+                f
+            })?
+            .into_inner();
+        // The CA we keep must be the one the token pins.
+        let ca_der = pki::tls::cert_der_from_pem(&resp.ca_pem)
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        if pki::ca_digest(&ca_der) != token.ca_digest {
+            return Err(Failure::forbidden(
+                "the manager sent a CA certificate that does not match the digest in the join token; refusing to join",
+            ));
+        }
+        let keys = NodeKeys {
+            cert_pem: resp.cert_pem,
+            key_pem: key,
+        };
+        let id =
+            Identity::from_pem(&keys.cert_pem).map_err(|e| Failure::internal(e.to_string()))?;
+        let mut managers = resp.managers.clone();
+        if !managers.contains(&remote) {
+            managers.push(remote.clone());
+        }
+        let saved = Saved {
+            node: NodeState {
+                node_id: resp.node_id.clone(),
+                cluster_id: resp.cluster_id,
+                role: resp.role,
+                raft_id: random_raft_id(),
+                advertise_addr: advertise,
+                data_path_addr: data_path,
+                managers,
+            },
+            ca_pem: resp.ca_pem,
+            keys,
+        };
+        if (id.role == pki::Role::Manager) != (resp.role == Role::Manager) {
+            return Err(Failure::internal(
+                "the certificate's role does not match the answer; refusing",
+            ));
+        }
+        Saved::wipe(&self.cfg)?;
+        saved.save(&self.cfg)?;
+        let member = match self.start_member(saved, false).await {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = Saved::wipe(&self.cfg);
+                return Err(e);
+            }
+        };
+        if resp.role == Role::Manager {
+            // Wait until the leader has made us a voter and we hold the replicated state.
+            let store = member.store()?.clone();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, voters) = store.members();
+                if voters.contains(&store.id()) && member.cluster().is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    self.stop_member().await;
+                    let _ = Saved::wipe(&self.cfg);
+                    return Err(Failure::unavailable(
+                        "joined, but the leader did not admit this manager into Raft within 60s (is a quorum of managers up?); the node left again",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        tracing::info!(node = %resp.node_id, role = ?resp.role, "joined the swarm");
+        Ok(JoinApiResponse {
+            node_id: resp.node_id,
+            role: resp.role,
+        })
+    }
+
+    /// `swarm leave [--force]`.
+    pub async fn leave(self: &Arc<Self>, force: bool) -> Result<()> {
+        let _g = self.ops.lock().await;
+        let Some(member) = self.member() else {
+            return Err(Failure::unavailable("This node is not part of a swarm"));
+        };
+        if member.role() == Role::Manager && !force {
+            let q = member.quorum()?;
+            let n = q.managers;
+            let msg = if n <= 1 {
+                "You are attempting to leave the swarm on a node that is participating as a manager. \
+                 Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message."
+                    .to_string()
+            } else if !q.survives_removal(true) {
+                format!(
+                    "You are attempting to leave the swarm on a node that is participating as a manager. \
+                     Removing this node leaves {} managers out of {n}. Without a Raft quorum your swarm will be inaccessible. \
+                     The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. \
+                     Use `--force` to suppress this message.",
+                    n - 1
+                )
+            } else {
+                format!(
+                    "You are attempting to leave the swarm on a node that is participating as a manager. \
+                     Removing this node leaves {} managers out of {n}. Demote it first (`netctl node demote {}`) so the \
+                     others stay a healthy quorum, or use `--force` to suppress this message.",
+                    n - 1,
+                    member.node_id()
+                )
+            };
+            return Err(Failure::conflict(msg));
+        }
+        self.stop_member().await;
+        Saved::wipe(&self.cfg)?;
+        tracing::info!("left the swarm");
+        Ok(())
+    }
+
+    /// Switches this node to `target` after the managers changed its role (promote/demote):
+    /// a new certificate, then the components of the new role.
+    pub async fn change_role(self: &Arc<Self>, target: Role) -> Result<()> {
+        let _g = self.ops.lock().await;
+        let Some(member) = self.member() else {
+            return Ok(());
+        };
+        if member.role() == target {
+            return Ok(());
+        }
+        let (csr, key) = pki::new_csr().map_err(|e| Failure::internal(e.to_string()))?;
+        let mut candidates = member.node_state().managers.clone();
+        if let Some(l) = member.leader_addr() {
+            candidates.insert(0, l);
+        }
+        let mut renewed = None;
+        let mut last_err = None;
+        for addr in candidates {
+            let mut client = CaClient::new(member.channel(&addr)?);
+            match client
+                .renew(RenewRequest {
+                    csr_pem: csr.clone(),
+                })
+                .await
+            {
+                Ok(r) => {
+                    renewed = Some(r.into_inner());
+                    break;
+                }
+                Err(s) => last_err = Some(s),
+            }
+        }
+        let Some(renewed) = renewed else {
+            return Err(Failure::unavailable(format!(
+                "could not renew the node certificate: {}",
+                last_err
+                    .map(|s| s.message().to_string())
+                    .unwrap_or_default()
+            )));
+        };
+        if renewed.role != target {
+            return Ok(()); // the managers have not seen the change yet; the next heartbeat retries
+        }
+        tracing::info!(from = ?member.role(), to = ?target, "changing role");
+        self.stop_member().await;
+        let mut node = member.node_state();
+        node.role = target;
+        if target == Role::Manager {
+            node.raft_id = random_raft_id();
+        }
+        let _ = std::fs::remove_dir_all(self.cfg.raft_dir());
+        let saved = Saved {
+            node,
+            ca_pem: member.ca_pem.clone(),
+            keys: NodeKeys {
+                cert_pem: renewed.cert_pem,
+                key_pem: key,
+            },
+        };
+        saved.save(&self.cfg)?;
+        self.start_member(saved, false).await?;
+        Ok(())
+    }
+
+    /// Clean shutdown (SIGTERM): stops the components; the membership stays on disk.
+    pub async fn shutdown(&self) {
+        let _g = self.ops.lock().await;
+        if let Some(m) = self.member() {
+            m.stop().await;
+        }
+    }
+}
+
+/// A new manager asks the leader (through any manager) to become a Raft voter, until it is one.
+async fn ensure_voter(member: Arc<Member>) {
+    let Ok(store) = member.store().cloned() else {
+        return;
+    };
+    let state = member.node_state();
+    let req = JoinRaftRequest {
+        raft_id: state.raft_id,
+        addr: member.cluster_port_addr.clone(),
+    };
+    let mut attempt = 0usize;
+    loop {
+        if member.cancel.is_cancelled() {
+            return;
+        }
+        let (_, voters) = store.members();
+        if voters.contains(&store.id()) {
+            return;
+        }
+        let managers: Vec<String> = member
+            .node_state()
+            .managers
+            .into_iter()
+            .filter(|a| *a != member.cluster_port_addr)
+            .collect();
+        if let Some(addr) = managers.get(attempt % managers.len().max(1)) {
+            match member.channel(addr) {
+                Ok(ch) => match ControlClient::new(ch).join_raft(req.clone()).await {
+                    Ok(r) => match r.into_inner() {
+                        Ok(()) => tracing::info!(via = %addr, "admitted into Raft"),
+                        Err(WireError::NotLeader { .. }) => {}
+                        Err(e) => tracing::warn!(via = %addr, error = %e, "joining Raft failed"),
+                    },
+                    Err(s) => {
+                        tracing::info!(via = %addr, error = %s.message(), "joining Raft failed")
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "no channel"),
+            }
+        }
+        attempt += 1;
+        tokio::select! {
+            _ = member.cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+    }
+}
+
+/// Turns a transport failure into what the operator should know.
+pub fn explain_transport(s: &tonic::Status) -> String {
+    let text = format!("{} {:?}", s.message(), std::error::Error::source(s));
+    if text.contains("does not match the CA digest") {
+        "the manager's root CA does not match the CA digest in the join token (wrong swarm, or a tampered token)".into()
+    } else if s.code() == tonic::Code::Unavailable && s.message().contains("transport") {
+        format!("cannot reach the manager ({})", s.message())
+    } else {
+        s.message().to_string()
+    }
+}

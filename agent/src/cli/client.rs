@@ -1,0 +1,120 @@
+//! netctl's HTTP client on the agent's unix socket.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+
+/// What the daemon answered.
+pub struct Reply {
+    pub body: serde_json::Value,
+    /// Set when the answer came from a replica that may be stale.
+    pub stale: Option<String>,
+    /// The id of the node that answered.
+    pub node_id: Option<String>,
+}
+
+impl Reply {
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.body.clone())
+            .map_err(|e| anyhow!("unexpected answer from the daemon: {e}"))
+    }
+}
+
+pub struct Client {
+    host: PathBuf,
+}
+
+impl Client {
+    pub fn new(host: &Path) -> Client {
+        Client {
+            host: host.to_path_buf(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Reply> {
+        self.call("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> Result<Reply> {
+        self.call("POST", path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Reply> {
+        self.call("DELETE", path, None).await
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Reply> {
+        let unreachable = || {
+            anyhow!(
+                "Cannot connect to the netagent daemon at unix://{}. Is the netagent daemon running?",
+                self.host.display()
+            )
+        };
+        let stream = tokio::net::UnixStream::connect(&self.host)
+            .await
+            .map_err(|_| unreachable())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| unreachable())?;
+        tokio::spawn(conn);
+        let body = match body {
+            Some(v) => Full::new(Bytes::from(serde_json::to_vec(&v)?)),
+            None => Full::new(Bytes::new()),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://netagent{path}"))
+            .header("host", "netagent")
+            .header("content-type", "application/json")
+            .body(body)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| anyhow!("the daemon closed the connection: {e}"))?;
+        let status = resp.status();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let stale = header(crate::api::STALE);
+        let node_id = header(crate::api::NODE_ID);
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| anyhow!("cannot read the daemon's answer: {e}"))?
+            .to_bytes();
+        let body: serde_json::Value = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            })
+        };
+        if !status.is_success() {
+            let msg = body
+                .get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{status}: {body}"));
+            return Err(anyhow!("Error response from daemon: {msg}"));
+        }
+        Ok(Reply {
+            body,
+            stale,
+            node_id,
+        })
+    }
+}

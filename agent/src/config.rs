@@ -1,0 +1,237 @@
+//! The daemon's configuration: command-line flags over an optional TOML file over defaults.
+//!
+//! ```toml
+//! # /etc/netagent/netagent.toml (every key optional; flags win)
+//! host = "/run/netagent/netagent.sock"
+//! state_dir = "/var/lib/netagent"
+//! hostname = "node1"
+//! advertise_addr = "198.18.0.1"
+//! data_path_addr = "198.18.0.1"
+//! cluster_port = 2377
+//! heartbeat_ms = 5000
+//! election_timeout_ms = 1000
+//! snapshot_every = 10000
+//! log_format = "text"   # or "json"
+//! log_level = "info"    # a tracing filter, e.g. "info,openraft=warn"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+
+pub const DEFAULT_HOST: &str = "/run/netagent/netagent.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/netagent";
+pub const DEFAULT_CLUSTER_PORT: u16 = 2377;
+
+/// netagent: the swarm networking daemon (one per node, as root).
+#[derive(Debug, Parser, Default)]
+#[command(name = "netagent", version)]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Unix socket of the API (mode 0660).
+    #[arg(long, short = 'H', env = "NETAGENT_HOST")]
+    pub host: Option<PathBuf>,
+    /// Directory of the node's state (identity, certificates, Raft store).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Name of this node in the swarm (default: the system's hostname).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Default address advertised to the other nodes (overridden by `swarm init/join`).
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// Default VXLAN source address (overridden by `swarm init/join`).
+    #[arg(long)]
+    pub data_path_addr: Option<String>,
+    /// TCP port of the cluster (Raft, join, control, dispatcher).
+    #[arg(long)]
+    pub cluster_port: Option<u16>,
+    /// Dispatcher heartbeat period in milliseconds, for a swarm this node initialises; managers
+    /// also probe each other at this period.
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Raft election timeout in milliseconds (the minimum; the maximum is twice it).
+    #[arg(long)]
+    pub election_timeout_ms: Option<u64>,
+    /// Snapshot the store (and compact the Raft log) every this many entries.
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+    /// Log format: text or json.
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Log filter (tracing env-filter syntax), e.g. "info" or "debug,openraft=info".
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    host: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    hostname: Option<String>,
+    advertise_addr: Option<String>,
+    data_path_addr: Option<String>,
+    cluster_port: Option<u16>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: PathBuf,
+    pub state_dir: PathBuf,
+    pub hostname: String,
+    pub advertise_addr: Option<String>,
+    pub data_path_addr: Option<String>,
+    pub cluster_port: u16,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_every: u64,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Config {
+    pub fn load(args: Args) -> Result<Config> {
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the configuration file {}", path.display())
+                })?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid configuration file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let log_format = match args
+            .log_format
+            .or(file.log_format)
+            .as_deref()
+            .unwrap_or("text")
+        {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => anyhow::bail!("unknown log format {other:?}: use text or json"),
+        };
+        let hostname = match args.hostname.or(file.hostname) {
+            Some(h) => h,
+            None => nix::unistd::gethostname()
+                .context("cannot read the system's hostname; pass --hostname")?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(5_000);
+        let election_timeout_ms = args
+            .election_timeout_ms
+            .or(file.election_timeout_ms)
+            .unwrap_or(1_000);
+        anyhow::ensure!(heartbeat_ms >= 10, "--heartbeat-ms must be at least 10");
+        anyhow::ensure!(
+            election_timeout_ms >= 50,
+            "--election-timeout-ms must be at least 50"
+        );
+        Ok(Config {
+            host: args
+                .host
+                .or(file.host)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_HOST)),
+            state_dir: args
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            hostname,
+            advertise_addr: args.advertise_addr.or(file.advertise_addr),
+            data_path_addr: args.data_path_addr.or(file.data_path_addr),
+            cluster_port: args
+                .cluster_port
+                .or(file.cluster_port)
+                .unwrap_or(DEFAULT_CLUSTER_PORT),
+            heartbeat_ms,
+            election_timeout_ms,
+            snapshot_every: args
+                .snapshot_every
+                .or(file.snapshot_every)
+                .unwrap_or(10_000)
+                .max(10),
+            log_format,
+            log_level: args
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+        })
+    }
+
+    pub fn raft_dir(&self) -> PathBuf {
+        self.state_dir.join("raft")
+    }
+
+    pub fn raft_db(&self) -> PathBuf {
+        self.raft_dir().join("raft.redb")
+    }
+
+    pub fn store_config(&self) -> store::StoreConfig {
+        store::StoreConfig {
+            heartbeat_ms: (self.election_timeout_ms / 5).max(10),
+            election_min_ms: self.election_timeout_ms,
+            election_max_ms: self.election_timeout_ms * 2,
+            snapshot_every: self.snapshot_every,
+            keep_behind_snapshot: (self.snapshot_every / 10).max(10),
+        }
+    }
+
+    /// Where this node's cluster port is reached: advertise address and port.
+    pub fn cluster_addr(&self, advertise: &str) -> String {
+        if advertise.contains(':')
+            && !advertise.starts_with('[')
+            && advertise.parse::<std::net::Ipv6Addr>().is_err()
+        {
+            advertise.to_string()
+        } else {
+            format!("{advertise}:{}", self.cluster_port)
+        }
+    }
+
+    pub fn state_path(&self, name: &str) -> PathBuf {
+        self.state_dir.join(name)
+    }
+}
+
+/// Writes a file atomically (temporary file, fsync, rename) with the given mode.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! A node's membership in a swarm while the daemon runs: its identity and credentials, and, on a
+//! manager, the Raft store and the managers' view of each other. Every per-node component gets
+//! an `Arc<Member>`: the node id, role and cluster id, TLS to the cluster port, the store (on a
+//! manager), and the write path (`write`: propose on the leader, forward to it from a follower).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use model::node::Role;
+use model::{Cluster, Kind, Node, Object};
+use pki::NodeKeys;
+use rustls::ClientConfig;
+use store::{Batch, ProposeError, Store};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::error::{Failure, Result};
+use crate::quorum::Quorum;
+use crate::rpc::generated::control_client::ControlClient;
+use crate::rpc::messages::{ProposeRequest, WireError};
+use crate::state::NodeState;
+
+/// The manager-only parts.
+pub struct Manager {
+    pub store: Store,
+    /// When each other manager (by raft id) last answered a ping.
+    pub peers: Mutex<HashMap<u64, Instant>>,
+    /// The dispatcher's sessions: node id -> last heartbeat (meaningful on the leader).
+    pub sessions: Mutex<HashMap<String, Instant>>,
+    /// How long a peer or a node may stay silent before it counts as unreachable / down.
+    pub grace: Duration,
+}
+
+pub struct Member {
+    pub state: Mutex<NodeState>,
+    pub ca_pem: String,
+    pub keys: NodeKeys,
+    pub client_tls: Arc<ClientConfig>,
+    pub manager: Option<Manager>,
+    pub cancel: CancellationToken,
+    pub tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// This node's own object, as the dispatcher last sent it.
+    pub node_obj: watch::Sender<Option<Node>>,
+    /// The period of the dispatcher session (from the leader's Welcome).
+    pub heartbeat: watch::Sender<Duration>,
+    pub cluster_port_addr: String,
+    rpc_timeout: Duration,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Member {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        state: NodeState,
+        ca_pem: String,
+        keys: NodeKeys,
+        client_tls: Arc<ClientConfig>,
+        manager: Option<Manager>,
+        cluster_port_addr: String,
+        heartbeat: Duration,
+        rpc_timeout: Duration,
+    ) -> Member {
+        Member {
+            state: Mutex::new(state),
+            ca_pem,
+            keys,
+            client_tls,
+            manager,
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+            node_obj: watch::channel(None).0,
+            heartbeat: watch::channel(heartbeat).0,
+            cluster_port_addr,
+            rpc_timeout,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn node_state(&self) -> NodeState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_state().node_id
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.node_state().cluster_id
+    }
+
+    pub fn role(&self) -> Role {
+        self.node_state().role
+    }
+
+    pub fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(fut);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+    }
+
+    /// A TLS channel to another node's cluster port (cached).
+    pub fn channel(&self, addr: &str) -> Result<Channel> {
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = crate::rpc::transport::channel(addr, self.client_tls.clone(), self.rpc_timeout)
+            .map_err(|s| Failure::from_status(&s))?;
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The manager parts, or the error docker gives on a worker.
+    pub fn manager(&self) -> Result<&Manager> {
+        self.manager.as_ref().ok_or_else(not_a_manager)
+    }
+
+    pub fn store(&self) -> Result<&Store> {
+        Ok(&self.manager()?.store)
+    }
+
+    /// The cluster object from the local replica.
+    pub fn cluster(&self) -> Result<Cluster> {
+        let id = self.cluster_id();
+        match self.store()?.get(Kind::Cluster, &id)? {
+            Some(Object::Cluster(c)) => Ok(c),
+            _ => Err(Failure::unavailable(
+                "the cluster object is not replicated to this manager yet; retry in a moment",
+            )),
+        }
+    }
+
+    /// Cluster-port address of the leader as this manager knows it.
+    pub fn leader_addr(&self) -> Option<String> {
+        let store = self.manager.as_ref()?.store.clone();
+        let m = store.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Managers (raft voters) and how many of them this manager reaches, itself included.
+    pub fn quorum(&self) -> Result<Quorum> {
+        let m = self.manager()?;
+        let (_, voters) = m.store.members();
+        let me = m.store.id();
+        let reachable = voters
+            .iter()
+            .filter(|id| **id == me || self.peer_reachable(**id))
+            .count();
+        Ok(Quorum {
+            managers: voters.len(),
+            reachable,
+        })
+    }
+
+    /// Whether the manager with raft id `id` answered a ping recently (true for this node).
+    pub fn peer_reachable(&self, id: u64) -> bool {
+        let Some(m) = &self.manager else {
+            return false;
+        };
+        if id == m.store.id() {
+            return true;
+        }
+        m.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .is_some_and(|t| t.elapsed() <= m.grace)
+    }
+
+    /// Fails at once, with the counts and the way out, unless a quorum of managers is reachable.
+    pub fn require_quorum(&self) -> Result<Quorum> {
+        let q = self.quorum()?;
+        if q.has_quorum() {
+            Ok(q)
+        } else {
+            Err(Failure::unavailable(q.lost_message()))
+        }
+    }
+
+    /// Waits (bounded) for a leader to be known, as after a leader's death; fails with the
+    /// quorum message if there is no quorum or no leader emerges.
+    pub async fn wait_leader(&self) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let q = self.require_quorum()?;
+            if let Some(addr) = self.leader_addr() {
+                return Ok(addr);
+            }
+            if Instant::now() > deadline {
+                return Err(Failure::unavailable(format!(
+                    "no leader was elected within 15s although {} of {} managers are reachable; retry, and check the managers' logs",
+                    q.reachable, q.managers
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Writes a batch through Raft: proposed here on the leader, forwarded to the leader from a
+    /// follower. Fails at once without quorum.
+    pub async fn write(&self, batch: Batch) -> Result<Vec<Option<Object>>> {
+        let m = self.manager()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.require_quorum()?;
+            let attempt = if m.store.is_leader() {
+                match tokio::time::timeout(Duration::from_secs(10), m.store.propose(batch.clone()))
+                    .await
+                {
+                    Ok(r) => r.map_err(|e| match e {
+                        ProposeError::Conflict(c) => Err(Failure::from(c)),
+                        ProposeError::NotLeader { .. } => Ok(()),
+                        ProposeError::Raft(msg) => {
+                            Err(Failure::unavailable(format!("the write failed: {msg}")))
+                        }
+                    }),
+                    Err(_) => Err(Err(Failure::unavailable(
+                        "the write was not committed within 10s: too few managers acknowledge the leader; check that a quorum of managers is up",
+                    ))),
+                }
+            } else {
+                let addr = self.wait_leader().await?;
+                let mut client = ControlClient::new(self.channel(&addr)?);
+                match client
+                    .propose(ProposeRequest {
+                        batch: batch.clone(),
+                    })
+                    .await
+                {
+                    Ok(resp) => resp.into_inner().map_err(|e| match e {
+                        WireError::Conflict(c) => Err(Failure::from(c)),
+                        WireError::NotLeader { .. } => Ok(()),
+                        WireError::Other(m) => Err(Failure::unavailable(m)),
+                    }),
+                    Err(s) if s.code() == tonic::Code::Unavailable => Err(Ok(())),
+                    Err(s) => Err(Err(Failure::from_status(&s))),
+                }
+            };
+            match attempt {
+                Ok(objects) => return Ok(objects),
+                Err(Err(f)) => return Err(f),
+                Err(Ok(())) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(Ok(())) => {
+                    return Err(Failure::unavailable(
+                        "leadership kept changing and the write could not be placed within 20s; retry",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Every node object in the local replica.
+    pub fn nodes(&self) -> Result<Vec<Node>> {
+        Ok(self
+            .store()?
+            .list(Kind::Node)?
+            .into_iter()
+            .filter_map(|o| Node::try_from(o).ok())
+            .collect())
+    }
+
+    pub fn node(&self, id: &str) -> Result<Option<Node>> {
+        Ok(self
+            .store()?
+            .get(Kind::Node, id)?
+            .and_then(|o| Node::try_from(o).ok()))
+    }
+
+    /// Stops every component of this membership; the store is shut down.
+    pub async fn stop(&self) {
+        self.cancel.cancel();
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        if let Some(m) = &self.manager {
+            m.store.shutdown().await;
+        }
+    }
+}
+
+pub fn not_a_manager() -> Failure {
+    Failure::unavailable(
+        "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. \
+         Please run this command on a manager node or promote the current node to a manager.",
+    )
+}
+
+pub fn not_in_swarm() -> Failure {
+    Failure::unavailable(
+        "This node is not a swarm manager. Use \"netctl swarm init\" or \"netctl swarm join\" to connect this node to swarm and try again.",
+    )
+}

@@ -1,0 +1,147 @@
+//! The messages of the cluster port's gRPC services (JSON on the wire, see `codec`). Adding a
+//! variant to [`SessionUp`] / [`SessionDown`] is how the dispatcher session grows (assignments
+//! down, task status up) without a new stream.
+
+use model::Node;
+use model::node::{NodeDescription, Role};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use store::{Batch, Conflict, TypeConfig};
+
+// ---- Ca: join (no client certificate needed) and certificate renewal -------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    /// CSR (PEM) of a key the joining node keeps.
+    pub csr_pem: String,
+    /// Refuse unless the token is the manager token (`swarm join --manager`).
+    pub want_manager: bool,
+    pub hostname: String,
+    pub advertise_addr: String,
+    pub data_path_addr: String,
+    pub description: NodeDescription,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub role: Role,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// Cluster-port addresses of the managers (host:port).
+    pub managers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub cert_pem: String,
+    pub role: Role,
+}
+
+// ---- Raft (manager certificates only) ----------------------------------------------------------
+
+pub type AppendRequest = AppendEntriesRequest<TypeConfig>;
+pub type AppendReply = Result<AppendEntriesResponse<u64>, RaftError<u64>>;
+pub type VoteRequest = openraft::raft::VoteRequest<u64>;
+pub type VoteReply = Result<VoteResponse<u64>, RaftError<u64>>;
+pub type SnapshotRequest = InstallSnapshotRequest<TypeConfig>;
+pub type SnapshotReply = Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>;
+
+// ---- Control (manager certificates only) -------------------------------------------------------
+
+/// An API request a follower forwards to the leader, as it came over the unix socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// Why a leader-side operation failed, across the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum WireError {
+    #[error("the manager asked is not the leader")]
+    NotLeader { leader: Option<String> },
+    #[error(transparent)]
+    Conflict(Conflict),
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProposeRequest {
+    pub batch: Batch,
+}
+
+pub type ProposeReply = Result<Vec<Option<model::Object>>, WireError>;
+
+/// A manager that has its certificate and a running Raft node asks to become a voter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRaftRequest {
+    pub raft_id: u64,
+    /// Its cluster-port address (host:port).
+    pub addr: String,
+}
+
+pub type JoinRaftReply = Result<(), WireError>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PingRequest {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PingReply {
+    pub node_id: String,
+    pub raft_id: u64,
+    pub leader: Option<u64>,
+}
+
+// ---- Dispatcher session (any node certificate; the node id is the certificate's) --------------
+
+/// Node -> leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionUp {
+    /// First message: what the node is.
+    Hello {
+        description: NodeDescription,
+        advertise_addr: String,
+        data_path_addr: String,
+    },
+    Heartbeat,
+}
+
+/// Leader -> node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionDown {
+    /// Answer to Hello: the heartbeat period to keep and where the managers are.
+    Welcome {
+        heartbeat_ms: u64,
+        managers: Vec<String>,
+    },
+    /// Answer to each heartbeat: the node's object as stored (role and availability changes
+    /// reach the node this way) and the managers now.
+    Heartbeat {
+        node: Option<Box<Node>>,
+        managers: Vec<String>,
+    },
+}

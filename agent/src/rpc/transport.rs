@@ -1,0 +1,118 @@
+//! TLS plumbing for the cluster port: the accept loop feeding tonic, lazily connecting client
+//! channels, and who the peer of a request is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pki::{Identity, Role};
+use rustls::{ClientConfig, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Request, Status};
+
+/// The accepted TLS connections of `listener`, as tonic's `serve_with_incoming` wants them.
+/// Failed handshakes (no or bad certificate chain, plain TCP) are logged and dropped without
+/// disturbing the server.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster port: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "cluster port: TLS handshake refused")
+                    }
+                    Err(_) => tracing::info!(%peer, "cluster port: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A channel to `addr` (host:port) over TLS with `tls`; it connects on first use and reconnects
+/// after failures.
+pub fn channel(addr: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Result<Channel, Status> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::invalid_argument(format!("bad manager address {addr:?}: {e}")))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let connector = TlsConnector::from(tls);
+    let connect = tower::service_fn(move |uri: Uri| {
+        let connector = connector.clone();
+        async move {
+            let host = uri.host().unwrap_or_default().to_string();
+            let port = uri.port_u16().unwrap_or(2377);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector
+                .connect(pki::tls::manager_server_name(), tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// The verified identity of the peer, from its client certificate.
+pub fn peer<T>(req: &Request<T>) -> Result<Identity, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated(
+            "this service of the cluster port needs a node certificate signed by the cluster CA; join the swarm first",
+        )
+    })?;
+    let first = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
+    Identity::from_der(first).map_err(|e| Status::unauthenticated(e.to_string()))
+}
+
+/// The peer, which must hold a manager certificate of `cluster_id`.
+pub fn manager_peer<T>(req: &Request<T>, cluster_id: &str) -> Result<Identity, Status> {
+    let id = member_peer(req, cluster_id)?;
+    if id.role != Role::Manager {
+        return Err(Status::permission_denied(format!(
+            "node {} holds a worker certificate; only managers may use this service",
+            id.node_id
+        )));
+    }
+    Ok(id)
+}
+
+/// The peer, which must hold a certificate of `cluster_id` (any role).
+pub fn member_peer<T>(req: &Request<T>, cluster_id: &str) -> Result<Identity, Status> {
+    let id = peer(req)?;
+    if id.cluster_id != cluster_id {
+        return Err(Status::permission_denied(format!(
+            "the certificate is for cluster {}, not {cluster_id}",
+            id.cluster_id
+        )));
+    }
+    Ok(id)
+}

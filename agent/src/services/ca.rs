@@ -1,0 +1,165 @@
+//! `netagent.Ca`: joining with a token (no client certificate needed) and renewing a node's
+//! certificate after its role changed (its current certificate needed).
+
+use std::sync::Arc;
+
+use model::node::{Availability, ManagerStatus, NodeSpec, NodeState, NodeStatus, Role};
+use model::{Meta, Node, Object};
+use pki::{Ca, Identity, JoinToken};
+use store::{Batch, Change};
+use tonic::{Request, Response, Status};
+
+use crate::member::Member;
+use crate::rpc::generated::ca_server::Ca as CaRpc;
+use crate::rpc::messages::*;
+use crate::rpc::transport::member_peer;
+
+pub struct CaService {
+    pub member: Arc<Member>,
+}
+
+fn pki_role(r: Role) -> pki::Role {
+    match r {
+        Role::Manager => pki::Role::Manager,
+        Role::Worker => pki::Role::Worker,
+    }
+}
+
+impl CaService {
+    fn ca(&self) -> Result<(model::Cluster, Ca), Status> {
+        let cluster = self.member.cluster().map_err(|f| f.to_status())?;
+        let ca = Ca::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem)
+            .map_err(|e| Status::internal(format!("the cluster CA is unusable: {e}")))?;
+        Ok((cluster, ca))
+    }
+
+    fn managers(&self) -> Vec<String> {
+        self.member
+            .manager
+            .as_ref()
+            .map(|m| {
+                let (nodes, voters) = m.store.members();
+                nodes
+                    .into_iter()
+                    .filter(|(id, _)| voters.contains(id))
+                    .map(|(_, a)| a)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[tonic::async_trait]
+impl CaRpc for CaService {
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let peer_ip = req.remote_addr().map(|a| a.ip().to_string());
+        let req = req.into_inner();
+        let (cluster, ca) = self.ca()?;
+        let given =
+            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if given.ca_digest != ca.digest() {
+            return Err(Status::permission_denied(
+                "the join token is for a different swarm (its CA digest does not match this swarm's CA)",
+            ));
+        }
+        let worker = JoinToken::parse(&cluster.join_tokens.worker)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let manager = JoinToken::parse(&cluster.join_tokens.manager)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let role = if given.same_secret(&manager) {
+            Role::Manager
+        } else if given.same_secret(&worker) {
+            Role::Worker
+        } else {
+            return Err(Status::permission_denied(
+                "invalid join token: it is neither the current worker nor the current manager token of this swarm (was it rotated?); get one with `netctl swarm join-token worker|manager` on a manager",
+            ));
+        };
+        if req.want_manager && role != Role::Manager {
+            return Err(Status::permission_denied(
+                "the token is a worker token, which never makes a node a manager; to join as a manager use the manager token (`netctl swarm join-token manager`)",
+            ));
+        }
+        if req.hostname.is_empty() || req.hostname.len() > 253 {
+            return Err(Status::invalid_argument("invalid hostname"));
+        }
+        for a in [&req.advertise_addr, &req.data_path_addr] {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                return Err(Status::invalid_argument(format!("invalid address {a:?}")));
+            }
+        }
+        let node_id = model::new_id();
+        let cert_pem = ca
+            .sign_csr(
+                &req.csr_pem,
+                &Identity {
+                    node_id: node_id.clone(),
+                    role: pki_role(role),
+                    cluster_id: cluster.meta.id.clone(),
+                },
+            )
+            .map_err(|e| {
+                Status::invalid_argument(format!("cannot sign the certificate request: {e}"))
+            })?;
+        let node = Node {
+            meta: Meta::with_id(node_id.clone()),
+            spec: NodeSpec {
+                role,
+                availability: Availability::Active,
+                labels: Default::default(),
+            },
+            role,
+            description: req.description.clone(),
+            status: NodeStatus {
+                state: NodeState::Unknown,
+                message: String::new(),
+                addr: peer_ip.unwrap_or_else(|| req.advertise_addr.clone()),
+            },
+            manager_status: None::<ManagerStatus>,
+            advertise_addr: req.advertise_addr.clone(),
+            data_path_addr: req.data_path_addr.clone(),
+        };
+        self.member
+            .write(Batch::one(Change::Create(Object::Node(node))))
+            .await
+            .map_err(|f| f.to_status())?;
+        tracing::info!(node = %node_id, hostname = %req.hostname, ?role, "node joined");
+        Ok(Response::new(JoinResponse {
+            node_id,
+            cluster_id: cluster.meta.id,
+            role,
+            cert_pem,
+            ca_pem: cluster.ca_cert_pem,
+            managers: self.managers(),
+        }))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        let peer = member_peer(&req, &self.member.cluster_id())?;
+        let (cluster, ca) = self.ca()?;
+        let node = self
+            .member
+            .node(&peer.node_id)
+            .map_err(|f| f.to_status())?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {} is not in the swarm (removed?)",
+                    peer.node_id
+                ))
+            })?;
+        let role = node.spec.role;
+        let cert_pem = ca
+            .sign_csr(
+                &req.into_inner().csr_pem,
+                &Identity {
+                    node_id: peer.node_id,
+                    role: pki_role(role),
+                    cluster_id: cluster.meta.id,
+                },
+            )
+            .map_err(|e| {
+                Status::invalid_argument(format!("cannot sign the certificate request: {e}"))
+            })?;
+        Ok(Response::new(RenewResponse { cert_pem, role }))
+    }
+}

@@ -1,0 +1,142 @@
+//! The node's side of the dispatcher session: a stream to the leader (found from the Raft
+//! metrics on a manager, from the managers list or a redirect on a worker) carrying heartbeats
+//! up and the node's own object down. A role change the managers made (promote / demote) is acted
+//! on from here. Assignments will arrive on this stream too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use model::node::Role;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::agent::Agent;
+use crate::member::Member;
+use crate::rpc::generated::dispatcher_client::DispatcherClient;
+use crate::rpc::messages::{SessionDown, SessionUp};
+use crate::services::LEADER_HINT;
+
+pub async fn run(agent: Arc<Agent>, member: Arc<Member>) {
+    let mut hint: Option<String> = None;
+    let mut turn = 0usize;
+    let changing = Arc::new(AtomicBool::new(false));
+    loop {
+        if member.cancel.is_cancelled() {
+            return;
+        }
+        let target = hint.take().or_else(|| member.leader_addr()).or_else(|| {
+            let managers = member.node_state().managers;
+            turn += 1;
+            managers.get(turn % managers.len().max(1)).cloned()
+        });
+        if let Some(addr) = target {
+            match session(&agent, &member, &addr, &changing).await {
+                Ok(()) => {}
+                Err(next) => hint = next,
+            }
+        }
+        let pause = (*member.heartbeat.borrow() / 2)
+            .clamp(Duration::from_millis(50), Duration::from_millis(500));
+        tokio::select! {
+            _ = member.cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// One session; returns the leader to try next when the manager named one.
+async fn session(
+    agent: &Arc<Agent>,
+    member: &Arc<Member>,
+    addr: &str,
+    changing: &Arc<AtomicBool>,
+) -> Result<(), Option<String>> {
+    let channel = member.channel(addr).map_err(|_| None)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let state = member.node_state();
+    let _ = tx
+        .send(SessionUp::Hello {
+            description: crate::sysinfo::describe(&agent.cfg.hostname),
+            advertise_addr: state.advertise_addr.clone(),
+            data_path_addr: state.data_path_addr.clone(),
+        })
+        .await;
+    let mut client = DispatcherClient::new(channel);
+    let resp = client.session(ReceiverStream::new(rx)).await.map_err(|s| {
+        tracing::debug!(manager = %addr, error = %s.message(), "dispatcher session refused");
+        s.metadata()
+            .get(LEADER_HINT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    })?;
+    tracing::debug!(manager = %addr, "dispatcher session open");
+    let mut inbound = resp.into_inner();
+    let mut ticker = tokio::time::interval(*member.heartbeat.borrow());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = member.cancel.cancelled() => return Ok(()),
+            _ = ticker.tick() => {
+                if tx.send(SessionUp::Heartbeat).await.is_err() {
+                    return Err(None);
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(SessionDown::Welcome { heartbeat_ms, managers })) => {
+                    let period = Duration::from_millis(heartbeat_ms.max(10));
+                    member.heartbeat.send_replace(period);
+                    ticker = tokio::time::interval(period);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    remember_managers(agent, member, managers);
+                }
+                Ok(Some(SessionDown::Heartbeat { node, managers })) => {
+                    remember_managers(agent, member, managers);
+                    if let Some(node) = node {
+                        let node = *node;
+                        let target = match (member.role(), node.spec.role, node.role) {
+                            (Role::Worker, Role::Manager, _) => Some(Role::Manager),
+                            (Role::Manager, Role::Worker, Role::Worker) => Some(Role::Worker),
+                            _ => None,
+                        };
+                        member.node_obj.send_replace(Some(node));
+                        if let Some(target) = target
+                            && !changing.swap(true, Ordering::SeqCst)
+                        {
+                            let agent = agent.clone();
+                            let changing = changing.clone();
+                            // Detached: the change stops this very session.
+                            tokio::spawn(async move {
+                                if let Err(e) = agent.change_role(target).await {
+                                    tracing::warn!(error = %e, "role change failed; retrying on a later heartbeat");
+                                }
+                                changing.store(false, Ordering::SeqCst);
+                            });
+                        }
+                    }
+                }
+                Ok(None) => return Err(None),
+                Err(s) => {
+                    tracing::debug!(manager = %addr, error = %s.message(), "dispatcher session ended");
+                    return Err(None);
+                }
+            }
+        }
+    }
+}
+
+fn remember_managers(agent: &Agent, member: &Member, managers: Vec<String>) {
+    if managers.is_empty() {
+        return;
+    }
+    let mut state = member.state.lock().unwrap_or_else(|e| e.into_inner());
+    if state.managers == managers {
+        return;
+    }
+    state.managers = managers;
+    if let Ok(json) = serde_json::to_vec_pretty(&*state)
+        && let Err(e) =
+            crate::config::write_atomic(&agent.cfg.state_path("node.json"), &json, 0o644)
+    {
+        tracing::warn!(error = %e, "cannot save the managers' addresses");
+    }
+}

@@ -1,0 +1,237 @@
+//! Shared helpers of the agent's lab tests: a lab with one netagent per node, and a swarm of
+//! M managers + W workers built with the real CLI.
+
+#![allow(dead_code)]
+
+use std::process::Output;
+use std::time::Duration;
+
+use lab::{Lab, Proc, ProcSpec};
+use serde_json::Value;
+
+pub const NETAGENT: &str = env!("CARGO_BIN_EXE_netagent");
+pub const NETCTL: &str = env!("CARGO_BIN_EXE_netctl");
+/// Generous: two loaded cores, many agents.
+pub const LONG: Duration = Duration::from_secs(60);
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Skips the test (returns true) when not root: the lab needs namespaces.
+pub fn skip() -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return true;
+    }
+    false
+}
+
+pub struct Swarm {
+    pub lab: Lab,
+    pub agents: Vec<Proc>,
+}
+
+pub fn sock(lab: &Lab, i: usize) -> String {
+    lab.node(i)
+        .dir()
+        .join("netagent.sock")
+        .display()
+        .to_string()
+}
+
+pub fn agent_spec(lab: &Lab, i: usize) -> ProcSpec {
+    let node = lab.node(i);
+    ProcSpec::new("netagent", NETAGENT).args([
+        "--hostname".to_string(),
+        node.name().to_string(),
+        "--advertise-addr".into(),
+        node.addr().to_string(),
+        "--state-dir".into(),
+        node.dir().join("state").display().to_string(),
+        "--host".into(),
+        sock(lab, i),
+        "--heartbeat-ms".into(),
+        "200".into(),
+        "--election-timeout-ms".into(),
+        "500".into(),
+        "--snapshot-every".into(),
+        "200".into(),
+        "--log-level".into(),
+        "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into(),
+    ])
+}
+
+impl Swarm {
+    /// A lab of `n` nodes, each running an agent that is in no swarm yet.
+    pub fn agents(n: usize) -> Swarm {
+        let lab = Lab::new(n).expect("lab");
+        let mut agents = Vec::new();
+        for i in 1..=n {
+            agents.push(
+                lab.node(i)
+                    .spawn(agent_spec(&lab, i))
+                    .expect("spawn netagent"),
+            );
+        }
+        let s = Swarm { lab, agents };
+        for i in 1..=n {
+            s.wait(&format!("agent {i} API"), || {
+                s.netctl(i, &["info"]).status.success()
+            });
+        }
+        s
+    }
+
+    /// `managers` managers (node1 initialises) and `workers` workers after them, all Ready.
+    pub fn start(managers: usize, workers: usize) -> Swarm {
+        let s = Swarm::agents(managers + workers);
+        s.ctl(
+            1,
+            &[
+                "swarm",
+                "init",
+                "--advertise-addr",
+                &s.lab.node(1).addr().to_string(),
+            ],
+        );
+        let mtoken = s
+            .ctl(1, &["swarm", "join-token", "-q", "manager"])
+            .trim()
+            .to_string();
+        let wtoken = s
+            .ctl(1, &["swarm", "join-token", "-q", "worker"])
+            .trim()
+            .to_string();
+        let leader = format!("{}:2377", s.lab.node(1).addr());
+        for i in 2..=managers {
+            let out = s.ctl(i, &["swarm", "join", "--token", &mtoken, &leader]);
+            assert!(out.contains("joined a swarm as a manager"), "{out}");
+        }
+        for i in managers + 1..=managers + workers {
+            let out = s.ctl(i, &["swarm", "join", "--token", &wtoken, &leader]);
+            assert!(out.contains("joined a swarm as a worker"), "{out}");
+        }
+        s.wait("every node Ready", || {
+            s.nodes(1)
+                .map(|n| n.len() == managers + workers && n.iter().all(|n| state(n) == "ready"))
+                .unwrap_or(false)
+        });
+        s
+    }
+
+    pub fn wait(&self, what: &str, mut f: impl FnMut() -> bool) {
+        if let Err(e) = self.lab.wait_until(what, LONG, &mut f) {
+            panic!("{e}\n{}", self.logs());
+        }
+    }
+
+    /// The tails of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.lab
+            .nodes()
+            .iter()
+            .map(|n| format!("---- {} ----\n{}", n.name(), n.log_tail(40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Runs netctl inside node `i` against its agent.
+    pub fn netctl(&self, i: usize, args: &[&str]) -> Output {
+        let sock = sock(&self.lab, i);
+        let mut argv = vec![NETCTL, "--host", sock.as_str()];
+        argv.extend_from_slice(args);
+        self.lab.node(i).run(&argv).expect("run netctl")
+    }
+
+    /// netctl that must succeed; returns stdout.
+    pub fn ctl(&self, i: usize, args: &[&str]) -> String {
+        let out = self.netctl(i, args);
+        if !out.status.success() {
+            panic!(
+                "netctl {} on node{i} failed: {}\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr),
+                self.logs()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// netctl that must fail; returns stderr.
+    pub fn ctl_err(&self, i: usize, args: &[&str]) -> String {
+        let out = self.netctl(i, args);
+        assert!(
+            !out.status.success(),
+            "netctl {} on node{i} should have failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `node ls --format json` on node `i`.
+    pub fn nodes(&self, i: usize) -> Option<Vec<Value>> {
+        let out = self.netctl(i, &["node", "ls", "--format", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The node by hostname, as node `i` sees it.
+    pub fn node_as_seen_by(&self, i: usize, hostname: &str) -> Option<Value> {
+        self.nodes(i)?
+            .into_iter()
+            .find(|n| hostname_of(n) == hostname)
+    }
+
+    /// The index of the leader, as any reachable manager among `managers` says.
+    pub fn leader(&self, managers: &[usize]) -> Option<usize> {
+        for &i in managers {
+            if let Some(nodes) = self.nodes(i)
+                && let Some(n) = nodes.iter().find(|n| n["ManagerStatus"]["Leader"] == true)
+            {
+                return hostname_of(n)
+                    .strip_prefix("node")
+                    .and_then(|x| x.parse().ok());
+            }
+        }
+        None
+    }
+
+    pub fn kill(&self, i: usize) {
+        self.agents[i - 1].kill();
+    }
+
+    pub fn restart(&self, i: usize) {
+        self.agents[i - 1].restart().expect("restart netagent");
+        self.wait(&format!("agent {i} API after restart"), || {
+            self.netctl(i, &["info"]).status.success()
+        });
+    }
+}
+
+pub fn hostname_of(n: &Value) -> String {
+    n["Description"]["Hostname"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn state(n: &Value) -> String {
+    n["Status"]["State"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn reachability(n: &Value) -> String {
+    n["ManagerStatus"]["Reachability"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
