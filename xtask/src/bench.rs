@@ -8,7 +8,18 @@ use crate::util::{cargo, exec, require_root};
 
 /// (name, cargo package, bench target, what it measures)
 pub const BENCHES: &[(&str, &str, &str, &str)] = &[
-    ("ipam", "ipam", "ipam", "carve a /8 into /24s, allocate a /16, state size"),
+    (
+        "ipam",
+        "ipam",
+        "ipam",
+        "carve a /8 into /24s, allocate a /16, state size",
+    ),
+    (
+        "gossip",
+        "gossip",
+        "convergence",
+        "p50/p99 publish-to-all at 5/20/50 nodes; 50-node load",
+    ),
 ];
 
 pub fn run(names: &[String]) -> Result<()> {
@@ -19,7 +30,11 @@ pub fn run(names: &[String]) -> Result<()> {
         .collect();
     if selected.is_empty() {
         let known: Vec<&str> = BENCHES.iter().map(|b| b.0).collect();
-        bail!("no benchmark named {}; known: {}", names.join(", "), known.join(", "));
+        bail!(
+            "no benchmark named {}; known: {}",
+            names.join(", "),
+            known.join(", ")
+        );
     }
     for (name, package, target, what) in selected {
         eprintln!("== bench {name}: {what}");

@@ -28,9 +28,7 @@ enum Cmd {
         filters: Vec<String>,
     },
     /// System benchmarks (all, or the named ones: see xtask/src/bench.rs).
-    Bench {
-        names: Vec<String>,
-    },
+    Bench { names: Vec<String> },
     /// The namespace lab.
     Lab {
         #[command(subcommand)]
