@@ -659,7 +659,7 @@ impl Dataplane {
             let vx = kernel::link_by_name(&mut sbox.nl, VXLAN)?;
             if let Some(vx) = vx.filter(|l| l.is("vxlan")) {
                 let peers = net.peers.as_ref().expect("set above");
-                return apply_peers(&self.ctx, sbox, vx.index, peers);
+                return apply_peers(sbox, vx.index, peers);
             }
         }
         // The sandbox is not open yet or lost its device: a full reconcile repairs it.
@@ -724,10 +724,10 @@ impl Dataplane {
             .map(|g| g.name)
             .unwrap_or_else(|| DEFAULT_GWBRIDGE.to_string());
         let links = kernel::links(&mut self.nl)?;
-        for l in &links {
-            if is_gw_veth(l) || (l.name == name && l.is("bridge")) {
-                delete_link(&mut self.nl, l)?;
-            }
+        let veths: Vec<Link> = links.iter().filter(|l| is_gw_veth(l)).cloned().collect();
+        delete_links_in_parallel(&self.ctx, &self.ctx.node, veths)?;
+        if let Some(br) = links.iter().find(|l| l.name == name && l.is("bridge")) {
+            delete_link(&mut self.nl, br)?;
         }
         if nft::exists(&self.ctx.node)? {
             nft::delete(&self.ctx.node)?;
@@ -798,6 +798,9 @@ impl Dataplane {
             .iter()
             .map(|id| (self.ctx.sandbox_name(id), id))
             .collect();
+        // Sandboxes to remove, removed in parallel below: each link deletion waits for an RCU
+        // grace period in the kernel, and concurrent deletions share them.
+        let mut doomed: Vec<(String, Option<Sbox>)> = Vec::new();
         let forget: Vec<String> = self
             .nets
             .keys()
@@ -807,19 +810,17 @@ impl Dataplane {
         for id in forget {
             let sbox = self.nets.remove(&id).and_then(|n| n.sbox);
             let name = self.ctx.sandbox_name(&id);
-            if netns::exists(&name) && !kept.contains_key(&name) {
-                removed.sandboxes += 1;
+            if !kept.contains_key(&name) && netns::exists(&name) {
+                doomed.push((name, sbox));
             }
-            remove_sandbox(&self.ctx, &name, sbox)?;
         }
         let sb_prefix = self.ctx.sandbox_prefix();
         for name in netns::list()? {
-            if !name.starts_with(&sb_prefix) {
+            if !name.starts_with(&sb_prefix) || doomed.iter().any(|(n, _)| *n == name) {
                 continue;
             }
             let Some(id) = kept.get(&name) else {
-                remove_sandbox(&self.ctx, &name, None)?;
-                removed.sandboxes += 1;
+                doomed.push((name, None));
                 continue;
             };
             let want: BTreeSet<String> = keep
@@ -831,48 +832,53 @@ impl Dataplane {
             let cached = self.nets.get_mut(*id).and_then(|n| n.sbox.take());
             let mut sbox = match cached {
                 Some(s) => s,
-                None => match NetNs::open(&name) {
-                    Ok(ns) => match Nl::open(&ns, self.ctx.counter.clone()) {
-                        Ok(nl) => Sbox { ns, nl },
-                        Err(_) => {
-                            remove_sandbox(&self.ctx, &name, None)?;
-                            continue;
-                        }
-                    },
-                    Err(_) => continue,
+                None => match NetNs::open(&name).map_err(Error::from).and_then(|ns| {
+                    Nl::open(&ns, self.ctx.counter.clone()).map(|nl| Sbox { ns, nl })
+                }) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        doomed.push((name, None));
+                        continue;
+                    }
                 },
             };
             let links = kernel::links(&mut sbox.nl)?;
-            let mut left = 0;
-            for l in links
+            let (keep_eps, stale): (Vec<&Link>, Vec<&Link>) = links
                 .iter()
                 .filter(|l| l.name.starts_with(EP_TAG) && l.is("veth"))
-            {
-                if want.contains(&l.name) {
-                    left += 1;
-                } else {
-                    delete_link(&mut sbox.nl, l)?;
-                    removed.endpoints += 1;
-                }
+                .partition(|l| want.contains(&l.name));
+            if keep_eps.is_empty() {
+                removed.endpoints += stale.len();
+                doomed.push((name, Some(sbox)));
+                continue;
             }
-            if left == 0 {
-                remove_sandbox(&self.ctx, &name, Some(sbox))?;
-                removed.sandboxes += 1;
-            } else if let Some(n) = self.nets.get_mut(*id) {
+            let reqs: Vec<Req> = stale
+                .iter()
+                .map(|l| kernel::del_link(l.index, &l.name))
+                .collect();
+            removed.endpoints += reqs.len();
+            if !reqs.is_empty() {
+                batch_ignoring(&mut sbox.nl, reqs, &[libc::ENODEV])?;
+            }
+            if let Some(n) = self.nets.get_mut(*id) {
                 n.sbox = Some(sbox);
             }
         }
+        removed.sandboxes = doomed.len();
+        let ctx = &self.ctx;
+        in_parallel(doomed, |(name, sbox)| remove_sandbox(ctx, &name, sbox))?;
+
         let want_gw: BTreeSet<String> = keep
             .gateway_endpoints
             .iter()
             .map(|(path, ifname)| veth_name(GW_TAG, path, ifname))
             .collect();
-        for l in kernel::links(&mut self.nl)? {
-            if is_gw_veth(&l) && !want_gw.contains(&l.name) {
-                delete_link(&mut self.nl, &l)?;
-                removed.gateway_endpoints += 1;
-            }
-        }
+        let stale_gw: Vec<Link> = kernel::links(&mut self.nl)?
+            .into_iter()
+            .filter(|l| is_gw_veth(l) && !want_gw.contains(&l.name))
+            .collect();
+        removed.gateway_endpoints = stale_gw.len();
+        delete_links_in_parallel(&self.ctx, &self.ctx.node, stale_gw)?;
         if !keep.gwbridge {
             let name = self
                 .gw
@@ -927,6 +933,47 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Worker threads for removals (see [`Dataplane::remove_stale`]).
+const REMOVERS: usize = 16;
+
+/// Runs `f` on every item on up to [`REMOVERS`] threads; returns the first error.
+fn in_parallel<T: Send>(items: Vec<T>, f: impl Fn(T) -> Result<()> + Sync) -> Result<()> {
+    if items.len() <= 1 {
+        return items.into_iter().try_for_each(f);
+    }
+    let workers = items.len().min(REMOVERS);
+    let queue = std::sync::Mutex::new(items);
+    let first_err = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let item = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                    let Some(item) = item else { break };
+                    if let Err(e) = f(item) {
+                        first_err
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Deletes links of namespace `ns` from several sockets at once.
+fn delete_links_in_parallel(ctx: &Ctx, ns: &NetNs, links: Vec<Link>) -> Result<()> {
+    in_parallel(links, |l| {
+        let mut nl = Nl::open(ns, ctx.counter.clone())?;
+        delete_link(&mut nl, &l)
+    })
 }
 
 fn is_gw_veth(l: &Link) -> bool {
@@ -1062,7 +1109,7 @@ fn reconcile_sandbox(ctx: &Ctx, node_nl: &mut Nl, net: &mut Net) -> Result<PeerC
         }],
     )?;
     match &net.peers {
-        Some(peers) => apply_peers(ctx, sbox, vx.index, peers),
+        Some(peers) => apply_peers(sbox, vx.index, peers),
         None => Ok(PeerChanges::default()),
     }
 }
@@ -1120,13 +1167,7 @@ fn free_vni(ctx: &Ctx, node_nl: &mut Nl, vni: u32, own: &str) -> Result<()> {
 }
 
 /// Makes the neighbour and FDB entries on `vxlan0` exactly the peers.
-fn apply_peers(
-    ctx: &Ctx,
-    sbox: &mut Sbox,
-    vx: u32,
-    peers: &BTreeMap<Ipv4Addr, Peer>,
-) -> Result<PeerChanges> {
-    let _ = ctx;
+fn apply_peers(sbox: &mut Sbox, vx: u32, peers: &BTreeMap<Ipv4Addr, Peer>) -> Result<PeerChanges> {
     let neigh: BTreeMap<Ipv4Addr, (Option<Mac>, bool)> = kernel::neighbours(&mut sbox.nl, false)?
         .into_iter()
         .filter(|n| n.ifindex == vx)
@@ -1141,36 +1182,43 @@ fn apply_peers(
             fdb.entry(mac).or_default().push(n.dst);
         }
     }
-    let want_fdb: BTreeMap<Mac, Ipv4Addr> = peers.values().map(|p| (p.mac, p.vtep)).collect();
+    // One FDB entry per MAC; should two peers claim a MAC, the one with the lower IP wins.
+    let mut want_fdb: BTreeMap<Mac, Ipv4Addr> = BTreeMap::new();
+    for p in peers.values() {
+        want_fdb.entry(p.mac).or_insert(p.vtep);
+    }
     let mut changes = PeerChanges::default();
     let mut reqs = Vec::new();
     let mut dels = Vec::new();
+    let mut fdb_done = BTreeSet::new();
     for p in peers.values() {
-        match neigh.get(&p.ip) {
-            Some((Some(m), true)) if *m == p.mac => {}
-            Some(_) => {
-                changes.updated += 1;
-                reqs.push(kernel::set_neigh(vx, p.ip, p.mac));
+        let n = neigh.get(&p.ip);
+        let neigh_ok = matches!(n, Some((Some(m), true)) if *m == p.mac);
+        let vtep = want_fdb[&p.mac];
+        let have = fdb.get(&p.mac).map(Vec::as_slice).unwrap_or(&[]);
+        let fdb_ok = have == [Some(vtep)];
+        if !neigh_ok {
+            reqs.push(kernel::set_neigh(vx, p.ip, p.mac));
+        }
+        if !fdb_ok && fdb_done.insert(p.mac) {
+            // NLM_F_REPLACE rewrites an entry's (first) destination in place; extra
+            // destinations (appended by someone else) go.
+            let extra = have.len().saturating_sub(1);
+            for d in have.iter().flatten().filter(|d| **d != vtep).take(extra) {
+                dels.push(kernel::del_fdb(vx, p.mac, *d));
             }
-            None => {
-                changes.added += 1;
-                reqs.push(kernel::set_neigh(vx, p.ip, p.mac));
-            }
+            reqs.push(kernel::set_fdb(vx, p.mac, vtep));
+        }
+        if n.is_none() && have.is_empty() {
+            changes.added += 1;
+        } else if !neigh_ok || !fdb_ok {
+            changes.updated += 1;
         }
     }
     for (ip, (mac, _)) in &neigh {
         if !peers.contains_key(ip) {
             changes.removed += 1;
             dels.push(kernel::del_neigh(vx, *ip, mac.unwrap_or(Mac([0; 6]))));
-        }
-    }
-    for (mac, vtep) in &want_fdb {
-        let have = fdb.get(mac).map(Vec::as_slice).unwrap_or(&[]);
-        if have != [Some(*vtep)] {
-            for d in have.iter().flatten().filter(|d| *d != vtep) {
-                dels.push(kernel::del_fdb(vx, *mac, *d));
-            }
-            reqs.push(kernel::set_fdb(vx, *mac, *vtep));
         }
     }
     for (mac, dsts) in &fdb {

@@ -20,6 +20,12 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "convergence",
         "p50/p99 publish-to-all at 5/20/50 nodes; 50-node load",
     ),
+    (
+        "overlay",
+        "vxlan",
+        "overlay",
+        "iperf3 overlay vs underlay; reconcile 100 nets/1k peers",
+    ),
 ];
 
 pub fn run(names: &[String]) -> Result<()> {

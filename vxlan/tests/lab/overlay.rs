@@ -170,6 +170,31 @@ fn two_networks_on_three_nodes() {
         assert_eq!(dp.writes(), w, "node {}: unchanged peer set wrote", k + 1);
     }
 
+    // A peer that moves to another VTEP: its FDB entry is rewritten in place (one write);
+    // pointed at the wrong node it is unreachable, pointed back it is reachable again.
+    let (n2, n3) = (lab.node(2).addr(), lab.node(3).addr());
+    for (vtep, reachable) in [(n2, false), (n3, true)] {
+        let w = dps[0].writes();
+        let ch = dps[0]
+            .set_peers(NET_A, &[peer(addr_a(2), n2), peer(addr_a(3), vtep)])
+            .unwrap();
+        assert_eq!((ch.added, ch.updated, ch.removed), (0, 1, 0));
+        assert_eq!(dps[0].writes() - w, 1, "one FDB entry rewritten");
+        let fdb = run_ok(
+            NetNs::open(&dps[0].sandbox_name(NET_A))
+                .unwrap()
+                .command("bridge")
+                .args(["fdb", "show", "dev", "vxlan0"]),
+        );
+        assert!(
+            fdb.contains(&format!("02:42:0a:0a:00:0d dst {vtep} ")),
+            "{fdb}"
+        );
+        let label = format!("a1 -> a3 with its peer at {vtep}");
+        let wrong = check_reach(&[(&tasks.a[0].0, addr_a(3), reachable, label)]);
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
     // Removing a peer stops traffic to it (and only to it).
     let w = dps[0].writes();
     let ch = dps[0]
