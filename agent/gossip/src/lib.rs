@@ -34,14 +34,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::Transport;
 use chitchat::{Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 pub use wire::{Key, Keyring};
 
 use transport::{SecureTransport, Shared};
-use view::View;
+use view::{News, View};
+use wire::Sealer;
 
 /// The gossip port (UDP).
 pub const DEFAULT_PORT: u16 = 7946;
@@ -113,7 +114,7 @@ impl Default for Timings {
             failure_timeout: Duration::from_secs(5),
             dead_node_gc: Duration::from_secs(24 * 3600),
             tombstone_ttl: Duration::from_secs(24 * 3600),
-            push_fanout: 3,
+            push_fanout: 6,
             push_cooldown: Duration::from_millis(20),
             rejoin_interval: Duration::from_secs(2),
             replay_max_age: Duration::from_secs(600),
@@ -255,12 +256,10 @@ impl Subscription {
         if let Some(snapshot) = self.pending.take() {
             return Some(Event::Resync(snapshot));
         }
-        loop {
-            match self.rx.recv().await {
-                Ok(e) => return Some(e),
-                Err(broadcast::error::RecvError::Lagged(_)) => return Some(self.resync()),
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+        match self.rx.recv().await {
+            Ok(e) => Some(e),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(self.resync()),
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 
@@ -299,8 +298,12 @@ struct Inner {
     seeds: RwLock<Vec<SocketAddr>>,
     /// Local change: reconcile now.
     wake: Notify,
-    /// Push to peers soon.
+    /// Push a gossip round (Syn) to peers soon: news that could not go as a delta.
     push: Notify,
+    /// News to push as deltas; bounded (when full, a Syn push is asked for instead).
+    news: mpsc::Sender<Vec<News>>,
+    socket: Arc<tokio::net::UdpSocket>,
+    sealer: Arc<Sealer>,
     changed: watch::Sender<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -358,7 +361,8 @@ impl Gossip {
         socket.set_nonblocking(true)?;
         // Room for a burst of fragments from several peers (capped by net.core.rmem_max).
         let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20);
-        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
+        let sealer = Arc::new(Sealer::new(config.mtu));
 
         let shared = Arc::new(Shared {
             keys: RwLock::new(Arc::new(keys)),
@@ -392,11 +396,12 @@ impl Gossip {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
-        let transport = SecureTransport::new(socket, shared.clone(), config.mtu, t);
+        let transport = SecureTransport::new(socket.clone(), shared.clone(), sealer.clone(), t);
         let handle = chitchat::spawn_chitchat(cc_config, Vec::new(), &transport as &dyn Transport)
             .await
             .map_err(|e| Error::Start(format!("{e:#}")))?;
         let chitchat = handle.chitchat();
+        let (news_tx, news_rx) = mpsc::channel(256);
         let inner = Arc::new(Inner {
             node_id: config.node_id.clone(),
             me,
@@ -408,12 +413,15 @@ impl Gossip {
             seeds: RwLock::new(config.seeds.clone()),
             wake: Notify::new(),
             push: Notify::new(),
+            news: news_tx,
+            socket,
+            sealer,
             changed: watch::channel(0).0,
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
             tokio::spawn(reconcile_loop(inner.clone())),
-            tokio::spawn(push_loop(inner.clone())),
+            tokio::spawn(push_loop(inner.clone(), news_rx)),
         ];
         *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         info!(node = %config.node_id, addr = %config.bind, seeds = ?config.seeds, "gossip started");
@@ -455,21 +463,11 @@ impl Gossip {
     }
 
     async fn write_local(&self, f: impl FnOnce(&mut chitchat::NodeState) -> bool) -> bool {
-        let changed = {
-            let mut cc = self.inner.chitchat.lock().await;
-            let changed = f(cc.self_node_state());
-            if changed {
-                // Make our own view current before returning.
-                let mut view = self.inner.view.write().unwrap_or_else(|e| e.into_inner());
-                let out = view.reconcile(&cc);
-                if out.changed {
-                    self.inner.changed.send_replace(view.generation);
-                }
-            }
-            changed
-        };
+        let mut cc = self.inner.chitchat.lock().await;
+        let changed = f(cc.self_node_state());
         if changed {
-            self.inner.push.notify_one();
+            // Make our own view current before returning, and push the change.
+            self.inner.reconcile(&cc);
         }
         changed
     }
@@ -612,6 +610,22 @@ impl Inner {
         self.handle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Brings the view up to date with chitchat's state and queues what is new for pushing.
+    fn reconcile(&self, cc: &Chitchat) {
+        let out = {
+            let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+            let out = view.reconcile(cc);
+            if out.changed {
+                self.changed.send_replace(view.generation);
+            }
+            out
+        };
+        if !out.news.is_empty() && self.news.try_send(out.news).is_err() {
+            // Backpressure: the push queue is full; a plain gossip round carries it instead.
+            self.push.notify_one();
+        }
+    }
+
     fn stop_tasks(&self) {
         for t in self
             .tasks
@@ -659,17 +673,9 @@ async fn reconcile_loop(inner: Arc<Inner>) {
             }
             _ = tick.tick() => true,
         };
-        let out = {
+        {
             let cc = inner.chitchat.lock().await;
-            let mut view = inner.view.write().unwrap_or_else(|e| e.into_inner());
-            let out = view.reconcile(&cc);
-            if out.changed {
-                inner.changed.send_replace(view.generation);
-            }
-            out
-        };
-        if out.remote_news {
-            inner.push.notify_one();
+            inner.reconcile(&cc);
         }
         if ticked {
             contact_seeds(&inner, &mut last_contact);
@@ -710,28 +716,123 @@ fn contact_seeds(inner: &Inner, last_contact: &mut HashMap<SocketAddr, Instant>)
     }
 }
 
-/// Eager push: on news, start a round with `push_fanout` random live peers, at most once per
-/// cooldown (news arriving meanwhile is coalesced into the next push).
-async fn push_loop(inner: Arc<Inner>) {
+/// Eager push: news (a node's state moved forward) goes at once, as a chitchat delta holding
+/// just the new keys, to `push_fanout` random live peers; a peer that applies it pushes it on
+/// (once per change). Peers that were not up to date ignore it and catch up by anti-entropy.
+/// News arriving while a push is under way is coalesced into the next one, at most one push
+/// per cooldown. When news cannot be sent as a delta (too large, queue full), a gossip round
+/// with `push_fanout` peers is started instead.
+async fn push_loop(inner: Arc<Inner>, mut news_rx: mpsc::Receiver<Vec<News>>) {
     let mut rng = XorShift::new();
     loop {
-        inner.push.notified().await;
+        let mut batch = tokio::select! {
+            n = news_rx.recv() => match n {
+                Some(n) => n,
+                None => return,
+            },
+            _ = inner.push.notified() => Vec::new(),
+        };
+        while let Ok(more) = news_rx.try_recv() {
+            batch.extend(more);
+        }
         let mut peers = inner.view().live_peer_addrs(&inner.node_id);
         let n = inner.timings.push_fanout.min(peers.len());
         for i in 0..n {
             let j = i + (rng.next() as usize) % (peers.len() - i);
             peers.swap(i, j);
-            inner.gossip_with(peers[i]);
         }
-        if n > 0 {
-            inner
-                .shared
-                .counters
-                .eager_pushes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        peers.truncate(n);
+        if peers.is_empty() {
+            tokio::time::sleep(inner.timings.push_cooldown).await;
+            continue;
         }
+        if batch.is_empty() {
+            for p in &peers {
+                inner.gossip_with(*p);
+            }
+        } else {
+            for msg in encode_news(batch) {
+                for p in &peers {
+                    transport::send_sealed(&inner.socket, &inner.sealer, &inner.shared, *p, &msg)
+                        .await;
+                }
+            }
+        }
+        inner
+            .shared
+            .counters
+            .eager_pushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::time::sleep(inner.timings.push_cooldown).await;
     }
+}
+
+/// Merges news per node incarnation (contiguous version ranges, newest value per key) and
+/// encodes it as chitchat `Ack` messages of at most a few KiB each.
+fn encode_news(mut batch: Vec<News>) -> Vec<Vec<u8>> {
+    batch.sort_by(|a, b| {
+        (&a.node_id, a.generation, a.from).cmp(&(&b.node_id, b.generation, b.from))
+    });
+    let mut merged: Vec<News> = Vec::new();
+    for n in batch {
+        match merged.last_mut() {
+            Some(m) if m.node_id == n.node_id && m.generation == n.generation => {
+                if n.from <= m.max && n.max > m.max {
+                    m.kvs.extend(n.kvs);
+                    m.max = n.max;
+                    m.last_gc = m.last_gc.max(n.last_gc);
+                }
+                // A gap: keep the first range only; anti-entropy brings the rest.
+            }
+            _ => merged.push(n),
+        }
+    }
+    let mut out = Vec::new();
+    let mut group: Vec<validate::encode::NodeDelta<'_>> = Vec::new();
+    let mut size = 0;
+    for m in &mut merged {
+        // Newest value per key, in version order.
+        let mut latest: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, kv) in m.kvs.iter().enumerate() {
+            let e = latest.entry(kv.0.as_str()).or_insert(i);
+            if m.kvs[*e].2 < kv.2 {
+                *e = i;
+            }
+        }
+        let mut idx: Vec<usize> = latest.into_values().collect();
+        idx.sort_by_key(|&i| m.kvs[i].2);
+        let m: &News = m;
+        let kvs: Vec<validate::encode::Kv<'_>> = idx
+            .into_iter()
+            .map(|i| {
+                let kv = &m.kvs[i];
+                (kv.0.as_str(), kv.1.as_str(), kv.2, kv.3)
+            })
+            .collect();
+        let bytes: usize = kvs.iter().map(|kv| kv.0.len() + kv.1.len() + 16).sum();
+        let last = kvs.last().map(|kv| kv.2).unwrap_or(0);
+        if size + bytes > 4096 && !group.is_empty() {
+            out.push(validate::encode::ack(&group));
+            group.clear();
+            size = 0;
+        }
+        size += bytes;
+        group.push(validate::encode::NodeDelta {
+            node_id: &m.node_id,
+            generation: m.generation,
+            addr: m.addr,
+            last_gc_version: m.last_gc,
+            from_version_excluded: m.from,
+            kvs,
+            // Deletes of keys written and removed within the range leave no trace but the
+            // version: carry the node's max version explicitly when it is past the last key.
+            set_max_version: (m.max > last).then_some(m.max),
+        });
+    }
+    if !group.is_empty() {
+        out.push(validate::encode::ack(&group));
+    }
+    out
 }
 
 struct XorShift(u64);

@@ -75,24 +75,58 @@ impl Shared {
 
 /// Hands chitchat one pre-bound UDP socket wrapped in the envelope.
 pub(crate) struct SecureTransport {
-    socket: Mutex<Option<tokio::net::UdpSocket>>,
+    socket: Mutex<Option<Arc<tokio::net::UdpSocket>>>,
     shared: Arc<Shared>,
-    mtu: u16,
+    sealer: Arc<Sealer>,
     timings: Timings,
 }
 
 impl SecureTransport {
     pub fn new(
-        socket: tokio::net::UdpSocket,
+        socket: Arc<tokio::net::UdpSocket>,
         shared: Arc<Shared>,
-        mtu: u16,
+        sealer: Arc<Sealer>,
         timings: Timings,
     ) -> Self {
         SecureTransport {
             socket: Mutex::new(Some(socket)),
             shared,
-            mtu,
+            sealer,
             timings,
+        }
+    }
+}
+
+/// Seals and sends one serialized chitchat message; failures are counted, never fatal.
+pub(crate) async fn send_sealed(
+    socket: &tokio::net::UdpSocket,
+    sealer: &Sealer,
+    shared: &Shared,
+    to: SocketAddr,
+    bytes: &[u8],
+) {
+    let keys = shared.keys();
+    let c = &shared.counters;
+    let datagrams = match sealer.seal(&keys, bytes) {
+        Ok(d) => d,
+        Err(e) => {
+            add(&c.send_errors, 1);
+            warn!(%to, error = %e, "gossip message not sent");
+            return;
+        }
+    };
+    add(&c.messages_sent, 1);
+    for d in datagrams {
+        match socket.send_to(&d, to).await {
+            Ok(n) => {
+                add(&c.datagrams_sent, 1);
+                add(&c.bytes_sent, n as u64);
+            }
+            Err(e) => {
+                add(&c.send_errors, 1);
+                debug!(%to, error = %e, "gossip send failed");
+                break;
+            }
         }
     }
 }
@@ -109,7 +143,7 @@ impl Transport for SecureTransport {
         Ok(Box::new(SecureSocket {
             socket,
             shared: self.shared.clone(),
-            sealer: Sealer::new(self.mtu),
+            sealer: self.sealer.clone(),
             guard: ReplayGuard::new(self.timings.replay_max_age, 4096),
             reassembler: Reassembler::new(64, self.timings.reassembly_timeout),
             buf: vec![0u8; 65_536].into_boxed_slice(),
@@ -119,9 +153,9 @@ impl Transport for SecureTransport {
 }
 
 struct SecureSocket {
-    socket: tokio::net::UdpSocket,
+    socket: Arc<tokio::net::UdpSocket>,
     shared: Arc<Shared>,
-    sealer: Sealer,
+    sealer: Arc<Sealer>,
     guard: ReplayGuard,
     reassembler: Reassembler,
     buf: Box<[u8]>,
@@ -206,30 +240,7 @@ impl SecureSocket {
 impl Socket for SecureSocket {
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
         let bytes = msg.serialize_to_vec();
-        let keys = self.shared.keys();
-        let datagrams = match self.sealer.seal(&keys, &bytes) {
-            Ok(d) => d,
-            Err(e) => {
-                add(&self.shared.counters.send_errors, 1);
-                warn!(%to, error = %e, "gossip message not sent");
-                return Ok(());
-            }
-        };
-        let c = &self.shared.counters;
-        add(&c.messages_sent, 1);
-        for d in datagrams {
-            match self.socket.send_to(&d, to).await {
-                Ok(n) => {
-                    add(&c.datagrams_sent, 1);
-                    add(&c.bytes_sent, n as u64);
-                }
-                Err(e) => {
-                    add(&c.send_errors, 1);
-                    debug!(%to, error = %e, "gossip send failed");
-                    break;
-                }
-            }
-        }
+        send_sealed(&self.socket, &self.sealer, &self.shared, to, &bytes).await;
         // A failed send never stops gossip: the peer is retried or declared dead.
         Ok(())
     }

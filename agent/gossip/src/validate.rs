@@ -173,14 +173,13 @@ pub(crate) fn check(msg: &[u8]) -> Option<Checked> {
     Some(Checked { has_delta })
 }
 
-/// Builds chitchat wire bytes; used by tests to forge messages a real peer would never send.
-#[doc(hidden)]
-pub mod forge {
+/// Encodes chitchat `Ack` messages: the eager push's deltas, and (for tests) forged ones.
+pub mod encode {
     use std::net::SocketAddr;
 
     fn str(buf: &mut Vec<u8>, s: &str) {
-        buf.extend_from_slice(&(s.len() as u16).to_le_bytes());
-        buf.extend_from_slice(s.as_bytes());
+        buf.extend_from_slice(&(s.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+        buf.extend_from_slice(&s.as_bytes()[..s.len().min(usize::from(u16::MAX))]);
     }
 
     fn id(buf: &mut Vec<u8>, node_id: &str, generation: u64, addr: SocketAddr) {
@@ -199,11 +198,67 @@ pub mod forge {
         buf.extend_from_slice(&addr.port().to_le_bytes());
     }
 
+    /// One key of a delta: (key, value, version, status: 0 set, 1 deleted, 2 delete-after-ttl).
+    pub type Kv<'a> = (&'a str, &'a str, u64, u8);
+
+    /// One node's part of a delta.
+    pub struct NodeDelta<'a> {
+        pub node_id: &'a str,
+        pub generation: u64,
+        pub addr: SocketAddr,
+        pub last_gc_version: u64,
+        /// The delta holds every change of the node in `(from_version_excluded, max]`.
+        pub from_version_excluded: u64,
+        /// In increasing version order.
+        pub kvs: Vec<Kv<'a>>,
+        /// Appended as a `SetMaxVersion` operation.
+        pub set_max_version: Option<u64>,
+    }
+
+    /// An `Ack` carrying the given node deltas (uncompressed blocks).
+    pub fn ack(nodes: &[NodeDelta<'_>]) -> Vec<u8> {
+        let mut ops = Vec::new();
+        for n in nodes {
+            ops.push(0u8);
+            id(&mut ops, n.node_id, n.generation, n.addr);
+            ops.extend_from_slice(&n.last_gc_version.to_le_bytes());
+            ops.extend_from_slice(&n.from_version_excluded.to_le_bytes());
+            for (k, v, version, status) in &n.kvs {
+                ops.push(1);
+                str(&mut ops, k);
+                str(&mut ops, v);
+                ops.extend_from_slice(&version.to_le_bytes());
+                ops.push(*status);
+            }
+            if let Some(m) = n.set_max_version {
+                ops.push(2);
+                ops.extend_from_slice(&m.to_le_bytes());
+            }
+        }
+        let mut msg = Vec::with_capacity(ops.len() + 16);
+        msg.extend_from_slice(&super::MAGIC.to_le_bytes());
+        msg.push(0);
+        msg.push(2);
+        for chunk in ops.chunks(usize::from(u16::MAX)) {
+            msg.push(2);
+            msg.extend_from_slice(&(chunk.len() as u16).to_le_bytes());
+            msg.extend_from_slice(chunk);
+        }
+        msg.push(0);
+        msg
+    }
+}
+
+/// Forged messages for tests: what a late relay, a replay or a buggy peer could deliver.
+#[doc(hidden)]
+pub mod forge {
+    use std::net::SocketAddr;
+
     /// One key of a forged delta: (key, value, version, deleted).
     pub type Kv<'a> = (&'a str, &'a str, u64, bool);
 
     /// An `Ack` carrying a delta for one node (`owner`, `generation`, `addr`) with the given
-    /// keys, as if relayed by some peer; `set_max_version` appends that operation.
+    /// keys; `set_max_version` appends that operation.
     pub fn ack(
         owner: &str,
         generation: u64,
@@ -212,33 +267,18 @@ pub mod forge {
         kvs: &[Kv<'_>],
         set_max_version: Option<u64>,
     ) -> Vec<u8> {
-        let mut ops = Vec::new();
-        ops.push(0u8);
-        id(&mut ops, owner, generation, addr);
-        ops.extend_from_slice(&0u64.to_le_bytes());
-        ops.extend_from_slice(&from_version_excluded.to_le_bytes());
-        for (k, v, version, deleted) in kvs {
-            ops.push(1);
-            str(&mut ops, k);
-            str(&mut ops, v);
-            ops.extend_from_slice(&version.to_le_bytes());
-            ops.push(u8::from(*deleted));
-        }
-        if let Some(m) = set_max_version {
-            ops.push(2);
-            ops.extend_from_slice(&m.to_le_bytes());
-        }
-        let mut msg = Vec::new();
-        msg.extend_from_slice(&super::MAGIC.to_le_bytes());
-        msg.push(0);
-        msg.push(2);
-        for chunk in ops.chunks(u16::MAX as usize) {
-            msg.push(2);
-            msg.extend_from_slice(&(chunk.len() as u16).to_le_bytes());
-            msg.extend_from_slice(chunk);
-        }
-        msg.push(0);
-        msg
+        super::encode::ack(&[super::encode::NodeDelta {
+            node_id: owner,
+            generation,
+            addr,
+            last_gc_version: 0,
+            from_version_excluded,
+            kvs: kvs
+                .iter()
+                .map(|(k, v, version, deleted)| (*k, *v, *version, u8::from(*deleted)))
+                .collect(),
+            set_max_version,
+        }])
     }
 }
 

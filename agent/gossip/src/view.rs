@@ -146,20 +146,65 @@ pub(crate) struct View {
     pub bad_entries: usize,
 }
 
+/// A node's state moved forward from `from` to `max`: every key written in between, ready to
+/// be pushed to peers as a chitchat delta.
+#[derive(Debug, Clone)]
+pub(crate) struct News {
+    pub node_id: String,
+    pub generation: u64,
+    pub addr: SocketAddr,
+    pub last_gc: u64,
+    pub from: u64,
+    pub max: u64,
+    /// (key, value, version, status) in increasing version order.
+    pub kvs: Vec<(String, String, u64, u8)>,
+}
+
+/// News larger than this is left to anti-entropy.
+const MAX_NEWS_BYTES: usize = 8 * 1024;
+
+fn news(id: &ChitchatId, state: &chitchat::NodeState, from: u64) -> Option<News> {
+    let mut kvs = Vec::new();
+    let mut bytes = 0;
+    for (k, v) in state.key_values_including_deleted() {
+        if v.version > from {
+            bytes += k.len() + v.value.len() + 16;
+            if bytes > MAX_NEWS_BYTES {
+                return None;
+            }
+            let status = match v.status {
+                chitchat::DeletionStatus::Set => 0,
+                chitchat::DeletionStatus::Deleted(_) => 1,
+                chitchat::DeletionStatus::DeleteAfterTtl(_) => 2,
+            };
+            kvs.push((k.to_string(), v.value.clone(), v.version, status));
+        }
+    }
+    kvs.sort_by_key(|kv| kv.2);
+    Some(News {
+        node_id: id.node_id.to_string(),
+        generation: id.generation_id,
+        addr: id.gossip_advertise_addr,
+        last_gc: state.last_gc_version(),
+        from,
+        max: state.max_version(),
+        kvs,
+    })
+}
+
 /// What one reconcile found.
 #[derive(Default, Debug)]
 pub(crate) struct Outcome {
     /// Anything visible changed (entries, VTEPs, members).
     pub changed: bool,
-    /// Another node's state moved forward: worth pushing on to peers.
-    pub remote_news: bool,
+    /// Nodes whose state moved forward since the last look (this one's included).
+    pub news: Vec<News>,
 }
 
 impl View {
     /// Recomputes the view from chitchat's state (the caller holds chitchat's lock) and
     /// publishes the differences.
     pub fn reconcile(&mut self, cc: &Chitchat) -> Outcome {
-        let me = cc.self_chitchat_id().clone();
         let live: HashSet<&ChitchatId> = cc.live_nodes().collect();
         let mut out = Outcome::default();
 
@@ -182,8 +227,11 @@ impl View {
             let parsed = match self.cache.get(id) {
                 Some(v) if v.max_version == state.max_version() => v.clone(),
                 old => {
-                    if *id != me && old.is_none_or(|o| o.max_version < state.max_version()) {
-                        out.remote_news = true;
+                    if let Some(o) = old
+                        && o.max_version < state.max_version()
+                        && let Some(n) = news(id, state, o.max_version)
+                    {
+                        out.news.push(n);
                     }
                     Arc::new(NodeView::parse(state))
                 }

@@ -221,7 +221,7 @@ impl Sealer {
             return Err(Error::Oversize(message.len()));
         }
         let room = self.max_datagram - HEADER_LEN - TAG_LEN;
-        if 1 + message.len() <= room {
+        if message.len() < room {
             let mut inner = Vec::with_capacity(1 + message.len());
             inner.push(0);
             inner.extend_from_slice(message);
@@ -463,16 +463,16 @@ impl Reassembler {
             .retain(|_, p| now.duration_since(p.started) <= timeout);
         let mut dropped = (before - self.partial.len()) as u64;
         let key = (sender, msg_id);
-        if !self.partial.contains_key(&key) && self.partial.len() >= self.max_partial {
-            if let Some(oldest) = self
+        if !self.partial.contains_key(&key)
+            && self.partial.len() >= self.max_partial
+            && let Some(oldest) = self
                 .partial
                 .iter()
                 .min_by_key(|(_, p)| p.started)
                 .map(|(k, _)| *k)
-            {
-                self.partial.remove(&oldest);
-                dropped += 1;
-            }
+        {
+            self.partial.remove(&oldest);
+            dropped += 1;
         }
         let p = self.partial.entry(key).or_insert_with(|| Partial {
             started: now,

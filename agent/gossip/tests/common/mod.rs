@@ -59,6 +59,46 @@ impl Cluster {
         }
     }
 
+    /// Installs permanent neighbour entries between all nodes (inside the nodes' namespaces).
+    /// The kernel's ARP table is shared by all namespaces and capped (gc_thresh3, 1024 by
+    /// default): a 50-node lab needs 2,450 entries, and sends to peers whose entry cannot be
+    /// created fail with ENOBUFS. Permanent entries are exempt from that cap; a real cluster,
+    /// one kernel per node, never hits it.
+    pub fn static_neighbours(&self) {
+        let n = self.nodes.len();
+        let macs: Vec<String> = (1..=n)
+            .map(|i| {
+                // Not /sys: it shows the host's devices (setns keeps the host's mounts).
+                let out = self
+                    .lab
+                    .node(i)
+                    .run_ok(&["ip", "-o", "link", "show", "eth0"])
+                    .expect("read eth0 address");
+                out.split_whitespace()
+                    .skip_while(|w| *w != "link/ether")
+                    .nth(1)
+                    .expect("eth0 has a MAC")
+                    .to_string()
+            })
+            .collect();
+        for i in 1..=n {
+            let mut batch = String::new();
+            for j in (1..=n).filter(|&j| j != i) {
+                batch.push_str(&format!(
+                    "neigh replace {} lladdr {} dev eth0 nud permanent\n",
+                    self.lab.node(j).addr(),
+                    macs[j - 1]
+                ));
+            }
+            let path = self.lab.node(i).dir().join("neigh.batch");
+            std::fs::write(&path, batch).expect("write batch");
+            self.lab
+                .node(i)
+                .run_ok(&["ip", "-batch", &path.to_string_lossy()])
+                .expect("install neighbours");
+        }
+    }
+
     pub fn addr(&self, i: usize) -> SocketAddr {
         addr_of(&self.lab, i)
     }
