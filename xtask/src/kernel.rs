@@ -64,6 +64,7 @@ pub const SUITES: &[Suite] = &[
     suite("lab", "lab", "", false),
     // Tests that need IPVS, ESP, GCM: ignored on the host, run here.
     suite("lab", "kernel_lab", "", true),
+    suite("vxlan", "lab", "", false),
 ];
 
 /// Modules loaded when the guest boots (their dependencies come along). Anything else the tests
