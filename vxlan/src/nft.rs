@@ -113,6 +113,18 @@ pub(crate) fn delete(ns: &NetNs) -> Result<()> {
     }
 }
 
+/// Sets each present `/proc/sys/<key>` to `value` inside `ns` (keys the kernel lacks, e.g.
+/// without br_netfilter, are skipped); returns how many it wrote.
+pub(crate) fn ensure_sysctls_if_present(ns: &NetNs, keys: &[&str], value: &str) -> Result<u64> {
+    let mut wrote = 0;
+    for key in keys {
+        if ns.run(|| std::path::Path::new(&format!("/proc/sys/{key}")).exists())? {
+            wrote += u64::from(ensure_sysctl(ns, key, value)?);
+        }
+    }
+    Ok(wrote)
+}
+
 /// Sets `/proc/sys/<key>` to `value` inside `ns` unless it already has it; returns whether it
 /// wrote. /proc/sys/net follows the opening thread's namespace, hence the thread inside `ns`.
 pub(crate) fn ensure_sysctl(ns: &NetNs, key: &str, value: &str) -> Result<bool> {

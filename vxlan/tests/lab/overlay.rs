@@ -53,6 +53,8 @@ fn desired(lab: &Lab, tasks: &Tasks, node: usize, nodes: &[usize]) -> DesiredSta
 fn two_networks_on_three_nodes() {
     need_root!();
     let before = host_snapshot();
+    let brnf = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    let host_brnf = std::fs::read_to_string(brnf).ok();
     let lab = Lab::new(3).unwrap();
     let tasks = Tasks {
         a: (1..=3).map(|i| task(&lab, &format!("a{i}"))).collect(),
