@@ -1275,3 +1275,25 @@ fn remove_sandbox(ctx: &Ctx, name: &str, sbox: Option<Sbox>) -> Result<()> {
     ctx.counter.add(1);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_can_move_to_a_blocking_thread() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Dataplane>();
+        send_sync::<Error>();
+    }
+
+    #[test]
+    fn nft_script_is_tagged_by_its_content() {
+        let a = nft::script("docker_gwbridge", &"172.18.0.0/16".parse().unwrap());
+        let b = nft::script("docker_gwbridge", &"172.19.0.0/16".parse().unwrap());
+        assert_ne!(a.1, b.1);
+        assert_eq!(a.0.matches(&a.1).count(), 2, "both rules carry the tag");
+        assert!(a.0.contains("ip saddr 172.18.0.0/16 masquerade"));
+        assert!(a.0.contains("delete table ip netagent_gwbridge"));
+    }
+}

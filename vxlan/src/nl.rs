@@ -414,3 +414,61 @@ fn ext_ack_msg(mut tlvs: &[u8]) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nlmsg(mtype: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = 16 + payload.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&mtype.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn acks_and_errors_with_extended_messages() {
+        assert!(parse_ack(&0i32.to_ne_bytes(), true).is_ok());
+        // -EEXIST, the echoed (capped) header, then NLMSGERR_ATTR_MSG.
+        let mut p = (-libc::EEXIST).to_ne_bytes().to_vec();
+        p.extend_from_slice(&nlmsg(16, 7, &[])[..16]);
+        let text = b"A VXLAN device with the specified VNI already exists\0";
+        p.extend_from_slice(&((4 + text.len()) as u16).to_ne_bytes());
+        p.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        p.extend_from_slice(text);
+        let e = parse_ack(&p, true).unwrap_err();
+        assert_eq!(e.errno, libc::EEXIST);
+        assert_eq!(
+            e.msg.as_deref(),
+            Some("A VXLAN device with the specified VNI already exists")
+        );
+        assert!(e.to_string().contains("VNI already exists"));
+        // Short or garbled input is an error, never a panic.
+        assert!(parse_ack(&[1, 2], true).is_err());
+        let mut bad = (-libc::EINVAL).to_ne_bytes().to_vec();
+        bad.extend_from_slice(&[0xff; 40]);
+        assert_eq!(parse_ack(&bad, false).unwrap_err().errno, libc::EINVAL);
+    }
+
+    #[test]
+    fn datagrams_split_into_messages() {
+        let mut buf = nlmsg(NLMSG_ERROR, 1, &0i32.to_ne_bytes());
+        buf.extend(nlmsg(NLMSG_DONE, 2, &[0, 0, 0]));
+        let msgs: Vec<_> = split(&buf).map(|(t, s, p)| (t, s, p.len())).collect();
+        assert_eq!(msgs, vec![(NLMSG_ERROR, 1, 4), (NLMSG_DONE, 2, 3)]);
+        // Truncated or nonsense lengths end the iteration.
+        assert_eq!(split(&buf[..18]).count(), 0);
+        assert_eq!(split(&buf[..24]).count(), 1);
+        let mut zero = buf.clone();
+        zero[0..4].copy_from_slice(&0u32.to_ne_bytes());
+        assert_eq!(split(&zero).count(), 0);
+    }
+}

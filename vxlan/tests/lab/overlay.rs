@@ -257,4 +257,9 @@ fn two_networks_on_three_nodes() {
         before,
         "the test changed the host's namespace"
     );
+    assert_eq!(
+        std::fs::read_to_string(brnf).ok(),
+        host_brnf,
+        "a host sysctl changed"
+    );
 }
