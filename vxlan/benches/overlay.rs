@@ -67,19 +67,18 @@ impl Drop for Killed {
 /// Runs an iperf3 client and returns the received throughput in Gbit/s.
 fn iperf(client: Command) -> f64 {
     let mut client = client;
-    for _ in 0..20 {
+    let mut last = String::new();
+    for _ in 0..50 {
         let out = client.output().unwrap();
-        if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            return v["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .unwrap()
-                / 1e9;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return bps / 1e9;
         }
-        // The server may not listen yet.
-        std::thread::sleep(Duration::from_millis(100));
+        // The server may not listen yet, or still be busy with the previous run.
+        last = v["error"].as_str().unwrap_or("no result").to_string();
+        std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("iperf3 client kept failing");
+    panic!("iperf3 client kept failing: {last}");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
