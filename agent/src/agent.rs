@@ -580,7 +580,12 @@ impl Agent {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let (_, voters) = store.members();
-                if voters.contains(&store.id()) && member.cluster().is_ok() {
+                let recorded = member.node(&resp.node_id).ok().flatten().is_some_and(|n| {
+                    n.manager_status
+                        .as_ref()
+                        .is_some_and(|ms| ms.raft_id == store.id())
+                });
+                if voters.contains(&store.id()) && recorded {
                     break;
                 }
                 if Instant::now() > deadline {
@@ -607,7 +612,7 @@ impl Agent {
             return Err(Failure::unavailable("This node is not part of a swarm"));
         };
         if member.role() == Role::Manager && !force {
-            let q = member.quorum()?;
+            let q = member.quorum_fresh().await?;
             let n = q.managers;
             let msg = if n <= 1 {
                 "You are attempting to leave the swarm on a node that is participating as a manager. \
@@ -722,6 +727,7 @@ async fn ensure_voter(member: Arc<Member>) {
         addr: member.cluster_port_addr.clone(),
     };
     let mut attempt = 0usize;
+    let mut hint: Option<String> = None;
     loop {
         if member.cancel.is_cancelled() {
             return;
@@ -736,12 +742,22 @@ async fn ensure_voter(member: Arc<Member>) {
             .into_iter()
             .filter(|a| *a != member.cluster_port_addr)
             .collect();
-        if let Some(addr) = managers.get(attempt % managers.len().max(1)) {
-            match member.channel(addr) {
+        let target = hint
+            .take()
+            .or_else(|| managers.get(attempt % managers.len().max(1)).cloned());
+        attempt += 1;
+        if let Some(addr) = target {
+            match member.channel(&addr) {
                 Ok(ch) => match ControlClient::new(ch).join_raft(req.clone()).await {
                     Ok(r) => match r.into_inner() {
                         Ok(()) => tracing::info!(via = %addr, "admitted into Raft"),
-                        Err(WireError::NotLeader { .. }) => {}
+                        Err(WireError::NotLeader { leader }) => {
+                            // Ask the leader itself, at once.
+                            hint = leader.filter(|l| *l != member.cluster_port_addr && *l != addr);
+                            if hint.is_some() {
+                                continue;
+                            }
+                        }
                         Err(e) => tracing::warn!(via = %addr, error = %e, "joining Raft failed"),
                     },
                     Err(s) => {
@@ -751,7 +767,6 @@ async fn ensure_voter(member: Arc<Member>) {
                 Err(e) => tracing::warn!(error = %e, "no channel"),
             }
         }
-        attempt += 1;
         tokio::select! {
             _ = member.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}

@@ -176,9 +176,20 @@ impl Member {
             .is_some_and(|t| t.elapsed() <= m.grace)
     }
 
-    /// Fails at once, with the counts and the way out, unless a quorum of managers is reachable.
-    pub fn require_quorum(&self) -> Result<Quorum> {
+    /// The quorum view, probing the other managers first if it looks lost (a manager just
+    /// added or restarted has not been pinged yet).
+    pub async fn quorum_fresh(&self) -> Result<Quorum> {
         let q = self.quorum()?;
+        if q.has_quorum() {
+            return Ok(q);
+        }
+        crate::peers::probe(self, Duration::from_millis(500)).await;
+        self.quorum()
+    }
+
+    /// Fails quickly, with the counts and the way out, unless a quorum of managers is reachable.
+    pub async fn require_quorum(&self) -> Result<Quorum> {
+        let q = self.quorum_fresh().await?;
         if q.has_quorum() {
             Ok(q)
         } else {
@@ -191,7 +202,7 @@ impl Member {
     pub async fn wait_leader(&self) -> Result<String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let q = self.require_quorum()?;
+            let q = self.require_quorum().await?;
             if let Some(addr) = self.leader_addr() {
                 return Ok(addr);
             }
@@ -211,7 +222,7 @@ impl Member {
         let m = self.manager()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            self.require_quorum()?;
+            self.require_quorum().await?;
             let attempt = if m.store.is_leader() {
                 match tokio::time::timeout(Duration::from_secs(10), m.store.propose(batch.clone()))
                     .await

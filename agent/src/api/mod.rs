@@ -161,7 +161,7 @@ async fn gate(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
         }
         return next.run(req).await;
     }
-    if let Err(f) = member.require_quorum() {
+    if let Err(f) = member.require_quorum().await {
         return f.into_response();
     }
     if store.is_leader() {

@@ -114,7 +114,7 @@ pub async fn update(
     if let Some(role) = req.role
         && role != n.spec.role
     {
-        warnings.extend(check_role_change(&m, &n, role)?);
+        warnings.extend(check_role_change(&m, &n, role).await?);
     }
     let mut spec = serde_json::Map::new();
     if let Some(a) = req.availability {
@@ -161,8 +161,8 @@ pub async fn update(
 }
 
 /// The quorum rules of a role change; returns warnings for an even number of managers.
-fn check_role_change(m: &Member, n: &Node, to: Role) -> Result<Vec<String>> {
-    let q: Quorum = m.quorum()?;
+async fn check_role_change(m: &Member, n: &Node, to: Role) -> Result<Vec<String>> {
+    let q: Quorum = m.quorum_fresh().await?;
     match to {
         Role::Manager => Ok(even_warning(q.managers + 1).into_iter().collect()),
         Role::Worker => {
@@ -208,7 +208,7 @@ async fn set_role(agent: Arc<Agent>, node: String, role: Role) -> Result<Json<Do
             note: Some(format!("Node {node} is already {what}.")),
         }));
     }
-    let warnings = check_role_change(&m, &n, role)?;
+    let warnings = check_role_change(&m, &n, role).await?;
     let r = serde_json::to_value(role).unwrap_or_default();
     m.write(node_patch(
         &n.meta.id,

@@ -12,7 +12,6 @@ use tower::ServiceExt;
 
 use crate::agent::Agent;
 use crate::member::Member;
-use crate::rpc::generated::control_client::ControlClient;
 use crate::rpc::generated::control_server::Control;
 use crate::rpc::messages::*;
 use crate::rpc::transport::manager_peer;
@@ -98,10 +97,10 @@ impl Control for ControlService {
         let req = req.into_inner();
         let store = self.store()?.clone();
         if !store.is_leader() {
-            let addr = self.member.wait_leader().await.map_err(|f| f.to_status())?;
-            let mut client =
-                ControlClient::new(self.member.channel(&addr).map_err(|f| f.to_status())?);
-            return client.join_raft(req).await;
+            // The new manager must ask the leader itself: the leader records the caller's
+            // certificate identity, so this request cannot be relayed.
+            let leader = self.member.wait_leader().await.ok();
+            return Ok(Response::new(Err(WireError::NotLeader { leader })));
         }
         let node = self
             .member
@@ -116,7 +115,10 @@ impl Control for ControlService {
                 peer.node_id
             )))));
         }
-        self.member.require_quorum().map_err(|f| f.to_status())?;
+        self.member
+            .require_quorum()
+            .await
+            .map_err(|f| f.to_status())?;
         let (_, voters) = store.members();
         if !voters.contains(&req.raft_id) {
             match tokio::time::timeout(

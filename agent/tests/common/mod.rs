@@ -58,7 +58,8 @@ pub fn agent_spec(lab: &Lab, i: usize) -> ProcSpec {
         "--snapshot-every".into(),
         "200".into(),
         "--log-level".into(),
-        "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into(),
+        std::env::var("AGENT_LOG")
+            .unwrap_or_else(|_| "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into()),
     ])
 }
 

@@ -1,0 +1,220 @@
+//! 3 managers + 2 workers: every manager agrees on `node ls`; availability, labels, promotion
+//! and demotion show everywhere; `node inspect --pretty`; the refusals of `node rm` and `swarm
+//! leave`; a worker cannot manage the swarm.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// (hostname, status, availability, manager status) rows as a manager sees them.
+fn summary(s: &Swarm, i: usize) -> Option<Vec<(String, String, String, String, String)>> {
+    let mut rows: Vec<_> = s
+        .nodes(i)?
+        .iter()
+        .map(|n: &Value| {
+            let ms = if n["ManagerStatus"].is_null() {
+                String::new()
+            } else if n["ManagerStatus"]["Leader"] == true {
+                "leader".into()
+            } else {
+                reachability(n)
+            };
+            (
+                n["ID"].as_str().unwrap_or_default().to_string(),
+                hostname_of(n),
+                state(n),
+                n["Spec"]["Availability"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                format!("{ms} {}", n["Spec"]["Labels"]),
+            )
+        })
+        .collect();
+    rows.sort();
+    Some(rows)
+}
+
+fn all_agree(s: &Swarm, managers: &[usize]) -> bool {
+    let first = summary(s, managers[0]);
+    first.is_some() && managers.iter().all(|&i| summary(s, i) == first)
+}
+
+#[test]
+fn three_managers_two_workers() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(3, 2);
+    let managers = [1, 2, 3];
+    s.wait("every manager's node ls agrees", || {
+        all_agree(&s, &managers)
+    });
+
+    // The table: docker's columns, `*` after the asking node's id, Leader / Reachable.
+    let table = s.ctl(2, &["node", "ls"]);
+    let header = table.lines().next().unwrap();
+    for col in ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"] {
+        assert!(header.contains(col), "{table}");
+    }
+    let me = s.ctl(2, &["node", "inspect", "self", "--format", "json"]);
+    let me: Value = serde_json::from_str(&me).unwrap();
+    let my_id = me[0]["ID"].as_str().unwrap();
+    assert!(table.contains(&format!("{my_id} *")), "{table}");
+    assert_eq!(table.matches("Leader").count(), 1, "{table}");
+    assert_eq!(table.matches("Reachable").count(), 2, "{table}");
+    assert_eq!(table.matches("Ready").count(), 5, "{table}");
+    let q = s.ctl(3, &["node", "ls", "-q"]);
+    assert_eq!(q.lines().count(), 5);
+
+    // inspect --pretty shows docker's fields.
+    let pretty = s.ctl(3, &["node", "inspect", "--pretty", "node1"]);
+    for field in [
+        "ID:",
+        "Hostname:",
+        "Joined at:",
+        "Status:",
+        " State:",
+        "Ready",
+        " Availability:",
+        "Active",
+        "Manager Status:",
+        " Address:",
+        " Raft Status:",
+        "Reachable",
+        " Leader:",
+        "Platform:",
+        " Operating System:",
+        " Architecture:",
+        "Resources:",
+        " CPUs:",
+        " Memory:",
+        "Engine Version:",
+    ] {
+        assert!(pretty.contains(field), "missing {field:?} in\n{pretty}");
+    }
+    let worker_pretty = s.ctl(1, &["node", "inspect", "--pretty", "node4"]);
+    assert!(
+        !worker_pretty.contains("Manager Status:"),
+        "{worker_pretty}"
+    );
+
+    // Updates through a follower reach every manager.
+    s.ctl(
+        2,
+        &[
+            "node",
+            "update",
+            "--availability",
+            "drain",
+            "--label-add",
+            "zone=a",
+            "--label-add",
+            "ssd",
+            "node4",
+        ],
+    );
+    s.ctl(3, &["node", "update", "--availability", "pause", "node5"]);
+    s.wait("availability and labels everywhere", || {
+        managers.iter().all(|&i| {
+            let n4 = s.node_as_seen_by(i, "node4");
+            let n5 = s.node_as_seen_by(i, "node5");
+            matches!((n4, n5), (Some(a), Some(b))
+                if a["Spec"]["Availability"] == "drain" && a["Spec"]["Labels"]["zone"] == "a"
+                    && a["Spec"]["Labels"]["ssd"] == "" && b["Spec"]["Availability"] == "pause")
+        })
+    });
+    s.ctl(
+        1,
+        &[
+            "node",
+            "update",
+            "--label-rm",
+            "ssd",
+            "--availability",
+            "active",
+            "node4",
+        ],
+    );
+    let err = s.ctl_err(1, &["node", "update", "--label-rm", "nope", "node4"]);
+    assert!(err.contains("doesn't exist"), "{err}");
+    let table = s.ctl(1, &["node", "ls"]);
+    assert!(
+        table.contains("Drain") || table.contains("Pause"),
+        "{table}"
+    );
+
+    // A worker cannot manage the swarm.
+    let err = s.ctl_err(4, &["node", "ls"]);
+    assert!(err.contains("This node is not a swarm manager"), "{err}");
+    let err = s.ctl_err(5, &["node", "update", "--availability", "drain", "node5"]);
+    assert!(err.contains("not a swarm manager"), "{err}");
+
+    // Promote a worker: 4 managers is even, so a warning; it becomes a Reachable manager.
+    let out = s.netctl(2, &["node", "promote", "node4"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("Node node4 promoted to a manager in the swarm.")
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WARNING"),
+        "even number of managers"
+    );
+    s.wait("node4 is a reachable manager everywhere", || {
+        [1, 2, 3, 4].iter().all(|&i| {
+            s.node_as_seen_by(i, "node4")
+                .is_some_and(|n| n["ManagerStatus"]["Reachability"] == "reachable")
+        })
+    });
+    let again = s.ctl(1, &["node", "promote", "node4"]);
+    assert!(again.contains("already a manager"), "{again}");
+    s.wait("every manager's node ls agrees after promotion", || {
+        all_agree(&s, &[1, 2, 3, 4])
+    });
+
+    // Demote it again.
+    let out = s.ctl(1, &["node", "demote", "node4"]);
+    assert!(out.contains("Manager node4 demoted in the swarm."), "{out}");
+    s.wait("node4 is a worker everywhere", || {
+        managers.iter().all(|&i| {
+            s.node_as_seen_by(i, "node4")
+                .is_some_and(|n| n["ManagerStatus"].is_null() && n["Spec"]["Role"] == "worker")
+        })
+    });
+    s.wait("node4's own API says it is a worker", || {
+        s.netctl(4, &["node", "ls"]).status.success().not()
+    });
+
+    // node rm: an up node and a manager are refused; a down node goes.
+    let err = s.ctl_err(1, &["node", "rm", "node5"]);
+    assert!(err.contains("is not down"), "{err}");
+    let err = s.ctl_err(1, &["node", "rm", "node2"]);
+    assert!(err.contains("must be demoted"), "{err}");
+    // A manager leaving is refused with a warning about quorum.
+    let err = s.ctl_err(3, &["swarm", "leave"]);
+    assert!(err.contains("participating as a manager"), "{err}");
+    // A worker leaves; it goes Down and can then be removed.
+    let out = s.ctl(5, &["swarm", "leave"]);
+    assert!(out.contains("Node left the swarm."), "{out}");
+    s.wait("node5 Down", || {
+        s.node_as_seen_by(1, "node5")
+            .is_some_and(|n| state(&n) == "down")
+    });
+    s.ctl(2, &["node", "rm", "node5"]);
+    s.wait("node5 gone everywhere", || {
+        managers
+            .iter()
+            .all(|&i| s.nodes(i).is_some_and(|n| n.len() == 4))
+    });
+}
+
+trait Not {
+    fn not(self) -> bool;
+}
+impl Not for bool {
+    fn not(self) -> bool {
+        !self
+    }
+}
