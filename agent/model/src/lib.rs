@@ -5,6 +5,7 @@
 //! Ownership: cluster.rs and node.rs belong to the cluster control plane; network.rs, service.rs
 //! and task.rs to the orchestrator.
 
+pub mod assignment;
 pub mod cluster;
 pub mod network;
 pub mod node;
@@ -14,6 +15,7 @@ pub mod task;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use assignment::Assignments;
 pub use cluster::Cluster;
 pub use network::Network;
 pub use node::Node;
