@@ -1,0 +1,122 @@
+//! Quorum rules with 5 managers, and `--force-new-cluster` after losing 2 of 3.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn five_managers_three_killed() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(5, 0);
+    // Two down: 3 of 5 reachable, writes still work.
+    s.kill(4);
+    s.kill(5);
+    s.wait("node4 and node5 unavailable", || {
+        s.nodes(1).is_some_and(|ns| {
+            ns.iter()
+                .filter(|n| reachability(n) == "unreachable")
+                .count()
+                == 2
+        })
+    });
+    s.wait("a write with 3 of 5", || {
+        s.netctl(1, &["node", "update", "--label-add", "a=1", "node1"])
+            .status
+            .success()
+    });
+    // Demoting a reachable manager now would leave 2 reachable of 4: refused.
+    let err = s.ctl_err(2, &["node", "demote", "node3"]);
+    assert!(err.contains("loss of quorum"), "{err}");
+
+    // Three down: no quorum. Writes fail at once with the counts; reads answer, marked stale.
+    s.kill(3);
+    s.wait("quorum lost", || {
+        let out = s.netctl(1, &["node", "update", "--label-add", "b=1", "node1"]);
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("2 of 5 managers are reachable and 3 are needed")
+    });
+    let err = s.ctl_err(2, &["node", "update", "--availability", "drain", "node2"]);
+    assert!(err.contains("--force-new-cluster"), "{err}");
+    let out = s.netctl(2, &["node", "ls"]);
+    assert!(out.status.success(), "reads still answer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("stale"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
+    let err = s.ctl_err(1, &["node", "demote", "node2"]);
+    assert!(err.contains("managers are reachable"), "{err}");
+
+    // One back: quorum again.
+    s.restart(3);
+    s.wait("writes again with 3 of 5", || {
+        s.netctl(2, &["node", "update", "--label-add", "b=2", "node1"])
+            .status
+            .success()
+    });
+    s.wait("the label everywhere", || {
+        [1, 2, 3].iter().all(|&i| {
+            s.node_as_seen_by(i, "node1")
+                .is_some_and(|n| n["Spec"]["Labels"]["b"] == "2")
+        })
+    });
+}
+
+#[test]
+fn force_new_cluster_after_losing_two_of_three() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(3, 1);
+    s.ctl(2, &["node", "update", "--label-add", "kept=yes", "node4"]);
+    // Destroy node2 and node3: processes and state.
+    for i in [2, 3] {
+        s.kill(i);
+        std::fs::remove_dir_all(s.lab.node(i).dir().join("state")).unwrap();
+    }
+    s.wait("quorum lost", || {
+        let out = s.netctl(1, &["node", "update", "--label-add", "x=1", "node1"]);
+        String::from_utf8_lossy(&out.stderr).contains("1 of 3 managers are reachable")
+    });
+    let out = s.ctl(1, &["swarm", "init", "--force-new-cluster"]);
+    assert!(out.contains("Swarm initialized"), "{out}");
+    // All state kept; writes work; the lost managers are down, the worker is still a member.
+    s.ctl(1, &["node", "update", "--label-add", "after=1", "node1"]);
+    s.wait("lost managers down, worker ready", || {
+        s.nodes(1).is_some_and(|ns| {
+            ns.len() == 4
+                && ns.iter().all(|n| match hostname_of(n).as_str() {
+                    "node2" | "node3" => state(n) == "down" && reachability(n) == "unreachable",
+                    "node4" => state(n) == "ready" && n["Spec"]["Labels"]["kept"] == "yes",
+                    _ => n["ManagerStatus"]["Leader"] == true,
+                })
+        })
+    });
+    let table = s.ctl(1, &["node", "ls"]);
+    assert_eq!(table.matches("Unavailable").count(), 2, "{table}");
+    // They can be removed (no longer Raft members).
+    s.ctl(1, &["node", "rm", "node2", "node3"]);
+    // New managers join the recovered cluster.
+    let token = s
+        .ctl(1, &["swarm", "join-token", "-q", "manager"])
+        .trim()
+        .to_string();
+    let addr = format!("{}:2377", s.lab.node(1).addr());
+    for i in [2, 3] {
+        s.restart(i);
+        let out = s.ctl(i, &["swarm", "join", "--token", &token, &addr]);
+        assert!(out.contains("as a manager"), "{out}");
+    }
+    s.wait("three reachable managers again", || {
+        s.nodes(3).is_some_and(|ns| {
+            ns.len() == 4
+                && ns.iter().filter(|n| reachability(n) == "reachable").count() == 3
+                && ns.iter().all(|n| state(n) == "ready")
+        })
+    });
+    s.ctl(3, &["node", "update", "--label-add", "new=1", "node4"]);
+}
