@@ -135,21 +135,28 @@ fn session_stream(
                     if let Some(ip) = &peer_ip {
                         patch["status"]["addr"] = serde_json::json!(ip);
                     }
+                    let unchanged = node.description == description
+                        && node.advertise_addr == advertise_addr
+                        && node.data_path_addr == data_path_addr
+                        && node.status.state == NodeState::Ready
+                        && peer_ip.as_ref().is_none_or(|ip| *ip == node.status.addr);
                     let member2 = member.clone();
                     let id = node_id.clone();
-                    tokio::spawn(async move {
-                        let r = member2
-                            .write(Batch::one(Change::Patch {
-                                kind: Kind::Node,
-                                id: id.clone(),
-                                patch,
-                                version: None,
-                            }))
-                            .await;
-                        if let Err(e) = r {
-                            tracing::info!(node = %id, error = %e, "could not record the node's session");
-                        }
-                    });
+                    if !unchanged {
+                        tokio::spawn(async move {
+                            let r = member2
+                                .write(Batch::one(Change::Patch {
+                                    kind: Kind::Node,
+                                    id: id.clone(),
+                                    patch,
+                                    version: None,
+                                }))
+                                .await;
+                            if let Err(e) = r {
+                                tracing::info!(node = %id, error = %e, "could not record the node's session");
+                            }
+                        });
+                    }
                     SessionDown::Welcome {
                         heartbeat_ms: period,
                         managers: managers(&member),

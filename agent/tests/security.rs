@@ -1,0 +1,213 @@
+//! Refusals: a wrong token, a token of another swarm, a worker token used with `--manager`, a
+//! client without a certificate (or with a foreign one) on 2377, a worker certificate on the Raft
+//! service, malformed API JSON. Each is refused with a clear error, nothing panics, nothing
+//! changes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use netagent::rpc::generated::control_client::ControlClient;
+use netagent::rpc::generated::dispatcher_client::DispatcherClient;
+use netagent::rpc::generated::raft_client::RaftClient;
+use netagent::rpc::messages::{PingRequest, SessionUp};
+
+/// Runs `f` on a tokio runtime on a thread inside lab node `i` (sockets are that node's).
+fn in_node<T: Send>(s: &Swarm, i: usize, f: impl FnOnce() -> T + Send) -> T {
+    s.lab.node(i).in_ns(f).expect("enter the node")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn curl(s: &Swarm, i: usize, method: &str, path: &str, body: &str) -> (String, String) {
+    let sock = sock(&s.lab, i);
+    let url = format!("http://netagent{path}");
+    let out = s
+        .lab
+        .node(i)
+        .run(&[
+            "curl",
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+            &sock,
+            "-X",
+            method,
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+            &url,
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn refusals_change_nothing() {
+    if skip() {
+        return;
+    }
+    pki::install_crypto_provider();
+    let s = Swarm::agents(3);
+    s.ctl(
+        1,
+        &[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &s.lab.node(1).addr().to_string(),
+        ],
+    );
+    let addr = format!("{}:2377", s.lab.node(1).addr());
+    let worker = s
+        .ctl(1, &["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    let before = s.ctl(1, &["node", "ls", "--format", "json"]);
+
+    // A wrong secret with the right CA digest.
+    let digest = worker.split('-').nth(2).unwrap().to_string();
+    let wrong = format!("SWMTKN-1-{digest}-{}", "a".repeat(25));
+    let err = s.ctl_err(2, &["swarm", "join", "--token", &wrong, &addr]);
+    assert!(err.contains("invalid join token"), "{err}");
+    // A token of another swarm: the pinned CA does not match, the join never reaches the CA.
+    let other = format!(
+        "SWMTKN-1-{}-{}",
+        "1".repeat(50),
+        worker.rsplit('-').next().unwrap()
+    );
+    let err = s.ctl_err(2, &["swarm", "join", "--token", &other, &addr]);
+    assert!(err.contains("does not match the CA digest"), "{err}");
+    // A worker token never makes a manager.
+    let err = s.ctl_err(
+        2,
+        &["swarm", "join", "--manager", "--token", &worker, &addr],
+    );
+    assert!(err.contains("worker token"), "{err}");
+    // Garbage.
+    let err = s.ctl_err(2, &["swarm", "join", "--token", "SWMTKN-nope", &addr]);
+    assert!(err.contains("invalid join token"), "{err}");
+    let out = s.ctl(2, &["info"]);
+    assert!(
+        out.contains("inactive"),
+        "the refused node is in no swarm: {out}"
+    );
+
+    // Malformed API JSON, wrong types, unknown fields, unknown routes: 4xx with a message.
+    for (method, path, body) in [
+        ("POST", "/nodes/node1/update", "{not json"),
+        (
+            "POST",
+            "/nodes/node1/update",
+            r#"{"availability": "sideways"}"#,
+        ),
+        ("POST", "/nodes/node1/update", r#"{"labels": 3}"#),
+        ("POST", "/swarm/init", r#"{"data_path_port": "x"}"#),
+        ("POST", "/swarm/join", r#"[1, 2]"#),
+        ("GET", "/no/such/route", ""),
+    ] {
+        let (code, body) = curl(&s, 1, method, path, body);
+        assert!(code.starts_with('4'), "{method} {path}: {code} {body}");
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON error: {body}"));
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+
+    // The cluster port: no certificate, a foreign certificate, a worker's certificate.
+    let ca_pem = std::fs::read_to_string(s.lab.node(1).dir().join("state/certs/ca.pem")).unwrap();
+    let codes = in_node(&s, 2, || {
+        rt().block_on(async {
+            let anon = pki::tls::anonymous_client_config(&ca_pem).unwrap();
+            let ch =
+                netagent::rpc::transport::channel(&addr, anon, Duration::from_secs(5)).unwrap();
+            let ping = ControlClient::new(ch.clone())
+                .ping(PingRequest {})
+                .await
+                .unwrap_err();
+            let vote = RaftClient::new(ch.clone())
+                .vote(openraft::raft::VoteRequest::new(
+                    openraft::Vote::new(99, 1),
+                    None,
+                ))
+                .await
+                .unwrap_err();
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(SessionUp::Heartbeat).await.unwrap();
+            let session = DispatcherClient::new(ch)
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap_err();
+            // A certificate from another CA fails the TLS handshake.
+            let foreign_ca = pki::Ca::generate("other").unwrap();
+            let keys = foreign_ca
+                .issue(&pki::Identity {
+                    node_id: "intruder".into(),
+                    role: pki::Role::Manager,
+                    cluster_id: "other".into(),
+                })
+                .unwrap();
+            let mut tls = (*pki::tls::client_config(&ca_pem, &keys).unwrap()).clone();
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            let ch = netagent::rpc::transport::channel(
+                &addr,
+                std::sync::Arc::new(tls),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            let foreign = ControlClient::new(ch)
+                .ping(PingRequest {})
+                .await
+                .unwrap_err();
+            (ping, vote, session, foreign)
+        })
+    });
+    for st in [&codes.0, &codes.1, &codes.2] {
+        assert_eq!(st.code(), tonic::Code::Unauthenticated, "{st:?}");
+        assert!(st.message().contains("node certificate"), "{st:?}");
+    }
+    assert_ne!(codes.3.code(), tonic::Code::Ok);
+
+    // Nothing changed.
+    let after = s.ctl(1, &["node", "ls", "--format", "json"]);
+    assert_eq!(before, after);
+
+    // A worker certificate may not speak Raft.
+    s.ctl(3, &["swarm", "join", "--token", &worker, &addr]);
+    let wdir = s.lab.node(3).dir().join("state/certs");
+    let keys = pki::NodeKeys {
+        cert_pem: std::fs::read_to_string(wdir.join("node.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(wdir.join("node.key")).unwrap(),
+    };
+    let st = in_node(&s, 3, || {
+        rt().block_on(async {
+            let tls = pki::tls::client_config(&ca_pem, &keys).unwrap();
+            let ch = netagent::rpc::transport::channel(&addr, tls, Duration::from_secs(5)).unwrap();
+            RaftClient::new(ch)
+                .vote(openraft::raft::VoteRequest::new(
+                    openraft::Vote::new(99, 1),
+                    None,
+                ))
+                .await
+                .unwrap_err()
+        })
+    });
+    assert_eq!(st.code(), tonic::Code::PermissionDenied, "{st:?}");
+    assert!(st.message().contains("worker certificate"), "{st:?}");
+    // The manager is alive and well, with its term untouched.
+    s.ctl(1, &["node", "update", "--label-add", "still=ok", "node1"]);
+}
