@@ -47,7 +47,7 @@ impl Quorum {
 
 /// A warning when a membership change leaves an even number of managers (docker prints one too).
 pub fn even_warning(managers_after: usize) -> Option<String> {
-    (managers_after > 0 && managers_after % 2 == 0).then(|| {
+    (managers_after > 0 && managers_after.is_multiple_of(2)).then(|| {
         format!(
             "the swarm now has {managers_after} managers: an even number of managers tolerates no more failures \
              than {} ({} unavailable), so keep an odd number (3, 5 or 7)",

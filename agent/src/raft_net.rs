@@ -73,6 +73,8 @@ fn transport_err<E: std::error::Error>(s: Status) -> RPCError<u64, BasicNode, E>
     }
 }
 
+// openraft fixes RPCError (large) as the error type of its network trait.
+#[allow(clippy::result_large_err)]
 impl RaftPeer {
     fn client<E: std::error::Error>(
         &self,

@@ -7,8 +7,11 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// (hostname, status, availability, manager status) rows as a manager sees them.
-fn summary(s: &Swarm, i: usize) -> Option<Vec<(String, String, String, String, String)>> {
+/// id, hostname, status, availability, manager status + labels.
+type Row = (String, String, String, String, String);
+
+/// The rows of `node ls` as a manager sees them.
+fn summary(s: &Swarm, i: usize) -> Option<Vec<Row>> {
     let mut rows: Vec<_> = s
         .nodes(i)?
         .iter()
