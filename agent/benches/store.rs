@@ -174,7 +174,7 @@ fn bench_netagent(clients: usize, total: usize) -> Figures {
             "--heartbeat-ms".into(),
             "1000".into(),
             "--log-level".into(),
-            "warn".into(),
+            std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
         ]))
         .expect("spawn netagent");
     }

@@ -223,9 +223,14 @@ impl Agent {
             std::fs::create_dir_all(cfg.raft_dir())
                 .with_context(|| format!("cannot create {}", cfg.raft_dir().display()))?;
             let net = crate::raft_net::RaftNet::new(client_tls.clone());
-            let store = Store::open(&cfg.raft_db(), saved.node.raft_id, &cfg.store_config(), net)
-                .await
-                .map_err(|e| Failure::internal(e.to_string()))?;
+            let store = Store::open(
+                &cfg.raft_dir(),
+                saved.node.raft_id,
+                &cfg.store_config(),
+                net,
+            )
+            .await
+            .map_err(|e| Failure::internal(e.to_string()))?;
             if bootstrap {
                 store
                     .bootstrap(&addr)
@@ -441,14 +446,14 @@ impl Agent {
                 "--force-new-cluster recovers a swarm from a manager that was part of it, and this node is in no swarm; use `netctl swarm init`",
             ));
         };
-        if saved.node.role != Role::Manager || !self.cfg.raft_db().exists() {
+        if saved.node.role != Role::Manager || !self.cfg.raft_dir().join("log.redb").exists() {
             return Err(Failure::bad_request(
                 "--force-new-cluster must run on a manager (this node is a worker): run it on a surviving manager",
             ));
         }
         self.stop_member().await;
         let addr = self.cfg.cluster_addr(&saved.node.advertise_addr);
-        let db = self.cfg.raft_db();
+        let db = self.cfg.raft_dir();
         let raft_id = saved.node.raft_id;
         let addr2 = addr.clone();
         tokio::task::spawn_blocking(move || store::force_new_cluster(&db, raft_id, &addr2))

@@ -180,10 +180,6 @@ impl Config {
         self.state_dir.join("raft")
     }
 
-    pub fn raft_db(&self) -> PathBuf {
-        self.raft_dir().join("raft.redb")
-    }
-
     pub fn store_config(&self) -> store::StoreConfig {
         store::StoreConfig {
             heartbeat_ms: (self.election_timeout_ms / 5).max(10),

@@ -38,7 +38,9 @@ impl<U: DeserializeOwned> Decoder for JsonDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        serde_json::from_reader(src.reader())
+        // from_slice is much faster than from_reader on large messages.
+        let bytes = src.copy_to_bytes(src.remaining());
+        serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))
     }

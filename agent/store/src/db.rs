@@ -1,4 +1,5 @@
-//! The redb file behind the log and the state machine: table layout and error mapping.
+//! The redb files behind the log (log.redb) and the state machine (state.redb): table layout
+//! and error mapping.
 
 use openraft::{AnyError, StorageError, StorageIOError};
 use redb::TableDefinition;
@@ -44,16 +45,33 @@ pub(crate) fn get_json<T: DeserializeOwned>(
     }
 }
 
-/// Creates every table so read transactions never meet a missing one.
-pub(crate) fn create_tables(db: &redb::Database) -> Result<(), redb::Error> {
+/// Creates the log's tables so read transactions never meet a missing one.
+pub(crate) fn create_log_tables(db: &redb::Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     txn.open_table(LOG)?;
     txn.open_table(RAFT_META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Creates the state machine's tables.
+pub(crate) fn create_sm_tables(db: &redb::Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
     txn.open_table(OBJECTS)?;
     txn.open_table(SM_META)?;
     txn.open_table(SNAPSHOT)?;
     txn.commit()?;
     Ok(())
+}
+
+/// The log's file in a store directory.
+pub(crate) fn log_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("log.redb")
+}
+
+/// The state machine's file in a store directory.
+pub(crate) fn sm_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("state.redb")
 }
 
 /// Runs blocking storage work (fsync) without stalling the async runtime's other tasks.

@@ -128,7 +128,8 @@ impl Default for StoreConfig {
 pub struct Store {
     id: NodeId,
     raft: Raft,
-    db: Arc<Database>,
+    sm: StateMachine,
+    log_db: Arc<Database>,
     events: broadcast::Sender<Arc<Event>>,
     applied: watch::Receiver<u64>,
 }
@@ -138,9 +139,9 @@ fn raft_err<E: std::fmt::Display>(e: E) -> ProposeError {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `path` and starts this replica's Raft node.
+    /// Opens (or creates) the store in the directory `dir` and starts this replica's Raft node.
     pub async fn open<N>(
-        path: &Path,
+        dir: &Path,
         id: NodeId,
         config: &StoreConfig,
         network: N,
@@ -148,18 +149,25 @@ impl Store {
     where
         N: RaftNetworkFactory<TypeConfig>,
     {
-        let open_err = |e: redb::Error| Error::Open {
-            path: path.display().to_string(),
-            source: e,
+        let open = |path: std::path::PathBuf, tables: fn(&Database) -> Result<(), redb::Error>| {
+            let err = |e: redb::Error| Error::Open {
+                path: path.display().to_string(),
+                source: e,
+            };
+            let db = db::blocking(|| Database::create(&path)).map_err(|e| err(e.into()))?;
+            tables(&db).map_err(err)?;
+            Ok::<_, Error>(Arc::new(db))
         };
-        let db = db::blocking(|| Database::create(path)).map_err(|e| open_err(e.into()))?;
-        db::create_tables(&db).map_err(open_err)?;
-        let db = Arc::new(db);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        let log_db = open(db::log_path(dir), db::create_log_tables)?;
+        let sm_db = open(db::sm_path(dir), db::create_sm_tables)?;
         let (events, _) = broadcast::channel(4096);
         let (applied_tx, applied) = watch::channel(0);
-        let sm = StateMachine::new(db.clone(), events.clone(), Arc::new(applied_tx))
+        let sm = StateMachine::new(sm_db.clone(), events.clone(), Arc::new(applied_tx))
             .map_err(|e| Error::Storage(e.to_string()))?;
-        let log = LogStore::new(db.clone());
+        let log = LogStore::new(log_db.clone());
+        let sm_handle = sm.clone();
         let raft_config = openraft::Config {
             cluster_name: "netagent".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -180,7 +188,8 @@ impl Store {
         Ok(Store {
             id,
             raft,
-            db,
+            sm: sm_handle,
+            log_db,
             events,
             applied,
         })
@@ -270,29 +279,12 @@ impl Store {
 
     /// The object from the local replica.
     pub fn get(&self, kind: Kind, id: &str) -> Result<Option<Object>, Error> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| Error::Storage(e.to_string()))?;
-        let table = txn
-            .open_table(db::OBJECTS)
-            .map_err(|e| Error::Storage(e.to_string()))?;
-        db::get_json(&table, &db::object_key(kind, id)).map_err(|e| Error::Storage(e.to_string()))
+        Ok(self.sm.get(kind, id))
     }
 
     /// Every object of a kind from the local replica, ordered by id.
     pub fn list(&self, kind: Kind) -> Result<Vec<Object>, Error> {
-        let err = |e: &dyn std::fmt::Display| Error::Storage(e.to_string());
-        let txn = self.db.begin_read().map_err(|e| err(&e))?;
-        let table = txn.open_table(db::OBJECTS).map_err(|e| err(&e))?;
-        let lo = format!("{kind}/");
-        let hi = format!("{kind}0"); // '0' follows '/'
-        let mut out = Vec::new();
-        for item in table.range(lo.as_str()..hi.as_str()).map_err(|e| err(&e))? {
-            let (_, v) = item.map_err(|e| err(&e))?;
-            out.push(db::dec(v.value()).map_err(|e| err(&e))?);
-        }
-        Ok(out)
+        Ok(self.sm.list(kind))
     }
 
     /// The change feed: every applied entry from now on.
@@ -398,15 +390,16 @@ impl Store {
             .map_err(|e| Error::Raft(e.to_string()))
     }
 
-    /// Stops the Raft node. The files stay.
+    /// Stops the Raft node and makes the state machine durable. The files stay.
     pub async fn shutdown(&self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.raft.shutdown()).await;
+        let _ = self.sm.sync().await;
     }
 
     /// The current log bounds (first kept index, last index), for diagnostics and tests.
     pub fn log_bounds(&self) -> Result<(Option<u64>, Option<u64>), Error> {
         let err = |e: &dyn std::fmt::Display| Error::Storage(e.to_string());
-        let txn = self.db.begin_read().map_err(|e| err(&e))?;
+        let txn = self.log_db.begin_read().map_err(|e| err(&e))?;
         let table = txn.open_table(db::LOG).map_err(|e| err(&e))?;
         let first = table.first().map_err(|e| err(&e))?.map(|(k, _)| k.value());
         let last = table.last().map_err(|e| err(&e))?.map(|(k, _)| k.value());

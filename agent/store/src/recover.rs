@@ -15,14 +15,15 @@ use crate::{Error, NodeId, TypeConfig};
 /// Appends a membership entry naming `id` (at `addr`) as the only voter, in a term above every
 /// term seen, and votes for it in that term. Started again, the node elects itself at once and
 /// commits the entry; the lost managers are no longer members. Run it only while the store is
-/// closed.
-pub fn force_new_cluster(path: &Path, id: NodeId, addr: &str) -> Result<(), Error> {
+/// closed; `dir` is the store's directory.
+pub fn force_new_cluster(dir: &Path, id: NodeId, addr: &str) -> Result<(), Error> {
     let err = |e: &dyn std::fmt::Display| Error::Storage(e.to_string());
-    let database = Database::create(path).map_err(|e| Error::Open {
+    let path = db::log_path(dir);
+    let database = Database::create(&path).map_err(|e| Error::Open {
         path: path.display().to_string(),
         source: e.into(),
     })?;
-    db::create_tables(&database).map_err(|e| err(&e))?;
+    db::create_log_tables(&database).map_err(|e| err(&e))?;
     let txn = database.begin_write().map_err(|e| err(&e))?;
     {
         let mut meta = txn.open_table(RAFT_META).map_err(|e| err(&e))?;

@@ -1,11 +1,15 @@
-//! The state machine on redb: the objects, the last applied log id and membership, and the
-//! snapshot. Applying commits without fsync (redb `Durability::None`): the log is durable, and
-//! redb makes these commits durable with the next durable commit (every log append). Building or
-//! installing a snapshot is a durable commit, and logs are only purged behind a snapshot, so a
-//! crash can lose no applied entry that is not still in the log.
+//! The state machine: every object in memory (as swarmkit keeps its store), mirrored to its own
+//! redb file by a writer thread.
+//!
+//! `apply` changes the in-memory state and queues the changed rows for the writer, which writes
+//! whatever is queued in one transaction without fsync. Building a snapshot waits for the writer
+//! and makes the file durable (fsync) before openraft may purge the log behind it; installing a
+//! snapshot is durable too. After a crash the file is at some earlier applied index and openraft
+//! applies the rest again from the durable log. Reads never touch the file.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use model::{Kind, Object};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -19,7 +23,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::TypeConfig;
 use crate::change::{Applied, Event, Outcome, View, apply_batch};
-use crate::db::{OBJECTS, SM_META, SNAPSHOT, blocking, dec, enc, get_json, object_key, sto};
+use crate::db::{OBJECTS, SM_META, SNAPSHOT, dec, enc, get_json, object_key, sto};
 
 type Membership = StoredMembership<u64, BasicNode>;
 
@@ -28,26 +32,176 @@ struct SnapshotData {
     objects: Vec<Object>,
 }
 
+/// The state in memory.
+#[derive(Default)]
+pub(crate) struct Mem {
+    /// "kind/id" -> object.
+    pub(crate) objects: BTreeMap<String, Object>,
+    pub(crate) last_applied: Option<LogId<u64>>,
+    pub(crate) membership: Membership,
+}
+
+impl View for Mem {
+    fn get(&mut self, kind: Kind, id: &str) -> Option<Object> {
+        self.objects.get(&object_key(kind, id)).cloned()
+    }
+}
+
+/// What the writer thread is asked to do, in order.
+enum Op {
+    /// Rows to write: key -> Some(JSON) or None (delete); meta rows likewise.
+    Rows {
+        objects: Vec<(String, Option<Vec<u8>>)>,
+        meta: Vec<(&'static str, Vec<u8>)>,
+    },
+    /// Replace everything (snapshot install).
+    Replace {
+        objects: Vec<(String, Vec<u8>)>,
+        meta: Vec<(&'static str, Vec<u8>)>,
+    },
+    /// Store a snapshot.
+    Snapshot { meta: Vec<u8>, data: Vec<u8> },
+    /// Make everything before it durable, then answer.
+    Sync(std::sync::mpsc::Sender<Result<(), String>>),
+}
+
+/// How long the writer lets changes accumulate before writing them (rows changed again in the
+/// meantime are written once). Syncs and snapshots do not wait.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn writer_loop(db: Arc<Database>, rx: std::sync::mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        ops.extend(rx.try_iter());
+        if !ops.iter().any(|o| !matches!(o, Op::Rows { .. })) {
+            std::thread::sleep(COALESCE);
+            ops.extend(rx.try_iter());
+        }
+        let ops = coalesce(ops);
+        let durable = ops
+            .iter()
+            .any(|o| matches!(o, Op::Sync(_) | Op::Snapshot { .. } | Op::Replace { .. }));
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = db.begin_write()?;
+            if !durable {
+                txn.set_durability(Durability::None)?;
+            }
+            {
+                let mut objects = txn.open_table(OBJECTS)?;
+                let mut meta = txn.open_table(SM_META)?;
+                let mut snap = txn.open_table(SNAPSHOT)?;
+                for op in &ops {
+                    match op {
+                        Op::Rows {
+                            objects: rows,
+                            meta: m,
+                        } => {
+                            for (k, v) in rows {
+                                match v {
+                                    Some(v) => {
+                                        objects.insert(k.as_str(), v.as_slice())?;
+                                    }
+                                    None => {
+                                        objects.remove(k.as_str())?;
+                                    }
+                                }
+                            }
+                            for (k, v) in m {
+                                meta.insert(*k, v.as_slice())?;
+                            }
+                        }
+                        Op::Replace {
+                            objects: rows,
+                            meta: m,
+                        } => {
+                            objects.retain(|_, _| false)?;
+                            for (k, v) in rows {
+                                objects.insert(k.as_str(), v.as_slice())?;
+                            }
+                            for (k, v) in m {
+                                meta.insert(*k, v.as_slice())?;
+                            }
+                        }
+                        Op::Snapshot { meta: m, data } => {
+                            snap.insert("meta", m.as_slice())?;
+                            snap.insert("data", data.as_slice())?;
+                        }
+                        Op::Sync(_) => {}
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })()
+        .map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "cannot write the state machine's file");
+        }
+        for op in ops {
+            if let Op::Sync(done) = op {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+/// Merges consecutive row writes (the last value of a row wins), keeping every other op in order.
+fn coalesce(ops: Vec<Op>) -> Vec<Op> {
+    let mut out: Vec<Op> = Vec::new();
+    let mut rows: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    let mut meta: BTreeMap<&'static str, Vec<u8>> = BTreeMap::new();
+    let flush = |out: &mut Vec<Op>,
+                 rows: &mut BTreeMap<String, Option<Vec<u8>>>,
+                 meta: &mut BTreeMap<&'static str, Vec<u8>>| {
+        if !rows.is_empty() || !meta.is_empty() {
+            out.push(Op::Rows {
+                objects: std::mem::take(rows).into_iter().collect(),
+                meta: std::mem::take(meta).into_iter().collect(),
+            });
+        }
+    };
+    for op in ops {
+        match op {
+            Op::Rows { objects, meta: m } => {
+                rows.extend(objects);
+                meta.extend(m);
+            }
+            other => {
+                flush(&mut out, &mut rows, &mut meta);
+                out.push(other);
+            }
+        }
+    }
+    flush(&mut out, &mut rows, &mut meta);
+    out
+}
+
 /// Handle on the state machine (cheap to clone; the snapshot builder is a clone).
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    pub(crate) mem: Arc<RwLock<Mem>>,
+    writer: std::sync::mpsc::Sender<Op>,
     events: broadcast::Sender<Arc<Event>>,
     applied: Arc<watch::Sender<u64>>,
 }
 
-struct TableView<'a, T: ReadableTable<&'static str, &'static [u8]>>(&'a T);
-
-impl<T: ReadableTable<&'static str, &'static [u8]>> View for TableView<'_, T> {
-    fn get(&mut self, kind: Kind, id: &str) -> Option<Object> {
-        match get_json(self.0, &object_key(kind, id)) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(%kind, id, error = %e, "cannot read a stored object");
-                None
-            }
-        }
+fn load(db: &Database) -> Result<Mem, StorageError<u64>> {
+    let txn = db.begin_read().map_err(sto)?;
+    let meta = txn.open_table(SM_META).map_err(sto)?;
+    let last_applied = get_json::<Option<LogId<u64>>>(&meta, "last_applied")?.flatten();
+    let membership = get_json(&meta, "membership")?.unwrap_or_default();
+    let table = txn.open_table(OBJECTS).map_err(sto)?;
+    let mut objects = BTreeMap::new();
+    for item in table.iter().map_err(sto)? {
+        let (k, v) = item.map_err(sto)?;
+        objects.insert(k.value().to_string(), dec(v.value())?);
     }
+    Ok(Mem {
+        objects,
+        last_applied,
+        membership,
+    })
 }
 
 impl StateMachine {
@@ -56,68 +210,75 @@ impl StateMachine {
         events: broadcast::Sender<Arc<Event>>,
         applied: Arc<watch::Sender<u64>>,
     ) -> Result<StateMachine, StorageError<u64>> {
-        let sm = StateMachine {
+        let mem = load(&db)?;
+        applied.send_replace(mem.last_applied.map(|l| l.index).unwrap_or(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wdb = db.clone();
+        std::thread::Builder::new()
+            .name("raft-sm-writer".into())
+            .spawn(move || writer_loop(wdb, rx))
+            .map_err(sto)?;
+        Ok(StateMachine {
             db,
+            mem: Arc::new(RwLock::new(mem)),
+            writer: tx,
             events,
             applied,
-        };
-        let (last, _) = sm.read_applied()?;
-        sm.applied.send_replace(last.map(|l| l.index).unwrap_or(0));
-        Ok(sm)
-    }
-
-    fn read_applied(&self) -> Result<(Option<LogId<u64>>, Membership), StorageError<u64>> {
-        let txn = self.db.begin_read().map_err(sto)?;
-        let table = txn.open_table(SM_META).map_err(sto)?;
-        let last = get_json::<Option<LogId<u64>>>(&table, "last_applied")?.flatten();
-        let membership = get_json(&table, "membership")?.unwrap_or_default();
-        Ok((last, membership))
-    }
-
-    fn all_objects(&self) -> Result<Vec<Object>, StorageError<u64>> {
-        let txn = self.db.begin_read().map_err(sto)?;
-        let table = txn.open_table(OBJECTS).map_err(sto)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(sto)? {
-            let (_, v) = item.map_err(sto)?;
-            out.push(dec(v.value())?);
-        }
-        Ok(out)
-    }
-
-    fn save_snapshot(
-        &self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        data: &[u8],
-    ) -> Result<(), StorageError<u64>> {
-        let meta_bytes = enc(meta)?;
-        blocking(|| {
-            let txn = self.db.begin_write().map_err(sto)?;
-            {
-                let mut table = txn.open_table(SNAPSHOT).map_err(sto)?;
-                table.insert("meta", meta_bytes.as_slice()).map_err(sto)?;
-                table.insert("data", data).map_err(sto)?;
-            }
-            txn.commit().map_err(sto)
         })
+    }
+
+    fn mem(&self) -> std::sync::RwLockReadGuard<'_, Mem> {
+        self.mem.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, op: Op) -> Result<(), StorageError<u64>> {
+        self.writer
+            .send(op)
+            .map_err(|_| sto(std::io::Error::other("the state machine writer stopped")))
+    }
+
+    /// Waits until everything queued so far is durable in the file.
+    pub(crate) async fn sync(&self) -> Result<(), StorageError<u64>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(Op::Sync(tx))?;
+        let r = tokio::task::spawn_blocking(move || rx.recv())
+            .await
+            .map_err(sto)?
+            .map_err(|_| sto(std::io::Error::other("the state machine writer stopped")))?;
+        r.map_err(|e| sto(std::io::Error::other(e)))
+    }
+
+    /// The object, from memory.
+    pub(crate) fn get(&self, kind: Kind, id: &str) -> Option<Object> {
+        self.mem().objects.get(&object_key(kind, id)).cloned()
+    }
+
+    /// Every object of a kind, from memory, ordered by id.
+    pub(crate) fn list(&self, kind: Kind) -> Vec<Object> {
+        let lo = format!("{kind}/");
+        let hi = format!("{kind}0"); // '0' follows '/'
+        self.mem()
+            .objects
+            .range(lo..hi)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// Every stored object (for tests and diagnostics).
+    pub fn dump(&self) -> Vec<Object> {
+        self.mem().objects.values().cloned().collect()
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        // One read transaction: the objects and the applied id agree.
         let (last, membership, objects) = {
-            let txn = self.db.begin_read().map_err(sto)?;
-            let meta = txn.open_table(SM_META).map_err(sto)?;
-            let last = get_json::<Option<LogId<u64>>>(&meta, "last_applied")?.flatten();
-            let membership: Membership = get_json(&meta, "membership")?.unwrap_or_default();
-            let table = txn.open_table(OBJECTS).map_err(sto)?;
-            let mut objects = Vec::new();
-            for item in table.iter().map_err(sto)? {
-                let (_, v) = item.map_err(sto)?;
-                objects.push(dec::<Object>(v.value())?);
-            }
-            (last, membership, objects)
+            let mem = self.mem();
+            (
+                mem.last_applied,
+                mem.membership.clone(),
+                mem.objects.values().cloned().collect::<Vec<_>>(),
+            )
         };
         let data = enc(&SnapshotData { objects })?;
         let snapshot_id = match &last {
@@ -129,8 +290,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: membership,
             snapshot_id,
         };
-        // A durable commit: it also makes every earlier non-durable apply durable.
-        self.save_snapshot(&meta, &data)?;
+        // Durable before openraft may purge the log behind it.
+        self.send(Op::Snapshot {
+            meta: enc(&meta)?,
+            data: data.clone(),
+        })?;
+        self.sync().await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -144,7 +309,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<u64>>, Membership), StorageError<u64>> {
-        self.read_applied()
+        let mem = self.mem();
+        Ok((mem.last_applied, mem.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<u64>>
@@ -152,74 +318,72 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let Some(last) = entries.last().map(|e| e.log_id) else {
-            return Ok(Vec::new());
-        };
-        let (outcomes, events) = blocking(|| -> Result<_, StorageError<u64>> {
-            let mut txn = self.db.begin_write().map_err(sto)?;
-            txn.set_durability(Durability::None).map_err(sto)?;
-            let mut outcomes = Vec::with_capacity(entries.len());
-            let mut events = Vec::new();
-            {
-                let mut objects = txn.open_table(OBJECTS).map_err(sto)?;
-                let mut meta = txn.open_table(SM_META).map_err(sto)?;
-                for entry in &entries {
-                    let index = entry.log_id.index;
-                    match &entry.payload {
-                        EntryPayload::Blank => outcomes.push(Outcome::default()),
-                        EntryPayload::Membership(m) => {
-                            let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                            meta.insert("membership", enc(&stored)?.as_slice())
-                                .map_err(sto)?;
-                            outcomes.push(Outcome::default());
-                        }
-                        EntryPayload::Normal(batch) => {
-                            let result = apply_batch(&mut TableView(&objects), batch, index);
-                            match result {
-                                Err(conflict) => outcomes.push(Outcome {
-                                    objects: Vec::new(),
-                                    conflict: Some(conflict),
-                                }),
-                                Ok(staged) => {
-                                    let mut applied = Vec::with_capacity(staged.len());
-                                    let mut results = Vec::with_capacity(staged.len());
-                                    for (kind, id, old, new) in staged {
-                                        let key = object_key(kind, &id);
-                                        match &new {
-                                            Some(obj) => {
-                                                objects
-                                                    .insert(key.as_str(), enc(obj)?.as_slice())
-                                                    .map_err(sto)?;
-                                                applied.push(Applied::Put(obj.clone()));
-                                            }
-                                            None => {
-                                                objects.remove(key.as_str()).map_err(sto)?;
-                                                if let Some(old) = old {
-                                                    applied.push(Applied::Deleted(old));
-                                                }
-                                            }
-                                        }
-                                        results.push(new);
-                                    }
-                                    events.push(Event::Changes {
-                                        index,
-                                        changes: applied,
-                                    });
-                                    outcomes.push(Outcome {
-                                        objects: results,
-                                        conflict: None,
-                                    });
-                                }
-                            }
-                        }
+        let mut outcomes = Vec::new();
+        let mut events = Vec::new();
+        let mut rows: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        let mut meta_rows: Vec<(&'static str, Vec<u8>)> = Vec::new();
+        let mut last = None;
+        {
+            let mut mem = self.mem.write().unwrap_or_else(|e| e.into_inner());
+            for entry in entries {
+                let index = entry.log_id.index;
+                last = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => outcomes.push(Outcome::default()),
+                    EntryPayload::Membership(m) => {
+                        mem.membership = StoredMembership::new(Some(entry.log_id), m);
+                        meta_rows.push(("membership", enc(&mem.membership)?));
+                        outcomes.push(Outcome::default());
                     }
+                    EntryPayload::Normal(batch) => match apply_batch(&mut *mem, &batch, index) {
+                        Err(conflict) => outcomes.push(Outcome {
+                            objects: Vec::new(),
+                            conflict: Some(conflict),
+                        }),
+                        Ok(staged) => {
+                            let mut applied = Vec::with_capacity(staged.len());
+                            let mut results = Vec::with_capacity(staged.len());
+                            for (kind, id, old, new) in staged {
+                                let key = object_key(kind, &id);
+                                match &new {
+                                    Some(obj) => {
+                                        rows.insert(key.clone(), Some(enc(obj)?));
+                                        mem.objects.insert(key, obj.clone());
+                                        applied.push(Applied::Put(obj.clone()));
+                                    }
+                                    None => {
+                                        rows.insert(key.clone(), None);
+                                        mem.objects.remove(&key);
+                                        if let Some(old) = old {
+                                            applied.push(Applied::Deleted(old));
+                                        }
+                                    }
+                                }
+                                results.push(new);
+                            }
+                            events.push(Event::Changes {
+                                index,
+                                changes: applied,
+                            });
+                            outcomes.push(Outcome {
+                                objects: results,
+                                conflict: None,
+                            });
+                        }
+                    },
                 }
-                meta.insert("last_applied", enc(&Some(last))?.as_slice())
-                    .map_err(sto)?;
             }
-            txn.commit().map_err(sto)?;
-            Ok((outcomes, events))
+            if last.is_some() {
+                mem.last_applied = last;
+            }
+        }
+        let Some(last) = last else {
+            return Ok(outcomes);
+        };
+        meta_rows.push(("last_applied", enc(&Some(last))?));
+        self.send(Op::Rows {
+            objects: rows.into_iter().collect(),
+            meta: meta_rows,
         })?;
         self.applied.send_replace(last.index);
         for e in events {
@@ -246,33 +410,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<u64>> {
         let data = snapshot.into_inner();
         let parsed: SnapshotData = dec(&data)?;
-        let meta_bytes = enc(meta)?;
-        let last_bytes = enc(&meta.last_log_id)?;
-        let membership_bytes = enc(&meta.last_membership)?;
-        blocking(|| -> Result<(), StorageError<u64>> {
-            let txn = self.db.begin_write().map_err(sto)?;
-            {
-                let mut objects = txn.open_table(OBJECTS).map_err(sto)?;
-                objects.retain(|_, _| false).map_err(sto)?;
-                for obj in &parsed.objects {
-                    objects
-                        .insert(
-                            object_key(obj.kind(), obj.id()).as_str(),
-                            enc(obj)?.as_slice(),
-                        )
-                        .map_err(sto)?;
-                }
-                let mut sm = txn.open_table(SM_META).map_err(sto)?;
-                sm.insert("last_applied", last_bytes.as_slice())
-                    .map_err(sto)?;
-                sm.insert("membership", membership_bytes.as_slice())
-                    .map_err(sto)?;
-                let mut snap = txn.open_table(SNAPSHOT).map_err(sto)?;
-                snap.insert("meta", meta_bytes.as_slice()).map_err(sto)?;
-                snap.insert("data", data.as_slice()).map_err(sto)?;
-            }
-            txn.commit().map_err(sto)
+        let mut rows = Vec::with_capacity(parsed.objects.len());
+        let mut objects = BTreeMap::new();
+        for obj in parsed.objects {
+            let key = object_key(obj.kind(), obj.id());
+            rows.push((key.clone(), enc(&obj)?));
+            objects.insert(key, obj);
+        }
+        {
+            let mut mem = self.mem.write().unwrap_or_else(|e| e.into_inner());
+            *mem = Mem {
+                objects,
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
+        }
+        self.send(Op::Replace {
+            objects: rows,
+            meta: vec![
+                ("last_applied", enc(&meta.last_log_id)?),
+                ("membership", enc(&meta.last_membership)?),
+            ],
         })?;
+        self.send(Op::Snapshot {
+            meta: enc(meta)?,
+            data,
+        })?;
+        self.sync().await?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         self.applied.send_replace(index);
         let _ = self.events.send(Arc::new(Event::Reset { index }));
@@ -295,12 +459,5 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
-    }
-}
-
-impl StateMachine {
-    /// Every stored object (for tests and diagnostics).
-    pub fn dump(&self) -> Result<Vec<Object>, StorageError<u64>> {
-        self.all_objects()
     }
 }

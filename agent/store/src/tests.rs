@@ -104,14 +104,9 @@ fn config() -> StoreConfig {
 }
 
 async fn open(dir: &Path, id: NodeId, router: &Router) -> Store {
-    let s = Store::open(
-        &dir.join(format!("n{id}.redb")),
-        id,
-        &config(),
-        router.clone(),
-    )
-    .await
-    .unwrap();
+    let s = Store::open(&dir.join(format!("n{id}")), id, &config(), router.clone())
+        .await
+        .unwrap();
     router.0.lock().unwrap().insert(id, s.raft().clone());
     s
 }
@@ -231,7 +226,7 @@ async fn replicates_snapshots_compacts_and_recovers() {
     s2.shutdown().await;
     router.0.lock().unwrap().clear();
     drop((s1, s2, s3, s4));
-    force_new_cluster(&dir.path().join("n2.redb"), 2, "n2").unwrap();
+    force_new_cluster(&dir.path().join("n2"), 2, "n2").unwrap();
     let s2 = open(dir.path(), 2, &router).await;
     wait("s2 leader alone", || s2.is_leader()).await;
     s2.propose(Batch::one(Change::Create(cluster_with_port(7))))
