@@ -258,6 +258,18 @@ struct VethWant<'a> {
 fn ensure_veth(host_nl: &mut Nl, counter: &Arc<Counter>, w: &VethWant) -> Result<()> {
     let host = kernel::link_by_name(host_nl, &w.host_name)?;
     let mut task_nl = Nl::open(w.task, counter.clone())?;
+    // The task's loopback is up too (its DNS resolver listens on 127.0.0.11).
+    if let Some(lo) = kernel::link_by_name(&mut task_nl, "lo")?
+        && !lo.up
+    {
+        task_nl.request(kernel::set_link(
+            &lo,
+            &LinkChange {
+                up: true,
+                ..Default::default()
+            },
+        ))?;
+    }
     let tl = kernel::link_by_name(&mut task_nl, w.ifname)?;
     let paired = match (&host, &tl) {
         (Some(h), Some(t)) => {

@@ -1,0 +1,295 @@
+//! The executor of two nodes, each with its own gossip, driven by hand-made assignments: tasks run,
+//! reach each other over the overlay, report their status, stop and disappear; an unchanged
+//! assignment changes nothing in the kernel; a restarted executor adopts what runs.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use executor::node::{self, Config, StatusReport};
+use gossip::{Gossip, Key, Keyring, Timings};
+use lab::Lab;
+use model::network::{Network, NetworkSpec, SubnetAllocation};
+use model::service::{EndpointSpec, Service, ServiceMode, ServiceSpec, TaskTemplate};
+use model::task::{NetworkAttachment, Task, TaskState, TaskStatus};
+use model::{Assignments, Meta};
+use tokio::sync::{mpsc, watch};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn network() -> Network {
+    Network {
+        meta: Meta::with_id("netaaaaaaaaaaaaaaaaaaaaaa".into()),
+        spec: NetworkSpec {
+            name: "web".into(),
+            driver: "overlay".into(),
+            ipam: vec![],
+            options: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            encrypted: false,
+            attachable: false,
+            internal: false,
+            ingress: false,
+            mtu: None,
+        },
+        allocation: Some(vec![SubnetAllocation {
+            subnet: "10.0.1.0/24".into(),
+            gateway: "10.0.1.1".into(),
+            ip_range: None,
+            vni: 4096,
+        }]),
+    }
+}
+
+fn service() -> Service {
+    Service {
+        meta: Meta::with_id("svcaaaaaaaaaaaaaaaaaaaaaa".into()),
+        spec: ServiceSpec {
+            name: "web".into(),
+            labels: BTreeMap::new(),
+            mode: ServiceMode::Replicated { replicas: 2 },
+            task: TaskTemplate {
+                command: vec!["sleep".into(), "600".into()],
+                ..Default::default()
+            },
+            networks: vec![],
+            endpoint: EndpointSpec::default(),
+        },
+        virtual_ips: vec![],
+    }
+}
+
+fn task(id: &str, slot: u64, node: &str, addr: &str) -> Task {
+    Task {
+        meta: Meta::with_id(id.into()),
+        service_id: service().meta.id,
+        slot,
+        node_id: Some(node.into()),
+        desired_state: TaskState::Running,
+        status: TaskStatus {
+            state: TaskState::Assigned,
+            timestamp: Utc::now(),
+            message: String::new(),
+            err: None,
+            exit_code: None,
+        },
+        spec: service().spec.task,
+        networks: vec![NetworkAttachment {
+            network_id: network().meta.id,
+            addresses: vec![format!("{addr}/24")],
+            aliases: vec![],
+        }],
+    }
+}
+
+fn assignments(revision: u64, tasks: Vec<Task>) -> Assignments {
+    Assignments {
+        revision,
+        tasks,
+        networks: vec![network()],
+        services: vec![service()],
+        data_path_port: 4789,
+        gossip_keys: vec![],
+    }
+}
+
+struct NodeRun {
+    gossip: Arc<Gossip>,
+    tx: watch::Sender<Option<Assignments>>,
+    status: mpsc::Receiver<StatusReport>,
+    handle: node::Handle,
+}
+
+fn config(lab: &Lab, i: usize) -> Config {
+    let n = lab.node(i);
+    Config {
+        node_id: format!("n{i}"),
+        state_dir: n.dir().join("state"),
+        netns_prefix: format!("{}-n{i}-", lab.prefix()),
+        cgroup: Some(n.cgroup().unwrap().join("tasks")),
+        shim: vec![env!("CARGO_BIN_EXE_netagent-shim").into()],
+        vtep: n.addr(),
+        node_netns: Some(n.ns().path().to_path_buf()),
+        gwbridge: "docker_gwbridge".into(),
+        stop_grace: Duration::from_secs(2),
+        nameserver: "127.0.0.11".into(),
+        tick: Duration::from_millis(200),
+        gossip_settle: Duration::from_secs(1),
+    }
+}
+
+async fn start(lab: &Lab, i: usize) -> NodeRun {
+    let n = lab.node(i);
+    let addr = SocketAddr::new(IpAddr::V4(n.addr()), gossip::DEFAULT_PORT);
+    // A gossip instance shut down a moment ago may still hold the port while its tasks wind down.
+    let mut socket = None;
+    for _ in 0..100 {
+        match n.in_ns(move || std::net::UdpSocket::bind(addr)).unwrap() {
+            Ok(s) => {
+                socket = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let socket = socket.expect("bind the gossip port");
+    let mut cfg = gossip::Config::new(
+        format!("n{i}"),
+        addr.ip(),
+        Keyring::single(Key::new(1, vec![7; 32])),
+    );
+    cfg.seeds = vec![SocketAddr::new(
+        IpAddr::V4(lab.node(1).addr()),
+        gossip::DEFAULT_PORT,
+    )];
+    cfg.timings = Timings::fast();
+    let gossip = Arc::new(Gossip::start_with_socket(cfg, socket).await.unwrap());
+    let (tx, rx) = watch::channel(None);
+    let (stx, status) = mpsc::channel(64);
+    let handle = node::spawn(config(lab, i), gossip.clone(), rx, stx).unwrap();
+    NodeRun {
+        gossip,
+        tx,
+        status,
+        handle,
+    }
+}
+
+async fn wait_status(run: &mut NodeRun, task: &str, state: TaskState) {
+    tokio::time::timeout(LONG, async {
+        while let Some((id, st)) = run.status.recv().await {
+            if id == task && st.state == state {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("task {task} never reported {state:?}"));
+}
+
+fn task_ns(lab: &Lab, i: usize, id: &str) -> netns::NetNs {
+    netns::NetNs::open(&format!("{}-n{i}-t-{id}", lab.prefix())).unwrap()
+}
+
+fn pings(ns: &netns::NetNs, addr: &str) -> bool {
+    ns.command("ping")
+        .args(["-c", "1", "-W", "1", "-q", addr])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_reach_each_other_stop_and_vanish() {
+    let lab = Lab::new(2).unwrap();
+    let mut n1 = start(&lab, 1).await;
+    let mut n2 = start(&lab, 2).await;
+    let t1 = task("t1aaaaaaaaaaaaaaaaaaaaaaa", 1, "n1", "10.0.1.3");
+    let t2 = task("t2aaaaaaaaaaaaaaaaaaaaaaa", 2, "n2", "10.0.1.4");
+    n1.tx.send(Some(assignments(1, vec![t1.clone()]))).unwrap();
+    n2.tx.send(Some(assignments(1, vec![t2.clone()]))).unwrap();
+    wait_status(&mut n1, &t1.meta.id, TaskState::Running).await;
+    wait_status(&mut n2, &t2.meta.id, TaskState::Running).await;
+
+    // Across the overlay, in both directions, once gossip told each node where the other is.
+    let ns1 = task_ns(&lab, 1, &t1.meta.id);
+    let ns2 = task_ns(&lab, 2, &t2.meta.id);
+    lab.wait_until("t1 reaches t2 over the overlay", LONG, || {
+        pings(&ns1, "10.0.1.4")
+    })
+    .unwrap();
+    assert!(pings(&ns2, "10.0.1.3"));
+    assert_eq!(
+        n1.gossip.endpoints(&network().meta.id).len(),
+        2,
+        "both endpoints are gossiped"
+    );
+
+    // Nothing changed: a new revision of the same assignments writes nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = n1.handle.writes.load(Ordering::Relaxed);
+    n1.tx.send(Some(assignments(2, vec![t1.clone()]))).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        n1.handle.writes.load(Ordering::Relaxed),
+        before,
+        "an unchanged pass writes nothing"
+    );
+
+    // Shut t2 down: it stops, reports it, and once unassigned everything of it goes.
+    let mut down = t2.clone();
+    down.desired_state = TaskState::Shutdown;
+    n2.tx
+        .send(Some(assignments(3, vec![down.clone()])))
+        .unwrap();
+    wait_status(&mut n2, &t2.meta.id, TaskState::Shutdown).await;
+    down.status.state = TaskState::Shutdown;
+    n2.tx.send(Some(assignments(4, vec![]))).unwrap();
+    let name2 = format!("{}-n2-t-{}", lab.prefix(), t2.meta.id);
+    lab.wait_until("t2's namespace is removed", LONG, || !netns::exists(&name2))
+        .unwrap();
+    lab.wait_until("n2's sandbox is removed", LONG, || {
+        !netns::list()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with(&format!("{}-n2-1-", lab.prefix())))
+    })
+    .unwrap();
+    lab.wait_until("t1 no longer sees t2's endpoint", LONG, || {
+        n1.gossip.endpoints(&network().meta.id).len() == 1
+    })
+    .unwrap();
+    assert!(!pings(&ns1, "10.0.1.4"));
+    drop(n2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_executor_adopts_its_tasks_and_changes_nothing() {
+    let lab = Lab::new(1).unwrap();
+    let t1 = task("t3aaaaaaaaaaaaaaaaaaaaaaa", 1, "n1", "10.0.1.5");
+    let first = {
+        let mut n1 = start(&lab, 1).await;
+        n1.tx.send(Some(assignments(1, vec![t1.clone()]))).unwrap();
+        wait_status(&mut n1, &t1.meta.id, TaskState::Running).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        n1.handle.task.abort();
+        let _ = n1.handle.task.await;
+        Arc::try_unwrap(n1.gossip)
+            .ok()
+            .expect("only the test holds gossip now")
+            .shutdown()
+            .await
+            .unwrap();
+        std::fs::read_to_string(
+            lab.node(1)
+                .dir()
+                .join("state/tasks")
+                .join(&t1.meta.id)
+                .join("pid"),
+        )
+        .unwrap()
+    };
+    // A new executor (as after an agent restart) with the same assignments.
+    let mut again = t1.clone();
+    again.status.state = TaskState::Running;
+    let n1 = start(&lab, 1).await;
+    n1.tx.send(Some(assignments(2, vec![again]))).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        n1.handle.writes.load(Ordering::Relaxed),
+        0,
+        "the kernel already matched"
+    );
+    let pid = std::fs::read_to_string(
+        lab.node(1)
+            .dir()
+            .join("state/tasks")
+            .join(&t1.meta.id)
+            .join("pid"),
+    )
+    .unwrap();
+    assert_eq!(pid, first, "the task kept running, not restarted");
+}
