@@ -51,6 +51,17 @@ impl Batch {
     }
 }
 
+/// What one Raft entry carries: the batches proposed concurrently on the leader, gathered into
+/// one entry so they share a log write. Each batch applies atomically and independently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Proposal {
+    pub batches: Vec<Batch>,
+}
+
+/// What applying one Raft entry produced: one outcome per batch, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Outcomes(pub Vec<Outcome>);
+
 /// Why a batch was not applied (nothing of it was).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]

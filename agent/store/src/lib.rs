@@ -43,7 +43,9 @@ use openraft::{
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{broadcast, watch};
 
-pub use change::{Applied, Batch, Change, Conflict, Event, Outcome, apply_batch, merge_patch};
+pub use change::{
+    Applied, Batch, Change, Conflict, Event, Outcome, Outcomes, Proposal, apply_batch, merge_patch,
+};
 pub use log_store::LogStore;
 pub use recover::force_new_cluster;
 pub use state_machine::StateMachine;
@@ -54,8 +56,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// The store's openraft types: batches in, outcomes out, members addressed by host:port.
     pub TypeConfig:
-        D = Batch,
-        R = Outcome,
+        D = Proposal,
+        R = Outcomes,
         NodeId = u64,
         Node = BasicNode,
 );
@@ -130,8 +132,67 @@ pub struct Store {
     raft: Raft,
     sm: StateMachine,
     log_db: Arc<Database>,
+    proposals: tokio::sync::mpsc::UnboundedSender<Pending>,
     events: broadcast::Sender<Arc<Event>>,
     applied: watch::Receiver<u64>,
+}
+
+type Pending = (
+    Batch,
+    tokio::sync::oneshot::Sender<Result<Outcome, ProposeError>>,
+);
+
+/// Proposals written at once at most (one Raft entry each).
+const IN_FLIGHT: usize = 2;
+/// Batches gathered into one Raft entry at most.
+const MAX_GATHER: usize = 512;
+
+/// Gathers concurrently proposed batches into Raft entries: whatever is queued while earlier
+/// entries are being written goes into the next one. Ends when the store is dropped.
+async fn proposer(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut gathered = vec![first];
+        while gathered.len() < MAX_GATHER {
+            match queue.try_recv() {
+                Ok(p) => gathered.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (batches, waiters): (Vec<Batch>, Vec<_>) = gathered.into_iter().unzip();
+            let result = raft.client_write(Proposal { batches }).await;
+            drop(permit);
+            match result {
+                Ok(resp) => {
+                    let mut outcomes = resp.data.0.into_iter();
+                    for w in waiters {
+                        let o = outcomes
+                            .next()
+                            .ok_or_else(|| ProposeError::Raft("missing outcome".into()));
+                        let _ = w.send(o);
+                    }
+                }
+                Err(e) => {
+                    let err = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                            ProposeError::NotLeader {
+                                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                            }
+                        }
+                        other => raft_err(other),
+                    };
+                    for w in waiters {
+                        let _ = w.send(Err(err.clone()));
+                    }
+                }
+            }
+        });
+    }
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> ProposeError {
@@ -185,8 +246,11 @@ impl Store {
         let raft = Raft::new(id, raft_config, network, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+        let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(proposer(raft.clone(), queue));
         Ok(Store {
             id,
+            proposals,
             raft,
             sm: sm_handle,
             log_db,
@@ -243,16 +307,23 @@ impl Store {
     }
 
     /// Proposes a batch and waits until it is committed and applied here. Returns the objects
-    /// as stored (None for deletions), in the order of the changes.
+    /// as stored (None for deletions), in the order of the changes. Batches proposed while an
+    /// earlier proposal is being written travel together in one Raft entry (one log write, one
+    /// replication round), each still applied atomically on its own.
     pub async fn propose(&self, batch: Batch) -> Result<Vec<Option<Object>>, ProposeError> {
-        let resp = self
-            .raft
-            .client_write(batch)
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.proposals
+            .send((batch, tx))
+            .map_err(|_| ProposeError::Raft("the store is shut down".into()))?;
+        let outcome = rx
             .await
-            .map_err(|e| self.map_write_err(e))?;
-        match resp.data.conflict {
+            .map_err(|_| ProposeError::Raft("the store is shut down".into()))??;
+        match outcome.conflict {
             Some(c) => Err(ProposeError::Conflict(c)),
-            None => Ok(resp.data.objects),
+            None => Ok(outcome.objects),
         }
     }
 

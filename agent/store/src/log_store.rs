@@ -205,13 +205,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(
         &mut self,
-        committed: Option<LogId<u64>>,
+        _committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
-        // Durable with the next batch; nobody waits (losing it only means re-learning it).
-        let _ = self.writer.send(Op::Change(
-            Self::put_meta_change("committed", enc(&committed)?),
-            None,
-        ));
+        // Not persisted: every commit would touch a second table in each log transaction. After
+        // a restart the committed index is re-learned from the leader (or, alone, by election).
         Ok(())
     }
 

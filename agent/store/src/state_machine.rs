@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
 use crate::TypeConfig;
-use crate::change::{Applied, Event, Outcome, View, apply_batch};
+use crate::change::{Applied, Event, Outcome, Outcomes, View, apply_batch};
 use crate::db::{OBJECTS, SM_META, SNAPSHOT, dec, enc, get_json, object_key, sto};
 
 type Membership = StoredMembership<u64, BasicNode>;
@@ -313,7 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((mem.last_applied, mem.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<u64>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcomes>, StorageError<u64>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -329,48 +329,54 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let index = entry.log_id.index;
                 last = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => outcomes.push(Outcome::default()),
+                    EntryPayload::Blank => outcomes.push(Outcomes::default()),
                     EntryPayload::Membership(m) => {
                         mem.membership = StoredMembership::new(Some(entry.log_id), m);
                         meta_rows.push(("membership", enc(&mem.membership)?));
-                        outcomes.push(Outcome::default());
+                        outcomes.push(Outcomes::default());
                     }
-                    EntryPayload::Normal(batch) => match apply_batch(&mut *mem, &batch, index) {
-                        Err(conflict) => outcomes.push(Outcome {
-                            objects: Vec::new(),
-                            conflict: Some(conflict),
-                        }),
-                        Ok(staged) => {
-                            let mut applied = Vec::with_capacity(staged.len());
-                            let mut results = Vec::with_capacity(staged.len());
-                            for (kind, id, old, new) in staged {
-                                let key = object_key(kind, &id);
-                                match &new {
-                                    Some(obj) => {
-                                        rows.insert(key.clone(), Some(enc(obj)?));
-                                        mem.objects.insert(key, obj.clone());
-                                        applied.push(Applied::Put(obj.clone()));
-                                    }
-                                    None => {
-                                        rows.insert(key.clone(), None);
-                                        mem.objects.remove(&key);
-                                        if let Some(old) = old {
-                                            applied.push(Applied::Deleted(old));
+                    EntryPayload::Normal(proposal) => {
+                        let mut each = Vec::with_capacity(proposal.batches.len());
+                        for batch in &proposal.batches {
+                            match apply_batch(&mut *mem, batch, index) {
+                                Err(conflict) => each.push(Outcome {
+                                    objects: Vec::new(),
+                                    conflict: Some(conflict),
+                                }),
+                                Ok(staged) => {
+                                    let mut applied = Vec::with_capacity(staged.len());
+                                    let mut results = Vec::with_capacity(staged.len());
+                                    for (kind, id, old, new) in staged {
+                                        let key = object_key(kind, &id);
+                                        match &new {
+                                            Some(obj) => {
+                                                rows.insert(key.clone(), Some(enc(obj)?));
+                                                mem.objects.insert(key, obj.clone());
+                                                applied.push(Applied::Put(obj.clone()));
+                                            }
+                                            None => {
+                                                rows.insert(key.clone(), None);
+                                                mem.objects.remove(&key);
+                                                if let Some(old) = old {
+                                                    applied.push(Applied::Deleted(old));
+                                                }
+                                            }
                                         }
+                                        results.push(new);
                                     }
+                                    events.push(Event::Changes {
+                                        index,
+                                        changes: applied,
+                                    });
+                                    each.push(Outcome {
+                                        objects: results,
+                                        conflict: None,
+                                    });
                                 }
-                                results.push(new);
                             }
-                            events.push(Event::Changes {
-                                index,
-                                changes: applied,
-                            });
-                            outcomes.push(Outcome {
-                                objects: results,
-                                conflict: None,
-                            });
                         }
-                    },
+                        outcomes.push(Outcomes(each));
+                    }
                 }
             }
             if last.is_some() {
