@@ -142,8 +142,9 @@ type Pending = (
     tokio::sync::oneshot::Sender<Result<Outcome, ProposeError>>,
 );
 
-/// Proposals written at once at most (one Raft entry each).
-const IN_FLIGHT: usize = 2;
+/// Raft entries being written at once at most: one, so that everything proposed meanwhile
+/// gathers into the next (measured best with the store bench).
+const IN_FLIGHT: usize = 1;
 /// Batches gathered into one Raft entry at most.
 const MAX_GATHER: usize = 512;
 
