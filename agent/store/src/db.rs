@@ -83,3 +83,18 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
+
+/// Opens (or creates) a redb file, waiting up to 5 s for a replica that was just shut down to
+/// let go of it.
+pub(crate) fn open_retrying(path: &std::path::Path) -> Result<redb::Database, redb::DatabaseError> {
+    let mut tries = 0;
+    loop {
+        match blocking(|| redb::Database::create(path)) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 200 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}

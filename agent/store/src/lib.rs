@@ -216,7 +216,7 @@ impl Store {
                 path: path.display().to_string(),
                 source: e,
             };
-            let db = db::blocking(|| Database::create(&path)).map_err(|e| err(e.into()))?;
+            let db = db::open_retrying(&path).map_err(|e| err(e.into()))?;
             tables(&db).map_err(err)?;
             Ok::<_, Error>(Arc::new(db))
         };

@@ -7,7 +7,7 @@ use std::path::Path;
 use openraft::{
     BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogId, Vote,
 };
-use redb::{Database, ReadableTable};
+use redb::ReadableTable;
 
 use crate::db::{self, LOG, RAFT_META, dec, enc, get_json};
 use crate::{Error, NodeId, TypeConfig};
@@ -19,7 +19,7 @@ use crate::{Error, NodeId, TypeConfig};
 pub fn force_new_cluster(dir: &Path, id: NodeId, addr: &str) -> Result<(), Error> {
     let err = |e: &dyn std::fmt::Display| Error::Storage(e.to_string());
     let path = db::log_path(dir);
-    let database = Database::create(&path).map_err(|e| Error::Open {
+    let database = db::open_retrying(&path).map_err(|e| Error::Open {
         path: path.display().to_string(),
         source: e.into(),
     })?;
