@@ -187,7 +187,7 @@ fn three_managers_two_workers() {
         })
     });
     s.wait("node4's own API says it is a worker", || {
-        s.netctl(4, &["node", "ls"]).status.success().not()
+        !s.netctl(4, &["node", "ls"]).status.success()
     });
 
     // node rm: an up node and a manager are refused; a down node goes.
@@ -211,13 +211,12 @@ fn three_managers_two_workers() {
             .iter()
             .all(|&i| s.nodes(i).is_some_and(|n| n.len() == 4))
     });
-}
 
-trait Not {
-    fn not(self) -> bool;
-}
-impl Not for bool {
-    fn not(self) -> bool {
-        !self
-    }
+    // SIGTERM: a clean shutdown, exit status 0.
+    let status = s.agents[3].stop(std::time::Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "{status:?}\n{}",
+        s.logs()
+    );
 }

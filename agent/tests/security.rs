@@ -210,4 +210,23 @@ fn refusals_change_nothing() {
     assert!(st.message().contains("worker certificate"), "{st:?}");
     // The manager is alive and well, with its term untouched.
     s.ctl(1, &["node", "update", "--label-add", "still=ok", "node1"]);
+
+    // A rotated token replaces the old one.
+    let rotated = s
+        .ctl(1, &["swarm", "join-token", "--rotate", "-q", "worker"])
+        .trim()
+        .to_string();
+    assert!(
+        rotated.starts_with("SWMTKN-1-") && rotated != worker,
+        "{rotated}"
+    );
+    let shown = s.ctl(1, &["swarm", "join-token", "worker"]);
+    assert!(
+        shown.contains(&rotated) && shown.contains("netctl swarm join --token"),
+        "{shown}"
+    );
+    let err = s.ctl_err(2, &["swarm", "join", "--token", &worker, &addr]);
+    assert!(err.contains("invalid join token"), "{err}");
+    let out = s.ctl(2, &["swarm", "join", "--token", &rotated, &addr]);
+    assert!(out.contains("as a worker"), "{out}");
 }
