@@ -176,11 +176,11 @@ impl Member {
             .is_some_and(|t| t.elapsed() <= m.grace)
     }
 
-    /// The quorum view, probing the other managers first if it looks lost (a manager just
-    /// added or restarted has not been pinged yet).
+    /// The quorum view, after probing the other managers again unless all of them answered
+    /// recently (for decisions that depend on exactly who is reachable: demote, leave).
     pub async fn quorum_fresh(&self) -> Result<Quorum> {
         let q = self.quorum()?;
-        if q.has_quorum() {
+        if q.reachable == q.managers {
             return Ok(q);
         }
         crate::peers::probe(self, Duration::from_millis(500)).await;
@@ -188,8 +188,14 @@ impl Member {
     }
 
     /// Fails quickly, with the counts and the way out, unless a quorum of managers is reachable.
+    /// Probes again first if quorum looks lost (a manager just added or restarted may not have
+    /// been pinged yet).
     pub async fn require_quorum(&self) -> Result<Quorum> {
-        let q = self.quorum_fresh().await?;
+        let mut q = self.quorum()?;
+        if !q.has_quorum() {
+            crate::peers::probe(self, Duration::from_millis(500)).await;
+            q = self.quorum()?;
+        }
         if q.has_quorum() {
             Ok(q)
         } else {

@@ -220,3 +220,47 @@ fn three_managers_two_workers() {
         s.logs()
     );
 }
+
+#[test]
+fn demoting_the_leader_hands_over_leadership() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(3, 0);
+    let l = s.leader(&[1, 2, 3]).expect("a leader");
+    let other = if l == 1 { 2 } else { 1 };
+    let out = s.netctl(other, &["node", "demote", &format!("node{l}")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("Manager node{l} demoted in the swarm."))
+    );
+    // Two managers left: even, so a warning about fault tolerance.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING"));
+    s.wait("the old leader is a worker", || {
+        s.node_as_seen_by(other, &format!("node{l}"))
+            .is_some_and(|n| n["ManagerStatus"].is_null() && n["Spec"]["Role"] == "worker")
+    });
+    s.wait("another leader", || {
+        s.leader(&[other]).is_some_and(|x| x != l)
+    });
+    s.wait("writes work", || {
+        s.netctl(other, &["node", "update", "--label-add", "x=1", "node1"])
+            .status
+            .success()
+    });
+    // Demoting one of the last two would leave one manager: allowed only while both answer; the
+    // last one can never be demoted.
+    let rest: Vec<usize> = [1, 2, 3].into_iter().filter(|&i| i != l).collect();
+    s.ctl(rest[0], &["node", "demote", &format!("node{}", rest[1])]);
+    s.wait("one manager left", || {
+        s.nodes(rest[0])
+            .is_some_and(|ns| ns.iter().filter(|n| !n["ManagerStatus"].is_null()).count() == 1)
+    });
+    let err = s.ctl_err(rest[0], &["node", "demote", &format!("node{}", rest[0])]);
+    assert!(err.contains("last manager"), "{err}");
+}
