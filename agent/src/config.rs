@@ -231,3 +231,39 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("netagent-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("netagent.toml");
+        std::fs::write(
+            &file,
+            "hostname = \"from-file\"\nheartbeat_ms = 300\nlog_format = \"json\"\ncluster_port = 3000\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Args {
+            config: Some(file.clone()),
+            heartbeat_ms: Some(100),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.hostname, "from-file");
+        assert_eq!(cfg.heartbeat_ms, 100, "the flag wins");
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert_eq!(cfg.cluster_addr("10.0.0.1"), "10.0.0.1:3000");
+        assert_eq!(cfg.host, PathBuf::from(DEFAULT_HOST));
+        std::fs::write(&file, "bogus = 1\n").unwrap();
+        let err = Config::load(Args {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
