@@ -642,10 +642,49 @@ impl Agent {
             };
             return Err(Failure::conflict(msg));
         }
+        if member.role() == Role::Manager {
+            self.leave_raft(&member).await;
+        }
         self.stop_member().await;
         Saved::wipe(&self.cfg)?;
         tracing::info!("left the swarm");
         Ok(())
+    }
+
+    /// Before a manager leaves (forced), asks the leader to demote it so Raft does not keep a
+    /// member that will never come back; skipped when that would lose quorum (the swarm is
+    /// then left to `--force-new-cluster`). Best effort, bounded.
+    async fn leave_raft(&self, member: &Member) {
+        use tower::ServiceExt;
+        let Ok(store) = member.store().cloned() else {
+            return;
+        };
+        let Ok(q) = member.quorum_fresh().await else {
+            return;
+        };
+        if q.managers <= 1 || !q.survives_removal(true) {
+            return;
+        }
+        let Some(router) = self.router.get().cloned() else {
+            return;
+        };
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri(format!("/nodes/{}/demote", member.node_id()))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from("{}"));
+        let Ok(req) = req else { return };
+        match router.oneshot(req).await {
+            Ok(r) if r.status().is_success() => {}
+            other => {
+                tracing::warn!(status = ?other.map(|r| r.status()), "could not leave Raft before leaving; demote and remove this node from a manager");
+                return;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.members().1.contains(&store.id()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Switches this node to `target` after the managers changed its role (promote/demote):

@@ -119,4 +119,22 @@ fn force_new_cluster_after_losing_two_of_three() {
         })
     });
     s.ctl(3, &["node", "update", "--label-add", "new=1", "node4"]);
+
+    // A manager that leaves with --force first leaves Raft: the other two keep a quorum of 2.
+    let err = s.ctl_err(3, &["swarm", "leave"]);
+    assert!(
+        err.contains("participating as a manager") && err.contains("--force"),
+        "{err}"
+    );
+    let out = s.ctl(3, &["swarm", "leave", "--force"]);
+    assert!(out.contains("Node left the swarm."), "{out}");
+    s.wait("two managers left in Raft", || {
+        s.netctl(1, &["info", "--format", "json"]).status.success()
+            && serde_json::from_str::<serde_json::Value>(&s.ctl(1, &["info", "--format", "json"]))
+                .is_ok_and(|i| i["Managers"] == 2)
+    });
+    s.ctl(
+        2,
+        &["node", "update", "--label-add", "after-leave=1", "node4"],
+    );
 }
