@@ -681,9 +681,31 @@ impl Agent {
                 return;
             }
         }
+        // Done when the leader has recorded the demotion (it does so after the Raft change).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while store.members().1.contains(&store.id()) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let path = format!("/nodes/{}", member.node_id());
+        while Instant::now() < deadline {
+            if let Some(addr) = member
+                .leader_addr()
+                .filter(|a| *a != member.cluster_port_addr)
+                && let Ok(ch) = member.channel(&addr)
+            {
+                let req = crate::rpc::messages::ForwardRequest {
+                    method: "GET".into(),
+                    path: path.clone(),
+                    body: String::new(),
+                };
+                if let Ok(r) = ControlClient::new(ch).forward(req).await
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.into_inner().body)
+                    && v.get("ID").is_some()
+                    && v["ManagerStatus"].is_null()
+                {
+                    return;
+                }
+            } else if !store.members().1.contains(&store.id()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
