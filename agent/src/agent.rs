@@ -2,7 +2,7 @@
 //! those states (`swarm init`, `swarm join`, `swarm leave`, `--force-new-cluster`, promotion
 //! and demotion). Each transition holds one lock so they never interleave.
 //!
-//! Per-node components are started in [`Agent::start_member`]: that is the place to add gossip
+//! Per-node components are started in `Agent::start_member`: that is the place to add gossip
 //! and the executor (they get the `Arc<Member>`: identity, cluster settings via the store or the
 //! dispatcher session, TLS to the cluster port) and to stop them with the member's cancel token.
 
@@ -54,7 +54,7 @@ pub struct InitResponse {
 #[serde(deny_unknown_fields)]
 pub struct JoinApiRequest {
     pub token: String,
-    /// A manager's cluster-port address, host[:port].
+    /// A manager's cluster-port address, `host[:port]`.
     pub remote_addr: String,
     pub advertise_addr: Option<String>,
     pub data_path_addr: Option<String>,

@@ -10,6 +10,25 @@
 //!   of the dispatcher session; [`leader`]: leader-only loops.
 //! - [`api`]: the HTTP/JSON API on the unix socket; [`cli`]: netctl.
 //! - [`quorum`], [`error`], [`sysinfo`]: small shared pieces.
+//!
+//! Extending it (the networks/services/tasks issue):
+//! - **An API route**: a handler in `api/` (reads: `Member::store()` + `Store::get/list`; writes:
+//!   build a `store::Batch` and `Member::write` it — version-checked `Change::Update`, or
+//!   `Change::Patch` for field updates), one line in `api::router`. The `api::gate` middleware
+//!   already runs non-GET routes on the leader (forwarding from followers, refusing on workers,
+//!   failing fast without quorum) and GETs on any manager.
+//! - **A dispatcher message**: a variant of `rpc::messages::SessionDown` (assignments: sent from
+//!   `services/dispatcher.rs`, e.g. when the change feed touches the node's tasks) or
+//!   `SessionUp` (task status: handled there, written with `Member::write`); the node side is
+//!   `session.rs`.
+//! - **A leader-only loop** (allocator, scheduler): start it next to `node_status` in
+//!   `leader::run`, which waits for `Store::leader_watch` to say leader and stops on loss of
+//!   leadership; feed it from `Store::subscribe` (resync with `Store::list` on lag or
+//!   `Event::Reset`) and write its results with `Member::write`.
+//! - **A per-node component** (gossip, executor): start it in `Agent::start_member_now` with
+//!   `member.spawn(...)`, stop it with `member.cancel`; it gets the `Arc<Member>` (node id, role,
+//!   addresses, TLS to the cluster port, the node's own object from the dispatcher in
+//!   `Member::node_obj`, and on managers the store with the cluster settings).
 
 pub mod agent;
 pub mod api;

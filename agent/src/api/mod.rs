@@ -20,11 +20,11 @@
 //! when this manager has no leader or no quorum the answer carries `X-Netagent-Stale: <why>`.
 //!
 //! Adding a route: write the handler (reads use `crate::member::Member` and the store; writes
-//! build a `store::Batch` and call `Member::write`), add it to [`router`]. The [`gate`] middleware
+//! build a `store::Batch` and call `Member::write`), add it to [`router`]. The `gate` middleware
 //! already does the rest for every route: GETs run on any manager; any other method runs on the
 //! leader — a follower forwards the request as it came (`netagent.Control/Forward`), a worker
 //! refuses, and without quorum it fails at once with the quorum message. Routes that act on this
-//! node only are listed in [`is_local`].
+//! node only are listed in `is_local`.
 
 mod nodes;
 mod swarm;
