@@ -217,7 +217,10 @@ impl Agent {
         let client_tls = pki::tls::client_config(&saved.ca_pem, &saved.keys)
             .map_err(|e| Failure::internal(format!("the node's certificates are unusable: {e}")))?;
         let addr = cfg.cluster_addr(&saved.node.advertise_addr);
-        let grace = (self.heartbeat() * 3).max(Duration::from_millis(600));
+        // Managers probe each other at least every second (quorum decisions must not trail a
+        // dead manager by three dispatcher periods of 5 s).
+        let probe = self.heartbeat().min(Duration::from_secs(1));
+        let grace = (probe * 3).max(Duration::from_millis(600));
         let rpc_timeout = Duration::from_secs(10);
         let manager = if saved.node.role == Role::Manager {
             std::fs::create_dir_all(cfg.raft_dir())
@@ -276,7 +279,7 @@ impl Agent {
                 listener,
                 server_tls,
             ));
-            member.spawn(crate::peers::run(member.clone(), self.heartbeat()));
+            member.spawn(crate::peers::run(member.clone(), probe));
             member.spawn(crate::leader::run(member.clone()));
             let store = member.store()?.clone();
             if !bootstrap && !store.is_initialized().await {

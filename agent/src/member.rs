@@ -30,7 +30,7 @@ pub struct Manager {
     pub peers: Mutex<HashMap<u64, Instant>>,
     /// The dispatcher's sessions: node id -> last heartbeat (meaningful on the leader).
     pub sessions: Mutex<HashMap<String, Instant>>,
-    /// How long a peer or a node may stay silent before it counts as unreachable / down.
+    /// How long another manager may leave pings unanswered before it counts as unreachable.
     pub grace: Duration,
 }
 
