@@ -16,9 +16,16 @@
 //! - Membership: [`Store::bootstrap`], [`Store::add_voter`], [`Store::remove_voter`] and, offline,
 //!   [`force_new_cluster`].
 //!
-//! Durability: every log append, vote and truncation is an fsynced redb commit before openraft
-//! acknowledges it; applies become durable with the next log commit; snapshots are durable commits
-//! and logs are purged only behind them.
+//! Files (in the store's directory): `log.redb` — the Raft log, vote and purge point; every
+//! append is fsynced (group commit by a writer thread) before openraft counts it, votes and
+//! truncations before they return. `state.redb` — a mirror of the in-memory state machine,
+//! written behind without fsync and made durable at every snapshot; logs are purged only behind
+//! a snapshot, so after a crash the state machine catches up from the log.
+//!
+//! Throughput: openraft 0.9 waits for each log flush before taking the next write, so
+//! [`Store::propose`] gathers the batches proposed while one Raft entry is being written into the
+//! next entry ([`Proposal`]); each batch still applies (or fails) on its own. Objects changed by
+//! batches of one entry share its index as version.
 
 // openraft's storage traits fix StorageError (large) as the error type of every storage call.
 #![allow(clippy::result_large_err)]
