@@ -27,8 +27,9 @@
 //!   `Event::Reset`) and write its results with `Member::write`.
 //! - **A per-node component** (gossip, executor): start it in `Agent::start_member_now` with
 //!   `member.spawn(...)`, stop it with `member.cancel`; it gets the `Arc<Member>` (node id, role,
-//!   addresses, TLS to the cluster port, the node's own object from the dispatcher in
-//!   `Member::node_obj`, and on managers the store with the cluster settings).
+//!   addresses, TLS to the cluster port, the node's own object in `Member::node_obj` and the
+//!   cluster's settings — data-path port, pools, network keys — in `Member::cluster_info`, both
+//!   from the dispatcher session, and on managers the store).
 
 pub mod agent;
 pub mod api;

@@ -46,6 +46,9 @@ pub struct Member {
     pub node_obj: watch::Sender<Option<Node>>,
     /// The period of the dispatcher session (from the leader's Welcome).
     pub heartbeat: watch::Sender<Duration>,
+    /// The cluster's settings (data-path port, pools, network keys) as the dispatcher last sent
+    /// them: what per-node components read on workers and managers alike.
+    pub cluster_info: watch::Sender<Option<crate::rpc::messages::ClusterInfo>>,
     pub cluster_port_addr: String,
     rpc_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
@@ -73,6 +76,7 @@ impl Member {
             tasks: Mutex::new(Vec::new()),
             node_obj: watch::channel(None).0,
             heartbeat: watch::channel(heartbeat).0,
+            cluster_info: watch::channel(None).0,
             cluster_port_addr,
             rpc_timeout,
             channels: Mutex::new(HashMap::new()),

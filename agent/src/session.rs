@@ -82,15 +82,29 @@ async fn session(
                 }
             }
             msg = inbound.message() => match msg {
-                Ok(Some(SessionDown::Welcome { heartbeat_ms, managers })) => {
+                Ok(Some(SessionDown::Welcome { heartbeat_ms, managers, cluster })) => {
+                    if cluster.is_some() {
+                        member.cluster_info.send_if_modified(|c| {
+                            let changed = *c != cluster;
+                            *c = cluster;
+                            changed
+                        });
+                    }
                     let period = Duration::from_millis(heartbeat_ms.max(10));
                     member.heartbeat.send_replace(period);
                     ticker = tokio::time::interval(period);
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     remember_managers(agent, member, managers);
                 }
-                Ok(Some(SessionDown::Heartbeat { node, managers })) => {
+                Ok(Some(SessionDown::Heartbeat { node, managers, cluster })) => {
                     remember_managers(agent, member, managers);
+                    if cluster.is_some() {
+                        member.cluster_info.send_if_modified(|c| {
+                            let changed = *c != cluster;
+                            *c = cluster;
+                            changed
+                        });
+                    }
                     if let Some(node) = node {
                         let node = *node;
                         let target = match (member.role(), node.spec.role, node.role) {

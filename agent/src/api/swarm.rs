@@ -37,6 +37,12 @@ pub async fn info(State(agent): State<Arc<Agent>>) -> Json<Info> {
         reachable_managers: q.map(|q| q.reachable).unwrap_or(0),
         remote_managers: state.managers,
         hostname: agent.cfg.hostname.clone(),
+        data_path_port: member
+            .cluster_info
+            .borrow()
+            .as_ref()
+            .map(|c| c.data_path_port)
+            .unwrap_or(0),
     })
 }
 

@@ -190,6 +190,9 @@ pub struct Info {
     pub remote_managers: Vec<String>,
     #[serde(rename = "Hostname")]
     pub hostname: String,
+    /// From the dispatcher session (0 until it delivered the cluster's settings).
+    #[serde(rename = "DataPathPort")]
+    pub data_path_port: u16,
 }
 
 /// Answer of the node-changing routes: what the CLI prints, and warnings for stderr.

@@ -129,19 +129,48 @@ pub enum SessionUp {
     Heartbeat,
 }
 
+/// The cluster settings every node needs (workers have no store): no secrets but the network
+/// keys, which the data plane needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub id: String,
+    pub data_path_port: u16,
+    pub default_addr_pools: Vec<String>,
+    pub subnet_size: u8,
+    pub heartbeat_period_ms: u64,
+    /// Gossip and IPsec keys, Lamport-tagged.
+    pub network_keys: Vec<model::cluster::EncryptionKey>,
+}
+
+impl From<&model::Cluster> for ClusterInfo {
+    fn from(c: &model::Cluster) -> ClusterInfo {
+        ClusterInfo {
+            id: c.meta.id.clone(),
+            data_path_port: c.data_path_port,
+            default_addr_pools: c.default_addr_pools.clone(),
+            subnet_size: c.subnet_size,
+            heartbeat_period_ms: c.settings.heartbeat_period_ms,
+            network_keys: c.network_keys.clone(),
+        }
+    }
+}
+
 /// Leader -> node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionDown {
-    /// Answer to Hello: the heartbeat period to keep and where the managers are.
+    /// Answer to Hello: the heartbeat period to keep, where the managers are, the cluster's
+    /// settings.
     Welcome {
         heartbeat_ms: u64,
         managers: Vec<String>,
+        cluster: Option<ClusterInfo>,
     },
     /// Answer to each heartbeat: the node's object as stored (role and availability changes
-    /// reach the node this way) and the managers now.
+    /// reach the node this way), the managers and the cluster's settings now.
     Heartbeat {
         node: Option<Box<Node>>,
         managers: Vec<String>,
+        cluster: Option<ClusterInfo>,
     },
 }

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::member::Member;
 use crate::rpc::generated::dispatcher_server::Dispatcher;
-use crate::rpc::messages::{SessionDown, SessionUp};
+use crate::rpc::messages::{ClusterInfo, SessionDown, SessionUp};
 use crate::rpc::transport::member_peer;
 
 pub struct DispatcherService {
@@ -160,11 +160,13 @@ fn session_stream(
                     SessionDown::Welcome {
                         heartbeat_ms: period,
                         managers: managers(&member),
+                        cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
                     }
                 }
                 SessionUp::Heartbeat => SessionDown::Heartbeat {
                     node: member.node(&node_id).ok().flatten().map(Box::new),
                     managers: managers(&member),
+                    cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
                 },
             };
             if tx.send(Ok(reply)).await.is_err() {
