@@ -50,6 +50,8 @@ pub struct Member {
     /// them: what per-node components read on workers and managers alike.
     pub cluster_info: watch::Sender<Option<crate::rpc::messages::ClusterInfo>>,
     pub cluster_port_addr: String,
+    /// This node's gossip (7946), once the node's runtime has started it.
+    pub gossip: std::sync::OnceLock<Arc<gossip::Gossip>>,
     rpc_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
 }
@@ -78,6 +80,7 @@ impl Member {
             heartbeat: watch::channel(heartbeat).0,
             cluster_info: watch::channel(None).0,
             cluster_port_addr,
+            gossip: std::sync::OnceLock::new(),
             rpc_timeout,
             channels: Mutex::new(HashMap::new()),
         }
