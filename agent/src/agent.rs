@@ -245,6 +245,7 @@ impl Agent {
                 peers: Default::default(),
                 sessions: Default::default(),
                 grace,
+                alloc: Default::default(),
             })
         } else {
             None

@@ -38,6 +38,7 @@ pub mod config;
 pub mod error;
 pub mod leader;
 pub mod member;
+pub mod orchestration;
 pub mod peers;
 pub mod quorum;
 pub mod raft_net;

@@ -32,6 +32,8 @@ pub struct Manager {
     pub sessions: Mutex<HashMap<String, Instant>>,
     /// How long another manager may leave pings unanswered before it counts as unreachable.
     pub grace: Duration,
+    /// Held across read-decide-write of every allocation (see `crate::orchestration`).
+    pub alloc: tokio::sync::Mutex<()>,
 }
 
 pub struct Member {
