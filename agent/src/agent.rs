@@ -196,8 +196,8 @@ impl Agent {
     }
 
     /// Starts every component of a membership: on a manager the store, the cluster port, the
-    /// peer probes and the leader-only loops; on every node the dispatcher session. Gossip and
-    /// the executor will start here too.
+    /// peer probes and the leader-only loops; on every node the dispatcher session, gossip and
+    /// the executor (`node_runtime`).
     fn start_member(
         self: &Arc<Self>,
         saved: Saved,
@@ -281,7 +281,13 @@ impl Agent {
                 server_tls,
             ));
             member.spawn(crate::peers::run(member.clone(), probe));
-            member.spawn(crate::leader::run(member.clone()));
+            member.spawn(crate::leader::run(
+                member.clone(),
+                orchestrator::Config {
+                    restart_delay: chrono::Duration::milliseconds(cfg.restart_delay_ms as i64),
+                    ..Default::default()
+                },
+            ));
             let store = member.store()?.clone();
             if !bootstrap && !store.is_initialized().await {
                 // A new manager (joined or promoted): ask the leader for a seat.
@@ -289,6 +295,7 @@ impl Agent {
             }
         }
         member.spawn(crate::session::run(self.clone(), member.clone()));
+        member.spawn(crate::node_runtime::run(self.clone(), member.clone()));
         self.set_member(Some(member.clone()));
         Ok(member)
     }
@@ -649,7 +656,18 @@ impl Agent {
         if member.role() == Role::Manager {
             self.leave_raft(&member).await;
         }
+        let executor = crate::node_runtime::executor_config(&self.cfg, &member);
         self.stop_member().await;
+        // Docker removes a node's swarm tasks when it leaves; so do we, with their networks.
+        if let Ok(exec) = executor {
+            match tokio::task::spawn_blocking(move || executor::node::teardown(&exec)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not remove every task of this node")
+                }
+                Err(e) => tracing::warn!(error = %e, "task removal panicked"),
+            }
+        }
         Saved::wipe(&self.cfg)?;
         tracing::info!("left the swarm");
         Ok(())

@@ -13,6 +13,14 @@
 //! snapshot_every = 10000
 //! log_format = "text"   # or "json"
 //! log_level = "info"    # a tracing filter, e.g. "info,openraft=warn"
+//! gossip_port = 7946
+//! gossip_interval_ms = 250
+//! gossip_failure_timeout_ms = 5000
+//! netns_prefix = "netagent-"       # names of the namespaces netagent creates
+//! cgroup_parent = "/sys/fs/cgroup/netagent"   # default: netagent/ under the cgroup2 mount
+//! stop_grace_ms = 10000            # SIGTERM to SIGKILL when a task stops
+//! restart_delay_ms = 5000          # before a failed task is replaced (leader)
+//! gwbridge = "docker_gwbridge"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -66,6 +74,30 @@ pub struct Args {
     /// Log filter (tracing env-filter syntax), e.g. "info" or "debug,openraft=info".
     #[arg(long)]
     pub log_level: Option<String>,
+    /// UDP port of gossip.
+    #[arg(long)]
+    pub gossip_port: Option<u16>,
+    /// Gossip round period in milliseconds.
+    #[arg(long)]
+    pub gossip_interval_ms: Option<u64>,
+    /// How long a silent node stays alive for gossip, in milliseconds.
+    #[arg(long)]
+    pub gossip_failure_timeout_ms: Option<u64>,
+    /// Prefix of the names of the network namespaces netagent creates.
+    #[arg(long)]
+    pub netns_prefix: Option<String>,
+    /// cgroup2 directory under which tasks get their cgroups.
+    #[arg(long)]
+    pub cgroup_parent: Option<PathBuf>,
+    /// Grace between SIGTERM and SIGKILL when a task stops, in milliseconds.
+    #[arg(long)]
+    pub stop_grace_ms: Option<u64>,
+    /// Delay before a failed or finished task is replaced, in milliseconds (leader).
+    #[arg(long)]
+    pub restart_delay_ms: Option<u64>,
+    /// Name of the gateway bridge.
+    #[arg(long)]
+    pub gwbridge: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -82,6 +114,14 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     log_format: Option<String>,
     log_level: Option<String>,
+    gossip_port: Option<u16>,
+    gossip_interval_ms: Option<u64>,
+    gossip_failure_timeout_ms: Option<u64>,
+    netns_prefix: Option<String>,
+    cgroup_parent: Option<PathBuf>,
+    stop_grace_ms: Option<u64>,
+    restart_delay_ms: Option<u64>,
+    gwbridge: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +144,15 @@ pub struct Config {
     pub snapshot_every: u64,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub gossip_port: u16,
+    pub gossip_interval_ms: u64,
+    pub gossip_failure_timeout_ms: u64,
+    pub netns_prefix: String,
+    /// None when the host has no cgroup2 mount.
+    pub cgroup_parent: Option<PathBuf>,
+    pub stop_grace_ms: u64,
+    pub restart_delay_ms: u64,
+    pub gwbridge: String,
 }
 
 impl Config {
@@ -141,6 +190,26 @@ impl Config {
             .or(file.election_timeout_ms)
             .unwrap_or(1_000);
         anyhow::ensure!(heartbeat_ms >= 10, "--heartbeat-ms must be at least 10");
+        let gossip_interval_ms = args
+            .gossip_interval_ms
+            .or(file.gossip_interval_ms)
+            .unwrap_or(250);
+        let gossip_failure_timeout_ms = args
+            .gossip_failure_timeout_ms
+            .or(file.gossip_failure_timeout_ms)
+            .unwrap_or(5_000);
+        anyhow::ensure!(
+            gossip_interval_ms >= 10 && gossip_failure_timeout_ms >= 2 * gossip_interval_ms,
+            "--gossip-interval-ms must be at least 10 and --gossip-failure-timeout-ms at least twice it"
+        );
+        let netns_prefix = args
+            .netns_prefix
+            .or(file.netns_prefix)
+            .unwrap_or_else(|| "netagent-".into());
+        anyhow::ensure!(
+            netns::validate_name(&format!("{netns_prefix}x")).is_ok() && netns_prefix.len() <= 100,
+            "invalid --netns-prefix {netns_prefix:?}: use up to 100 characters of [A-Za-z0-9_.-]"
+        );
         anyhow::ensure!(
             election_timeout_ms >= 50,
             "--election-timeout-ms must be at least 50"
@@ -173,6 +242,23 @@ impl Config {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
+            gossip_port: args.gossip_port.or(file.gossip_port).unwrap_or(7946),
+            gossip_interval_ms,
+            gossip_failure_timeout_ms,
+            netns_prefix,
+            cgroup_parent: args
+                .cgroup_parent
+                .or(file.cgroup_parent)
+                .or_else(|| netns::cgroup2_mount().map(|m| m.join("netagent"))),
+            stop_grace_ms: args.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(10_000),
+            restart_delay_ms: args
+                .restart_delay_ms
+                .or(file.restart_delay_ms)
+                .unwrap_or(5_000),
+            gwbridge: args
+                .gwbridge
+                .or(file.gwbridge)
+                .unwrap_or_else(|| "docker_gwbridge".into()),
         })
     }
 

@@ -1,7 +1,7 @@
 //! Leader-only loops. They start when this manager becomes leader and stop when it is not any
-//! more (`Store::leader_watch`). Today: node status (Ready / Down from dispatcher heartbeats) and
-//! role reconciliation (a demoted manager leaves Raft). The allocator and the scheduler will be
-//! started from here the same way.
+//! more (`Store::leader_watch`): node status (Ready / Down from dispatcher heartbeats), role
+//! reconciliation (a demoted manager leaves Raft) and the orchestrator (replicas, task
+//! allocation, scheduling: `orchestrator::reconcile`) after every change of the store.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use store::{Batch, Change};
 
 use crate::member::Member;
 
-pub async fn run(member: Arc<Member>) {
+pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
     let Some(m) = &member.manager else {
         return;
     };
@@ -25,6 +25,8 @@ pub async fn run(member: Arc<Member>) {
         }
         tracing::info!("became leader: starting leader-only loops");
         let since = Instant::now();
+        let orchestrator = tokio::spawn(orchestrate(member.clone(), config.clone()));
+        let _stop = AbortOnDrop(orchestrator);
         loop {
             let period = member
                 .cluster()
@@ -42,6 +44,59 @@ pub async fn run(member: Arc<Member>) {
             node_status(&member, since, period).await;
             reconcile_roles(&member).await;
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The orchestrator on the leader: a pass after every change of the store (what arrives during a
+/// pass is coalesced into the next) and every second (restart delays, nodes going down). Its
+/// decisions go through Raft as one batch per pass; a conflict (someone changed an object in the
+/// meantime) just means another pass.
+async fn orchestrate(member: Arc<Member>, config: orchestrator::Config) {
+    let Ok(store) = member.store().cloned() else {
+        return;
+    };
+    let mut events = store.subscribe();
+    loop {
+        orchestrate_pass(&member, &config).await;
+        tokio::select! {
+            _ = member.cancel.cancelled() => return,
+            _ = events.recv() => {
+                while !matches!(events.try_recv(), Err(tokio::sync::broadcast::error::TryRecvError::Empty | tokio::sync::broadcast::error::TryRecvError::Closed)) {}
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn orchestrate_pass(member: &Member, config: &orchestrator::Config) {
+    let Some(m) = &member.manager else { return };
+    let _alloc = m.alloc.lock().await;
+    let state = match crate::orchestration::snapshot(member) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "orchestrator: cannot read the store");
+            return;
+        }
+    };
+    let changes = orchestrator::reconcile(&state, config, chrono::Utc::now());
+    if changes.is_empty() {
+        return;
+    }
+    tracing::debug!(
+        put = changes.put.len(),
+        delete = changes.delete.len(),
+        "orchestrator pass"
+    );
+    if let Err(e) = member.write(crate::orchestration::batch(&changes)).await {
+        tracing::debug!(error = %e, "orchestrator: the pass's writes did not apply; the next pass retries");
     }
 }
 

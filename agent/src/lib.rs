@@ -38,6 +38,7 @@ pub mod config;
 pub mod error;
 pub mod leader;
 pub mod member;
+pub mod node_runtime;
 pub mod orchestration;
 pub mod peers;
 pub mod quorum;

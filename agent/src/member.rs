@@ -54,6 +54,13 @@ pub struct Member {
     pub cluster_port_addr: String,
     /// This node's gossip (7946), once the node's runtime has started it.
     pub gossip: std::sync::OnceLock<Arc<gossip::Gossip>>,
+    /// The node's assignments as the dispatcher last sent them (the executor's input).
+    pub assignments: watch::Sender<Option<model::Assignments>>,
+    /// Task status the executor reported and the leader has not recorded yet.
+    pub task_status: Mutex<std::collections::BTreeMap<String, model::task::TaskStatus>>,
+    pub task_status_notify: tokio::sync::Notify,
+    /// Mutating kernel requests of this node's data plane so far.
+    pub dataplane_writes: Arc<std::sync::atomic::AtomicU64>,
     rpc_timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
 }
@@ -83,6 +90,10 @@ impl Member {
             cluster_info: watch::channel(None).0,
             cluster_port_addr,
             gossip: std::sync::OnceLock::new(),
+            assignments: watch::channel(None).0,
+            task_status: Mutex::new(Default::default()),
+            task_status_notify: tokio::sync::Notify::new(),
+            dataplane_writes: Default::default(),
             rpc_timeout,
             channels: Mutex::new(HashMap::new()),
         }

@@ -1,7 +1,7 @@
 //! The node's side of the dispatcher session: a stream to the leader (found from the Raft
 //! metrics on a manager, from the managers list or a redirect on a worker) carrying heartbeats
-//! up and the node's own object down. A role change the managers made (promote / demote) is acted
-//! on from here. Assignments will arrive on this stream too.
+//! and task status up, the node's own object and its assignments down. A role change the
+//! managers made (promote / demote) is acted on from here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +80,15 @@ async fn session(
                 if tx.send(SessionUp::Heartbeat).await.is_err() {
                     return Err(None);
                 }
+                // Unrecorded task status goes again with every heartbeat.
+                if send_status(member, &tx).await.is_err() {
+                    return Err(None);
+                }
+            }
+            _ = member.task_status_notify.notified() => {
+                if send_status(member, &tx).await.is_err() {
+                    return Err(None);
+                }
             }
             msg = inbound.message() => match msg {
                 Ok(Some(SessionDown::Welcome { heartbeat_ms, managers, cluster })) => {
@@ -128,6 +137,7 @@ async fn session(
                         }
                     }
                 }
+                Ok(Some(SessionDown::Assignments(a))) => accept_assignments(member, *a),
                 Ok(None) => return Err(None),
                 Err(s) => {
                     tracing::debug!(manager = %addr, error = %s.message(), "dispatcher session ended");
@@ -136,6 +146,43 @@ async fn session(
             }
         }
     }
+}
+
+/// Hands new assignments to the executor and forgets the task status they show recorded.
+fn accept_assignments(member: &Member, a: model::Assignments) {
+    {
+        let mut pending = member.task_status.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(|id, st| {
+            a.tasks
+                .iter()
+                .find(|t| &t.meta.id == id)
+                .is_some_and(|t| t.status.state < st.state)
+        });
+    }
+    member.assignments.send_if_modified(|cur| {
+        if cur.as_ref().is_some_and(|c| c.revision > a.revision) {
+            return false;
+        }
+        *cur = Some(a);
+        true
+    });
+}
+
+/// Sends the task status the leader has not recorded yet, if any.
+async fn send_status(member: &Member, tx: &tokio::sync::mpsc::Sender<SessionUp>) -> Result<(), ()> {
+    let updates: Vec<(String, model::task::TaskStatus)> = member
+        .task_status
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if updates.is_empty() {
+        return Ok(());
+    }
+    tx.send(SessionUp::TaskStatus { updates })
+        .await
+        .map_err(|_| ())
 }
 
 fn remember_managers(agent: &Agent, member: &Member, managers: Vec<String>) {

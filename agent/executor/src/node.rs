@@ -577,6 +577,37 @@ impl Executor {
     }
 }
 
+/// Removes everything the executor of this node made — every task (processes, namespaces,
+/// cgroups, directories), the sandboxes and the gateway bridge — as `swarm leave` does. Blocking.
+pub fn teardown(config: &Config) -> Result<(), Error> {
+    let runner = Runner::new(RunnerConfig {
+        dir: config.state_dir.join("tasks"),
+        netns_prefix: config.netns_prefix.clone(),
+        cgroup: config.cgroup.clone(),
+        shim: config.shim.clone(),
+        nameserver: config.nameserver.clone(),
+    })?;
+    for id in runner.list() {
+        runner.remove(&id)?;
+    }
+    let node = match &config.node_netns {
+        Some(p) => NetNs::open_path("node", p),
+        None => NetNs::current(),
+    }
+    .map_err(|e| Error::Dataplane(e.to_string()))?;
+    let mut dp = Dataplane::new(vxlan::Config {
+        netns: node,
+        vtep: config.vtep,
+        port: vxlan::DEFAULT_PORT,
+        prefix: config.netns_prefix.clone(),
+    })
+    .map_err(|e| Error::Dataplane(e.to_string()))?;
+    dp.apply(&vxlan::DesiredState::default())
+        .map_err(|e| Error::Dataplane(e.to_string()))?;
+    let _ = fs::remove_file(config.state_dir.join("gwbridge.json"));
+    Ok(())
+}
+
 /// The environment of a task: what it needs to know about itself, as docker's templates give.
 fn task_env(t: &Task, services: &BTreeMap<&str, &model::Service>, node: &str) -> Vec<String> {
     let mut env = t.spec.env.clone();
@@ -599,6 +630,8 @@ pub enum Error {
     Runner(#[from] crate::runner::Error),
     #[error("gateway bridge addressing: {0}")]
     Ipam(#[from] ipam::Error),
+    #[error("overlay data plane: {0}")]
+    Dataplane(String),
     #[error("{what}: {source}")]
     Io {
         what: String,

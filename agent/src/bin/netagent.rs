@@ -80,6 +80,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // `netagent shim TASK_DIR`: the task shim the executor starts (single-threaded, before any
+    // runtime exists: it changes its own namespaces).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() == 3 && argv[1] == "shim" {
+        let code = executor::shim::run(std::path::Path::new(&argv[2]));
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
     let cfg = match Config::load(Args::parse()) {
         Ok(c) => c,
         Err(e) => {

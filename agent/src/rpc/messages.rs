@@ -127,6 +127,11 @@ pub enum SessionUp {
         data_path_addr: String,
     },
     Heartbeat,
+    /// What the node's executor observed of its tasks (latest per task). Sent again until the
+    /// node's assignments show it recorded.
+    TaskStatus {
+        updates: Vec<(String, model::task::TaskStatus)>,
+    },
 }
 
 /// The cluster settings every node needs (workers have no store): no secrets but the network
@@ -173,4 +178,7 @@ pub enum SessionDown {
         managers: Vec<String>,
         cluster: Option<ClusterInfo>,
     },
+    /// Everything the node's executor needs, sent at the start of the session and whenever it
+    /// changes.
+    Assignments(Box<model::Assignments>),
 }

@@ -57,6 +57,23 @@ pub fn agent_spec(lab: &Lab, i: usize) -> ProcSpec {
         "500".into(),
         "--snapshot-every".into(),
         "200".into(),
+        // Everything the node makes stays inside the lab (removed with it).
+        "--netns-prefix".into(),
+        format!("{}-n{i}-", lab.prefix()),
+        "--cgroup-parent".into(),
+        node.cgroup()
+            .expect("node cgroup")
+            .join("netagent")
+            .display()
+            .to_string(),
+        "--gossip-interval-ms".into(),
+        "100".into(),
+        "--gossip-failure-timeout-ms".into(),
+        "1500".into(),
+        "--stop-grace-ms".into(),
+        "2000".into(),
+        "--restart-delay-ms".into(),
+        "1000".into(),
         "--log-level".into(),
         std::env::var("AGENT_LOG")
             .unwrap_or_else(|_| "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into()),

@@ -1,0 +1,184 @@
+//! The per-node components every member runs, managers and workers alike: gossip on 7946 and
+//! the executor. They start once the dispatcher session delivered the cluster's settings (gossip
+//! keys, data-path port) and stop with the membership; tasks keep running across an agent
+//! restart and are adopted by the next executor.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gossip::{Gossip, Key, Keyring, Timings};
+use model::cluster::EncryptionKey;
+use tokio::sync::mpsc;
+
+use crate::agent::Agent;
+use crate::config::Config;
+use crate::member::Member;
+
+/// The gossip keyring from the cluster's keys: the newest key is accepted first and used for
+/// sending only once it is no longer the newest (so every node knows a key before anyone sends
+/// with it), as Docker rotates its three gossip keys.
+pub fn keyring(keys: &[EncryptionKey]) -> Option<Keyring> {
+    let mut gossip: Vec<&EncryptionKey> = keys.iter().filter(|k| k.subsystem == "gossip").collect();
+    gossip.sort_by_key(|k| std::cmp::Reverse(k.lamport_time));
+    let to_key = |k: &EncryptionKey| Key::new(k.lamport_time as u32, k.key.clone());
+    let primary = gossip.get(1).or(gossip.first())?;
+    let accepted = gossip
+        .iter()
+        .filter(|k| k.lamport_time != primary.lamport_time)
+        .map(|k| to_key(k))
+        .collect();
+    Some(Keyring {
+        primary: to_key(primary),
+        accepted,
+    })
+}
+
+/// Gossip seeds: the managers, at the gossip port.
+fn seeds(member: &Member, cfg: &Config, me: IpAddr) -> Vec<SocketAddr> {
+    member
+        .node_state()
+        .managers
+        .iter()
+        .filter_map(|m| {
+            m.rsplit_once(':')
+                .map(|(host, _)| host.trim_matches(['[', ']']))
+        })
+        .filter_map(|h| h.parse::<IpAddr>().ok())
+        .filter(|ip| *ip != me)
+        .map(|ip| SocketAddr::new(ip, cfg.gossip_port))
+        .collect()
+}
+
+/// The executor's settings for this node.
+pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor::node::Config> {
+    let state = member.node_state();
+    let vtep = state.data_path_addr.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "the data-path address {:?} is not an IPv4 address",
+            state.data_path_addr
+        )
+    })?;
+    let exe = std::env::current_exe()?;
+    Ok(executor::node::Config {
+        node_id: state.node_id.clone(),
+        state_dir: cfg.state_dir.join("executor"),
+        netns_prefix: cfg.netns_prefix.clone(),
+        cgroup: cfg.cgroup_parent.as_ref().map(|c| c.join("tasks")),
+        shim: vec![exe.into_os_string(), "shim".into()],
+        vtep,
+        node_netns: None,
+        gwbridge: cfg.gwbridge.clone(),
+        stop_grace: Duration::from_millis(cfg.stop_grace_ms),
+        nameserver: "127.0.0.11".into(),
+        tick: Duration::from_millis(500),
+        gossip_settle: Duration::from_millis(cfg.gossip_failure_timeout_ms)
+            .max(Duration::from_secs(1)),
+    })
+}
+
+pub async fn run(agent: Arc<Agent>, member: Arc<Member>) {
+    if let Err(e) = run_inner(&agent, &member).await {
+        tracing::error!(error = %e, "the node's gossip and executor could not start; tasks will not run on this node");
+    }
+}
+
+async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<()> {
+    let cfg = &agent.cfg;
+    // The cluster's settings arrive with the dispatcher's Welcome.
+    let mut info_rx = member.cluster_info.subscribe();
+    let info = loop {
+        if let Some(i) = info_rx.borrow_and_update().clone() {
+            break i;
+        }
+        tokio::select! {
+            _ = member.cancel.cancelled() => return Ok(()),
+            r = info_rx.changed() => if r.is_err() { return Ok(()) },
+        }
+    };
+    let state = member.node_state();
+    let advertise: IpAddr = state.advertise_addr.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "the advertise address {:?} is not an IP address",
+            state.advertise_addr
+        )
+    })?;
+    let keys = keyring(&info.network_keys)
+        .ok_or_else(|| anyhow::anyhow!("the cluster has no gossip keys"))?;
+    let mut gcfg = gossip::Config::new(state.node_id.clone(), advertise, keys);
+    gcfg.cluster_id = info.id.clone();
+    gcfg.bind = SocketAddr::new(advertise, cfg.gossip_port);
+    gcfg.seeds = seeds(member, cfg, advertise);
+    let interval = Duration::from_millis(cfg.gossip_interval_ms);
+    gcfg.timings = Timings {
+        gossip_interval: interval,
+        failure_timeout: Duration::from_millis(cfg.gossip_failure_timeout_ms),
+        rejoin_interval: (interval * 8).max(Duration::from_millis(500)),
+        ..Timings::default()
+    };
+    let gossip = Arc::new(Gossip::start(gcfg).await?);
+    let _ = member.gossip.set(gossip.clone());
+    tracing::info!(addr = %gossip.addr(), "gossip started");
+
+    let (status_tx, mut status_rx) = mpsc::channel(256);
+    let exec = executor::node::spawn(
+        executor_config(cfg, member)?,
+        gossip.clone(),
+        member.assignments.subscribe(),
+        status_tx,
+    )?;
+    let writes = exec.writes.clone();
+    let mut sync = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = member.cancel.cancelled() => break,
+            Some((task, status)) = status_rx.recv() => {
+                member.task_status.lock().unwrap_or_else(|e| e.into_inner()).insert(task, status);
+                member.task_status_notify.notify_one();
+            }
+            _ = sync.tick() => {
+                member.dataplane_writes.store(writes.load(std::sync::atomic::Ordering::Relaxed), std::sync::atomic::Ordering::Relaxed);
+                gossip.set_seeds(seeds(member, cfg, advertise));
+                if let Some(info) = member.cluster_info.borrow().clone()
+                    && let Some(k) = keyring(&info.network_keys)
+                    && let Err(e) = gossip.set_keyring(k)
+                {
+                    tracing::warn!(error = %e, "could not update the gossip keys");
+                }
+            }
+        }
+    }
+    exec.task.abort();
+    let _ = exec.task.await;
+    if let Ok(g) = Arc::try_unwrap(gossip) {
+        let _ = g.shutdown().await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(t: u64) -> EncryptionKey {
+        EncryptionKey {
+            subsystem: "gossip".into(),
+            algorithm: "aes-256-gcm".into(),
+            key: vec![t as u8; 32],
+            lamport_time: t,
+        }
+    }
+
+    #[test]
+    fn the_second_newest_key_sends_and_all_are_accepted() {
+        let mut ipsec = key(9);
+        ipsec.subsystem = "ipsec".into();
+        let k = keyring(&[key(1), key(2), key(3), ipsec]).unwrap();
+        assert_eq!(k.primary.id, 2);
+        let mut acc: Vec<u32> = k.accepted.iter().map(|k| k.id).collect();
+        acc.sort();
+        assert_eq!(acc, [1, 3]);
+        assert_eq!(keyring(&[key(5)]).unwrap().primary.id, 5);
+        assert!(keyring(&[]).is_none());
+    }
+}
