@@ -43,6 +43,9 @@ pub async fn info(State(agent): State<Arc<Agent>>) -> Json<Info> {
             .as_ref()
             .map(|c| c.data_path_port)
             .unwrap_or(0),
+        dataplane_writes: member
+            .dataplane_writes
+            .load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 

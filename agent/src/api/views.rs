@@ -193,6 +193,9 @@ pub struct Info {
     /// From the dispatcher session (0 until it delivered the cluster's settings).
     #[serde(rename = "DataPathPort")]
     pub data_path_port: u16,
+    /// Mutating kernel requests this node's overlay data plane made since the agent started.
+    #[serde(rename = "DataplaneWrites")]
+    pub dataplane_writes: u64,
 }
 
 /// Answer of the node-changing routes: what the CLI prints, and warnings for stderr.
