@@ -18,6 +18,8 @@ pub mod orchestrate;
 pub mod scheduler;
 mod state;
 
+/// The address manager the allocator works with (its errors are part of [`allocator::Error`]).
+pub use ipam;
 pub use state::{Changes, ClusterState};
 
 use chrono::{DateTime, Utc};

@@ -15,6 +15,16 @@
 //! | POST | /nodes/{ref}/update | `node update` (availability, labels, role) | leader |
 //! | POST | /nodes/{ref}/promote, /nodes/{ref}/demote | `node promote/demote` | leader |
 //! | DELETE | /nodes/{ref}?force=true | `node rm` | leader |
+//! | POST | /networks/create | `network create` (allocates subnets and VNIs) | leader |
+//! | GET | /networks | `network ls` (sorted by name) | manager, local replica |
+//! | GET | /networks/{id\|name\|id-prefix} | `network inspect` (peers and endpoints from this node's gossip) | manager, local replica |
+//! | DELETE | /networks/{ref} | `network rm` (refused while a service or a task uses it) | leader |
+//! | POST | /services/create | `service create` (allocates VIPs) | leader |
+//! | GET | /services | `service ls` (with running/desired task counts) | manager, local replica |
+//! | GET | /services/{id\|name\|id-prefix} | `service inspect` | manager, local replica |
+//! | POST | /services/{ref}/update | `service update`, `service scale` (version-checked) | leader |
+//! | DELETE | /services/{ref} | `service rm` (the leader loop stops the tasks) | leader |
+//! | GET | /tasks?service=REF&node=REF&desired-state=running\|shutdown\|accepted | `service ps`, progress | manager, local replica |
 //!
 //! Errors are `{"message": "..."}` with a 4xx/5xx status. Reads answer from the local replica;
 //! when this manager has no leader or no quorum the answer carries `X-Netagent-Stale: <why>`.
@@ -26,7 +36,9 @@
 //! refuses, and without quorum it fails at once with the quorum message. Routes that act on this
 //! node only are listed in `is_local`.
 
+pub mod networks;
 mod nodes;
+pub mod services;
 mod swarm;
 pub mod swarm_types {
     pub use super::swarm::TokenView;
@@ -104,6 +116,20 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/nodes/{node}/update", post(nodes::update))
         .route("/nodes/{node}/promote", post(nodes::promote))
         .route("/nodes/{node}/demote", post(nodes::demote))
+        .route("/networks", get(networks::list))
+        .route("/networks/create", post(networks::create))
+        .route(
+            "/networks/{network}",
+            get(networks::inspect).delete(networks::remove),
+        )
+        .route("/services", get(services::list))
+        .route("/services/create", post(services::create))
+        .route(
+            "/services/{service}",
+            get(services::inspect).delete(services::remove),
+        )
+        .route("/services/{service}/update", post(services::update))
+        .route("/tasks", get(services::tasks))
         .fallback(|| async { Failure::not_found("no such API route; see `netctl --help`") })
         .layer(axum::middleware::from_fn_with_state(agent.clone(), gate))
         .with_state(agent)

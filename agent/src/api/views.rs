@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::member::Member;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
     #[serde(rename = "Index")]
     pub index: u64,
