@@ -1,6 +1,7 @@
 //! `cargo xtask` — the project's task runner. Every command a newcomer or CI needs is here.
 
 mod bench;
+mod demo;
 mod kernel;
 mod setup;
 mod test;
@@ -20,6 +21,9 @@ struct Cli {
 enum Cmd {
     /// Install what the build and the tests need (apt packages, rust-src, bpf-linker). Idempotent.
     Setup,
+    /// The end-to-end demo: a 3-node swarm in namespaces, an overlay, a web service, a drain, a
+    /// leader failover.
+    Demo,
     /// Everything CI runs: setup, fmt check, clippy, unit tests, namespace tests, kernel-lab tests.
     Test,
     /// The kernel lab alone: namespace tests under Debian's stock kernel in qemu (IPVS, ESP).
@@ -50,6 +54,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup::run(),
         Cmd::Test => test::run(),
+        Cmd::Demo => demo::run(),
         Cmd::TestKernel { filters } => kernel::run(&filters),
         Cmd::Bench { names } => bench::run(&names),
         Cmd::Lab {
