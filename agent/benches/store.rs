@@ -173,6 +173,10 @@ fn bench_netagent(clients: usize, total: usize) -> Figures {
             node.dir().join("netagent.sock").display().to_string(),
             "--heartbeat-ms".into(),
             "1000".into(),
+            "--netns-prefix".into(),
+            format!("{}-n{i}-", lab.prefix()),
+            "--cgroup-parent".into(),
+            node.cgroup().expect("node cgroup").join("netagent").display().to_string(),
             "--log-level".into(),
             std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
         ]))
