@@ -275,14 +275,13 @@ fn allocation_failure(state: &ClusterState, e: allocator::Error) -> Failure {
         allocator::Error::Ipam(Ipam::SubnetInUse { subnet }) => Some(subnet.to_string()),
         _ => None,
     };
-    if let Some(existing) = held {
-        if let Some(n) = state
+    if let Some(existing) = held
+        && let Some(n) = state
             .networks
             .values()
             .find(|n| n.allocation.iter().flatten().any(|s| s.subnet == existing))
-        {
-            return Failure::bad_request(format!("{e} (network {})", n.spec.name));
-        }
+    {
+        return Failure::bad_request(format!("{e} (network {})", n.spec.name));
     }
     Failure::bad_request(e.to_string())
 }

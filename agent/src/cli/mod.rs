@@ -1,9 +1,12 @@
-//! netctl: the command line of netagent, modelled on the docker CLI (`swarm ...`, `node ...`).
+//! netctl: the command line of netagent, modelled on the docker CLI (`swarm ...`, `node ...`,
+//! `network ...`, `service ...`).
 //! Human tables by default, `--format json` for machines, `-q` where docker has it; errors are one
 //! line on stderr and a non-zero exit.
 
 pub mod client;
+mod network;
 mod node;
+mod service;
 mod swarm;
 pub mod table;
 
@@ -32,6 +35,12 @@ pub enum Cmd {
     /// Manage swarm nodes.
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// Manage swarm networks.
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
+    /// Manage swarm services.
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
     /// Show this node's swarm membership.
     Info {
         /// json or table.
@@ -56,6 +65,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Swarm(c) => swarm::run(&client, c).await,
         Cmd::Node(c) => node::run(&client, c).await,
+        Cmd::Network(c) => network::run(&client, c).await,
+        Cmd::Service(c) => service::run(&client, c).await,
         Cmd::Info { format } => {
             let r = client.get("/info").await?;
             if format == "json" {
