@@ -399,6 +399,7 @@ pub struct EndpointView {
     pub node: String,
     #[serde(rename = "Task")]
     pub task: String,
+    /// The service's name (its id if this manager does not know it).
     #[serde(rename = "Service")]
     pub service: String,
 }
@@ -549,6 +550,11 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkVie
                     },
                 );
             }
+            let service = state
+                .services
+                .get(&ep.service)
+                .map(|s| s.spec.name.clone())
+                .unwrap_or_else(|| ep.service.clone());
             endpoints.push(EndpointView {
                 name: ep.name.clone(),
                 endpoint_id: ep.id.clone(),
@@ -557,10 +563,11 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkVie
                 ipv6_address: v6,
                 node: hostname(&e.owner),
                 task: ep.task.clone(),
-                service: ep.service.clone(),
+                service,
             });
         }
         endpoints.sort_by(|a, b| a.name.cmp(&b.name).then(a.endpoint_id.cmp(&b.endpoint_id)));
+        peers.sort_by(|a, b| a.name.cmp(&b.name).then(a.ip.cmp(&b.ip)));
     }
     NetworkView {
         name: n.spec.name.clone(),

@@ -920,13 +920,20 @@ pub fn task_view(state: &ClusterState, t: &Task) -> TaskView {
 
 /// `service ps` order: by service name, slot (global: node name), newest first within a slot.
 pub fn sort_tasks(tasks: &mut [TaskView]) {
+    // A global service's "slot" is its node; a replicated task's node is not part of its slot.
+    let node = |t: &TaskView| {
+        if t.slot == 0 {
+            (t.node_name.clone(), t.node_id.clone())
+        } else {
+            Default::default()
+        }
+    };
     tasks.sort_by(|a, b| {
         a.service_name
             .cmp(&b.service_name)
             .then(a.service_id.cmp(&b.service_id))
             .then(a.slot.cmp(&b.slot))
-            .then(a.node_name.cmp(&b.node_name))
-            .then(a.node_id.cmp(&b.node_id))
+            .then(node(a).cmp(&node(b)))
             .then(b.created_at.cmp(&a.created_at))
             .then(a.id.cmp(&b.id))
     });
@@ -1022,12 +1029,14 @@ mod tests {
         let mut tasks = vec![
             task("web", 2, "n1", 10),
             task("web", 10, "n1", 1),
-            task("web", 1, "n2", 30),
-            task("web", 1, "n1", 5),
+            task("web", 1, "n1", 30),
+            task("web", 1, "n2", 5),
             task("api", 0, "n2", 1),
             task("api", 0, "n1", 1),
+            task("api", 0, "n1", 9),
         ];
         sort_tasks(&mut tasks);
+        assert!(tasks[0].created_at > tasks[1].created_at, "newest first");
         let names: Vec<(String, String)> = tasks
             .iter()
             .map(|t| (t.name.clone(), t.node_name.clone()))
@@ -1036,9 +1045,10 @@ mod tests {
             names,
             [
                 ("api.n1", "n1"),
+                ("api.n1", "n1"),
                 ("api.n2", "n2"),
-                ("web.1", "n1"),
                 ("web.1", "n2"),
+                ("web.1", "n1"),
                 ("web.2", "n1"),
                 ("web.10", "n1"),
             ]
