@@ -450,11 +450,37 @@ pub fn progress(svc: &ServiceView, tasks: &[TaskView]) -> Frame {
     }
 }
 
+/// Columns of the terminal on stdout, if it is one.
+fn terminal_width() -> Option<usize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ only writes a `winsize` into the pointer given, which is valid.
+    let r = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_col > 0).then_some(usize::from(ws.ws_col))
+}
+
+/// A progress line within `width` columns: without its bar if that is too wide (as docker on
+/// narrow terminals), else cut.
+fn fit(line: &str, width: usize) -> String {
+    if line.chars().count() <= width {
+        return line.to_string();
+    }
+    match line.find(" [") {
+        Some(i) if line.ends_with(']') => ellipsis(line[..i].trim_end(), width),
+        _ => ellipsis(line, width),
+    }
+}
+
 /// Draws frames: redrawn in place on a terminal, changed lines only otherwise.
 struct Screen {
     tty: bool,
     quiet: bool,
     drawn: usize,
+    frame: Vec<String>,
     last: HashMap<String, String>,
 }
 
@@ -464,6 +490,7 @@ impl Screen {
             tty: std::io::stdout().is_terminal(),
             quiet,
             drawn: 0,
+            frame: Vec::new(),
             last: HashMap::new(),
         }
     }
@@ -474,12 +501,18 @@ impl Screen {
         }
         let mut out = String::new();
         if self.tty {
+            if self.frame == lines {
+                return;
+            }
+            self.frame = lines.to_vec();
+            // A wrapped line would break the redraw: keep each within the terminal.
+            let width = terminal_width().unwrap_or(200).max(10) - 1;
             if self.drawn > 0 {
                 out.push_str(&format!("\x1b[{}A", self.drawn));
             }
             for l in lines {
                 out.push_str("\x1b[2K");
-                out.push_str(l);
+                out.push_str(&fit(l, width));
                 out.push('\n');
             }
             for _ in lines.len()..self.drawn {
@@ -1110,6 +1143,17 @@ mod tests {
             format!("[{}>{}]", "=".repeat(16), " ".repeat(34))
         );
         assert_eq!(bar(0, 9), format!("[>{}]", " ".repeat(50)));
+    }
+
+    #[test]
+    fn narrow_terminals() {
+        let l = format!("1/3: running   {}", bar(9, 9));
+        assert_eq!(fit(&l, 200), l);
+        assert_eq!(fit(&l, 40), "1/3: running");
+        assert_eq!(
+            fit("1/3: pending   no available IP addresses", 20),
+            "1/3: pending   no a…"
+        );
     }
 
     #[test]
