@@ -266,6 +266,12 @@ fn networks_round_trip_and_refusals() {
     assert_eq!(s.ctl(1, &["network", "ls", "-q"]), "");
     let err = s.ctl_err(1, &["network", "rm", "front"]);
     assert!(err.contains("not found"), "{err}");
+
+    // A network may be called like a route ("create").
+    let id = s.ctl(1, &["network", "create", "create"]);
+    let v = json(&s.ctl(1, &["network", "inspect", "create"]));
+    assert_eq!(v[0]["Id"], id.trim());
+    assert_eq!(s.ctl(1, &["network", "rm", "create"]).trim(), "create");
 }
 
 #[test]
@@ -703,4 +709,13 @@ fn services_api_validation_update_scale_rm() {
     assert_eq!(s.ctl(1, &["service", "ls", "-q"]), "");
     let err = s.ctl_err(1, &["service", "rm", "web"]);
     assert!(err.contains("no such service: web"), "{err}");
+
+    // A service may be called like a route ("create").
+    let id = s.ctl(
+        1,
+        &["service", "create", "-d", "--name", "create", "sleep", "1"],
+    );
+    let v = json(&s.ctl(1, &["service", "inspect", "create"]));
+    assert_eq!(v[0]["ID"], id.trim());
+    assert_eq!(s.ctl(1, &["service", "rm", "create"]).trim(), "create");
 }

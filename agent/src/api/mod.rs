@@ -117,13 +117,32 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/nodes/{node}/promote", post(nodes::promote))
         .route("/nodes/{node}/demote", post(nodes::demote))
         .route("/networks", get(networks::list))
-        .route("/networks/create", post(networks::create))
+        // A network or service may be called "create": GET and DELETE of that path are its own.
+        .route(
+            "/networks/create",
+            post(networks::create)
+                .get(|a: State<Arc<Agent>>| {
+                    networks::inspect(a, axum::extract::Path("create".into()))
+                })
+                .delete(|a: State<Arc<Agent>>| {
+                    networks::remove(a, axum::extract::Path("create".into()))
+                }),
+        )
         .route(
             "/networks/{network}",
             get(networks::inspect).delete(networks::remove),
         )
         .route("/services", get(services::list))
-        .route("/services/create", post(services::create))
+        .route(
+            "/services/create",
+            post(services::create)
+                .get(|a: State<Arc<Agent>>| {
+                    services::inspect(a, axum::extract::Path("create".into()))
+                })
+                .delete(|a: State<Arc<Agent>>| {
+                    services::remove(a, axum::extract::Path("create".into()))
+                }),
+        )
         .route(
             "/services/{service}",
             get(services::inspect).delete(services::remove),

@@ -42,9 +42,12 @@ pub(crate) fn member(agent: &Agent) -> Result<Arc<Member>> {
 /// Docker's rule for service and network names: a DNS label.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
     if name.is_empty() {
-        return Err(Failure::bad_request(format!(
-            "a {what} needs a name (--name for services, the last argument for networks)"
-        )));
+        let how = if what == "service" {
+            " (--name NAME)"
+        } else {
+            ""
+        };
+        return Err(Failure::bad_request(format!("a {what} needs a name{how}")));
     }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
