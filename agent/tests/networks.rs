@@ -267,6 +267,44 @@ fn networks_round_trip_and_refusals() {
     let err = s.ctl_err(1, &["network", "rm", "front"]);
     assert!(err.contains("not found"), "{err}");
 
+    // Concurrent creations: distinct subnets and VNIs (allocation holds the leader's lock), and
+    // of two creations of one name exactly one wins.
+    let outs: Vec<std::process::Output> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let name = if i < 4 {
+                    format!("p{i}")
+                } else {
+                    "twin".into()
+                };
+                let s = &s;
+                sc.spawn(move || s.netctl(1, &["network", "create", &name]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(outs.iter().filter(|o| o.status.success()).count(), 5);
+    let nets = json(&s.ctl(1, &["network", "inspect", "p0", "p1", "p2", "p3", "twin"]));
+    let subnets: std::collections::BTreeSet<&str> = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["IPAM"]["Config"][0]["Subnet"].as_str().unwrap())
+        .collect();
+    assert_eq!(subnets.len(), 5, "{nets}");
+    let vnis: std::collections::BTreeSet<&str> = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            n["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(vnis.len(), 5, "{nets}");
+    s.ctl(1, &["network", "rm", "p0", "p1", "p2", "p3", "twin"]);
+
     // A network may be called like a route ("create").
     let id = s.ctl(1, &["network", "create", "create"]);
     let v = json(&s.ctl(1, &["network", "inspect", "create"]));
