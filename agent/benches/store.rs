@@ -162,24 +162,30 @@ fn bench_netagent(clients: usize, total: usize) -> Figures {
     let lab = Lab::new(3).expect("lab");
     for i in 1..=3 {
         let node = lab.node(i);
-        node.spawn(ProcSpec::new("netagent", NETAGENT).args([
-            "--hostname".to_string(),
-            node.name().into(),
-            "--advertise-addr".into(),
-            node.addr().to_string(),
-            "--state-dir".into(),
-            node.dir().join("state").display().to_string(),
-            "--host".into(),
-            node.dir().join("netagent.sock").display().to_string(),
-            "--heartbeat-ms".into(),
-            "1000".into(),
-            "--netns-prefix".into(),
-            format!("{}-n{i}-", lab.prefix()),
-            "--cgroup-parent".into(),
-            node.cgroup().expect("node cgroup").join("netagent").display().to_string(),
-            "--log-level".into(),
-            std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
-        ]))
+        node.spawn(
+            ProcSpec::new("netagent", NETAGENT).args([
+                "--hostname".to_string(),
+                node.name().into(),
+                "--advertise-addr".into(),
+                node.addr().to_string(),
+                "--state-dir".into(),
+                node.dir().join("state").display().to_string(),
+                "--host".into(),
+                node.dir().join("netagent.sock").display().to_string(),
+                "--heartbeat-ms".into(),
+                "1000".into(),
+                "--netns-prefix".into(),
+                format!("{}-n{i}-", lab.prefix()),
+                "--cgroup-parent".into(),
+                node.cgroup()
+                    .expect("node cgroup")
+                    .join("netagent")
+                    .display()
+                    .to_string(),
+                "--log-level".into(),
+                std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            ]),
+        )
         .expect("spawn netagent");
     }
     for i in 1..=3 {

@@ -105,6 +105,7 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
     })?;
     let keys = keyring(&info.network_keys)
         .ok_or_else(|| anyhow::anyhow!("the cluster has no gossip keys"))?;
+    let mut current_keys = keys.clone();
     let mut gcfg = gossip::Config::new(state.node_id.clone(), advertise, keys);
     gcfg.cluster_id = info.id.clone();
     gcfg.bind = SocketAddr::new(advertise, cfg.gossip_port);
@@ -139,11 +140,14 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
             _ = sync.tick() => {
                 member.dataplane_writes.store(writes.load(std::sync::atomic::Ordering::Relaxed), std::sync::atomic::Ordering::Relaxed);
                 gossip.set_seeds(seeds(member, cfg, advertise));
-                if let Some(info) = member.cluster_info.borrow().clone()
-                    && let Some(k) = keyring(&info.network_keys)
-                    && let Err(e) = gossip.set_keyring(k)
+                let keys = member.cluster_info.borrow().as_ref().and_then(|i| keyring(&i.network_keys));
+                if let Some(k) = keys
+                    && k != current_keys
                 {
-                    tracing::warn!(error = %e, "could not update the gossip keys");
+                    match gossip.set_keyring(k.clone()) {
+                        Ok(()) => current_keys = k,
+                        Err(e) => tracing::warn!(error = %e, "could not update the gossip keys"),
+                    }
                 }
             }
         }

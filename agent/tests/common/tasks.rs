@@ -1,0 +1,94 @@
+//! Looking at a swarm's tasks from the outside: their namespaces on each node (named
+//! `<lab prefix>-n<i>-t-<task id>` by the agents' `--netns-prefix`), their addresses, and
+//! commands run inside them.
+
+use std::net::Ipv4Addr;
+use std::process::Output;
+
+use super::Swarm;
+
+/// A task as seen in the kernel of the node it runs on.
+#[derive(Debug, Clone)]
+pub struct TaskNs {
+    pub node: usize,
+    pub id: String,
+    pub ns: String,
+}
+
+impl Swarm {
+    /// The task namespaces on node `i`.
+    pub fn task_namespaces(&self, i: usize) -> Vec<TaskNs> {
+        let prefix = format!("{}-n{i}-t-", self.lab.prefix());
+        netns::list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| {
+                let id = n.strip_prefix(&prefix)?.to_string();
+                Some(TaskNs { node: i, id, ns: n })
+            })
+            .collect()
+    }
+
+    /// Every task namespace in the swarm.
+    pub fn all_task_namespaces(&self) -> Vec<TaskNs> {
+        (1..=self.lab.nodes().len())
+            .flat_map(|i| self.task_namespaces(i))
+            .collect()
+    }
+
+    /// Runs a command inside a task's namespace (as the task would).
+    pub fn in_task(&self, t: &TaskNs, argv: &[&str]) -> Output {
+        let ns = netns::NetNs::open(&t.ns).expect("task namespace");
+        ns.command(argv[0])
+            .args(&argv[1..])
+            .output()
+            .expect("run in task")
+    }
+
+    /// The task's IPv4 address on `ifname` (eth0 is its first network).
+    pub fn task_ip(&self, t: &TaskNs, ifname: &str) -> Option<Ipv4Addr> {
+        let out = self.in_task(t, &["ip", "-4", "-o", "addr", "show", "dev", ifname]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)?
+            .split('/')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Whether task `from` gets an answer to one ping to `to`.
+    pub fn task_pings(&self, from: &TaskNs, to: Ipv4Addr) -> bool {
+        self.in_task(from, &["ping", "-c", "1", "-W", "1", "-q", &to.to_string()])
+            .status
+            .success()
+    }
+
+    /// Pids of the processes inside a task's namespace.
+    pub fn task_pids(&self, t: &TaskNs) -> Vec<i32> {
+        netns::NetNs::open(&t.ns)
+            .ok()
+            .and_then(|ns| netns::pids_in(&ns).ok())
+            .unwrap_or_default()
+    }
+
+    /// `service ps SERVICE --format json` on node `i`, one object per task.
+    pub fn service_ps(&self, i: usize, service: &str) -> Vec<serde_json::Value> {
+        let out = self.ctl(
+            i,
+            &["service", "ps", service, "--no-trunc", "--format", "json"],
+        );
+        parse_json_lines(&out)
+    }
+}
+
+/// A JSON array, or one JSON object per line (docker's `--format json`).
+pub fn parse_json_lines(text: &str) -> Vec<serde_json::Value> {
+    if let Ok(serde_json::Value::Array(a)) = serde_json::from_str(text) {
+        return a;
+    }
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}

@@ -1,0 +1,176 @@
+//! The demo (`cargo xtask demo` runs this test with its narration shown): a 3-node swarm in
+//! network namespaces, an overlay network, a web service of 3 replicas, a page fetched from each
+//! task across the overlay, a drained node, a killed leader. Every step is also an assertion.
+
+mod common;
+
+use std::time::Duration;
+
+use common::tasks::TaskNs;
+use common::{Swarm, skip};
+
+fn say(text: &str) {
+    println!("\n\x1b[1m== {text}\x1b[0m");
+}
+
+/// Runs netctl on a node, shows the command and what it printed.
+fn show(s: &Swarm, i: usize, args: &[&str]) -> String {
+    println!("\x1b[36mnode{i}$ netctl {}\x1b[0m", args.join(" "));
+    let out = s.ctl(i, args);
+    print!("{out}");
+    out
+}
+
+const WEB: &str = "mkdir -p www && echo \"hello from $NETAGENT_TASK_NAME\" > www/index.html && exec busybox httpd -f -p 80 -h www";
+
+#[test]
+fn demo() {
+    if skip() {
+        return;
+    }
+    say(
+        "Three nodes, each a network namespace on a shared underlay (198.18.0.0/15), each running netagent",
+    );
+    let s = Swarm::agents(3);
+    for n in s.lab.nodes() {
+        println!("{}: {}", n.name(), n.addr());
+    }
+
+    say(
+        "node1 creates the swarm; node2 and node3 join as managers (Raft needs 3 to survive a loss)",
+    );
+    let node1 = s.lab.node(1).addr().to_string();
+    show(&s, 1, &["swarm", "init", "--advertise-addr", &node1]);
+    let token = show(&s, 1, &["swarm", "join-token", "-q", "manager"])
+        .trim()
+        .to_string();
+    for i in 2..=3 {
+        let out = show(
+            &s,
+            i,
+            &["swarm", "join", "--token", &token, &format!("{node1}:2377")],
+        );
+        assert!(out.contains("joined a swarm as a manager"), "{out}");
+    }
+    s.wait("every node Ready", || {
+        s.nodes(1)
+            .is_some_and(|n| n.len() == 3 && n.iter().all(|n| common::state(n) == "ready"))
+    });
+    let ls = show(&s, 1, &["node", "ls"]);
+    assert_eq!(ls.lines().filter(|l| l.contains("Ready")).count(), 3);
+    assert!(ls.contains("Leader"));
+
+    say(
+        "An overlay network (VXLAN, a /24 from the default pool 10.0.0.0/8) and a web service of 3 replicas on it",
+    );
+    show(&s, 1, &["network", "create", "--driver", "overlay", "web"]);
+    show(
+        &s,
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            WEB,
+        ],
+    );
+    let ps = show(&s, 1, &["service", "ps", "web"]);
+    assert_eq!(
+        ps.lines().filter(|l| l.contains("Running")).count(),
+        3,
+        "{ps}"
+    );
+
+    say("Each task's page, fetched over the overlay by a task on another node");
+    let tasks: Vec<TaskNs> = s.all_task_namespaces();
+    assert_eq!(tasks.len(), 3);
+    for server in &tasks {
+        let ip = s.task_ip(server, "eth0").expect("task address");
+        let client = tasks
+            .iter()
+            .find(|t| t.node != server.node)
+            .expect("a task on another node");
+        let url = format!("http://{ip}/");
+        let mut page = String::new();
+        s.wait(&format!("{url} answers"), || {
+            let out = s.in_task(client, &["curl", "-s", "-m", "2", &url]);
+            page = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            out.status.success()
+        });
+        println!(
+            "task on node{} -> {url} (node{}): {page}",
+            client.node, server.node
+        );
+        assert!(page.starts_with("hello from web."), "{page}");
+    }
+
+    say("Drain node3: its task is shut down and started elsewhere");
+    show(
+        &s,
+        1,
+        &["node", "update", "--availability", "drain", "node3"],
+    );
+    s.wait("no web task on node3", || {
+        s.task_namespaces(3).is_empty() && s.all_task_namespaces().len() == 3
+    });
+    let ps = show(&s, 1, &["service", "ps", "web"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.contains("node3") && l.contains("Shutdown")),
+        "{ps}"
+    );
+    assert_eq!(
+        ps.lines()
+            .filter(|l| l.contains("Running") && !l.contains("node3"))
+            .count(),
+        3,
+        "{ps}"
+    );
+
+    say("Kill the leader (node1's agent, SIGKILL): the other managers elect a new one");
+    s.kill(1);
+    let mut new_leader = None;
+    s.wait("a new leader", || {
+        new_leader = s.leader(&[2, 3]).filter(|l| *l != 1);
+        new_leader.is_some()
+    });
+    let ls = show(&s, new_leader.unwrap(), &["node", "ls"]);
+    let node1_line = ls.lines().find(|l| l.contains("node1")).unwrap_or_default();
+    assert!(
+        ["Unreachable", "Unavailable", "Down"]
+            .iter()
+            .any(|w| node1_line.contains(w)),
+        "node1 shows as lost: {ls}"
+    );
+    let leader = new_leader.unwrap();
+
+    say(
+        "node1 stopped heartbeating: it goes Down and its tasks are placed on the nodes left (node3 is drained)",
+    );
+    s.wait("every running web task on node2", || {
+        let ps = s.service_ps(leader, "web");
+        let running: Vec<&serde_json::Value> = ps
+            .iter()
+            .filter(|t| {
+                t["DesiredState"] == "Running"
+                    && t["CurrentState"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("Running")
+            })
+            .collect();
+        running.len() == 3 && running.iter().all(|t| t["Node"] == "node2")
+    });
+    show(&s, leader, &["service", "ps", "web"]);
+
+    say("Done: the lab (namespaces, tasks, agents) is removed");
+    std::thread::sleep(Duration::from_millis(10));
+}

@@ -1,0 +1,323 @@
+//! Networks, services and tasks end to end, in the lab: the leader allocates and schedules, each
+//! node's executor runs the tasks in namespaces and wires them to the overlays, gossip tells every
+//! node where the endpoints are.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::tasks::TaskNs;
+use common::{Swarm, skip};
+
+/// The tasks of a service that run, by task id, with the node they run on.
+fn running(s: &Swarm, service: &str) -> BTreeMap<String, String> {
+    s.service_ps(1, service)
+        .into_iter()
+        .filter(|t| {
+            t["DesiredState"] == "Running"
+                && t["CurrentState"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Running")
+        })
+        .map(|t| {
+            (
+                t["ID"].as_str().unwrap_or("").to_string(),
+                t["Node"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The task namespaces of a service's running tasks, once each exists.
+fn task_nss(s: &Swarm, service: &str, want: usize) -> Vec<TaskNs> {
+    let mut out = Vec::new();
+    s.wait(
+        &format!("{want} running tasks of {service} with namespaces"),
+        || {
+            let ids = running(s, service);
+            out = s
+                .all_task_namespaces()
+                .into_iter()
+                .filter(|t| ids.contains_key(&t.id))
+                .collect();
+            ids.len() == want && out.len() == want
+        },
+    );
+    out
+}
+
+#[test]
+fn tasks_reach_their_network_across_nodes_and_nothing_else() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(1, 2);
+    s.ctl(1, &["network", "create", "--driver", "overlay", "red"]);
+    s.ctl(1, &["network", "create", "--driver", "overlay", "blue"]);
+    s.ctl(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "r",
+            "--replicas",
+            "3",
+            "--network",
+            "red",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    s.ctl(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "b",
+            "--replicas",
+            "2",
+            "--network",
+            "blue",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    let red = task_nss(&s, "r", 3);
+    let blue = task_nss(&s, "b", 2);
+    let mut nodes: Vec<usize> = red.iter().map(|t| t.node).collect();
+    nodes.sort();
+    assert_eq!(nodes, [1, 2, 3], "replicas spread over the nodes");
+    let ip = |t: &TaskNs| {
+        s.task_ip(t, "eth0")
+            .unwrap_or_else(|| panic!("task {} has no eth0 address", t.id))
+    };
+    for a in &red {
+        for b in &red {
+            if a.id != b.id {
+                s.wait(
+                    &format!(
+                        "red task on node{} reaches red task on node{}",
+                        a.node, b.node
+                    ),
+                    || s.task_pings(a, ip(b)),
+                );
+            }
+        }
+        for b in &blue {
+            assert!(
+                !s.task_pings(a, ip(b)),
+                "a red task must not reach a blue one"
+            );
+        }
+    }
+    // Every task also has its way out: the gateway bridge, with the default route.
+    let routes = s.in_task(&red[0], &["ip", "route", "show", "default"]);
+    assert!(
+        String::from_utf8_lossy(&routes.stdout).contains("eth1"),
+        "default route via the gateway bridge"
+    );
+}
+
+#[test]
+fn drain_pause_and_a_full_network() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(1, 2);
+    // A /29 holds 5 usable addresses; the VIP takes one, so 4 tasks fit.
+    s.ctl(
+        1,
+        &[
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--subnet",
+            "10.9.9.0/29",
+            "tiny",
+        ],
+    );
+    s.ctl(
+        1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "t",
+            "--replicas",
+            "6",
+            "--network",
+            "tiny",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    s.wait("two tasks wait for addresses, saying why", || {
+        let ps = s.service_ps(1, "t");
+        ps.iter()
+            .filter(|t| {
+                t["Error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("no available IP addresses on network tiny")
+            })
+            .count()
+            == 2
+            && running(&s, "t").len() == 4
+    });
+    let err = s.ctl_err(1, &["network", "rm", "tiny"]);
+    assert!(err.contains("in use"), "{err}");
+
+    // Drain node3: its tasks move; pause node2: it keeps its tasks but takes no new ones.
+    s.ctl(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "d",
+            "--replicas",
+            "3",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    s.wait("d runs on all three nodes", || {
+        let mut n: Vec<String> = running(&s, "d").into_values().collect();
+        n.sort();
+        n == ["node1", "node2", "node3"]
+    });
+    s.ctl(1, &["node", "update", "--availability", "drain", "node3"]);
+    s.wait("node3's task of d moved", || {
+        let r = running(&s, "d");
+        r.len() == 3 && r.values().all(|n| n != "node3")
+    });
+    s.wait("nothing runs on the drained node", || {
+        s.task_namespaces(3).is_empty()
+    });
+    s.ctl(1, &["node", "update", "--availability", "pause", "node2"]);
+    s.ctl(1, &["node", "update", "--availability", "active", "node3"]);
+    let on_node2 = running(&s, "d").values().filter(|n| *n == "node2").count();
+    s.ctl(1, &["service", "scale", "--detach", "d=5"]);
+    s.wait("d scaled to 5 without node2", || {
+        running(&s, "d").len() == 5
+    });
+    assert_eq!(
+        running(&s, "d").values().filter(|n| *n == "node2").count(),
+        on_node2,
+        "a paused node takes no new task"
+    );
+}
+
+#[test]
+fn a_partitioned_worker_loses_its_tasks_and_stops_them_when_healed() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(1, 2);
+    s.ctl(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "p",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.role==worker",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    s.wait("p runs on both workers", || {
+        let mut n: Vec<String> = running(&s, "p").into_values().collect();
+        n.sort();
+        n == ["node2", "node3"]
+    });
+    let old: Vec<TaskNs> = s.task_namespaces(3);
+    assert_eq!(old.len(), 1);
+    s.lab.isolate(3).unwrap();
+    s.wait("node3 is down and its task runs on node2", || {
+        let r = running(&s, "p");
+        r.len() == 2 && r.values().all(|n| n == "node2")
+    });
+    // Cut off, node3 keeps its task running (it cannot know better).
+    assert!(!s.task_pids(&old[0]).is_empty());
+    s.lab.heal_all().unwrap();
+    s.wait("healed, node3 stops its old task", || {
+        s.task_namespaces(3).is_empty()
+    });
+    let mut nodes: Vec<String> = running(&s, "p").into_values().collect();
+    nodes.sort();
+    assert_eq!(nodes, ["node2", "node2"], "no duplicate left running");
+}
+
+#[test]
+fn an_agent_restart_changes_nothing() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(1, 1);
+    s.ctl(1, &["network", "create", "--driver", "overlay", "web"]);
+    s.ctl(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "w",
+            "--replicas",
+            "2",
+            "--network",
+            "web",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    let tasks = task_nss(&s, "w", 2);
+    let (a, b) = (&tasks[0], &tasks[1]);
+    assert_ne!(a.node, b.node);
+    let b_ip = s.task_ip(b, "eth0").unwrap();
+    s.wait("the tasks reach each other", || s.task_pings(a, b_ip));
+    let pids: Vec<Vec<i32>> = tasks.iter().map(|t| s.task_pids(t)).collect();
+    let writes = |i: usize| -> u64 {
+        let info: serde_json::Value =
+            serde_json::from_str(&s.ctl(i, &["info", "--format", "json"])).unwrap();
+        info["DataplaneWrites"].as_u64().unwrap()
+    };
+    s.wait(
+        "the worker counted the writes that built its data plane",
+        || writes(2) > 0,
+    );
+    // Restart the worker's agent (SIGTERM, then start again with the same state).
+    let worker = 2;
+    s.agents[worker - 1].stop(Duration::from_secs(10));
+    s.restart(worker);
+    s.wait("the worker is back and has its assignments", || {
+        s.nodes(1)
+            .map(|n| n.iter().all(|n| common::state(n) == "ready"))
+            .unwrap_or(false)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let info: serde_json::Value =
+        serde_json::from_str(&s.ctl(worker, &["info", "--format", "json"])).unwrap();
+    assert_eq!(
+        info["DataplaneWrites"], 0,
+        "a restart with unchanged state writes nothing to the kernel"
+    );
+    let after: Vec<Vec<i32>> = tasks.iter().map(|t| s.task_pids(t)).collect();
+    assert_eq!(pids, after, "the tasks kept running");
+    assert!(s.task_pings(a, b_ip), "peers intact");
+}
