@@ -32,6 +32,12 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "store",
         "1 KiB writes/s and p50/p99 through the API of 3 managers vs etcd 3.4",
     ),
+    (
+        "services",
+        "netagent",
+        "services",
+        "service create -> reachable (10 replicas, 5 nodes) p50/p99; agent RSS",
+    ),
 ];
 
 pub fn run(names: &[String]) -> Result<()> {
