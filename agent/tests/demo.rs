@@ -156,18 +156,8 @@ fn demo() {
         "node1 stopped heartbeating: it goes Down and its tasks are placed on the nodes left (node3 is drained)",
     );
     s.wait("every running web task on node2", || {
-        let ps = s.service_ps(leader, "web");
-        let running: Vec<&serde_json::Value> = ps
-            .iter()
-            .filter(|t| {
-                t["DesiredState"] == "Running"
-                    && t["CurrentState"]
-                        .as_str()
-                        .unwrap_or("")
-                        .starts_with("Running")
-            })
-            .collect();
-        running.len() == 3 && running.iter().all(|t| t["Node"] == "node2")
+        let running = s.running(leader, "web");
+        running.len() == 3 && running.values().all(|n| n == "node2")
     });
     show(&s, leader, &["service", "ps", "web"]);
 

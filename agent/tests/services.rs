@@ -4,31 +4,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::tasks::TaskNs;
 use common::{Swarm, skip};
-
-/// The tasks of a service that run, by task id, with the node they run on.
-fn running(s: &Swarm, service: &str) -> BTreeMap<String, String> {
-    s.service_ps(1, service)
-        .into_iter()
-        .filter(|t| {
-            t["DesiredState"] == "Running"
-                && t["CurrentState"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with("Running")
-        })
-        .map(|t| {
-            (
-                t["ID"].as_str().unwrap_or("").to_string(),
-                t["Node"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
 
 /// The task namespaces of a service's running tasks, once each exists.
 fn task_nss(s: &Swarm, service: &str, want: usize) -> Vec<TaskNs> {
@@ -36,7 +15,7 @@ fn task_nss(s: &Swarm, service: &str, want: usize) -> Vec<TaskNs> {
     s.wait(
         &format!("{want} running tasks of {service} with namespaces"),
         || {
-            let ids = running(s, service);
+            let ids = s.running(1, service);
             out = s
                 .all_task_namespaces()
                 .into_iter()
@@ -171,7 +150,7 @@ fn drain_pause_and_a_full_network() {
             })
             .count()
             == 2
-            && running(&s, "t").len() == 4
+            && s.running(1, "t").len() == 4
     });
     let err = s.ctl_err(1, &["network", "rm", "tiny"]);
     assert!(err.contains("in use"), "{err}");
@@ -192,13 +171,13 @@ fn drain_pause_and_a_full_network() {
         ],
     );
     s.wait("d runs on all three nodes", || {
-        let mut n: Vec<String> = running(&s, "d").into_values().collect();
+        let mut n: Vec<String> = s.running(1, "d").into_values().collect();
         n.sort();
         n == ["node1", "node2", "node3"]
     });
     s.ctl(1, &["node", "update", "--availability", "drain", "node3"]);
     s.wait("node3's task of d moved", || {
-        let r = running(&s, "d");
+        let r = s.running(1, "d");
         r.len() == 3 && r.values().all(|n| n != "node3")
     });
     s.wait("nothing runs on the drained node", || {
@@ -206,13 +185,13 @@ fn drain_pause_and_a_full_network() {
     });
     s.ctl(1, &["node", "update", "--availability", "pause", "node2"]);
     s.ctl(1, &["node", "update", "--availability", "active", "node3"]);
-    let on_node2 = running(&s, "d").values().filter(|n| *n == "node2").count();
+    let on_node2 = s.running(1, "d").values().filter(|n| *n == "node2").count();
     s.ctl(1, &["service", "scale", "--detach", "d=5"]);
     s.wait("d scaled to 5 without node2", || {
-        running(&s, "d").len() == 5
+        s.running(1, "d").len() == 5
     });
     assert_eq!(
-        running(&s, "d").values().filter(|n| *n == "node2").count(),
+        s.running(1, "d").values().filter(|n| *n == "node2").count(),
         on_node2,
         "a paused node takes no new task"
     );
@@ -241,7 +220,7 @@ fn a_partitioned_worker_loses_its_tasks_and_stops_them_when_healed() {
         ],
     );
     s.wait("p runs on both workers", || {
-        let mut n: Vec<String> = running(&s, "p").into_values().collect();
+        let mut n: Vec<String> = s.running(1, "p").into_values().collect();
         n.sort();
         n == ["node2", "node3"]
     });
@@ -249,7 +228,7 @@ fn a_partitioned_worker_loses_its_tasks_and_stops_them_when_healed() {
     assert_eq!(old.len(), 1);
     s.lab.isolate(3).unwrap();
     s.wait("node3 is down and its task runs on node2", || {
-        let r = running(&s, "p");
+        let r = s.running(1, "p");
         r.len() == 2 && r.values().all(|n| n == "node2")
     });
     // Cut off, node3 keeps its task running (it cannot know better).
@@ -258,7 +237,7 @@ fn a_partitioned_worker_loses_its_tasks_and_stops_them_when_healed() {
     s.wait("healed, node3 stops its old task", || {
         s.task_namespaces(3).is_empty()
     });
-    let mut nodes: Vec<String> = running(&s, "p").into_values().collect();
+    let mut nodes: Vec<String> = s.running(1, "p").into_values().collect();
     nodes.sort();
     assert_eq!(nodes, ["node2", "node2"], "no duplicate left running");
 }

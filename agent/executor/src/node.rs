@@ -68,13 +68,7 @@ pub fn spawn(
     assignments: watch::Receiver<Option<Assignments>>,
     status: mpsc::Sender<StatusReport>,
 ) -> Result<Handle, crate::runner::Error> {
-    let runner = Runner::new(RunnerConfig {
-        dir: config.state_dir.join("tasks"),
-        netns_prefix: config.netns_prefix.clone(),
-        cgroup: config.cgroup.clone(),
-        shim: config.shim.clone(),
-        nameserver: config.nameserver.clone(),
-    })?;
+    let runner = Runner::new(runner_config(&config))?;
     let mut exec = Executor {
         runner: Arc::new(runner),
         dataplane: Arc::new(Mutex::new(None)),
@@ -424,11 +418,7 @@ impl Executor {
         let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let mut guard = plane.lock().unwrap_or_else(|e| e.into_inner());
             if guard.as_ref().is_none() {
-                let node = match &config.node_netns {
-                    Some(p) => NetNs::open_path("node", p),
-                    None => NetNs::current(),
-                }
-                .map_err(|e| e.to_string())?;
+                let node = node_netns(&config).map_err(|e| e.to_string())?;
                 let mut dp = Dataplane::new(vxlan::Config {
                     netns: node,
                     vtep: config.vtep,
@@ -577,24 +567,32 @@ impl Executor {
     }
 }
 
-/// Removes everything the executor of this node made — every task (processes, namespaces,
-/// cgroups, directories), the sandboxes and the gateway bridge — as `swarm leave` does. Blocking.
-pub fn teardown(config: &Config) -> Result<(), Error> {
-    let runner = Runner::new(RunnerConfig {
+fn runner_config(config: &Config) -> RunnerConfig {
+    RunnerConfig {
         dir: config.state_dir.join("tasks"),
         netns_prefix: config.netns_prefix.clone(),
         cgroup: config.cgroup.clone(),
         shim: config.shim.clone(),
         nameserver: config.nameserver.clone(),
-    })?;
-    for id in runner.list() {
-        runner.remove(&id)?;
     }
-    let node = match &config.node_netns {
+}
+
+/// The node's network namespace: the configured one, or the agent's own.
+fn node_netns(config: &Config) -> netns::Result<NetNs> {
+    match &config.node_netns {
         Some(p) => NetNs::open_path("node", p),
         None => NetNs::current(),
     }
-    .map_err(|e| Error::Dataplane(e.to_string()))?;
+}
+
+/// Removes everything the executor of this node made — every task (processes, namespaces,
+/// cgroups, directories), the sandboxes and the gateway bridge — as `swarm leave` does. Blocking.
+pub fn teardown(config: &Config) -> Result<(), Error> {
+    let runner = Runner::new(runner_config(config))?;
+    for id in runner.list() {
+        runner.remove(&id)?;
+    }
+    let node = node_netns(config).map_err(|e| Error::Dataplane(e.to_string()))?;
     let mut dp = Dataplane::new(vxlan::Config {
         netns: node,
         vtep: config.vtep,

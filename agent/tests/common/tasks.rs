@@ -73,6 +73,25 @@ impl Swarm {
             .unwrap_or_default()
     }
 
+    /// The tasks of a service that run (desired and observed), as node `i` sees them: task id
+    /// -> node hostname.
+    pub fn running(&self, i: usize, service: &str) -> std::collections::BTreeMap<String, String> {
+        self.service_ps(i, service)
+            .into_iter()
+            .filter(|t| {
+                t["DesiredState"] == "Running"
+                    && t["CurrentState"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("Running")
+            })
+            .map(|t| {
+                let id = t["ID"].as_str().unwrap_or("").to_string();
+                (id, t["Node"].as_str().unwrap_or("").to_string())
+            })
+            .collect()
+    }
+
     /// `service ps SERVICE --format json` on node `i`, one object per task.
     pub fn service_ps(&self, i: usize, service: &str) -> Vec<serde_json::Value> {
         let out = self.ctl(
