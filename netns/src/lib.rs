@@ -29,6 +29,10 @@ pub enum Error {
     #[error("network namespace {0:?} does not exist")]
     NotFound(String),
     #[error(
+        "{0:?} is not a network namespace (a leftover mount point, or one still being created)"
+    )]
+    NotANamespace(String),
+    #[error(
         "{op} for network namespace {name:?} failed: {source} (netagent needs root / CAP_SYS_ADMIN)"
     )]
     Sys {
@@ -125,10 +129,17 @@ impl NetNs {
         Self::open_path(name, Path::new(NETNS_RUN_DIR).join(name))
     }
 
-    /// Opens the named namespace, creating it if it does not exist (adopts a leftover).
+    /// Opens the named namespace, creating it if it does not exist (adopts a leftover; replaces
+    /// a mount point left without its namespace by a crash).
     pub fn ensure(name: &str) -> Result<NetNs> {
         match Self::create(name) {
-            Err(Error::Exists(_)) => Self::open(name),
+            Err(Error::Exists(_)) => match Self::open(name) {
+                Err(Error::NotANamespace(_)) => {
+                    delete(name)?;
+                    Self::create(name)
+                }
+                other => other,
+            },
             other => other,
         }
     }
@@ -143,6 +154,12 @@ impl NetNs {
                 io_err("open", name)(e)
             }
         })?;
+        // An empty file under /run/netns (created, not yet or no longer bind-mounted) is not a
+        // namespace: setns(2) on it would fail later with a puzzling EINVAL.
+        let fs = nix::sys::statfs::fstatfs(&file).map_err(sys("statfs", name))?;
+        if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+            return Err(Error::NotANamespace(name.to_string()));
+        }
         Ok(NetNs {
             name: name.to_string(),
             path,
@@ -354,5 +371,14 @@ mod tests {
         ns.delete().unwrap();
         assert!(!exists(&name));
         delete(&name).unwrap();
+        // A bare file where a namespace should be (a crash between create and mount).
+        std::fs::write(Path::new(NETNS_RUN_DIR).join(&name), b"").unwrap();
+        assert!(matches!(NetNs::open(&name), Err(Error::NotANamespace(_))));
+        let fresh = NetNs::ensure(&name).unwrap();
+        assert!(
+            fresh.run(|| ()).is_ok(),
+            "ensure replaced it with a real namespace"
+        );
+        fresh.delete().unwrap();
     }
 }

@@ -36,13 +36,23 @@ impl Swarm {
             .collect()
     }
 
-    /// Runs a command inside a task's namespace (as the task would).
+    /// Runs a command inside a task's namespace (as the task would). A namespace that is gone
+    /// (or still being made) gives a failed output.
     pub fn in_task(&self, t: &TaskNs, argv: &[&str]) -> Output {
-        let ns = netns::NetNs::open(&t.ns).expect("task namespace");
-        ns.command(argv[0])
-            .args(&argv[1..])
-            .output()
-            .expect("run in task")
+        use std::os::unix::process::ExitStatusExt;
+        let run = netns::NetNs::open(&t.ns)
+            .map_err(|e| e.to_string())
+            .and_then(|ns| {
+                ns.command(argv[0])
+                    .args(&argv[1..])
+                    .output()
+                    .map_err(|e| e.to_string())
+            });
+        run.unwrap_or_else(|e| Output {
+            status: std::process::ExitStatus::from_raw(1 << 8),
+            stdout: Vec::new(),
+            stderr: e.into_bytes(),
+        })
     }
 
     /// The task's IPv4 address on `ifname` (eth0 is its first network).
