@@ -231,7 +231,7 @@ fn main() {
     let mut known = 0;
     let deadline = Duration::from_secs(900);
     while start.elapsed() < deadline {
-        let out = s.ctl(4, &["network", "inspect", "bench"]);
+        let out = s.ctl(1, &["network", "inspect", "bench"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         known = v[0]["Endpoints"].as_array().map(|a| a.len()).unwrap_or(0);
         if known >= total {

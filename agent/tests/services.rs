@@ -154,6 +154,8 @@ fn drain_pause_and_a_full_network() {
     });
     let err = s.ctl_err(1, &["network", "rm", "tiny"]);
     assert!(err.contains("in use"), "{err}");
+    let err = s.ctl_err(1, &["node", "update", "--availability", "drain", "nosuch"]);
+    assert!(err.contains("No such node: nosuch"), "{err}");
 
     // Drain node3: its tasks move; pause node2: it keeps its tasks but takes no new ones.
     s.ctl(
