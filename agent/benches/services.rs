@@ -240,7 +240,7 @@ fn main() {
         std::thread::sleep(Duration::from_secs(2));
     }
     println!(
-        "{known} endpoints known on node4 after {:.0} s",
+        "{known} endpoints known on node1 after {:.0} s",
         start.elapsed().as_secs_f64()
     );
     std::thread::sleep(Duration::from_secs(5));
