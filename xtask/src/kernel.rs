@@ -14,7 +14,7 @@
 //! 4. [`guest`]: qemu boots it. The guest mounts the Debian module tree, the host's root file
 //!    system (read-only) and a results directory over 9p, loads the modules the lab needs, then
 //!    runs each suite's test binary chrooted into the host's root (fresh /proc, /sys, cgroup2,
-//!    /dev, /run, /tmp), so the binaries find the host's `ip`, `nft`, `ping`, ... and glibc, while
+//!    /dev, /run; TMPDIR is /run/tmp), so the binaries find the host's `ip`, `nft`, `ping`, ... and glibc, while
 //!    the kernel and its modules are Debian's 6.1. Each suite's output and exit status land in the
 //!    results directory; the host streams them, enforces a timeout and reports.
 
@@ -319,7 +319,7 @@ fn plan(filters: &[String]) -> Result<Vec<Planned>> {
         }
         // The guest mounts fresh file systems over these: what lives there is invisible.
         for path in [&exe, &cwd] {
-            if let Some(dir) = ["/tmp", "/run", "/dev", "/proc", "/sys"]
+            if let Some(dir) = ["/run", "/dev", "/proc", "/sys"]
                 .into_iter()
                 .find(|d| path.starts_with(d))
             {

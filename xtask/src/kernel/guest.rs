@@ -40,7 +40,7 @@ pub struct SuiteResult {
     pub output: String,
     /// Guest-measured run time.
     pub secs: Option<f64>,
-    /// Logs the lab kept for failed tests (copied out of the guest's /tmp).
+    /// Logs the lab kept for failed tests (copied out of the guest's TMPDIR).
     pub lab_logs: Option<PathBuf>,
 }
 
@@ -81,7 +81,7 @@ fn run_script(spec: &Spec) -> String {
     let mut env: Vec<String> = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         "HOME=/root".into(),
-        "TMPDIR=/tmp".into(),
+        "TMPDIR=/run/tmp".into(),
         "LANG=C.UTF-8".into(),
         "NETAGENT_KERNEL_LAB=1".into(),
     ];

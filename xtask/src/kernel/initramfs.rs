@@ -50,11 +50,11 @@ suite() {
     chroot /host "$@" </dev/null >"/results/$id.out" 2>&1
     rc=$?
     echo "$t0 $(uptime)" >"/results/$id.time"
-    # The lab keeps the logs of failed tests in /tmp, which dies with the guest.
-    if [ "$rc" != 0 ] && [ -n "$(ls /host/tmp/netagent-lab 2>/dev/null)" ]; then
-        cp -r /host/tmp/netagent-lab "/results/$id.lab-logs"
+    # The lab keeps the logs of failed tests in $TMPDIR, which dies with the guest.
+    if [ "$rc" != 0 ] && [ -n "$(ls /host/run/tmp/netagent-lab 2>/dev/null)" ]; then
+        cp -r /host/run/tmp/netagent-lab "/results/$id.lab-logs"
     fi
-    rm -rf /host/tmp/netagent-lab
+    rm -rf /host/run/tmp/netagent-lab
     echo "$rc" >"/results/$id.rc"
     say "suite $name: exit $rc"
 }
@@ -80,7 +80,9 @@ mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
 mount -t tmpfs tmpfs /host/run || fail "mount /run in the chroot"
-mount -t tmpfs tmpfs /host/tmp || fail "mount /tmp in the chroot"
+# Scratch space is TMPDIR=/run/tmp: the host's /tmp stays visible (read-only), so a checkout
+# or target directory under /tmp works in the guest too.
+mkdir -p /host/run/tmp && chmod 1777 /host/run/tmp || fail "make /run/tmp in the chroot"
 uptime >/results/ready
 say "ready at $(uptime)s"
 suites
