@@ -12,6 +12,24 @@ use store::{Batch, Change};
 use crate::error::Result;
 use crate::member::Member;
 
+/// What this node can show of the cluster: a manager's whole replica; on a worker, the objects
+/// of its assignments (its tasks, the networks and services they use) and its own node.
+pub fn visible(member: &Member) -> Result<ClusterState> {
+    if member.manager.is_some() {
+        return snapshot(member);
+    }
+    let mut objects = Vec::new();
+    if let Some(a) = member.assignments.borrow().as_ref() {
+        objects.extend(a.networks.iter().cloned().map(Object::Network));
+        objects.extend(a.services.iter().cloned().map(Object::Service));
+        objects.extend(a.tasks.iter().cloned().map(Object::Task));
+    }
+    if let Some(n) = member.node_obj.borrow().as_ref() {
+        objects.push(Object::Node(n.clone()));
+    }
+    Ok(ClusterState::from_objects(objects))
+}
+
 /// Every object of this manager's replica.
 pub fn snapshot(member: &Member) -> Result<ClusterState> {
     let store = member.store()?;

@@ -185,8 +185,13 @@ fn networks_round_trip_and_refusals() {
     assert_eq!(six["IPAM"]["Config"][0]["Subnet"], "fd00:50::/64");
     let err = s.ctl_err(1, &["network", "inspect", "nope"]);
     assert!(err.contains("network nope not found"), "{err}");
+    // A worker knows only the networks its tasks use (none here), as docker shows it.
     let err = s.ctl_err(2, &["network", "inspect", "front"]);
-    assert!(err.contains("not a swarm manager"), "{err}");
+    assert!(
+        err.contains("network front not found on this worker"),
+        "{err}"
+    );
+    assert_eq!(s.ctl(2, &["network", "ls", "-q"]).trim(), "");
 
     // Refusals, each one clear line, nothing created.
     let refused = |args: &[&str], want: &[&str]| {

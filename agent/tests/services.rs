@@ -95,6 +95,31 @@ fn tasks_reach_their_network_across_nodes_and_nothing_else() {
             );
         }
     }
+    // A worker shows the networks its tasks use, with this node's gossip view of them, and
+    // nothing else.
+    let on2 = red
+        .iter()
+        .find(|t| t.node == 2)
+        .expect("a red task on node2");
+    let ls = s.ctl(2, &["network", "ls", "--format", "json"]);
+    assert!(ls.contains("\"red\""), "{ls}");
+    let worker_blue = blue.iter().any(|t| t.node == 2);
+    assert_eq!(ls.contains("\"blue\""), worker_blue, "{ls}");
+    s.ctl(1, &["network", "create", "--driver", "overlay", "green"]);
+    let err = s.ctl_err(2, &["network", "inspect", "green"]);
+    assert!(err.contains("not found on this worker"), "{err}");
+    s.wait(
+        "node2's view of red has its task and all three peers",
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&s.ctl(2, &["network", "inspect", "red"])).unwrap();
+            let v = &v[0];
+            v["Containers"].get(&on2.id).is_some()
+                && v["Peers"].as_array().map(Vec::len) == Some(3)
+                && v["Endpoints"].as_array().map(Vec::len) == Some(3)
+        },
+    );
+
     // Every task also has its way out: the gateway bridge, with the default route.
     let routes = s.in_task(&red[0], &["ip", "route", "show", "default"]);
     assert!(

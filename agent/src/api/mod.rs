@@ -16,8 +16,8 @@
 //! | POST | /nodes/{ref}/promote, /nodes/{ref}/demote | `node promote/demote` | leader |
 //! | DELETE | /nodes/{ref}?force=true | `node rm` | leader |
 //! | POST | /networks/create | `network create` (allocates subnets and VNIs) | leader |
-//! | GET | /networks | `network ls` (sorted by name) | manager, local replica |
-//! | GET | /networks/{id\|name\|id-prefix} | `network inspect` (peers and endpoints from this node's gossip) | manager, local replica |
+//! | GET | /networks | `network ls` (sorted by name) | manager, local replica; worker, its tasks' networks |
+//! | GET | /networks/{id\|name\|id-prefix} | `network inspect` (peers and endpoints from this node's gossip) | manager, local replica; worker, its tasks' networks |
 //! | DELETE | /networks/{ref} | `network rm` (refused while a service or a task uses it) | leader |
 //! | POST | /services/create | `service create` (allocates VIPs) | leader |
 //! | GET | /services | `service ls` (with running/desired task counts) | manager, local replica |
@@ -34,7 +34,8 @@
 //! already does the rest for every route: GETs run on any manager; any other method runs on the
 //! leader — a follower forwards the request as it came (`netagent.Control/Forward`), a worker
 //! refuses, and without quorum it fails at once with the quorum message. Routes that act on this
-//! node only are listed in `is_local`.
+//! node only are listed in `is_local`; reads a worker answers from its own assignments (as docker
+//! shows a worker the networks its containers use) in `worker_reads`.
 
 pub mod networks;
 mod nodes;
@@ -162,6 +163,11 @@ fn is_local(path: &str) -> bool {
     )
 }
 
+/// GETs a worker answers itself, from the networks its tasks use.
+fn worker_reads(method: &Method, path: &str) -> bool {
+    method == Method::GET && (path == "/networks" || path.starts_with("/networks/"))
+}
+
 /// Decides where a request runs (see the module doc).
 async fn gate(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
@@ -172,6 +178,9 @@ async fn gate(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
         return crate::member::not_in_swarm().into_response();
     };
     let Some(manager) = &member.manager else {
+        if worker_reads(req.method(), &path) {
+            return next.run(req).await;
+        }
         return crate::member::not_a_manager().into_response();
     };
     let store = manager.store.clone();

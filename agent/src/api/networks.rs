@@ -22,7 +22,7 @@ use store::{Batch, Change};
 
 use super::ApiJson;
 use crate::agent::Agent;
-use crate::error::{Failure, Result};
+use crate::error::{Code, Failure, Result};
 use crate::member::{Member, not_in_swarm};
 use crate::orchestration;
 
@@ -466,7 +466,7 @@ fn with_prefix(ip: IpAddr, allocation: &[SubnetAllocation]) -> String {
         .unwrap_or_else(|| ip.to_string())
 }
 
-/// The network as this manager sees it: stored spec and allocation, plus its gossip view.
+/// The network as this node sees it: stored (or assigned) spec and allocation, plus its gossip view.
 pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkView {
     let allocation = n.allocation.clone().unwrap_or_default();
     let config: Vec<IpamConfigView> = if allocation.is_empty() {
@@ -599,10 +599,10 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkVie
     }
 }
 
-/// `GET /networks`: sorted by name, as docker lists them.
+/// `GET /networks`: sorted by name, as docker lists them (on a worker, its tasks' networks).
 pub async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Vec<NetworkView>>> {
     let m = member(&agent)?;
-    let state = orchestration::snapshot(&m)?;
+    let state = orchestration::visible(&m)?;
     let mut nets: Vec<&Network> = state.networks.values().collect();
     nets.sort_by(|a, b| {
         a.spec
@@ -623,8 +623,13 @@ pub async fn inspect(
     Path(reference): Path<String>,
 ) -> Result<Json<NetworkView>> {
     let m = member(&agent)?;
-    let state = orchestration::snapshot(&m)?;
-    let n = find(&state, &reference)?;
+    let state = orchestration::visible(&m)?;
+    let n = find(&state, &reference).map_err(|e| match e.code {
+        Code::NotFound if m.manager.is_none() => Failure::not_found(format!(
+            "network {reference} not found on this worker: a worker knows only the networks its tasks use; ask a manager for the others"
+        )),
+        _ => e,
+    })?;
     Ok(Json(network_view(&m, &state, n)))
 }
 
