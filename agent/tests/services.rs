@@ -210,6 +210,39 @@ fn drain_pause_and_a_full_network() {
     s.wait("nothing runs on the drained node", || {
         s.task_namespaces(3).is_empty()
     });
+    // `node ps`: the drained node's tasks are all shut down, its old task of d among them; with
+    // no node it lists the tasks of the node you ask.
+    let rows = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut argv = vec!["node", "ps", "--format", "json"];
+        argv.extend_from_slice(args);
+        s.ctl(1, &argv)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let on3 = rows(&["node3"]);
+    assert!(
+        on3.iter()
+            .any(|t| t["Name"].as_str().is_some_and(|n| n.starts_with("d."))),
+        "{on3:?}"
+    );
+    assert!(
+        on3.iter()
+            .all(|t| t["Node"] == "node3" && t["DesiredState"] == "Shutdown"),
+        "{on3:?}"
+    );
+    let running3 = s.ctl(
+        1,
+        &["node", "ps", "-q", "-f", "desired-state=running", "node3"],
+    );
+    assert_eq!(running3.trim(), "");
+    let mine = rows(&[]);
+    assert!(
+        !mine.is_empty() && mine.iter().all(|t| t["Node"] == "node1"),
+        "{mine:?}"
+    );
+    let err = s.ctl_err(1, &["node", "ps", "nosuch"]);
+    assert!(err.contains("No such node: nosuch"), "{err}");
     s.ctl(1, &["node", "update", "--availability", "pause", "node2"]);
     s.ctl(1, &["node", "update", "--availability", "active", "node3"]);
     let on_node2 = s.running(1, "d").values().filter(|n| *n == "node2").count();

@@ -844,9 +844,12 @@ async fn scale(client: &Client, wait: WaitArgs, scales: Vec<String>) -> Result<(
     collect_errors(failed)
 }
 
-async fn ps(
+/// `service ps` (`by` = "service") and `node ps` (`by` = "node"): the tasks of each reference,
+/// in docker's table.
+pub(super) async fn ps(
     client: &Client,
-    services: Vec<String>,
+    by: &str,
+    refs: Vec<String>,
     quiet: bool,
     no_trunc: bool,
     filter: Vec<String>,
@@ -860,8 +863,8 @@ async fn ps(
     }
     let mut tasks: Vec<TaskView> = Vec::new();
     let mut seen = BTreeSet::new();
-    for s in &services {
-        let r = client.get(&format!("/tasks?service={}", esc(s))).await?;
+    for s in &refs {
+        let r = client.get(&format!("/tasks?{by}={}", esc(s))).await?;
         if let Some(why) = &r.stale {
             super::warn(why);
         }
@@ -957,7 +960,7 @@ pub async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             filter,
             format,
             services,
-        } => ps(client, services, quiet, no_trunc, filter, format).await,
+        } => ps(client, "service", services, quiet, no_trunc, filter, format).await,
         ServiceCmd::Ls {
             quiet,
             filter,
