@@ -255,6 +255,22 @@ fn drain_pause_and_a_full_network() {
         on_node2,
         "a paused node takes no new task"
     );
+
+    // `service update --force` replaces every task though nothing changed, and waits for the
+    // new ones.
+    let before = s.running(1, "d");
+    let out = s.ctl(1, &["service", "update", "--force", "d"]);
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let after = s.running(1, "d");
+    assert_eq!(after.len(), 5, "{after:?}");
+    assert!(
+        after.keys().all(|id| !before.contains_key(id)),
+        "every task is new: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.values().all(|n| n != "node2"),
+        "the paused node takes none of the new tasks: {after:?}"
+    );
 }
 
 #[test]

@@ -61,6 +61,10 @@ pub struct TaskTemplate {
     pub env: Vec<String>,
     /// Placement constraints: `node.id|node.hostname|node.role|node.labels.K ==|!= value`.
     pub constraints: Vec<String>,
+    /// Raised by `service update --force`: a new value replaces every task though nothing else
+    /// changed (docker's TaskTemplate.ForceUpdate).
+    #[serde(default)]
+    pub force_update: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -483,3 +483,29 @@ fn joining_a_network_later_replaces_tasks_with_attached_ones() {
         "the new task is attached to the network"
     );
 }
+
+#[test]
+fn a_forced_update_replaces_every_task_once() {
+    let mut w = World::new(2);
+    w.add_network("a", None);
+    w.add_service("s", replicas(2), &["a"]);
+    w.settle();
+    w.run_assigned();
+    let before: Vec<String> = w.live("s").iter().map(|t| t.meta.id.clone()).collect();
+    w.state
+        .services
+        .get_mut("svc-s")
+        .unwrap()
+        .spec
+        .task
+        .force_update += 1;
+    w.settle();
+    w.run_assigned();
+    let after: Vec<String> = w.live("s").iter().map(|t| t.meta.id.clone()).collect();
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "every task is new: {before:?} -> {after:?}"
+    );
+    assert_eq!(w.settle(), 0, "and then nothing more changes");
+}

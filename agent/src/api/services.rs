@@ -130,6 +130,9 @@ pub struct UpdateRequest {
     /// A new argv for the tasks.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// Replace every task even if nothing else changes (`--force`).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Answer of `POST /services/{ref}/update`.
@@ -296,6 +299,7 @@ pub async fn create(
                 command: req.command.clone(),
                 env: req.env.clone(),
                 constraints: req.constraints.clone(),
+                force_update: 0,
             },
             networks,
             endpoint: EndpointSpec {
@@ -334,6 +338,9 @@ fn apply_update(state: &ClusterState, spec: &mut ServiceSpec, req: &UpdateReques
     if let Some(c) = &req.command {
         check_command(c)?;
         spec.task.command = c.clone();
+    }
+    if req.force {
+        spec.task.force_update += 1;
     }
     // Networks: removals (by name, id or prefix) first, then additions.
     for r in &req.network_rm {
@@ -494,6 +501,8 @@ pub struct TaskTemplateView {
     pub placement: PlacementView,
     #[serde(rename = "Networks", default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachmentView>,
+    #[serde(rename = "ForceUpdate", default)]
+    pub force_update: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -616,6 +625,7 @@ fn template_view(t: &TaskTemplate, networks: &[NetworkAttachmentSpec]) -> TaskTe
                 aliases: n.aliases.clone(),
             })
             .collect(),
+        force_update: t.force_update,
     }
 }
 
@@ -1087,6 +1097,7 @@ mod tests {
                 command: vec!["sleep".into()],
                 env: vec!["A=1".into(), "B=2".into()],
                 constraints: vec!["node.role == worker".into()],
+                force_update: 0,
             },
             networks: Vec::new(),
             endpoint: EndpointSpec::default(),
@@ -1103,6 +1114,13 @@ mod tests {
         assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 3 });
         assert_eq!(spec.task.env, ["A=9"]);
         assert_eq!(spec.task.constraints, ["node.labels.x==1"]);
+        let force = UpdateRequest {
+            force: true,
+            ..Default::default()
+        };
+        apply_update(&state, &mut spec, &force).unwrap();
+        apply_update(&state, &mut spec, &force).unwrap();
+        assert_eq!(spec.task.force_update, 2, "each --force is a new value");
         let bad = UpdateRequest {
             constraint_add: vec!["node.nope==1".into()],
             ..Default::default()

@@ -172,6 +172,9 @@ pub struct UpdateArgs {
     /// Replace the command (the whole argv, as one shell-like string split on spaces).
     #[arg(long)]
     args: Option<String>,
+    /// Force update even if no changes require it (every task is replaced).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     wait: WaitArgs,
     service: String,
@@ -356,7 +359,10 @@ pub fn task_progress(t: &TaskView) -> String {
 /// Whether a task runs the service's current spec (so an update has reached it).
 fn up_to_date(svc: &ServiceView, t: &TaskView) -> bool {
     let tpl = &svc.spec.task_template;
-    if t.spec.container_spec != tpl.container_spec || t.spec.placement != tpl.placement {
+    if t.spec.container_spec != tpl.container_spec
+        || t.spec.placement != tpl.placement
+        || t.spec.force_update != tpl.force_update
+    {
         return false;
     }
     let want: BTreeSet<&str> = tpl.networks.iter().map(|n| n.target.as_str()).collect();
@@ -793,6 +799,7 @@ async fn update(client: &Client, a: UpdateArgs) -> Result<()> {
         "label_rm": a.label_rm,
         "endpoint_mode": a.endpoint_mode,
         "command": command,
+        "force": a.force,
     });
     let u: Updated = client
         .post(&format!("/services/{}/update", esc(&a.service)), body)
@@ -1195,6 +1202,7 @@ mod tests {
                         target: "net".into(),
                         aliases: Vec::new(),
                     }],
+                    force_update: 0,
                 },
                 mode: ModeView {
                     replicated: replicas.map(|replicas| ReplicatedView { replicas }),
@@ -1235,6 +1243,7 @@ mod tests {
                 },
                 placement: PlacementView::default(),
                 networks: Vec::new(),
+                force_update: 0,
             },
             service_id: "svc".into(),
             service_name: "web".into(),
@@ -1302,6 +1311,10 @@ mod tests {
         let mut stale = done.clone();
         stale[0].spec.container_spec.env = vec!["A=1".into()];
         assert!(!progress(&svc, &stale).converged);
+        // Nor does one from before a `--force`.
+        let mut forced = svc.clone();
+        forced.spec.task_template.force_update = 1;
+        assert!(!progress(&forced, &done).converged);
         // Scaled down: converged once the extra slot is being shut down.
         let svc2 = service(Some(2), 2);
         assert!(!progress(&svc2, &done).converged);
