@@ -34,18 +34,8 @@ pub enum NodeCmd {
     },
     /// List tasks running on one or more nodes, defaults to current node.
     Ps {
-        /// Only display task IDs.
-        #[arg(long, short = 'q')]
-        quiet: bool,
-        /// Do not truncate output.
-        #[arg(long)]
-        no_trunc: bool,
-        /// Filter output (desired-state=running|shutdown|accepted, node=NODE, name=NAME, id=ID).
-        #[arg(long, short = 'f')]
-        filter: Vec<String>,
-        /// table, or json: one object per line with the table's fields.
-        #[arg(long, value_enum, default_value = "table")]
-        format: Format,
+        #[command(flatten)]
+        args: super::service::PsArgs,
         /// Node ids, hostnames, or "self" (the default).
         nodes: Vec<String>,
     },
@@ -161,19 +151,13 @@ fn print_warnings(d: &Done) {
 
 pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
     match cmd {
-        NodeCmd::Ps {
-            quiet,
-            no_trunc,
-            filter,
-            format,
-            nodes,
-        } => {
+        NodeCmd::Ps { args, nodes } => {
             let nodes = if nodes.is_empty() {
                 vec!["self".to_string()]
             } else {
                 nodes
             };
-            super::service::ps(client, "node", nodes, quiet, no_trunc, filter, format).await?
+            super::service::ps(client, "node", nodes, args).await?
         }
         NodeCmd::Ls { quiet, format } => {
             let r = client.get("/nodes").await?;

@@ -41,18 +41,8 @@ pub enum ServiceCmd {
     },
     /// List the tasks of one or more services.
     Ps {
-        /// Only display task IDs.
-        #[arg(long, short = 'q')]
-        quiet: bool,
-        /// Do not truncate output.
-        #[arg(long)]
-        no_trunc: bool,
-        /// Filter output (desired-state=running|shutdown|accepted, node=NODE, name=NAME, id=ID).
-        #[arg(long, short = 'f')]
-        filter: Vec<String>,
-        /// table, or json: one object per line with the table's fields.
-        #[arg(long, value_enum, default_value = "table")]
-        format: Format,
+        #[command(flatten)]
+        args: PsArgs,
         #[arg(required = true)]
         services: Vec<String>,
     },
@@ -81,6 +71,23 @@ pub enum ServiceCmd {
         #[arg(required = true)]
         services: Vec<String>,
     },
+}
+
+/// The options of `service ps` and `node ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Only display task IDs.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// Do not truncate output.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Filter output (desired-state=running|shutdown|accepted, node=NODE, name=NAME, id=ID).
+    #[arg(long, short = 'f')]
+    filter: Vec<String>,
+    /// table, or json: one object per line with the table's fields.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
 }
 
 /// How create, update and scale wait for the service to converge.
@@ -853,15 +860,13 @@ async fn scale(client: &Client, wait: WaitArgs, scales: Vec<String>) -> Result<(
 
 /// `service ps` (`by` = "service") and `node ps` (`by` = "node"): the tasks of each reference,
 /// in docker's table.
-pub(super) async fn ps(
-    client: &Client,
-    by: &str,
-    refs: Vec<String>,
-    quiet: bool,
-    no_trunc: bool,
-    filter: Vec<String>,
-    format: Format,
-) -> Result<()> {
+pub(super) async fn ps(client: &Client, by: &str, refs: Vec<String>, a: PsArgs) -> Result<()> {
+    let PsArgs {
+        quiet,
+        no_trunc,
+        filter,
+        format,
+    } = a;
     let filters = parse_filters(&filter, &["desired-state", "node", "name", "id"])?;
     for (k, v) in &filters {
         if k == "desired-state" {
@@ -961,13 +966,7 @@ pub async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
         ServiceCmd::Create(a) => create(client, a).await,
         ServiceCmd::Update(a) => update(client, a).await,
         ServiceCmd::Scale { wait, scales } => scale(client, wait, scales).await,
-        ServiceCmd::Ps {
-            quiet,
-            no_trunc,
-            filter,
-            format,
-            services,
-        } => ps(client, "service", services, quiet, no_trunc, filter, format).await,
+        ServiceCmd::Ps { args, services } => ps(client, "service", services, args).await,
         ServiceCmd::Ls {
             quiet,
             filter,
