@@ -127,7 +127,7 @@ async fn start(lab: &Lab, i: usize) -> NodeRun {
     // A gossip instance shut down a moment ago may still hold the port while its tasks wind down.
     let mut socket = None;
     for _ in 0..100 {
-        match n.in_ns(move || std::net::UdpSocket::bind(addr)).unwrap() {
+        match n.in_ns(move || gossip::Sockets::bind(addr)).unwrap() {
             Ok(s) => {
                 socket = Some(s);
                 break;
@@ -146,7 +146,7 @@ async fn start(lab: &Lab, i: usize) -> NodeRun {
         gossip::DEFAULT_PORT,
     )];
     cfg.timings = Timings::fast();
-    let gossip = Arc::new(Gossip::start_with_socket(cfg, socket).await.unwrap());
+    let gossip = Arc::new(Gossip::start_with_sockets(cfg, socket).await.unwrap());
     let (tx, rx) = watch::channel(None);
     let (stx, status) = mpsc::channel(64);
     let handle = node::spawn(config(lab, i), gossip.clone(), rx, stx).unwrap();

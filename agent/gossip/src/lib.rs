@@ -6,7 +6,8 @@
 //!
 //! * an encrypted transport ([`wire`]): every datagram is sealed with AES-GCM under the cluster's
 //!   primary gossip key, opened with any accepted key, checked against a replay window and kept
-//!   under the underlay MTU (longer messages are fragmented, each fragment sealed on its own);
+//!   under the underlay MTU (longer messages are fragmented, each fragment sealed on its own,
+//!   and sent over TCP on the same port, falling back to UDP fragments);
 //! * a strict pre-check of every message before chitchat parses it ([`validate`]);
 //! * the tables ([`Endpoint`], VTEP) as entries owned by the node that wrote them, visible only
 //!   while that node is alive, materialized into a view with per-network event channels
@@ -22,6 +23,7 @@
 //! [`Timings::tombstone_ttl`]. A late or replayed add carries an older version and is ignored, so
 //! a delete is never resurrected; others cannot forge a node's entries without a cluster key.
 
+mod stream;
 mod transport;
 pub mod validate;
 mod view;
@@ -238,6 +240,12 @@ pub struct Stats {
     pub dropped_incomplete: u64,
     pub send_errors: u64,
     pub eager_pushes: u64,
+    /// Messages larger than a datagram sent over TCP, and received that way.
+    pub streams_sent: u64,
+    pub streams_received: u64,
+    /// Large messages sent as UDP fragments because a stream could not be opened (or too many
+    /// were in flight).
+    pub stream_fallbacks: u64,
 }
 
 /// A subscription to one network's endpoint table. The first event is a [`Event::Resync`] with
@@ -308,6 +316,25 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The two sockets of the gossip port (datagrams, and streams for messages larger than one)
+/// and the network namespace they live in, where outgoing streams are opened too.
+pub struct Sockets {
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+    netns: netns::NetNs,
+}
+
+impl Sockets {
+    /// Binds UDP and TCP on `addr` in the calling thread's network namespace (which may be
+    /// another than the one of the threads that later run gossip).
+    pub fn bind(addr: SocketAddr) -> std::io::Result<Sockets> {
+        let netns = netns::NetNs::current().map_err(std::io::Error::other)?;
+        let udp = std::net::UdpSocket::bind(addr)?;
+        let tcp = std::net::TcpListener::bind(addr)?;
+        Ok(Sockets { udp, tcp, netns })
+    }
+}
+
 /// A running gossip node. Dropping it stops everything at once (like a crash: peers notice by
 /// failure detection); [`Gossip::shutdown`] leaves gracefully.
 pub struct Gossip {
@@ -325,18 +352,23 @@ fn validate_id(what: &'static str, value: &str) -> Result<()> {
 }
 
 impl Gossip {
-    /// Binds `config.bind` (UDP) and starts. Must run inside a tokio runtime.
+    /// Binds `config.bind` (UDP and TCP) and starts. Must run inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Gossip> {
-        let socket = std::net::UdpSocket::bind(config.bind).map_err(|source| Error::Bind {
+        let sockets = Sockets::bind(config.bind).map_err(|source| Error::Bind {
             addr: config.bind,
             source,
         })?;
-        Self::start_with_socket(config, socket).await
+        Self::start_with_sockets(config, sockets).await
     }
 
-    /// Starts on a socket bound by the caller (e.g. inside the node's network namespace);
+    /// Starts on sockets bound by the caller (e.g. inside the node's network namespace);
     /// `config.bind` is still the address advertised to peers.
-    pub async fn start_with_socket(config: Config, socket: std::net::UdpSocket) -> Result<Gossip> {
+    pub async fn start_with_sockets(config: Config, sockets: Sockets) -> Result<Gossip> {
+        let Sockets {
+            udp: socket,
+            tcp: listener,
+            netns,
+        } = sockets;
         validate_id("node id", &config.node_id)?;
         if config.bind.ip().is_unspecified() || config.bind.port() == 0 {
             return Err(Error::Config(format!(
@@ -364,10 +396,15 @@ impl Gossip {
         let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let sealer = Arc::new(Sealer::new(config.mtu));
 
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let shared = Arc::new(Shared {
             keys: RwLock::new(Arc::new(keys)),
             counters: Default::default(),
             data_arrived: Notify::new(),
+            port: config.bind.port(),
+            outbound: stream::outbound(),
+            netns,
         });
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -396,7 +433,10 @@ impl Gossip {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
-        let transport = SecureTransport::new(socket.clone(), shared.clone(), sealer.clone(), t);
+        let (frames_tx, frames_rx) = mpsc::channel(wire::MAX_FRAGMENTS * 4);
+        let listening = stream::listen(listener, frames_tx, shared.clone(), t.reassembly_timeout);
+        let transport =
+            SecureTransport::new(socket.clone(), frames_rx, shared.clone(), sealer.clone(), t);
         let handle = chitchat::spawn_chitchat(cc_config, Vec::new(), &transport as &dyn Transport)
             .await
             .map_err(|e| Error::Start(format!("{e:#}")))?;
@@ -420,6 +460,7 @@ impl Gossip {
             tasks: Mutex::new(Vec::new()),
         });
         let tasks = vec![
+            listening,
             tokio::spawn(reconcile_loop(inner.clone())),
             tokio::spawn(push_loop(inner.clone(), news_rx)),
         ];

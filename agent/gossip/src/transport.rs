@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tracing::{debug, warn};
 
+use crate::stream::Frame;
 use crate::wire::{self, CompiledKeys, Opened, Reassembler, Reject, ReplayGuard, Sealer};
 use crate::{Stats, Timings};
 
@@ -32,6 +33,9 @@ pub(crate) struct Counters {
     pub dropped_incomplete: AtomicU64,
     pub send_errors: AtomicU64,
     pub eager_pushes: AtomicU64,
+    pub streams_sent: AtomicU64,
+    pub streams_received: AtomicU64,
+    pub stream_fallbacks: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -55,6 +59,9 @@ impl Counters {
             dropped_incomplete: g(&self.dropped_incomplete),
             send_errors: g(&self.send_errors),
             eager_pushes: g(&self.eager_pushes),
+            streams_sent: g(&self.streams_sent),
+            streams_received: g(&self.streams_received),
+            stream_fallbacks: g(&self.stream_fallbacks),
         }
     }
 }
@@ -65,6 +72,12 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// Woken after chitchat has applied a message that carried a delta.
     pub data_arrived: Notify,
+    /// This node's gossip port (TCP and UDP), named in the streams it opens.
+    pub port: u16,
+    /// Outbound streams in flight ([`crate::stream`]).
+    pub outbound: Arc<tokio::sync::Semaphore>,
+    /// Where the gossip sockets live: outbound streams are opened there.
+    pub netns: netns::NetNs,
 }
 
 impl Shared {
@@ -75,21 +88,23 @@ impl Shared {
 
 /// Hands chitchat one pre-bound UDP socket wrapped in the envelope.
 pub(crate) struct SecureTransport {
-    socket: Mutex<Option<Arc<tokio::net::UdpSocket>>>,
+    socket: Mutex<Option<(Arc<tokio::net::UdpSocket>, mpsc::Receiver<Frame>)>>,
     shared: Arc<Shared>,
     sealer: Arc<Sealer>,
     timings: Timings,
 }
 
 impl SecureTransport {
+    /// `frames`: what [`crate::stream::listen`] received on TCP.
     pub fn new(
         socket: Arc<tokio::net::UdpSocket>,
+        frames: mpsc::Receiver<Frame>,
         shared: Arc<Shared>,
         sealer: Arc<Sealer>,
         timings: Timings,
     ) -> Self {
         SecureTransport {
-            socket: Mutex::new(Some(socket)),
+            socket: Mutex::new(Some((socket, frames))),
             shared,
             sealer,
             timings,
@@ -97,11 +112,12 @@ impl SecureTransport {
     }
 }
 
-/// Seals and sends one serialized chitchat message; failures are counted, never fatal.
+/// Seals and sends one serialized chitchat message: one datagram, or when it needs several,
+/// a stream ([`crate::stream`]). Failures are counted, never fatal.
 pub(crate) async fn send_sealed(
-    socket: &tokio::net::UdpSocket,
+    socket: &Arc<tokio::net::UdpSocket>,
     sealer: &Sealer,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     to: SocketAddr,
     bytes: &[u8],
 ) {
@@ -116,8 +132,23 @@ pub(crate) async fn send_sealed(
         }
     };
     add(&c.messages_sent, 1);
+    if datagrams.len() > 1 {
+        crate::stream::send(to, datagrams, socket, shared).await;
+    } else {
+        send_datagrams(socket, shared, to, &datagrams).await;
+    }
+}
+
+/// Sends sealed datagrams as they are.
+pub(crate) async fn send_datagrams(
+    socket: &tokio::net::UdpSocket,
+    shared: &Shared,
+    to: SocketAddr,
+    datagrams: &[Vec<u8>],
+) {
+    let c = &shared.counters;
     for d in datagrams {
-        match socket.send_to(&d, to).await {
+        match socket.send_to(d, to).await {
             Ok(n) => {
                 add(&c.datagrams_sent, 1);
                 add(&c.bytes_sent, n as u64);
@@ -134,7 +165,7 @@ pub(crate) async fn send_sealed(
 #[async_trait]
 impl Transport for SecureTransport {
     async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let socket = self
+        let (socket, frames) = self
             .socket
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -142,6 +173,8 @@ impl Transport for SecureTransport {
             .ok_or_else(|| anyhow::anyhow!("the gossip socket was already opened"))?;
         Ok(Box::new(SecureSocket {
             socket,
+            frames,
+            frames_open: true,
             shared: self.shared.clone(),
             sealer: self.sealer.clone(),
             guard: ReplayGuard::new(self.timings.replay_max_age, 4096),
@@ -152,8 +185,15 @@ impl Transport for SecureTransport {
     }
 }
 
+enum Got {
+    Datagram(io::Result<(usize, SocketAddr)>),
+    Frame(Option<Frame>),
+}
+
 struct SecureSocket {
     socket: Arc<tokio::net::UdpSocket>,
+    frames: mpsc::Receiver<Frame>,
+    frames_open: bool,
     shared: Arc<Shared>,
     sealer: Arc<Sealer>,
     guard: ReplayGuard,
@@ -190,10 +230,10 @@ impl SecureSocket {
         debug!(%from, reason = ?r, "gossip datagram dropped");
     }
 
-    /// Turns one datagram into a message for chitchat, or nothing.
-    fn accept(&mut self, n: usize, from: SocketAddr) -> Option<ChitchatMessage> {
+    /// Turns one datagram (or a frame of a stream) into a message for chitchat, or nothing.
+    fn accept(&mut self, datagram: &[u8], from: SocketAddr) -> Option<ChitchatMessage> {
         let keys = self.shared.keys();
-        let bytes = match wire::open(&keys, &mut self.guard, &self.buf[..n], self.sealer.sender()) {
+        let bytes = match wire::open(&keys, &mut self.guard, datagram, self.sealer.sender()) {
             Ok(Opened::Message(m)) => m,
             Ok(Opened::Fragment {
                 sender,
@@ -250,16 +290,35 @@ impl Socket for SecureSocket {
             self.shared.data_arrived.notify_one();
         }
         loop {
-            // The only await point: dropping this future loses nothing.
-            let (n, from) = match self.socket.recv_from(&mut self.buf).await {
-                Ok(r) => r,
-                Err(e) if transient(&e) => continue,
-                Err(e) => return Err(anyhow::Error::new(e).context("gossip socket failed")),
+            // The only await point, on two cancel-safe receives: dropping this future loses
+            // nothing.
+            let frames_open = self.frames_open;
+            let got = tokio::select! {
+                r = self.socket.recv_from(&mut self.buf) => Got::Datagram(r),
+                f = self.frames.recv(), if frames_open => Got::Frame(f),
             };
-            add(&self.shared.counters.datagrams_received, 1);
-            add(&self.shared.counters.bytes_received, n as u64);
-            if let Some(msg) = self.accept(n, from) {
-                return Ok((from, msg));
+            match got {
+                Got::Frame(Some((from, frame))) => {
+                    if let Some(msg) = self.accept(&frame, from) {
+                        return Ok((from, msg));
+                    }
+                }
+                // The stream listener stopped (shutting down): datagrams only.
+                Got::Frame(None) => self.frames_open = false,
+                Got::Datagram(Ok((n, from))) => {
+                    add(&self.shared.counters.datagrams_received, 1);
+                    add(&self.shared.counters.bytes_received, n as u64);
+                    let buf = std::mem::take(&mut self.buf);
+                    let msg = self.accept(&buf[..n], from);
+                    self.buf = buf;
+                    if let Some(msg) = msg {
+                        return Ok((from, msg));
+                    }
+                }
+                Got::Datagram(Err(e)) if transient(&e) => {}
+                Got::Datagram(Err(e)) => {
+                    return Err(anyhow::Error::new(e).context("gossip socket failed"));
+                }
             }
         }
     }

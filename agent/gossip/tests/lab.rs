@@ -340,3 +340,51 @@ fn a_lagging_subscriber_gets_a_snapshot() {
     assert_eq!(sub.try_recv(), None);
     assert_eq!(c.g(1).endpoints("net1").len(), 1499);
 }
+
+/// A message larger than one datagram (a newcomer's first sync of 300 endpoints) goes over TCP
+/// 7946 and arrives whole; junk on the TCP port is dropped and counted, and gossip goes on.
+#[test]
+fn large_messages_go_over_tcp_and_junk_there_is_dropped() {
+    require_root!();
+    let mut c = Cluster::new(3, 1, Timings::fast());
+    c.start(1);
+    c.start(2);
+    for k in 0..300 {
+        c.publish(1, endpoint("big", &format!("ep{k}"), (k % 250) as u8 + 1));
+    }
+    c.wait("node 2 sees all 300", || {
+        c.g(2).endpoints("big").len() == 300
+    });
+    c.start(3);
+    c.wait("the newcomer sees all 300", || {
+        c.g(3).endpoints("big").len() == 300
+    });
+    let sent: u64 = (1..=3).map(|i| c.g(i).stats().streams_sent).sum();
+    let got = c.g(3).stats().streams_received;
+    assert!(
+        sent > 0 && got > 0,
+        "streams sent {sent}, received by node3 {got}"
+    );
+
+    // Junk on node 1's TCP port: not a gossip stream; a gossip stream with a forged frame.
+    let before = c.g(1).stats().dropped_malformed;
+    let to = c.addr(1);
+    c.lab
+        .node(2)
+        .in_ns(move || {
+            use std::io::Write;
+            for junk in [
+                b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+                [b"NAG1".as_slice(), &[0x1f, 0x12], &[0, 4], b"junk"].concat(),
+            ] {
+                let mut s = std::net::TcpStream::connect(to).unwrap();
+                s.write_all(&junk).unwrap();
+            }
+        })
+        .unwrap();
+    c.wait("both dropped and counted", || {
+        c.g(1).stats().dropped_malformed >= before + 2
+    });
+    c.publish(1, endpoint("big", "after-junk", 9));
+    c.wait("gossip goes on", || c.sees(3, "big", "after-junk", 1));
+}

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use gossip::{Config, Endpoint, Gossip, Key, Keyring, Timings};
+use gossip::{Config, Endpoint, Gossip, Key, Keyring, Sockets, Timings};
 use lab::Lab;
 
 pub const PORT: u16 = gossip::DEFAULT_PORT;
@@ -121,10 +121,10 @@ impl Cluster {
     }
 
     pub fn start_with(&mut self, i: usize, config: Config) {
-        let socket = bind_in(&self.lab, i, config.bind);
+        let sockets = sockets_in(&self.lab, i, config.bind);
         let g = self
             .rt
-            .block_on(Gossip::start_with_socket(config, socket))
+            .block_on(Gossip::start_with_sockets(config, sockets))
             .expect("gossip starts");
         self.nodes[i - 1] = Some(g);
     }
@@ -218,13 +218,25 @@ impl Cluster {
 /// Binds the gossip socket inside node `i`'s namespace; retries while a previous instance's
 /// socket is still being released.
 pub fn bind_in(lab: &Lab, i: usize, addr: SocketAddr) -> std::net::UdpSocket {
+    bind_with(lab, i, addr, std::net::UdpSocket::bind)
+}
+
+/// The gossip port's UDP and TCP sockets, bound inside node `i`.
+pub fn sockets_in(lab: &Lab, i: usize, addr: SocketAddr) -> Sockets {
+    bind_with(lab, i, addr, Sockets::bind)
+}
+
+/// Binds inside node `i`, retrying while a just-stopped instance still holds the port.
+fn bind_with<T: Send>(
+    lab: &Lab,
+    i: usize,
+    addr: SocketAddr,
+    bind: fn(SocketAddr) -> std::io::Result<T>,
+) -> T {
     let node = lab.node(i);
     let mut last = None;
     for _ in 0..100 {
-        match node
-            .in_ns(move || std::net::UdpSocket::bind(addr))
-            .expect("enter namespace")
-        {
+        match node.in_ns(move || bind(addr)).expect("enter namespace") {
             Ok(s) => return s,
             Err(e) => last = Some(e),
         }
