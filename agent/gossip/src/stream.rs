@@ -1,5 +1,8 @@
-//! The TCP half of 7946: a message too large for one datagram goes to its peer over a short TCP
-//! connection instead of as UDP fragments, so one lost fragment cannot lose it.
+//! The TCP half of 7946: a large message (more than [`MIN_FRAGMENTS`] datagrams: a first sync,
+//! a burst of changes) goes to its peer over a short TCP connection instead of as UDP
+//! fragments, so one lost fragment cannot lose it. The routine exchanges of a gossip round
+//! (digests of a few datagrams) stay on UDP: a connection per round would cost more than the
+//! rare loss it saves.
 //!
 //! The stream carries exactly what UDP would have: the message's sealed fragments, each opened
 //! by the receiver through the same keys, replay window and reassembly. A connection is
@@ -22,6 +25,8 @@ use tracing::debug;
 use crate::transport::Shared;
 use crate::wire;
 
+/// Messages of up to this many datagrams go as datagrams.
+pub const MIN_FRAGMENTS: usize = 4;
 /// First bytes of every gossip stream.
 pub const MAGIC: &[u8; 4] = b"NAG1";
 /// Connections read at once; more wait in the kernel's accept queue.

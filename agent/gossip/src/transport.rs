@@ -112,8 +112,9 @@ impl SecureTransport {
     }
 }
 
-/// Seals and sends one serialized chitchat message: one datagram, or when it needs several,
-/// a stream ([`crate::stream`]). Failures are counted, never fatal.
+/// Seals and sends one serialized chitchat message: as datagrams, or when it needs more than
+/// [`crate::stream::MIN_FRAGMENTS`] of them, as a stream ([`crate::stream`]). Failures are
+/// counted, never fatal.
 pub(crate) async fn send_sealed(
     socket: &Arc<tokio::net::UdpSocket>,
     sealer: &Sealer,
@@ -132,7 +133,7 @@ pub(crate) async fn send_sealed(
         }
     };
     add(&c.messages_sent, 1);
-    if datagrams.len() > 1 {
+    if datagrams.len() > crate::stream::MIN_FRAGMENTS {
         crate::stream::send(to, datagrams, socket, shared).await;
     } else {
         send_datagrams(socket, shared, to, &datagrams).await;

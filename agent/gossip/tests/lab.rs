@@ -341,23 +341,27 @@ fn a_lagging_subscriber_gets_a_snapshot() {
     assert_eq!(c.g(1).endpoints("net1").len(), 1499);
 }
 
-/// A message larger than one datagram (a newcomer's first sync of 300 endpoints) goes over TCP
-/// 7946 and arrives whole; junk on the TCP port is dropped and counted, and gossip goes on.
+/// A large message (a newcomer's first sync of 1,500 endpoints, more than a few datagrams even
+/// compressed) goes over TCP 7946 and arrives whole; junk on the TCP port is dropped and
+/// counted, and gossip goes on.
 #[test]
 fn large_messages_go_over_tcp_and_junk_there_is_dropped() {
     require_root!();
     let mut c = Cluster::new(3, 1, Timings::fast());
     c.start(1);
     c.start(2);
-    for k in 0..300 {
-        c.publish(1, endpoint("big", &format!("ep{k}"), (k % 250) as u8 + 1));
+    const N: usize = 1500;
+    for k in 0..N as u64 {
+        // Ids that do not compress away.
+        let id = format!("{:016x}", k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        c.publish(1, endpoint("big", &id, (k % 250) as u8 + 1));
     }
-    c.wait("node 2 sees all 300", || {
-        c.g(2).endpoints("big").len() == 300
+    c.wait("node 2 sees them all", || {
+        c.g(2).endpoints("big").len() == N
     });
     c.start(3);
-    c.wait("the newcomer sees all 300", || {
-        c.g(3).endpoints("big").len() == 300
+    c.wait("the newcomer sees them all", || {
+        c.g(3).endpoints("big").len() == N
     });
     let sent: u64 = (1..=3).map(|i| c.g(i).stats().streams_sent).sum();
     let got = c.g(3).stats().streams_received;
