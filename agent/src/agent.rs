@@ -309,6 +309,25 @@ impl Agent {
         m
     }
 
+    /// The advertise and data-path addresses of `swarm init` / `swarm join`: as asked, else as
+    /// configured, else the address of the default route (data path: the advertise address).
+    fn addresses(
+        &self,
+        advertise: Option<String>,
+        data_path: Option<String>,
+    ) -> Result<(String, String)> {
+        let advertise = match advertise.or(self.cfg.advertise_addr.clone()) {
+            Some(a) => a,
+            None => crate::sysinfo::default_addr().map_err(Failure::bad_request)?,
+        };
+        valid_ip("--advertise-addr", &advertise)?;
+        let data_path = data_path
+            .or(self.cfg.data_path_addr.clone())
+            .unwrap_or_else(|| advertise.clone());
+        valid_ip("--data-path-addr", &data_path)?;
+        Ok((advertise, data_path))
+    }
+
     /// `swarm init` (and `--force-new-cluster`).
     pub async fn init(self: &Arc<Self>, req: InitRequest) -> Result<InitResponse> {
         let _g = self.ops.lock().await;
@@ -320,21 +339,8 @@ impl Agent {
                 "This node is already part of a swarm. Use \"netctl swarm leave\" to leave this swarm and join another one.",
             ));
         }
-        let advertise = match req
-            .advertise_addr
-            .clone()
-            .or(self.cfg.advertise_addr.clone())
-        {
-            Some(a) => a,
-            None => crate::sysinfo::default_addr().map_err(Failure::bad_request)?,
-        };
-        valid_ip("--advertise-addr", &advertise)?;
-        let data_path = req
-            .data_path_addr
-            .clone()
-            .or(self.cfg.data_path_addr.clone())
-            .unwrap_or_else(|| advertise.clone());
-        valid_ip("--data-path-addr", &data_path)?;
+        let (advertise, data_path) =
+            self.addresses(req.advertise_addr.clone(), req.data_path_addr.clone())?;
         let port = req.data_path_port.unwrap_or(4789);
         if !(1024..=49151).contains(&port) {
             return Err(Failure::bad_request(format!(
@@ -505,21 +511,8 @@ impl Agent {
         let token =
             JoinToken::parse(&req.token).map_err(|e| Failure::bad_request(e.to_string()))?;
         let remote = with_port(&req.remote_addr, self.cfg.cluster_port);
-        let advertise = match req
-            .advertise_addr
-            .clone()
-            .or(self.cfg.advertise_addr.clone())
-        {
-            Some(a) => a,
-            None => crate::sysinfo::default_addr().map_err(Failure::bad_request)?,
-        };
-        valid_ip("--advertise-addr", &advertise)?;
-        let data_path = req
-            .data_path_addr
-            .clone()
-            .or(self.cfg.data_path_addr.clone())
-            .unwrap_or_else(|| advertise.clone());
-        valid_ip("--data-path-addr", &data_path)?;
+        let (advertise, data_path) =
+            self.addresses(req.advertise_addr.clone(), req.data_path_addr.clone())?;
         let (csr, key) = pki::new_csr().map_err(|e| Failure::internal(e.to_string()))?;
         let tls = pki::tls::pinned_client_config(&token.ca_digest)
             .map_err(|e| Failure::internal(e.to_string()))?;

@@ -149,6 +149,34 @@ fn print_warnings(d: &Done) {
     }
 }
 
+/// `node promote` / `node demote`: each node in turn, printing docker's line (or the agent's
+/// note) for each; the last failure, if any, is the result.
+async fn change_roles(
+    client: &Client,
+    nodes: &[String],
+    action: &str,
+    done: impl Fn(&str) -> String,
+) -> Result<()> {
+    let mut failed = None;
+    for n in nodes {
+        match client
+            .post(
+                &format!("/nodes/{}/{action}", esc(n)),
+                serde_json::json!({}),
+            )
+            .await
+        {
+            Ok(r) => {
+                let d: Done = r.parse()?;
+                print_warnings(&d);
+                println!("{}", d.note.unwrap_or_else(|| done(n)));
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
 pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
     match cmd {
         NodeCmd::Ps { args, nodes } => {
@@ -275,48 +303,16 @@ pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
             println!("{node}");
         }
         NodeCmd::Promote { nodes } => {
-            let mut failed = None;
-            for n in &nodes {
-                match client
-                    .post(&format!("/nodes/{}/promote", esc(n)), serde_json::json!({}))
-                    .await
-                {
-                    Ok(r) => {
-                        let d: Done = r.parse()?;
-                        print_warnings(&d);
-                        match d.note {
-                            Some(note) => println!("{note}"),
-                            None => println!("Node {n} promoted to a manager in the swarm."),
-                        }
-                    }
-                    Err(e) => failed = Some(e),
-                }
-            }
-            if let Some(e) = failed {
-                return Err(e);
-            }
+            change_roles(client, &nodes, "promote", |n| {
+                format!("Node {n} promoted to a manager in the swarm.")
+            })
+            .await?
         }
         NodeCmd::Demote { nodes } => {
-            let mut failed = None;
-            for n in &nodes {
-                match client
-                    .post(&format!("/nodes/{}/demote", esc(n)), serde_json::json!({}))
-                    .await
-                {
-                    Ok(r) => {
-                        let d: Done = r.parse()?;
-                        print_warnings(&d);
-                        match d.note {
-                            Some(note) => println!("{note}"),
-                            None => println!("Manager {n} demoted in the swarm."),
-                        }
-                    }
-                    Err(e) => failed = Some(e),
-                }
-            }
-            if let Some(e) = failed {
-                return Err(e);
-            }
+            change_roles(client, &nodes, "demote", |n| {
+                format!("Manager {n} demoted in the swarm.")
+            })
+            .await?
         }
         NodeCmd::Rm { force, nodes } => {
             let mut failed = None;
