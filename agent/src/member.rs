@@ -136,6 +136,22 @@ impl Member {
     }
 
     /// The manager parts, or the error docker gives on a worker.
+    /// The cluster addresses of the voting managers (empty on a worker), as joiners and
+    /// sessions are told them.
+    pub fn manager_addrs(&self) -> Vec<String> {
+        self.manager
+            .as_ref()
+            .map(|m| {
+                let (nodes, voters) = m.store.members();
+                nodes
+                    .into_iter()
+                    .filter(|(id, _)| voters.contains(id))
+                    .map(|(_, a)| a)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn manager(&self) -> Result<&Manager> {
         self.manager.as_ref().ok_or_else(not_a_manager)
     }

@@ -118,3 +118,16 @@ impl Client {
         })
     }
 }
+
+/// A reference (name, id, prefix) escaped for a URL path segment or query value.
+pub fn esc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

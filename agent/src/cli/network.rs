@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use model::network::IpamConfig;
 
 use super::Format;
-use super::client::Client;
+use super::client::{Client, esc};
 use super::table::render;
 use crate::api::networks::{Created, NetworkView, cidr_contains, parse_cidr};
 
@@ -90,19 +90,6 @@ pub struct CreateArgs {
     ipam_driver: Option<String>,
     /// The network's name.
     name: String,
-}
-
-/// Escapes a reference for a URL path or query.
-pub(super) fn esc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// "k=v" (or "k") into a map; `what` names the flag in errors.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
-use super::client::Client;
+use super::client::{Client, esc};
 use super::table::{bytes, render, title};
 use super::{Format, warn};
 use crate::api::views::{Done, NodeView};
@@ -74,19 +74,6 @@ pub enum NodeCmd {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
-}
-
-fn esc(s: &str) -> String {
-    // Node references go into a URL path.
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn manager_status(n: &NodeView) -> String {

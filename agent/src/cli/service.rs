@@ -14,8 +14,8 @@ use clap::{Args, Subcommand};
 use model::task::TaskState;
 
 use super::Format;
-use super::client::Client;
-use super::network::{esc, key_values, short};
+use super::client::{Client, esc};
+use super::network::{key_values, short};
 use super::table::{render, title};
 use crate::api::networks::NetworkView;
 use crate::api::services::{

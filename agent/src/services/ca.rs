@@ -32,21 +32,6 @@ impl CaService {
             .map_err(|e| Status::internal(format!("the cluster CA is unusable: {e}")))?;
         Ok((cluster, ca))
     }
-
-    fn managers(&self) -> Vec<String> {
-        self.member
-            .manager
-            .as_ref()
-            .map(|m| {
-                let (nodes, voters) = m.store.members();
-                nodes
-                    .into_iter()
-                    .filter(|(id, _)| voters.contains(id))
-                    .map(|(_, a)| a)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 }
 
 #[tonic::async_trait]
@@ -130,7 +115,7 @@ impl CaRpc for CaService {
             role,
             cert_pem,
             ca_pem: cluster.ca_cert_pem,
-            managers: self.managers(),
+            managers: self.member.manager_addrs(),
         }))
     }
 

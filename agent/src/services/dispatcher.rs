@@ -28,21 +28,6 @@ pub struct DispatcherService {
 /// Metadata key carrying the leader's address when a follower turns a session away.
 pub const LEADER_HINT: &str = "x-netagent-leader";
 
-fn managers(member: &Member) -> Vec<String> {
-    member
-        .manager
-        .as_ref()
-        .map(|m| {
-            let (nodes, voters) = m.store.members();
-            nodes
-                .into_iter()
-                .filter(|(id, _)| voters.contains(id))
-                .map(|(_, a)| a)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tonic::async_trait]
 impl Dispatcher for DispatcherService {
     type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionDown, Status>> + Send>>;
@@ -184,13 +169,13 @@ fn session_stream(
                     welcomed = true;
                     SessionDown::Welcome {
                         heartbeat_ms: period,
-                        managers: managers(&member),
+                        managers: member.manager_addrs(),
                         cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
                     }
                 }
                 SessionUp::Heartbeat => SessionDown::Heartbeat {
                     node: member.node(&node_id).ok().flatten().map(Box::new),
-                    managers: managers(&member),
+                    managers: member.manager_addrs(),
                     cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
                 },
                 SessionUp::TaskStatus { updates } => {
