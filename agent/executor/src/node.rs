@@ -347,7 +347,7 @@ impl Executor {
                         self.report(t, TaskState::Preparing, "preparing", None, None)
                             .await
                     }
-                    ProcState::Running { .. } => {
+                    ProcState::Running { .. } | ProcState::Exiting => {
                         self.report(t, TaskState::Running, "started", None, None)
                             .await
                     }
@@ -363,7 +363,9 @@ impl Executor {
                 }
             } else {
                 match st {
-                    ProcState::Running { .. } | ProcState::Starting => self.stop(&id),
+                    ProcState::Running { .. } | ProcState::Starting | ProcState::Exiting => {
+                        self.stop(&id)
+                    }
                     _ if !self.stopping.contains_key(&id) && !t.status.state.is_terminal() => {
                         self.report(t, TaskState::Shutdown, "shutdown", None, None)
                             .await
@@ -386,7 +388,7 @@ impl Executor {
             }
             if matches!(
                 proc_state.get(&id),
-                Some(ProcState::Running { .. } | ProcState::Starting)
+                Some(ProcState::Running { .. } | ProcState::Starting | ProcState::Exiting)
             ) {
                 self.stop(&id);
                 continue;

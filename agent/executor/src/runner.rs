@@ -14,7 +14,7 @@ use netns::NetNs;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::shim::{self, EXIT, PID, RESOLV, SPEC, ShimSpec};
+use crate::shim::{self, EXIT, PID, RESOLV, SHIM_PID, SPEC, ShimSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,6 +45,8 @@ pub enum ProcState {
     Running {
         pid: u32,
     },
+    /// The command is gone and its shim is recording the exit code (a moment; then `Exited`).
+    Exiting,
     /// Exited with this code (128+N when killed by signal N).
     Exited {
         code: i32,
@@ -227,16 +229,23 @@ impl Runner {
     pub fn state(&self, id: &str) -> ProcState {
         self.reap(id);
         let dir = self.dir(id);
-        if let Ok(code) = fs::read_to_string(dir.join(EXIT)) {
-            return ProcState::Exited {
-                code: code.trim().parse().unwrap_or(-1),
-            };
+        if let Some(code) = read_exit(&dir) {
+            return ProcState::Exited { code };
         }
-        if let Some(pid) = read_pid(&dir) {
+        if let Some(pid) = read_pid(&dir, PID) {
             if self.pid_in_task(id, pid) {
                 return ProcState::Running { pid };
             }
-            // The process is gone without an exit file: the shim was killed with it.
+            // The command is gone. Its shim (which lives in the task's namespace too) writes the
+            // exit code after reaping it; until then the exit is pending.
+            if read_pid(&dir, SHIM_PID).is_some_and(|shim| self.pid_in_task(id, shim)) {
+                return ProcState::Exiting;
+            }
+            // The shim may have written the code and exited since the first look.
+            if let Some(code) = read_exit(&dir) {
+                return ProcState::Exited { code };
+            }
+            // Both gone without an exit file: the shim was killed with its task.
             return ProcState::Exited { code: 137 };
         }
         if !dir.join(SPEC).exists() {
@@ -271,14 +280,17 @@ impl Runner {
     /// process). Returns the exit code if the process had been running.
     pub fn stop(&self, id: &str, grace: Duration) -> Option<i32> {
         let pid = match self.state(id) {
-            ProcState::Running { pid } => pid,
+            ProcState::Running { pid } => Some(pid),
+            ProcState::Exiting => None,
             ProcState::Exited { code } => return Some(code),
             _ => {
                 self.kill_all(id);
                 return None;
             }
         };
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        if let Some(pid) = pid {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
         let start = Instant::now();
         while start.elapsed() < grace {
             if let ProcState::Exited { code } = self.state(id) {
@@ -345,6 +357,11 @@ impl Runner {
     }
 }
 
-fn read_pid(dir: &Path) -> Option<u32> {
-    fs::read_to_string(dir.join(PID)).ok()?.trim().parse().ok()
+fn read_pid(dir: &Path, name: &str) -> Option<u32> {
+    fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
+}
+
+fn read_exit(dir: &Path) -> Option<i32> {
+    let code = fs::read_to_string(dir.join(EXIT)).ok()?;
+    Some(code.trim().parse().unwrap_or(-1))
 }

@@ -5,6 +5,7 @@
 //! never lost, and the agent needs no parent-child link to adopt them.
 //!
 //! Files in a task directory: `spec.json` (written by the agent), `pid` (the command's pid),
+//! `shim.pid` (the shim's, so the agent can tell "exit being recorded" from "killed"),
 //! `exit` (its exit code; 128+N when killed by signal N), `output.log` (its stdout and stderr),
 //! `resolv.conf`.
 
@@ -34,6 +35,7 @@ pub struct ShimSpec {
 
 pub const SPEC: &str = "spec.json";
 pub const PID: &str = "pid";
+pub const SHIM_PID: &str = "shim.pid";
 pub const EXIT: &str = "exit";
 pub const OUTPUT: &str = "output.log";
 pub const RESOLV: &str = "resolv.conf";
@@ -85,6 +87,9 @@ fn run_inner(dir: &Path) -> Result<(), String> {
     let ns = File::open(&spec.netns).map_err(|e| format!("open {}: {e}", spec.netns.display()))?;
     setns(&ns, CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("enter the task's network namespace: {e}"))?;
+    // Written once the shim is in the task's namespace, where the agent checks that it lives.
+    write_atomic(dir, SHIM_PID, &format!("{}\n", std::process::id()))
+        .map_err(|e| format!("write the shim's pid file: {e}"))?;
     // The task's own view of /etc/resolv.conf, in a mount namespace of its own.
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare the mount namespace: {e}"))?;
     mount(

@@ -133,3 +133,35 @@ fn a_missing_command_fails_with_127_and_bad_ids_are_refused() {
     assert!(r.start("t5", &[], &[]).is_err());
     r.remove("t4").unwrap();
 }
+
+#[test]
+fn an_exit_being_recorded_is_never_reported_as_a_kill() {
+    // Between the command's exit and the shim's `exit` file there is a window; watching the
+    // state closely (every 0.2 ms) through it must never show the 137 of a killed shim.
+    let lab = Lab::new(1).unwrap();
+    let r = runner(&lab);
+    for i in 0..10 {
+        let id = format!("x{i}");
+        r.start(&id, &["sh".into(), "-c".into(), "exit 3".into()], &[])
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = vec![ProcState::NotStarted];
+        while !matches!(seen.last(), Some(ProcState::Exited { .. })) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "states seen: {seen:?}"
+            );
+            let s = r.state(&id);
+            if seen.last() != Some(&s) {
+                seen.push(s);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert_eq!(
+            seen.last(),
+            Some(&ProcState::Exited { code: 3 }),
+            "states seen: {seen:?}"
+        );
+        r.remove(&id).unwrap();
+    }
+}
