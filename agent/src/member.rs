@@ -223,6 +223,22 @@ impl Member {
         self.quorum()
     }
 
+    /// Probes the managers this one has never heard from (a manager that has just joined) so that
+    /// `node ls` shows it Reachable at once, not Unavailable until the next ping round. Managers
+    /// heard from before keep their last answer: a down one costs nothing here.
+    pub async fn probe_unseen(&self) {
+        let Some(m) = &self.manager else { return };
+        let (_, voters) = m.store.members();
+        let me = m.store.id();
+        let unseen = {
+            let peers = m.peers.lock().unwrap_or_else(|e| e.into_inner());
+            voters.iter().any(|id| *id != me && !peers.contains_key(id))
+        };
+        if unseen {
+            crate::peers::probe(self, Duration::from_millis(500)).await;
+        }
+    }
+
     /// Fails quickly, with the counts and the way out, unless a quorum of managers is reachable.
     /// Probes again first if quorum looks lost (a manager just added or restarted may not have
     /// been pinged yet).

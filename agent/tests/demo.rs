@@ -51,6 +51,14 @@ fn demo() {
             &["swarm", "join", "--token", &token, &format!("{node1}:2377")],
         );
         assert!(out.contains("joined a swarm as a manager"), "{out}");
+        // A manager that has just joined is reachable at once, as in docker (not "Unavailable"
+        // until the next ping round).
+        let nodes = s.nodes(1).expect("node ls on node1");
+        let joined = nodes
+            .iter()
+            .find(|n| common::hostname_of(n) == format!("node{i}"))
+            .expect("the new node is listed");
+        assert_eq!(common::reachability(joined), "reachable", "{joined}");
     }
     s.wait("every node Ready", || {
         s.nodes(1)
@@ -59,6 +67,7 @@ fn demo() {
     let ls = show(&s, 1, &["node", "ls"]);
     assert_eq!(ls.lines().filter(|l| l.contains("Ready")).count(), 3);
     assert!(ls.contains("Leader"));
+    assert_eq!(ls.matches("Reachable").count(), 2, "{ls}");
 
     say(
         "An overlay network (VXLAN, a /24 from the default pool 10.0.0.0/8) and a web service of 3 replicas on it",

@@ -61,6 +61,7 @@ pub fn resolve(member: &Member, reference: &str) -> Result<Node> {
 
 pub async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Vec<NodeView>>> {
     let m = member(&agent)?;
+    m.probe_unseen().await;
     let mut nodes = m.nodes()?;
     nodes.sort_by(|a, b| {
         a.description
@@ -76,6 +77,7 @@ pub async fn inspect(
     Path(node): Path<String>,
 ) -> Result<Json<NodeView>> {
     let m = member(&agent)?;
+    m.probe_unseen().await;
     let n = resolve(&m, &node)?;
     Ok(Json(node_view(&m, &n)))
 }
