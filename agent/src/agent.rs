@@ -607,6 +607,14 @@ impl Agent {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        // As docker does, answer once the node's dispatcher session is up (it is Ready then).
+        let mut open = member.session_open.subscribe();
+        let up = tokio::time::timeout(Duration::from_secs(20), open.wait_for(|o| *o)).await;
+        if !matches!(up, Ok(Ok(_))) {
+            return Err(Failure::unavailable(
+                "Timeout was reached before node joined. The attempt to join the swarm will continue in the background. Use the \"netctl info\" command to see the current swarm status of your node.",
+            ));
+        }
         tracing::info!(node = %resp.node_id, role = ?resp.role, "joined the swarm");
         Ok(JoinApiResponse {
             node_id: resp.node_id,

@@ -48,6 +48,9 @@ pub struct Member {
     pub node_obj: watch::Sender<Option<Node>>,
     /// The period of the dispatcher session (from the leader's Welcome).
     pub heartbeat: watch::Sender<Duration>,
+    /// Whether this node's dispatcher session is open (welcomed by the leader, which has
+    /// recorded the node Ready by then).
+    pub session_open: watch::Sender<bool>,
     /// The cluster's settings (data-path port, pools, network keys) as the dispatcher last sent
     /// them: what per-node components read on workers and managers alike.
     pub cluster_info: watch::Sender<Option<crate::rpc::messages::ClusterInfo>>,
@@ -87,6 +90,7 @@ impl Member {
             tasks: Mutex::new(Vec::new()),
             node_obj: watch::channel(None).0,
             heartbeat: watch::channel(heartbeat).0,
+            session_open: watch::channel(false).0,
             cluster_info: watch::channel(None).0,
             cluster_port_addr,
             gossip: std::sync::OnceLock::new(),

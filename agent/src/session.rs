@@ -30,9 +30,10 @@ pub async fn run(agent: Arc<Agent>, member: Arc<Member>) {
             managers.get(turn % managers.len().max(1)).cloned()
         });
         if let Some(addr) = target {
-            match session(&agent, &member, &addr, &changing).await {
-                Ok(()) => {}
-                Err(next) => hint = next,
+            let result = session(&agent, &member, &addr, &changing).await;
+            member.session_open.send_replace(false);
+            if let Err(next) = result {
+                hint = next;
             }
         }
         let pause = (*member.heartbeat.borrow() / 2)
@@ -104,6 +105,7 @@ async fn session(
                     ticker = tokio::time::interval(period);
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     remember_managers(agent, member, managers);
+                    member.session_open.send_replace(true);
                 }
                 Ok(Some(SessionDown::Heartbeat { node, managers, cluster })) => {
                     remember_managers(agent, member, managers);

@@ -149,22 +149,20 @@ fn session_stream(
                         && node.data_path_addr == data_path_addr
                         && node.status.state == NodeState::Ready
                         && peer_ip.as_ref().is_none_or(|ip| *ip == node.status.addr);
-                    let member2 = member.clone();
-                    let id = node_id.clone();
+                    // Recorded before the Welcome, so a node that sees its session open (a
+                    // `swarm join` waiting for it) is Ready in `node ls` too.
                     if !unchanged {
-                        tokio::spawn(async move {
-                            let r = member2
-                                .write(Batch::one(Change::Patch {
-                                    kind: Kind::Node,
-                                    id: id.clone(),
-                                    patch,
-                                    version: None,
-                                }))
-                                .await;
-                            if let Err(e) = r {
-                                tracing::info!(node = %id, error = %e, "could not record the node's session");
-                            }
-                        });
+                        let r = member
+                            .write(Batch::one(Change::Patch {
+                                kind: Kind::Node,
+                                id: node_id.clone(),
+                                patch,
+                                version: None,
+                            }))
+                            .await;
+                        if let Err(e) = r {
+                            tracing::info!(node = %node_id, error = %e, "could not record the node's session");
+                        }
                     }
                     welcomed = true;
                     SessionDown::Welcome {
