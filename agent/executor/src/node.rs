@@ -363,9 +363,7 @@ impl Executor {
                 }
             } else {
                 match st {
-                    ProcState::Running { .. } | ProcState::Starting | ProcState::Exiting => {
-                        self.stop(&id)
-                    }
+                    st if st.is_live() => self.stop(&id),
                     _ if !self.stopping.contains_key(&id) && !t.status.state.is_terminal() => {
                         self.report(t, TaskState::Shutdown, "shutdown", None, None)
                             .await
@@ -386,10 +384,7 @@ impl Executor {
             if keep || self.stopping.contains_key(&id) {
                 continue;
             }
-            if matches!(
-                proc_state.get(&id),
-                Some(ProcState::Running { .. } | ProcState::Starting | ProcState::Exiting)
-            ) {
+            if proc_state.get(&id).is_some_and(|s| s.is_live()) {
                 self.stop(&id);
                 continue;
             }

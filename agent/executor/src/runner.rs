@@ -53,6 +53,16 @@ pub enum ProcState {
     },
 }
 
+impl ProcState {
+    /// Whether a shim or the command may still be running (something to stop).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            ProcState::Starting | ProcState::Running { .. } | ProcState::Exiting
+        )
+    }
+}
+
 /// How tasks run on this node.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
