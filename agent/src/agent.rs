@@ -245,7 +245,8 @@ impl Agent {
                 peers: Default::default(),
                 sessions: Default::default(),
                 grace,
-                alloc: Default::default(),
+                leader: Default::default(),
+                assigner: Default::default(),
             })
         } else {
             None
@@ -431,6 +432,7 @@ impl Agent {
                 }),
                 advertise_addr: advertise.clone(),
                 data_path_addr: data_path.clone(),
+                attachments: Vec::new(),
             };
             store
                 .propose(Batch::new(vec![

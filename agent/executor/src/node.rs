@@ -121,8 +121,11 @@ fn task_name(t: &Task, services: &BTreeMap<&str, &model::Service>) -> String {
     }
 }
 
-fn ipv4_of(cidr: &str) -> Option<Ipv4Addr> {
-    cidr.split('/').next()?.parse().ok()
+fn ipv4_of(addr: &model::ipnet::IpNet) -> Option<Ipv4Addr> {
+    match addr.addr() {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
 }
 
 impl Executor {

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use vxlan::{DesiredState, Endpoint, GatewayEndpoint, GwBridge, Ipv4Net, NetworkState, Peer};
+use model::ipnet;
+use vxlan::{DesiredState, Endpoint, GatewayEndpoint, GwBridge, NetworkState, Peer};
 
 /// A task of this node whose namespace exists, with its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,16 +29,19 @@ pub struct RemoteEndpoint {
 
 /// Converts a stored network into what the data plane needs (its first IPv4 subnet).
 pub fn network(n: &model::Network) -> Option<vxlan::Network> {
-    let a = n
-        .allocation
-        .as_ref()?
-        .iter()
-        .find(|a| a.subnet.parse::<Ipv4Net>().is_ok())?;
+    let (a, subnet, gateway) =
+        n.allocation
+            .as_ref()?
+            .iter()
+            .find_map(|a| match (a.subnet, a.gateway) {
+                (ipnet::IpNet::V4(s), IpAddr::V4(g)) => Some((a, s, g)),
+                _ => None,
+            })?;
     Some(vxlan::Network {
         id: n.meta.id.clone(),
         vni: a.vni,
-        subnet: a.subnet.parse().ok()?,
-        gateway: a.gateway.parse().ok()?,
+        subnet,
+        gateway,
         mtu: n.spec.mtu,
         internal: n.spec.internal,
     })

@@ -14,7 +14,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use model::network::{IpamConfig, NetworkSpec, SubnetAllocation};
-use model::{Kind, Meta, Network};
+use model::{Kind, Meta, Network, Object};
 use orchestrator::ClusterState;
 use orchestrator::allocator::{self, allocate_network};
 use serde::{Deserialize, Serialize};
@@ -279,10 +279,12 @@ fn allocation_failure(state: &ClusterState, e: allocator::Error) -> Failure {
         _ => None,
     };
     if let Some(existing) = held
-        && let Some(n) = state
-            .networks
-            .values()
-            .find(|n| n.allocation.iter().flatten().any(|s| s.subnet == existing))
+        && let Some(n) = state.networks.values().find(|n| {
+            n.allocation
+                .iter()
+                .flatten()
+                .any(|s| s.subnet.to_string() == existing)
+        })
     {
         return Failure::bad_request(format!("{e} (network {})", n.spec.name));
     }
@@ -295,9 +297,8 @@ pub async fn create(
 ) -> Result<Json<Created>> {
     let m = member(&agent)?;
     let spec = spec_of(&req)?;
-    let manager = m.manager()?;
-    let _alloc = manager.alloc.lock().await;
-    let state = orchestration::snapshot(&m)?;
+    let mut leader = orchestration::leader(&m).await?;
+    let state = leader.state();
     if state.networks.values().any(|n| n.spec.name == spec.name) {
         return Err(Failure::conflict(format!(
             "network with name {} already exists",
@@ -312,14 +313,20 @@ pub async fn create(
             other.spec.name
         )));
     }
-    let allocation = allocate_network(&state, &spec).map_err(|e| allocation_failure(&state, e))?;
+    let (ipam, state) = leader.ipam_mut();
+    let allocation = allocate_network(ipam, &spec).map_err(|e| allocation_failure(state, e))?;
     let network = Network {
         meta: Meta::new(),
         spec,
         allocation: Some(allocation),
     };
     let id = network.meta.id.clone();
-    m.write(orchestration::create(network)).await?;
+    let changes = orchestrator::Changes {
+        put: vec![Object::Network(network)],
+        delete: vec![],
+    };
+    leader.record(&changes);
+    orchestration::write_decided(&m, &mut leader, &changes).await?;
     Ok(Json(Created {
         id,
         warning: String::new(),
@@ -460,9 +467,8 @@ fn mac(m: &[u8; 6]) -> String {
 fn with_prefix(ip: IpAddr, allocation: &[SubnetAllocation]) -> String {
     allocation
         .iter()
-        .find(|s| cidr_contains(&s.subnet, ip))
-        .and_then(|s| parse_cidr(&s.subnet))
-        .map(|(_, len)| format!("{ip}/{len}"))
+        .find(|s| s.subnet.contains(&ip))
+        .map(|s| format!("{ip}/{}", s.subnet.prefix_len()))
         .unwrap_or_else(|| ip.to_string())
 }
 
@@ -485,9 +491,9 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkVie
         allocation
             .iter()
             .map(|s| IpamConfigView {
-                subnet: s.subnet.clone(),
-                ip_range: s.ip_range.clone(),
-                gateway: Some(s.gateway.clone()),
+                subnet: s.subnet.to_string(),
+                ip_range: s.ip_range.map(|r| r.to_string()),
+                gateway: Some(s.gateway.to_string()),
             })
             .collect()
     };
@@ -640,10 +646,9 @@ pub async fn remove(
     Path(reference): Path<String>,
 ) -> Result<Json<super::views::Done>> {
     let m = member(&agent)?;
-    let manager = m.manager()?;
-    let _alloc = manager.alloc.lock().await;
-    let state = orchestration::snapshot(&m)?;
-    let n = find(&state, &reference)?;
+    let mut leader = orchestration::leader(&m).await?;
+    let state = leader.state();
+    let n = find(state, &reference)?;
     let mut users: Vec<&str> = state
         .services
         .values()
@@ -675,12 +680,20 @@ pub async fn remove(
             attached.join(", ")
         )));
     }
-    m.write(Batch::one(Change::Delete {
+    let batch = Batch::one(Change::Delete {
         kind: Kind::Network,
         id: n.meta.id.clone(),
         version: Some(n.meta.version),
-    }))
-    .await?;
+    });
+    let changes = orchestrator::Changes {
+        put: vec![],
+        delete: vec![(Kind::Network, n.meta.id.clone())],
+    };
+    leader.record(&changes);
+    if let Err(f) = m.write(batch).await {
+        orchestration::refresh(&m, &mut leader, &changes);
+        return Err(f);
+    }
     Ok(Json(Default::default()))
 }
 

@@ -25,7 +25,6 @@ use orchestrator::allocator::allocate_vips;
 use orchestrator::constraint;
 use orchestrator::orchestrate::node_takes_new_tasks;
 use serde::{Deserialize, Serialize};
-use store::{Batch, Change};
 
 use super::ApiJson;
 use super::networks::{find as find_network, member, resolve, validate_name};
@@ -284,11 +283,10 @@ pub async fn create(
     check_env(&req.env)?;
     check_labels(req.labels.keys())?;
     check_command(&req.command)?;
-    let manager = m.manager()?;
-    let _alloc = manager.alloc.lock().await;
-    let state = orchestration::snapshot(&m)?;
-    duplicate(&state, &req.name, None)?;
-    let networks = attachments(&state, &req.networks)?;
+    let mut leader = orchestration::leader(&m).await?;
+    let state = leader.state();
+    duplicate(state, &req.name, None)?;
+    let networks = attachments(state, &req.networks)?;
     let mut service = Service {
         meta: Meta::new(),
         spec: ServiceSpec {
@@ -309,9 +307,15 @@ pub async fn create(
         },
         virtual_ips: Vec::new(),
     };
-    allocate_vips(&state, &mut service).map_err(allocation_failure)?;
+    let (ipam, state) = leader.ipam_mut();
+    allocate_vips(ipam, state, &mut service).map_err(allocation_failure)?;
     let id = service.meta.id.clone();
-    m.write(orchestration::create(service)).await?;
+    let changes = orchestrator::Changes {
+        put: vec![Object::Service(service)],
+        delete: vec![],
+    };
+    leader.record(&changes);
+    orchestration::write_decided(&m, &mut leader, &changes).await?;
     Ok(Json(Created {
         id,
         warnings: Vec::new(),
@@ -403,13 +407,12 @@ pub async fn update(
     ApiJson(req): ApiJson<UpdateRequest>,
 ) -> Result<Json<Updated>> {
     let m = member(&agent)?;
-    let manager = m.manager()?;
-    let _alloc = manager.alloc.lock().await;
+    let mut leader = orchestration::leader(&m).await?;
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let state = orchestration::snapshot(&m)?;
-        let current = find(&state, &reference)?;
+        let state = leader.state();
+        let current = find(state, &reference)?;
         if let Some(v) = req.version
             && v != current.meta.version
         {
@@ -419,7 +422,7 @@ pub async fn update(
             )));
         }
         let mut service = current.clone();
-        apply_update(&state, &mut service.spec, &req)?;
+        apply_update(state, &mut service.spec, &req)?;
         if service.spec == current.spec {
             return Ok(Json(Updated {
                 warnings: Vec::new(),
@@ -429,12 +432,15 @@ pub async fn update(
         if service.spec.networks != current.spec.networks
             || service.spec.endpoint.mode != current.spec.endpoint.mode
         {
-            allocate_vips(&state, &mut service).map_err(allocation_failure)?;
+            let (ipam, state) = leader.ipam_mut();
+            allocate_vips(ipam, state, &mut service).map_err(allocation_failure)?;
         }
-        match m
-            .write(Batch::one(Change::Update(Object::Service(service))))
-            .await
-        {
+        let changes = orchestrator::Changes {
+            put: vec![Object::Service(service)],
+            delete: vec![],
+        };
+        leader.record(&changes);
+        match orchestration::write_decided(&m, &mut leader, &changes).await {
             Ok(_) => {
                 return Ok(Json(Updated {
                     warnings: Vec::new(),
@@ -454,16 +460,14 @@ pub async fn remove(
     Path(reference): Path<String>,
 ) -> Result<Json<super::views::Done>> {
     let m = member(&agent)?;
-    let manager = m.manager()?;
-    let _alloc = manager.alloc.lock().await;
-    let state = orchestration::snapshot(&m)?;
-    let s = find(&state, &reference)?;
-    m.write(Batch::one(Change::Delete {
-        kind: Kind::Service,
-        id: s.meta.id.clone(),
-        version: None,
-    }))
-    .await?;
+    let mut leader = orchestration::leader(&m).await?;
+    let s = find(leader.state(), &reference)?;
+    let changes = orchestrator::Changes {
+        put: vec![],
+        delete: vec![(Kind::Service, s.meta.id.clone())],
+    };
+    leader.record(&changes);
+    orchestration::write_decided(&m, &mut leader, &changes).await?;
     Ok(Json(Default::default()))
 }
 
@@ -742,7 +746,7 @@ pub fn service_view(state: &ClusterState, s: &Service) -> ServiceView {
                 .iter()
                 .map(|v| VirtualIpView {
                     network_id: v.network_id.clone(),
-                    addr: v.addr.clone(),
+                    addr: v.addr.to_string(),
                 })
                 .collect(),
         },
@@ -921,7 +925,7 @@ pub fn task_view(state: &ClusterState, t: &Task) -> TaskView {
                             .unwrap_or_default(),
                     },
                 },
-                addresses: a.addresses.clone(),
+                addresses: a.addresses.iter().map(|a| a.to_string()).collect(),
                 aliases: a.aliases.clone(),
             })
             .collect(),
