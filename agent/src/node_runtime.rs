@@ -71,7 +71,7 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
         gwbridge: cfg.gwbridge.clone(),
         stop_grace: Duration::from_millis(cfg.stop_grace_ms),
         nameserver: "127.0.0.11".into(),
-        tick: Duration::from_millis(500),
+        retry: Duration::from_secs(1),
         gossip_settle: Duration::from_millis(cfg.gossip_failure_timeout_ms)
             .max(Duration::from_secs(1)),
     })

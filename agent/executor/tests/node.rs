@@ -117,7 +117,7 @@ fn config(lab: &Lab, i: usize) -> Config {
         gwbridge: "docker_gwbridge".into(),
         stop_grace: Duration::from_secs(2),
         nameserver: "127.0.0.11".into(),
-        tick: Duration::from_millis(200),
+        retry: Duration::from_millis(200),
         gossip_settle: Duration::from_secs(1),
     }
 }

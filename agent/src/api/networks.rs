@@ -547,17 +547,31 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkVie
             } else {
                 (String::new(), addr)
             };
+            // A task-less entry is a node's load-balancer endpoint: docker lists this node's
+            // as container "lb-NETWORK" named "NETWORK-endpoint", and it is no task endpoint.
+            let lb = ep.task.is_empty();
             if e.owner == me {
+                let (key, name) = if lb {
+                    (
+                        format!("lb-{}", n.spec.name),
+                        format!("{}-endpoint", n.spec.name),
+                    )
+                } else {
+                    (ep.task.clone(), ep.name.clone())
+                };
                 containers.insert(
-                    ep.task.clone(),
+                    key,
                     ContainerView {
-                        name: ep.name.clone(),
+                        name,
                         endpoint_id: ep.id.clone(),
                         mac_address: mac(&ep.mac),
                         ipv4_address: v4.clone(),
                         ipv6_address: v6.clone(),
                     },
                 );
+            }
+            if lb {
+                continue;
             }
             let service = state
                 .services
