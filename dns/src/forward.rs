@@ -3,10 +3,11 @@
 //! none answers. Sockets come from the node's namespace ([`SocketFactory`]). A cap bounds the
 //! forwards in flight (Docker: 1024); beyond it queries get REFUSED.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hickory_proto::op::{Header, MessageType, Query, ResponseCode};
@@ -20,12 +21,24 @@ use crate::stats::Counters;
 
 /// Largest UDP answer taken from an upstream.
 const MAX_UDP_ANSWER: usize = 65535;
+/// Idle connected UDP sockets kept per upstream.
+const MAX_IDLE_PER_UPSTREAM: usize = 64;
+/// Queries one UDP socket carries (one at a time) before it is closed, so source ports keep
+/// changing as a resolver's should.
+const MAX_USES: u32 = 64;
 
 pub(crate) struct Forwarder {
     upstreams: RwLock<Arc<[SocketAddr]>>,
     timeout: Duration,
     permits: Arc<Semaphore>,
     sockets: SocketFactory,
+    idle: Mutex<HashMap<SocketAddr, Vec<Pooled>>>,
+}
+
+/// A UDP socket connected to one upstream, with no query in flight.
+struct Pooled {
+    sock: tokio::net::UdpSocket,
+    uses: u32,
 }
 
 /// Why one upstream gave no usable answer.
@@ -46,6 +59,7 @@ impl Forwarder {
             timeout,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             sockets,
+            idle: Mutex::new(HashMap::new()),
         }
     }
 
@@ -58,6 +72,7 @@ impl Forwarder {
 
     pub(crate) fn set_upstreams(&self, upstreams: Vec<SocketAddr>) {
         *self.upstreams.write().unwrap_or_else(|e| e.into_inner()) = upstreams.into();
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// A slot for one forward, or None when the cap is reached.
@@ -126,18 +141,47 @@ impl Forwarder {
         }
     }
 
+    /// One query over UDP on a connected socket: a pooled one if idle, else a fresh one from
+    /// the node's namespace. A socket goes back to the pool only after a clean exchange (one
+    /// that timed out or failed is dropped with its future).
     async fn exchange_udp(&self, up: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
-        let sock = tokio::net::UdpSocket::from_std(self.sockets.udp(up.is_ipv6()).await?)?;
-        sock.connect(up).await?;
-        sock.send(query).await?;
-        let mut buf = vec![0u8; MAX_UDP_ANSWER];
+        let mut conn = match self.take_idle(up) {
+            Some(c) => c,
+            None => {
+                let sock = tokio::net::UdpSocket::from_std(self.sockets.udp(up.is_ipv6()).await?)?;
+                sock.connect(up).await?;
+                Pooled { sock, uses: 0 }
+            }
+        };
+        conn.uses += 1;
+        conn.sock.send(query).await?;
+        // Capacity, not zeroed memory: up to 64 KiB may come back.
+        let mut buf = Vec::with_capacity(MAX_UDP_ANSWER);
         loop {
-            let n = sock.recv(&mut buf).await?;
+            buf.clear();
+            let n = conn.sock.recv_buf(&mut buf).await?;
             // Only an answer with our id ends the wait; anything else (late or forged) is skipped.
             if n >= 2 && buf[..2] == query[..2] {
-                buf.truncate(n);
-                return Ok(buf);
+                let answer = buf[..n].to_vec();
+                self.put_idle(up, conn);
+                return Ok(answer);
             }
+        }
+    }
+
+    fn take_idle(&self, up: SocketAddr) -> Option<Pooled> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.get_mut(&up)?.pop()
+    }
+
+    fn put_idle(&self, up: SocketAddr, conn: Pooled) {
+        if conn.uses >= MAX_USES {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(up).or_default();
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            list.push(conn);
         }
     }
 

@@ -1,81 +1,67 @@
-//! A set of small integer keys (slab indexes) that stays compact while small and keeps O(1)
-//! insert/remove when large: most names point at one or two records, a few (a service's tasks,
-//! an alias every task carries) at thousands.
+//! A set of slab keys that costs no allocation for the common sizes (most names point at one or
+//! two records) and keeps O(1) insert/remove when large (a service's tasks, an alias every task
+//! carries). 24 bytes inline; three or more members live in a boxed hash-indexed set.
 
 use indexmap::IndexSet;
-use smallvec::SmallVec;
 
-/// Above this many members the set switches to a hash-indexed representation.
-const SMALL_MAX: usize = 16;
-
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) enum Ids {
-    Small(SmallVec<[usize; 2]>),
-    Large(IndexSet<usize>),
-}
-
-impl Default for Ids {
-    fn default() -> Self {
-        Ids::Small(SmallVec::new())
-    }
+    #[default]
+    Empty,
+    One(usize),
+    Two(usize, usize),
+    Many(Box<IndexSet<usize>>),
 }
 
 impl Ids {
     /// Adds `k`; a key already present is not added twice.
     pub(crate) fn insert(&mut self, k: usize) {
-        match self {
-            Ids::Small(v) => {
-                if v.contains(&k) {
-                    return;
-                }
-                if v.len() < SMALL_MAX {
-                    v.push(k);
-                } else {
-                    let mut set: IndexSet<usize> = v.iter().copied().collect();
-                    set.insert(k);
-                    *self = Ids::Large(set);
-                }
-            }
-            Ids::Large(set) => {
+        *self = match std::mem::take(self) {
+            Ids::Empty => Ids::One(k),
+            Ids::One(a) if a == k => Ids::One(a),
+            Ids::One(a) => Ids::Two(a, k),
+            Ids::Two(a, b) if a == k || b == k => Ids::Two(a, b),
+            Ids::Two(a, b) => Ids::Many(Box::new([a, b, k].into_iter().collect())),
+            Ids::Many(mut set) => {
                 set.insert(k);
+                Ids::Many(set)
             }
-        }
+        };
     }
 
-    /// Removes `k` if present (order of the rest is not kept).
+    /// Removes `k` if present (the order of the rest is not kept).
     pub(crate) fn remove(&mut self, k: usize) {
-        match self {
-            Ids::Small(v) => {
-                if let Some(i) = v.iter().position(|&x| x == k) {
-                    v.swap_remove(i);
+        *self = match std::mem::take(self) {
+            Ids::One(a) if a == k => Ids::Empty,
+            Ids::Two(a, b) if a == k => Ids::One(b),
+            Ids::Two(a, b) if b == k => Ids::One(a),
+            Ids::Many(mut set) => {
+                set.swap_remove(&k);
+                let mut it = set.iter().copied();
+                match (set.len(), it.next(), it.next()) {
+                    (2, Some(a), Some(b)) => Ids::Two(a, b),
+                    _ => Ids::Many(set),
                 }
             }
-            Ids::Large(set) => {
-                set.swap_remove(&k);
-            }
-        }
+            other => other,
+        };
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Ids::Small(v) => v.len(),
-            Ids::Large(set) => set.len(),
-        }
+        matches!(self, Ids::Empty)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        let (small, large) = match self {
-            Ids::Small(v) => (Some(v.iter().copied()), None),
-            Ids::Large(set) => (None, Some(set.iter().copied())),
+        let (inline, many) = match self {
+            Ids::Empty => ([None, None], None),
+            Ids::One(a) => ([Some(*a), None], None),
+            Ids::Two(a, b) => ([Some(*a), Some(*b)], None),
+            Ids::Many(set) => ([None, None], Some(set.iter().copied())),
         };
-        small
+        inline
             .into_iter()
             .flatten()
-            .chain(large.into_iter().flatten())
+            .chain(many.into_iter().flatten())
     }
 }
 
@@ -83,30 +69,44 @@ impl Ids {
 mod tests {
     use super::*;
 
+    fn sorted(ids: &Ids) -> Vec<usize> {
+        let mut v: Vec<usize> = ids.iter().collect();
+        v.sort();
+        v
+    }
+
     #[test]
-    fn small_and_large_behave_as_a_set() {
+    fn behaves_as_a_set_at_every_size() {
+        assert_eq!(std::mem::size_of::<Ids>(), 24);
         let mut ids = Ids::default();
         for k in 0..100 {
             ids.insert(k);
             ids.insert(k);
         }
-        assert!(matches!(ids, Ids::Large(_)));
-        assert_eq!(ids.len(), 100);
+        assert!(matches!(ids, Ids::Many(_)));
+        assert_eq!(sorted(&ids), (0..100).collect::<Vec<_>>());
         for k in (0..100).step_by(2) {
             ids.remove(k);
         }
         ids.remove(1000);
-        let mut left: Vec<usize> = ids.iter().collect();
-        left.sort();
-        assert_eq!(left, (1..100).step_by(2).collect::<Vec<_>>());
-
-        let mut small = Ids::default();
-        small.insert(3);
-        small.insert(5);
-        small.insert(3);
-        assert_eq!(small.len(), 2);
-        small.remove(3);
-        small.remove(5);
-        assert!(small.is_empty());
+        assert_eq!(sorted(&ids), (1..100).step_by(2).collect::<Vec<_>>());
+        for k in (1..95).step_by(2) {
+            ids.remove(k);
+        }
+        assert_eq!(sorted(&ids), [95, 97, 99]);
+        ids.remove(97);
+        assert!(matches!(ids, Ids::Two(..)), "{ids:?}");
+        assert_eq!(sorted(&ids), [95, 99]);
+        ids.remove(99);
+        ids.remove(99);
+        assert_eq!(sorted(&ids), [95]);
+        ids.insert(95);
+        ids.insert(3);
+        ids.insert(3);
+        assert_eq!(sorted(&ids), [3, 95]);
+        ids.remove(95);
+        ids.remove(3);
+        assert!(ids.is_empty());
+        assert_eq!(ids.iter().count(), 0);
     }
 }
