@@ -107,6 +107,13 @@ impl Resolver {
             sockets,
         );
         config.max_tcp_connections = config.max_tcp_connections.max(1);
+        tracing::info!(
+            upstreams = ?forwarder.upstreams(),
+            netns = config.upstream_netns.as_ref().map(|n| n.name()),
+            timeout_ms = config.upstream_timeout.as_millis() as u64,
+            max_forwards = config.max_forwards,
+            "dns: resolver ready"
+        );
         Ok(Arc::new(Resolver {
             records: RwLock::new(Records::new()),
             counters: stats::Counters::default(),

@@ -21,8 +21,10 @@ use crate::Resolver;
 use crate::handler::{self, Outcome, Proto, Request};
 use crate::resolv_conf::EMBEDDED_ADDR;
 
-/// Largest DNS message (and UDP datagram we read).
-const MAX_MESSAGE: usize = 65535;
+/// Bytes read of a UDP query. Real queries are far smaller (one question, EDNS options); a
+/// longer datagram is cut here by the kernel and then fails to parse (FORMERR), and each
+/// listener keeps only this much buffer (a node may serve thousands of task namespaces).
+const MAX_UDP_QUERY: usize = 4096;
 
 /// The networks (ids, in attachment order) a listener's clients see.
 pub(crate) type Scope = RwLock<Arc<[Box<str>]>>;
@@ -94,6 +96,8 @@ impl Resolver {
     /// runtime for clients that see the networks `scope` (ids, in attachment order).
     ///
     /// Fails if called outside a tokio runtime or if a socket cannot be registered with it.
+    /// Serve every listener of one resolver on the same runtime: idle upstream sockets are
+    /// pooled and registered with the runtime that first used them.
     pub fn serve(
         self: &Arc<Self>,
         udp: std::net::UdpSocket,
@@ -139,7 +143,7 @@ async fn backoff(errors: &mut u32, what: &str, e: &io::Error) {
 }
 
 async fn serve_udp(res: Arc<Resolver>, sock: Arc<UdpSocket>, scope: Arc<Scope>) {
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut buf = vec![0u8; MAX_UDP_QUERY];
     let mut forwards = JoinSet::new();
     let mut errors = 0u32;
     loop {
