@@ -21,6 +21,8 @@ pub(crate) const HEADER_LEN: usize = 12;
 pub(crate) const CLASSIC_UDP: u16 = 512;
 /// The UDP payload size we advertise in our EDNS answers.
 pub(crate) const OUR_UDP_PAYLOAD: u16 = 4096;
+/// The largest UDP payload IPv4 can carry (65535 - 20 - 8).
+const MAX_UDP_PAYLOAD: u16 = 65507;
 
 /// The transport a message came over: it bounds the answer's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +41,13 @@ pub(crate) struct Request {
 
 impl Request {
     /// The largest answer the client takes over `proto`: 64 KiB on TCP; on UDP its EDNS size
-    /// (at least 512) or 512 without EDNS.
+    /// (at least 512, at most what a datagram carries) or 512 without EDNS.
     pub(crate) fn max_size(&self, proto: Proto) -> u16 {
         match proto {
             Proto::Tcp => u16::MAX,
-            Proto::Udp => self
-                .edns
-                .as_ref()
-                .map_or(CLASSIC_UDP, |e| e.max_payload().max(CLASSIC_UDP)),
+            Proto::Udp => self.edns.as_ref().map_or(CLASSIC_UDP, |e| {
+                e.max_payload().clamp(CLASSIC_UDP, MAX_UDP_PAYLOAD)
+            }),
         }
     }
 }
