@@ -21,6 +21,8 @@
 //! stop_grace_ms = 10000            # SIGTERM to SIGKILL when a task stops
 //! restart_delay_ms = 5000          # before a failed task is replaced (leader)
 //! gwbridge = "docker_gwbridge"
+//! resolv_conf = "/etc/resolv.conf"  # the node's resolvers: upstreams of the tasks' DNS
+//! dns_upstream = ["192.0.2.53:53"]  # instead of those of resolv_conf
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,22 @@ use serde::Deserialize;
 pub const DEFAULT_HOST: &str = "/run/netagent/netagent.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netagent";
 pub const DEFAULT_CLUSTER_PORT: u16 = 2377;
+
+/// `--dns-upstream` values: an address, with port 53 unless given.
+fn parse_upstreams(values: Vec<String>) -> Result<Vec<std::net::SocketAddr>> {
+    values
+        .iter()
+        .map(|v| {
+            let v = v.trim();
+            if let Ok(ip) = v.parse::<std::net::IpAddr>() {
+                return Ok(std::net::SocketAddr::new(ip, 53));
+            }
+            v.parse::<std::net::SocketAddr>().with_context(|| {
+                format!("invalid --dns-upstream {v:?}: give an IP address, optionally with :PORT (e.g. 192.0.2.53 or [2001:db8::53]:53)")
+            })
+        })
+        .collect()
+}
 
 /// netagent: the swarm networking daemon (one per node, as root).
 #[derive(Debug, Parser, Default)]
@@ -98,6 +116,14 @@ pub struct Args {
     /// Name of the gateway bridge.
     #[arg(long)]
     pub gwbridge: Option<String>,
+    /// The node's resolv.conf: its nameservers (at most 3) are the upstreams of the tasks'
+    /// DNS, its search and options lines go into every task's resolv.conf.
+    #[arg(long)]
+    pub resolv_conf: Option<PathBuf>,
+    /// An upstream resolver for the tasks' DNS (ADDR or ADDR:PORT; repeat for more, in order),
+    /// instead of the nameservers of the resolv.conf.
+    #[arg(long = "dns-upstream")]
+    pub dns_upstream: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -122,6 +148,8 @@ struct FileConfig {
     stop_grace_ms: Option<u64>,
     restart_delay_ms: Option<u64>,
     gwbridge: Option<String>,
+    resolv_conf: Option<PathBuf>,
+    dns_upstream: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +181,9 @@ pub struct Config {
     pub stop_grace_ms: u64,
     pub restart_delay_ms: u64,
     pub gwbridge: String,
+    pub resolv_conf: PathBuf,
+    /// Explicit upstreams of the tasks' DNS; empty: the resolv.conf's nameservers.
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -259,7 +290,28 @@ impl Config {
                 .gwbridge
                 .or(file.gwbridge)
                 .unwrap_or_else(|| "docker_gwbridge".into()),
+            resolv_conf: args
+                .resolv_conf
+                .or(file.resolv_conf)
+                .unwrap_or_else(|| "/etc/resolv.conf".into()),
+            dns_upstreams: parse_upstreams(if args.dns_upstream.is_empty() {
+                file.dns_upstream.unwrap_or_default()
+            } else {
+                args.dns_upstream
+            })?,
         })
+    }
+
+    /// The node's resolv.conf as text (empty if it cannot be read: tasks then get only the
+    /// embedded resolver, which answers SERVFAIL for outside names).
+    pub fn node_resolv_conf(&self) -> String {
+        match std::fs::read_to_string(&self.resolv_conf) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(path = %self.resolv_conf.display(), error = %e, "cannot read the node's resolv.conf; tasks' DNS has no upstream");
+                String::new()
+            }
+        }
     }
 
     pub fn raft_dir(&self) -> PathBuf {

@@ -63,6 +63,8 @@ pub struct Member {
     pub cluster_port_addr: String,
     /// This node's gossip (7946), once the node's runtime has started it.
     pub gossip: std::sync::OnceLock<Arc<gossip::Gossip>>,
+    /// This node's DNS resolver for its tasks, once the node's runtime has started it.
+    pub resolver: std::sync::OnceLock<Arc<dns::Resolver>>,
     /// The node's assignments as the dispatcher last sent them (the executor's input).
     pub assignments: watch::Sender<Option<model::Assignments>>,
     /// Task status the executor reported and the leader has not recorded yet.
@@ -100,6 +102,7 @@ impl Member {
             cluster_info: watch::channel(None).0,
             cluster_port_addr,
             gossip: std::sync::OnceLock::new(),
+            resolver: std::sync::OnceLock::new(),
             assignments: watch::channel(None).0,
             task_status: Mutex::new(Default::default()),
             task_status_notify: tokio::sync::Notify::new(),

@@ -70,11 +70,23 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
         node_netns: None,
         gwbridge: cfg.gwbridge.clone(),
         stop_grace: Duration::from_millis(cfg.stop_grace_ms),
-        nameserver: "127.0.0.11".into(),
+        resolv_conf: dns::task_resolv_conf(&cfg.node_resolv_conf()),
         retry: Duration::from_secs(1),
         gossip_settle: Duration::from_millis(cfg.gossip_failure_timeout_ms)
             .max(Duration::from_secs(1)),
     })
+}
+
+/// The node's DNS resolver for its tasks: upstreams from `--dns-upstream` or the node's
+/// resolv.conf, dialled from the agent's own (the node's) network namespace.
+fn resolver(cfg: &Config) -> anyhow::Result<Arc<dns::Resolver>> {
+    let mut dc = dns::Config::from_resolv_conf(&cfg.node_resolv_conf());
+    if !cfg.dns_upstreams.is_empty() {
+        dc.upstreams = cfg.dns_upstreams.clone();
+    }
+    dc.upstream_netns = Some(netns::NetNs::current()?);
+    tracing::info!(upstreams = ?dc.upstreams, "tasks' DNS resolver");
+    Ok(dns::Resolver::new(dc)?)
 }
 
 pub async fn run(agent: Arc<Agent>, member: Arc<Member>) {
@@ -121,12 +133,15 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
     let _ = member.gossip.set(gossip.clone());
     tracing::info!(addr = %gossip.addr(), "gossip started");
 
+    let resolver = resolver(cfg)?;
+    let _ = member.resolver.set(resolver.clone());
     let (status_tx, mut status_rx) = mpsc::channel(256);
     let exec = executor::node::spawn(
         executor_config(cfg, member)?,
         gossip.clone(),
         member.assignments.subscribe(),
         status_tx,
+        Some(resolver),
     )?;
     let writes = exec.writes.clone();
     let mut sync = tokio::time::interval(Duration::from_secs(1));

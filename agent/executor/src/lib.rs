@@ -6,11 +6,13 @@
 //!   changes, gossip, task exits) handled one task or network at a time.
 //! - `tasks`: a task's life (namespace, endpoints, start, watch, stop, removal, its gossip
 //!   entries); `networks`: a network's presence on the node (sandbox, subscription, peers,
-//!   load-balancer endpoint); `plane`: the handle on the `vxlan` data plane.
+//!   load-balancer endpoint); `plane`: the handle on the `vxlan` data plane; `discovery`: the
+//!   records of the node's DNS resolver, by delta.
 //! - [`plan`]: the desired overlay data plane from local tasks and gossip (pure).
 //! - [`runner`]: a task's namespace, cgroup and process, started through the [`shim`] so it
 //!   outlives an agent restart and its exit code is never lost.
 
+mod discovery;
 mod networks;
 pub mod node;
 pub mod plan;

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use vxlan::Peer;
 
+use crate::discovery;
 use crate::node::{Config, Error, Ev, Executor};
 use crate::plan::{self, LB_IFNAME, RemoteEndpoint};
 
@@ -167,6 +168,72 @@ impl Executor {
                 lb_published: None,
             },
         );
+        let name = self
+            .a
+            .networks
+            .iter()
+            .find(|n| n.meta.id == id)
+            .map(|n| n.spec.name.clone())
+            .unwrap_or_else(|| id.to_string());
+        self.disc.network(id, Some(&name));
+        self.sync_records(id);
+    }
+
+    /// Whether a gossip entry's owner still counts for names and backends: alive, or silent
+    /// but not marked down by the leader (its tasks not rescheduled) and still in the cluster.
+    pub(crate) fn owner_counts(&self, e: &gossip::Entry) -> bool {
+        if e.owner == self.config.node_id || self.a.nodes.is_empty() {
+            return true;
+        }
+        match self.a.nodes.iter().find(|(id, _)| *id == e.owner) {
+            Some((_, down)) => !down,
+            None => false,
+        }
+    }
+
+    /// Every service and task record of a present network, as they should be now.
+    pub(crate) fn sync_records(&mut self, id: &str) {
+        let services = self
+            .a
+            .services
+            .iter()
+            .filter_map(|s| Some((s.meta.id.clone(), discovery::service_record(s, id)?)))
+            .collect();
+        self.disc.services(id, services);
+        let tasks = self
+            .nets
+            .get(id)
+            .map(|n| {
+                n.entries
+                    .values()
+                    .filter_map(|e| {
+                        let rec = discovery::task_record(e, self.owner_counts(e))?;
+                        Some((e.endpoint.task.clone(), rec))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.disc.tasks(id, tasks);
+    }
+
+    /// A service changed (or went): its record on every present network.
+    pub(crate) fn service_changed(&mut self, id: &str) {
+        let svc = self.a.services.iter().find(|s| s.meta.id == id).cloned();
+        let nets: Vec<String> = self.nets.keys().cloned().collect();
+        for net in nets {
+            let rec = svc
+                .as_ref()
+                .and_then(|s| discovery::service_record(s, &net));
+            self.disc.service(&net, id, rec);
+        }
+    }
+
+    /// The cluster's node list changed (a node marked down, or removed): which tasks count.
+    pub(crate) fn owners_changed(&mut self) {
+        let nets: Vec<String> = self.nets.keys().cloned().collect();
+        for net in nets {
+            self.sync_records(&net);
+        }
     }
 
     /// Makes a network ready for endpoints: subscribed, known to the data plane, its
@@ -315,12 +382,20 @@ impl Executor {
                     .into_iter()
                     .map(|e| (e.endpoint.id.clone(), e))
                     .collect();
+                self.sync_records(id);
             }
             gossip::Event::Added(e) | gossip::Event::Updated(e) => {
-                n.entries.insert(e.endpoint.id.clone(), e);
+                n.entries.insert(e.endpoint.id.clone(), e.clone());
+                if !e.endpoint.task.is_empty() {
+                    let rec = discovery::task_record(&e, self.owner_counts(&e));
+                    self.disc.task(id, &e.endpoint.task, rec);
+                }
             }
             gossip::Event::Removed(e) => {
                 n.entries.remove(&e.endpoint.id);
+                if !e.endpoint.task.is_empty() {
+                    self.disc.task(id, &e.endpoint.task, None);
+                }
             }
         }
         if let Err(e) = self.sync_peers(id).await {
@@ -404,6 +479,7 @@ impl Executor {
             .call(port, move |dp| dp.remove_network(&net))
             .await?;
         self.nets.remove(id);
+        self.disc.network(id, None);
         debug!(network = %id, "network removed from this node");
         Ok(())
     }

@@ -27,6 +27,7 @@ use model::{Assignments, Task};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::discovery::Discovery;
 use crate::networks::NetRt;
 use crate::plane::Plane;
 use crate::runner::{ProcState, Runner, RunnerConfig};
@@ -52,8 +53,9 @@ pub struct Config {
     pub gwbridge: String,
     /// SIGTERM-to-SIGKILL grace when stopping a task (docker: 10 s).
     pub stop_grace: Duration,
-    /// Nameserver written into tasks' resolv.conf.
-    pub nameserver: String,
+    /// What tasks see as /etc/resolv.conf (`nameserver 127.0.0.11` and the node's search and
+    /// options: `dns::task_resolv_conf`).
+    pub resolv_conf: String,
     /// How long after a failed operation the executor tries again (with a full pass).
     pub retry: Duration,
     /// How long a fresh executor waits for gossip before it programs peers it may not know yet.
@@ -83,12 +85,14 @@ pub(crate) enum Ev {
     Gossip(String, gossip::Event),
 }
 
-/// Starts the executor loop. It runs until `assignments` closes.
+/// Starts the executor loop. It runs until `assignments` closes. With a `resolver`, every task
+/// gets it at 127.0.0.11:53 in its namespace, serving the names of its networks.
 pub fn spawn(
     config: Config,
     gossip: Arc<Gossip>,
     assignments: watch::Receiver<Option<Assignments>>,
     status: mpsc::Sender<StatusReport>,
+    resolver: Option<Arc<dns::Resolver>>,
 ) -> Result<Handle, crate::runner::Error> {
     let runner = Runner::new(runner_config(&config))?;
     let writes = Arc::new(AtomicU64::new(0));
@@ -113,6 +117,8 @@ pub fn spawn(
         vtep_published: false,
         vteps: BTreeMap::new(),
         gw: None,
+        disc: Discovery::new(resolver),
+        listeners: HashMap::new(),
         started: Instant::now(),
         full_at: Some(Instant::now()),
         synced: false,
@@ -147,6 +153,10 @@ pub(crate) struct Executor {
     /// The VTEPs peers were last computed with.
     pub(crate) vteps: BTreeMap<String, IpAddr>,
     pub(crate) gw: Option<vxlan::GwBridge>,
+    /// What the node's DNS resolver has been given.
+    pub(crate) disc: Discovery,
+    /// Each task's DNS listener (127.0.0.11:53 in its namespace).
+    pub(crate) listeners: HashMap<String, dns::Listener>,
     started: Instant,
     /// When to run a full pass (at start, and after a failure).
     full_at: Option<Instant>,
@@ -297,7 +307,15 @@ impl Executor {
         let nets = changed(&self.a.networks, &a.networks, |n| &n.meta.id);
         let port_changed = a.data_path_port != self.a.data_path_port;
         let attachments_changed = a.attachments != self.a.attachments;
+        let services = changed(&self.a.services, &a.services, |s| &s.meta.id);
+        let nodes_changed = a.nodes != self.a.nodes;
         self.a = a;
+        for id in &services {
+            self.service_changed(id);
+        }
+        if nodes_changed {
+            self.owners_changed();
+        }
         if port_changed {
             self.full_at = Some(Instant::now());
             return;
@@ -489,7 +507,7 @@ pub(crate) fn runner_config(config: &Config) -> RunnerConfig {
         netns_prefix: config.netns_prefix.clone(),
         cgroup: config.cgroup.clone(),
         shim: config.shim.clone(),
-        nameserver: config.nameserver.clone(),
+        resolv_conf: config.resolv_conf.clone(),
     }
 }
 

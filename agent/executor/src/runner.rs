@@ -74,8 +74,8 @@ pub struct RunnerConfig {
     pub cgroup: Option<PathBuf>,
     /// The shim command: program and leading arguments; the task directory is appended.
     pub shim: Vec<OsString>,
-    /// The nameserver written into tasks' /etc/resolv.conf.
-    pub nameserver: String,
+    /// What tasks see as /etc/resolv.conf.
+    pub resolv_conf: String,
 }
 
 /// Starts, watches, stops and removes task processes.
@@ -170,6 +170,19 @@ impl Runner {
     /// Starts the task's command through the shim unless it was already started (a restarted
     /// agent adopts what runs). `env` is KEY=VALUE.
     pub fn start(&self, id: &str, argv: &[String], env: &[String]) -> Result<()> {
+        self.start_with(id, argv, env, &[])
+    }
+
+    /// [`Runner::start`], and the shim keeps `parked` open as its descriptors 3, 4, ... for as
+    /// long as it lives (the task's command does not get them): sockets the agent serves in the
+    /// task's namespace survive an agent restart there, and [`Runner::parked`] gives them back.
+    pub fn start_with(
+        &self,
+        id: &str,
+        argv: &[String],
+        env: &[String],
+        parked: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<()> {
         check_id(id)?;
         if argv.is_empty() {
             return Err(Error::NoCommand(id.to_string()));
@@ -184,18 +197,15 @@ impl Runner {
             fs::create_dir_all(cg)
                 .map_err(self.io(format!("create cgroup {}", cg.display()), id))?;
         }
-        shim::write_atomic(
-            &dir,
-            RESOLV,
-            &format!("nameserver {}\noptions ndots:0\n", self.config.nameserver),
-        )
-        .map_err(self.io("write resolv.conf", id))?;
+        shim::write_atomic(&dir, RESOLV, &self.config.resolv_conf)
+            .map_err(self.io("write resolv.conf", id))?;
         let spec = ShimSpec {
             argv: argv.to_vec(),
             env: env.to_vec(),
             netns: ns.path().to_path_buf(),
             cgroup,
             workdir: dir.join("work"),
+            parked: parked.len(),
         };
         let json = serde_json::to_string_pretty(&spec).expect("a spec serializes");
         shim::write_atomic(&dir, SPEC, &json).map_err(self.io("write the task spec", id))?;
@@ -216,6 +226,7 @@ impl Runner {
             .stdout(log.try_clone().map_err(self.io("dup", id))?)
             .stderr(log);
         shim::detach(&mut cmd);
+        shim::pass_fds(&mut cmd, parked);
         let child = cmd
             .spawn()
             .map_err(self.io(format!("start the shim {}", program.to_string_lossy()), id))?;
@@ -287,6 +298,21 @@ impl Runner {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Duplicates of the descriptors the task's shim keeps for the agent (see
+    /// [`Runner::start_with`]), taken from the live shim with pidfd_getfd(2). None if the shim
+    /// is gone or keeps none.
+    pub fn parked(&self, id: &str) -> Option<Vec<std::os::fd::OwnedFd>> {
+        let spec: ShimSpec =
+            serde_json::from_slice(&fs::read(self.dir(id).join(SPEC)).ok()?).ok()?;
+        if spec.parked == 0 {
+            return None;
+        }
+        let pidfd = self.pidfd(id)?;
+        (0..spec.parked)
+            .map(|i| pidfd_getfd(&pidfd, shim::FIRST_PARKED_FD + i as i32))
+            .collect()
     }
 
     /// A pidfd of the task's shim, readable once the shim exits (after it recorded the task's
@@ -413,6 +439,19 @@ fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     }
     // SAFETY: `fd` is a fresh descriptor returned by the kernel above.
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// pidfd_getfd(2): a duplicate of descriptor `fd` of the process behind `pidfd`.
+fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, fd: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number in that process and flags, and
+    // returns a new descriptor of ours or -1.
+    let new = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if new < 0 {
+        return None;
+    }
+    // SAFETY: `new` is a fresh descriptor returned by the kernel above.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(new as i32) })
 }
 
 fn read_pid(dir: &Path, name: &str) -> Option<u32> {

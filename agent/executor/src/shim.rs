@@ -31,7 +31,14 @@ pub struct ShimSpec {
     pub cgroup: Option<PathBuf>,
     /// The working directory of the command.
     pub workdir: PathBuf,
+    /// How many descriptors, from [`FIRST_PARKED_FD`] on, the shim keeps open for the agent
+    /// (the task's DNS sockets) and does not pass to the command.
+    #[serde(default)]
+    pub parked: usize,
 }
+
+/// The first descriptor number of those a shim keeps for the agent.
+pub const FIRST_PARKED_FD: i32 = 3;
 
 pub const SPEC: &str = "spec.json";
 pub const PID: &str = "pid";
@@ -79,6 +86,14 @@ fn run_inner(dir: &Path) -> Result<(), String> {
     .map_err(|e| format!("parse {}/{SPEC}: {e}", dir.display()))?;
     if spec.argv.is_empty() {
         return Err("the task has no command".into());
+    }
+    // The parked descriptors stay with the shim: the command must not inherit them.
+    for i in 0..spec.parked {
+        let fd = FIRST_PARKED_FD + i as i32;
+        // SAFETY: fcntl on a descriptor number only changes its flags; an invalid one fails.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
     }
     if let Some(cg) = &spec.cgroup {
         fs::write(cg.join("cgroup.procs"), "0")
@@ -149,6 +164,36 @@ fn run_inner(dir: &Path) -> Result<(), String> {
     write_atomic(dir, EXIT, &format!("{code}\n"))
         .map_err(|e| format!("write the exit file: {e}"))?;
     Ok(())
+}
+
+/// Makes `fds` the started process's descriptors 3, 4, ... (inherited across exec).
+pub fn pass_fds(cmd: &mut Command, fds: &[std::os::fd::BorrowedFd<'_>]) {
+    use std::os::fd::AsRawFd;
+    if fds.is_empty() {
+        return;
+    }
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    // SAFETY: between fork and exec only fcntl(2) and dup2(2) run, both async-signal-safe, on
+    // descriptors the parent keeps open until spawn returns; no memory is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            // First move every source above the target range, so none is overwritten early.
+            let mut high = [0i32; 8];
+            for (i, fd) in raw.iter().enumerate().take(high.len()) {
+                let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
+                if h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high[i] = h;
+            }
+            for (i, h) in high.iter().enumerate().take(raw.len().min(8)) {
+                if libc::dup2(*h, FIRST_PARKED_FD + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Sets the shim's session so signals to the agent's process group do not reach it.

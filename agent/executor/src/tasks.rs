@@ -214,6 +214,7 @@ impl Executor {
             }
         }
         let mut proc = rt.proc;
+        let parked = self.ensure_listener(id, &local, proc).await?;
         if proc == ProcState::NotStarted {
             self.report(&t, TaskState::Preparing, "preparing", None, None)
                 .await;
@@ -221,7 +222,13 @@ impl Executor {
             let argv = t.spec.command.clone();
             let idc = id.to_string();
             match self
-                .blocking(move |r| r.start(&idc, &argv, &env).map(|()| r.wait_started(&idc)))
+                .blocking(move |r| {
+                    use std::os::fd::AsFd;
+                    let fds: Vec<std::os::fd::BorrowedFd<'_>> =
+                        parked.iter().map(|f| f.as_fd()).collect();
+                    r.start_with(&idc, &argv, &env, &fds)
+                        .map(|()| r.wait_started(&idc))
+                })
                 .await
             {
                 Ok(st) => {
@@ -258,6 +265,72 @@ impl Executor {
             }
         }
         Ok(())
+    }
+
+    /// The task's DNS listener at 127.0.0.11:53 in its namespace, scoped to its networks: taken
+    /// back from the task's shim after an agent restart (the sockets never closed, queries sent
+    /// meanwhile are waiting in them), or bound now. Returns duplicates of freshly bound
+    /// sockets for the shim to keep, if the task is yet to start.
+    async fn ensure_listener(
+        &mut self,
+        id: &str,
+        local: &LocalTask,
+        proc: ProcState,
+    ) -> Result<Vec<std::os::fd::OwnedFd>, Error> {
+        let scope: Vec<String> = local.attachments.iter().map(|(n, _)| n.clone()).collect();
+        if let Some(l) = self.listeners.get(id) {
+            if l.scope() != scope {
+                l.set_scope(scope);
+            }
+            return Ok(Vec::new());
+        }
+        let Some(resolver) = self.disc.resolver().cloned() else {
+            return Ok(Vec::new());
+        };
+        let idc = id.to_string();
+        let adopted = if proc.is_live() {
+            self.blocking(move |r| r.parked(&idc)).await
+        } else {
+            None
+        };
+        let (udp, tcp, fresh) = match adopted {
+            Some(mut fds) if fds.len() == 2 => {
+                let tcp = std::net::TcpListener::from(fds.pop().expect("two"));
+                let udp = std::net::UdpSocket::from(fds.pop().expect("two"));
+                (udp, tcp, false)
+            }
+            _ => {
+                let path = local.netns.clone();
+                let (udp, tcp) = tokio::task::spawn_blocking(move || {
+                    let ns = netns::NetNs::open_path("task", &path)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    dns::bind_in(&ns)
+                })
+                .await
+                .map_err(|e| Error::Dataplane(e.to_string()))?
+                .map_err(io("bind the task's DNS listener"))?;
+                (udp, tcp, true)
+            }
+        };
+        let mut parked = Vec::new();
+        if fresh && proc == ProcState::NotStarted {
+            parked.push(
+                udp.try_clone()
+                    .map_err(io("duplicate the DNS socket"))?
+                    .into(),
+            );
+            parked.push(
+                tcp.try_clone()
+                    .map_err(io("duplicate the DNS socket"))?
+                    .into(),
+            );
+        }
+        let listener = resolver
+            .serve(udp, tcp, scope)
+            .map_err(io("serve the task's DNS listener"))?;
+        debug!(task = %id, adopted = !fresh, "DNS listener");
+        self.listeners.insert(id.to_string(), listener);
+        Ok(parked)
     }
 
     /// The task's overlay endpoints and gateway endpoint, with the networks they need.
@@ -343,6 +416,7 @@ impl Executor {
                 })
                 .await?;
         }
+        self.listeners.remove(id);
         let idc = id.to_string();
         self.blocking(move |r| r.remove(&idc)).await?;
         self.tasks.remove(id);

@@ -116,7 +116,7 @@ fn config(lab: &Lab, i: usize) -> Config {
         node_netns: Some(n.ns().path().to_path_buf()),
         gwbridge: "docker_gwbridge".into(),
         stop_grace: Duration::from_secs(2),
-        nameserver: "127.0.0.11".into(),
+        resolv_conf: "nameserver 127.0.0.11\noptions ndots:0\n".into(),
         retry: Duration::from_millis(200),
         gossip_settle: Duration::from_secs(1),
     }
@@ -150,7 +150,7 @@ async fn start(lab: &Lab, i: usize) -> NodeRun {
     let gossip = Arc::new(Gossip::start_with_sockets(cfg, socket).await.unwrap());
     let (tx, rx) = watch::channel(None);
     let (stx, status) = mpsc::channel(64);
-    let handle = node::spawn(config(lab, i), gossip.clone(), rx, stx).unwrap();
+    let handle = node::spawn(config(lab, i), gossip.clone(), rx, stx, None).unwrap();
     NodeRun {
         gossip,
         tx,

@@ -12,7 +12,7 @@ fn runner(lab: &Lab) -> Runner {
         netns_prefix: format!("{}-", lab.prefix()),
         cgroup: Some(node.cgroup().unwrap().join("tasks")),
         shim: vec![env!("CARGO_BIN_EXE_netagent-shim").into()],
-        nameserver: "127.0.0.11".into(),
+        resolv_conf: "nameserver 127.0.0.11\noptions ndots:0\n".into(),
     })
     .unwrap()
 }

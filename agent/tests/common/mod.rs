@@ -76,10 +76,24 @@ pub fn agent_spec(lab: &Lab, i: usize) -> ProcSpec {
         "2000".into(),
         "--restart-delay-ms".into(),
         "1000".into(),
+        // The node's resolvers are the lab's own (none unless a test writes some): tasks' DNS
+        // never forwards to the machine's resolvers.
+        "--resolv-conf".into(),
+        lab_resolv_conf(lab, i),
         "--log-level".into(),
         std::env::var("AGENT_LOG")
             .unwrap_or_else(|_| "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into()),
     ])
+}
+
+/// The node's resolv.conf for its agent (`<node dir>/resolv.conf`), written with a search domain
+/// and no nameserver unless a test wrote one before the agent started.
+pub fn lab_resolv_conf(lab: &Lab, i: usize) -> String {
+    let path = lab.node(i).dir().join("resolv.conf");
+    if !path.exists() {
+        std::fs::write(&path, "search lab.internal\n").expect("write the node's resolv.conf");
+    }
+    path.display().to_string()
 }
 
 impl Swarm {

@@ -1,0 +1,277 @@
+//! Service discovery on this node: what its DNS resolver answers, per network it has endpoints on,
+//! computed from the assignments (every service on the network: name, VIP, aliases) and the
+//! network's gossip table (its running tasks), and handed to the resolver as deltas — a change of
+//! one task or service is one record, whatever the size of the cluster.
+//!
+//! Which tasks count: an entry of a task that runs (enabled), whose owner is alive, or silent
+//! but neither marked down by the leader nor removed from the cluster (DESIGN.md: a node's
+//! endpoints stay while its data plane may be alive; they go when its tasks were rescheduled).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use model::Service;
+use model::service::EndpointMode;
+
+/// What DNS knows of a service on one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SvcRec {
+    pub name: String,
+    pub vip: Option<IpAddr>,
+    pub aliases: Vec<String>,
+}
+
+/// What DNS knows of a running task on one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TaskRec {
+    pub service: String,
+    pub addr: IpAddr,
+    pub name: String,
+}
+
+#[derive(Debug, Default)]
+struct Given {
+    services: BTreeMap<String, SvcRec>,
+    tasks: BTreeMap<String, TaskRec>,
+}
+
+/// The records given to the resolver, per network, so only differences are sent.
+pub(crate) struct Discovery {
+    resolver: Option<Arc<dns::Resolver>>,
+    given: BTreeMap<String, Given>,
+}
+
+/// A service's record on a network, if it is attached to it.
+pub(crate) fn service_record(s: &Service, network: &str) -> Option<SvcRec> {
+    let attach = s.spec.networks.iter().find(|a| a.target == network)?;
+    let vip = match s.spec.endpoint.mode {
+        EndpointMode::Vip => s
+            .virtual_ips
+            .iter()
+            .find(|v| v.network_id == network)
+            .map(|v| v.addr.addr()),
+        EndpointMode::Dnsrr => None,
+    };
+    Some(SvcRec {
+        name: s.spec.name.clone(),
+        vip,
+        aliases: attach.aliases.clone(),
+    })
+}
+
+/// A gossip entry's task record, if it is a running task's endpoint that counts (see the module
+/// documentation); `counts(owner)` says whether the entry's owner still counts.
+pub(crate) fn task_record(e: &gossip::Entry, owner_counts: bool) -> Option<TaskRec> {
+    let ep = &e.endpoint;
+    if ep.task.is_empty() || ep.disabled || !owner_counts {
+        return None;
+    }
+    Some(TaskRec {
+        service: ep.service.clone(),
+        addr: ep.ip,
+        name: ep.name.clone(),
+    })
+}
+
+impl Discovery {
+    pub fn new(resolver: Option<Arc<dns::Resolver>>) -> Discovery {
+        Discovery {
+            resolver,
+            given: BTreeMap::new(),
+        }
+    }
+
+    pub fn resolver(&self) -> Option<&Arc<dns::Resolver>> {
+        self.resolver.as_ref()
+    }
+
+    fn send(&self, changes: Vec<dns::Change>) {
+        if let (Some(r), false) = (&self.resolver, changes.is_empty()) {
+            r.apply(changes);
+        }
+    }
+
+    /// A network present on this node (with its name), or gone (None).
+    pub fn network(&mut self, id: &str, name: Option<&str>) {
+        match name {
+            Some(name) => {
+                self.given.entry(id.to_string()).or_default();
+                self.send(vec![dns::Change::PutNetwork {
+                    id: id.to_string(),
+                    name: name.to_string(),
+                }]);
+            }
+            None => {
+                if self.given.remove(id).is_some() {
+                    self.send(vec![dns::Change::RemoveNetwork { id: id.to_string() }]);
+                }
+            }
+        }
+    }
+
+    /// The services of a present network are exactly `want` (for a whole network at once).
+    pub fn services(&mut self, network: &str, want: BTreeMap<String, SvcRec>) {
+        let Some(g) = self.given.get(network) else {
+            return;
+        };
+        let gone: Vec<String> = g
+            .services
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.service(network, &id, None);
+        }
+        for (id, rec) in want {
+            self.service(network, &id, Some(rec));
+        }
+    }
+
+    /// One service's record on a present network (None: not on it).
+    pub fn service(&mut self, network: &str, id: &str, rec: Option<SvcRec>) {
+        let Some(g) = self.given.get_mut(network) else {
+            return;
+        };
+        if g.services.get(id) == rec.as_ref() {
+            return;
+        }
+        let change = match &rec {
+            Some(r) => {
+                g.services.insert(id.to_string(), r.clone());
+                dns::Change::PutService {
+                    network: network.to_string(),
+                    id: id.to_string(),
+                    name: r.name.clone(),
+                    vip: r.vip,
+                    aliases: r.aliases.clone(),
+                }
+            }
+            None => {
+                g.services.remove(id);
+                dns::Change::RemoveService {
+                    network: network.to_string(),
+                    id: id.to_string(),
+                }
+            }
+        };
+        self.send(vec![change]);
+    }
+
+    /// The running tasks of a present network are exactly `want` (after a resync).
+    pub fn tasks(&mut self, network: &str, want: BTreeMap<String, TaskRec>) {
+        let Some(g) = self.given.get(network) else {
+            return;
+        };
+        let gone: Vec<String> = g
+            .tasks
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.task(network, &id, None);
+        }
+        for (id, rec) in want {
+            self.task(network, &id, Some(rec));
+        }
+    }
+
+    /// One task's record on a present network (None: not a running task there).
+    pub fn task(&mut self, network: &str, id: &str, rec: Option<TaskRec>) {
+        let Some(g) = self.given.get_mut(network) else {
+            return;
+        };
+        if g.tasks.get(id) == rec.as_ref() {
+            return;
+        }
+        let change = match &rec {
+            Some(r) => {
+                g.tasks.insert(id.to_string(), r.clone());
+                dns::Change::PutTask {
+                    network: network.to_string(),
+                    id: id.to_string(),
+                    service: r.service.clone(),
+                    addr: r.addr,
+                    name: r.name.clone(),
+                    aliases: Vec::new(),
+                }
+            }
+            None => {
+                g.tasks.remove(id);
+                dns::Change::RemoveTask {
+                    network: network.to_string(),
+                    id: id.to_string(),
+                }
+            }
+        };
+        self.send(vec![change]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(task: &str, disabled: bool) -> gossip::Entry {
+        gossip::Entry {
+            owner: "n2".into(),
+            endpoint: gossip::Endpoint {
+                id: task.into(),
+                network: "net".into(),
+                ip: "10.0.1.5".parse().unwrap(),
+                mac: [2, 0x42, 10, 0, 1, 5],
+                task: task.into(),
+                service: "svc".into(),
+                name: format!("web.1.{task}"),
+                aliases: vec![],
+                disabled,
+            },
+        }
+    }
+
+    #[test]
+    fn only_running_tasks_of_counting_owners_are_records() {
+        assert!(task_record(&entry("t1", false), true).is_some());
+        assert!(task_record(&entry("t1", true), true).is_none(), "disabled");
+        assert!(
+            task_record(&entry("t1", false), false).is_none(),
+            "owner down"
+        );
+        assert!(
+            task_record(&entry("", false), true).is_none(),
+            "a load-balancer endpoint"
+        );
+    }
+
+    #[test]
+    fn deltas_only_for_what_changed() {
+        let r = dns::Resolver::new(dns::Config::default()).unwrap();
+        let mut d = Discovery::new(Some(r.clone()));
+        d.network("net", Some("web"));
+        let rec = TaskRec {
+            service: "svc".into(),
+            addr: "10.0.1.5".parse().unwrap(),
+            name: "web.1.t1".into(),
+        };
+        d.service(
+            "net",
+            "svc",
+            Some(SvcRec {
+                name: "web".into(),
+                vip: Some("10.0.1.2".parse().unwrap()),
+                aliases: vec!["www".into()],
+            }),
+        );
+        d.task("net", "t1", Some(rec.clone()));
+        let scope = vec!["net".to_string()];
+        assert!(r.resolve(&scope, "tasks.web").is_some());
+        assert!(r.resolve(&scope, "www").is_some());
+        d.tasks("net", BTreeMap::new());
+        let (_, _, tasks) = r.counts();
+        assert_eq!(tasks, 0, "a resync without the task removes it");
+        d.network("net", None);
+        assert!(r.resolve(&scope, "web").is_none());
+    }
+}
