@@ -463,7 +463,7 @@ impl Gossip {
         let sends = {
             let st = self.inner.lock();
             let peers: Vec<SocketAddr> = st
-                .alive_peers()
+                .reachable_peers()
                 .iter()
                 .filter_map(|p| st.peer_addr(p))
                 .collect();

@@ -462,7 +462,7 @@ mod tests {
             (1..=40)
                 .map(|v| WireItem {
                     id: format!("e{v}"),
-                    version: v,
+                    version: v % 10 + 1,
                     value: Some(value()),
                 })
                 .collect(),

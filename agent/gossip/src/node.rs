@@ -199,20 +199,33 @@ impl State {
             .or_else(|| self.store.records.get(node).map(|r| r.addr))
     }
 
-    pub fn alive_peers(&self) -> Vec<Arc<str>> {
+    /// Whether `node` is worth talking to: SWIM holds it alive or merely suspects it (a
+    /// suspected node may well answer; its entries are flagged all the same), and it has not
+    /// left.
+    fn reachable(&self, node: &str) -> bool {
+        node != &*self.me.node
+            && self
+                .members
+                .get(node)
+                .is_some_and(|(_, st)| *st != SwimState::Down)
+            && !self.store.records.get(node).is_some_and(|r| r.left)
+    }
+
+    /// Peers alive or suspected (see [`State::reachable`]).
+    pub fn reachable_peers(&self) -> Vec<Arc<str>> {
         self.members
-            .iter()
-            .filter(|(n, _)| n.as_ref() != self.me.node.as_ref() && self.store.is_alive(n))
-            .map(|(n, _)| n.clone())
+            .keys()
+            .filter(|n| self.reachable(n))
+            .cloned()
             .collect()
     }
 
-    /// Alive peers holding `net`.
-    pub fn alive_holders(&self, net: &str) -> Vec<Arc<str>> {
+    /// Reachable peers holding `net`.
+    pub fn reachable_holders(&self, net: &str) -> Vec<Arc<str>> {
         self.store
             .holders(net)
             .into_iter()
-            .filter(|n| self.store.is_alive(n))
+            .filter(|n| self.reachable(n))
             .collect()
     }
 
@@ -241,7 +254,7 @@ impl State {
             return;
         }
         self.round += 1;
-        let alive = self.alive_peers();
+        let alive = self.reachable_peers();
         // 1. A random live peer: records and every network both hold.
         let first = alive.choose(&mut self.rng).cloned();
         if let Some(p) = &first
@@ -257,7 +270,7 @@ impl State {
         if !nets.is_empty() {
             self.net_cursor = (self.net_cursor + 1) % nets.len();
             let net = &nets[self.net_cursor];
-            let holders = self.alive_holders(net);
+            let holders = self.reachable_holders(net);
             if let Some(p) = holders.choose(&mut self.rng).cloned()
                 && Some(&p) != first.as_ref()
                 && let Some(addr) = self.addr_of(&p)
@@ -276,7 +289,7 @@ impl State {
                 .store
                 .records
                 .values()
-                .filter(|r| r.node != self.me.node && !r.left && !self.store.is_alive(&r.node))
+                .filter(|r| r.node != self.me.node && !r.left && !self.reachable(&r.node))
                 .map(|r| r.node.clone())
                 .collect();
             if let Some(p) = dead.choose(&mut self.rng).cloned()

@@ -116,7 +116,7 @@ pub(crate) async fn push_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<PushJob>
                     .collect()
             };
             if !batch.records.is_empty() {
-                let peers = st.alive_peers();
+                let peers = st.reachable_peers();
                 let to = pick(&mut st, peers, &batch.records_exclude);
                 let origin = batch
                     .records_origin
@@ -129,7 +129,7 @@ pub(crate) async fn push_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<PushJob>
                 }
             }
             for (net, (deltas, exclude, origin)) in batch.nets {
-                let peers = st.alive_holders(&net);
+                let peers = st.reachable_holders(&net);
                 let to = pick(&mut st, peers, &exclude);
                 if to.is_empty() {
                     continue;

@@ -314,7 +314,7 @@ impl State {
             self.asked.clear();
             return;
         }
-        for p in self.alive_peers() {
+        for p in self.reachable_peers() {
             if self.asked.insert(p.clone())
                 && let Some(addr) = self.peer_addr(&p)
             {
@@ -334,7 +334,7 @@ impl State {
             if !self.store.tables.contains_key(&net) {
                 continue;
             }
-            let mut holders = self.alive_holders(&net);
+            let mut holders = self.reachable_holders(&net);
             if holders.is_empty() {
                 self.store.mark_synced(&net);
                 continue;
