@@ -58,19 +58,35 @@ fn convergence(n: usize, rounds: usize) {
     c.wait_converged();
     // Every node reports the arrival of each endpoint on its subscription.
     let (tx, mut rx) = mpsc::channel::<(usize, String, Instant)>(4 * n * rounds.max(1));
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for (i, g) in c.running() {
         let mut sub = g.subscribe("bench");
-        let tx = tx.clone();
+        let (tx, ready) = (tx.clone(), ready.clone());
         c.rt.spawn(async move {
             while let Some(ev) = sub.recv().await {
-                if let Event::Added(e) = ev
-                    && tx.send((i, e.endpoint.id, Instant::now())).await.is_err()
-                {
-                    return;
+                // The first event is the table's snapshot (the network is fetched from its
+                // holders first); anything in it has arrived too.
+                let arrived = match ev {
+                    Event::Added(e) => vec![e],
+                    Event::Resync(all) => {
+                        ready.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        all
+                    }
+                    _ => continue,
+                };
+                for e in arrived {
+                    if tx.send((i, e.endpoint.id, Instant::now())).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
     }
+    // Settle: every node has its snapshot, and has heard who holds the network.
+    c.wait("every subscription has its snapshot", || {
+        ready.load(std::sync::atomic::Ordering::Relaxed) >= n
+    });
+    std::thread::sleep(timings.gossip_interval * 4);
     let mut samples = Vec::with_capacity(rounds);
     let mut missed = 0;
     for k in 0..rounds {

@@ -13,8 +13,8 @@
 //!   address, a rejoin counter) and foca's packets are encoded by its public postcard codec over
 //!   them; foca's types are public API, so nothing here depends on a library's private format.
 //!
-//! * **State: per-network anti-entropy of owner-versioned entries** ([`store`], [`table`],
-//!   [`sync`]), after Docker's NetworkDB minus its known bugs. There are two kinds of state:
+//! * **State: per-network anti-entropy of owner-versioned entries** (`store.rs`, `table.rs`,
+//!   `sync.rs`), after Docker's NetworkDB minus its known bugs. There are two kinds of state:
 //!   - a global *record* per node (address, VTEP, the networks whose table it holds, whether it
 //!     left, a "floor" below which all its older entries are void), replicated to everyone;
 //!   - one *endpoint table per network*, replicated only among the nodes that hold that network
@@ -60,7 +60,7 @@
 //!
 //! * an encrypted envelope ([`wire`]): AES-GCM under the primary key, opened with any accepted
 //!   key, a replay window per sender, datagrams under the underlay MTU; messages larger than a
-//!   few datagrams go over TCP on the same port ([`stream`]), falling back to UDP fragments;
+//!   few datagrams go over TCP on the same port (`stream.rs`), falling back to UDP fragments;
 //! * strict validation of everything received ([`codec::decode`]): bounded sizes, ids and
 //!   values checked, every drop counted by reason in [`Stats`], never a panic;
 //! * seeds changeable at run time ([`Gossip::set_seeds`]), contacted while they are not alive
@@ -75,11 +75,11 @@ pub mod membership;
 mod model;
 mod node;
 mod push;
-pub mod store;
+mod store;
 mod stream;
 mod subscription;
-pub mod sync;
-pub mod table;
+mod sync;
+mod table;
 mod transport;
 pub mod wire;
 

@@ -2,7 +2,7 @@
 //!
 //! foca runs the protocol (probe one member per period, indirect probes through a few others,
 //! suspicion refuted by a higher incarnation, dissemination piggybacked on the probes) and
-//! tells us what to send and when to wake it; [`crate::node`] does the I/O. Its packets travel
+//! tells us what to send and when to wake it; the node (`node.rs`, `api.rs`) does the I/O. Its packets travel
 //! inside our messages ([`crate::codec::Body::Swim`]), encoded by foca's public postcard codec
 //! over our [`Id`], with every identity checked after decoding ([`SwimCodec`]).
 //!
