@@ -18,7 +18,7 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "gossip",
         "gossip",
         "convergence",
-        "p50/p99 publish-to-all at 5/20/50 nodes; 50-node load",
+        "p50/p99 publish-to-all at 5/20/50 nodes; 50-node load; bytes inside vs outside a network",
     ),
     (
         "overlay",

@@ -217,6 +217,7 @@ mod tests {
     fn entry(task: &str, disabled: bool) -> gossip::Entry {
         gossip::Entry {
             owner: "n2".into(),
+            owner_alive: true,
             endpoint: gossip::Endpoint {
                 id: task.into(),
                 network: "net".into(),

@@ -186,7 +186,7 @@ impl Executor {
             return true;
         }
         match self.a.nodes.iter().find(|(id, _)| *id == e.owner) {
-            Some((_, down)) => !down,
+            Some((_, down)) => e.owner_alive || !down,
             None => false,
         }
     }
@@ -228,8 +228,17 @@ impl Executor {
         }
     }
 
-    /// The cluster's node list changed (a node marked down, or removed): which tasks count.
-    pub(crate) fn owners_changed(&mut self) {
+    /// The cluster's node list changed (a node marked down, or removed): which tasks count;
+    /// gossip forgets removed nodes (their entries and VTEP go everywhere at once).
+    pub(crate) async fn owners_changed(&mut self, before: &[(String, bool)]) {
+        if !self.a.nodes.is_empty() {
+            for (id, _) in before {
+                if !self.a.nodes.iter().any(|(n, _)| n == id) && *id != self.config.node_id {
+                    tracing::info!(node = %id, "node removed from the cluster: forgetting its endpoints");
+                    self.gossip.forget(id).await;
+                }
+            }
+        }
         let nets: Vec<String> = self.nets.keys().cloned().collect();
         for net in nets {
             self.sync_records(&net);

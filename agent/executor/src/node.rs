@@ -289,7 +289,14 @@ impl Executor {
             .0
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.full_pass().await {
-            Ok(()) => self.synced = true,
+            Ok(()) => {
+                if !self.synced {
+                    // Everything this node still runs is published again: what an earlier
+                    // agent published and this one did not is withdrawn now.
+                    self.gossip.release_adopted().await;
+                }
+                self.synced = true;
+            }
             Err(e) => self.retry_later("a full executor pass", &e),
         }
     }
@@ -308,13 +315,13 @@ impl Executor {
         let port_changed = a.data_path_port != self.a.data_path_port;
         let attachments_changed = a.attachments != self.a.attachments;
         let services = changed(&self.a.services, &a.services, |s| &s.meta.id);
-        let nodes_changed = a.nodes != self.a.nodes;
+        let nodes_before = (a.nodes != self.a.nodes).then(|| self.a.nodes.clone());
         self.a = a;
         for id in &services {
             self.service_changed(id);
         }
-        if nodes_changed {
-            self.owners_changed();
+        if let Some(before) = nodes_before {
+            self.owners_changed(&before).await;
         }
         if port_changed {
             self.full_at = Some(Instant::now());

@@ -5,6 +5,9 @@
 //!    node's subscription delivers the `Added` event. Prints p50/p90/p99/max.
 //! 2. Steady state: 50 nodes holding 1,000 endpoints; bytes and CPU per node over a quiet window
 //!    (CPU = getrusage of this process / 50).
+//! 3. Per-network tables: in the same 50 nodes, a network "busy" held by 10 of them (1,000
+//!    endpoints, then 10 changes/s); bytes per node inside vs outside it over the window, and
+//!    the table items each received (outside: none).
 //!
 //! `GOSSIP_BENCH_QUICK=1` runs fewer rounds; `GOSSIP_BENCH_N=5,20` picks the sizes;
 //! `GOSSIP_BENCH_INTERVAL_MS` overrides the gossip interval; `GOSSIP_BENCH_NO_STEADY=1` skips 2.
@@ -14,7 +17,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, endpoint, is_root};
+use common::{Cluster, endpoint, endpoint_n, is_root};
 use gossip::{Event, Timings};
 use tokio::sync::mpsc;
 
@@ -55,19 +58,35 @@ fn convergence(n: usize, rounds: usize) {
     c.wait_converged();
     // Every node reports the arrival of each endpoint on its subscription.
     let (tx, mut rx) = mpsc::channel::<(usize, String, Instant)>(4 * n * rounds.max(1));
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for (i, g) in c.running() {
         let mut sub = g.subscribe("bench");
-        let tx = tx.clone();
+        let (tx, ready) = (tx.clone(), ready.clone());
         c.rt.spawn(async move {
             while let Some(ev) = sub.recv().await {
-                if let Event::Added(e) = ev
-                    && tx.send((i, e.endpoint.id, Instant::now())).await.is_err()
-                {
-                    return;
+                // The first event is the table's snapshot (the network is fetched from its
+                // holders first); anything in it has arrived too.
+                let arrived = match ev {
+                    Event::Added(e) => vec![e],
+                    Event::Resync(all) => {
+                        ready.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        all
+                    }
+                    _ => continue,
+                };
+                for e in arrived {
+                    if tx.send((i, e.endpoint.id, Instant::now())).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
     }
+    // Settle: every node has its snapshot, and has heard who holds the network.
+    c.wait("every subscription has its snapshot", || {
+        ready.load(std::sync::atomic::Ordering::Relaxed) >= n
+    });
+    std::thread::sleep(timings.gossip_interval * 4);
     let mut samples = Vec::with_capacity(rounds);
     let mut missed = 0;
     for k in 0..rounds {
@@ -95,6 +114,16 @@ fn convergence(n: usize, rounds: usize) {
         }
         if seen.len() < n {
             missed += 1;
+            for (i, g) in c.running() {
+                if !seen.contains(&i) {
+                    let has = g.endpoints("bench").iter().any(|e| e.endpoint.id == id);
+                    let alive = g.members().iter().filter(|m| m.alive).count();
+                    eprintln!(
+                        "DIAG missed {id} on node{i}: visible now {has}, alive members {alive}, stats {:?}",
+                        g.network_stats("bench")
+                    );
+                }
+            }
         } else {
             samples.push(last - t0);
         }
@@ -121,6 +150,21 @@ fn convergence(n: usize, rounds: usize) {
     );
 }
 
+fn per_node(
+    s0: &[gossip::Stats],
+    s1: &[gossip::Stats],
+    secs: f64,
+    f: fn(&gossip::Stats) -> u64,
+) -> f64 {
+    let n = s0.len().max(1) as f64;
+    s1.iter()
+        .zip(s0)
+        .map(|(b, a)| (f(b) - f(a)) as f64)
+        .sum::<f64>()
+        / n
+        / secs
+}
+
 fn steady_state(n: usize, endpoints: usize, window: Duration) {
     let timings = timings();
     let mut c = Cluster::new(n, 3, timings);
@@ -129,7 +173,7 @@ fn steady_state(n: usize, endpoints: usize, window: Duration) {
     c.wait_converged();
     for k in 0..endpoints {
         let owner = 1 + k % n;
-        let mut ep = endpoint("steady", &format!("s{k:05}"), (k % 250) as u8 + 1);
+        let mut ep = endpoint_n("steady", &format!("s{k:05}"), k as u32);
         ep.task = format!("task-{k:025}");
         ep.name = format!("service-{}.{}.{k:025}", k % 37, k % 5);
         c.publish(owner, ep);
@@ -147,26 +191,67 @@ fn steady_state(n: usize, endpoints: usize, window: Duration) {
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     let s1: Vec<_> = c.running().map(|(_, g)| g.stats()).collect();
-    let sum = |f: fn(&gossip::Stats) -> u64| -> f64 {
-        s1.iter()
-            .zip(&s0)
-            .map(|(b, a)| (f(b) - f(a)) as f64)
-            .sum::<f64>()
-            / n as f64
-            / secs
-    };
     let alive_everywhere = c
         .running()
         .all(|(_, g)| g.members().iter().filter(|m| m.alive).count() == n);
     println!(
-        "steady state N={n} with {endpoints} endpoints over {secs:.0} s, per node: sent {:.1} KB/s ({:.0} datagrams/s, {:.0} messages/s), received {:.1} KB/s; CPU {:.2}% of a core (process {:.1}% / {n}); all alive throughout: {alive_everywhere}",
-        sum(|s| s.bytes_sent) / 1000.0,
-        sum(|s| s.datagrams_sent),
-        sum(|s| s.messages_sent),
-        sum(|s| s.bytes_received) / 1000.0,
+        "steady state N={n} with {endpoints} endpoints over {secs:.0} s, per node: sent {:.2} KB/s ({:.1} datagrams/s, {:.1} messages/s), received {:.2} KB/s; CPU {:.2}% of a core (process {:.1}% / {n}); all alive throughout: {alive_everywhere}",
+        per_node(&s0, &s1, secs, |s| s.bytes_sent) / 1000.0,
+        per_node(&s0, &s1, secs, |s| s.datagrams_sent),
+        per_node(&s0, &s1, secs, |s| s.messages_sent),
+        per_node(&s0, &s1, secs, |s| s.bytes_received) / 1000.0,
         cpu / secs / n as f64 * 100.0,
         cpu / secs * 100.0,
     );
+    per_network(&c, n, 10, endpoints, window);
+}
+
+/// A busy network held by `inside` of the `n` nodes: bytes per node inside vs outside it.
+fn per_network(c: &Cluster, n: usize, inside: usize, endpoints: usize, window: Duration) {
+    let subs: Vec<_> = (1..=inside).map(|i| c.g(i).subscribe("busy")).collect();
+    let t0 = Instant::now();
+    for k in 0..endpoints {
+        let owner = 1 + k % inside;
+        c.publish(owner, endpoint_n("busy", &format!("b{k:05}"), k as u32));
+    }
+    c.wait("the busy network's holders see all of it", || {
+        (1..=inside).all(|i| c.g(i).endpoints("busy").len() == endpoints)
+    });
+    let fill = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let s0: Vec<_> = c.running().map(|(_, g)| g.stats()).collect();
+    let t0 = Instant::now();
+    let mut k = 0u32;
+    while t0.elapsed() < window {
+        // 10 changes/s: re-publish one endpoint with a new name.
+        let owner = 1 + (k as usize) % inside;
+        let idx = (k as usize * inside + owner - 1) % endpoints;
+        let mut ep = endpoint_n("busy", &format!("b{idx:05}"), idx as u32);
+        ep.name = format!("churn-{k}");
+        c.publish(owner, ep);
+        k += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let s1: Vec<_> = c.running().map(|(_, g)| g.stats()).collect();
+    let (s0_in, s0_out) = s0.split_at(inside);
+    let (s1_in, s1_out) = s1.split_at(inside);
+    let items_out: u64 = (inside + 1..=n)
+        .map(|i| c.g(i).network_stats("busy").items_received)
+        .sum();
+    let items_in: u64 = (1..=inside)
+        .map(|i| c.g(i).network_stats("busy").items_received)
+        .sum::<u64>()
+        / inside as u64;
+    println!(
+        "per-network tables N={n}, \"busy\" held by {inside} ({endpoints} endpoints, filled in {:.0} ms, then {k} changes over {secs:.0} s): per node inside sent {:.2} KB/s received {:.2} KB/s ({items_in} table items received each); outside sent {:.2} KB/s received {:.2} KB/s ({items_out} table items received in all)",
+        fill.as_secs_f64() * 1000.0,
+        per_node(s0_in, s1_in, secs, |s| s.bytes_sent) / 1000.0,
+        per_node(s0_in, s1_in, secs, |s| s.bytes_received) / 1000.0,
+        per_node(s0_out, s1_out, secs, |s| s.bytes_sent) / 1000.0,
+        per_node(s0_out, s1_out, secs, |s| s.bytes_received) / 1000.0,
+    );
+    drop(subs);
 }
 
 fn main() {

@@ -1,18 +1,16 @@
-//! chitchat's transport, replaced: every message is sealed by [`crate::wire`] on the way out and
-//! must open (key, tag, replay window, framing, [`crate::validate`]) on the way in. Nothing
-//! that fails reaches chitchat; each failure is counted.
+//! The envelope around the socket: every message is sealed by [`crate::wire`] on the way out,
+//! and on the way in must open (key, tag, replay window, fragments) and decode
+//! ([`crate::codec::decode`]) before the state machine sees it. Each failure is counted.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use async_trait::async_trait;
-use chitchat::transport::{Socket, Transport};
-use chitchat::{ChitchatMessage, Deserializable, Serializable};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::codec::{self, Decoded};
 use crate::stream::Frame;
 use crate::wire::{self, CompiledKeys, Opened, Reassembler, Reject, ReplayGuard, Sealer};
 use crate::{Stats, Timings};
@@ -38,7 +36,7 @@ pub(crate) struct Counters {
     pub stream_fallbacks: AtomicU64,
 }
 
-fn add(c: &AtomicU64, n: u64) {
+pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -62,6 +60,7 @@ impl Counters {
             streams_sent: g(&self.streams_sent),
             streams_received: g(&self.streams_received),
             stream_fallbacks: g(&self.stream_fallbacks),
+            ..Stats::default()
         }
     }
 }
@@ -70,8 +69,6 @@ impl Counters {
 pub(crate) struct Shared {
     pub keys: RwLock<Arc<CompiledKeys>>,
     pub counters: Counters,
-    /// Woken after chitchat has applied a message that carried a delta.
-    pub data_arrived: Notify,
     /// This node's gossip port (TCP and UDP), named in the streams it opens.
     pub port: u16,
     /// Outbound streams in flight ([`crate::stream`]).
@@ -86,33 +83,7 @@ impl Shared {
     }
 }
 
-/// Hands chitchat one pre-bound UDP socket wrapped in the envelope.
-pub(crate) struct SecureTransport {
-    socket: Mutex<Option<(Arc<tokio::net::UdpSocket>, mpsc::Receiver<Frame>)>>,
-    shared: Arc<Shared>,
-    sealer: Arc<Sealer>,
-    timings: Timings,
-}
-
-impl SecureTransport {
-    /// `frames`: what [`crate::stream::listen`] received on TCP.
-    pub fn new(
-        socket: Arc<tokio::net::UdpSocket>,
-        frames: mpsc::Receiver<Frame>,
-        shared: Arc<Shared>,
-        sealer: Arc<Sealer>,
-        timings: Timings,
-    ) -> Self {
-        SecureTransport {
-            socket: Mutex::new(Some((socket, frames))),
-            shared,
-            sealer,
-            timings,
-        }
-    }
-}
-
-/// Seals and sends one serialized chitchat message: as datagrams, or when it needs more than
+/// Seals and sends one encoded message: as datagrams, or when it needs more than
 /// [`crate::stream::MIN_FRAGMENTS`] of them, as a stream ([`crate::stream`]). Failures are
 /// counted, never fatal.
 pub(crate) async fn send_sealed(
@@ -163,35 +134,9 @@ pub(crate) async fn send_datagrams(
     }
 }
 
-#[async_trait]
-impl Transport for SecureTransport {
-    async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let (socket, frames) = self
-            .socket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("the gossip socket was already opened"))?;
-        Ok(Box::new(SecureSocket {
-            socket,
-            frames,
-            frames_open: true,
-            shared: self.shared.clone(),
-            sealer: self.sealer.clone(),
-            guard: ReplayGuard::new(self.timings.replay_max_age, 4096),
-            reassembler: Reassembler::new(64, self.timings.reassembly_timeout),
-            buf: vec![0u8; 65_536].into_boxed_slice(),
-            signal_pending: false,
-        }))
-    }
-}
-
-enum Got {
-    Datagram(io::Result<(usize, SocketAddr)>),
-    Frame(Option<Frame>),
-}
-
-struct SecureSocket {
+/// Receives datagrams and stream frames, and turns them into decoded messages (or counted
+/// drops). The one decoding path of the node; [`crate::fuzz`] drives the same steps.
+pub(crate) struct Receiver {
     socket: Arc<tokio::net::UdpSocket>,
     frames: mpsc::Receiver<Frame>,
     frames_open: bool,
@@ -200,9 +145,11 @@ struct SecureSocket {
     guard: ReplayGuard,
     reassembler: Reassembler,
     buf: Box<[u8]>,
-    /// The last message returned carried a delta: once chitchat asks for the next one, it has
-    /// applied it, and the view may look.
-    signal_pending: bool,
+}
+
+enum Got {
+    Datagram(io::Result<(usize, SocketAddr)>),
+    Frame(Option<Frame>),
 }
 
 fn transient(e: &io::Error) -> bool {
@@ -218,7 +165,26 @@ fn transient(e: &io::Error) -> bool {
     ) || e.raw_os_error() == Some(105) // ENOBUFS
 }
 
-impl SecureSocket {
+impl Receiver {
+    pub fn new(
+        socket: Arc<tokio::net::UdpSocket>,
+        frames: mpsc::Receiver<Frame>,
+        shared: Arc<Shared>,
+        sealer: Arc<Sealer>,
+        timings: &Timings,
+    ) -> Receiver {
+        Receiver {
+            socket,
+            frames,
+            frames_open: true,
+            shared,
+            sealer,
+            guard: ReplayGuard::new(timings.replay_max_age, 4096),
+            reassembler: Reassembler::new(64, timings.reassembly_timeout),
+            buf: vec![0u8; 65_536].into_boxed_slice(),
+        }
+    }
+
     fn count_reject(&self, r: Reject, from: SocketAddr) {
         let c = &self.shared.counters;
         let counter = match r {
@@ -231,8 +197,8 @@ impl SecureSocket {
         debug!(%from, reason = ?r, "gossip datagram dropped");
     }
 
-    /// Turns one datagram (or a frame of a stream) into a message for chitchat, or nothing.
-    fn accept(&mut self, datagram: &[u8], from: SocketAddr) -> Option<ChitchatMessage> {
+    /// Turns one datagram (or a frame of a stream) into a message, or nothing.
+    fn accept(&mut self, datagram: &[u8], from: SocketAddr) -> Option<Decoded> {
         let keys = self.shared.keys();
         let bytes = match wire::open(&keys, &mut self.guard, datagram, self.sealer.sender()) {
             Ok(Opened::Message(m)) => m,
@@ -259,40 +225,23 @@ impl SecureSocket {
                 return None;
             }
         };
-        let Some(checked) = crate::validate::check(&bytes) else {
-            self.count_reject(Reject::Malformed, from);
-            return None;
-        };
-        match ChitchatMessage::deserialize(&mut &bytes[..]) {
-            Ok(msg) => {
+        match codec::decode(&bytes) {
+            Ok(d) => {
                 add(&self.shared.counters.messages_received, 1);
-                self.signal_pending = checked.has_delta;
-                Some(msg)
+                Some(d)
             }
-            Err(_) => {
+            Err(e) => {
+                debug!(%from, error = %e, "gossip message dropped");
                 self.count_reject(Reject::Malformed, from);
                 None
             }
         }
     }
-}
 
-#[async_trait]
-impl Socket for SecureSocket {
-    async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
-        let bytes = msg.serialize_to_vec();
-        send_sealed(&self.socket, &self.sealer, &self.shared, to, &bytes).await;
-        // A failed send never stops gossip: the peer is retried or declared dead.
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
-        if std::mem::take(&mut self.signal_pending) {
-            self.shared.data_arrived.notify_one();
-        }
+    /// The next message that opens and decodes; `Err` only if the socket failed for good.
+    pub async fn recv(&mut self) -> io::Result<Decoded> {
         loop {
-            // The only await point, on two cancel-safe receives: dropping this future loses
-            // nothing.
+            // Two cancel-safe receives: dropping this future loses nothing.
             let frames_open = self.frames_open;
             let got = tokio::select! {
                 r = self.socket.recv_from(&mut self.buf) => Got::Datagram(r),
@@ -301,7 +250,7 @@ impl Socket for SecureSocket {
             match got {
                 Got::Frame(Some((from, frame))) => {
                     if let Some(msg) = self.accept(&frame, from) {
-                        return Ok((from, msg));
+                        return Ok(msg);
                     }
                 }
                 // The stream listener stopped (shutting down): datagrams only.
@@ -313,13 +262,11 @@ impl Socket for SecureSocket {
                     let msg = self.accept(&buf[..n], from);
                     self.buf = buf;
                     if let Some(msg) = msg {
-                        return Ok((from, msg));
+                        return Ok(msg);
                     }
                 }
                 Got::Datagram(Err(e)) if transient(&e) => {}
-                Got::Datagram(Err(e)) => {
-                    return Err(anyhow::Error::new(e).context("gossip socket failed"));
-                }
+                Got::Datagram(Err(e)) => return Err(e),
             }
         }
     }

@@ -4,7 +4,7 @@
 //! datagram  = header || AES-GCM(key, nonce, aad = header, inner) || tag(16)
 //! header    = version:u8 (=1) | key_id:u32 | sender:u64 | seq:u32 | sent_at_ms:u64   (25 bytes, BE)
 //! nonce     = sender:u64 || seq:u32                                                   (12 bytes)
-//! inner     = 0x00 || message                                   (a whole chitchat message)
+//! inner     = 0x00 || message                       (a whole message, see crate::codec)
 //!           | 0x01 || msg_id:u32 | index:u8 | count:u8 || chunk  (one fragment of a message)
 //! ```
 //!
@@ -17,9 +17,12 @@
 //!   `max_age` from the receiver's clock is refused too, so forgetting idle senders (after
 //!   `max_age`) never reopens the door to old datagrams. Everything in the header is
 //!   authenticated; nothing is trusted before the tag checks.
-//! * Every datagram fits the underlay MTU; chitchat messages longer than one datagram (up to
+//! * Every datagram fits the underlay MTU; messages longer than one datagram (up to
 //!   64 KiB) are cut into fragments, each sealed on its own, and put back together by a bounded
 //!   [`Reassembler`].
+//!
+//! Decoding entry points (stable names, for fuzzing too): [`open`] (one datagram), then
+//! [`Reassembler::add`] for fragments, then [`crate::codec::decode`] for the message.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +41,7 @@ pub const HEADER_LEN: usize = 1 + 4 + 8 + 4 + 8;
 pub const TAG_LEN: usize = 16;
 /// Bytes of a fragment's inner header (kind, msg_id, index, count).
 const FRAG_HEADER_LEN: usize = 1 + 4 + 1 + 1;
-/// Largest message (a serialized chitchat message) the envelope carries.
+/// Largest message (an encoded [`crate::codec`] message) the envelope carries.
 pub const MAX_MESSAGE: usize = 65_507;
 /// Most fragments one message may be cut into.
 pub const MAX_FRAGMENTS: usize = 64;
@@ -95,7 +98,7 @@ impl Keyring {
     }
 
     /// Checks sizes and ids and prepares the AES keys.
-    pub(crate) fn compile(&self) -> Result<CompiledKeys, Error> {
+    pub fn compile(&self) -> Result<CompiledKeys, Error> {
         let mut keys: Vec<(u32, LessSafeKey)> = Vec::new();
         for key in std::iter::once(&self.primary).chain(&self.accepted) {
             if keys.iter().any(|(id, _)| *id == key.id) {
@@ -140,8 +143,8 @@ impl Keyring {
     }
 }
 
-/// A keyring ready for use.
-pub(crate) struct CompiledKeys {
+/// A keyring ready for use ([`Keyring::compile`]).
+pub struct CompiledKeys {
     primary: u32,
     keys: Vec<(u32, LessSafeKey)>,
 }
@@ -215,8 +218,8 @@ impl Sealer {
         *st
     }
 
-    /// Seals `message` (a serialized chitchat message) into one or more datagrams.
-    pub(crate) fn seal(&self, keys: &CompiledKeys, message: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+    /// Seals `message` (an encoded message) into one or more datagrams.
+    pub fn seal(&self, keys: &CompiledKeys, message: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
         if message.len() > MAX_MESSAGE {
             return Err(Error::Oversize(message.len()));
         }
@@ -266,7 +269,7 @@ impl Sealer {
     }
 }
 
-/// Seals one serialized chitchat message under `keys`' primary key with a fresh sender id, as a
+/// Seals one encoded message under `keys`' primary key with a fresh sender id, as a
 /// node would. For tools and tests that must speak the wire format (e.g. to forge or replay).
 pub fn seal_message(keys: &Keyring, mtu: u16, message: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
     Sealer::new(mtu).seal(&keys.compile()?, message)
@@ -310,7 +313,7 @@ pub enum Opened {
 /// Opens a datagram: authenticates it and checks it against the replay guard.
 ///
 /// `own_sender` is the receiver's own sender id: its own datagrams reflected back are replays.
-pub(crate) fn open(
+pub fn open(
     keys: &CompiledKeys,
     guard: &mut ReplayGuard,
     datagram: &[u8],

@@ -6,7 +6,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Cluster, LONG, endpoint, is_root, key};
+use common::{Cluster, LONG, endpoint, endpoint_n, is_root, key};
+use gossip::codec::{self, Body, EpValue, Message, OwnerDelta, Push, TableDelta, WireItem};
+use gossip::membership::Id;
 use gossip::{Event, Keyring, Timings};
 
 macro_rules! require_root {
@@ -26,8 +28,13 @@ fn publish_and_withdraw_reach_all_five_and_stay_withdrawn() {
     let mut c = Cluster::new(5, 1, Timings::fast());
     c.start_all();
     c.wait_converged();
-    let mut sub = c.g(5).subscribe("net1");
-    assert_eq!(sub.try_recv(), Some(Event::Resync(vec![])));
+    // Every node holds net1 (tables are per network: a node that neither subscribes nor
+    // publishes there receives none of it).
+    let mut subs = c.subscribe_all("net1");
+    let mut sub = subs.pop().expect("node 5's subscription");
+    let first =
+        c.rt.block_on(async { tokio::time::timeout(LONG, sub.recv()).await.expect("event") });
+    assert_eq!(first, Some(Event::Resync(vec![])));
 
     // Fresh node 3 writes versions 1 (vtep), 2 (endpoint), then 3 (the tombstone).
     let vtep = "198.18.0.3".parse().unwrap();
@@ -59,38 +66,82 @@ fn publish_and_withdraw_reach_all_five_and_stay_withdrawn() {
         "{got:?}"
     );
 
-    // A stale ADD (version 2, before the tombstone's 3), sealed with the cluster key and sent to
-    // node 2 from node 4's namespace, as a late or replayed relay would deliver it.
+    // Stale ADDs (versions older than the tombstone's), sealed with the cluster key and sent to
+    // node 2 from node 4's namespace, as a late or replayed relay would deliver them: as a push
+    // and as an anti-entropy delta.
     let g3 = c.g(3);
-    let value = r#"{"i":"10.0.0.3","m":"02:42:0a:00:00:03"}"#;
+    let value = EpValue {
+        ip: ep.ip,
+        mac: ep.mac,
+        task: ep.task.clone(),
+        service: ep.service.clone(),
+        name: ep.name.clone(),
+        aliases: ep.aliases.clone(),
+        disabled: false,
+    };
+    let from = Id {
+        node: "node3".into(),
+        generation: g3.generation(),
+        bump: 0,
+        addr: g3.addr(),
+    };
     let before = c.g(2).stats();
-    for (from_version, version) in [(0, 2), (1, 2), (2, 3)] {
-        let msg = gossip::validate::forge::ack(
-            "node3",
-            g3.generation(),
-            g3.addr(),
-            from_version,
-            &[("ep/net1/ep-a", value, version, false)],
-            None,
-        );
-        let datagrams = gossip::wire::seal_message(&c.keys[0], 1500, &msg).unwrap();
+    for version in [1, g3.generation(), g3.generation() + 1] {
+        let delta = OwnerDelta {
+            owner: "node3".into(),
+            since: 0,
+            max: version,
+            items: vec![WireItem {
+                id: "ep-a".into(),
+                version,
+                value: Some(value.clone()),
+            }],
+        };
+        let body = if version == 1 {
+            Body::Delta(codec::Delta {
+                tables: vec![TableDelta {
+                    net: "net1".into(),
+                    owners: vec![delta],
+                }],
+                ..Default::default()
+            })
+        } else {
+            Body::Push(Push {
+                origin: "node3".into(),
+                records: vec![],
+                tables: vec![TableDelta {
+                    net: "net1".into(),
+                    owners: vec![delta],
+                }],
+            })
+        };
+        let msg = Message {
+            cluster: codec::cluster_hash("netagent"),
+            from: from.clone(),
+            body,
+        };
+        let bytes = codec::encode(&msg).unwrap();
+        let datagrams = gossip::wire::seal_message(&c.keys[0], 1500, &bytes).unwrap();
         send_from(&c, 4, c.addr(2), &datagrams);
     }
     c.wait("node 2 processed the stale adds", || {
         c.g(2).stats().messages_received >= before.messages_received + 3
     });
-    // The envelope accepted all three (sealed with the cluster key, fresh): chitchat saw them.
+    // The envelope and the codec accepted all three (sealed with the cluster key, fresh): the
+    // tables saw them, and last-writer-wins kept the tombstone.
     let after = c.g(2).stats();
     assert_eq!(after.dropped_malformed, before.dropped_malformed);
     assert_eq!(after.dropped_replay, before.dropped_replay);
     assert_eq!(after.dropped_bad_auth, before.dropped_bad_auth);
     assert_eq!(after.dropped_unknown_key, before.dropped_unknown_key);
+    assert_eq!(after.dropped_entries, before.dropped_entries);
     std::thread::sleep(Timings::fast().gossip_interval * 20);
     for i in 1..=5 {
         assert!(!c.sees(i, "net1", "ep-a", 3), "ep-a resurrected on node{i}");
     }
     // The rest of the table is intact and the cluster healthy.
     assert!((1..=5).all(|i| c.g(i).vteps().len() == 1));
+    drop(subs);
 }
 
 fn send_from(c: &Cluster, i: usize, to: SocketAddr, datagrams: &[Vec<u8>]) {
@@ -106,42 +157,72 @@ fn send_from(c: &Cluster, i: usize, to: SocketAddr, datagrams: &[Vec<u8>]) {
         .unwrap();
 }
 
-/// A node cut off by a partition: its entries are withdrawn elsewhere after failure detection
-/// (and it withdraws the others'); healed, everything returns.
+/// A node cut off by a partition: silent is not gone. Its entries stay on the other nodes,
+/// flagged `owner_alive: false`, and its VTEP stays (its tasks may well be running); it keeps
+/// the others' the same way. Healed, everything is flagged alive again. Nothing is removed.
 #[test]
-fn isolated_node_is_withdrawn_and_returns_when_healed() {
+fn isolated_node_is_kept_flagged_and_returns_when_healed() {
     require_root!();
     let mut c = Cluster::new(5, 2, Timings::fast());
     c.start_all();
     c.wait_converged();
     for i in 1..=5 {
+        c.rt.block_on(c.g(i).publish_vtep(c.lab.node(i).addr().into()))
+            .unwrap();
         c.publish(i, endpoint("net1", &format!("ep{i}"), i as u8));
     }
     let all_see_all =
         |c: &Cluster| (1..=5).all(|i| (1..=5).all(|o| c.sees(i, "net1", &format!("ep{o}"), o)));
     c.wait("all see all five endpoints", || all_see_all(&c));
+    let mut sub = c.g(1).subscribe("net1");
 
     c.lab.isolate(5).unwrap();
+    let flagged =
+        |c: &Cluster, i: usize, id: &str| c.entry(i, "net1", id).is_some_and(|e| !e.owner_alive);
     c.wait(
-        "nodes 1-4 withdrew node 5's endpoint, node 5 withdrew theirs",
+        "nodes 1-4 flag node 5's endpoint dead, node 5 flags theirs",
         || {
-            (1..=4).all(|i| !c.sees(i, "net1", "ep5", 5) && c.sees(i, "net1", "ep1", 1))
-                && (1..=4).all(|o| !c.sees(5, "net1", &format!("ep{o}"), o))
-                && c.sees(5, "net1", "ep5", 5)
+            (1..=4).all(|i| flagged(&c, i, "ep5") && c.entry(i, "net1", "ep1").unwrap().owner_alive)
+                && (1..=4).all(|o| flagged(&c, 5, &format!("ep{o}")))
+                && c.entry(5, "net1", "ep5").unwrap().owner_alive
         },
     );
+    assert!(all_see_all(&c), "nothing was removed");
     assert!(
         c.g(1)
             .members()
             .iter()
             .any(|m| m.node_id == "node5" && !m.alive)
     );
+    assert_eq!(c.g(1).vteps().len(), 5, "the dead node's VTEP stays");
+    assert_eq!(c.g(5).vteps().len(), 5);
 
     c.lab.heal_all().unwrap();
-    c.wait("healed: all see all five endpoints again", || {
-        all_see_all(&c)
+    c.wait("healed: all see all five endpoints alive", || {
+        (1..=5).all(|i| {
+            c.g(i)
+                .endpoints("net1")
+                .iter()
+                .filter(|e| e.owner_alive)
+                .count()
+                == 5
+        })
     });
     c.wait_converged();
+    let mut events = Vec::new();
+    while let Some(e) = sub.try_recv() {
+        events.push(e);
+    }
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Removed(_))),
+        "no entry went away: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Updated(x) if x.endpoint.id == "ep5" && !x.owner_alive)),
+        "the liveness change was an update: {events:?}"
+    );
 }
 
 /// Every manager (the seeds) restarts at once: the workers' and managers' views merge again
@@ -162,17 +243,26 @@ fn all_managers_restarted_the_view_heals() {
     for m in 1..=3 {
         c.kill(m);
     }
-    c.wait("workers withdrew the managers' endpoints", || {
-        (4..=5).all(|i| (1..=3).all(|o| !c.sees(i, "net1", &format!("ep{o}"), o)))
+    c.wait("workers keep the managers' endpoints, flagged dead", || {
+        (4..=5).all(|i| {
+            (1..=3).all(|o| {
+                c.entry(i, "net1", &format!("ep{o}"))
+                    .is_some_and(|e| !e.owner_alive)
+            })
+        })
     });
     // The managers come back (new incarnations) and republish, as a restarted agent does.
     for m in 1..=3 {
         c.start(m);
         c.publish(m, endpoint("net1", &format!("ep{m}"), m as u8));
     }
-    c.wait("after the restart all see all five endpoints", || {
-        all_see_all(&c)
-    });
+    c.wait(
+        "after the restart all see all five endpoints, alive",
+        || {
+            all_see_all(&c)
+                && (1..=5).all(|i| c.g(i).endpoints("net1").iter().all(|e| e.owner_alive))
+        },
+    );
     c.wait_converged();
 
     // A graceful leave withdraws the node's entries everywhere too.
@@ -326,7 +416,7 @@ fn a_lagging_subscriber_gets_a_snapshot() {
     let mut sub = c.g(1).subscribe("net1");
     assert_eq!(sub.try_recv(), Some(Event::Resync(vec![])));
     for k in 0..1500u32 {
-        c.publish(1, endpoint("net1", &format!("e{k}"), (k % 250) as u8));
+        c.publish(1, endpoint_n("net1", &format!("e{k}"), k));
     }
     match sub.try_recv() {
         Some(Event::Resync(all)) => assert_eq!(all.len(), 1500),
@@ -350,16 +440,18 @@ fn large_messages_go_over_tcp_and_junk_there_is_dropped() {
     let mut c = Cluster::new(3, 1, Timings::fast());
     c.start(1);
     c.start(2);
+    let _sub2 = c.g(2).subscribe("big");
     const N: usize = 1500;
     for k in 0..N as u64 {
         // Ids that do not compress away.
         let id = format!("{:016x}", k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        c.publish(1, endpoint("big", &id, (k % 250) as u8 + 1));
+        c.publish(1, endpoint_n("big", &id, k as u32));
     }
     c.wait("node 2 sees them all", || {
         c.g(2).endpoints("big").len() == N
     });
     c.start(3);
+    let _sub3 = c.g(3).subscribe("big");
     c.wait("the newcomer sees them all", || {
         c.g(3).endpoints("big").len() == N
     });

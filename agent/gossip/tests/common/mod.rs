@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use gossip::{Config, Endpoint, Gossip, Key, Keyring, Sockets, Timings};
+use gossip::{Config, Endpoint, Entry, Gossip, Key, Keyring, Sockets, Subscription, Timings};
 use lab::Lab;
 
 pub const PORT: u16 = gossip::DEFAULT_PORT;
@@ -190,6 +190,20 @@ impl Cluster {
             .expect("withdraw")
     }
 
+    /// Subscribes every running node to `network` (hold the subscriptions to keep the tables).
+    pub fn subscribe_all(&self, network: &str) -> Vec<Subscription> {
+        let _rt = self.rt.enter();
+        self.running().map(|(_, g)| g.subscribe(network)).collect()
+    }
+
+    /// Node `i`'s visible entry `id` of `network`, if any.
+    pub fn entry(&self, i: usize, network: &str, id: &str) -> Option<Entry> {
+        self.g(i)
+            .endpoints(network)
+            .into_iter()
+            .find(|e| e.endpoint.id == id)
+    }
+
     /// Whether node `i` sees endpoint `id` of `network`, owned by `owner`.
     pub fn sees(&self, i: usize, network: &str, id: &str, owner: usize) -> bool {
         self.g(i)
@@ -257,4 +271,14 @@ pub fn endpoint(network: &str, id: &str, last_octet: u8) -> Endpoint {
         aliases: vec!["web".into()],
         disabled: false,
     }
+}
+
+/// Endpoint number `k` of a large table: a distinct IP for each (10.0.0.0/16), since entries
+/// with the same IP in one network are one endpoint.
+pub fn endpoint_n(network: &str, id: &str, k: u32) -> Endpoint {
+    let ip = std::net::Ipv4Addr::new(10, 0, (k / 250) as u8, (k % 250) as u8 + 1);
+    let mut ep = endpoint(network, id, 0);
+    ep.ip = IpAddr::V4(ip);
+    ep.mac = [0x02, 0x42, 10, 0, (k / 250) as u8, (k % 250) as u8 + 1];
+    ep
 }
