@@ -120,6 +120,14 @@ impl Swarm {
     /// `managers` managers (node1 initialises) and `workers` workers after them, all Ready.
     pub fn start(managers: usize, workers: usize) -> Swarm {
         let s = Swarm::agents(managers + workers);
+        s.form(managers, workers);
+        s
+    }
+
+    /// Makes the agents a swarm: node1 initialises, the next `managers - 1` join as managers,
+    /// then `workers` workers; waits until every node is Ready.
+    pub fn form(&self, managers: usize, workers: usize) {
+        let s = self;
         s.ctl(
             1,
             &[
@@ -151,7 +159,6 @@ impl Swarm {
                 .map(|n| n.len() == managers + workers && n.iter().all(|n| state(n) == "ready"))
                 .unwrap_or(false)
         });
-        s
     }
 
     pub fn wait(&self, what: &str, mut f: impl FnMut() -> bool) {
