@@ -233,7 +233,7 @@ impl Executor {
         let mut local = Vec::new();
         for t in a.tasks.iter().filter(|t| wants_running(t)) {
             let exited = matches!(proc_state.get(&t.meta.id), Some(ProcState::Exited { .. }));
-            if exited || t.spec.command.is_empty() {
+            if exited || t.spec.argv().is_empty() {
                 continue;
             }
             let id = t.meta.id.clone();
@@ -314,7 +314,7 @@ impl Executor {
                 match st {
                     ProcState::NotStarted if plane_ok && local.iter().any(|l| l.id == id) => {
                         let env = task_env(t, &services, &self.config.node_id);
-                        let argv = t.spec.command.clone();
+                        let argv = t.spec.argv();
                         let idc = id.clone();
                         match self.blocking(move |r| r.start(&idc, &argv, &env)).await {
                             Ok(()) => {
@@ -333,7 +333,7 @@ impl Executor {
                             }
                         }
                     }
-                    ProcState::NotStarted if t.spec.command.is_empty() => {
+                    ProcState::NotStarted if t.spec.argv().is_empty() => {
                         self.report(
                             t,
                             TaskState::Rejected,
