@@ -21,6 +21,7 @@
 //! stop_grace_ms = 10000            # SIGTERM to SIGKILL when a task stops
 //! restart_delay_ms = 5000          # before a failed task is replaced (leader)
 //! gwbridge = "docker_gwbridge"
+//! metrics_addr = "127.0.0.1:9323"  # also serve GET /metrics on TCP (always on the API socket)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ pub const DEFAULT_CLUSTER_PORT: u16 = 2377;
 
 /// netagent: the swarm networking daemon (one per node, as root).
 #[derive(Debug, Parser, Default)]
-#[command(name = "netagent", version)]
+#[command(name = "netagent", version = crate::LONG_VERSION)]
 pub struct Args {
     /// TOML configuration file.
     #[arg(long, short = 'c')]
@@ -98,6 +99,9 @@ pub struct Args {
     /// Name of the gateway bridge.
     #[arg(long)]
     pub gwbridge: Option<String>,
+    /// Also serve Prometheus metrics (GET /metrics) on this TCP address, e.g. 127.0.0.1:9323.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -122,6 +126,7 @@ struct FileConfig {
     stop_grace_ms: Option<u64>,
     restart_delay_ms: Option<u64>,
     gwbridge: Option<String>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +158,8 @@ pub struct Config {
     pub stop_grace_ms: u64,
     pub restart_delay_ms: u64,
     pub gwbridge: String,
+    /// TCP address of the metrics endpoint, if any.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -259,6 +266,7 @@ impl Config {
                 .gwbridge
                 .or(file.gwbridge)
                 .unwrap_or_else(|| "docker_gwbridge".into()),
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
         })
     }
 

@@ -8,13 +8,14 @@
 //! - [`rpc`] + [`services`]: the cluster port 2377 (gRPC over mutual TLS); [`raft_net`]:
 //!   openraft's network on it; [`peers`]: managers' liveness probes; [`session`]: the node side
 //!   of the dispatcher session; [`leader`]: leader-only loops.
-//! - [`api`]: the HTTP/JSON API on the unix socket; [`cli`]: netctl.
+//! - [`api`]: the Docker Engine API (swarm subset) on the unix socket, over the `api` crate's
+//!   wire types; [`cli`]: netctl, its client; [`metrics`]: Prometheus metrics.
 //! - [`quorum`], [`error`], [`sysinfo`]: small shared pieces.
 //!
 //! Extending it (the networks/services/tasks issue):
-//! - **An API route**: a handler in `api/` (reads: `Member::store()` + `Store::get/list`; writes:
-//!   build a `store::Batch` and `Member::write` it — version-checked `Change::Update`, or
-//!   `Change::Patch` for field updates), one line in `api::router`. The `api::gate` middleware
+//! - **An API route**: a handler in `api/` over the `api` crate's types (reads: `Member::store()`
+//!   + `Store::get/list`; writes: build a `store::Batch` and `Member::write` it — version-checked
+//!   `Change::Update`, or `Change::Patch` for field updates), one line in `api::routes`. The `api::gate` middleware
 //!   already runs non-GET routes on the leader (forwarding from followers, refusing on workers,
 //!   failing fast without quorum) and GETs on any manager.
 //! - **A dispatcher message**: a variant of `rpc::messages::SessionDown` (assignments: sent from
@@ -38,6 +39,7 @@ pub mod config;
 pub mod error;
 pub mod leader;
 pub mod member;
+pub mod metrics;
 pub mod node_runtime;
 pub mod orchestration;
 pub mod peers;
@@ -48,3 +50,14 @@ pub mod services;
 pub mod session;
 pub mod state;
 pub mod sysinfo;
+
+/// The git commit the binaries were built from ("unknown" outside a git checkout); see build.rs.
+pub const GIT_COMMIT: &str = env!("NETAGENT_GIT_COMMIT");
+
+/// `--version` of netagent and netctl: the crate's version and the commit.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("NETAGENT_GIT_COMMIT"),
+    ")"
+);

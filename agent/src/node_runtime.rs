@@ -129,14 +129,17 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
         status_tx,
     )?;
     let writes = exec.writes.clone();
+    let mut passes = exec.passes;
     let mut sync = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = member.cancel.cancelled() => break,
             Some((task, status)) = status_rx.recv() => {
+                crate::metrics::task_report(status.state);
                 member.task_status.lock().unwrap_or_else(|e| e.into_inner()).insert(task, status);
                 member.task_status_notify.notify_one();
             }
+            Some((took, ok)) = passes.recv() => crate::metrics::executor_pass(took, ok),
             _ = sync.tick() => {
                 member.dataplane_writes.store(writes.load(std::sync::atomic::Ordering::Relaxed), std::sync::atomic::Ordering::Relaxed);
                 gossip.set_seeds(seeds(member, cfg, advertise));

@@ -8,12 +8,13 @@
 //!
 //! Modules, one per resource: [`system`] (`/_ping`, `/version`, `/info`), [`swarm`], [`node`],
 //! [`network`], [`service`], [`task`]; [`filters`] parses docker's `filters` query parameter;
-//! [`version`] the `/v1.NN` prefix. Every conversion between these types and the `model` crate's
+//! [`version`] the `/v1.NN` prefix; [`query`] the query parameters. Every conversion between these types and the `model` crate's
 //! objects lives here, next to the type it produces.
 
 pub mod filters;
 pub mod network;
 pub mod node;
+pub mod query;
 pub mod service;
 pub mod swarm;
 pub mod system;

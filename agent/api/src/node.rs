@@ -113,12 +113,6 @@ pub struct ManagerStatus {
 pub const REACHABLE: &str = "reachable";
 pub const UNREACHABLE: &str = "unreachable";
 
-/// The query of `POST /nodes/{id}/update`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateQuery {
-    pub version: Option<u64>,
-}
-
 /// The lowercase word docker uses for a model enum ("manager", "drain", "ready").
 pub fn word<T: Serialize>(v: &T) -> String {
     serde_json::to_value(v)

@@ -288,28 +288,6 @@ pub struct UpdateResponse {
     pub warnings: Vec<String>,
 }
 
-/// The query of `POST /services/{id}/update`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateQuery {
-    /// The version the caller read; refused if the service moved on.
-    pub version: Option<u64>,
-    /// "spec" or "previous-spec": accepted (there are no registries).
-    #[serde(rename = "registryAuthFrom", default)]
-    pub registry_auth_from: Option<String>,
-    /// "previous": not supported (no previous spec is kept).
-    #[serde(default)]
-    pub rollback: Option<String>,
-}
-
-/// The query of `GET /services`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListQuery {
-    #[serde(default)]
-    pub filters: Option<String>,
-    #[serde(default)]
-    pub status: Option<bool>,
-}
-
 /// docker's `service ls` filters.
 pub const LIST_FILTERS: &[&str] = &["id", "label", "mode", "name"];
 

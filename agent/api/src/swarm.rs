@@ -245,18 +245,6 @@ pub struct UnlockKey {
     pub unlock_key: String,
 }
 
-/// The query of `POST /swarm/update`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateQuery {
-    pub version: Option<u64>,
-    #[serde(rename = "rotateWorkerToken", default)]
-    pub rotate_worker_token: bool,
-    #[serde(rename = "rotateManagerToken", default)]
-    pub rotate_manager_token: bool,
-    #[serde(rename = "rotateManagerUnlockKey", default)]
-    pub rotate_manager_unlock_key: bool,
-}
-
 /// Nanoseconds in a millisecond.
 const MS: u64 = 1_000_000;
 

@@ -59,6 +59,9 @@ pub struct Handle {
     pub task: tokio::task::JoinHandle<()>,
     /// Mutating kernel requests made by the data plane so far (netlink, namespaces, nftables).
     pub writes: Arc<AtomicU64>,
+    /// Each reconcile pass's duration and whether it succeeded (for metrics; passes are dropped
+    /// when nobody reads).
+    pub passes: mpsc::Receiver<(Duration, bool)>,
 }
 
 /// Starts the executor loop. It runs until `assignments` closes.
@@ -69,6 +72,7 @@ pub fn spawn(
     status: mpsc::Sender<StatusReport>,
 ) -> Result<Handle, crate::runner::Error> {
     let runner = Runner::new(runner_config(&config))?;
+    let (passes_tx, passes) = mpsc::channel(64);
     let mut exec = Executor {
         runner: Arc::new(runner),
         dataplane: Arc::new(Mutex::new(None)),
@@ -80,11 +84,16 @@ pub fn spawn(
         stopping: HashMap::new(),
         started: Instant::now(),
         writes: Arc::new(AtomicU64::new(0)),
+        passes: passes_tx,
         config,
     };
     let writes = exec.writes.clone();
     let task = tokio::spawn(async move { exec.run(assignments).await });
-    Ok(Handle { task, writes })
+    Ok(Handle {
+        task,
+        writes,
+        passes,
+    })
 }
 
 struct Executor {
@@ -102,6 +111,7 @@ struct Executor {
     stopping: HashMap<String, tokio::task::JoinHandle<Option<i32>>>,
     started: Instant,
     writes: Arc<AtomicU64>,
+    passes: mpsc::Sender<(Duration, bool)>,
 }
 
 /// What the dispatcher wants of one task, reduced to what the executor acts on.
@@ -130,10 +140,13 @@ impl Executor {
         let mut gossip_changes = self.gossip.changes();
         loop {
             let current = assignments.borrow_and_update().clone();
-            if let Some(a) = current
-                && let Err(e) = self.reconcile(&a).await
-            {
-                warn!(error = %e, "executor pass failed; retrying");
+            if let Some(a) = current {
+                let started = Instant::now();
+                let r = self.reconcile(&a).await;
+                let _ = self.passes.try_send((started.elapsed(), r.is_ok()));
+                if let Err(e) = r {
+                    warn!(error = %e, "executor pass failed; retrying");
+                }
             }
             tokio::select! {
                 r = assignments.changed() => if r.is_err() { break },
