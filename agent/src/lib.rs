@@ -13,11 +13,12 @@
 //! - [`quorum`], [`error`], [`sysinfo`]: small shared pieces.
 //!
 //! Extending it (the networks/services/tasks issue):
-//! - **An API route**: a handler in `api/` over the `api` crate's types (reads: `Member::store()`
-//!   + `Store::get/list`; writes: build a `store::Batch` and `Member::write` it — version-checked
-//!   `Change::Update`, or `Change::Patch` for field updates), one line in `api::routes`. The `api::gate` middleware
-//!   already runs non-GET routes on the leader (forwarding from followers, refusing on workers,
-//!   failing fast without quorum) and GETs on any manager.
+//! - **An API route**: a handler in `api/` over the `api` crate's types (reads use
+//!   `Member::store()` and `Store::get/list`; writes build a `store::Batch` and `Member::write`
+//!   it — version-checked `Change::Update`, or `Change::Patch` for field updates), one line in
+//!   `api::routes`. The `api::gate` middleware already runs non-GET routes on the leader
+//!   (forwarding from followers, refusing on workers, failing fast without quorum) and GETs on
+//!   any manager.
 //! - **A dispatcher message**: a variant of `rpc::messages::SessionDown` (assignments: sent from
 //!   `services/dispatcher.rs`, e.g. when the change feed touches the node's tasks) or
 //!   `SessionUp` (task status: handled there, written with `Member::write`); the node side is

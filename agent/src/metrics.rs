@@ -307,7 +307,7 @@ impl Collector for Raft {
         gauge(
             &mut e,
             "raft_commit_index",
-            "Index of the last entry applied to this manager's store (committed)",
+            "Index of the last committed entry, as applied to this manager's store (openraft applies on commit)",
             applied as i64,
         )?;
         gauge(

@@ -416,6 +416,13 @@ fn metrics_on_the_socket_and_on_tcp() {
         return;
     }
     let s = Swarm::start(1, 1);
+    s.wait("the executor made a pass", || {
+        metric(
+            &s.metrics(1),
+            "netagent_executor_reconcile_passes_total",
+            &[],
+        ) > 0.0
+    });
     let m = s.metrics(1);
     for name in [
         "netagent_raft_term",
