@@ -360,4 +360,18 @@ mod tests {
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn the_example_configuration_loads() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../contrib/netagent.toml");
+        let cfg = Config::load(Args {
+            config: Some(PathBuf::from(example)),
+            hostname: Some("n".into()),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("contrib/netagent.toml: {e:#}"));
+        assert_eq!(cfg.cluster_port, 2377);
+        assert_eq!(cfg.host, PathBuf::from(DEFAULT_HOST));
+        assert_eq!(cfg.metrics_addr, None);
+    }
 }

@@ -291,3 +291,127 @@ async fn converge_loop(client: &Client, service: &str, w: &WaitArgs) -> Result<(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::service::format::bar;
+    use chrono::Utc;
+    use model::task::TaskStatus;
+
+    fn service(replicas: Option<u64>, desired: u64) -> Service {
+        let m = model::Service {
+            meta: model::Meta::with_id("svc".into()),
+            spec: model::service::ServiceSpec {
+                name: "web".into(),
+                labels: Default::default(),
+                mode: match replicas {
+                    Some(replicas) => model::service::ServiceMode::Replicated { replicas },
+                    None => model::service::ServiceMode::Global,
+                },
+                task: model::service::TaskTemplate {
+                    command: vec!["sleep".into(), "1".into()],
+                    ..Default::default()
+                },
+                networks: vec![],
+                endpoint: Default::default(),
+            },
+            virtual_ips: vec![],
+        };
+        ::api::service::service(
+            &m,
+            Some(::api::service::ServiceStatus {
+                running_tasks: 0,
+                desired_tasks: desired,
+                completed_tasks: 0,
+            }),
+        )
+    }
+
+    fn task(slot: u64, node: &str, state: TaskState, err: &str, age: i64) -> Task {
+        let mut t = model::Task {
+            meta: model::Meta::with_id(format!("t{slot}{node}{age}")),
+            service_id: "svc".into(),
+            slot,
+            node_id: (!node.is_empty()).then(|| node.to_string()),
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state,
+                timestamp: Utc::now(),
+                message: String::new(),
+                err: (!err.is_empty()).then(|| err.to_string()),
+                exit_code: None,
+            },
+            spec: Default::default(),
+            networks: vec![],
+        };
+        t.meta.created_at = Utc::now() - chrono::Duration::seconds(age);
+        ::api::task::task(&t, |_| None)
+    }
+
+    #[test]
+    fn replicated_progress() {
+        let svc = service(Some(3), 3);
+        let full = format!("running   [{}>]", "=".repeat(50));
+        let pending = task(
+            3,
+            "",
+            TaskState::Pending,
+            "no available IP addresses on network tiny: the subnet is full",
+            1,
+        );
+        let mut old = task(2, "n1", TaskState::Failed, "task: non-zero exit (1)", 30);
+        old.desired_state = TaskState::Shutdown;
+        let tasks = vec![
+            task(1, "n1", TaskState::Running, "", 5),
+            old,
+            task(2, "n2", TaskState::Starting, "", 2),
+            pending,
+        ];
+        let f = progress(&svc, &tasks);
+        assert!(!f.converged);
+        assert_eq!(f.lines[0], "overall progress: 1 out of 3 tasks");
+        assert_eq!(f.lines[1], format!("1/3: {full}"));
+        assert_eq!(
+            f.lines[2],
+            format!("2/3: starting  [{}>{}]", "=".repeat(44), " ".repeat(6))
+        );
+        assert_eq!(
+            f.lines[3],
+            "3/3: pending   no available IP addresses on network tiny: the subnet is full"
+        );
+        let done: Vec<Task> = (1..=3)
+            .map(|s| task(s, "n1", TaskState::Running, "", 1))
+            .collect();
+        let f = progress(&svc, &done);
+        assert!(f.converged, "{f:?}");
+        // Scaled down: converged once the extra slot is being shut down.
+        let svc2 = service(Some(2), 2);
+        assert!(!progress(&svc2, &done).converged);
+        let mut shutting = done.clone();
+        shutting[2].desired_state = TaskState::Shutdown;
+        assert!(progress(&svc2, &shutting).converged);
+        let f = progress(&service(Some(1), 1), &[]);
+        assert_eq!(
+            f.lines,
+            ["overall progress: 0 out of 1 tasks", "1/1: no task yet"]
+        );
+        assert!(progress(&service(Some(0), 0), &[]).converged);
+        assert_eq!(progress(&service(Some(30), 30), &[]).lines.len(), 1);
+        assert_eq!(bar(9, 9), format!("[{}>]", "=".repeat(50)));
+    }
+
+    #[test]
+    fn global_progress() {
+        let svc = service(None, 2);
+        let a = task(0, "nodeaaaaaaaaaaaaaaaaaaaa1", TaskState::Running, "", 3);
+        let b = task(0, "nodebbbbbbbbbbbbbbbbbbbb2", TaskState::Assigned, "", 3);
+        let f = progress(&svc, &[a.clone(), b]);
+        assert_eq!(f.lines[0], "overall progress: 1 out of 2 tasks");
+        assert!(f.lines[1].starts_with("nodeaaaaaaaa: running   ["), "{f:?}");
+        assert!(f.lines[2].starts_with("nodebbbbbbbb: assigned  ["), "{f:?}");
+        assert!(!f.converged);
+        let c = task(0, "nodebbbbbbbbbbbbbbbbbbbb2", TaskState::Running, "", 1);
+        assert!(progress(&svc, &[a, c]).converged);
+    }
+}
