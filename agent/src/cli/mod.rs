@@ -86,9 +86,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Service(c) => service::run(&client, c).await,
         Cmd::Info { format } => info(&client, &format).await,
         Cmd::Completion { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "netctl", &mut std::io::stdout());
-            Ok(())
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "netctl", &mut script);
+            match std::io::stdout().lock().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::anyhow!("cannot write the completion script: {e}"))
+                }
+                _ => Ok(()),
+            }
         }
     }
 }
