@@ -400,6 +400,43 @@ fn docker_cli_drives_the_swarm() {
         "{head}"
     );
 
+    // service logs: the output of the tasks on the answering node, with docker's task prefix.
+    dk(
+        &s,
+        1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "talker",
+            "--constraint",
+            "node.hostname==node1",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hello from the task; sleep 3600",
+        ],
+    );
+    s.wait("talker runs", || s.running(1, "talker").len() == 1);
+    let mut logs = String::new();
+    s.wait("docker service logs shows the task's output", || {
+        logs = dk(&s, 1, &["service", "logs", "talker"]);
+        logs.contains("hello from the task")
+    });
+    assert!(
+        logs.contains("talker.1."),
+        "prefixed with the task's name: {logs}"
+    );
+    let (code, text) = s.api(
+        1,
+        "GET",
+        "/v1.41/services/talker/logs?stdout=1&follow=1",
+        "",
+    );
+    assert_eq!(code, 400, "{text}");
+    dk(&s, 1, &["service", "rm", "talker"]);
+
     let out = dk(&s, 1, &["service", "rm", "web"]);
     assert_eq!(out.trim(), "web");
     assert_eq!(s.ctl(1, &["service", "ls", "-q"]), "");
