@@ -524,3 +524,72 @@ fn metrics_on_the_socket_and_on_tcp() {
         metric(&s.metrics(1), "netagent_tasks", &[("state", "running")]) == 2.0
     });
 }
+
+#[test]
+fn docker_cli_makes_and_changes_the_swarm() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::agents(2);
+    let addr1 = s.lab.node(1).addr().to_string();
+    let out = dk(&s, 1, &["swarm", "init", "--advertise-addr", &addr1]);
+    assert!(out.contains("Swarm initialized"), "{out}");
+    let token = dk(&s, 1, &["swarm", "join-token", "-q", "worker"]);
+    assert_eq!(token, s.ctl(1, &["swarm", "join-token", "-q", "worker"]));
+    let out = dk(
+        &s,
+        2,
+        &[
+            "swarm",
+            "join",
+            "--token",
+            token.trim(),
+            &format!("{addr1}:2377"),
+        ],
+    );
+    assert!(
+        out.contains("This node joined a swarm as a worker"),
+        "{out}"
+    );
+    s.wait("both nodes ready", || {
+        s.nodes(1)
+            .is_some_and(|n| n.len() == 2 && n.iter().all(|n| common::state(n) == "ready"))
+    });
+
+    // Rotation and settings through /swarm/update; netctl sees them.
+    dk(&s, 1, &["swarm", "join-token", "--rotate", "worker"]);
+    let rotated = s.ctl(1, &["swarm", "join-token", "-q", "worker"]);
+    assert_ne!(rotated, token, "a new worker token");
+    dk(
+        &s,
+        1,
+        &["swarm", "update", "--dispatcher-heartbeat", "500ms"],
+    );
+    let cluster = json(&s.ctl(1, &["swarm", "inspect"]));
+    assert_eq!(
+        cluster[0]["Spec"]["Dispatcher"]["HeartbeatPeriod"],
+        500_000_000u64
+    );
+    // What netagent cannot do is refused, not dropped.
+    let out = docker(&s, 1, &["swarm", "update", "--autolock"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not supported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = docker(&s, 1, &["swarm", "unlock-key"]);
+    assert!(!out.status.success(), "autolock is off: no key");
+
+    // A worker refuses manager commands as docker does; leave.
+    let out = docker(&s, 2, &["node", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("This node is not a swarm manager"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dk(&s, 2, &["swarm", "leave"]);
+    assert!(out.contains("Node left the swarm"), "{out}");
+    let info = dk(&s, 2, &["info"]);
+    assert_eq!(field(&info, "Swarm:"), "inactive", "{info}");
+}
