@@ -794,6 +794,8 @@ impl Agent {
             },
         };
         saved.save(&self.cfg)?;
+        // The old membership's sockets (gossip on 7946) go with its last reference.
+        drop(member);
         self.start_member(saved, false).await?;
         Ok(())
     }

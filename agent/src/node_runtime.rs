@@ -117,7 +117,24 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
         rejoin_interval: (interval * 8).max(Duration::from_millis(500)),
         ..Timings::default()
     };
-    let gossip = Arc::new(Gossip::start(gcfg).await?);
+    // A role change restarts the membership: the previous one's gossip socket may be released
+    // a moment after this one starts.
+    let mut tries = 0;
+    let gossip = loop {
+        match Gossip::start(gcfg.clone()).await {
+            Ok(g) => break Arc::new(g),
+            Err(gossip::Error::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && tries < 50 =>
+            {
+                tries += 1;
+                tokio::select! {
+                    _ = member.cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let _ = member.gossip.set(gossip.clone());
     tracing::info!(addr = %gossip.addr(), "gossip started");
 

@@ -400,6 +400,39 @@ fn docker_cli_drives_the_swarm() {
         "{head}"
     );
 
+    // Published ports are carried in docker's shapes (the routing mesh comes later: warned).
+    let out = docker(
+        &s,
+        1,
+        &[
+            "service", "create", "--detach", "--name", "pub", "-p", "8080:80", "busybox", "httpd",
+            "-f", "-p", "80",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("8080->80/tcp"),
+        "a warning names the port: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = json(&dk(&s, 1, &["service", "inspect", "pub"]));
+    for ports in [
+        &p[0]["Spec"]["EndpointSpec"]["Ports"],
+        &p[0]["Endpoint"]["Ports"],
+    ] {
+        assert_eq!(ports[0]["PublishedPort"], 8080, "{p}");
+        assert_eq!(ports[0]["TargetPort"], 80, "{p}");
+        assert_eq!(ports[0]["Protocol"], "tcp", "{p}");
+        assert_eq!(ports[0]["PublishMode"], "ingress", "{p}");
+    }
+    let ls = dk(&s, 1, &["service", "ls"]);
+    assert!(ls.contains("*:8080->80/tcp"), "{ls}");
+    dk(&s, 1, &["service", "rm", "pub"]);
+
     // service logs: the output of the tasks on the answering node, with docker's task prefix.
     dk(
         &s,

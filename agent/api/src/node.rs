@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use model::node::{Availability, NodeState, Role};
+use model::node::{Availability, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::{Invalid, Meta};
@@ -209,10 +209,6 @@ pub fn spec_to_model(
     })
 }
 
-/// docker's node state words, for filters.
-pub fn state_word(s: NodeState) -> String {
-    word(&s)
-}
 
 #[cfg(test)]
 mod tests {

@@ -62,18 +62,15 @@ use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 
 use crate::agent::Agent;
-use crate::error::{Code, Failure};
+use crate::error::Failure;
 use crate::rpc::generated::control_client::ControlClient;
 use crate::rpc::messages::ForwardRequest;
 use crate::services::FORWARDED;
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let status = match self.code {
-            Code::Forbidden => StatusCode::FORBIDDEN,
-            _ => StatusCode::from_u16(self.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        };
+        let status =
+            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (
             status,
             axum::Json(ErrorResponse {
