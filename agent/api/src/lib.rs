@@ -6,6 +6,11 @@
 //! netagent has a meaning for is typed; docker fields without one are kept as opaque JSON so a
 //! request carrying them is accepted and answered with a warning (see [`service::to_model`]).
 //!
+//! Why not `bollard-stubs`: its models are generated from a much newer swagger (1.53) than the
+//! version netagent reports, make every field an `Option` (so every conversion would be mostly
+//! unwrapping), and have nowhere to keep the docker fields netagent accepts without using; the
+//! subset the CLI and SDKs need here is some forty structs.
+//!
 //! Modules, one per resource: [`system`] (`/_ping`, `/version`, `/info`), [`swarm`], [`node`],
 //! [`network`], [`service`], [`task`]; [`filters`] parses docker's `filters` query parameter;
 //! [`version`] the `/v1.NN` prefix; [`query`] the query parameters. Every conversion between these types and the `model` crate's

@@ -22,7 +22,7 @@
 //! | POST | /services/create, /services/{ref}/update?version= | allocate VIPs; change the spec | leader |
 //! | DELETE | /services/{ref} | `service rm` (the leader loop stops the tasks) | leader |
 //! | GET | /services/{ref}/logs | the output of the service's tasks on this node | manager, local files |
-//! | GET | /tasks?filters= | `service ps`, progress (`_up-to-date`) | manager, local replica |
+//! | GET | /tasks?filters=, /tasks/{id\|prefix} | `service ps`, progress (`_up-to-date`) | manager, local replica |
 //!
 //! Errors are docker's: `{"message": "..."}` with 400 (bad request), 404 (no such object or
 //! route), 409 (conflicts with the state), 503 (not a manager, no quorum), 500. Reads answer from

@@ -151,12 +151,18 @@ async fn update_spec(
     Ok(())
 }
 
-/// After a role change: docker's advice when the swarm is left with an even number of managers.
-async fn warn_even_managers(client: &Client) {
+/// After node `id` became `role`: docker's advice when the swarm is left with an even number of
+/// managers. Counted from the others' roles, so a replica that has not applied the change yet
+/// (a follower answering) counts the same.
+async fn warn_even_managers(client: &Client, id: &str, role: &str) {
     if let Ok(r) = client.get("/nodes").await
         && let Ok(nodes) = r.parse::<Vec<Node>>()
     {
-        let managers = nodes.iter().filter(|n| n.spec.role == "manager").count();
+        let others = nodes
+            .iter()
+            .filter(|n| n.id != id && n.spec.role == "manager")
+            .count();
+        let managers = others + usize::from(role == "manager");
         if let Some(w) = crate::quorum::even_warning(managers) {
             warn(&w);
         }
@@ -196,7 +202,7 @@ async fn change_roles(
         .await
         {
             Ok(()) => {
-                warn_even_managers(client).await;
+                warn_even_managers(client, &current.id, role).await;
                 println!("{}", done(n));
             }
             Err(e) => failed = Some(e),
@@ -310,6 +316,7 @@ pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
                 adds.push((k.to_string(), v.to_string()));
             }
             let mut role_changed = false;
+            let new_role = role.clone();
             update_spec(client, &node, |spec| {
                 if let Some(a) = availability {
                     spec.availability = a;
@@ -327,8 +334,9 @@ pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
                 Ok(())
             })
             .await?;
-            if role_changed {
-                warn_even_managers(client).await;
+            if role_changed && let Some(r) = &new_role {
+                let id = inspect(client, &node).await?.id;
+                warn_even_managers(client, &id, r).await;
             }
             println!("{node}");
         }
