@@ -209,7 +209,6 @@ pub fn spec_to_model(
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
