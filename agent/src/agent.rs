@@ -241,7 +241,8 @@ impl Agent {
                 peers: Default::default(),
                 sessions: Default::default(),
                 grace,
-                alloc: Default::default(),
+                leader: Default::default(),
+                assigner: Default::default(),
             })
         } else {
             None
@@ -427,6 +428,7 @@ impl Agent {
                 }),
                 advertise_addr: advertise.clone(),
                 data_path_addr: data_path.clone(),
+                attachments: Vec::new(),
             };
             store
                 .propose(Batch::new(vec![

@@ -1,7 +1,7 @@
 //! Leader-only loops. They start when this manager becomes leader and stop when it is not any
 //! more (`Store::leader_watch`): node status (Ready / Down from dispatcher heartbeats), role
 //! reconciliation (a demoted manager leaves Raft) and the orchestrator (replicas, task
-//! allocation, scheduling: `orchestrator::reconcile`) after every change of the store.
+//! allocation, scheduling: `orchestrator::Leader`), fed by the store's change feed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +44,12 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
             node_status(&member, since, period).await;
             reconcile_roles(&member).await;
         }
+        drop(_stop);
+        // Allocations are decided by the next leader, from its own view; nodes' sessions go to it.
+        *m.leader.lock().await = None;
+        if let Some(a) = m.assigner.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            a.close();
+        }
     }
 }
 
@@ -55,48 +61,149 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The orchestrator on the leader: a pass after every change of the store (what arrives during a
-/// pass is coalesced into the next) and every second (restart delays, nodes going down). Its
-/// decisions go through Raft as one batch per pass; a conflict (someone changed an object in the
-/// meantime) just means another pass.
+/// The orchestrator on the leader: after a read barrier, the whole store becomes an
+/// [`orchestrator::Leader`] (in [`Manager::leader`](crate::member::Manager::leader), where the
+/// API's allocations go too); then each change of the store is observed as it is applied and a
+/// pass decides for what it affected. A pass's decisions go through Raft as one batch; a conflict
+/// (someone changed an object in the meantime) puts back the store's objects and the next pass
+/// decides again. A change feed that lagged, or a snapshot installed, means reading everything
+/// again.
 async fn orchestrate(member: Arc<Member>, config: orchestrator::Config) {
     let Ok(store) = member.store().cloned() else {
         return;
     };
-    let mut events = store.subscribe();
+    let Some(m) = &member.manager else { return };
     loop {
-        orchestrate_pass(&member, &config).await;
-        tokio::select! {
-            _ = member.cancel.cancelled() => return,
-            _ = events.recv() => {
-                while !matches!(events.try_recv(), Err(tokio::sync::broadcast::error::TryRecvError::Empty | tokio::sync::broadcast::error::TryRecvError::Closed)) {}
+        // Subscribe first: nothing applied after the snapshot is missed.
+        let mut events = store.subscribe();
+        if let Err(e) = store.read_barrier().await {
+            tracing::debug!(error = %e, "orchestrator: no read barrier yet");
+            tokio::select! {
+                _ = member.cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
             }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let seen = store.applied_index();
+        let state = match crate::orchestration::snapshot(&member) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "orchestrator: cannot read the store");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let assigner = Arc::new(crate::assign::Assigner::new(&state));
+        if let Some(old) = m
+            .assigner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(assigner.clone())
+        {
+            old.close();
+        }
+        *m.leader.lock().await = Some(orchestrator::Leader::new(state, config.clone()));
+        tracing::info!(
+            index = seen,
+            "orchestrator: state read, deciding incrementally"
+        );
+        if !run_passes(&member, &assigner, &mut events, seen).await {
+            return;
+        }
+        tracing::info!("orchestrator: re-reading the store");
+    }
+}
+
+/// Passes until the feed must be read again from scratch (returns true) or the manager stops
+/// (false).
+async fn run_passes(
+    member: &Member,
+    assigner: &crate::assign::Assigner,
+    events: &mut tokio::sync::broadcast::Receiver<Arc<store::Event>>,
+    seen: u64,
+) -> bool {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let Some(m) = &member.manager else {
+        return false;
+    };
+    loop {
+        let (changes, next) = {
+            let mut guard = m.leader.lock().await;
+            let Some(l) = guard.as_mut() else {
+                return true;
+            };
+            (l.pass(chrono::Utc::now()), l.next_timer())
+        };
+        if !changes.is_empty() {
+            tracing::debug!(
+                put = changes.put.len(),
+                delete = changes.delete.len(),
+                "orchestrator pass"
+            );
+            if let Err(e) = member.write(crate::orchestration::batch(&changes)).await {
+                tracing::debug!(error = %e, "orchestrator: the pass's writes did not apply; deciding again");
+                if let Some(l) = m.leader.lock().await.as_mut() {
+                    crate::orchestration::refresh(member, l, &changes);
+                }
+            }
+            continue;
+        }
+        let wait = next
+            .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5));
+        let first = tokio::select! {
+            _ = member.cancel.cancelled() => return false,
+            ev = events.recv() => ev,
+            _ = tokio::time::sleep(wait) => continue,
+        };
+        let mut guard = m.leader.lock().await;
+        let Some(l) = guard.as_mut() else {
+            return true;
+        };
+        let mut next_ev = Some(first);
+        while let Some(ev) = next_ev.take() {
+            match ev {
+                Ok(ev) => {
+                    if !observe(l, assigner, &ev, seen) {
+                        return true;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => return true,
+                Err(RecvError::Closed) => return false,
+            }
+            next_ev = match events.try_recv() {
+                Ok(ev) => Some(Ok(ev)),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+            };
         }
     }
 }
 
-async fn orchestrate_pass(member: &Member, config: &orchestrator::Config) {
-    let Some(m) = &member.manager else { return };
-    let _alloc = m.alloc.lock().await;
-    let state = match crate::orchestration::snapshot(member) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(error = %e, "orchestrator: cannot read the store");
-            return;
+/// Hands one change-feed event to the orchestrator and the assignment index; false when
+/// everything must be read again.
+fn observe(
+    l: &mut orchestrator::Leader,
+    assigner: &crate::assign::Assigner,
+    ev: &store::Event,
+    seen: u64,
+) -> bool {
+    match ev {
+        store::Event::Reset { .. } => false,
+        store::Event::Changes { index, .. } if *index <= seen => true,
+        store::Event::Changes { changes, .. } => {
+            for c in changes {
+                assigner.observe(c);
+                l.observe(match c {
+                    store::Applied::Put(o) => orchestrator::Observed::Put(o.clone()),
+                    store::Applied::Deleted(o) => {
+                        orchestrator::Observed::Deleted(o.kind(), o.id().to_string())
+                    }
+                });
+            }
+            true
         }
-    };
-    let changes = orchestrator::reconcile(&state, config, chrono::Utc::now());
-    if changes.is_empty() {
-        return;
-    }
-    tracing::debug!(
-        put = changes.put.len(),
-        delete = changes.delete.len(),
-        "orchestrator pass"
-    );
-    if let Err(e) = member.write(crate::orchestration::batch(&changes)).await {
-        tracing::debug!(error = %e, "orchestrator: the pass's writes did not apply; the next pass retries");
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`member`]: a running membership: identity, TLS, the store (managers), the write path.
 //! - [`rpc`] + [`services`]: the cluster port 2377 (gRPC over mutual TLS); [`raft_net`]:
 //!   openraft's network on it; [`peers`]: managers' liveness probes; [`session`]: the node side
-//!   of the dispatcher session; [`leader`]: leader-only loops.
+//!   of the dispatcher session; [`leader`]: leader-only loops; [`assign`]: the leader's
+//!   per-node assignment index (what each node is sent, as deltas).
 //! - [`api`]: the Docker Engine API (swarm subset) on the unix socket, over the `api` crate's
 //!   wire types; [`cli`]: netctl, its client; [`metrics`]: Prometheus metrics.
 //! - [`quorum`], [`error`], [`sysinfo`]: small shared pieces.
@@ -19,8 +20,9 @@
 //!   `api::routes`. The `api::gate` middleware already runs non-GET routes on the leader
 //!   (forwarding from followers, refusing on workers, failing fast without quorum) and GETs on
 //!   any manager.
-//! - **A dispatcher message**: a variant of `rpc::messages::SessionDown` (assignments: sent from
-//!   `services/dispatcher.rs`, e.g. when the change feed touches the node's tasks) or
+//! - **A dispatcher message**: a variant of `rpc::messages::SessionDown` (assignments: a full set
+//!   at the start of a session, then deltas from `assign::Assigner`, which the leader feeds from
+//!   the change feed and which decides which nodes a change concerns) or
 //!   `SessionUp` (task status: handled there, written with `Member::write`); the node side is
 //!   `session.rs`.
 //! - **A leader-only loop** (allocator, scheduler): start it next to `node_status` in
@@ -35,6 +37,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod assign;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -32,8 +32,14 @@ pub struct Manager {
     pub sessions: Mutex<HashMap<String, Instant>>,
     /// How long another manager may leave pings unanswered before it counts as unreachable.
     pub grace: Duration,
-    /// Held across read-decide-write of every allocation (see `crate::orchestration`).
-    pub alloc: tokio::sync::Mutex<()>,
+    /// The leader's orchestrator and IPAM while this manager leads (None otherwise, and until it
+    /// is built after a read barrier): the one allocation path, held across decide-and-write
+    /// (see `crate::orchestration`).
+    pub leader: tokio::sync::Mutex<Option<orchestrator::Leader>>,
+    /// The per-node assignment index while this manager leads (built with the orchestrator from
+    /// the same read of the store, fed by the same change feed); the dispatcher's sessions send
+    /// from it.
+    pub assigner: Mutex<Option<Arc<crate::assign::Assigner>>>,
 }
 
 pub struct Member {

@@ -48,7 +48,7 @@ pub struct StoreMetrics {
 
 #[derive(Debug, Clone)]
 pub struct ExecutorMetrics {
-    pub reconcile_passes: Family<[(&'static str, &'static str); 1], Counter>,
+    pub reconcile_passes: Family<[(&'static str, &'static str); 2], Counter>,
     pub reconcile_seconds: Histogram,
     /// Task states this node's executor reported ("starting", "running", "failed", ...).
     pub task_reports: Family<[(&'static str, &'static str); 1], Counter>,
@@ -154,7 +154,7 @@ fn executor(reg: &mut Registry) -> ExecutorMetrics {
     };
     reg.register(
         "executor_reconcile_passes",
-        "Reconcile passes of this node's executor, by result (ok, failed)",
+        "Reconcile passes of this node's executor, by kind (full, incremental) and result (ok, failed)",
         m.reconcile_passes.clone(),
     );
     reg.register(
@@ -195,11 +195,14 @@ fn tasks(reg: &mut Registry) {
     reg.register_collector(Box::new(Tasks));
 }
 
-/// Records one executor pass (called from the node's runtime).
-pub fn executor_pass(took: Duration, ok: bool) {
+/// Records one executor pass, full or incremental (called from the node's runtime).
+pub fn executor_pass(full: bool, took: Duration, ok: bool) {
     let m = &global().executor;
     m.reconcile_passes
-        .get_or_create(&[("result", if ok { "ok" } else { "failed" })])
+        .get_or_create(&[
+            ("kind", if full { "full" } else { "incremental" }),
+            ("result", if ok { "ok" } else { "failed" }),
+        ])
         .inc();
     m.reconcile_seconds.observe(took.as_secs_f64());
 }

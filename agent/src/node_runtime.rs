@@ -71,7 +71,7 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
         gwbridge: cfg.gwbridge.clone(),
         stop_grace: Duration::from_millis(cfg.stop_grace_ms),
         nameserver: "127.0.0.11".into(),
-        tick: Duration::from_millis(500),
+        retry: Duration::from_secs(1),
         gossip_settle: Duration::from_millis(cfg.gossip_failure_timeout_ms)
             .max(Duration::from_secs(1)),
     })
@@ -146,7 +146,7 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
         status_tx,
     )?;
     let writes = exec.writes.clone();
-    let mut passes = exec.passes;
+    let mut passes = exec.pass_times;
     let mut sync = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -156,7 +156,7 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
                 member.task_status.lock().unwrap_or_else(|e| e.into_inner()).insert(task, status);
                 member.task_status_notify.notify_one();
             }
-            Some((took, ok)) = passes.recv() => crate::metrics::executor_pass(took, ok),
+            Some((full, took, ok)) = passes.recv() => crate::metrics::executor_pass(full, took, ok),
             _ = sync.tick() => {
                 member.dataplane_writes.store(writes.load(std::sync::atomic::Ordering::Relaxed), std::sync::atomic::Ordering::Relaxed);
                 gossip.set_seeds(seeds(member, cfg, advertise));

@@ -1,16 +1,84 @@
 //! The glue between the store and the leader's decisions (the `orchestrator` crate): a snapshot of
-//! every object as a [`ClusterState`], and the decisions as a store [`Batch`] with version checks.
+//! every object as a [`ClusterState`], the decisions as a store [`Batch`] with version checks, and
+//! the one allocation path.
 //!
-//! Every allocation (network create, service VIPs, the leader loop's task addresses) happens on
-//! the leader under [`Manager::alloc`](crate::member::Manager::alloc): read the snapshot,
-//! decide, write, release — so two allocations never hand out the same subnet or address.
+//! Every allocation (network create, service VIPs, the leader loop's task and node addresses)
+//! happens on the leader, on its [`orchestrator::Leader`] (built after a read barrier when the
+//! manager became leader, kept in step with the change feed), under
+//! [`Manager::leader`](crate::member::Manager::leader): lock, decide, record, write, unlock — so two
+//! allocations never hand out the same subnet or address, and none decides from a stale view.
 
 use model::{Kind, Object};
-use orchestrator::{Changes, ClusterState};
+use orchestrator::{Changes, ClusterState, Leader};
 use store::{Batch, Change};
+use tokio::sync::MutexGuard;
 
-use crate::error::Result;
+use crate::error::{Failure, Result};
 use crate::member::Member;
+
+/// The leader's orchestrator, locked.
+pub struct LeaderGuard<'a>(MutexGuard<'a, Option<Leader>>);
+
+impl std::ops::Deref for LeaderGuard<'_> {
+    type Target = Leader;
+    fn deref(&self) -> &Leader {
+        self.0.as_ref().expect("checked when locked")
+    }
+}
+
+impl std::ops::DerefMut for LeaderGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Leader {
+        self.0.as_mut().expect("checked when locked")
+    }
+}
+
+/// Locks the leader's orchestrator: where allocations are decided. Fails on a manager that is
+/// not the leader (any more), or is the leader but has not read the whole store yet.
+pub async fn leader(member: &Member) -> Result<LeaderGuard<'_>> {
+    let m = member.manager()?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let guard = m.leader.lock().await;
+        if guard.is_some() {
+            return Ok(LeaderGuard(guard));
+        }
+        drop(guard);
+        if !m.store.is_leader() || tokio::time::Instant::now() >= deadline {
+            return Err(Failure::unavailable(
+                "this manager is not the leader (or is still taking over); retry",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes what the leader decided (already recorded on it with [`Leader::record`]); if the write
+/// fails, the leader takes back what the store has for every object of it.
+pub async fn write_decided(
+    member: &Member,
+    leader: &mut Leader,
+    changes: &Changes,
+) -> Result<Vec<Option<Object>>> {
+    let r = member.write(batch(changes)).await;
+    if r.is_err() {
+        refresh(member, leader, changes);
+    }
+    r
+}
+
+/// Puts back on the leader what the store has for the objects of `changes`.
+pub fn refresh(member: &Member, leader: &mut Leader, changes: &Changes) {
+    let Ok(store) = member.store() else { return };
+    let keys = changes
+        .put
+        .iter()
+        .map(|o| (o.kind(), o.id().to_string()))
+        .chain(changes.delete.iter().cloned());
+    for (kind, id) in keys {
+        let current = store.get(kind, &id).ok().flatten();
+        leader.refresh(kind, &id, current);
+    }
+}
 
 /// What this node can show of the cluster: a manager's whole replica; on a worker, the objects
 /// of its assignments (its tasks, the networks and services they use) and its own node.

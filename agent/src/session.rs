@@ -140,6 +140,13 @@ async fn session(
                     }
                 }
                 Ok(Some(SessionDown::Assignments(a))) => accept_assignments(member, *a),
+                Ok(Some(SessionDown::AssignmentsDelta(d))) => {
+                    if !accept_delta(member, &d) {
+                        // Out of sequence (cannot happen on one ordered stream): start over.
+                        tracing::warn!(revision = d.revision, "assignments delta out of sequence; reconnecting for a full set");
+                        return Err(None);
+                    }
+                }
                 Ok(None) => return Err(None),
                 Err(s) => {
                     tracing::debug!(manager = %addr, error = %s.message(), "dispatcher session ended");
@@ -150,23 +157,31 @@ async fn session(
     }
 }
 
-/// Hands new assignments to the executor and forgets the task status they show recorded.
+/// Hands a session's first, whole set of assignments to the executor and forgets the task
+/// status it shows recorded.
 fn accept_assignments(member: &Member, a: model::Assignments) {
-    {
-        let mut pending = member.task_status.lock().unwrap_or_else(|e| e.into_inner());
-        pending.retain(|id, st| {
-            a.tasks
-                .iter()
-                .find(|t| &t.meta.id == id)
-                .is_some_and(|t| t.status.state < st.state)
-        });
-    }
+    forget_recorded(member, &a.tasks, true);
+    member.assignments.send_replace(Some(a));
+}
+
+/// Applies a delta of the assignments; false if it does not follow what the node has.
+fn accept_delta(member: &Member, d: &model::assignment::AssignmentsDelta) -> bool {
+    forget_recorded(member, &d.tasks, false);
+    let mut applied = false;
     member.assignments.send_if_modified(|cur| {
-        if cur.as_ref().is_some_and(|c| c.revision > a.revision) {
-            return false;
-        }
-        *cur = Some(a);
-        true
+        applied = cur.as_mut().is_some_and(|a| a.apply(d));
+        applied
+    });
+    applied
+}
+
+/// Drops the task status the leader has recorded (the tasks show it). With `all`, `tasks` is the
+/// whole set: status of tasks not in it is dropped too.
+fn forget_recorded(member: &Member, tasks: &[model::Task], all: bool) {
+    let mut pending = member.task_status.lock().unwrap_or_else(|e| e.into_inner());
+    pending.retain(|id, st| match tasks.iter().find(|t| &t.meta.id == id) {
+        Some(t) => t.status.state < st.state,
+        None => !all,
     });
 }
 

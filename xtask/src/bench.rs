@@ -33,6 +33,12 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "1 KiB writes/s and p50/p99 through the API of 3 managers vs etcd 3.4",
     ),
     (
+        "dns",
+        "dns",
+        "dns",
+        "embedded DNS vs dnsmasq (dnsperf): q/s, p50/p99 local and forwarded; memory at 10k services",
+    ),
+    (
         "services",
         "netagent",
         "services",

@@ -25,6 +25,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "xz-utils",
     "zstd",
     "bind9-dnsutils",
+    // dnsmasq's binary without the `dnsmasq` package's system service, which would start a
+    // resolver on port 53 in the machine's own namespace; the dns tests run it in lab nodes.
+    "dnsmasq-base",
+    "dnsperf",
     "etcd-server",
     "etcd-client",
     "curl",

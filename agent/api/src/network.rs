@@ -417,9 +417,9 @@ pub fn resource(n: &model::Network, gossip: GossipView) -> NetworkResource {
         allocation
             .iter()
             .map(|s| IpamConfig {
-                subnet: s.subnet.clone(),
-                ip_range: s.ip_range.clone().unwrap_or_default(),
-                gateway: s.gateway.clone(),
+                subnet: s.subnet.to_string(),
+                ip_range: s.ip_range.map(|r| r.to_string()).unwrap_or_default(),
+                gateway: s.gateway.to_string(),
                 ..Default::default()
             })
             .collect()
@@ -475,9 +475,8 @@ pub fn mac(m: &[u8; 6]) -> String {
 pub fn with_prefix(ip: IpAddr, allocation: &[SubnetAllocation]) -> String {
     allocation
         .iter()
-        .find(|s| cidr_contains(&s.subnet, ip))
-        .and_then(|s| parse_cidr(&s.subnet))
-        .map(|(_, len)| format!("{ip}/{len}"))
+        .find(|s| s.subnet.contains(&ip))
+        .map(|s| format!("{ip}/{}", s.subnet.prefix_len()))
         .unwrap_or_else(|| ip.to_string())
 }
 

@@ -643,7 +643,7 @@ pub fn service(s: &model::Service, status: Option<ServiceStatus>) -> Service {
                 .iter()
                 .map(|v| VirtualIp {
                     network_id: v.network_id.clone(),
-                    addr: v.addr.clone(),
+                    addr: v.addr.to_string(),
                 })
                 .collect(),
         },

@@ -205,7 +205,7 @@ pub fn task<'a>(t: &model::Task, network: impl Fn(&str) -> Option<&'a model::Net
                             scope: "swarm".into(),
                         },
                     },
-                    addresses: a.addresses.clone(),
+                    addresses: a.addresses.iter().map(|a| a.to_string()).collect(),
                 }
             })
             .collect(),
@@ -279,7 +279,7 @@ mod tests {
             spec: s.spec.task.clone(),
             networks: vec![ModelAttachment {
                 network_id: "n".into(),
-                addresses: vec!["10.0.0.3/24".into()],
+                addresses: vec!["10.0.0.3/24".parse().unwrap()],
                 aliases: vec!["www".into()],
             }],
         };

@@ -1,12 +1,20 @@
-//! The executor of a node: turns the node's assignments (tasks, the networks they need) and the
-//! gossip endpoint tables into running processes and kernel state, and reports task status.
+//! The executor of a node: turns the node's assignments (tasks, the networks they need, the
+//! services on them) and the gossip endpoint tables into running processes and kernel state, and
+//! reports task status.
 //!
-//! - [`node`]: the loop: assignments + gossip -> processes, kernel, gossip entries, status.
+//! - [`node`]: the loop: a full pass at start (and after a failure), then events (assignment
+//!   changes, gossip, task exits) handled one task or network at a time.
+//! - `tasks`: a task's life (namespace, endpoints, start, watch, stop, removal, its gossip
+//!   entries); `networks`: a network's presence on the node (sandbox, subscription, peers,
+//!   load-balancer endpoint); `plane`: the handle on the `vxlan` data plane.
 //! - [`plan`]: the desired overlay data plane from local tasks and gossip (pure).
 //! - [`runner`]: a task's namespace, cgroup and process, started through the [`shim`] so it
 //!   outlives an agent restart and its exit code is never lost.
 
+mod networks;
 pub mod node;
 pub mod plan;
+mod plane;
 pub mod runner;
 pub mod shim;
+mod tasks;

@@ -1,27 +1,36 @@
-//! The executor loop of one node: assignments and gossip in, processes, kernel state, gossip
-//! entries and task status out. A reconciler: every pass computes what should be and changes only
-//! what differs, so a restarted agent with unchanged assignments changes nothing.
+//! The executor of one node: assignments and gossip in, processes, kernel state, gossip entries
+//! and task status out.
+//!
+//! It is a reconciler driven by events, so its work follows what changed, not how much runs:
+//! - at start, once it has its assignments and gossip had a chance to say who is where, one full
+//!   pass: every task's process state read once, the whole desired data plane applied
+//!   (`vxlan::Dataplane::apply`, which writes nothing when the kernel already matches — an
+//!   agent restart changes nothing and drops no connection), every network subscribed;
+//! - then it waits for events: new assignments (only the tasks, networks and services whose
+//!   version changed are looked at), gossip events of a network it has endpoints on (that
+//!   network's peers), a task's shim exiting (a pidfd per task; no polling of task files), a
+//!   background stop finishing. Each is handled with targeted kernel operations;
+//! - a failure schedules a full pass again after [`Config::retry`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
-use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use gossip::Gossip;
 use model::task::{TaskState, TaskStatus};
 use model::{Assignments, Task};
-use netns::NetNs;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-use vxlan::{Dataplane, GwBridge, Ipv4Net};
 
-use crate::plan::{self, LocalTask, RemoteEndpoint};
+use crate::networks::NetRt;
+use crate::plane::Plane;
 use crate::runner::{ProcState, Runner, RunnerConfig};
+use crate::tasks::TaskRt;
 
 /// How the executor of a node runs.
 #[derive(Debug, Clone)]
@@ -29,7 +38,7 @@ pub struct Config {
     pub node_id: String,
     /// Executor state (tasks, the gateway bridge's subnet) lives here.
     pub state_dir: PathBuf,
-    /// Prefix of the namespaces created on this node (tasks and sandboxes).
+    /// Prefix of the namespaces created on this node (tasks, sandboxes, load balancers).
     pub netns_prefix: String,
     /// cgroup2 directory for task cgroups; None runs tasks without.
     pub cgroup: Option<PathBuf>,
@@ -45,8 +54,8 @@ pub struct Config {
     pub stop_grace: Duration,
     /// Nameserver written into tasks' resolv.conf.
     pub nameserver: String,
-    /// How often the executor looks at its processes without other news.
-    pub tick: Duration,
+    /// How long after a failed operation the executor tries again (with a full pass).
+    pub retry: Duration,
     /// How long a fresh executor waits for gossip before it programs peers it may not know yet.
     pub gossip_settle: Duration,
 }
@@ -59,9 +68,25 @@ pub struct Handle {
     pub task: tokio::task::JoinHandle<()>,
     /// Mutating kernel requests made by the data plane so far (netlink, namespaces, nftables).
     pub writes: Arc<AtomicU64>,
-    /// Each reconcile pass's duration and whether it succeeded (for metrics; passes are dropped
-    /// when nobody reads).
-    pub passes: mpsc::Receiver<(Duration, bool)>,
+    /// Executor passes: (full, incremental) so far.
+    pub passes: Arc<(AtomicU64, AtomicU64)>,
+    /// Each pass as it ends: full or incremental, its duration, whether it succeeded (for
+    /// metrics; dropped when nobody reads).
+    pub pass_times: mpsc::Receiver<PassTime>,
+}
+
+/// One executor pass: (full, duration, succeeded).
+pub type PassTime = (bool, Duration, bool);
+
+/// What wakes the executor besides new assignments.
+#[derive(Debug)]
+pub(crate) enum Ev {
+    /// A task's shim (or its start) ended: look at the task again.
+    Exited(String),
+    /// A background stop finished, with the exit code if the task had been running.
+    Stopped(String, Option<i32>),
+    /// A change in a network's endpoint table.
+    Gossip(String, gossip::Event),
 }
 
 /// Starts the executor loop. It runs until `assignments` closes.
@@ -72,56 +97,85 @@ pub fn spawn(
     status: mpsc::Sender<StatusReport>,
 ) -> Result<Handle, crate::runner::Error> {
     let runner = Runner::new(runner_config(&config))?;
-    let (passes_tx, passes) = mpsc::channel(64);
+    let writes = Arc::new(AtomicU64::new(0));
+    let passes = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let (pass_times_tx, pass_times) = mpsc::channel(64);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let plane = Plane::new(
+        config.node_netns.clone(),
+        config.vtep,
+        config.netns_prefix.clone(),
+        writes.clone(),
+    );
     let mut exec = Executor {
         runner: Arc::new(runner),
-        dataplane: Arc::new(Mutex::new(None)),
+        plane,
         gossip,
         status,
         reported: HashMap::new(),
-        published: BTreeSet::new(),
+        a: Assignments::default(),
+        tasks: BTreeMap::new(),
+        nets: BTreeMap::new(),
+        tx,
         vtep_published: false,
-        stopping: HashMap::new(),
+        vteps: BTreeMap::new(),
+        gw: None,
         started: Instant::now(),
-        writes: Arc::new(AtomicU64::new(0)),
-        passes: passes_tx,
+        full_at: Some(Instant::now()),
+        synced: false,
+        writes: writes.clone(),
+        passes: passes.clone(),
+        pass_times: pass_times_tx,
         config,
     };
-    let writes = exec.writes.clone();
-    let task = tokio::spawn(async move { exec.run(assignments).await });
+    let task = tokio::spawn(async move { exec.run(assignments, rx).await });
     Ok(Handle {
         task,
         writes,
         passes,
+        pass_times,
     })
 }
 
-struct Executor {
-    config: Config,
-    runner: Arc<Runner>,
-    dataplane: Arc<Mutex<Option<Dataplane>>>,
-    gossip: Arc<Gossip>,
+pub(crate) struct Executor {
+    pub(crate) config: Config,
+    pub(crate) runner: Arc<Runner>,
+    pub(crate) plane: Plane,
+    pub(crate) gossip: Arc<Gossip>,
     status: mpsc::Sender<StatusReport>,
     /// Last state reported per task, so each change is sent once.
     reported: HashMap<String, TaskState>,
-    /// (network, endpoint id) published on gossip.
-    published: BTreeSet<(String, String)>,
+    /// The assignments as last handled.
+    pub(crate) a: Assignments,
+    /// Tasks that have a directory on this node.
+    pub(crate) tasks: BTreeMap<String, TaskRt>,
+    /// Networks with endpoints on this node.
+    pub(crate) nets: BTreeMap<String, NetRt>,
+    pub(crate) tx: mpsc::UnboundedSender<Ev>,
     vtep_published: bool,
-    /// Tasks being stopped in the background, with the exit code when done.
-    stopping: HashMap<String, tokio::task::JoinHandle<Option<i32>>>,
+    /// The VTEPs peers were last computed with.
+    pub(crate) vteps: BTreeMap<String, IpAddr>,
+    pub(crate) gw: Option<vxlan::GwBridge>,
     started: Instant,
-    writes: Arc<AtomicU64>,
-    passes: mpsc::Sender<(Duration, bool)>,
+    /// When to run a full pass (at start, and after a failure).
+    full_at: Option<Instant>,
+    /// Whether a full pass has succeeded since start (before that, events only mark work).
+    synced: bool,
+    pub(crate) writes: Arc<AtomicU64>,
+    passes: Arc<(AtomicU64, AtomicU64)>,
+    pass_times: mpsc::Sender<PassTime>,
 }
 
 /// What the dispatcher wants of one task, reduced to what the executor acts on.
-fn wants_running(t: &Task) -> bool {
+pub(crate) fn wants_running(t: &Task) -> bool {
     t.desired_state <= TaskState::Running
 }
 
-fn task_name(t: &Task, services: &BTreeMap<&str, &model::Service>) -> String {
+/// A task's name as docker shows it: `SERVICE.SLOT.ID` (`SERVICE.NODE.ID` for global services).
+pub(crate) fn task_name(t: &Task, services: &[model::Service]) -> String {
     let svc = services
-        .get(t.service_id.as_str())
+        .iter()
+        .find(|s| s.meta.id == t.service_id)
         .map(|s| s.spec.name.as_str())
         .unwrap_or("task");
     if t.slot > 0 {
@@ -131,33 +185,266 @@ fn task_name(t: &Task, services: &BTreeMap<&str, &model::Service>) -> String {
     }
 }
 
-fn ipv4_of(cidr: &str) -> Option<Ipv4Addr> {
-    cidr.split('/').next()?.parse().ok()
+/// Ids of objects added, changed or removed between two lists (compared whole: versions alone
+/// would do for stored objects, but the comparison is cheap and also right for objects that
+/// were never stored).
+fn changed<T: PartialEq>(old: &[T], new: &[T], id: impl Fn(&T) -> &str) -> BTreeSet<String> {
+    let o: BTreeMap<&str, &T> = old.iter().map(|x| (id(x), x)).collect();
+    let n: BTreeMap<&str, &T> = new.iter().map(|x| (id(x), x)).collect();
+    o.keys()
+        .chain(n.keys())
+        .filter(|k| o.get(*k) != n.get(*k))
+        .map(|k| k.to_string())
+        .collect()
 }
 
 impl Executor {
-    async fn run(&mut self, mut assignments: watch::Receiver<Option<Assignments>>) {
+    async fn run(
+        &mut self,
+        mut assignments: watch::Receiver<Option<Assignments>>,
+        mut events: mpsc::UnboundedReceiver<Ev>,
+    ) {
         let mut gossip_changes = self.gossip.changes();
+        let mut have = false;
+        if let Some(a) = assignments.borrow_and_update().clone() {
+            have = true;
+            self.a = a;
+        }
         loop {
-            let current = assignments.borrow_and_update().clone();
-            if let Some(a) = current {
-                let started = Instant::now();
-                let r = self.reconcile(&a).await;
-                let _ = self.passes.try_send((started.elapsed(), r.is_ok()));
-                if let Err(e) = r {
-                    warn!(error = %e, "executor pass failed; retrying");
-                }
+            if have {
+                self.work().await;
             }
+            let sleep = self.next_wake();
             tokio::select! {
-                r = assignments.changed() => if r.is_err() { break },
-                _ = gossip_changes.changed() => {},
-                _ = tokio::time::sleep(self.config.tick) => {},
+                r = assignments.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    let next = assignments.borrow_and_update().clone();
+                    if let Some(a) = next {
+                        have = true;
+                        self.on_assignments(a).await;
+                    }
+                }
+                Some(ev) = events.recv() => {
+                    self.on_event(ev).await;
+                    while let Ok(ev) = events.try_recv() {
+                        self.on_event(ev).await;
+                    }
+                }
+                r = gossip_changes.changed() => {
+                    if r.is_ok() {
+                        self.on_vteps().await;
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {}
             }
         }
         info!("executor stopped");
     }
 
-    async fn blocking<T: Send + 'static>(
+    /// How long until something is due (a full pass, or gossip having settled).
+    fn next_wake(&self) -> Duration {
+        let settle =
+            (self.started + self.config.gossip_settle).saturating_duration_since(Instant::now());
+        match self.full_at {
+            Some(t) => t
+                .saturating_duration_since(Instant::now())
+                .max(if self.gossip_ready() {
+                    Duration::ZERO
+                } else {
+                    settle
+                })
+                .max(Duration::from_millis(1)),
+            None => Duration::from_secs(3600),
+        }
+    }
+
+    /// Whether gossip had a chance to tell us the peers (so programming them removes nothing
+    /// that is still right).
+    pub(crate) fn gossip_ready(&self) -> bool {
+        self.started.elapsed() >= self.config.gossip_settle
+            || self
+                .gossip
+                .members()
+                .iter()
+                .any(|m| m.alive && m.node_id != self.config.node_id)
+    }
+
+    /// Schedules a full pass after the retry delay (after a failure).
+    pub(crate) fn retry_later(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        warn!(error = %e, "{what} failed; a full pass follows in {:?}", self.config.retry);
+        let at = Instant::now() + self.config.retry;
+        self.full_at = Some(self.full_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// Runs the full pass when it is due.
+    async fn work(&mut self) {
+        let due = self.full_at.is_some_and(|t| t <= Instant::now());
+        if !due || !self.gossip_ready() {
+            return;
+        }
+        self.full_at = None;
+        self.passes
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let r = self.full_pass().await;
+        let _ = self
+            .pass_times
+            .try_send((true, started.elapsed(), r.is_ok()));
+        match r {
+            Ok(()) => self.synced = true,
+            Err(e) => self.retry_later("a full executor pass", &e),
+        }
+    }
+
+    async fn on_assignments(&mut self, a: Assignments) {
+        if !self.synced {
+            self.a = a;
+            self.full_at.get_or_insert(Instant::now());
+            return;
+        }
+        self.passes
+            .1
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        self.incremental_pass(a).await;
+        let _ = self.pass_times.try_send((false, started.elapsed(), true));
+    }
+
+    async fn incremental_pass(&mut self, a: Assignments) {
+        let tasks = changed(&self.a.tasks, &a.tasks, |t| &t.meta.id);
+        let nets = changed(&self.a.networks, &a.networks, |n| &n.meta.id);
+        let port_changed = a.data_path_port != self.a.data_path_port;
+        let attachments_changed = a.attachments != self.a.attachments;
+        self.a = a;
+        if port_changed {
+            self.full_at = Some(Instant::now());
+            return;
+        }
+        for id in &tasks {
+            self.reconcile_task(id).await;
+        }
+        let mut dirty: BTreeSet<String> = nets;
+        if attachments_changed {
+            dirty.extend(self.nets.keys().cloned());
+        }
+        for id in dirty {
+            self.reconcile_network(&id).await;
+        }
+        self.publish_vtep().await;
+    }
+
+    async fn on_event(&mut self, ev: Ev) {
+        if !self.synced {
+            return;
+        }
+        match ev {
+            Ev::Exited(id) => {
+                if self.tasks.contains_key(&id) {
+                    let idc = id.clone();
+                    let st = self.blocking(move |r| r.state(&idc)).await;
+                    if let Some(rt) = self.tasks.get_mut(&id) {
+                        rt.watching = false;
+                        rt.proc = st;
+                    }
+                }
+                self.reconcile_task(&id).await;
+            }
+            Ev::Stopped(id, code) => {
+                debug!(task = %id, ?code, "task stopped");
+                if self.tasks.contains_key(&id) {
+                    let idc = id.clone();
+                    let st = self.blocking(move |r| r.state(&idc)).await;
+                    if let Some(rt) = self.tasks.get_mut(&id) {
+                        rt.stopping = false;
+                        rt.proc = st;
+                    }
+                }
+                self.reconcile_task(&id).await;
+            }
+            Ev::Gossip(net, ev) => self.on_gossip(&net, ev).await,
+        }
+    }
+
+    /// A full pass: every task's process state read once, the whole desired data plane applied
+    /// (what is right is left alone), every network's subscription and peers, every task's
+    /// lifecycle and gossip entries. What the incremental handlers keep up afterwards.
+    async fn full_pass(&mut self) -> Result<(), Error> {
+        self.publish_vtep().await;
+        let gw = self.gwbridge()?;
+        self.gw = Some(gw.clone());
+        // 1. Processes as they are.
+        let ids: BTreeSet<String> = self
+            .blocking(|r| r.list())
+            .await
+            .into_iter()
+            .chain(self.a.tasks.iter().map(|t| t.meta.id.clone()))
+            .collect();
+        for id in &ids {
+            let idc = id.clone();
+            let st = self.blocking(move |r| r.state(&idc)).await;
+            self.tasks.entry(id.clone()).or_default().proc = st;
+        }
+        // 2. The tasks to run: namespaces and addresses.
+        let mut local = Vec::new();
+        let running: Vec<Task> = self
+            .a
+            .tasks
+            .iter()
+            .filter(|t| wants_running(t) && !t.spec.argv().is_empty())
+            .cloned()
+            .collect();
+        for t in &running {
+            if matches!(
+                self.tasks.get(&t.meta.id).map(|r| r.proc),
+                Some(ProcState::Exited { .. })
+            ) {
+                continue;
+            }
+            local.push(self.prepare(t).await?);
+        }
+        // 3. Networks: subscriptions and the entries they know now; what is not used goes.
+        let used: BTreeSet<String> = local
+            .iter()
+            .flat_map(|l| l.attachments.iter().map(|(n, _)| n.clone()))
+            .collect();
+        for net in &used {
+            self.subscribe(net);
+        }
+        let stale: Vec<String> = self
+            .nets
+            .keys()
+            .filter(|n| !used.contains(*n))
+            .cloned()
+            .collect();
+        for net in stale {
+            self.forget_network(&net).await?;
+        }
+        // 4. The whole data plane, load-balancer namespaces first (their endpoints are in it).
+        self.lb_namespaces().await?;
+        let desired = self.desired_plane(&local, &gw);
+        let port = self.a.data_path_port;
+        self.plane.call(port, move |dp| dp.apply(&desired)).await?;
+        self.remove_stale_lb_namespaces(&used).await?;
+        self.plane_applied();
+        self.publish_lbs().await;
+        for l in &local {
+            if let Some(rt) = self.tasks.get_mut(&l.id) {
+                rt.endpoints_ok = true;
+            }
+        }
+        // 5. Every task's lifecycle, then what is no longer assigned.
+        let all: Vec<String> = self.tasks.keys().cloned().collect();
+        for id in all {
+            self.reconcile_task(&id).await;
+        }
+        Ok(())
+    }
+
+    /// Runs a runner call on a blocking thread.
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Runner) -> T + Send + 'static,
     ) -> T {
@@ -167,7 +454,7 @@ impl Executor {
             .expect("runner call panicked")
     }
 
-    async fn report(
+    pub(crate) async fn report(
         &mut self,
         t: &Task,
         state: TaskState,
@@ -196,388 +483,28 @@ impl Executor {
         }
     }
 
-    async fn reconcile(&mut self, a: &Assignments) -> Result<(), Error> {
-        let services: BTreeMap<&str, &model::Service> =
-            a.services.iter().map(|s| (s.meta.id.as_str(), s)).collect();
-        let networks: BTreeMap<String, vxlan::Network> = a
-            .networks
-            .iter()
-            .filter_map(|n| plan::network(n).map(|v| (n.meta.id.clone(), v)))
-            .collect();
-        let internal: BTreeMap<&str, bool> = a
-            .networks
-            .iter()
-            .map(|n| (n.meta.id.as_str(), n.spec.internal))
-            .collect();
-        let assigned: BTreeMap<&str, &Task> =
-            a.tasks.iter().map(|t| (t.meta.id.as_str(), t)).collect();
-
-        // 1. Processes: what each task's process is doing; stops finished in the background.
-        let ids: Vec<String> = self.blocking(|r| r.list()).await;
-        let mut proc_state: BTreeMap<String, ProcState> = BTreeMap::new();
-        for id in ids
-            .iter()
-            .cloned()
-            .chain(a.tasks.iter().map(|t| t.meta.id.clone()))
-        {
-            let idc = id.clone();
-            let st = self.blocking(move |r| r.state(&idc)).await;
-            proc_state.insert(id, st);
-        }
-        let done: Vec<String> = self
-            .stopping
-            .iter()
-            .filter(|(_, h)| h.is_finished())
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in done {
-            let code = self
-                .stopping
-                .remove(&id)
-                .expect("listed")
-                .await
-                .ok()
-                .flatten();
-            debug!(task = %id, ?code, "task stopped");
-        }
-
-        // 2. Tasks to run: their namespaces and gateway addresses.
-        let gw = self.gwbridge()?;
-        let mut local = Vec::new();
-        for t in a.tasks.iter().filter(|t| wants_running(t)) {
-            let exited = matches!(proc_state.get(&t.meta.id), Some(ProcState::Exited { .. }));
-            if exited || t.spec.argv().is_empty() {
-                continue;
-            }
-            let id = t.meta.id.clone();
-            let ns = self
-                .blocking(move |r| r.namespace(&id).map(|ns| ns.path().to_path_buf()))
-                .await?;
-            let attachments: Vec<(String, Ipv4Addr)> = t
-                .networks
-                .iter()
-                .filter(|n| networks.contains_key(&n.network_id))
-                .filter_map(|n| Some((n.network_id.clone(), ipv4_of(n.addresses.first()?)?)))
-                .collect();
-            let all_internal = !t.networks.is_empty()
-                && t.networks.iter().all(|n| {
-                    internal
-                        .get(n.network_id.as_str())
-                        .copied()
-                        .unwrap_or(false)
-                });
-            let gateway = if all_internal {
-                None
-            } else {
-                Some(self.gateway_addr(&t.meta.id, &gw)?)
-            };
-            local.push(LocalTask {
-                id: t.meta.id.clone(),
-                netns: ns,
-                attachments,
-                gateway,
-            });
-        }
-
-        // 3. The data plane, once gossip had a chance to tell us the peers.
-        let gossip_ready = self.started.elapsed() >= self.config.gossip_settle
-            || self
-                .gossip
-                .members()
-                .iter()
-                .any(|m| m.alive && m.node_id != self.config.node_id);
-        let mut remote: BTreeMap<String, Vec<RemoteEndpoint>> = BTreeMap::new();
-        for net in networks.keys() {
-            let entries = self.gossip.endpoints(net);
-            remote.insert(
-                net.clone(),
-                entries
-                    .into_iter()
-                    .filter(|e| !e.endpoint.disabled)
-                    .map(|e| RemoteEndpoint {
-                        owner: e.owner,
-                        ip: e.endpoint.ip,
-                        mac: e.endpoint.mac,
-                    })
-                    .collect(),
-            );
-        }
-        let vteps = self.gossip.vteps();
-        let desired = plan::desired(
-            &self.config.node_id,
-            &local,
-            &networks,
-            &remote,
-            &vteps,
-            Some(&gw),
-        );
-        let mut plane_ok = false;
-        if gossip_ready || local.is_empty() {
-            plane_ok = self.apply(a.data_path_port, desired).await;
-        }
-
-        // 4. Start what should run (after its interfaces exist); stop what should not.
-        for t in a.tasks.iter() {
-            let id = t.meta.id.clone();
-            let st = proc_state
-                .get(&id)
-                .copied()
-                .unwrap_or(ProcState::NotStarted);
-            if wants_running(t) {
-                match st {
-                    ProcState::NotStarted if plane_ok && local.iter().any(|l| l.id == id) => {
-                        let env = task_env(t, &services, &self.config.node_id);
-                        let argv = t.spec.argv();
-                        let idc = id.clone();
-                        match self.blocking(move |r| r.start(&idc, &argv, &env)).await {
-                            Ok(()) => {
-                                self.report(t, TaskState::Starting, "starting", None, None)
-                                    .await
-                            }
-                            Err(e) => {
-                                self.report(
-                                    t,
-                                    TaskState::Rejected,
-                                    "rejected",
-                                    Some(e.to_string()),
-                                    None,
-                                )
-                                .await
-                            }
-                        }
-                    }
-                    ProcState::NotStarted if t.spec.argv().is_empty() => {
-                        self.report(
-                            t,
-                            TaskState::Rejected,
-                            "rejected",
-                            Some("the task has no command".into()),
-                            None,
-                        )
-                        .await
-                    }
-                    ProcState::NotStarted | ProcState::Starting => {
-                        self.report(t, TaskState::Preparing, "preparing", None, None)
-                            .await
-                    }
-                    ProcState::Running { .. } | ProcState::Exiting => {
-                        self.report(t, TaskState::Running, "started", None, None)
-                            .await
-                    }
-                    ProcState::Exited { code: 0 } => {
-                        self.report(t, TaskState::Complete, "finished", None, Some(0))
-                            .await
-                    }
-                    ProcState::Exited { code } => {
-                        let err = format!("task: non-zero exit ({code})");
-                        self.report(t, TaskState::Failed, "failed", Some(err), Some(code))
-                            .await
-                    }
-                }
-            } else {
-                match st {
-                    st if st.is_live() => self.stop(&id),
-                    _ if !self.stopping.contains_key(&id) && !t.status.state.is_terminal() => {
-                        self.report(t, TaskState::Shutdown, "shutdown", None, None)
-                            .await
-                    }
-                    _ => {}
-                }
-            }
-        }
-
-        // 5. Gossip: publish this node's VTEP and endpoints, withdraw the rest.
-        self.publish(a, &local, &services).await;
-
-        // 6. Remove what is no longer assigned (or assigned but done and desired down).
-        for id in ids {
-            let keep = assigned.get(id.as_str()).is_some_and(|t| {
-                wants_running(t) || !t.status.state.is_terminal() || self.stopping.contains_key(&id)
-            });
-            if keep || self.stopping.contains_key(&id) {
-                continue;
-            }
-            if proc_state.get(&id).is_some_and(|s| s.is_live()) {
-                self.stop(&id);
-                continue;
-            }
-            let idc = id.clone();
-            if let Err(e) = self.blocking(move |r| r.remove(&idc)).await {
-                warn!(task = %id, error = %e, "could not remove a task");
-            }
-            self.reported.remove(&id);
-        }
-        Ok(())
+    pub(crate) fn forget_reported(&mut self, id: &str) {
+        self.reported.remove(id);
     }
 
-    fn stop(&mut self, id: &str) {
-        if self.stopping.contains_key(id) {
+    async fn publish_vtep(&mut self) {
+        if self.vtep_published {
             return;
         }
-        let runner = self.runner.clone();
-        let (idc, grace) = (id.to_string(), self.config.stop_grace);
-        let h = tokio::task::spawn_blocking(move || runner.stop(&idc, grace));
-        self.stopping.insert(id.to_string(), h);
-    }
-
-    /// Makes the kernel match `desired`; true when it does.
-    async fn apply(&mut self, port: u16, desired: vxlan::DesiredState) -> bool {
-        let plane = self.dataplane.clone();
-        let config = self.config.clone();
-        let writes = self.writes.clone();
-        let r = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut guard = plane.lock().unwrap_or_else(|e| e.into_inner());
-            if guard.as_ref().is_none() {
-                let node = node_netns(&config).map_err(|e| e.to_string())?;
-                let mut dp = Dataplane::new(vxlan::Config {
-                    netns: node,
-                    vtep: config.vtep,
-                    port,
-                    prefix: config.netns_prefix.clone(),
-                })
-                .map_err(|e| e.to_string())?;
-                dp.on_write(move |n| writes.store(n, Ordering::Relaxed));
-                *guard = Some(dp);
-            }
-            guard
-                .as_mut()
-                .expect("set above")
-                .apply(&desired)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .expect("data plane call panicked");
-        match r {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(error = %e, "could not program the overlay data plane");
-                false
-            }
-        }
-    }
-
-    async fn publish(
-        &mut self,
-        a: &Assignments,
-        local: &[LocalTask],
-        services: &BTreeMap<&str, &model::Service>,
-    ) {
-        if !self.vtep_published {
-            match self.gossip.publish_vtep(IpAddr::V4(self.config.vtep)).await {
-                Ok(()) => self.vtep_published = true,
-                Err(e) => warn!(error = %e, "could not publish this node's VTEP"),
-            }
-        }
-        let tasks: BTreeMap<&str, &Task> =
-            a.tasks.iter().map(|t| (t.meta.id.as_str(), t)).collect();
-        let mut want: BTreeSet<(String, String)> = BTreeSet::new();
-        for l in local {
-            let Some(t) = tasks.get(l.id.as_str()) else {
-                continue;
-            };
-            let service = services.get(t.service_id.as_str());
-            for (net, ip) in &l.attachments {
-                let aliases: Vec<String> = service
-                    .map(|s| s.spec.name.clone())
-                    .into_iter()
-                    .chain(
-                        t.networks
-                            .iter()
-                            .filter(|n| &n.network_id == net)
-                            .flat_map(|n| n.aliases.clone()),
-                    )
-                    .collect();
-                let ep = gossip::Endpoint {
-                    id: l.id.clone(),
-                    network: net.clone(),
-                    ip: IpAddr::V4(*ip),
-                    mac: vxlan::Mac::for_ip(*ip).0,
-                    task: l.id.clone(),
-                    service: t.service_id.clone(),
-                    name: task_name(t, services),
-                    aliases,
-                    disabled: false,
-                };
-                let key = (net.clone(), l.id.clone());
-                if !self.published.contains(&key) {
-                    match self.gossip.publish_endpoint(ep).await {
-                        Ok(()) => {
-                            self.published.insert(key.clone());
-                        }
-                        Err(e) => warn!(task = %l.id, error = %e, "could not publish an endpoint"),
-                    }
-                }
-                want.insert(key);
-            }
-        }
-        let gone: Vec<(String, String)> = self.published.difference(&want).cloned().collect();
-        for (net, id) in gone {
-            if self.gossip.withdraw_endpoint(&net, &id).await.is_ok() {
-                self.published.remove(&(net, id));
-            }
+        match self.gossip.publish_vtep(IpAddr::V4(self.config.vtep)).await {
+            Ok(()) => self.vtep_published = true,
+            Err(e) => warn!(error = %e, "could not publish this node's VTEP"),
         }
     }
 
     /// The gateway bridge: its subnet is chosen once (from the local pools, 172.17.0.0/16 left
     /// to docker0) and kept in the state directory.
-    fn gwbridge(&self) -> Result<GwBridge, Error> {
-        let path = self.config.state_dir.join("gwbridge.json");
-        if let Ok(text) = fs::read_to_string(&path)
-            && let Ok(gw) = serde_json::from_str::<GwBridge>(&text)
-        {
-            return Ok(gw);
-        }
-        let mut pools = ipam::Subnets::local();
-        let avoid = ["172.17.0.0/16".parse().expect("a CIDR")];
-        let info = pools.allocate_avoiding(&avoid)?;
-        let subnet: Ipv4Net = match info.subnet {
-            ipam::ipnet::IpNet::V4(n) => n,
-            ipam::ipnet::IpNet::V6(_) => unreachable!("the local pools are IPv4"),
-        };
-        let mut gw = GwBridge::new(subnet);
-        gw.name = self.config.gwbridge.clone();
-        fs::create_dir_all(&self.config.state_dir).map_err(io("create the state directory"))?;
-        crate::shim::write_atomic(
-            &self.config.state_dir,
-            "gwbridge.json",
-            &serde_json::to_string(&gw).expect("serializes"),
-        )
-        .map_err(io("save the gateway bridge's subnet"))?;
-        Ok(gw)
-    }
-
-    /// A task's address on the gateway bridge, kept in its directory so it never changes.
-    fn gateway_addr(&self, task: &str, gw: &GwBridge) -> Result<Ipv4Addr, Error> {
-        let dir = self.runner.dir(task);
-        if let Some(a) = fs::read_to_string(dir.join("gateway"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            return Ok(a);
-        }
-        let subnet = ipam::ipnet::IpNet::V4(gw.subnet);
-        let mut used: Vec<IpAddr> = Vec::new();
-        for id in self.runner.list() {
-            if let Some(a) = fs::read_to_string(self.runner.dir(&id).join("gateway"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                used.push(a);
-            }
-        }
-        let request = ipam::SubnetRequest::new(subnet).with_gateway(IpAddr::V4(gw.gateway()));
-        let mut space =
-            ipam::Subnets::rebuild(ipam::PoolConfig::local_default(), &[request], &used)?;
-        let IpAddr::V4(addr) = space.allocate_address(subnet)? else {
-            unreachable!("an IPv4 subnet hands out IPv4 addresses")
-        };
-        crate::shim::write_atomic(&dir, "gateway", &format!("{addr}\n"))
-            .map_err(io("save the task's gateway address"))?;
-        Ok(addr)
+    fn gwbridge(&self) -> Result<vxlan::GwBridge, Error> {
+        crate::tasks::gwbridge(&self.config)
     }
 }
 
-fn runner_config(config: &Config) -> RunnerConfig {
+pub(crate) fn runner_config(config: &Config) -> RunnerConfig {
     RunnerConfig {
         dir: config.state_dir.join("tasks"),
         netns_prefix: config.netns_prefix.clone(),
@@ -587,23 +514,17 @@ fn runner_config(config: &Config) -> RunnerConfig {
     }
 }
 
-/// The node's network namespace: the configured one, or the agent's own.
-fn node_netns(config: &Config) -> netns::Result<NetNs> {
-    match &config.node_netns {
-        Some(p) => NetNs::open_path("node", p),
-        None => NetNs::current(),
-    }
-}
-
 /// Removes everything the executor of this node made — every task (processes, namespaces,
-/// cgroups, directories), the sandboxes and the gateway bridge — as `swarm leave` does. Blocking.
+/// cgroups, directories), the sandboxes, the load-balancer namespaces and the gateway bridge —
+/// as `swarm leave` does. Blocking.
 pub fn teardown(config: &Config) -> Result<(), Error> {
     let runner = Runner::new(runner_config(config))?;
     for id in runner.list() {
         runner.remove(&id)?;
     }
-    let node = node_netns(config).map_err(|e| Error::Dataplane(e.to_string()))?;
-    let mut dp = Dataplane::new(vxlan::Config {
+    let node = crate::plane::node_netns(config.node_netns.as_ref())
+        .map_err(|e| Error::Dataplane(e.to_string()))?;
+    let mut dp = vxlan::Dataplane::new(vxlan::Config {
         netns: node,
         vtep: config.vtep,
         port: vxlan::DEFAULT_PORT,
@@ -612,26 +533,12 @@ pub fn teardown(config: &Config) -> Result<(), Error> {
     .map_err(|e| Error::Dataplane(e.to_string()))?;
     dp.apply(&vxlan::DesiredState::default())
         .map_err(|e| Error::Dataplane(e.to_string()))?;
-    let _ = fs::remove_file(config.state_dir.join("gwbridge.json"));
+    crate::networks::remove_lb_namespaces(config).map_err(|e| Error::Dataplane(e.to_string()))?;
+    let _ = std::fs::remove_file(config.state_dir.join("gwbridge.json"));
     Ok(())
 }
 
-/// The environment of a task: what it needs to know about itself, as docker's templates give.
-fn task_env(t: &Task, services: &BTreeMap<&str, &model::Service>, node: &str) -> Vec<String> {
-    let mut env = t.spec.env.clone();
-    let svc = services
-        .get(t.service_id.as_str())
-        .map(|s| s.spec.name.clone())
-        .unwrap_or_default();
-    env.push(format!("NETAGENT_TASK_ID={}", t.meta.id));
-    env.push(format!("NETAGENT_TASK_NAME={}", task_name(t, services)));
-    env.push(format!("NETAGENT_TASK_SLOT={}", t.slot));
-    env.push(format!("NETAGENT_SERVICE_NAME={svc}"));
-    env.push(format!("NETAGENT_NODE_ID={node}"));
-    env
-}
-
-/// Why an executor pass failed (it is retried on the next one).
+/// Why an executor step failed (it is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -648,7 +555,7 @@ pub enum Error {
     },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
 }

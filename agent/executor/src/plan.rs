@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use vxlan::{DesiredState, Endpoint, GatewayEndpoint, GwBridge, Ipv4Net, NetworkState, Peer};
+use model::ipnet;
+use vxlan::{DesiredState, Endpoint, GatewayEndpoint, GwBridge, NetworkState, Peer};
 
 /// A task of this node whose namespace exists, with its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,18 +27,24 @@ pub struct RemoteEndpoint {
     pub mac: [u8; 6],
 }
 
+/// The interface of a node's load-balancer endpoint inside its namespace.
+pub const LB_IFNAME: &str = "eth0";
+
 /// Converts a stored network into what the data plane needs (its first IPv4 subnet).
 pub fn network(n: &model::Network) -> Option<vxlan::Network> {
-    let a = n
-        .allocation
-        .as_ref()?
-        .iter()
-        .find(|a| a.subnet.parse::<Ipv4Net>().is_ok())?;
+    let (a, subnet, gateway) =
+        n.allocation
+            .as_ref()?
+            .iter()
+            .find_map(|a| match (a.subnet, a.gateway) {
+                (ipnet::IpNet::V4(s), IpAddr::V4(g)) => Some((a, s, g)),
+                _ => None,
+            })?;
     Some(vxlan::Network {
         id: n.meta.id.clone(),
         vni: a.vni,
-        subnet: a.subnet.parse().ok()?,
-        gateway: a.gateway.parse().ok()?,
+        subnet,
+        gateway,
         mtu: n.spec.mtu,
         internal: n.spec.internal,
     })
@@ -51,8 +58,9 @@ pub fn ifname(i: usize) -> String {
 
 /// The desired data plane: a sandbox per network with local endpoints, its peers the endpoints
 /// other nodes publish (reached through their VTEPs), the gateway bridge and one gateway
-/// endpoint per task that has one. Remote endpoints whose node has no known VTEP are left out
-/// until it is known.
+/// endpoint per task that has one, and this node's load-balancer endpoint (`lbs`: namespace and
+/// address per network) on each network that has local endpoints. Remote endpoints whose node
+/// has no known VTEP are left out until it is known.
 pub fn desired(
     me: &str,
     tasks: &[LocalTask],
@@ -60,6 +68,7 @@ pub fn desired(
     remote: &BTreeMap<String, Vec<RemoteEndpoint>>,
     vteps: &BTreeMap<String, IpAddr>,
     gwbridge: Option<&GwBridge>,
+    lbs: &BTreeMap<String, (PathBuf, Ipv4Addr)>,
 ) -> DesiredState {
     let mut by_net: BTreeMap<&str, NetworkState> = BTreeMap::new();
     let mut gateway_endpoints = Vec::new();
@@ -95,6 +104,15 @@ pub fn desired(
         }
     }
     for (net, state) in by_net.iter_mut() {
+        if let Some((ns, addr)) = lbs.get(*net) {
+            state.endpoints.push(Endpoint {
+                network: net.to_string(),
+                netns: ns.clone(),
+                ifname: LB_IFNAME.into(),
+                address: *addr,
+                mac: None,
+            });
+        }
         let mut peers: Vec<Peer> = remote
             .get(*net)
             .into_iter()
@@ -191,7 +209,18 @@ mod tests {
         let vteps: BTreeMap<String, IpAddr> =
             [("n2".to_string(), "198.18.0.2".parse().unwrap())].into();
         let gw = GwBridge::new("172.18.0.0/16".parse().unwrap());
-        let d = desired("me", &tasks, &networks, &remote, &vteps, Some(&gw));
+        let lbs: BTreeMap<String, (PathBuf, Ipv4Addr)> = [
+            (
+                "a".to_string(),
+                ("/run/netns/lb-a".into(), "10.0.1.9".parse().unwrap()),
+            ),
+            (
+                "c".to_string(),
+                ("/run/netns/lb-c".into(), "10.0.3.9".parse().unwrap()),
+            ),
+        ]
+        .into();
+        let d = desired("me", &tasks, &networks, &remote, &vteps, Some(&gw), &lbs);
         assert_eq!(
             d.networks.len(),
             2,
@@ -200,6 +229,12 @@ mod tests {
         let a = &d.networks[0];
         assert_eq!(a.network.id, "a");
         assert_eq!(a.endpoints[0].ifname, "eth0");
+        assert_eq!(
+            a.endpoints[1].netns,
+            PathBuf::from("/run/netns/lb-a"),
+            "the node's load-balancer endpoint joins networks with local endpoints"
+        );
+        assert_eq!(d.networks[1].endpoints.len(), 1, "none given for b");
         assert_eq!(d.networks[1].endpoints[0].ifname, "eth1");
         assert_eq!(
             a.peers.len(),
@@ -211,7 +246,7 @@ mod tests {
         assert_eq!(d.gateway_endpoints.len(), 1);
         assert_eq!(d.gateway_endpoints[0].ifname, "eth2");
         assert!(d.gwbridge.is_some());
-        let none = desired("me", &[], &networks, &remote, &vteps, Some(&gw));
+        let none = desired("me", &[], &networks, &remote, &vteps, Some(&gw), &lbs);
         assert_eq!(none, DesiredState::default(), "no tasks, no data plane");
     }
 }

@@ -274,6 +274,41 @@ impl Runner {
         }
     }
 
+    /// After [`Runner::start`]: waits (briefly) until the command runs or has already ended, so
+    /// the caller can report it at once.
+    pub fn wait_started(&self, id: &str) -> ProcState {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let st = self.state(id);
+            if !matches!(st, ProcState::Starting | ProcState::NotStarted)
+                || Instant::now() >= deadline
+            {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A pidfd of the task's shim, readable once the shim exits (after it recorded the task's
+    /// exit code). None if no shim of the task is alive.
+    pub fn pidfd(&self, id: &str) -> Option<std::os::fd::OwnedFd> {
+        let pid = {
+            let shims = self.shims.lock().unwrap_or_else(|e| e.into_inner());
+            shims.get(id).map(|c| c.id())
+        }
+        .or_else(|| read_pid(&self.dir(id), SHIM_PID))?;
+        let fd = pidfd_open(pid)?;
+        // The pidfd pins the process: if it is the task's shim now, it is the one we watch.
+        let ours = self
+            .shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|c| c.id() == pid)
+            || self.pid_in_task(id, pid);
+        ours.then_some(fd)
+    }
+
     /// Whether `pid` is a live process inside the task's namespace (guards against pid reuse).
     fn pid_in_task(&self, id: &str, pid: u32) -> bool {
         use std::os::unix::fs::MetadataExt;
@@ -365,6 +400,19 @@ impl Runner {
         let text = fs::read(self.dir(id).join(shim::OUTPUT)).unwrap_or_default();
         String::from_utf8_lossy(&text[text.len().saturating_sub(max)..]).into_owned()
     }
+}
+
+/// pidfd_open(2): a file descriptor for process `pid`, readable when it exits.
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1; the
+    // descriptor is owned by nothing else.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor returned by the kernel above.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn read_pid(dir: &Path, name: &str) -> Option<u32> {

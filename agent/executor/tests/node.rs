@@ -36,8 +36,8 @@ fn network() -> Network {
             mtu: None,
         },
         allocation: Some(vec![SubnetAllocation {
-            subnet: "10.0.1.0/24".into(),
-            gateway: "10.0.1.1".into(),
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: "10.0.1.1".parse().unwrap(),
             ip_range: None,
             vni: 4096,
         }]),
@@ -79,7 +79,7 @@ fn task(id: &str, slot: u64, node: &str, addr: &str) -> Task {
         spec: service().spec.task,
         networks: vec![NetworkAttachment {
             network_id: network().meta.id,
-            addresses: vec![format!("{addr}/24")],
+            addresses: vec![format!("{addr}/24").parse().unwrap()],
             aliases: vec![],
         }],
     }
@@ -93,6 +93,7 @@ fn assignments(revision: u64, tasks: Vec<Task>) -> Assignments {
         services: vec![service()],
         data_path_port: 4789,
         gossip_keys: vec![],
+        ..Default::default()
     }
 }
 
@@ -116,7 +117,7 @@ fn config(lab: &Lab, i: usize) -> Config {
         gwbridge: "docker_gwbridge".into(),
         stop_grace: Duration::from_secs(2),
         nameserver: "127.0.0.11".into(),
-        tick: Duration::from_millis(200),
+        retry: Duration::from_millis(200),
         gossip_settle: Duration::from_secs(1),
     }
 }

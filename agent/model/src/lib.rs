@@ -15,6 +15,9 @@ pub mod task;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The address types of stored objects (re-exported so users name the same crate version).
+pub use ipnet;
+
 pub use assignment::Assignments;
 pub use cluster::Cluster;
 pub use network::Network;

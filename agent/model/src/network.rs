@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::Meta;
@@ -33,13 +36,13 @@ pub struct NetworkSpec {
     pub mtu: Option<u32>,
 }
 
-/// What the allocator decided for one subnet of a network.
+/// What the allocator decided for one subnet of a network (typed; serialized as strings, e.g.
+/// "10.0.1.0/24").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetAllocation {
-    /// CIDR, e.g. "10.0.1.0/24".
-    pub subnet: String,
-    pub gateway: String,
-    pub ip_range: Option<String>,
+    pub subnet: IpNet,
+    pub gateway: IpAddr,
+    pub ip_range: Option<IpNet>,
     pub vni: u32,
 }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::Meta;
+use crate::task::NetworkAttachment;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -79,4 +80,8 @@ pub struct Node {
     pub advertise_addr: String,
     /// VXLAN source address (`--data-path-addr`, defaults to the advertise address).
     pub data_path_addr: String,
+    /// The node's own addresses on overlay networks: its load-balancer endpoint on each network
+    /// it has tasks on (swarmkit's Node.Attachments), allocated by the leader.
+    #[serde(default)]
+    pub attachments: Vec<NetworkAttachment>,
 }

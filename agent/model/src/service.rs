@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::Meta;
@@ -130,8 +131,8 @@ pub struct ServiceSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtualIp {
     pub network_id: String,
-    /// CIDR form, e.g. "10.0.1.2/24", as docker shows it.
-    pub addr: String,
+    /// The address with its network's prefix length, e.g. 10.0.1.2/24 (docker shows that form).
+    pub addr: IpNet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Tasks: one running instance of a service on a node. Owned by the orchestrator; the node's
 //! executor reports the observed status.
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::Meta;
@@ -66,8 +67,8 @@ pub struct TaskStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkAttachment {
     pub network_id: String,
-    /// CIDR form, e.g. "10.0.1.5/24".
-    pub addresses: Vec<String>,
+    /// Addresses with their network's prefix length, e.g. 10.0.1.5/24.
+    pub addresses: Vec<IpNet>,
     pub aliases: Vec<String>,
 }
 

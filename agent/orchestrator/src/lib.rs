@@ -2,24 +2,29 @@
 //! [`Changes`] to propose through Raft come out. Nothing here does I/O, so followers never run it
 //! and the Raft log carries only its results (DESIGN.md, "State").
 //!
-//! - [`allocator`]: subnets and VNIs of networks, VIPs of services, addresses of tasks, over an
-//!   [`ipam::Ipam`] rebuilt from the state on every pass (so a new leader needs nothing else).
+//! - [`allocator`]: subnets and VNIs of networks, VIPs of services, addresses of tasks and of
+//!   nodes, over an [`ipam::Ipam`] built from the state and kept in step with it.
 //! - [`constraint`]: placement constraints (`node.hostname==x`, `node.labels.k!=v`, ...).
 //! - [`orchestrate`]: one task per replica slot (or per eligible node for global services),
 //!   restarts, drain and down-node replacement, history cleanup.
 //! - [`scheduler`]: spreads pending tasks over eligible nodes.
 //!
-//! [`reconcile`] runs them in that order; the leader calls it whenever the store changes and on a
-//! timer.
+//! - [`leader`]: the leader's incremental orchestrator: kept in step with the store's change feed,
+//!   it runs the rules above only over what changed.
+//!
+//! [`reconcile`] runs them in that order over the whole state (a fresh [`Leader`] with everything
+//! to decide); it is what a long-lived [`Leader`] must agree with.
 
 pub mod allocator;
 pub mod constraint;
+pub mod leader;
 pub mod orchestrate;
 pub mod scheduler;
 mod state;
 
 /// The address manager the allocator works with (its errors are part of [`allocator::Error`]).
 pub use ipam;
+pub use leader::{Leader, Observed};
 pub use state::{Changes, ClusterState};
 
 use chrono::{DateTime, Utc};
@@ -42,15 +47,11 @@ impl Default for Config {
     }
 }
 
-/// One pass of the leader: orchestrate replicas, allocate task addresses, schedule. Returns the
-/// changed and deleted objects; applying them to `state` and calling again yields no changes
-/// (unless time moved on).
+/// One pass over the whole state: orchestrate replicas, allocate task addresses, schedule, give
+/// nodes their own addresses. Returns the changed and deleted objects; applying them to `state`
+/// and calling again yields no changes (unless time moved on).
 pub fn reconcile(state: &ClusterState, config: &Config, now: DateTime<Utc>) -> Changes {
-    let mut work = state.clone();
-    orchestrate::run(&mut work, config, now);
-    allocator::allocate_tasks(&mut work, now);
-    scheduler::run(&mut work, now);
-    work.changes_since(state)
+    Leader::new(state.clone(), config.clone()).pass(now)
 }
 
 #[cfg(test)]

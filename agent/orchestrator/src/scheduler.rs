@@ -2,9 +2,10 @@
 //! and satisfy the service's constraints — fewest tasks of the same service first, then fewest
 //! tasks overall.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use model::Task;
 use model::task::TaskState;
 
 use crate::ClusterState;
@@ -20,19 +21,27 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
-pub fn run(state: &mut ClusterState, now: DateTime<Utc>) {
+/// Whether a task counts as load on its node: placed there, not stopped, not being stopped.
+pub fn counts_as_load(t: &Task) -> Option<&str> {
+    let n = t.node_id.as_deref()?;
+    (t.desired_state <= TaskState::Running
+        && !t.status.state.is_terminal()
+        && t.status.state >= TaskState::Assigned)
+        .then_some(n)
+}
+
+/// Places the pending, allocated tasks of `state`. `base_load` is the load of tasks that are not
+/// in `state` (an incremental pass works on part of the cluster); `state`'s own tasks are counted
+/// here.
+pub fn run(state: &mut ClusterState, base_load: &HashMap<String, usize>, now: DateTime<Utc>) {
     // Running load: tasks placed on a node that have not stopped.
-    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    let mut per_node: HashMap<String, usize> = base_load.clone();
     let mut per_service: BTreeMap<(String, String), usize> = BTreeMap::new();
     for t in state.tasks.values() {
-        if let Some(n) = &t.node_id
-            && t.desired_state <= TaskState::Running
-            && !t.status.state.is_terminal()
-            && t.status.state >= TaskState::Assigned
-        {
-            *per_node.entry(n.clone()).or_default() += 1;
+        if let Some(n) = counts_as_load(t) {
+            *per_node.entry(n.to_string()).or_default() += 1;
             *per_service
-                .entry((t.service_id.clone(), n.clone()))
+                .entry((t.service_id.clone(), n.to_string()))
                 .or_default() += 1;
         }
     }

@@ -9,10 +9,34 @@ use model::service::{
     EndpointSpec, NetworkAttachmentSpec, Service, ServiceMode, ServiceSpec, TaskTemplate,
 };
 use model::task::TaskState;
-use model::{Meta, Node, Task};
+use model::{Kind, Meta, Node, Task};
 
 use crate::allocator::{allocate_network, allocate_vips, ipam_from_state};
-use crate::{ClusterState, Config, reconcile};
+use crate::{ClusterState, Config, Leader, Observed, reconcile};
+
+/// Every scenario runs twice: with a full pass over the whole state each time, and with one
+/// long-lived incremental [`Leader`] fed the changes (which must then also be a fixed point of
+/// the full pass).
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Full,
+    Incremental,
+}
+
+macro_rules! scenario {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn full() {
+                super::$name(super::Mode::Full)
+            }
+            #[test]
+            fn incremental() {
+                super::$name(super::Mode::Incremental)
+            }
+        }
+    };
+}
 
 pub fn node(id: &str, hostname: &str) -> Node {
     Node {
@@ -34,6 +58,7 @@ pub fn node(id: &str, hostname: &str) -> Node {
         manager_status: None,
         advertise_addr: String::new(),
         data_path_addr: String::new(),
+        attachments: vec![],
     }
 }
 
@@ -57,7 +82,7 @@ fn network(state: &ClusterState, name: &str, subnet: Option<&str>) -> Network {
         ingress: false,
         mtu: None,
     };
-    let allocation = Some(allocate_network(state, &spec).unwrap());
+    let allocation = Some(allocate_network(&mut ipam_from_state(state), &spec).unwrap());
     Network {
         meta: Meta::with_id(format!("net-{name}")),
         spec,
@@ -87,7 +112,7 @@ fn service(state: &ClusterState, name: &str, mode: ServiceMode, networks: &[&str
         },
         virtual_ips: vec![],
     };
-    allocate_vips(state, &mut s).unwrap();
+    allocate_vips(&mut ipam_from_state(state), state, &mut s).unwrap();
     s
 }
 
@@ -95,10 +120,14 @@ struct World {
     state: ClusterState,
     config: Config,
     now: DateTime<Utc>,
+    mode: Mode,
+    leader: Option<Leader>,
+    /// The state as the leader last saw it (to feed it what changed since, as a change feed).
+    seen: ClusterState,
 }
 
 impl World {
-    fn new(nodes: usize) -> World {
+    fn new(nodes: usize, mode: Mode) -> World {
         let mut state = ClusterState::default();
         for i in 1..=nodes {
             let n = node(&format!("id{i}"), &format!("node{i}"));
@@ -108,19 +137,85 @@ impl World {
             state,
             config: Config::default(),
             now: Utc::now(),
+            mode,
+            leader: None,
+            seen: ClusterState::default(),
         }
     }
 
     /// Runs passes until nothing changes; returns how many passes changed something.
     fn settle(&mut self) -> usize {
-        for pass in 0..10 {
-            let changes = reconcile(&self.state, &self.config, self.now);
+        match self.mode {
+            Mode::Full => {
+                for pass in 0..10 {
+                    let changes = reconcile(&self.state, &self.config, self.now);
+                    if changes.is_empty() {
+                        return pass;
+                    }
+                    self.state.apply(&changes);
+                }
+                panic!("no fixed point after 10 passes");
+            }
+            Mode::Incremental => self.settle_incremental(),
+        }
+    }
+
+    fn settle_incremental(&mut self) -> usize {
+        let leader = self
+            .leader
+            .get_or_insert_with(|| Leader::new(self.state.clone(), self.config.clone()));
+        // What changed outside the leader. Services and networks are the API's decisions, which
+        // the leader records before writing, then sees again (unchanged) in the change feed;
+        // tasks and nodes change through the store (status reports, node updates).
+        let external = self.state.changes_since(&self.seen);
+        let by_api = |k: Kind| matches!(k, Kind::Service | Kind::Network);
+        let api = crate::Changes {
+            put: external
+                .put
+                .iter()
+                .filter(|o| by_api(o.kind()))
+                .cloned()
+                .collect(),
+            delete: external
+                .delete
+                .iter()
+                .filter(|(k, _)| by_api(*k))
+                .cloned()
+                .collect(),
+        };
+        leader.record(&api);
+        for o in external.put {
+            leader.observe(Observed::Put(o));
+        }
+        for (kind, id) in external.delete {
+            leader.observe(Observed::Deleted(kind, id));
+        }
+        let mut passes = 0;
+        loop {
+            assert!(passes < 10, "no fixed point after 10 passes");
+            let changes = leader.pass(self.now);
             if changes.is_empty() {
-                return pass;
+                break;
             }
             self.state.apply(&changes);
+            // The store confirms what the leader wrote.
+            for o in changes.put {
+                leader.observe(Observed::Put(o));
+            }
+            passes += 1;
         }
-        panic!("no fixed point after 10 passes");
+        assert_eq!(
+            leader.state(),
+            &self.state,
+            "the leader's view is the store's"
+        );
+        let missed = reconcile(&self.state, &self.config, self.now);
+        assert!(
+            missed.is_empty(),
+            "the incremental leader left work a full pass does: {missed:?}"
+        );
+        self.seen = self.state.clone();
+        passes
     }
 
     /// The executor's part: every assigned task starts running.
@@ -175,14 +270,13 @@ fn replicas(n: u64) -> ServiceMode {
     ServiceMode::Replicated { replicas: n }
 }
 
-#[test]
-fn replicas_spread_over_nodes_with_addresses_and_settle() {
-    let mut w = World::new(3);
+fn replicas_spread_over_nodes_with_addresses_and_settle(mode: Mode) {
+    let mut w = World::new(3, mode);
     w.add_network("web", None);
     w.add_service("api", replicas(3), &["web"]);
     assert!(w.settle() >= 1);
     assert_eq!(w.nodes_of("api"), ["id1", "id2", "id3"]);
-    let vip = &w.state.services["svc-api"].virtual_ips[0].addr;
+    let vip = w.state.services["svc-api"].virtual_ips[0].addr.to_string();
     assert_eq!(
         vip, "10.0.0.2/24",
         "the VIP is the first address after the gateway"
@@ -190,7 +284,7 @@ fn replicas_spread_over_nodes_with_addresses_and_settle() {
     let mut addrs: Vec<String> = w
         .live("api")
         .iter()
-        .map(|t| t.networks[0].addresses[0].clone())
+        .map(|t| t.networks[0].addresses[0].to_string())
         .collect();
     addrs.sort();
     assert_eq!(addrs, ["10.0.0.3/24", "10.0.0.4/24", "10.0.0.5/24"]);
@@ -204,9 +298,8 @@ fn replicas_spread_over_nodes_with_addresses_and_settle() {
     assert_eq!(w.settle(), 0, "a running service needs no change");
 }
 
-#[test]
-fn scale_down_and_up() {
-    let mut w = World::new(2);
+fn scale_down_and_up(mode: Mode) {
+    let mut w = World::new(2, mode);
     w.add_service("s", replicas(3), &[]);
     w.settle();
     w.run_assigned();
@@ -221,9 +314,8 @@ fn scale_down_and_up() {
     assert_eq!(w.nodes_of("s"), ["id1", "id1", "id2", "id2"]);
 }
 
-#[test]
-fn drain_moves_tasks_and_pause_takes_no_new_ones() {
-    let mut w = World::new(3);
+fn drain_moves_tasks_and_pause_takes_no_new_ones(mode: Mode) {
+    let mut w = World::new(3, mode);
     w.add_service("s", replicas(3), &[]);
     w.settle();
     w.run_assigned();
@@ -264,9 +356,8 @@ fn drain_moves_tasks_and_pause_takes_no_new_ones() {
     );
 }
 
-#[test]
-fn a_down_node_has_its_tasks_placed_elsewhere() {
-    let mut w = World::new(3);
+fn a_down_node_has_its_tasks_placed_elsewhere(mode: Mode) {
+    let mut w = World::new(3, mode);
     w.add_service("s", replicas(3), &[]);
     w.settle();
     w.run_assigned();
@@ -289,9 +380,8 @@ fn a_down_node_has_its_tasks_placed_elsewhere() {
     assert_eq!(w.settle(), 0);
 }
 
-#[test]
-fn constraints_restrict_placement_and_explain_failure() {
-    let mut w = World::new(3);
+fn constraints_restrict_placement_and_explain_failure(mode: Mode) {
+    let mut w = World::new(3, mode);
     w.state
         .nodes
         .get_mut("id2")
@@ -330,9 +420,8 @@ fn constraints_restrict_placement_and_explain_failure() {
     );
 }
 
-#[test]
-fn a_full_network_leaves_tasks_pending_with_the_reason() {
-    let mut w = World::new(2);
+fn a_full_network_leaves_tasks_pending_with_the_reason(mode: Mode) {
+    let mut w = World::new(2, mode);
     // /29: 8 addresses - network, broadcast, gateway = 5; the VIP takes one.
     w.add_network("tiny", Some("10.9.9.0/29"));
     w.add_service("s", replicas(6), &["tiny"]);
@@ -364,9 +453,8 @@ fn a_full_network_leaves_tasks_pending_with_the_reason() {
     );
 }
 
-#[test]
-fn global_services_run_once_per_eligible_node() {
-    let mut w = World::new(3);
+fn global_services_run_once_per_eligible_node(mode: Mode) {
+    let mut w = World::new(3, mode);
     w.state.nodes.get_mut("id3").unwrap().spec.availability = Availability::Pause;
     w.add_service("g", ServiceMode::Global, &[]);
     w.settle();
@@ -381,9 +469,8 @@ fn global_services_run_once_per_eligible_node() {
     assert_eq!(w.nodes_of("g"), ["id2", "id4"]);
 }
 
-#[test]
-fn failed_tasks_are_replaced_after_the_restart_delay_and_history_is_trimmed() {
-    let mut w = World::new(1);
+fn failed_tasks_are_replaced_after_the_restart_delay_and_history_is_trimmed(mode: Mode) {
+    let mut w = World::new(1, mode);
     w.add_service("s", replicas(1), &[]);
     for round in 0..8 {
         w.settle();
@@ -401,9 +488,8 @@ fn failed_tasks_are_replaced_after_the_restart_delay_and_history_is_trimmed() {
     assert_eq!(all, 1 + 5, "one live task and five in history");
 }
 
-#[test]
-fn removed_services_stop_then_vanish_and_free_their_addresses() {
-    let mut w = World::new(2);
+fn removed_services_stop_then_vanish_and_free_their_addresses(mode: Mode) {
+    let mut w = World::new(2, mode);
     w.add_network("web", Some("10.1.0.0/24"));
     w.add_service("s", replicas(2), &["web"]);
     w.settle();
@@ -428,15 +514,20 @@ fn removed_services_stop_then_vanish_and_free_their_addresses() {
     );
 }
 
-#[test]
-fn networks_get_the_lowest_free_subnet_and_overlaps_are_refused() {
-    let mut w = World::new(1);
+fn networks_get_the_lowest_free_subnet_and_overlaps_are_refused(mode: Mode) {
+    let mut w = World::new(1, mode);
     w.add_network("a", None);
     w.add_network("b", None);
     let a = &w.state.networks["net-a"].allocation.as_ref().unwrap()[0];
     let b = &w.state.networks["net-b"].allocation.as_ref().unwrap()[0];
-    assert_eq!((a.subnet.as_str(), a.vni), ("10.0.0.0/24", 4096));
-    assert_eq!((b.subnet.as_str(), b.vni), ("10.0.1.0/24", 4097));
+    assert_eq!(
+        (a.subnet.to_string().as_str(), a.vni),
+        ("10.0.0.0/24", 4096)
+    );
+    assert_eq!(
+        (b.subnet.to_string().as_str(), b.vni),
+        ("10.0.1.0/24", 4097)
+    );
     let spec = NetworkSpec {
         ipam: vec![IpamConfig {
             subnet: Some("10.0.0.0/16".into()),
@@ -444,7 +535,9 @@ fn networks_get_the_lowest_free_subnet_and_overlaps_are_refused() {
         }],
         ..w.state.networks["net-a"].spec.clone()
     };
-    let e = allocate_network(&w.state, &spec).unwrap_err().to_string();
+    let e = allocate_network(&mut ipam_from_state(&w.state), &spec)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("10.0.0.0/16") && e.contains("10.0.0.0/24"),
         "{e}"
@@ -456,13 +549,14 @@ fn networks_get_the_lowest_free_subnet_and_overlaps_are_refused() {
         }],
         ..spec
     };
-    let e = allocate_network(&w.state, &bad).unwrap_err().to_string();
+    let e = allocate_network(&mut ipam_from_state(&w.state), &bad)
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("invalid subnet \"10.0.300.0/24\""), "{e}");
 }
 
-#[test]
-fn joining_a_network_later_replaces_tasks_with_attached_ones() {
-    let mut w = World::new(1);
+fn joining_a_network_later_replaces_tasks_with_attached_ones(mode: Mode) {
+    let mut w = World::new(1, mode);
     w.add_network("a", None);
     w.add_service("s", replicas(1), &[]);
     w.settle();
@@ -472,7 +566,7 @@ fn joining_a_network_later_replaces_tasks_with_attached_ones() {
         target: "net-a".into(),
         aliases: vec![],
     });
-    allocate_vips(&w.state, &mut svc).unwrap();
+    allocate_vips(&mut ipam_from_state(&w.state), &w.state, &mut svc).unwrap();
     w.state.services.insert(svc.meta.id.clone(), svc);
     w.settle();
     let live = w.live("s");
@@ -484,9 +578,8 @@ fn joining_a_network_later_replaces_tasks_with_attached_ones() {
     );
 }
 
-#[test]
-fn a_forced_update_replaces_every_task_once() {
-    let mut w = World::new(2);
+fn a_forced_update_replaces_every_task_once(mode: Mode) {
+    let mut w = World::new(2, mode);
     w.add_network("a", None);
     w.add_service("s", replicas(2), &["a"]);
     w.settle();
@@ -508,4 +601,132 @@ fn a_forced_update_replaces_every_task_once() {
         "every task is new: {before:?} -> {after:?}"
     );
     assert_eq!(w.settle(), 0, "and then nothing more changes");
+}
+
+scenario!(replicas_spread_over_nodes_with_addresses_and_settle);
+scenario!(scale_down_and_up);
+scenario!(drain_moves_tasks_and_pause_takes_no_new_ones);
+scenario!(a_down_node_has_its_tasks_placed_elsewhere);
+scenario!(constraints_restrict_placement_and_explain_failure);
+scenario!(a_full_network_leaves_tasks_pending_with_the_reason);
+scenario!(global_services_run_once_per_eligible_node);
+scenario!(failed_tasks_are_replaced_after_the_restart_delay_and_history_is_trimmed);
+scenario!(removed_services_stop_then_vanish_and_free_their_addresses);
+scenario!(networks_get_the_lowest_free_subnet_and_overlaps_are_refused);
+scenario!(joining_a_network_later_replaces_tasks_with_attached_ones);
+scenario!(a_forced_update_replaces_every_task_once);
+
+/// Random operations, as a cluster meets them, in any order: the incremental leader must reach
+/// the same fixed point as a full pass after each (checked inside `settle`), and addresses stay
+/// unique.
+mod random_operations {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        AddService(u8, u8, bool),
+        Scale(u8, u8),
+        RemoveService(u8),
+        NodeState(u8, u8),
+        Availability(u8, u8),
+        RunAssigned,
+        FailOne(u8),
+        Tick,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..6, 0u8..5, any::<bool>()).prop_map(|(s, n, g)| Op::AddService(s, n, g)),
+            (0u8..6, 0u8..6).prop_map(|(s, n)| Op::Scale(s, n)),
+            (0u8..6).prop_map(Op::RemoveService),
+            (0u8..4, 0u8..3).prop_map(|(n, s)| Op::NodeState(n, s)),
+            (0u8..4, 0u8..3).prop_map(|(n, a)| Op::Availability(n, a)),
+            Just(Op::RunAssigned),
+            (0u8..20).prop_map(Op::FailOne),
+            Just(Op::Tick),
+        ]
+    }
+
+    fn apply(w: &mut World, op: &Op) {
+        match op {
+            Op::AddService(s, n, global) => {
+                let name = format!("s{s}");
+                if w.state.services.contains_key(&format!("svc-{name}")) {
+                    return;
+                }
+                let mode = if *global {
+                    ServiceMode::Global
+                } else {
+                    replicas(u64::from(*n))
+                };
+                let nets: &[&str] = if s % 2 == 0 { &["a"] } else { &["a", "b"] };
+                w.add_service(&name, mode, nets);
+            }
+            Op::Scale(s, n) => {
+                if let Some(svc) = w.state.services.get_mut(&format!("svc-s{s}"))
+                    && matches!(svc.spec.mode, ServiceMode::Replicated { .. })
+                {
+                    svc.spec.mode = replicas(u64::from(*n));
+                }
+            }
+            Op::RemoveService(s) => {
+                w.state.services.remove(&format!("svc-s{s}"));
+            }
+            Op::NodeState(n, st) => {
+                if let Some(node) = w.state.nodes.get_mut(&format!("id{}", n + 1)) {
+                    node.status.state =
+                        [NodeState::Ready, NodeState::Down, NodeState::Unknown][usize::from(*st)];
+                }
+            }
+            Op::Availability(n, a) => {
+                if let Some(node) = w.state.nodes.get_mut(&format!("id{}", n + 1)) {
+                    node.spec.availability = [
+                        Availability::Active,
+                        Availability::Pause,
+                        Availability::Drain,
+                    ][usize::from(*a)];
+                }
+            }
+            Op::RunAssigned => w.run_assigned(),
+            Op::FailOne(i) => {
+                let running: Vec<String> = w
+                    .state
+                    .tasks
+                    .values()
+                    .filter(|t| t.status.state == TaskState::Running)
+                    .map(|t| t.meta.id.clone())
+                    .collect();
+                if let Some(id) = running.get(usize::from(*i) % running.len().max(1)) {
+                    let t = w.state.tasks.get_mut(id).unwrap();
+                    t.status.state = TaskState::Failed;
+                    t.status.timestamp = w.now;
+                }
+            }
+            Op::Tick => w.now += Duration::seconds(3),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn incremental_matches_full(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut w = World::new(4, Mode::Incremental);
+            w.add_network("a", Some("10.1.0.0/24"));
+            w.add_network("b", None);
+            for op in &ops {
+                apply(&mut w, op);
+                w.settle();
+                let mut held = std::collections::BTreeSet::new();
+                let addrs = w.state.tasks.values()
+                    .filter(|t| crate::allocator::holds_addresses(t.status.state))
+                    .flat_map(|t| t.networks.iter().flat_map(|a| a.addresses.iter()))
+                    .chain(w.state.nodes.values().flat_map(|n| n.attachments.iter().flat_map(|a| a.addresses.iter())))
+                    .chain(w.state.services.values().flat_map(|s| s.virtual_ips.iter().map(|v| &v.addr)));
+                for a in addrs {
+                    prop_assert!(held.insert(a.addr()), "{a} handed out twice");
+                }
+            }
+        }
+    }
 }

@@ -1,10 +1,10 @@
 //! /networks handlers: `network create / ls / inspect / rm`, in docker's shapes (the `api`
 //! crate's `network` module).
 //!
-//! Creation is decided on the leader under [`Manager::alloc`](crate::member::Manager::alloc):
-//! snapshot, check the name, `orchestrator::allocator::allocate_network`, write — so two
-//! concurrent creations never get the same subnet or VNI, and nothing is written on error.
-//! Removal takes the same lock, so a service cannot attach to a network being removed.
+//! Creation is decided on the leader's orchestrator (`orchestration::leader`): lock, check the
+//! name, `orchestrator::allocator::allocate_network`, record, write — so two concurrent
+//! creations never get the same subnet or VNI, and nothing is written on error. Removal takes
+//! the same lock, so a service cannot attach to a network being removed.
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use ::api::network::{
 };
 use axum::Json;
 use axum::extract::{Path, State};
-use model::{Kind, Meta, Network};
+use model::{Kind, Meta, Network, Object};
 use orchestrator::ClusterState;
 use orchestrator::allocator::{self, allocate_network};
 use store::{Batch, Change};
@@ -94,10 +94,12 @@ fn allocation_failure(state: &ClusterState, e: allocator::Error) -> Failure {
         _ => None,
     };
     if let Some(existing) = held
-        && let Some(n) = state
-            .networks
-            .values()
-            .find(|n| n.allocation.iter().flatten().any(|s| s.subnet == existing))
+        && let Some(n) = state.networks.values().find(|n| {
+            n.allocation
+                .iter()
+                .flatten()
+                .any(|s| s.subnet.to_string() == existing)
+        })
     {
         return Failure::bad_request(format!("{e} (network {})", n.spec.name));
     }
@@ -110,9 +112,8 @@ pub async fn create(
 ) -> Result<Json<CreateResponse>> {
     let m = member(&agent)?;
     let (spec, warning) = ::api::network::spec_of(&req)?;
-    let manager = m.manager()?;
-    let _alloc = manager.alloc.lock().await;
-    let state = orchestration::snapshot(&m)?;
+    let mut leader = orchestration::leader(&m).await?;
+    let state = leader.state();
     if state.networks.values().any(|n| n.spec.name == spec.name) {
         return Err(Failure::conflict(format!(
             "network with name {} already exists",
@@ -127,14 +128,20 @@ pub async fn create(
             other.spec.name
         )));
     }
-    let allocation = allocate_network(&state, &spec).map_err(|e| allocation_failure(&state, e))?;
+    let (ipam, state) = leader.ipam_mut();
+    let allocation = allocate_network(ipam, &spec).map_err(|e| allocation_failure(state, e))?;
     let network = Network {
         meta: Meta::new(),
         spec,
         allocation: Some(allocation),
     };
     let id = network.meta.id.clone();
-    m.write(orchestration::create(network)).await?;
+    let changes = orchestrator::Changes {
+        put: vec![Object::Network(network)],
+        delete: vec![],
+    };
+    leader.record(&changes);
+    orchestration::write_decided(&m, &mut leader, &changes).await?;
     Ok(Json(CreateResponse { id, warning }))
 }
 
@@ -175,17 +182,31 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkRes
             } else {
                 (String::new(), addr)
             };
+            // A task-less entry is a node's load-balancer endpoint: docker lists this node's
+            // as container "lb-NETWORK" named "NETWORK-endpoint", and it is no task endpoint.
+            let lb = ep.task.is_empty();
             if e.owner == me {
+                let (key, name) = if lb {
+                    (
+                        format!("lb-{}", n.spec.name),
+                        format!("{}-endpoint", n.spec.name),
+                    )
+                } else {
+                    (ep.task.clone(), ep.name.clone())
+                };
                 view.containers.insert(
-                    ep.task.clone(),
+                    key,
                     EndpointResource {
-                        name: ep.name.clone(),
+                        name,
                         endpoint_id: ep.id.clone(),
                         mac_address: mac(&ep.mac),
                         ipv4_address: v4.clone(),
                         ipv6_address: v6.clone(),
                     },
                 );
+            }
+            if lb {
+                continue;
             }
             let service = state
                 .services
@@ -255,10 +276,9 @@ pub async fn inspect(
 /// address on it.
 pub async fn remove(State(agent): State<Arc<Agent>>, Path(reference): Path<String>) -> Result<()> {
     let m = member(&agent)?;
-    let manager = m.manager()?;
-    let _alloc = manager.alloc.lock().await;
-    let state = orchestration::snapshot(&m)?;
-    let n = find(&state, &reference)?;
+    let mut leader = orchestration::leader(&m).await?;
+    let state = leader.state();
+    let n = find(state, &reference)?;
     let mut users: Vec<&str> = state
         .services
         .values()
@@ -290,11 +310,19 @@ pub async fn remove(State(agent): State<Arc<Agent>>, Path(reference): Path<Strin
             attached.join(", ")
         )));
     }
-    m.write(Batch::one(Change::Delete {
+    let batch = Batch::one(Change::Delete {
         kind: Kind::Network,
         id: n.meta.id.clone(),
         version: Some(n.meta.version),
-    }))
-    .await?;
+    });
+    let changes = orchestrator::Changes {
+        put: vec![],
+        delete: vec![(Kind::Network, n.meta.id.clone())],
+    };
+    leader.record(&changes);
+    if let Err(f) = m.write(batch).await {
+        orchestration::refresh(&m, &mut leader, &changes);
+        return Err(f);
+    }
     Ok(())
 }

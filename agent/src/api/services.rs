@@ -2,9 +2,8 @@
 //! `api` crate's `service` module). An update is docker's: the whole new spec, checked against
 //! the `?version=` it was read at.
 //!
-//! Creation and updates are decided on the leader under
-//! [`Manager::alloc`](crate::member::Manager::alloc): snapshot, check, resolve networks,
-//! `orchestrator::allocator::allocate_vips`, write. The leader loop sees the new spec and
+//! Creation and updates are decided on the leader's orchestrator (`orchestration::leader`):
+//! lock, check, resolve networks, `orchestrator::allocator::allocate_vips`, record, write. The leader loop sees the new spec and
 //! creates or replaces the tasks; removal deletes the service object and the leader loop stops
 //! and removes its tasks.
 
@@ -24,7 +23,6 @@ use orchestrator::ClusterState;
 use orchestrator::allocator::allocate_vips;
 use orchestrator::constraint;
 use orchestrator::orchestrate::node_takes_new_tasks;
-use store::{Batch, Change};
 
 use super::ApiJson;
 use super::networks::{find as find_network, member, resolve};
@@ -120,19 +118,24 @@ pub async fn create(
     ApiJson(req): ApiJson<ServiceSpec>,
 ) -> Result<Json<CreateResponse>> {
     let m = member(&agent)?;
-    let manager = m.manager()?;
-    let _alloc = manager.alloc.lock().await;
-    let state = orchestration::snapshot(&m)?;
-    let (spec, warnings) = model_spec(&state, &req)?;
-    duplicate(&state, &spec.name, None)?;
+    let mut leader = orchestration::leader(&m).await?;
+    let state = leader.state();
+    let (spec, warnings) = model_spec(state, &req)?;
+    duplicate(state, &spec.name, None)?;
     let mut service = Service {
         meta: Meta::new(),
         spec,
         virtual_ips: Vec::new(),
     };
-    allocate_vips(&state, &mut service).map_err(allocation_failure)?;
+    let (ipam, state) = leader.ipam_mut();
+    allocate_vips(ipam, state, &mut service).map_err(allocation_failure)?;
     let id = service.meta.id.clone();
-    m.write(orchestration::create(service)).await?;
+    let changes = orchestrator::Changes {
+        put: vec![Object::Service(service)],
+        delete: vec![],
+    };
+    leader.record(&changes);
+    orchestration::write_decided(&m, &mut leader, &changes).await?;
     Ok(Json(CreateResponse { id, warnings }))
 }
 
@@ -154,13 +157,12 @@ pub async fn update(
         ));
     }
     let version = q.version()?;
-    let manager = m.manager()?;
-    let _alloc = manager.alloc.lock().await;
+    let mut leader = orchestration::leader(&m).await?;
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let state = orchestration::snapshot(&m)?;
-        let current = find(&state, &reference)?;
+        let state = leader.state();
+        let current = find(state, &reference)?;
         if let Some(v) = version
             && v != current.meta.version
         {
@@ -169,7 +171,7 @@ pub async fn update(
                 current.spec.name, current.meta.version
             )));
         }
-        let (spec, warnings) = model_spec(&state, &req)?;
+        let (spec, warnings) = model_spec(state, &req)?;
         if spec.name != current.spec.name {
             return Err(Failure::bad_request(format!(
                 "renaming services is not supported: service {} keeps its name (remove it and create {})",
@@ -196,12 +198,15 @@ pub async fn update(
         if service.spec.networks != current.spec.networks
             || service.spec.endpoint.mode != current.spec.endpoint.mode
         {
-            allocate_vips(&state, &mut service).map_err(allocation_failure)?;
+            let (ipam, state) = leader.ipam_mut();
+            allocate_vips(ipam, state, &mut service).map_err(allocation_failure)?;
         }
-        match m
-            .write(Batch::one(Change::Update(Object::Service(service))))
-            .await
-        {
+        let changes = orchestrator::Changes {
+            put: vec![Object::Service(service)],
+            delete: vec![],
+        };
+        leader.record(&changes);
+        match orchestration::write_decided(&m, &mut leader, &changes).await {
             Ok(_) => return Ok(Json(UpdateResponse { warnings })),
             Err(f) if is_version_conflict(&f) && attempts < 5 && version.is_none() => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -214,16 +219,14 @@ pub async fn update(
 /// `DELETE /services/{ref}`.
 pub async fn remove(State(agent): State<Arc<Agent>>, Path(reference): Path<String>) -> Result<()> {
     let m = member(&agent)?;
-    let manager = m.manager()?;
-    let _alloc = manager.alloc.lock().await;
-    let state = orchestration::snapshot(&m)?;
-    let s = find(&state, &reference)?;
-    m.write(Batch::one(Change::Delete {
-        kind: Kind::Service,
-        id: s.meta.id.clone(),
-        version: None,
-    }))
-    .await?;
+    let mut leader = orchestration::leader(&m).await?;
+    let s = find(leader.state(), &reference)?;
+    let changes = orchestrator::Changes {
+        put: vec![],
+        delete: vec![(Kind::Service, s.meta.id.clone())],
+    };
+    leader.record(&changes);
+    orchestration::write_decided(&m, &mut leader, &changes).await?;
     Ok(())
 }
 

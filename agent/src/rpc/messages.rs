@@ -178,7 +178,8 @@ pub enum SessionDown {
         managers: Vec<String>,
         cluster: Option<ClusterInfo>,
     },
-    /// Everything the node's executor needs, sent at the start of the session and whenever it
-    /// changes.
+    /// Everything the node's executor needs, sent at the start of the session (revision 1).
     Assignments(Box<model::Assignments>),
+    /// What changed in it since (the next revision).
+    AssignmentsDelta(Box<model::assignment::AssignmentsDelta>),
 }

@@ -103,6 +103,7 @@ impl CaRpc for CaService {
             manager_status: None::<ManagerStatus>,
             advertise_addr: req.advertise_addr.clone(),
             data_path_addr: req.data_path_addr.clone(),
+            attachments: Vec::new(),
         };
         self.member
             .write(Batch::one(Change::Create(Object::Node(node))))

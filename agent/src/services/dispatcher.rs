@@ -1,9 +1,8 @@
 //! `netagent.Dispatcher`: the session every node keeps with the leader (any node certificate; the
 //! node is who its certificate says). Heartbeats and task status up; the node's object, the
-//! managers and the node's assignments (its tasks, their networks and services, the gossip
-//! keys) down — assignments at the start of the session and whenever the store changes them.
+//! managers and the node's assignments (see [`crate::assign`]) down — the whole set at the start
+//! of the session, then only what changed for this node.
 
-use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use model::node::NodeState;
 use model::task::TaskStatus;
-use model::{Assignments, Kind, Network, Service, Task};
+use model::{Kind, Task};
 use store::{Batch, Change};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -90,21 +89,27 @@ fn session_stream(
         let Ok(store) = member.store().cloned() else {
             return;
         };
-        let mut changes = store.subscribe();
-        // The assignments last sent (revision zeroed), to send only what changed.
-        let mut sent: Option<Assignments> = None;
+        // The leader's assignment index: this session sends the node a full set once welcomed,
+        // then a delta whenever the index says something of the node's changed.
+        let mut assigner: Option<Arc<crate::assign::Assigner>> = None;
+        let mut notify: Option<Arc<tokio::sync::Notify>> = None;
+        let mut revision = 0u64;
         let recording = Arc::new(AtomicBool::new(false));
         let mut welcomed = false;
         loop {
+            let wake = async {
+                match &notify {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             let msg = tokio::select! {
                 _ = member.cancel.cancelled() => return,
-                ev = changes.recv() => {
-                    let relevant = match &ev {
-                        Ok(ev) => concerns_assignments(ev),
-                        Err(_) => true, // lagged: look again
-                    };
-                    if relevant && welcomed
-                        && send_assignments(&member, &node_id, &mut sent, &tx).await.is_err()
+                _ = wake => {
+                    if welcomed
+                        && send_assignments(&member, &store, &node_id, &mut assigner, &mut notify, &mut revision, &tx)
+                            .await
+                            .is_err()
                     {
                         return;
                     }
@@ -193,9 +198,17 @@ fn session_stream(
                 return;
             }
             if welcome
-                && send_assignments(&member, &node_id, &mut sent, &tx)
-                    .await
-                    .is_err()
+                && send_assignments(
+                    &member,
+                    &store,
+                    &node_id,
+                    &mut assigner,
+                    &mut notify,
+                    &mut revision,
+                    &tx,
+                )
+                .await
+                .is_err()
             {
                 return;
             }
@@ -204,81 +217,57 @@ fn session_stream(
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// Whether a change of the store may change some node's assignments.
-fn concerns_assignments(ev: &store::Event) -> bool {
-    match ev {
-        store::Event::Reset { .. } => true,
-        store::Event::Changes { changes, .. } => changes.iter().any(|c| {
-            let o = match c {
-                store::Applied::Put(o) | store::Applied::Deleted(o) => o,
-            };
-            matches!(
-                o.kind(),
-                Kind::Task | Kind::Network | Kind::Service | Kind::Cluster
-            )
-        }),
-    }
-}
-
-/// What node `node_id` must run, from this manager's replica: its tasks, their networks and
-/// services, the data-path port and the gossip keys.
-pub fn assignments_for(member: &Member, node_id: &str) -> Option<Assignments> {
-    let store = member.store().ok()?;
-    let revision = store.applied_index();
-    let tasks: Vec<Task> = store
-        .list(Kind::Task)
-        .ok()?
-        .into_iter()
-        .filter_map(|o| Task::try_from(o).ok())
-        .filter(|t| t.node_id.as_deref() == Some(node_id))
-        .collect();
-    let net_ids: BTreeSet<&str> = tasks
-        .iter()
-        .flat_map(|t| t.networks.iter().map(|n| n.network_id.as_str()))
-        .collect();
-    let svc_ids: BTreeSet<&str> = tasks.iter().map(|t| t.service_id.as_str()).collect();
-    let networks = net_ids
-        .into_iter()
-        .filter_map(|id| store.get(Kind::Network, id).ok().flatten())
-        .filter_map(|o| Network::try_from(o).ok())
-        .collect();
-    let services = svc_ids
-        .into_iter()
-        .filter_map(|id| store.get(Kind::Service, id).ok().flatten())
-        .filter_map(|o| Service::try_from(o).ok())
-        .collect();
-    let cluster = member.cluster().ok()?;
-    Some(Assignments {
-        revision,
-        tasks,
-        networks,
-        services,
-        data_path_port: cluster.data_path_port,
-        gossip_keys: cluster
-            .network_keys
-            .into_iter()
-            .filter(|k| k.subsystem == "gossip")
-            .collect(),
-    })
-}
-
-/// Sends the node its assignments if they differ from what it has.
+/// Sends the node what it must know: the whole set at the start of the session (or when the
+/// leader's index was rebuilt), otherwise the delta the index has for it, if any.
 async fn send_assignments(
     member: &Member,
+    store: &store::Store,
     node_id: &str,
-    sent: &mut Option<Assignments>,
+    assigner: &mut Option<Arc<crate::assign::Assigner>>,
+    notify: &mut Option<Arc<tokio::sync::Notify>>,
+    revision: &mut u64,
     tx: &tokio::sync::mpsc::Sender<Result<SessionDown, Status>>,
 ) -> Result<(), ()> {
-    let Some(a) = assignments_for(member, node_id) else {
+    let stale = assigner.as_ref().is_none_or(|a| a.is_closed());
+    if stale {
+        // The index is built right after the manager became leader; wait for it a little.
+        let mut current = None;
+        for _ in 0..250 {
+            current = member
+                .manager
+                .as_ref()
+                .and_then(|m| m.assigner.lock().unwrap_or_else(|e| e.into_inner()).clone());
+            if current.is_some() || member.cancel.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let Some(a) = current else {
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "the leader is still reading the store; reconnect in a moment",
+                )))
+                .await;
+            return Err(());
+        };
+        *notify = Some(a.notifier(node_id));
+        let Some(full) = a.full(store, node_id) else {
+            *assigner = Some(a);
+            return Ok(());
+        };
+        *assigner = Some(a);
+        *revision = full.revision;
+        return tx
+            .send(Ok(SessionDown::Assignments(Box::new(full))))
+            .await
+            .map_err(|_| ());
+    }
+    let a = assigner.as_ref().expect("checked above");
+    let Some(delta) = a.next(store, node_id, *revision + 1) else {
         return Ok(());
     };
-    let mut key = a.clone();
-    key.revision = 0;
-    if sent.as_ref() == Some(&key) {
-        return Ok(());
-    }
-    *sent = Some(key);
-    tx.send(Ok(SessionDown::Assignments(Box::new(a))))
+    *revision = delta.revision;
+    tx.send(Ok(SessionDown::AssignmentsDelta(Box::new(delta))))
         .await
         .map_err(|_| ())
 }

@@ -1,0 +1,485 @@
+//! The networks this node has endpoints on: their sandboxes (through the `vxlan` crate), the
+//! subscription to each one's gossip endpoint table and the peers it gives, and this node's
+//! load-balancer endpoint on each (a namespace `<prefix>lb-<network>` on the network's bridge
+//! with the node's own address on the network, published so other nodes reach it).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+use vxlan::Peer;
+
+use crate::node::{Config, Error, Ev, Executor};
+use crate::plan::{self, LB_IFNAME, RemoteEndpoint};
+
+/// Infix of load-balancer namespaces: `<prefix>lb-<network id[..10]>`.
+const LB_TAG: &str = "lb-";
+
+/// What the executor knows of one network with endpoints on this node.
+#[derive(Debug)]
+pub(crate) struct NetRt {
+    pub spec: vxlan::Network,
+    /// The data plane was given this spec (`ensure_network`).
+    pub known: bool,
+    /// Forwards the network's gossip events to the executor; aborted when the network goes.
+    sub: Option<JoinHandle<()>>,
+    /// The network's endpoint table (every node's, this one's included), by endpoint id.
+    pub entries: BTreeMap<String, gossip::Entry>,
+    /// The peers last given to the data plane, once given.
+    pub peers: Option<Vec<Peer>>,
+    /// This node's load-balancer endpoint, once made: its namespace and address.
+    pub lb: Option<(PathBuf, Ipv4Addr)>,
+    /// Whether this node's load-balancer endpoint is published on gossip (and with which address).
+    pub lb_published: Option<Ipv4Addr>,
+}
+
+impl Drop for NetRt {
+    fn drop(&mut self) {
+        if let Some(h) = self.sub.take() {
+            h.abort();
+        }
+    }
+}
+
+impl NetRt {
+    /// The table as the planner takes it.
+    pub fn remote(&self) -> Vec<RemoteEndpoint> {
+        self.entries
+            .values()
+            .map(|e| RemoteEndpoint {
+                owner: e.owner.clone(),
+                ip: e.endpoint.ip,
+                mac: e.endpoint.mac,
+            })
+            .collect()
+    }
+}
+
+/// The load-balancer namespace of a network on this node.
+pub(crate) fn lb_netns_name(prefix: &str, network: &str) -> String {
+    let short: String = network.chars().take(10).collect();
+    format!("{prefix}{LB_TAG}{short}")
+}
+
+fn lb_netns_path(prefix: &str, network: &str) -> PathBuf {
+    Path::new(netns::NETNS_RUN_DIR).join(lb_netns_name(prefix, network))
+}
+
+/// Removes every load-balancer namespace this node made (after its endpoints went).
+pub(crate) fn remove_lb_namespaces(config: &Config) -> netns::Result<()> {
+    let prefix = format!("{}{LB_TAG}", config.netns_prefix);
+    for name in netns::list()?
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+    {
+        netns::delete(&name)?;
+    }
+    Ok(())
+}
+
+/// The peers of a network from its endpoint table: every other node's endpoint whose node has
+/// a known VTEP.
+fn peers_of(me: &str, n: &NetRt, vteps: &BTreeMap<String, IpAddr>) -> Vec<Peer> {
+    let mut peers: Vec<Peer> = n
+        .entries
+        .values()
+        .filter(|e| e.owner != me)
+        .filter_map(|e| {
+            let IpAddr::V4(ip) = e.endpoint.ip else {
+                return None;
+            };
+            let Some(IpAddr::V4(vtep)) = vteps.get(&e.owner) else {
+                return None;
+            };
+            Some(Peer {
+                ip,
+                mac: vxlan::Mac(e.endpoint.mac),
+                vtep: *vtep,
+            })
+        })
+        .collect();
+    peers.sort();
+    peers.dedup_by_key(|p| p.ip);
+    peers
+}
+
+impl Executor {
+    /// The network's stored object as the data plane wants it.
+    fn network_spec(&self, id: &str) -> Option<vxlan::Network> {
+        self.a
+            .networks
+            .iter()
+            .find(|n| n.meta.id == id)
+            .and_then(plan::network)
+    }
+
+    /// This node's load-balancer endpoint on a network: where it lives and its address (None
+    /// until the leader gave the node one).
+    pub(crate) fn lb_want(&self, network: &str) -> Option<(PathBuf, Ipv4Addr)> {
+        let a = self
+            .a
+            .attachments
+            .iter()
+            .find(|a| a.network_id == network)?;
+        let IpAddr::V4(addr) = a.addresses.first()?.addr() else {
+            return None;
+        };
+        Some((lb_netns_path(&self.config.netns_prefix, network), addr))
+    }
+
+    /// Starts following a network's endpoint table (once): its current entries now, changes as
+    /// events.
+    pub(crate) fn subscribe(&mut self, id: &str) {
+        let Some(spec) = self.network_spec(id) else {
+            return;
+        };
+        if let Some(n) = self.nets.get_mut(id) {
+            n.spec = spec;
+            return;
+        }
+        let mut sub = self.gossip.subscribe(id);
+        let tx = self.tx.clone();
+        let net = id.to_string();
+        let handle = tokio::spawn(async move {
+            while let Some(ev) = sub.recv().await {
+                if tx.send(Ev::Gossip(net.clone(), ev)).is_err() {
+                    break;
+                }
+            }
+        });
+        let entries = self
+            .gossip
+            .endpoints(id)
+            .into_iter()
+            .map(|e| (e.endpoint.id.clone(), e))
+            .collect();
+        self.nets.insert(
+            id.to_string(),
+            NetRt {
+                spec,
+                known: false,
+                sub: Some(handle),
+                entries,
+                peers: None,
+                lb: None,
+                lb_published: None,
+            },
+        );
+    }
+
+    /// Makes a network ready for endpoints: subscribed, known to the data plane, its
+    /// load-balancer endpoint and peers in place.
+    pub(crate) async fn ensure_network(&mut self, id: &str) -> Result<(), Error> {
+        self.subscribe(id);
+        let Some(n) = self.nets.get(id) else {
+            return Err(Error::Dataplane(format!(
+                "network {id} is not in this node's assignments (or has no IPv4 subnet)"
+            )));
+        };
+        if !n.known {
+            let spec = n.spec.clone();
+            let port = self.a.data_path_port;
+            self.plane
+                .call(port, move |dp| dp.ensure_network(&spec))
+                .await?;
+            if let Some(n) = self.nets.get_mut(id) {
+                n.known = true;
+            }
+        }
+        self.ensure_lb(id).await?;
+        self.sync_peers(id).await
+    }
+
+    /// This node's load-balancer endpoint on the network, as the assignments say.
+    async fn ensure_lb(&mut self, id: &str) -> Result<(), Error> {
+        let want = self.lb_want(id);
+        let have = self.nets.get(id).and_then(|n| n.lb.clone());
+        if want == have {
+            return self.publish_lb(id).await;
+        }
+        let port = self.a.data_path_port;
+        if let Some((ns, _)) = have {
+            let net = id.to_string();
+            self.plane
+                .call(port, move |dp| dp.remove_endpoint(&net, &ns, LB_IFNAME))
+                .await?;
+        }
+        if let Some((path, addr)) = &want {
+            let name = lb_netns_name(&self.config.netns_prefix, id);
+            let existed = netns::exists(&name);
+            let nsname = name.clone();
+            tokio::task::spawn_blocking(move || netns::NetNs::ensure(&nsname))
+                .await
+                .map_err(|e| Error::Dataplane(e.to_string()))?
+                .map_err(|e| Error::Dataplane(format!("load-balancer namespace {name}: {e}")))?;
+            if !existed {
+                self.writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let ep = vxlan::Endpoint {
+                network: id.to_string(),
+                netns: path.clone(),
+                ifname: LB_IFNAME.into(),
+                address: *addr,
+                mac: None,
+            };
+            self.plane
+                .call(port, move |dp| dp.ensure_endpoint(&ep))
+                .await?;
+        }
+        if let Some(n) = self.nets.get_mut(id) {
+            n.lb = want;
+        }
+        self.publish_lb(id).await
+    }
+
+    /// Publishes (or withdraws) this node's load-balancer endpoint: a disabled entry, so it is a
+    /// peer everywhere but never a name or a backend.
+    async fn publish_lb(&mut self, id: &str) -> Result<(), Error> {
+        let Some(n) = self.nets.get(id) else {
+            return Ok(());
+        };
+        let want = n.lb.as_ref().map(|(_, a)| *a);
+        if want == n.lb_published {
+            return Ok(());
+        }
+        let ep_id = format!("lb-{}", self.config.node_id);
+        let r = match want {
+            Some(addr) => {
+                self.gossip
+                    .publish_endpoint(gossip::Endpoint {
+                        id: ep_id,
+                        network: id.to_string(),
+                        ip: IpAddr::V4(addr),
+                        mac: vxlan::Mac::for_ip(addr).0,
+                        task: String::new(),
+                        service: String::new(),
+                        name: String::new(),
+                        aliases: Vec::new(),
+                        disabled: true,
+                    })
+                    .await
+            }
+            None => self.gossip.withdraw_endpoint(id, &ep_id).await.map(|_| ()),
+        };
+        match r {
+            Ok(()) => {
+                if let Some(n) = self.nets.get_mut(id) {
+                    n.lb_published = want;
+                }
+            }
+            Err(e) => {
+                warn!(network = %id, error = %e, "could not publish the load-balancer endpoint")
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the data plane the network's peers if they changed (and gossip had its chance).
+    pub(crate) async fn sync_peers(&mut self, id: &str) -> Result<(), Error> {
+        if !self.gossip_ready() {
+            return Ok(());
+        }
+        let me = self.config.node_id.clone();
+        let vteps = self.gossip.vteps();
+        let Some(n) = self.nets.get(id) else {
+            return Ok(());
+        };
+        let peers = peers_of(&me, n, &vteps);
+        if n.peers.as_ref() == Some(&peers) {
+            return Ok(());
+        }
+        let port = self.a.data_path_port;
+        let (net, p) = (id.to_string(), peers.clone());
+        let changes = self
+            .plane
+            .call(port, move |dp| dp.set_peers(&net, &p))
+            .await?;
+        debug!(network = %id, ?changes, "peers");
+        if let Some(n) = self.nets.get_mut(id) {
+            n.peers = Some(peers);
+        }
+        Ok(())
+    }
+
+    /// A change in a network's endpoint table.
+    pub(crate) async fn on_gossip(&mut self, id: &str, ev: gossip::Event) {
+        let Some(n) = self.nets.get_mut(id) else {
+            return;
+        };
+        match ev {
+            gossip::Event::Resync(all) => {
+                n.entries = all
+                    .into_iter()
+                    .map(|e| (e.endpoint.id.clone(), e))
+                    .collect();
+            }
+            gossip::Event::Added(e) | gossip::Event::Updated(e) => {
+                n.entries.insert(e.endpoint.id.clone(), e);
+            }
+            gossip::Event::Removed(e) => {
+                n.entries.remove(&e.endpoint.id);
+            }
+        }
+        if let Err(e) = self.sync_peers(id).await {
+            self.retry_later(&format!("peers of network {id}"), &e);
+        }
+    }
+
+    /// VTEPs (or membership) changed: peers of every network may have.
+    pub(crate) async fn on_vteps(&mut self) {
+        let vteps = self.gossip.vteps();
+        if vteps == self.vteps {
+            return;
+        }
+        self.vteps = vteps;
+        let ids: Vec<String> = self.nets.keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.sync_peers(&id).await {
+                self.retry_later(&format!("peers of network {id}"), &e);
+            }
+        }
+    }
+
+    /// Whether any task of this node still has (or is to have) an endpoint on the network.
+    fn network_in_use(&self, id: &str) -> bool {
+        self.tasks.values().any(|r| {
+            r.local
+                .as_ref()
+                .is_some_and(|l| l.attachments.iter().any(|(n, _)| n == id))
+        })
+    }
+
+    /// Looks at one network again: kept while tasks here use it (spec, load-balancer endpoint,
+    /// peers), removed with everything of it otherwise.
+    pub(crate) async fn reconcile_network(&mut self, id: &str) {
+        let r = if self.network_in_use(id) {
+            if let (Some(spec), Some(n)) = (self.network_spec(id), self.nets.get_mut(id))
+                && n.spec != spec
+            {
+                n.spec = spec;
+                n.known = false;
+            }
+            self.ensure_network(id).await
+        } else {
+            self.forget_network(id).await
+        };
+        if let Err(e) = r {
+            self.retry_later(&format!("network {id}"), &e);
+        }
+    }
+
+    /// Removes everything of a network on this node: load-balancer endpoint and namespace,
+    /// sandbox, subscription.
+    pub(crate) async fn forget_network(&mut self, id: &str) -> Result<(), Error> {
+        let Some(n) = self.nets.get(id) else {
+            return Ok(());
+        };
+        let lb = n.lb.clone();
+        let port = self.a.data_path_port;
+        if let Some((ns, _)) = lb.clone() {
+            let net = id.to_string();
+            self.plane
+                .call(port, move |dp| dp.remove_endpoint(&net, &ns, LB_IFNAME))
+                .await?;
+        }
+        let name = lb_netns_name(&self.config.netns_prefix, id);
+        if netns::exists(&name) {
+            let n2 = name.clone();
+            tokio::task::spawn_blocking(move || netns::delete(&n2))
+                .await
+                .map_err(|e| Error::Dataplane(e.to_string()))?
+                .map_err(|e| Error::Dataplane(format!("remove {name}: {e}")))?;
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(n) = self.nets.get_mut(id) {
+            n.lb = None;
+        }
+        self.publish_lb(id).await?;
+        let net = id.to_string();
+        self.plane
+            .call(port, move |dp| dp.remove_network(&net))
+            .await?;
+        self.nets.remove(id);
+        debug!(network = %id, "network removed from this node");
+        Ok(())
+    }
+
+    /// Makes the load-balancer namespaces a full pass's desired plane needs (their endpoints
+    /// are part of the plane).
+    pub(crate) async fn lb_namespaces(&mut self) -> Result<(), Error> {
+        let ids: Vec<String> = self.nets.keys().cloned().collect();
+        for id in ids {
+            if self.lb_want(&id).is_none() {
+                continue;
+            }
+            let name = lb_netns_name(&self.config.netns_prefix, &id);
+            if netns::exists(&name) {
+                continue;
+            }
+            let n2 = name.clone();
+            tokio::task::spawn_blocking(move || netns::NetNs::ensure(&n2))
+                .await
+                .map_err(|e| Error::Dataplane(e.to_string()))?
+                .map_err(|e| Error::Dataplane(format!("load-balancer namespace {name}: {e}")))?;
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Removes load-balancer namespaces of networks no task here uses (left by an earlier
+    /// process, whose endpoints the full pass removed).
+    pub(crate) async fn remove_stale_lb_namespaces(
+        &mut self,
+        used: &std::collections::BTreeSet<String>,
+    ) -> Result<(), Error> {
+        let keep: Vec<String> = used
+            .iter()
+            .map(|n| lb_netns_name(&self.config.netns_prefix, n))
+            .collect();
+        let prefix = format!("{}{LB_TAG}", self.config.netns_prefix);
+        let stale: Vec<String> = netns::list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix) && !keep.contains(n))
+            .collect();
+        for name in stale {
+            let n2 = name.clone();
+            tokio::task::spawn_blocking(move || netns::delete(&n2))
+                .await
+                .map_err(|e| Error::Dataplane(e.to_string()))?
+                .map_err(|e| Error::Dataplane(format!("remove {name}: {e}")))?;
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// After a full pass applied the plane: what it holds now.
+    pub(crate) fn plane_applied(&mut self) {
+        let me = self.config.node_id.clone();
+        let vteps = self.gossip.vteps();
+        let ids: Vec<String> = self.nets.keys().cloned().collect();
+        for id in ids {
+            let lb = self.lb_want(&id);
+            if let Some(n) = self.nets.get_mut(&id) {
+                n.known = true;
+                n.lb = lb;
+                n.peers = Some(peers_of(&me, n, &vteps));
+            }
+        }
+        self.vteps = vteps;
+    }
+
+    /// Publishes every network's load-balancer endpoint (after a full pass).
+    pub(crate) async fn publish_lbs(&mut self) {
+        let ids: Vec<String> = self.nets.keys().cloned().collect();
+        for id in ids {
+            let _ = self.publish_lb(&id).await;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The executor's handle on the node's overlay data plane (the `vxlan` crate): a [`Dataplane`]
+//! made on first use, called on blocking threads, its kernel writes counted.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use netns::NetNs;
+use vxlan::Dataplane;
+
+use crate::node::Error;
+
+#[derive(Clone)]
+pub(crate) struct Plane {
+    inner: Arc<Mutex<Option<(u16, Dataplane)>>>,
+    node_netns: Option<PathBuf>,
+    vtep: std::net::Ipv4Addr,
+    prefix: String,
+    writes: Arc<AtomicU64>,
+}
+
+/// The node's network namespace: the configured one, or the agent's own.
+pub(crate) fn node_netns(path: Option<&PathBuf>) -> netns::Result<NetNs> {
+    match path {
+        Some(p) => NetNs::open_path("node", p),
+        None => NetNs::current(),
+    }
+}
+
+impl Plane {
+    pub fn new(
+        node_netns: Option<PathBuf>,
+        vtep: std::net::Ipv4Addr,
+        prefix: String,
+        writes: Arc<AtomicU64>,
+    ) -> Plane {
+        Plane {
+            inner: Arc::new(Mutex::new(None)),
+            node_netns,
+            vtep,
+            prefix,
+            writes,
+        }
+    }
+
+    /// Runs `f` on the data plane for data-path port `port` (made, or made again when the port
+    /// changed) on a blocking thread.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        port: u16,
+        f: impl FnOnce(&mut Dataplane) -> vxlan::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = me.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.as_ref().is_none_or(|(p, _)| *p != port) {
+                let node = node_netns(me.node_netns.as_ref())
+                    .map_err(|e| Error::Dataplane(e.to_string()))?;
+                let mut dp = Dataplane::new(vxlan::Config {
+                    netns: node,
+                    vtep: me.vtep,
+                    port,
+                    prefix: me.prefix.clone(),
+                })
+                .map_err(|e| Error::Dataplane(e.to_string()))?;
+                let base = me.writes.load(Ordering::Relaxed);
+                let writes = me.writes.clone();
+                dp.on_write(move |n| writes.store(base + n, Ordering::Relaxed));
+                *guard = Some((port, dp));
+            }
+            let (_, dp) = guard.as_mut().expect("made above");
+            f(dp).map_err(|e| Error::Dataplane(e.to_string()))
+        })
+        .await
+        .map_err(|e| Error::Dataplane(format!("a data plane call panicked: {e}")))?
+    }
+}

@@ -1,0 +1,526 @@
+//! A task's life on this node, handled one task at a time: namespace and addresses, endpoints,
+//! start, the watch on its shim, stop, status reports, its gossip entries, and removal.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use model::Task;
+use model::task::TaskState;
+use tracing::{debug, warn};
+use vxlan::{GatewayEndpoint, GwBridge, Ipv4Net};
+
+use crate::node::{Config, Error, Ev, Executor, io, task_name, wants_running};
+use crate::plan::{self, LocalTask};
+use crate::runner::ProcState;
+
+/// What the executor knows of one task that has (or may have) a directory on this node.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskRt {
+    /// Its process, as last looked at.
+    pub proc: ProcState,
+    /// Namespace and addresses, once prepared.
+    pub local: Option<LocalTask>,
+    /// Whether its endpoints (overlay and gateway) are known to match the kernel.
+    pub endpoints_ok: bool,
+    /// Networks its gossip entries are published on, and whether enabled (running) there.
+    pub published: BTreeMap<String, bool>,
+    /// A stop is under way in the background.
+    pub stopping: bool,
+    /// A watch on its shim is under way.
+    pub watching: bool,
+}
+
+impl Default for TaskRt {
+    fn default() -> Self {
+        TaskRt {
+            proc: ProcState::NotStarted,
+            local: None,
+            endpoints_ok: false,
+            published: BTreeMap::new(),
+            stopping: false,
+            watching: false,
+        }
+    }
+}
+
+fn ipv4_of(addr: &model::ipnet::IpNet) -> Option<Ipv4Addr> {
+    match addr.addr() {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The gateway bridge: its subnet is chosen once (from the local pools, 172.17.0.0/16 left to
+/// docker0) and kept in the state directory.
+pub(crate) fn gwbridge(config: &Config) -> Result<GwBridge, Error> {
+    let path = config.state_dir.join("gwbridge.json");
+    if let Ok(text) = fs::read_to_string(&path)
+        && let Ok(gw) = serde_json::from_str::<GwBridge>(&text)
+    {
+        return Ok(gw);
+    }
+    let mut pools = ipam::Subnets::local();
+    let avoid = ["172.17.0.0/16".parse().expect("a CIDR")];
+    let info = pools.allocate_avoiding(&avoid)?;
+    let subnet: Ipv4Net = match info.subnet {
+        ipam::ipnet::IpNet::V4(n) => n,
+        ipam::ipnet::IpNet::V6(_) => unreachable!("the local pools are IPv4"),
+    };
+    let mut gw = GwBridge::new(subnet);
+    gw.name = config.gwbridge.clone();
+    fs::create_dir_all(&config.state_dir).map_err(io("create the state directory"))?;
+    crate::shim::write_atomic(
+        &config.state_dir,
+        "gwbridge.json",
+        &serde_json::to_string(&gw).expect("serializes"),
+    )
+    .map_err(io("save the gateway bridge's subnet"))?;
+    Ok(gw)
+}
+
+/// The environment of a task: what it needs to know about itself, as docker's templates give.
+fn task_env(t: &Task, services: &[model::Service], node: &str) -> Vec<String> {
+    let mut env = t.spec.env.clone();
+    let svc = services
+        .iter()
+        .find(|s| s.meta.id == t.service_id)
+        .map(|s| s.spec.name.clone())
+        .unwrap_or_default();
+    env.push(format!("NETAGENT_TASK_ID={}", t.meta.id));
+    env.push(format!("NETAGENT_TASK_NAME={}", task_name(t, services)));
+    env.push(format!("NETAGENT_TASK_SLOT={}", t.slot));
+    env.push(format!("NETAGENT_SERVICE_NAME={svc}"));
+    env.push(format!("NETAGENT_NODE_ID={node}"));
+    env
+}
+
+impl Executor {
+    /// The task's namespace (created or adopted), its gateway address and its overlay
+    /// addresses on the networks this node knows.
+    pub(crate) async fn prepare(&mut self, t: &Task) -> Result<LocalTask, Error> {
+        if let Some(l) = self.tasks.get(&t.meta.id).and_then(|r| r.local.clone()) {
+            return Ok(l);
+        }
+        let id = t.meta.id.clone();
+        let ns = self
+            .blocking(move |r| r.namespace(&id).map(|ns| ns.path().to_path_buf()))
+            .await?;
+        let known: BTreeMap<&str, &model::Network> = self
+            .a
+            .networks
+            .iter()
+            .map(|n| (n.meta.id.as_str(), n))
+            .collect();
+        let attachments: Vec<(String, Ipv4Addr)> = t
+            .networks
+            .iter()
+            .filter(|n| {
+                known
+                    .get(n.network_id.as_str())
+                    .is_some_and(|k| plan::network(k).is_some())
+            })
+            .filter_map(|n| Some((n.network_id.clone(), ipv4_of(n.addresses.first()?)?)))
+            .collect();
+        let all_internal = !t.networks.is_empty()
+            && t.networks.iter().all(|n| {
+                known
+                    .get(n.network_id.as_str())
+                    .is_some_and(|k| k.spec.internal)
+            });
+        let gateway = if all_internal {
+            None
+        } else {
+            let gw = match &self.gw {
+                Some(g) => g.clone(),
+                None => crate::tasks::gwbridge(&self.config)?,
+            };
+            Some(self.gateway_addr(&t.meta.id, &gw)?)
+        };
+        let l = LocalTask {
+            id: t.meta.id.clone(),
+            netns: ns,
+            attachments,
+            gateway,
+        };
+        self.tasks.entry(t.meta.id.clone()).or_default().local = Some(l.clone());
+        Ok(l)
+    }
+
+    /// Looks at one task and moves it along: what the dispatcher wants of it against what its
+    /// process does. Failures schedule a full pass.
+    pub(crate) async fn reconcile_task(&mut self, id: &str) {
+        if let Err(e) = self.reconcile_task_inner(id).await {
+            self.retry_later(&format!("task {id}"), &e);
+        }
+    }
+
+    async fn reconcile_task_inner(&mut self, id: &str) -> Result<(), Error> {
+        let want = self.a.tasks.iter().find(|t| t.meta.id == id).cloned();
+        let Some(t) = want else {
+            return self.retire(id).await;
+        };
+        if !wants_running(&t) {
+            let Some(rt) = self.tasks.get(id).cloned() else {
+                // Nothing of it here (removed already, or never started).
+                if !t.status.state.is_terminal() {
+                    self.report(&t, TaskState::Shutdown, "shutdown", None, None)
+                        .await;
+                }
+                return Ok(());
+            };
+            self.publish_task(&t, false).await;
+            if rt.proc.is_live() {
+                self.stop(id);
+            } else if rt.stopping {
+            } else if !t.status.state.is_terminal() {
+                self.report(&t, TaskState::Shutdown, "shutdown", None, None)
+                    .await;
+            } else {
+                // Stopped for good and recorded: it stays in the store as history, its
+                // namespace and everything else go.
+                return self.retire(id).await;
+            }
+            return Ok(());
+        }
+        let rt = self.tasks.entry(id.to_string()).or_default().clone();
+        match rt.proc {
+            ProcState::Exited { code } => {
+                self.publish_task(&t, false).await;
+                if code == 0 {
+                    self.report(&t, TaskState::Complete, "finished", None, Some(0))
+                        .await;
+                } else {
+                    let err = format!("task: non-zero exit ({code})");
+                    self.report(&t, TaskState::Failed, "failed", Some(err), Some(code))
+                        .await;
+                }
+                return Ok(());
+            }
+            ProcState::NotStarted if t.spec.argv().is_empty() => {
+                let err = Some("the task has no command".to_string());
+                self.report(&t, TaskState::Rejected, "rejected", err, None)
+                    .await;
+                return Ok(());
+            }
+            _ => {}
+        }
+        let local = self.prepare(&t).await?;
+        if !rt.endpoints_ok {
+            self.ensure_endpoints(&local).await?;
+            if let Some(r) = self.tasks.get_mut(id) {
+                r.endpoints_ok = true;
+            }
+        }
+        let mut proc = rt.proc;
+        if proc == ProcState::NotStarted {
+            self.report(&t, TaskState::Preparing, "preparing", None, None)
+                .await;
+            let env = task_env(&t, &self.a.services, &self.config.node_id);
+            let argv = t.spec.argv();
+            let idc = id.to_string();
+            match self
+                .blocking(move |r| r.start(&idc, &argv, &env).map(|()| r.wait_started(&idc)))
+                .await
+            {
+                Ok(st) => {
+                    proc = st;
+                    self.report(&t, TaskState::Starting, "starting", None, None)
+                        .await;
+                }
+                Err(e) => {
+                    let err = Some(e.to_string());
+                    self.report(&t, TaskState::Rejected, "rejected", err, None)
+                        .await;
+                    return Ok(());
+                }
+            }
+            if let Some(r) = self.tasks.get_mut(id) {
+                r.proc = proc;
+            }
+        }
+        self.watch(id);
+        match proc {
+            ProcState::Running { .. } | ProcState::Exiting => {
+                self.report(&t, TaskState::Running, "started", None, None)
+                    .await;
+                self.publish_task(&t, true).await;
+            }
+            ProcState::Exited { .. } => {
+                // It ended while starting: the watch's event reports it.
+                let _ = self.tx.send(Ev::Exited(id.to_string()));
+            }
+            _ => {
+                self.report(&t, TaskState::Preparing, "preparing", None, None)
+                    .await;
+                self.publish_task(&t, false).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The task's overlay endpoints and gateway endpoint, with the networks they need.
+    async fn ensure_endpoints(&mut self, l: &LocalTask) -> Result<(), Error> {
+        for (net, _) in &l.attachments {
+            self.ensure_network(net).await?;
+        }
+        let port = self.a.data_path_port;
+        let eps: Vec<vxlan::Endpoint> = l
+            .attachments
+            .iter()
+            .enumerate()
+            .map(|(i, (net, addr))| vxlan::Endpoint {
+                network: net.clone(),
+                netns: l.netns.clone(),
+                ifname: plan::ifname(i),
+                address: *addr,
+                mac: None,
+            })
+            .collect();
+        let gw_ep = match (l.gateway, &self.gw) {
+            (Some(addr), Some(gw)) => {
+                let internal_only = !l.attachments.is_empty()
+                    && l.attachments
+                        .iter()
+                        .all(|(n, _)| self.nets.get(n).is_some_and(|r| r.spec.internal));
+                Some((
+                    gw.clone(),
+                    GatewayEndpoint {
+                        netns: l.netns.clone(),
+                        ifname: plan::ifname(l.attachments.len()),
+                        address: addr,
+                        mac: None,
+                        default_route: !internal_only,
+                    },
+                ))
+            }
+            _ => None,
+        };
+        self.plane
+            .call(port, move |dp| {
+                for ep in &eps {
+                    dp.ensure_endpoint(ep)?;
+                }
+                if let Some((gw, ep)) = &gw_ep {
+                    dp.ensure_gwbridge(gw)?;
+                    dp.ensure_gateway_endpoint(ep)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// A task no longer assigned: stopped if it runs, then everything of it removed.
+    async fn retire(&mut self, id: &str) -> Result<(), Error> {
+        let Some(rt) = self.tasks.get(id).cloned() else {
+            return Ok(());
+        };
+        if rt.stopping {
+            return Ok(());
+        }
+        if rt.proc.is_live() {
+            self.stop(id);
+            return Ok(());
+        }
+        for net in rt.published.keys() {
+            if let Err(e) = self.gossip.withdraw_endpoint(net, id).await {
+                warn!(task = %id, error = %e, "could not withdraw an endpoint");
+            }
+        }
+        if let Some(l) = &rt.local {
+            let port = self.a.data_path_port;
+            let l2 = l.clone();
+            self.plane
+                .call(port, move |dp| {
+                    for (i, (net, _)) in l2.attachments.iter().enumerate() {
+                        dp.remove_endpoint(net, &l2.netns, &plan::ifname(i))?;
+                    }
+                    if l2.gateway.is_some() {
+                        dp.remove_gateway_endpoint(&l2.netns, &plan::ifname(l2.attachments.len()))?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        let idc = id.to_string();
+        self.blocking(move |r| r.remove(&idc)).await?;
+        self.tasks.remove(id);
+        self.forget_reported(id);
+        debug!(task = %id, "task removed");
+        if let Some(l) = rt.local {
+            for (net, _) in l.attachments {
+                self.reconcile_network(&net).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops a task in the background; an [`Ev::Stopped`] follows.
+    fn stop(&mut self, id: &str) {
+        let Some(rt) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if rt.stopping {
+            return;
+        }
+        rt.stopping = true;
+        let runner = self.runner.clone();
+        let tx = self.tx.clone();
+        let (idc, grace) = (id.to_string(), self.config.stop_grace);
+        tokio::task::spawn_blocking(move || {
+            let code = runner.stop(&idc, grace);
+            let _ = tx.send(Ev::Stopped(idc, code));
+        });
+    }
+
+    /// Watches the task's shim: its exit sends an [`Ev::Exited`].
+    fn watch(&mut self, id: &str) {
+        let Some(rt) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if rt.watching || !rt.proc.is_live() {
+            return;
+        }
+        let Some(fd) = self.runner.pidfd(id) else {
+            // No shim to watch (it ended between the look and now, or is still being set up):
+            // look again in a moment.
+            let tx = self.tx.clone();
+            let idc = id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let _ = tx.send(Ev::Exited(idc));
+            });
+            return;
+        };
+        rt.watching = true;
+        let tx = self.tx.clone();
+        let idc = id.to_string();
+        tokio::spawn(async move {
+            // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which owns it until it is
+            // dropped: it stays open and the same descriptor all that time.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            };
+            match registered {
+                Ok(afd) => {
+                    let _ = afd.readable().await;
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    warn!(task = %idc, error = %e, "cannot watch the task's shim; looking again in a second");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+            let _ = tx.send(Ev::Exited(idc));
+        });
+    }
+
+    /// Publishes the task's endpoints on its networks (enabled while it runs: a disabled entry
+    /// is still a peer, but no name or backend).
+    async fn publish_task(&mut self, t: &Task, enabled: bool) {
+        let Some(rt) = self.tasks.get(&t.meta.id) else {
+            return;
+        };
+        let Some(l) = rt.local.clone() else { return };
+        let published = rt.published.clone();
+        let service = self.a.services.iter().find(|s| s.meta.id == t.service_id);
+        let name = task_name(t, &self.a.services);
+        for (net, ip) in &l.attachments {
+            if published.get(net) == Some(&enabled) {
+                continue;
+            }
+            let aliases: Vec<String> = service
+                .map(|s| s.spec.name.clone())
+                .into_iter()
+                .chain(
+                    t.networks
+                        .iter()
+                        .filter(|n| &n.network_id == net)
+                        .flat_map(|n| n.aliases.clone()),
+                )
+                .collect();
+            let ep = gossip::Endpoint {
+                id: l.id.clone(),
+                network: net.clone(),
+                ip: IpAddr::V4(*ip),
+                mac: vxlan::Mac::for_ip(*ip).0,
+                task: l.id.clone(),
+                service: t.service_id.clone(),
+                name: name.clone(),
+                aliases,
+                disabled: !enabled,
+            };
+            match self.gossip.publish_endpoint(ep).await {
+                Ok(()) => {
+                    if let Some(r) = self.tasks.get_mut(&t.meta.id) {
+                        r.published.insert(net.clone(), enabled);
+                    }
+                }
+                Err(e) => warn!(task = %l.id, error = %e, "could not publish an endpoint"),
+            }
+        }
+    }
+
+    /// A task's address on the gateway bridge, kept in its directory so it never changes.
+    fn gateway_addr(&self, task: &str, gw: &GwBridge) -> Result<Ipv4Addr, Error> {
+        let dir = self.runner.dir(task);
+        if let Some(a) = fs::read_to_string(dir.join("gateway"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return Ok(a);
+        }
+        let subnet = ipam::ipnet::IpNet::V4(gw.subnet);
+        let used: std::collections::BTreeSet<IpAddr> = self
+            .tasks
+            .values()
+            .filter_map(|r| r.local.as_ref()?.gateway.map(IpAddr::V4))
+            .chain(self.runner.list().into_iter().filter_map(|id| {
+                fs::read_to_string(self.runner.dir(&id).join("gateway"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            }))
+            .collect();
+        let request = ipam::SubnetRequest::new(subnet).with_gateway(IpAddr::V4(gw.gateway()));
+        let used: Vec<IpAddr> = used.into_iter().collect();
+        let mut space =
+            ipam::Subnets::rebuild(ipam::PoolConfig::local_default(), &[request], &used)?;
+        let IpAddr::V4(addr) = space.allocate_address(subnet)? else {
+            unreachable!("an IPv4 subnet hands out IPv4 addresses")
+        };
+        crate::shim::write_atomic(&dir, "gateway", &format!("{addr}\n"))
+            .map_err(io("save the task's gateway address"))?;
+        Ok(addr)
+    }
+
+    /// The whole desired data plane of the prepared tasks (for a full pass).
+    pub(crate) fn desired_plane(&self, local: &[LocalTask], gw: &GwBridge) -> vxlan::DesiredState {
+        let networks: BTreeMap<String, vxlan::Network> = self
+            .a
+            .networks
+            .iter()
+            .filter_map(|n| plan::network(n).map(|v| (n.meta.id.clone(), v)))
+            .collect();
+        let remote: BTreeMap<String, Vec<plan::RemoteEndpoint>> = self
+            .nets
+            .iter()
+            .map(|(id, n)| (id.clone(), n.remote()))
+            .collect();
+        let vteps = self.gossip.vteps();
+        let lbs: BTreeMap<String, (PathBuf, Ipv4Addr)> = self
+            .nets
+            .keys()
+            .filter_map(|id| Some((id.clone(), self.lb_want(id)?)))
+            .collect();
+        plan::desired(
+            &self.config.node_id,
+            local,
+            &networks,
+            &remote,
+            &vteps,
+            Some(gw),
+            &lbs,
+        )
+    }
+}
