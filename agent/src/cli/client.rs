@@ -113,6 +113,12 @@ impl Client {
     }
 }
 
+/// Whether the daemon refused an update because the object moved on since it was read (a retry
+/// reads it again).
+pub fn out_of_sequence(e: &anyhow::Error) -> bool {
+    e.to_string().contains("update out of sequence")
+}
+
 /// `?filters=` for docker's filters (empty when there are none).
 pub fn filters_query(f: &::api::Filters) -> String {
     if f.is_empty() {

@@ -129,26 +129,37 @@ async fn inspect(client: &Client, node: &str) -> Result<Node> {
     r.parse()
 }
 
-/// Reads the node, changes its spec, writes it back at the version read (docker's way).
+/// Reads the node, changes its spec, writes it back at the version read (docker's way). The
+/// node object also moves on its own (status, addresses) and a follower's replica may trail
+/// the leader's: an update refused as out of sequence is read and made again, a few times.
 async fn update_spec(
     client: &Client,
     node: &str,
-    change: impl FnOnce(&mut ::api::node::NodeSpec) -> Result<()>,
+    mut change: impl FnMut(&mut ::api::node::NodeSpec) -> Result<()>,
 ) -> Result<()> {
-    let n = inspect(client, node).await?;
-    let mut spec = n.spec.clone();
-    change(&mut spec)?;
-    client
-        .post(
-            &format!(
-                "/nodes/{}/update?version={}",
-                esc(&n.id),
-                n.meta.version.index
-            ),
-            serde_json::to_value(&spec)?,
-        )
-        .await?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let n = inspect(client, node).await?;
+        let mut spec = n.spec.clone();
+        change(&mut spec)?;
+        let r = client
+            .post(
+                &format!(
+                    "/nodes/{}/update?version={}",
+                    esc(&n.id),
+                    n.meta.version.index
+                ),
+                serde_json::to_value(&spec)?,
+            )
+            .await;
+        match r {
+            Err(e) if super::client::out_of_sequence(&e) && attempt < 10 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other.map(|_| ()),
+        }
+    }
 }
 
 /// After node `id` became `role`: docker's advice when the swarm is left with an even number of
@@ -318,19 +329,19 @@ pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
             let mut role_changed = false;
             let new_role = role.clone();
             update_spec(client, &node, |spec| {
-                if let Some(a) = availability {
-                    spec.availability = a;
+                if let Some(a) = &availability {
+                    spec.availability = a.clone();
                 }
-                if let Some(r) = role {
-                    role_changed = r != spec.role;
-                    spec.role = r;
+                if let Some(r) = &role {
+                    role_changed = *r != spec.role;
+                    spec.role = r.clone();
                 }
                 for k in &label_rm {
                     if spec.labels.remove(k).is_none() && !adds.iter().any(|(a, _)| a == k) {
                         bail!("key {k} doesn't exist in node's labels");
                     }
                 }
-                spec.labels.extend(adds);
+                spec.labels.extend(adds.iter().cloned());
                 Ok(())
             })
             .await?;

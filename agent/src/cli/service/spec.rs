@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow, bail};
 use clap::Args;
 
 use super::progress::{WaitArgs, wait_converged};
-use crate::cli::client::{Client, esc};
+use crate::cli::client::{Client, esc, out_of_sequence};
 use crate::cli::network::key_values;
 
 #[derive(Debug, Args)]
@@ -357,10 +357,20 @@ async fn apply_update(client: &Client, spec: &mut ServiceSpec, a: &UpdateArgs) -
 }
 
 pub async fn update(client: &Client, a: UpdateArgs) -> Result<()> {
-    let svc = inspect(client, &a.service).await?;
-    let mut spec = svc.spec.clone();
-    apply_update(client, &mut spec, &a).await?;
-    write(client, &svc, &spec).await?;
+    // Read, change, write at the version read; again if a follower's replica trailed.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let svc = inspect(client, &a.service).await?;
+        let mut spec = svc.spec.clone();
+        apply_update(client, &mut spec, &a).await?;
+        match write(client, &svc, &spec).await {
+            Err(e) if out_of_sequence(&e) && attempt < 10 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => break other?,
+        }
+    }
     println!("{}", a.service);
     if !a.wait.detach {
         wait_converged(client, &a.service, &a.wait).await?;
@@ -383,10 +393,19 @@ pub async fn scale(client: &Client, wait: WaitArgs, scales: Vec<String>) -> Resu
     let mut scaled = Vec::new();
     for (name, n) in wanted {
         let r = async {
-            let svc = inspect(client, &name).await?;
-            let mut spec = svc.spec.clone();
-            set_replicas(&mut spec, n)?;
-            write(client, &svc, &spec).await
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let svc = inspect(client, &name).await?;
+                let mut spec = svc.spec.clone();
+                set_replicas(&mut spec, n)?;
+                match write(client, &svc, &spec).await {
+                    Err(e) if out_of_sequence(&e) && attempt < 10 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    other => return other,
+                }
+            }
         }
         .await;
         match r {
