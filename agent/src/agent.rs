@@ -15,7 +15,6 @@ use model::node::{Availability, ManagerStatus, NodeSpec, NodeState as Health, No
 use model::{Cluster, Meta, Node, Object};
 use pki::{Ca, Identity, JoinToken, NodeKeys};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use store::{Batch, Change, Store};
 use tokio::net::TcpListener;
 
@@ -27,44 +26,41 @@ use crate::rpc::generated::control_client::ControlClient;
 use crate::rpc::messages::{JoinRaftRequest, JoinRequest, RenewRequest, WireError};
 use crate::state::{NodeState, Saved};
 
-/// `POST /swarm/init`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InitRequest {
+/// `swarm init` (also `--force-new-cluster`), as the API hands it over.
+#[derive(Debug, Clone, Default)]
+pub struct Init {
     pub advertise_addr: Option<String>,
     pub data_path_addr: Option<String>,
     pub data_path_port: Option<u16>,
-    #[serde(default)]
     pub default_addr_pool: Vec<String>,
     pub default_addr_pool_mask_length: Option<u8>,
-    #[serde(default)]
     pub force_new_cluster: bool,
+    /// The dispatcher's heartbeat period; the agent's `--heartbeat-ms` when not given.
+    pub heartbeat_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InitResponse {
+#[derive(Debug, Clone)]
+pub struct Initialised {
     pub node_id: String,
     pub worker_token: String,
     /// Cluster-port address to join through.
     pub addr: String,
 }
 
-/// `POST /swarm/join`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinApiRequest {
+/// `swarm join`, as the API hands it over.
+#[derive(Debug, Clone, Default)]
+pub struct Join {
     pub token: String,
     /// A manager's cluster-port address, `host[:port]`.
     pub remote_addr: String,
     pub advertise_addr: Option<String>,
     pub data_path_addr: Option<String>,
     /// Refuse unless the token makes this node a manager.
-    #[serde(default)]
     pub manager: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JoinApiResponse {
+#[derive(Debug, Clone)]
+pub struct Joined {
     pub node_id: String,
     pub role: Role,
 }
@@ -330,7 +326,7 @@ impl Agent {
     }
 
     /// `swarm init` (and `--force-new-cluster`).
-    pub async fn init(self: &Arc<Self>, req: InitRequest) -> Result<InitResponse> {
+    pub async fn init(self: &Arc<Self>, req: Init) -> Result<Initialised> {
         let _g = self.ops.lock().await;
         if req.force_new_cluster {
             return self.force_new_cluster().await;
@@ -409,7 +405,7 @@ impl Agent {
                 data_path_port: port,
                 network_keys: network_keys(),
                 settings: ClusterSettings {
-                    heartbeat_period_ms: self.cfg.heartbeat_ms,
+                    heartbeat_period_ms: req.heartbeat_ms.unwrap_or(self.cfg.heartbeat_ms),
                 },
             };
             let node = Node {
@@ -450,7 +446,7 @@ impl Agent {
             return Err(e);
         }
         tracing::info!(node = %node_id, cluster = %cluster_id, "swarm initialised");
-        Ok(InitResponse {
+        Ok(Initialised {
             node_id,
             worker_token: tokens.worker,
             addr,
@@ -459,7 +455,7 @@ impl Agent {
 
     /// `swarm init --force-new-cluster`: this manager restarts as the only manager of the same
     /// cluster with all state kept.
-    async fn force_new_cluster(self: &Arc<Self>) -> Result<InitResponse> {
+    async fn force_new_cluster(self: &Arc<Self>) -> Result<Initialised> {
         let Some(saved) = Saved::load(&self.cfg)? else {
             return Err(Failure::bad_request(
                 "--force-new-cluster recovers a swarm from a manager that was part of it, and this node is in no swarm; use `netctl swarm init`",
@@ -495,7 +491,7 @@ impl Agent {
         }
         let cluster = member.cluster()?;
         tracing::warn!(node = %saved.node.node_id, "forced a new cluster: this manager is the only one now");
-        Ok(InitResponse {
+        Ok(Initialised {
             node_id: saved.node.node_id,
             worker_token: cluster.join_tokens.worker,
             addr,
@@ -503,7 +499,7 @@ impl Agent {
     }
 
     /// `swarm join`.
-    pub async fn join(self: &Arc<Self>, req: JoinApiRequest) -> Result<JoinApiResponse> {
+    pub async fn join(self: &Arc<Self>, req: Join) -> Result<Joined> {
         let _g = self.ops.lock().await;
         if self.member().is_some() {
             return Err(Failure::conflict(
@@ -618,7 +614,7 @@ impl Agent {
             ));
         }
         tracing::info!(node = %resp.node_id, role = ?resp.role, "joined the swarm");
-        Ok(JoinApiResponse {
+        Ok(Joined {
             node_id: resp.node_id,
             role: resp.role,
         })
@@ -680,7 +676,6 @@ impl Agent {
     /// member that will never come back; skipped when that would lose quorum (the swarm is
     /// then left to `--force-new-cluster`). Best effort, bounded.
     async fn leave_raft(&self, member: &Member) {
-        use tower::ServiceExt;
         let Ok(store) = member.store().cloned() else {
             return;
         };
@@ -690,25 +685,32 @@ impl Agent {
         if q.managers <= 1 || !q.survives_removal(true) {
             return;
         }
-        let Some(router) = self.router.get().cloned() else {
+        let path = format!("/nodes/{}", member.node_id());
+        let node = match crate::api::call_local(self, "GET", &path, None).await {
+            Ok((status, body)) if status.is_success() => {
+                serde_json::from_slice::<::api::node::Node>(&body).ok()
+            }
+            _ => None,
+        };
+        let Some(node) = node else {
+            tracing::warn!(
+                "could not read this node before leaving Raft; demote and remove it from a manager"
+            );
             return;
         };
-        let req = axum::http::Request::builder()
-            .method("POST")
-            .uri(format!("/nodes/{}/demote", member.node_id()))
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from("{}"));
-        let Ok(req) = req else { return };
-        match router.oneshot(req).await {
-            Ok(r) if r.status().is_success() => {}
+        let mut spec = node.spec;
+        spec.role = "worker".into();
+        let update = format!("{path}/update?version={}", node.meta.version.index);
+        let body = serde_json::to_value(&spec).ok();
+        match crate::api::call_local(self, "POST", &update, body).await {
+            Ok((status, _)) if status.is_success() => {}
             other => {
-                tracing::warn!(status = ?other.map(|r| r.status()), "could not leave Raft before leaving; demote and remove this node from a manager");
+                tracing::warn!(status = ?other.map(|r| r.0), "could not leave Raft before leaving; demote and remove this node from a manager");
                 return;
             }
         }
         // Done when the leader has recorded the demotion (it does so after the Raft change).
         let deadline = Instant::now() + Duration::from_secs(10);
-        let path = format!("/nodes/{}", member.node_id());
         while Instant::now() < deadline {
             if let Some(addr) = member
                 .leader_addr()
@@ -794,6 +796,8 @@ impl Agent {
             },
         };
         saved.save(&self.cfg)?;
+        // The old membership's sockets (gossip on 7946) go with its last reference.
+        drop(member);
         self.start_member(saved, false).await?;
         Ok(())
     }

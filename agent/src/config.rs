@@ -23,6 +23,7 @@
 //! gwbridge = "docker_gwbridge"
 //! resolv_conf = "/etc/resolv.conf"  # the node's resolvers: upstreams of the tasks' DNS
 //! dns_upstream = ["192.0.2.53:53"]  # instead of those of resolv_conf
+//! metrics_addr = "127.0.0.1:9323"  # also serve GET /metrics on TCP (always on the API socket)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -53,7 +54,7 @@ fn parse_upstreams(values: Vec<String>) -> Result<Vec<std::net::SocketAddr>> {
 
 /// netagent: the swarm networking daemon (one per node, as root).
 #[derive(Debug, Parser, Default)]
-#[command(name = "netagent", version)]
+#[command(name = "netagent", version = crate::LONG_VERSION)]
 pub struct Args {
     /// TOML configuration file.
     #[arg(long, short = 'c')]
@@ -124,6 +125,9 @@ pub struct Args {
     /// instead of the nameservers of the resolv.conf.
     #[arg(long = "dns-upstream")]
     pub dns_upstream: Vec<String>,
+    /// Also serve Prometheus metrics (GET /metrics) on this TCP address, e.g. 127.0.0.1:9323.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -150,6 +154,7 @@ struct FileConfig {
     gwbridge: Option<String>,
     resolv_conf: Option<PathBuf>,
     dns_upstream: Option<Vec<String>>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +189,8 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     /// Explicit upstreams of the tasks' DNS; empty: the resolv.conf's nameservers.
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// TCP address of the metrics endpoint, if any.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -299,6 +306,7 @@ impl Config {
             } else {
                 args.dns_upstream
             })?,
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
         })
     }
 
@@ -403,5 +411,19 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_example_configuration_loads() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../contrib/netagent.toml");
+        let cfg = Config::load(Args {
+            config: Some(PathBuf::from(example)),
+            hostname: Some("n".into()),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("contrib/netagent.toml: {e:#}"));
+        assert_eq!(cfg.cluster_port, 2377);
+        assert_eq!(cfg.host, PathBuf::from(DEFAULT_HOST));
+        assert_eq!(cfg.metrics_addr, None);
     }
 }

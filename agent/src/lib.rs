@@ -9,15 +9,17 @@
 //!   openraft's network on it; [`peers`]: managers' liveness probes; [`session`]: the node side
 //!   of the dispatcher session; [`leader`]: leader-only loops; [`assign`]: the leader's
 //!   per-node assignment index (what each node is sent, as deltas).
-//! - [`api`]: the HTTP/JSON API on the unix socket; [`cli`]: netctl.
+//! - [`api`]: the Docker Engine API (swarm subset) on the unix socket, over the `api` crate's
+//!   wire types; [`cli`]: netctl, its client; [`metrics`]: Prometheus metrics.
 //! - [`quorum`], [`error`], [`sysinfo`]: small shared pieces.
 //!
 //! Extending it (the networks/services/tasks issue):
-//! - **An API route**: a handler in `api/` (reads: `Member::store()` + `Store::get/list`; writes:
-//!   build a `store::Batch` and `Member::write` it — version-checked `Change::Update`, or
-//!   `Change::Patch` for field updates), one line in `api::router`. The `api::gate` middleware
-//!   already runs non-GET routes on the leader (forwarding from followers, refusing on workers,
-//!   failing fast without quorum) and GETs on any manager.
+//! - **An API route**: a handler in `api/` over the `api` crate's types (reads use
+//!   `Member::store()` and `Store::get/list`; writes build a `store::Batch` and `Member::write`
+//!   it — version-checked `Change::Update`, or `Change::Patch` for field updates), one line in
+//!   `api::routes`. The `api::gate` middleware already runs non-GET routes on the leader
+//!   (forwarding from followers, refusing on workers, failing fast without quorum) and GETs on
+//!   any manager.
 //! - **A dispatcher message**: a variant of `rpc::messages::SessionDown` (assignments: a full set
 //!   at the start of a session, then deltas from `assign::Assigner`, which the leader feeds from
 //!   the change feed and which decides which nodes a change concerns) or
@@ -41,6 +43,7 @@ pub mod config;
 pub mod error;
 pub mod leader;
 pub mod member;
+pub mod metrics;
 pub mod node_runtime;
 pub mod orchestration;
 pub mod peers;
@@ -51,3 +54,14 @@ pub mod services;
 pub mod session;
 pub mod state;
 pub mod sysinfo;
+
+/// The git commit the binaries were built from ("unknown" outside a git checkout); see build.rs.
+pub const GIT_COMMIT: &str = env!("NETAGENT_GIT_COMMIT");
+
+/// `--version` of netagent and netctl: the crate's version and the commit.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("NETAGENT_GIT_COMMIT"),
+    ")"
+);

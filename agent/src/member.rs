@@ -290,6 +290,27 @@ impl Member {
     /// Writes a batch through Raft: proposed here on the leader, forwarded to the leader from a
     /// follower. Fails at once without quorum.
     pub async fn write(&self, batch: Batch) -> Result<Vec<Option<Object>>> {
+        let started = Instant::now();
+        let r = self.write_inner(batch).await;
+        let result = match &r {
+            Ok(_) => "ok",
+            Err(f)
+                if matches!(
+                    f.code,
+                    crate::error::Code::BadRequest
+                        | crate::error::Code::Conflict
+                        | crate::error::Code::NotFound
+                ) =>
+            {
+                "refused"
+            }
+            Err(_) => "failed",
+        };
+        crate::metrics::store_write(started.elapsed(), result);
+        r
+    }
+
+    async fn write_inner(&self, batch: Batch) -> Result<Vec<Option<Object>>> {
         let m = self.manager()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -129,7 +129,24 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
         rejoin_interval: (interval * 8).max(Duration::from_millis(500)),
         ..Timings::default()
     };
-    let gossip = Arc::new(Gossip::start(gcfg).await?);
+    // A role change restarts the membership: the previous one's gossip socket may be released
+    // a moment after this one starts.
+    let mut tries = 0;
+    let gossip = loop {
+        match Gossip::start(gcfg.clone()).await {
+            Ok(g) => break Arc::new(g),
+            Err(gossip::Error::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && tries < 50 =>
+            {
+                tries += 1;
+                tokio::select! {
+                    _ = member.cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let _ = member.gossip.set(gossip.clone());
     tracing::info!(addr = %gossip.addr(), "gossip started");
 
@@ -144,14 +161,17 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
         Some(resolver),
     )?;
     let writes = exec.writes.clone();
+    let mut passes = exec.pass_times;
     let mut sync = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = member.cancel.cancelled() => break,
             Some((task, status)) = status_rx.recv() => {
+                crate::metrics::task_report(status.state);
                 member.task_status.lock().unwrap_or_else(|e| e.into_inner()).insert(task, status);
                 member.task_status_notify.notify_one();
             }
+            Some((full, took, ok)) = passes.recv() => crate::metrics::executor_pass(full, took, ok),
             _ = sync.tick() => {
                 member.dataplane_writes.store(writes.load(std::sync::atomic::Ordering::Relaxed), std::sync::atomic::Ordering::Relaxed);
                 gossip.set_seeds(seeds(member, cfg, advertise));

@@ -415,14 +415,14 @@ fn services_api_validation_update_scale_rm() {
         1,
         "POST",
         "/services/create",
-        r#"{"name":"a","replicas":-1,"command":["sleep","1"]}"#,
+        r#"{"Name":"a","Mode":{"Replicated":{"Replicas":-1}},"TaskTemplate":{"ContainerSpec":{"Command":["sleep","1"]}}}"#,
     );
     assert_eq!(status, 400);
     assert_eq!(
         body["message"],
         "invalid replicas value -1: must be a non-negative integer"
     );
-    for bad in [r#"{"name":"#, r#"{"name":"a","bogus":1}"#, r#"[1,2]"#] {
+    for bad in [r#"{"Name":"#, r#"{"Name":["a"]}"#, r#"[1,2]"#] {
         let (status, body) = api(&s, 1, "POST", "/services/create", bad);
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(
@@ -440,10 +440,16 @@ fn services_api_validation_update_scale_rm() {
         1,
         "POST",
         "/services/nope/update",
-        r#"{"replicas":"x"}"#,
+        r#"{"Mode":{"Replicated":{"Replicas":"x"}}}"#,
     );
     assert_eq!(status, 400);
-    let (status, body) = api(&s, 1, "GET", "/tasks?colour=red", "");
+    let (status, body) = api(
+        &s,
+        1,
+        "GET",
+        "/tasks?filters=%7B%22colour%22%3A%7B%22red%22%3Atrue%7D%7D",
+        "",
+    );
     assert_eq!(status, 400, "{body}");
     assert_eq!(s.ctl(1, &["service", "ls", "-q"]), "");
 
@@ -606,8 +612,8 @@ fn services_api_validation_update_scale_rm() {
         &s,
         1,
         "POST",
-        "/services/web/update",
-        r#"{"version":1,"replicas":1}"#,
+        "/services/web/update?version=1",
+        r#"{"Name":"web","Mode":{"Replicated":{"Replicas":1}},"TaskTemplate":{"ContainerSpec":{"Command":["sleep","1"]}}}"#,
     );
     assert_eq!(status, 409, "{body}");
     assert!(

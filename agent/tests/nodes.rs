@@ -57,7 +57,7 @@ fn three_managers_two_workers() {
     // Workers get the cluster's settings over the dispatcher session.
     s.wait("the worker knows the data-path port", || {
         serde_json::from_str::<Value>(&s.ctl(4, &["info", "--format", "json"]))
-            .is_ok_and(|i| i["DataPathPort"] == 4789)
+            .is_ok_and(|i| i["Swarm"]["Cluster"]["DataPathPort"] == 4789)
     });
 
     // The table: docker's columns, `*` after the asking node's id, Leader / Reachable.

@@ -131,7 +131,7 @@ fn force_new_cluster_after_losing_two_of_three() {
     s.wait("two managers left in Raft", || {
         s.netctl(1, &["info", "--format", "json"]).status.success()
             && serde_json::from_str::<serde_json::Value>(&s.ctl(1, &["info", "--format", "json"]))
-                .is_ok_and(|i| i["Managers"] == 2)
+                .is_ok_and(|i| i["Swarm"]["Managers"] == 2)
     });
     s.ctl(
         2,

@@ -111,10 +111,10 @@ fn refusals_change_nothing() {
         (
             "POST",
             "/nodes/node1/update",
-            r#"{"availability": "sideways"}"#,
+            r#"{"Availability": "sideways"}"#,
         ),
-        ("POST", "/nodes/node1/update", r#"{"labels": 3}"#),
-        ("POST", "/swarm/init", r#"{"data_path_port": "x"}"#),
+        ("POST", "/nodes/node1/update", r#"{"Labels": 3}"#),
+        ("POST", "/swarm/init", r#"{"DataPathPort": "x"}"#),
         ("POST", "/swarm/join", r#"[1, 2]"#),
         ("GET", "/no/such/route", ""),
     ] {

@@ -37,6 +37,7 @@ pub const APT_PACKAGES: &[&str] = &[
 pub fn run() -> Result<()> {
     require_root("cargo xtask setup")?;
     apt()?;
+    docker_cli()?;
     rust_components()?;
     eprintln!("setup: everything is installed");
     Ok(())
@@ -76,6 +77,59 @@ fn apt() -> Result<()> {
             .envs(env),
     )
     .with_context(|| format!("apt-get install {} failed", missing.join(" ")))?;
+    Ok(())
+}
+
+/// The docker CLI the API tests drive (`agent/tests/docker.rs`): the machine's `docker` if there
+/// is one, else Debian's `docker.io` package — installed with services forbidden to start
+/// (policy-rc.d), because a dockerd must never run here; only its client is used.
+fn docker_cli() -> Result<()> {
+    if have("docker") {
+        return Ok(());
+    }
+    eprintln!("setup: installing the docker CLI (docker.io, no daemon started)");
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let had_policy = policy.exists();
+    if !had_policy {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# netagent setup: start no service\nexit 101\n",
+        )
+        .context("cannot write /usr/sbin/policy-rc.d")?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    let r = exec(Command::new("apt-get").args(["update", "-q"]).envs(env)).and_then(|_| {
+        exec(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "docker.io",
+                ])
+                .envs(env),
+        )
+    });
+    if !had_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    r.context("apt-get install docker.io failed")?;
+    // Whatever the package enabled, no daemon runs.
+    let _ = Command::new("systemctl")
+        .args([
+            "disable",
+            "--now",
+            "docker.service",
+            "docker.socket",
+            "containerd.service",
+        ])
+        .status();
+    if !have("docker") {
+        bail!("docker.io was installed but `docker` is not on PATH");
+    }
     Ok(())
 }
 

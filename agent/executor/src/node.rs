@@ -72,7 +72,13 @@ pub struct Handle {
     pub writes: Arc<AtomicU64>,
     /// Executor passes: (full, incremental) so far.
     pub passes: Arc<(AtomicU64, AtomicU64)>,
+    /// Each pass as it ends: full or incremental, its duration, whether it succeeded (for
+    /// metrics; dropped when nobody reads).
+    pub pass_times: mpsc::Receiver<PassTime>,
 }
+
+/// One executor pass: (full, duration, succeeded).
+pub type PassTime = (bool, Duration, bool);
 
 /// What wakes the executor besides new assignments.
 #[derive(Debug)]
@@ -97,6 +103,7 @@ pub fn spawn(
     let runner = Runner::new(runner_config(&config))?;
     let writes = Arc::new(AtomicU64::new(0));
     let passes = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let (pass_times_tx, pass_times) = mpsc::channel(64);
     let (tx, rx) = mpsc::unbounded_channel();
     let plane = Plane::new(
         config.node_netns.clone(),
@@ -124,6 +131,7 @@ pub fn spawn(
         synced: false,
         writes: writes.clone(),
         passes: passes.clone(),
+        pass_times: pass_times_tx,
         config,
     };
     let task = tokio::spawn(async move { exec.run(assignments, rx).await });
@@ -131,6 +139,7 @@ pub fn spawn(
         task,
         writes,
         passes,
+        pass_times,
     })
 }
 
@@ -164,6 +173,7 @@ pub(crate) struct Executor {
     synced: bool,
     pub(crate) writes: Arc<AtomicU64>,
     passes: Arc<(AtomicU64, AtomicU64)>,
+    pass_times: mpsc::Sender<PassTime>,
 }
 
 /// What the dispatcher wants of one task, reduced to what the executor acts on.
@@ -288,7 +298,12 @@ impl Executor {
         self.passes
             .0
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.full_pass().await {
+        let started = Instant::now();
+        let r = self.full_pass().await;
+        let _ = self
+            .pass_times
+            .try_send((true, started.elapsed(), r.is_ok()));
+        match r {
             Ok(()) => {
                 if !self.synced {
                     // Everything this node still runs is published again: what an earlier
@@ -310,6 +325,12 @@ impl Executor {
         self.passes
             .1
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        self.incremental_pass(a).await;
+        let _ = self.pass_times.try_send((false, started.elapsed(), true));
+    }
+
+    async fn incremental_pass(&mut self, a: Assignments) {
         let tasks = changed(&self.a.tasks, &a.tasks, |t| &t.meta.id);
         let nets = changed(&self.a.networks, &a.networks, |n| &n.meta.id);
         let port_changed = a.data_path_port != self.a.data_path_port;
@@ -397,7 +418,7 @@ impl Executor {
             .a
             .tasks
             .iter()
-            .filter(|t| wants_running(t) && !t.spec.command.is_empty())
+            .filter(|t| wants_running(t) && !t.spec.argv().is_empty())
             .cloned()
             .collect();
         for t in &running {

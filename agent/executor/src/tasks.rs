@@ -198,7 +198,7 @@ impl Executor {
                 }
                 return Ok(());
             }
-            ProcState::NotStarted if t.spec.command.is_empty() => {
+            ProcState::NotStarted if t.spec.argv().is_empty() => {
                 let err = Some("the task has no command".to_string());
                 self.report(&t, TaskState::Rejected, "rejected", err, None)
                     .await;
@@ -219,7 +219,7 @@ impl Executor {
             self.report(&t, TaskState::Preparing, "preparing", None, None)
                 .await;
             let env = task_env(&t, &self.a.services, &self.config.node_id);
-            let argv = t.spec.command.clone();
+            let argv = t.spec.argv();
             let idc = id.to_string();
             match self
                 .blocking(move |r| {

@@ -53,11 +53,24 @@ pub struct EndpointSpec {
     pub ports: Vec<PortConfig>,
 }
 
-/// What every task of the service runs.
+/// What every task of the service runs. Tasks are processes: the fields follow docker's
+/// ContainerSpec as given (`image`, `command`, `args`), and [`TaskTemplate::argv`] makes the
+/// process's argv from them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct TaskTemplate {
-    /// argv of the process run inside the task's namespace.
+    /// docker's ContainerSpec.Image: names the program when `command` is empty ("busybox:latest"
+    /// runs `busybox`, found on the node's PATH).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image: String,
+    /// docker's ContainerSpec.Command (the entrypoint): when given, the program and its first
+    /// arguments. Objects stored before `image` existed keep their whole argv here.
     pub command: Vec<String>,
+    /// docker's ContainerSpec.Args: arguments after the program (or after `command`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// docker's ContainerSpec.Labels (the service's own labels are `ServiceSpec::labels`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// KEY=VALUE.
     pub env: Vec<String>,
     /// Placement constraints: `node.id|node.hostname|node.role|node.labels.K ==|!= value`.
@@ -66,6 +79,36 @@ pub struct TaskTemplate {
     /// changed (docker's TaskTemplate.ForceUpdate).
     #[serde(default)]
     pub force_update: u64,
+}
+
+impl TaskTemplate {
+    /// The argv of the task's process: `command` then `args` when a command is given, else the
+    /// program the image names then `args`. Empty when neither names a program.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = if self.command.is_empty() {
+            match program_of_image(&self.image) {
+                Some(p) => vec![p.to_string()],
+                None => return Vec::new(),
+            }
+        } else {
+            self.command.clone()
+        };
+        argv.extend(self.args.iter().cloned());
+        argv
+    }
+}
+
+/// The program an image reference names: a path as given ("/bin/sleep"), else the last path
+/// component without tag or digest ("docker.io/library/busybox:1.36@sha256:…" -> "busybox").
+pub fn program_of_image(image: &str) -> Option<&str> {
+    let image = image.trim();
+    if image.starts_with('/') || image.starts_with("./") || image.starts_with("../") {
+        return Some(image);
+    }
+    let no_digest = image.split('@').next().unwrap_or_default();
+    let last = no_digest.rsplit('/').next().unwrap_or_default();
+    let name = last.split(':').next().unwrap_or_default();
+    (!name.is_empty()).then_some(name)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,4 +141,32 @@ pub struct Service {
     pub spec: ServiceSpec,
     /// One per attached network in vip mode; set by the leader's allocator.
     pub virtual_ips: Vec<VirtualIp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_from_image_command_and_args() {
+        let t = |image: &str, command: &[&str], args: &[&str]| TaskTemplate {
+            image: image.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            t("busybox:latest", &[], &["httpd", "-f"]).argv(),
+            ["busybox", "httpd", "-f"]
+        );
+        assert_eq!(t("x", &["sleep"], &["1"]).argv(), ["sleep", "1"]);
+        assert_eq!(t("", &["sleep", "9"], &[]).argv(), ["sleep", "9"]);
+        assert_eq!(t("/bin/sleep", &[], &["1"]).argv(), ["/bin/sleep", "1"]);
+        assert_eq!(
+            t("docker.io/library/busybox:1.36@sha256:00", &[], &[]).argv(),
+            ["busybox"]
+        );
+        assert_eq!(t("registry:5000/tools/nc", &[], &[]).argv(), ["nc"]);
+        assert!(t("", &[], &["x"]).argv().is_empty());
+    }
 }

@@ -1,59 +1,61 @@
-//! The HTTP/JSON API on the unix socket (default /run/netagent/netagent.sock, mode 0660), what
-//! `netctl` talks to.
+//! The HTTP API on the unix socket (default /run/netagent/netagent.sock, mode 0660): the Docker
+//! Engine API's swarm subset (v1.41, every route also under `/v1.24/` ... `/v1.41/`), what
+//! `netctl`, the docker CLI and docker's SDKs talk to; plus `/metrics`. Request and answer bodies
+//! are the `api` crate's types; each handler file turns one resource's HTTP into calls on the
+//! membership (`Member`, the store, the agent's transitions).
 //!
 //! | method | path | what | where it runs |
 //! |---|---|---|---|
-//! | GET | /info | this node's membership (node id, role, leader, managers) | local |
-//! | POST | /swarm/init | `swarm init` (also `--force-new-cluster`) | local |
-//! | POST | /swarm/join | `swarm join` | local |
-//! | POST | /swarm/leave?force=true | `swarm leave` | local |
-//! | GET | /swarm | the cluster object (no secrets) | manager, local replica |
-//! | GET | /swarm/join-token/{worker\|manager} | a join token and the address to join through | manager, local replica |
-//! | POST | /swarm/join-token/{worker\|manager}/rotate | a new join token | leader |
-//! | GET | /nodes | `node ls` | manager, local replica |
-//! | GET | /nodes/{id\|hostname\|self} | `node inspect` | manager, local replica |
-//! | POST | /nodes/{ref}/update | `node update` (availability, labels, role) | leader |
-//! | POST | /nodes/{ref}/promote, /nodes/{ref}/demote | `node promote/demote` | leader |
-//! | DELETE | /nodes/{ref}?force=true | `node rm` | leader |
-//! | POST | /networks/create | `network create` (allocates subnets and VNIs) | leader |
-//! | GET | /networks | `network ls` (sorted by name) | manager, local replica; worker, its tasks' networks |
-//! | GET | /networks/{id\|name\|id-prefix} | `network inspect` (peers and endpoints from this node's gossip) | manager, local replica; worker, its tasks' networks |
-//! | DELETE | /networks/{ref} | `network rm` (refused while a service or a task uses it) | leader |
-//! | POST | /services/create | `service create` (allocates VIPs) | leader |
-//! | GET | /services | `service ls` (with running/desired task counts) | manager, local replica |
-//! | GET | /services/{id\|name\|id-prefix} | `service inspect` | manager, local replica |
-//! | POST | /services/{ref}/update | `service update`, `service scale` (version-checked) | leader |
+//! | GET, HEAD | /_ping | `API-Version`, `OSType` headers, "OK" | local |
+//! | GET | /version, /info | the daemon; this node's membership (`Swarm`) | local |
+//! | GET | /metrics | Prometheus text format | local |
+//! | POST | /swarm/init, /swarm/join, /swarm/leave?force= | membership transitions | local |
+//! | GET | /swarm | the cluster and its join tokens | manager, local replica |
+//! | POST | /swarm/update?version=&rotateWorkerToken=&rotateManagerToken= | settings, new tokens | leader |
+//! | GET | /swarm/unlockkey; POST /swarm/unlock | autolock (never on: empty key, "not locked") | manager / local |
+//! | GET | /nodes?filters=, /nodes/{id\|name\|prefix\|self} | `node ls / inspect` | manager, local replica |
+//! | POST | /nodes/{ref}/update?version= | availability, labels, role (promote/demote) | leader |
+//! | DELETE | /nodes/{ref}?force= | `node rm` | leader |
+//! | GET | /networks?filters=, /networks/{ref} | `network ls / inspect` | manager; worker: its tasks' networks |
+//! | POST | /networks/create; DELETE /networks/{ref} | allocate subnets and VNIs; remove | leader |
+//! | GET | /services?filters=&status=, /services/{ref} | `service ls / inspect` | manager, local replica |
+//! | POST | /services/create, /services/{ref}/update?version= | allocate VIPs; change the spec | leader |
 //! | DELETE | /services/{ref} | `service rm` (the leader loop stops the tasks) | leader |
-//! | GET | /tasks?service=REF&node=REF&desired-state=running\|shutdown\|accepted | `service ps`, progress | manager, local replica |
+//! | GET | /services/{ref}/logs | the output of the service's tasks on this node | manager, local files |
+//! | GET | /tasks?filters=, /tasks/{id\|prefix} | `service ps`, progress (`_up-to-date`) | manager, local replica |
 //!
-//! Errors are `{"message": "..."}` with a 4xx/5xx status. Reads answer from the local replica;
-//! when this manager has no leader or no quorum the answer carries `X-Netagent-Stale: <why>`.
+//! Errors are docker's: `{"message": "..."}` with 400 (bad request), 404 (no such object or
+//! route), 409 (conflicts with the state), 503 (not a manager, no quorum), 500. Reads answer from
+//! the local replica; when this manager has no leader or no quorum the answer carries
+//! `X-Netagent-Stale: <why>` (netctl warns with it).
 //!
-//! Adding a route: write the handler (reads use `crate::member::Member` and the store; writes
-//! build a `store::Batch` and call `Member::write`), add it to [`router`]. The `gate` middleware
-//! already does the rest for every route: GETs run on any manager; any other method runs on the
-//! leader — a follower forwards the request as it came (`netagent.Control/Forward`), a worker
-//! refuses, and without quorum it fails at once with the quorum message. Routes that act on this
-//! node only are listed in `is_local`; reads a worker answers from its own assignments (as docker
-//! shows a worker the networks its containers use) in `worker_reads`.
+//! Adding a route: a handler in the resource's file (reads use `Member` and the store; writes
+//! build a `store::Batch` and call `Member::write`), one line in [`routes`]. The `gate`
+//! middleware does the rest: GETs run on any manager; any other method runs on the leader — a
+//! follower forwards the request as it came (`netagent.Control/Forward`), a worker refuses, and
+//! without quorum it fails at once with the quorum message. Routes that act on this node only
+//! are listed in `is_local`; reads a worker answers from its own assignments in `worker_reads`.
 
-pub mod networks;
+mod logs;
+mod networks;
 mod nodes;
-pub mod services;
+mod query;
+mod services;
 mod swarm;
-pub mod swarm_types {
-    pub use super::swarm::TokenView;
-}
-pub mod views;
+mod system;
+mod tasks;
 
 use std::path::Path;
 use std::sync::Arc;
 
+use ::api::system::{HEADER_API_VERSION, HEADER_EXPERIMENTAL, HEADER_OS_TYPE, HEADER_STALE};
+use ::api::version::{ApiVersion, Prefixed};
+use ::api::{API_VERSION, ErrorResponse};
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -65,24 +67,28 @@ use crate::rpc::generated::control_client::ControlClient;
 use crate::rpc::messages::ForwardRequest;
 use crate::services::FORWARDED;
 
-/// Header of reads answered from a replica that may be behind.
-pub const STALE: &str = "x-netagent-stale";
-/// Header naming the node that answered (netctl marks it with `*`).
-pub const NODE_ID: &str = "x-netagent-node-id";
-
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (
             status,
-            axum::Json(serde_json::json!({"message": self.message})),
+            axum::Json(ErrorResponse {
+                message: self.message,
+            }),
         )
             .into_response()
     }
 }
 
-/// A JSON body whose rejection is a clear 400 in the API's error format.
+impl From<::api::Invalid> for Failure {
+    fn from(e: ::api::Invalid) -> Failure {
+        Failure::bad_request(e.0)
+    }
+}
+
+/// A JSON body whose rejection is a clear 400 in the API's error format. Go's decoder ignores
+/// unknown fields, and so does this; wrong types are refused.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
@@ -92,7 +98,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| Failure::bad_request(format!("cannot read the request body: {e}")))?;
-        let text = if bytes.is_empty() {
+        let text = if bytes.iter().all(u8::is_ascii_whitespace) {
             &b"{}"[..]
         } else {
             &bytes[..]
@@ -103,20 +109,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-pub fn router(agent: Arc<Agent>) -> Router {
+/// The API's routes, without the version prefix (see [`app`]).
+fn routes(agent: Arc<Agent>) -> Router {
     Router::new()
-        .route("/info", get(swarm::info))
+        .route("/_ping", get(system::ping))
+        .route("/version", get(system::version))
+        .route("/info", get(system::info))
+        .route("/metrics", get(system::metrics))
         .route("/swarm", get(swarm::inspect))
         .route("/swarm/init", post(swarm::init))
         .route("/swarm/join", post(swarm::join))
         .route("/swarm/leave", post(swarm::leave))
-        .route("/swarm/join-token/{role}", get(swarm::join_token))
-        .route("/swarm/join-token/{role}/rotate", post(swarm::rotate))
+        .route("/swarm/update", post(swarm::update))
+        .route("/swarm/unlockkey", get(swarm::unlock_key))
+        .route("/swarm/unlock", post(swarm::unlock))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{node}", get(nodes::inspect).delete(nodes::remove))
         .route("/nodes/{node}/update", post(nodes::update))
-        .route("/nodes/{node}/promote", post(nodes::promote))
-        .route("/nodes/{node}/demote", post(nodes::demote))
         .route("/networks", get(networks::list))
         // A network or service may be called "create": GET and DELETE of that path are its own.
         .route(
@@ -149,17 +158,87 @@ pub fn router(agent: Arc<Agent>) -> Router {
             get(services::inspect).delete(services::remove),
         )
         .route("/services/{service}/update", post(services::update))
-        .route("/tasks", get(services::tasks))
-        .fallback(|| async { Failure::not_found("no such API route; see `netctl --help`") })
+        .route("/services/{service}/logs", get(logs::service_logs))
+        .route("/tasks", get(tasks::list))
+        .route("/tasks/{task}", get(tasks::inspect))
+        .fallback(|| async { Failure::not_found("page not found") })
         .layer(axum::middleware::from_fn_with_state(agent.clone(), gate))
         .with_state(agent)
+}
+
+/// The whole API: [`routes`] behind docker's edge (version prefix, headers).
+pub fn app(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .fallback_service(routes(agent))
+        .layer(axum::middleware::from_fn(docker_edge))
+}
+
+/// The TCP metrics endpoint (`--metrics-addr`): `GET /metrics` only.
+pub fn metrics_app() -> Router {
+    Router::new()
+        .route("/metrics", get(|| async { crate::metrics::response() }))
+        .fallback(|| async {
+            Failure::not_found("page not found: this address serves GET /metrics")
+        })
+}
+
+/// Strips and checks the `/v1.NN` prefix (docker's error for versions outside 1.24..=1.41), then
+/// adds docker's headers to the answer.
+async fn docker_edge(mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let version = match ::api::version::split(&path) {
+        Ok(Prefixed::Bare) => ApiVersion::current(),
+        Ok(Prefixed::Versioned(v, rest)) => {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_string(),
+            };
+            match pq.parse::<Uri>() {
+                Ok(u) => *req.uri_mut() = u,
+                Err(e) => {
+                    return Failure::bad_request(format!("bad path {path:?}: {e}")).into_response();
+                }
+            }
+            v
+        }
+        Err(e) => return with_docker_headers(Failure::bad_request(e.0).into_response()),
+    };
+    req.extensions_mut().insert(version);
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let class = format!("{}xx", resp.status().as_u16() / 100);
+    crate::metrics::global()
+        .api
+        .requests
+        .get_or_create(&[("method", method), ("code", class)])
+        .inc();
+    with_docker_headers(resp)
+}
+
+fn with_docker_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(HEADER_API_VERSION, HeaderValue::from_static(API_VERSION));
+    h.insert(HEADER_OS_TYPE, HeaderValue::from_static("linux"));
+    h.insert(HEADER_EXPERIMENTAL, HeaderValue::from_static("false"));
+    h.insert(
+        "server",
+        HeaderValue::from_static(concat!("netagent/", env!("CARGO_PKG_VERSION"), " (linux)")),
+    );
+    resp
 }
 
 /// Routes that act on this node itself, never forwarded.
 fn is_local(path: &str) -> bool {
     matches!(
         path,
-        "/info" | "/swarm/init" | "/swarm/join" | "/swarm/leave"
+        "/_ping"
+            | "/version"
+            | "/info"
+            | "/metrics"
+            | "/swarm/init"
+            | "/swarm/join"
+            | "/swarm/leave"
+            | "/swarm/unlock"
     )
 }
 
@@ -184,11 +263,8 @@ async fn gate(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
         return crate::member::not_a_manager().into_response();
     };
     let store = manager.store.clone();
-    if req.method() == Method::GET {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
         let mut resp = next.run(req).await;
-        if let Ok(v) = HeaderValue::from_str(&member.node_id()) {
-            resp.headers_mut().insert(NODE_ID, v);
-        }
         if !store.is_leader() {
             let why = match member.quorum() {
                 Ok(q) if !q.has_quorum() => Some(format!(
@@ -203,7 +279,7 @@ async fn gate(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
             if let Some(why) = why
                 && let Ok(v) = HeaderValue::from_str(&why)
             {
-                resp.headers_mut().insert(STALE, v);
+                resp.headers_mut().insert(HEADER_STALE, v);
             }
         }
         return resp;
@@ -276,6 +352,43 @@ async fn forward(member: &crate::member::Member, req: Request) -> Result<Respons
     Err(last.unwrap_or_else(|| Failure::unavailable("could not reach the leader")))
 }
 
+/// Runs one request through this agent's own API (as a client on the socket would) and returns
+/// the status and the body: for the daemon's own calls (a leaving manager demoting itself).
+pub async fn call_local(
+    agent: &Agent,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(StatusCode, bytes::Bytes), Failure> {
+    use tower::ServiceExt;
+    let router = agent
+        .router
+        .get()
+        .cloned()
+        .ok_or_else(|| Failure::unavailable("the API is not up yet"))?;
+    let body = match body {
+        Some(v) => {
+            Body::from(serde_json::to_vec(&v).map_err(|e| Failure::internal(e.to_string()))?)
+        }
+        None => Body::empty(),
+    };
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(body)
+        .map_err(|e| Failure::internal(e.to_string()))?;
+    let resp = router
+        .oneshot(req)
+        .await
+        .map_err(|e| Failure::internal(e.to_string()))?;
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+        .await
+        .map_err(|e| Failure::internal(e.to_string()))?;
+    Ok((status, bytes))
+}
+
 /// Serves the API on the unix socket until `shutdown` resolves.
 pub async fn serve(
     agent: Arc<Agent>,
@@ -298,7 +411,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
-    let app = router(agent.clone());
+    let app = app(agent.clone());
     let _ = agent.router.set(app.clone());
     tracing::info!(socket = %path.display(), "API listening");
     axum::serve(listener, app)
@@ -307,4 +420,18 @@ pub async fn serve(
         .context("the API server failed")?;
     let _ = std::fs::remove_file(path);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_routes() {
+        assert!(is_local("/_ping"));
+        assert!(is_local("/swarm/join"));
+        assert!(!is_local("/swarm"));
+        assert!(worker_reads(&Method::GET, "/networks/x"));
+        assert!(!worker_reads(&Method::DELETE, "/networks/x"));
+    }
 }

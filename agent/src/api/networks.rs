@@ -1,69 +1,33 @@
-//! /networks handlers: `network create / ls / inspect / rm`, answered in the docker API's shape
-//! (`docker network inspect`).
+//! /networks handlers: `network create / ls / inspect / rm`, in docker's shapes (the `api`
+//! crate's `network` module).
 //!
-//! Creation is decided on the leader under [`Manager::alloc`](crate::member::Manager::alloc):
-//! snapshot, check the name, `orchestrator::allocator::allocate_network`, write — so two
-//! concurrent creations never get the same subnet or VNI, and nothing is written on error.
-//! Removal takes the same lock, so a service cannot attach to a network being removed.
+//! Creation is decided on the leader's orchestrator (`orchestration::leader`): lock, check the
+//! name, `orchestrator::allocator::allocate_network`, record, write — so two concurrent
+//! creations never get the same subnet or VNI, and nothing is written on error. Removal takes
+//! the same lock, so a service cannot attach to a network being removed.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
+use ::api::network::{
+    CreateRequest, CreateResponse, EndpointResource, GossipView, NetworkResource, PeerInfo,
+    SwarmEndpoint, mac, with_prefix,
+};
 use axum::Json;
 use axum::extract::{Path, State};
-use chrono::{DateTime, Utc};
-use model::network::{IpamConfig, NetworkSpec, SubnetAllocation};
 use model::{Kind, Meta, Network, Object};
 use orchestrator::ClusterState;
 use orchestrator::allocator::{self, allocate_network};
-use serde::{Deserialize, Serialize};
 use store::{Batch, Change};
 
 use super::ApiJson;
+use super::query::{ApiQuery, ListQuery};
 use crate::agent::Agent;
 use crate::error::{Code, Failure, Result};
 use crate::member::{Member, not_in_swarm};
 use crate::orchestration;
 
-/// The only network driver.
-pub const DRIVER: &str = "overlay";
-/// Driver option of the MTU, as docker names it.
-pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
-/// Driver option listing the VNIs, as docker shows it in `network inspect`.
-pub const VNI_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
-/// Driver option of encryption (`--opt encrypted`).
-pub const ENCRYPTED_OPTION: &str = "encrypted";
-
 pub(crate) fn member(agent: &Agent) -> Result<Arc<Member>> {
     agent.member().ok_or_else(not_in_swarm)
-}
-
-/// Docker's rule for service and network names: a DNS label.
-pub fn validate_name(what: &str, name: &str) -> Result<()> {
-    if name.is_empty() {
-        let how = if what == "service" {
-            " (--name NAME)"
-        } else {
-            ""
-        };
-        return Err(Failure::bad_request(format!("a {what} needs a name{how}")));
-    }
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if !first_ok || !rest_ok {
-        return Err(Failure::bad_request(format!(
-            "invalid {what} name {name:?}: a name starts with a letter or digit and has only letters, digits, '_', '.' and '-'"
-        )));
-    }
-    if name.len() > 63 {
-        return Err(Failure::bad_request(format!(
-            "invalid {what} name {name:?}: a name has at most 63 characters (it has {})",
-            name.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Finds one of `items` as docker does: full id, then name, then unique id prefix.
@@ -120,155 +84,6 @@ pub fn find<'a>(state: &'a ClusterState, reference: &str) -> Result<&'a Network>
     )
 }
 
-/// "10.0.1.0/24" -> (10.0.1.0, 24); None unless a valid CIDR.
-pub fn parse_cidr(cidr: &str) -> Option<(IpAddr, u8)> {
-    let (addr, len) = cidr.trim().split_once('/')?;
-    let addr: IpAddr = addr.parse().ok()?;
-    let len: u8 = len.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (len <= max).then_some((addr, len))
-}
-
-fn bits(addr: IpAddr) -> (u128, u8) {
-    match addr {
-        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
-        IpAddr::V6(a) => (u128::from(a), 128),
-    }
-}
-
-/// Whether `addr` lies inside `cidr`.
-pub fn cidr_contains(cidr: &str, addr: IpAddr) -> bool {
-    let Some((net, len)) = parse_cidr(cidr) else {
-        return false;
-    };
-    if net.is_ipv4() != addr.is_ipv4() {
-        return false;
-    }
-    let (n, width) = bits(net);
-    let (a, _) = bits(addr);
-    let shift = u32::from(width - len);
-    if shift >= 128 {
-        return true;
-    }
-    (n >> shift) == (a >> shift)
-}
-
-/// `POST /networks/create`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRequest {
-    pub name: String,
-    /// "overlay" (the default).
-    #[serde(default)]
-    pub driver: Option<String>,
-    /// Subnet, gateway and ip-range triples, already paired (netctl pairs them as docker does).
-    #[serde(default)]
-    pub ipam: Vec<IpamConfig>,
-    /// Driver options (`--opt k=v`).
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub attachable: bool,
-    #[serde(default)]
-    pub internal: bool,
-    #[serde(default)]
-    pub ingress: bool,
-    /// `--ipv6`: needs an explicit IPv6 subnet (the address pools are IPv4).
-    #[serde(default)]
-    pub ipv6: bool,
-}
-
-/// Answer of `POST /networks/create`, as docker's.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Created {
-    #[serde(rename = "Id")]
-    pub id: String,
-    #[serde(rename = "Warning", default, skip_serializing_if = "String::is_empty")]
-    pub warning: String,
-}
-
-/// Checks a create request and turns it into a spec (everything but what needs the state).
-pub fn spec_of(req: &CreateRequest) -> Result<NetworkSpec> {
-    validate_name("network", &req.name)?;
-    let driver = req.driver.as_deref().unwrap_or(DRIVER);
-    if driver != DRIVER {
-        return Err(Failure::bad_request(format!(
-            "network driver {driver:?} is not supported: swarm networks use the \"overlay\" driver (--driver overlay)"
-        )));
-    }
-    let mut mtu = None;
-    for (k, v) in &req.options {
-        match k.as_str() {
-            "" => {
-                return Err(Failure::bad_request(
-                    "a driver option needs a key (--opt key=value)",
-                ));
-            }
-            ENCRYPTED_OPTION => {
-                return Err(Failure::bad_request(
-                    "encrypted overlay networks (--opt encrypted) are not supported yet: netagent would not encrypt the traffic, so it refuses rather than pretend; create the network without --opt encrypted",
-                ));
-            }
-            VNI_OPTION => {
-                return Err(Failure::bad_request(format!(
-                    "option {VNI_OPTION} is not supported: the swarm allocates VNIs itself; drop the option"
-                )));
-            }
-            MTU_OPTION => {
-                let n: u32 = v.trim().parse().map_err(|_| {
-                    Failure::bad_request(format!(
-                        "invalid MTU {v:?} ({MTU_OPTION}): give a number between 68 and 65535"
-                    ))
-                })?;
-                if !(68..=65535).contains(&n) {
-                    return Err(Failure::bad_request(format!(
-                        "invalid MTU {n} ({MTU_OPTION}): the MTU must be between 68 and 65535"
-                    )));
-                }
-                mtu = Some(n);
-            }
-            _ => {}
-        }
-    }
-    for k in req.labels.keys() {
-        if k.is_empty() {
-            return Err(Failure::bad_request(
-                "a label needs a key (--label key[=value])",
-            ));
-        }
-    }
-    if req.ingress && req.attachable {
-        return Err(Failure::bad_request(
-            "an ingress network cannot be attachable: drop --attachable",
-        ));
-    }
-    let v6_subnet = req.ipam.iter().any(|c| {
-        c.subnet
-            .as_deref()
-            .and_then(parse_cidr)
-            .is_some_and(|(a, _)| a.is_ipv6())
-    });
-    if req.ipv6 && !v6_subnet {
-        return Err(Failure::bad_request(
-            "--ipv6 needs an explicit IPv6 subnet (--subnet fd00:1::/64): the address pools are IPv4 only",
-        ));
-    }
-    Ok(NetworkSpec {
-        name: req.name.clone(),
-        driver: DRIVER.into(),
-        ipam: req.ipam.clone(),
-        options: req.options.clone(),
-        labels: req.labels.clone(),
-        encrypted: false,
-        attachable: req.attachable,
-        internal: req.internal,
-        ingress: req.ingress,
-        mtu,
-    })
-}
-
 /// The allocator's error as the operator should see it: an overlap also names the network that
 /// holds the other subnet.
 fn allocation_failure(state: &ClusterState, e: allocator::Error) -> Failure {
@@ -294,9 +109,9 @@ fn allocation_failure(state: &ClusterState, e: allocator::Error) -> Failure {
 pub async fn create(
     State(agent): State<Arc<Agent>>,
     ApiJson(req): ApiJson<CreateRequest>,
-) -> Result<Json<Created>> {
+) -> Result<Json<CreateResponse>> {
     let m = member(&agent)?;
-    let spec = spec_of(&req)?;
+    let (spec, warning) = ::api::network::spec_of(&req)?;
     let mut leader = orchestration::leader(&m).await?;
     let state = leader.state();
     if state.networks.values().any(|n| n.spec.name == spec.name) {
@@ -327,190 +142,12 @@ pub async fn create(
     };
     leader.record(&changes);
     orchestration::write_decided(&m, &mut leader, &changes).await?;
-    Ok(Json(Created {
-        id,
-        warning: String::new(),
-    }))
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpamConfigView {
-    #[serde(rename = "Subnet")]
-    pub subnet: String,
-    #[serde(rename = "IPRange", default, skip_serializing_if = "Option::is_none")]
-    pub ip_range: Option<String>,
-    #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpamView {
-    #[serde(rename = "Driver")]
-    pub driver: String,
-    #[serde(rename = "Options")]
-    pub options: Option<BTreeMap<String, String>>,
-    #[serde(rename = "Config")]
-    pub config: Vec<IpamConfigView>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigFrom {
-    #[serde(rename = "Network")]
-    pub network: String,
-}
-
-/// A task endpoint on this node (docker's "Containers").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerView {
-    #[serde(rename = "Name")]
-    pub name: String,
-    #[serde(rename = "EndpointID")]
-    pub endpoint_id: String,
-    #[serde(rename = "MacAddress")]
-    pub mac_address: String,
-    #[serde(rename = "IPv4Address")]
-    pub ipv4_address: String,
-    #[serde(rename = "IPv6Address")]
-    pub ipv6_address: String,
-}
-
-/// A node that has endpoints on the network, as this node's gossip knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerView {
-    /// Hostname (the node id when the store does not know the node).
-    #[serde(rename = "Name")]
-    pub name: String,
-    /// Data-path (VTEP) address.
-    #[serde(rename = "IP")]
-    pub ip: String,
-}
-
-/// An endpoint on the network anywhere in the swarm, as this node's gossip knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointView {
-    /// The task's name (service.slot).
-    #[serde(rename = "Name")]
-    pub name: String,
-    #[serde(rename = "EndpointID")]
-    pub endpoint_id: String,
-    #[serde(rename = "MacAddress")]
-    pub mac_address: String,
-    /// CIDR, as docker shows it ("" for an IPv6 endpoint).
-    #[serde(rename = "IPv4Address")]
-    pub ipv4_address: String,
-    #[serde(
-        rename = "IPv6Address",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
-    pub ipv6_address: String,
-    /// Hostname of the node that owns it.
-    #[serde(rename = "Node")]
-    pub node: String,
-    #[serde(rename = "Task")]
-    pub task: String,
-    /// The service's name (its id if this manager does not know it).
-    #[serde(rename = "Service")]
-    pub service: String,
-}
-
-/// `docker network inspect`'s shape, plus "Endpoints".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkView {
-    #[serde(rename = "Name")]
-    pub name: String,
-    #[serde(rename = "Id")]
-    pub id: String,
-    #[serde(rename = "Created")]
-    pub created: DateTime<Utc>,
-    #[serde(rename = "Scope")]
-    pub scope: String,
-    #[serde(rename = "Driver")]
-    pub driver: String,
-    #[serde(rename = "EnableIPv6")]
-    pub enable_ipv6: bool,
-    #[serde(rename = "IPAM")]
-    pub ipam: IpamView,
-    #[serde(rename = "Internal")]
-    pub internal: bool,
-    #[serde(rename = "Attachable")]
-    pub attachable: bool,
-    #[serde(rename = "Ingress")]
-    pub ingress: bool,
-    #[serde(rename = "ConfigFrom")]
-    pub config_from: ConfigFrom,
-    #[serde(rename = "ConfigOnly")]
-    pub config_only: bool,
-    /// This node's task endpoints on the network, by task id.
-    #[serde(rename = "Containers")]
-    pub containers: BTreeMap<String, ContainerView>,
-    #[serde(rename = "Options")]
-    pub options: BTreeMap<String, String>,
-    #[serde(rename = "Labels")]
-    pub labels: BTreeMap<String, String>,
-    /// Nodes with endpoints on the network (this node's gossip view).
-    #[serde(rename = "Peers")]
-    pub peers: Vec<PeerView>,
-    /// Every endpoint on the network (this node's gossip view).
-    #[serde(rename = "Endpoints")]
-    pub endpoints: Vec<EndpointView>,
-}
-
-fn mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// The address with the prefix length of the network's subnet that holds it.
-fn with_prefix(ip: IpAddr, allocation: &[SubnetAllocation]) -> String {
-    allocation
-        .iter()
-        .find(|s| s.subnet.contains(&ip))
-        .map(|s| format!("{ip}/{}", s.subnet.prefix_len()))
-        .unwrap_or_else(|| ip.to_string())
+    Ok(Json(CreateResponse { id, warning }))
 }
 
 /// The network as this node sees it: stored (or assigned) spec and allocation, plus its gossip view.
-pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkView {
+pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkResource {
     let allocation = n.allocation.clone().unwrap_or_default();
-    let config: Vec<IpamConfigView> = if allocation.is_empty() {
-        n.spec
-            .ipam
-            .iter()
-            .filter_map(|c| {
-                Some(IpamConfigView {
-                    subnet: c.subnet.clone()?,
-                    ip_range: c.ip_range.clone(),
-                    gateway: c.gateway.clone(),
-                })
-            })
-            .collect()
-    } else {
-        allocation
-            .iter()
-            .map(|s| IpamConfigView {
-                subnet: s.subnet.to_string(),
-                ip_range: s.ip_range.map(|r| r.to_string()),
-                gateway: Some(s.gateway.to_string()),
-            })
-            .collect()
-    };
-    let enable_ipv6 = config
-        .iter()
-        .any(|c| parse_cidr(&c.subnet).is_some_and(|(a, _)| a.is_ipv6()));
-    let mut options = n.spec.options.clone();
-    if !allocation.is_empty() {
-        options.insert(
-            VNI_OPTION.into(),
-            allocation
-                .iter()
-                .map(|s| s.vni.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-    }
     let hostname = |id: &str| {
         state
             .nodes
@@ -519,9 +156,7 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkVie
             .unwrap_or_else(|| id.to_string())
     };
     let me = m.node_id();
-    let mut containers = BTreeMap::new();
-    let mut peers = Vec::new();
-    let mut endpoints = Vec::new();
+    let mut view = GossipView::default();
     if let Some(gossip) = m.gossip.get() {
         let entries = gossip.endpoints(&n.meta.id);
         let vteps = gossip.vteps();
@@ -534,7 +169,7 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkVie
                 .map(|ip| ip.to_string())
                 .or_else(|| state.nodes.get(owner).map(|n| n.data_path_addr.clone()))
                 .unwrap_or_default();
-            peers.push(PeerView {
+            view.peers.push(PeerInfo {
                 name: hostname(owner),
                 ip,
             });
@@ -559,9 +194,9 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkVie
                 } else {
                     (ep.task.clone(), ep.name.clone())
                 };
-                containers.insert(
+                view.containers.insert(
                     key,
-                    ContainerView {
+                    EndpointResource {
                         name,
                         endpoint_id: ep.id.clone(),
                         mac_address: mac(&ep.mac),
@@ -578,7 +213,7 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkVie
                 .get(&ep.service)
                 .map(|s| s.spec.name.clone())
                 .unwrap_or_else(|| ep.service.clone());
-            endpoints.push(EndpointView {
+            view.endpoints.push(SwarmEndpoint {
                 name: ep.name.clone(),
                 endpoint_id: ep.id.clone(),
                 mac_address: mac(&ep.mac),
@@ -589,38 +224,21 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkVie
                 service,
             });
         }
-        endpoints.sort_by(|a, b| a.name.cmp(&b.name).then(a.endpoint_id.cmp(&b.endpoint_id)));
-        peers.sort_by(|a, b| a.name.cmp(&b.name).then(a.ip.cmp(&b.ip)));
+        view.endpoints
+            .sort_by(|a, b| a.name.cmp(&b.name).then(a.endpoint_id.cmp(&b.endpoint_id)));
+        view.peers
+            .sort_by(|a, b| a.name.cmp(&b.name).then(a.ip.cmp(&b.ip)));
     }
-    NetworkView {
-        name: n.spec.name.clone(),
-        id: n.meta.id.clone(),
-        created: n.meta.created_at,
-        scope: "swarm".into(),
-        driver: n.spec.driver.clone(),
-        enable_ipv6,
-        ipam: IpamView {
-            driver: "default".into(),
-            options: None,
-            config,
-        },
-        internal: n.spec.internal,
-        attachable: n.spec.attachable,
-        ingress: n.spec.ingress,
-        config_from: ConfigFrom {
-            network: String::new(),
-        },
-        config_only: false,
-        containers,
-        options,
-        labels: n.spec.labels.clone(),
-        peers,
-        endpoints,
-    }
+    ::api::network::resource(n, view)
 }
 
-/// `GET /networks`: sorted by name, as docker lists them (on a worker, its tasks' networks).
-pub async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Vec<NetworkView>>> {
+/// `GET /networks?filters=`: sorted by name, as docker lists them (on a worker, its tasks'
+/// networks).
+pub async fn list(
+    State(agent): State<Arc<Agent>>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<NetworkResource>>> {
+    let f = q.filters(::api::network::LIST_FILTERS)?;
     let m = member(&agent)?;
     let state = orchestration::visible(&m)?;
     let mut nets: Vec<&Network> = state.networks.values().collect();
@@ -633,6 +251,7 @@ pub async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Vec<NetworkVie
     Ok(Json(
         nets.into_iter()
             .map(|n| network_view(&m, &state, n))
+            .filter(|n| ::api::network::matches(&f, n))
             .collect(),
     ))
 }
@@ -641,7 +260,7 @@ pub async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Vec<NetworkVie
 pub async fn inspect(
     State(agent): State<Arc<Agent>>,
     Path(reference): Path<String>,
-) -> Result<Json<NetworkView>> {
+) -> Result<Json<NetworkResource>> {
     let m = member(&agent)?;
     let state = orchestration::visible(&m)?;
     let n = find(&state, &reference).map_err(|e| match e.code {
@@ -655,10 +274,7 @@ pub async fn inspect(
 
 /// `DELETE /networks/{ref}`: refused while a service uses the network or a task still holds an
 /// address on it.
-pub async fn remove(
-    State(agent): State<Arc<Agent>>,
-    Path(reference): Path<String>,
-) -> Result<Json<super::views::Done>> {
+pub async fn remove(State(agent): State<Arc<Agent>>, Path(reference): Path<String>) -> Result<()> {
     let m = member(&agent)?;
     let mut leader = orchestration::leader(&m).await?;
     let state = leader.state();
@@ -708,62 +324,5 @@ pub async fn remove(
         orchestration::refresh(&m, &mut leader, &changes);
         return Err(f);
     }
-    Ok(Json(Default::default()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert!(validate_name("service", "web").is_ok());
-        assert!(validate_name("service", "a.b_c-1").is_ok());
-        assert!(validate_name("service", "").is_err());
-        assert!(validate_name("service", "-x").is_err());
-        assert!(validate_name("service", "a b").is_err());
-        assert!(validate_name("service", &"a".repeat(63)).is_ok());
-        let e = validate_name("service", &"a".repeat(64)).unwrap_err();
-        assert!(e.message.contains("63"), "{e}");
-    }
-
-    #[test]
-    fn cidrs() {
-        assert_eq!(
-            parse_cidr("10.0.1.0/24"),
-            Some(("10.0.1.0".parse().unwrap(), 24))
-        );
-        assert_eq!(parse_cidr("10.0.1.0/33"), None);
-        assert_eq!(parse_cidr("10.0.1.0"), None);
-        assert!(cidr_contains("10.0.1.0/24", "10.0.1.7".parse().unwrap()));
-        assert!(!cidr_contains("10.0.1.0/24", "10.0.2.7".parse().unwrap()));
-        assert!(cidr_contains("0.0.0.0/0", "1.2.3.4".parse().unwrap()));
-        assert!(cidr_contains("fd00:1::/64", "fd00:1::5".parse().unwrap()));
-        assert!(!cidr_contains("fd00:1::/64", "10.0.0.1".parse().unwrap()));
-        assert!(cidr_contains("::/0", "fd00::1".parse().unwrap()));
-    }
-
-    #[test]
-    fn options() {
-        let req = |k: &str, v: &str| CreateRequest {
-            name: "n".into(),
-            options: [(k.to_string(), v.to_string())].into(),
-            ..Default::default()
-        };
-        assert_eq!(spec_of(&req(MTU_OPTION, "1400")).unwrap().mtu, Some(1400));
-        assert!(spec_of(&req(MTU_OPTION, "67")).is_err());
-        assert!(spec_of(&req(MTU_OPTION, "x")).is_err());
-        let e = spec_of(&req("encrypted", "")).unwrap_err();
-        assert!(e.message.contains("not supported yet"), "{e}");
-        assert!(spec_of(&req("encrypted", "true")).is_err());
-        let s = spec_of(&req("foo", "bar")).unwrap();
-        assert_eq!(s.options.get("foo").map(String::as_str), Some("bar"));
-        let bridge = CreateRequest {
-            name: "n".into(),
-            driver: Some("bridge".into()),
-            ..Default::default()
-        };
-        let e = spec_of(&bridge).unwrap_err();
-        assert!(e.message.contains("\"overlay\""), "{e}");
-    }
+    Ok(())
 }

@@ -1,28 +1,27 @@
-//! /nodes handlers: `node ls / inspect / update / promote / demote / rm`.
+//! `/nodes` handlers: list (filters), inspect, update (availability, labels, role = promote and
+//! demote, with the quorum rules), remove.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ::api::node::{ManagerStatus, Node as WireNode, NodeSpec, REACHABLE, UNREACHABLE};
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use model::node::{Availability, NodeState, Role};
+use axum::extract::{Path, State};
+use model::node::{NodeState, Role};
 use model::{Kind, Node};
-use serde::{Deserialize, Serialize};
 use store::{Batch, Change};
 
 use super::ApiJson;
-use super::swarm::ForceQuery;
-use super::views::{Done, NodeView, node_view};
+use super::query::{ApiQuery, ForceQuery, ListQuery, UpdateQuery};
 use crate::agent::Agent;
 use crate::error::{Failure, Result};
 use crate::member::{Member, not_in_swarm};
-use crate::quorum::{Quorum, even_warning, needed};
+use crate::quorum::{Quorum, needed};
 
 fn member(agent: &Agent) -> Result<Arc<Member>> {
     agent.member().ok_or_else(not_in_swarm)
 }
 
-/// Finds a node by id, unique id prefix, hostname, or "self".
+/// Finds a node by id, hostname, unique id prefix, or "self".
 pub fn resolve(member: &Member, reference: &str) -> Result<Node> {
     let nodes = member.nodes()?;
     let want = if reference == "self" {
@@ -59,7 +58,38 @@ pub fn resolve(member: &Member, reference: &str) -> Result<Node> {
     }
 }
 
-pub async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Vec<NodeView>>> {
+/// A node as the manager answering sees it: manager status from its Raft view and probes.
+pub fn wire(member: &Member, n: &Node) -> WireNode {
+    let manager_status = n
+        .manager_status
+        .as_ref()
+        .filter(|_| n.role == Role::Manager)
+        .map(|ms| {
+            let (leader, in_raft) = match member.manager.as_ref().map(|m| &m.store) {
+                Some(s) => {
+                    let (_, voters) = s.members();
+                    (s.leader() == Some(ms.raft_id), voters.contains(&ms.raft_id))
+                }
+                None => (false, false),
+            };
+            let reachable = in_raft && (leader || member.peer_reachable(ms.raft_id));
+            ManagerStatus {
+                leader,
+                reachability: if reachable { REACHABLE } else { UNREACHABLE }.into(),
+                addr: ms.addr.clone(),
+            }
+        });
+    ::api::node::node(n, manager_status)
+}
+
+const FILTERS: &[&str] = &["id", "label", "membership", "name", "node.label", "role"];
+
+/// `GET /nodes?filters=`: sorted by hostname.
+pub async fn list(
+    State(agent): State<Arc<Agent>>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<WireNode>>> {
+    let f = q.filters(FILTERS)?;
     let m = member(&agent)?;
     m.probe_unseen().await;
     let mut nodes = m.nodes()?;
@@ -69,179 +99,133 @@ pub async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Vec<NodeView>>
             .cmp(&b.description.hostname)
             .then(a.meta.id.cmp(&b.meta.id))
     });
-    Ok(Json(nodes.iter().map(|n| node_view(&m, n)).collect()))
+    for r in f.get("role") {
+        ::api::node::parse_role(r)?;
+    }
+    for ms in f.get("membership") {
+        if !matches!(ms, "accepted" | "pending") {
+            return Err(Failure::bad_request(format!(
+                "invalid membership filter {ms:?}: use accepted or pending"
+            )));
+        }
+    }
+    Ok(Json(
+        nodes
+            .iter()
+            .filter(|n| {
+                f.matches("id", |v| n.meta.id.starts_with(v))
+                    && f.matches("name", |v| n.description.hostname.starts_with(v))
+                    && f.matches("role", |v| ::api::node::word(&n.spec.role) == v)
+                    && f.matches("membership", |v| v == "accepted")
+                    && f.match_labels(&n.spec.labels)
+            })
+            .map(|n| wire(&m, n))
+            .collect(),
+    ))
 }
 
+/// `GET /nodes/{ref}`.
 pub async fn inspect(
     State(agent): State<Arc<Agent>>,
     Path(node): Path<String>,
-) -> Result<Json<NodeView>> {
+) -> Result<Json<WireNode>> {
     let m = member(&agent)?;
     m.probe_unseen().await;
     let n = resolve(&m, &node)?;
-    Ok(Json(node_view(&m, &n)))
+    Ok(Json(wire(&m, &n)))
 }
 
-/// `POST /nodes/{ref}/update`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateRequest {
-    pub availability: Option<Availability>,
-    /// Labels to add or overwrite.
-    #[serde(default)]
-    pub label_add: BTreeMap<String, String>,
-    /// Labels to remove (each must exist).
-    #[serde(default)]
-    pub label_rm: Vec<String>,
-    pub role: Option<Role>,
-}
-
-fn node_patch(id: &str, patch: serde_json::Value) -> Batch {
-    Batch::one(Change::Patch {
-        kind: Kind::Node,
-        id: id.to_string(),
-        patch,
-        version: None,
-    })
-}
-
+/// `POST /nodes/{ref}/update?version=`: the whole spec, as docker's clients send it.
 pub async fn update(
     State(agent): State<Arc<Agent>>,
     Path(node): Path<String>,
-    ApiJson(req): ApiJson<UpdateRequest>,
-) -> Result<Json<Done>> {
+    ApiQuery(q): ApiQuery<UpdateQuery>,
+    ApiJson(spec): ApiJson<NodeSpec>,
+) -> Result<()> {
     let m = member(&agent)?;
     let n = resolve(&m, &node)?;
-    let mut warnings = Vec::new();
-    if let Some(role) = req.role
-        && role != n.spec.role
+    if let Some(v) = q.version()?
+        && v != n.meta.version
     {
-        warnings.extend(check_role_change(&m, &n, role).await?);
+        return Err(Failure::conflict(format!(
+            "update out of sequence: node {} is at version {}, not {v}; read it again and retry",
+            n.description.hostname, n.meta.version
+        )));
     }
-    let mut spec = serde_json::Map::new();
-    if let Some(a) = req.availability {
-        spec.insert(
-            "availability".into(),
-            serde_json::to_value(a).unwrap_or_default(),
-        );
+    let new = ::api::node::spec_to_model(&spec, &n.spec)?;
+    if new.role != n.spec.role {
+        check_role_change(&m, &n, new.role).await?;
     }
-    if let Some(r) = req.role {
-        spec.insert("role".into(), serde_json::to_value(r).unwrap_or_default());
+    if new == n.spec {
+        return Ok(());
     }
+    // A merge patch (the node's status moves on concurrently): removed labels are nulls.
     let mut labels = serde_json::Map::new();
-    for k in &req.label_rm {
-        if !n.spec.labels.contains_key(k) && !req.label_add.contains_key(k) {
-            return Err(Failure::bad_request(format!(
-                "key {k} doesn't exist in node's labels"
-            )));
-        }
+    for k in n
+        .spec
+        .labels
+        .keys()
+        .filter(|k| !new.labels.contains_key(*k))
+    {
         labels.insert(k.clone(), serde_json::Value::Null);
     }
-    for (k, v) in &req.label_add {
-        if k.is_empty() {
-            return Err(Failure::bad_request(
-                "a label needs a key (--label-add key[=value])",
-            ));
-        }
+    for (k, v) in &new.labels {
         labels.insert(k.clone(), serde_json::Value::String(v.clone()));
     }
-    if !labels.is_empty() {
-        spec.insert("labels".into(), serde_json::Value::Object(labels));
-    }
-    if spec.is_empty() {
-        return Ok(Json(Done {
-            warnings,
-            note: None,
-        }));
-    }
-    m.write(node_patch(&n.meta.id, serde_json::json!({"spec": spec})))
-        .await?;
-    Ok(Json(Done {
-        warnings,
-        note: None,
+    let patch = serde_json::json!({"spec": {
+        "role": new.role,
+        "availability": new.availability,
+        "labels": labels,
+    }});
+    m.write(Batch::one(Change::Patch {
+        kind: Kind::Node,
+        id: n.meta.id.clone(),
+        patch,
+        version: None,
     }))
-}
-
-/// The quorum rules of a role change; returns warnings for an even number of managers.
-async fn check_role_change(m: &Member, n: &Node, to: Role) -> Result<Vec<String>> {
-    let q: Quorum = m.quorum_fresh().await?;
-    match to {
-        Role::Manager => Ok(even_warning(q.managers + 1).into_iter().collect()),
-        Role::Worker => {
-            let store = m.store()?;
-            let (_, voters) = store.members();
-            let raft_id = n.manager_status.as_ref().map(|s| s.raft_id);
-            let in_raft = raft_id.is_some_and(|id| voters.contains(&id));
-            if !in_raft {
-                return Ok(Vec::new());
-            }
-            if voters.len() <= 1 {
-                return Err(Failure::conflict(format!(
-                    "attempting to demote the last manager of the swarm ({}): promote another node first, or use `netctl swarm leave --force` to dissolve the swarm",
-                    n.description.hostname
-                )));
-            }
-            let reachable = raft_id.is_some_and(|id| m.peer_reachable(id));
-            if !q.survives_removal(reachable) {
-                let left = q.managers - 1;
-                return Err(Failure::conflict(format!(
-                    "can't demote {}: the remaining {left} managers would have {} reachable, fewer than the {} needed for a quorum; \
-                     this would result in a loss of quorum. Bring the unavailable managers back first",
-                    n.description.hostname,
-                    q.reachable - usize::from(reachable),
-                    needed(left)
-                )));
-            }
-            Ok(even_warning(q.managers - 1).into_iter().collect())
-        }
-    }
-}
-
-async fn set_role(agent: Arc<Agent>, node: String, role: Role) -> Result<Json<Done>> {
-    let m = member(&agent)?;
-    let n = resolve(&m, &node)?;
-    if n.spec.role == role {
-        let what = match role {
-            Role::Manager => "a manager",
-            Role::Worker => "a worker",
-        };
-        return Ok(Json(Done {
-            warnings: Vec::new(),
-            note: Some(format!("Node {node} is already {what}.")),
-        }));
-    }
-    let warnings = check_role_change(&m, &n, role).await?;
-    let r = serde_json::to_value(role).unwrap_or_default();
-    m.write(node_patch(
-        &n.meta.id,
-        serde_json::json!({"spec": {"role": r}}),
-    ))
     .await?;
-    Ok(Json(Done {
-        warnings,
-        note: None,
-    }))
+    Ok(())
 }
 
-pub async fn promote(
-    State(agent): State<Arc<Agent>>,
-    Path(node): Path<String>,
-) -> Result<Json<Done>> {
-    set_role(agent, node, Role::Manager).await
+/// The quorum rules of a role change: a demotion must leave a working quorum.
+async fn check_role_change(m: &Member, n: &Node, to: Role) -> Result<()> {
+    if to == Role::Manager {
+        return Ok(());
+    }
+    let q: Quorum = m.quorum_fresh().await?;
+    let store = m.store()?;
+    let (_, voters) = store.members();
+    let raft_id = n.manager_status.as_ref().map(|s| s.raft_id);
+    let in_raft = raft_id.is_some_and(|id| voters.contains(&id));
+    if !in_raft {
+        return Ok(());
+    }
+    if voters.len() <= 1 {
+        return Err(Failure::conflict(format!(
+            "attempting to demote the last manager of the swarm ({}): promote another node first, or use `netctl swarm leave --force` to dissolve the swarm",
+            n.description.hostname
+        )));
+    }
+    let reachable = raft_id.is_some_and(|id| m.peer_reachable(id));
+    if !q.survives_removal(reachable) {
+        let left = q.managers - 1;
+        return Err(Failure::conflict(format!(
+            "can't demote {}: the remaining {left} managers would have {} reachable, fewer than the {} needed for a quorum; \
+             this would result in a loss of quorum. Bring the unavailable managers back first",
+            n.description.hostname,
+            q.reachable - usize::from(reachable),
+            needed(left)
+        )));
+    }
+    Ok(())
 }
 
-pub async fn demote(
-    State(agent): State<Arc<Agent>>,
-    Path(node): Path<String>,
-) -> Result<Json<Done>> {
-    set_role(agent, node, Role::Worker).await
-}
-
+/// `DELETE /nodes/{ref}?force=`.
 pub async fn remove(
     State(agent): State<Arc<Agent>>,
     Path(node): Path<String>,
-    Query(q): Query<ForceQuery>,
-) -> Result<Json<Done>> {
+    ApiQuery(q): ApiQuery<ForceQuery>,
+) -> Result<()> {
     let m = member(&agent)?;
     let n = resolve(&m, &node)?;
     let (_, voters) = m.store()?.members();
@@ -254,7 +238,7 @@ pub async fn remove(
             n.meta.id
         )));
     }
-    if !q.force && n.status.state == NodeState::Ready {
+    if !q.force() && n.status.state == NodeState::Ready {
         return Err(Failure::conflict(format!(
             "node {} is not down and can't be removed: stop or leave it first, or use --force",
             n.meta.id
@@ -266,5 +250,5 @@ pub async fn remove(
         version: None,
     }))
     .await?;
-    Ok(Json(Done::default()))
+    Ok(())
 }

@@ -1,173 +1,230 @@
-//! /info and /swarm/... handlers.
+//! `/swarm` handlers: inspect, init, join, leave, update (settings, token rotation), and
+//! autolock's unlock key (never set: netagent does not lock managers).
 
 use std::sync::Arc;
 
+use ::api::swarm::{InitRequest, JoinRequest, Swarm, UnlockKey};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use model::Kind;
-use model::node::Role;
 use pki::JoinToken;
-use serde::{Deserialize, Serialize};
 use store::{Batch, Change};
 
 use super::ApiJson;
-use super::views::{Info, SwarmView, Version};
-use crate::agent::{Agent, InitRequest, InitResponse, JoinApiRequest, JoinApiResponse};
+use super::query::{ApiQuery, ForceQuery, UpdateQuery, bool_value};
+use crate::agent::{Agent, Init, Join};
 use crate::error::{Failure, Result};
 use crate::member::not_in_swarm;
 
-pub async fn info(State(agent): State<Arc<Agent>>) -> Json<Info> {
-    let Some(member) = agent.member() else {
-        return Json(Info {
-            local_node_state: "inactive".into(),
-            hostname: agent.cfg.hostname.clone(),
-            ..Default::default()
-        });
-    };
-    let state = member.node_state();
-    let q = member.quorum().ok();
-    Json(Info {
-        node_id: state.node_id,
-        node_addr: state.advertise_addr,
-        local_node_state: "active".into(),
-        control_available: state.role == Role::Manager,
-        cluster_id: state.cluster_id,
-        is_leader: member.manager.as_ref().is_some_and(|m| m.store.is_leader()),
-        managers: q.map(|q| q.managers).unwrap_or(0),
-        reachable_managers: q.map(|q| q.reachable).unwrap_or(0),
-        remote_managers: state.managers,
-        hostname: agent.cfg.hostname.clone(),
-        data_path_port: member
-            .cluster_info
-            .borrow()
-            .as_ref()
-            .map(|c| c.data_path_port)
-            .unwrap_or(0),
-        dataplane_writes: member
-            .dataplane_writes
-            .load(std::sync::atomic::Ordering::Relaxed),
-    })
-}
-
-pub async fn inspect(State(agent): State<Arc<Agent>>) -> Result<Json<SwarmView>> {
+/// `GET /swarm`.
+pub async fn inspect(State(agent): State<Arc<Agent>>) -> Result<Json<Swarm>> {
     let member = agent.member().ok_or_else(not_in_swarm)?;
     let c = member.cluster()?;
-    let digest = pki::tls::cert_der_from_pem(&c.ca_cert_pem)
-        .map(|d| pki::ca_digest(&d))
-        .unwrap_or_default();
-    Ok(Json(SwarmView {
-        id: c.meta.id,
-        version: Version {
-            index: c.meta.version,
+    let (election, heartbeat) = super::system::raft_ticks(&agent);
+    Ok(Json(Swarm {
+        cluster: ::api::swarm::cluster_info(&c, election, heartbeat),
+        join_tokens: ::api::swarm::JoinTokens {
+            worker: c.join_tokens.worker.clone(),
+            manager: c.join_tokens.manager.clone(),
         },
-        created_at: c.meta.created_at,
-        updated_at: c.meta.updated_at,
-        default_addr_pool: c.default_addr_pools,
-        subnet_size: c.subnet_size,
-        data_path_port: c.data_path_port,
-        heartbeat_period_ms: c.settings.heartbeat_period_ms,
-        ca_digest: digest,
     }))
 }
 
+fn refuse_availability(a: &str) -> Result<()> {
+    if !a.is_empty() && a != "active" {
+        return Err(Failure::bad_request(format!(
+            "joining with availability {a:?} is not supported: join active, then `node update --availability {a}`"
+        )));
+    }
+    Ok(())
+}
+
+/// docker's listen address names the cluster port; netagent's is its `--cluster-port`.
+fn check_listen_addr(agent: &Agent, listen: &str) -> Result<()> {
+    let port = listen.rsplit_once(':').map(|(_, p)| p).unwrap_or("");
+    if listen.is_empty() || port.is_empty() || port.parse() == Ok(agent.cfg.cluster_port) {
+        return Ok(());
+    }
+    Err(Failure::bad_request(format!(
+        "invalid listen address {listen:?}: netagent listens on its cluster port {} on every address (--cluster-port); leave --listen-addr out",
+        agent.cfg.cluster_port
+    )))
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.trim().is_empty()).then(|| s.trim().to_string())
+}
+
+/// `POST /swarm/init`: answers the new node's id (a JSON string, as docker).
 pub async fn init(
     State(agent): State<Arc<Agent>>,
     ApiJson(req): ApiJson<InitRequest>,
-) -> Result<Json<InitResponse>> {
-    agent.init(req).await.map(Json)
+) -> Result<Json<String>> {
+    check_listen_addr(&agent, &req.listen_addr)?;
+    refuse_availability(&req.availability)?;
+    if req.auto_lock_managers || req.spec.encryption_config.auto_lock_managers {
+        return Err(Failure::bad_request(
+            "autolock (--autolock) is not supported: netagent keeps no encrypted Raft log to lock",
+        ));
+    }
+    let current = ::api::swarm::SwarmSpec::default();
+    let settings = ::api::swarm::settings_update(&current, &req.spec)?;
+    let port = match req.data_path_port {
+        0 => None,
+        p => Some(u16::try_from(p).map_err(|_| {
+            Failure::bad_request(format!(
+                "invalid --data-path-port {p}: use a UDP port in 1024-49151 (default 4789)"
+            ))
+        })?),
+    };
+    let mask = match req.subnet_size {
+        0 => None,
+        m => Some(u8::try_from(m).map_err(|_| {
+            Failure::bad_request(format!(
+                "invalid --default-addr-pool-mask-length {m}: use 1-30"
+            ))
+        })?),
+    };
+    let r = agent
+        .init(Init {
+            advertise_addr: non_empty(&req.advertise_addr),
+            data_path_addr: non_empty(&req.data_path_addr),
+            data_path_port: port,
+            default_addr_pool: req.default_addr_pool,
+            default_addr_pool_mask_length: mask,
+            force_new_cluster: req.force_new_cluster,
+            heartbeat_ms: (settings.heartbeat_period_ms > 0)
+                .then_some(settings.heartbeat_period_ms),
+        })
+        .await?;
+    Ok(Json(r.node_id))
 }
 
+/// `POST /swarm/join`: tries the managers given, in order. Answers nothing on success (docker's
+/// clients read `/info` for the role).
 pub async fn join(
     State(agent): State<Arc<Agent>>,
-    ApiJson(req): ApiJson<JoinApiRequest>,
-) -> Result<Json<JoinApiResponse>> {
-    if req.token.trim().is_empty() {
+    ApiJson(req): ApiJson<JoinRequest>,
+) -> Result<()> {
+    check_listen_addr(&agent, &req.listen_addr)?;
+    refuse_availability(&req.availability)?;
+    if req.join_token.trim().is_empty() {
         return Err(Failure::bad_request("a join token is required (--token)"));
     }
-    if req.remote_addr.trim().is_empty() {
+    let remotes: Vec<&String> = req
+        .remote_addrs
+        .iter()
+        .filter(|a| !a.trim().is_empty())
+        .collect();
+    if remotes.is_empty() {
         return Err(Failure::bad_request(
             "the address of a manager is required (HOST:PORT)",
         ));
     }
-    agent.join(req).await.map(Json)
+    let mut last = None;
+    for remote in remotes {
+        let j = Join {
+            token: req.join_token.clone(),
+            remote_addr: remote.clone(),
+            advertise_addr: non_empty(&req.advertise_addr),
+            data_path_addr: non_empty(&req.data_path_addr),
+            manager: req.require_manager,
+        };
+        match agent.join(j).await {
+            Ok(_) => return Ok(()),
+            // Only an unreachable manager is worth trying the next one for.
+            Err(f) if f.code == crate::error::Code::Unavailable => last = Some(f),
+            Err(f) => return Err(f),
+        }
+    }
+    Err(last.unwrap_or_else(|| Failure::unavailable("no manager could be reached")))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ForceQuery {
-    #[serde(default)]
-    pub force: bool,
-}
-
+/// `POST /swarm/leave?force=`.
 pub async fn leave(
     State(agent): State<Arc<Agent>>,
-    Query(q): Query<ForceQuery>,
-) -> Result<Json<serde_json::Value>> {
-    agent.leave(q.force).await?;
-    Ok(Json(serde_json::json!({})))
+    ApiQuery(q): ApiQuery<ForceQuery>,
+) -> Result<()> {
+    agent.leave(q.force()).await
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TokenView {
-    pub role: Role,
-    pub token: String,
-    /// The cluster-port address of the manager answering, to join through.
-    pub addr: String,
-}
-
-fn parse_role(role: &str) -> Result<Role> {
-    match role {
-        "worker" => Ok(Role::Worker),
-        "manager" => Ok(Role::Manager),
-        other => Err(Failure::bad_request(format!(
-            "unknown role {other:?}: use worker or manager"
-        ))),
+/// `POST /swarm/update?version=&rotateWorkerToken=&rotateManagerToken=`: the dispatcher's
+/// heartbeat period and new join tokens; a change to anything netagent does not apply is
+/// refused.
+pub async fn update(
+    State(agent): State<Arc<Agent>>,
+    ApiQuery(q): ApiQuery<UpdateQuery>,
+    ApiJson(spec): ApiJson<::api::swarm::SwarmSpec>,
+) -> Result<()> {
+    let member = agent.member().ok_or_else(not_in_swarm)?;
+    let c = member.cluster()?;
+    if let Some(v) = q.version()?
+        && v != c.meta.version
+    {
+        return Err(Failure::conflict(format!(
+            "update out of sequence: the swarm is at version {}, not {v}; read it again (`GET /swarm`) and retry",
+            c.meta.version
+        )));
     }
-}
-
-pub async fn join_token(
-    State(agent): State<Arc<Agent>>,
-    Path(role): Path<String>,
-) -> Result<Json<TokenView>> {
-    let role = parse_role(&role)?;
-    let member = agent.member().ok_or_else(not_in_swarm)?;
-    let c = member.cluster()?;
-    let token = match role {
-        Role::Worker => c.join_tokens.worker,
-        Role::Manager => c.join_tokens.manager,
+    if bool_value(q.rotate_manager_unlock_key.as_deref()) {
+        return Err(Failure::bad_request(
+            "there is no unlock key to rotate: autolock is not supported",
+        ));
+    }
+    let (election, heartbeat) = super::system::raft_ticks(&agent);
+    let current = ::api::swarm::cluster_info(&c, election, heartbeat).spec;
+    let settings = ::api::swarm::settings_update(&current, &spec)?;
+    let mut patch = serde_json::Map::new();
+    if settings != c.settings {
+        patch.insert(
+            "settings".into(),
+            serde_json::to_value(&settings).map_err(|e| Failure::internal(e.to_string()))?,
+        );
+    }
+    let digest = || {
+        pki::tls::cert_der_from_pem(&c.ca_cert_pem)
+            .map(|d| pki::ca_digest(&d))
+            .map_err(|e| Failure::internal(e.to_string()))
     };
-    Ok(Json(TokenView {
-        role,
-        token,
-        addr: member.cluster_port_addr.clone(),
-    }))
-}
-
-pub async fn rotate(
-    State(agent): State<Arc<Agent>>,
-    Path(role): Path<String>,
-) -> Result<Json<TokenView>> {
-    let role = parse_role(&role)?;
-    let member = agent.member().ok_or_else(not_in_swarm)?;
-    let c = member.cluster()?;
-    let digest = pki::tls::cert_der_from_pem(&c.ca_cert_pem)
-        .map(|d| pki::ca_digest(&d))
-        .map_err(|e| Failure::internal(e.to_string()))?;
-    let token = JoinToken::generate(&digest).to_string();
-    let key = match role {
-        Role::Worker => "worker",
-        Role::Manager => "manager",
-    };
+    let mut tokens = serde_json::Map::new();
+    if bool_value(q.rotate_worker_token.as_deref()) {
+        tokens.insert(
+            "worker".into(),
+            JoinToken::generate(&digest()?).to_string().into(),
+        );
+    }
+    if bool_value(q.rotate_manager_token.as_deref()) {
+        tokens.insert(
+            "manager".into(),
+            JoinToken::generate(&digest()?).to_string().into(),
+        );
+    }
+    if !tokens.is_empty() {
+        patch.insert("join_tokens".into(), serde_json::Value::Object(tokens));
+    }
+    if patch.is_empty() {
+        return Ok(());
+    }
     member
         .write(Batch::one(Change::Patch {
             kind: Kind::Cluster,
             id: c.meta.id.clone(),
-            patch: serde_json::json!({"join_tokens": {key: token}}),
-            version: None,
+            patch: serde_json::Value::Object(patch),
+            version: Some(c.meta.version),
         }))
         .await?;
-    Ok(Json(TokenView {
-        role,
-        token,
-        addr: member.cluster_port_addr.clone(),
-    }))
+    Ok(())
+}
+
+/// `GET /swarm/unlockkey`: autolock is never on, so there is no key.
+pub async fn unlock_key(State(agent): State<Arc<Agent>>) -> Result<Json<UnlockKey>> {
+    agent.member().ok_or_else(not_in_swarm)?;
+    Ok(Json(UnlockKey::default()))
+}
+
+/// `POST /swarm/unlock`.
+pub async fn unlock() -> Result<()> {
+    Err(Failure::conflict(
+        "Swarm is not locked: netagent does not lock managers (autolock is not supported)",
+    ))
 }

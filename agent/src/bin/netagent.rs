@@ -70,7 +70,25 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let host = cfg.host.clone();
     tracing::info!(hostname = %cfg.hostname, state_dir = %cfg.state_dir.display(), version = env!("CARGO_PKG_VERSION"), "netagent starting");
+    let metrics_addr = cfg.metrics_addr;
     let agent = netagent::agent::Agent::new(cfg);
+    netagent::metrics::attach(&agent);
+    if let Some(addr) = metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tracing::info!(%addr, "metrics listening");
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let app = netagent::api::metrics_app();
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "the metrics server failed");
+            }
+        });
+    }
     agent.resume().await?;
     let api = netagent::api::serve(agent.clone(), &host, shutdown.clone().cancelled_owned());
     let result = api.await;

@@ -1,4 +1,5 @@
-//! netctl's HTTP client on the agent's unix socket.
+//! netctl's HTTP client on the agent's unix socket: the Docker Engine API at the version the
+//! `api` crate speaks (`/v1.41/...`), as the docker CLI calls it.
 
 use std::path::{Path, PathBuf};
 
@@ -14,8 +15,6 @@ pub struct Reply {
     pub body: serde_json::Value,
     /// Set when the answer came from a replica that may be stale.
     pub stale: Option<String>,
-    /// The id of the node that answered.
-    pub node_id: Option<String>,
 }
 
 impl Reply {
@@ -73,7 +72,7 @@ impl Client {
         };
         let req = Request::builder()
             .method(method)
-            .uri(format!("http://netagent{path}"))
+            .uri(format!("http://netagent/v{}{path}", ::api::API_VERSION))
             .header("host", "netagent")
             .header("content-type", "application/json")
             .body(body)?;
@@ -88,8 +87,7 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let stale = header(crate::api::STALE);
-        let node_id = header(crate::api::NODE_ID);
+        let stale = header(::api::system::HEADER_STALE);
         let bytes = resp
             .into_body()
             .collect()
@@ -111,12 +109,37 @@ impl Client {
                 .unwrap_or_else(|| format!("{status}: {body}"));
             return Err(anyhow!("Error response from daemon: {msg}"));
         }
-        Ok(Reply {
-            body,
-            stale,
-            node_id,
-        })
+        Ok(Reply { body, stale })
     }
+}
+
+/// Whether the daemon refused an update because the object moved on since it was read (a retry
+/// reads it again).
+pub fn out_of_sequence(e: &anyhow::Error) -> bool {
+    e.to_string().contains("update out of sequence")
+}
+
+/// `?filters=` for docker's filters (empty when there are none).
+pub fn filters_query(f: &::api::Filters) -> String {
+    if f.is_empty() {
+        String::new()
+    } else {
+        format!("filters={}", esc(&f.to_json()))
+    }
+}
+
+/// Parses `--filter key=value` flags as docker's CLI does.
+pub fn parse_filters(flags: &[String]) -> Result<::api::Filters> {
+    let mut f = ::api::Filters::new();
+    for flag in flags {
+        let Some((k, v)) = flag.split_once('=') else {
+            return Err(anyhow!(
+                "bad format of filter (expected name=value): {flag}"
+            ));
+        };
+        f.add(k.trim(), v);
+    }
+    Ok(f)
 }
 
 /// A reference (name, id, prefix) escaped for a URL path segment or query value.

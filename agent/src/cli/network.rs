@@ -3,14 +3,15 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use ::api::network::{
+    CreateRequest, CreateResponse, Ipam, IpamConfig, NetworkResource, cidr_contains, parse_cidr,
+};
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use model::network::IpamConfig;
 
 use super::Format;
-use super::client::{Client, esc};
+use super::client::{Client, esc, filters_query, parse_filters};
 use super::table::render;
-use crate::api::networks::{Created, NetworkView, cidr_contains, parse_cidr};
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCmd {
@@ -124,9 +125,10 @@ pub fn pair_ipam(
         return Ok(subnets
             .iter()
             .map(|s| IpamConfig {
-                subnet: Some(s.clone()),
-                gateway: gateways.first().cloned(),
-                ip_range: ranges.first().cloned(),
+                subnet: s.clone(),
+                gateway: gateways.first().cloned().unwrap_or_default(),
+                ip_range: ranges.first().cloned().unwrap_or_default(),
+                ..Default::default()
             })
             .collect());
     }
@@ -148,112 +150,69 @@ pub fn pair_ipam(
     let mut out: Vec<IpamConfig> = subnets
         .iter()
         .map(|s| IpamConfig {
-            subnet: Some(s.clone()),
-            gateway: None,
-            ip_range: None,
+            subnet: s.clone(),
+            ..Default::default()
         })
         .collect();
     for r in ranges {
         let Some((addr, _)) = parse_cidr(r) else {
             bail!("invalid ip-range {r:?}: give a CIDR such as 10.0.9.128/25");
         };
-        let Some(c) = out
-            .iter_mut()
-            .find(|c| c.subnet.as_deref().is_some_and(|s| cidr_contains(s, addr)))
-        else {
+        let Some(c) = out.iter_mut().find(|c| cidr_contains(&c.subnet, addr)) else {
             bail!("no matching subnet for range {r}");
         };
-        if let Some(prev) = &c.ip_range {
+        if !c.ip_range.is_empty() {
             bail!(
-                "cannot configure multiple ranges ({r}, {prev}) on the same subnet ({})",
-                c.subnet.as_deref().unwrap_or_default()
+                "cannot configure multiple ranges ({r}, {}) on the same subnet ({})",
+                c.ip_range,
+                c.subnet
             );
         }
-        c.ip_range = Some(r.clone());
+        c.ip_range = r.clone();
     }
     for g in gateways {
         let Ok(addr) = g.trim().parse::<IpAddr>() else {
             bail!("invalid gateway {g:?}: give an IP address such as 10.0.9.1");
         };
-        let Some(c) = out
-            .iter_mut()
-            .find(|c| c.subnet.as_deref().is_some_and(|s| cidr_contains(s, addr)))
-        else {
+        let Some(c) = out.iter_mut().find(|c| cidr_contains(&c.subnet, addr)) else {
             bail!("no matching subnet for gateway {g}");
         };
-        if let Some(prev) = &c.gateway {
+        if !c.gateway.is_empty() {
             bail!(
-                "cannot configure multiple gateways ({g}, {prev}) for the same subnet ({})",
-                c.subnet.as_deref().unwrap_or_default()
+                "cannot configure multiple gateways ({g}, {}) for the same subnet ({})",
+                c.gateway,
+                c.subnet
             );
         }
-        c.gateway = Some(g.clone());
+        c.gateway = g.clone();
     }
     Ok(out)
 }
 
-fn matches_filters(n: &NetworkView, filters: &[(String, String)]) -> bool {
-    // Docker: values of the same key are alternatives, different keys must all match.
-    let mut by_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (k, v) in filters {
-        by_key.entry(k).or_default().push(v);
-    }
-    by_key.iter().all(|(k, vals)| {
-        vals.iter().any(|v| match *k {
-            "name" => n.name.contains(v),
-            "id" => n.id.starts_with(v),
-            "driver" => n.driver == *v,
-            "scope" => n.scope == *v,
-            "label" => match v.split_once('=') {
-                Some((lk, lv)) => n.labels.get(lk).is_some_and(|x| x == lv),
-                None => n.labels.contains_key(*v),
-            },
-            _ => false,
-        })
-    })
-}
-
-fn parse_filters(filters: &[String]) -> Result<Vec<(String, String)>> {
-    filters
-        .iter()
-        .map(|f| {
-            let Some((k, v)) = f.split_once('=') else {
-                bail!("bad format of filter (expected name=value): {f}");
-            };
-            if !matches!(k, "name" | "id" | "driver" | "scope" | "label") {
-                bail!("invalid filter '{k}': use driver, id, label, name or scope");
-            }
-            Ok((k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
 async fn create(client: &Client, a: CreateArgs) -> Result<()> {
-    if let Some(scope) = &a.scope
-        && scope != "swarm"
-    {
-        bail!("invalid scope {scope:?}: netagent networks are swarm-scoped (--scope swarm)");
-    }
-    if let Some(d) = &a.ipam_driver
-        && d != "default"
-    {
-        bail!("IPAM driver {d:?} is not supported: use the default IPAM driver");
-    }
-    let ipam = pair_ipam(&a.subnet, &a.gateway, &a.ip_range)?;
-    let options = key_values(&a.opt, "option (--opt)")?;
-    let labels = key_values(&a.label, "label (--label)")?;
-    let body = serde_json::json!({
-        "name": a.name,
-        "driver": a.driver,
-        "ipam": ipam,
-        "options": options,
-        "labels": labels,
-        "attachable": a.attachable,
-        "internal": a.internal,
-        "ingress": a.ingress,
-        "ipv6": a.ipv6,
-    });
-    let created: Created = client.post("/networks/create", body).await?.parse()?;
+    let config = pair_ipam(&a.subnet, &a.gateway, &a.ip_range)?;
+    let req = CreateRequest {
+        name: a.name,
+        check_duplicate: true,
+        driver: a.driver,
+        scope: a.scope.unwrap_or_default(),
+        enable_ipv6: a.ipv6,
+        ipam: Some(Ipam {
+            driver: a.ipam_driver.unwrap_or_else(|| "default".into()),
+            options: None,
+            config,
+        }),
+        internal: a.internal,
+        attachable: a.attachable,
+        ingress: a.ingress,
+        options: key_values(&a.opt, "option (--opt)")?,
+        labels: key_values(&a.label, "label (--label)")?,
+        ..Default::default()
+    };
+    let created: CreateResponse = client
+        .post("/networks/create", serde_json::to_value(req)?)
+        .await?
+        .parse()?;
     if !created.warning.is_empty() {
         super::warn(&created.warning);
     }
@@ -271,16 +230,14 @@ pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
             format,
         } => {
             let filters = parse_filters(&filter)?;
-            let r = client.get("/networks").await?;
+            let r = client
+                .get(&format!("/networks?{}", filters_query(&filters)))
+                .await?;
             if let Some(why) = &r.stale {
                 super::warn(why);
             }
-            let nets: Vec<NetworkView> = r.parse()?;
-            let nets: Vec<&NetworkView> = nets
-                .iter()
-                .filter(|n| matches_filters(n, &filters))
-                .collect();
-            let id = |n: &NetworkView| if no_trunc { n.id.clone() } else { short(&n.id) };
+            let nets: Vec<NetworkResource> = r.parse()?;
+            let id = |n: &NetworkResource| if no_trunc { n.id.clone() } else { short(&n.id) };
             if quiet {
                 for n in &nets {
                     println!("{}", id(n));
@@ -324,7 +281,7 @@ pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
                         if let Some(why) = &r.stale {
                             super::warn(why);
                         }
-                        views.push(r.parse::<NetworkView>()?);
+                        views.push(r.parse::<NetworkResource>()?);
                     }
                     Err(e) => failed = Some(e),
                 }
@@ -342,7 +299,7 @@ pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
                     Err(e) => failed.push(e),
                 }
             }
-            super::service::collect_errors(failed)?;
+            super::collect_errors(failed)?;
         }
     }
     Ok(())
@@ -365,13 +322,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.len(), 2);
-        assert_eq!(c[0].gateway.as_deref(), Some("10.1.0.254"));
-        assert_eq!(c[0].ip_range, None);
-        assert_eq!(c[1].gateway.as_deref(), Some("10.2.0.254"));
-        assert_eq!(c[1].ip_range.as_deref(), Some("10.2.0.128/25"));
+        assert_eq!(c[0].gateway, "10.1.0.254");
+        assert_eq!(c[0].ip_range, "");
+        assert_eq!(c[1].gateway, "10.2.0.254");
+        assert_eq!(c[1].ip_range, "10.2.0.128/25");
         // One subnet: as given, the allocator checks.
         let c = pair_ipam(&v(&["bogus"]), &v(&["x"]), &[]).unwrap();
-        assert_eq!(c[0].gateway.as_deref(), Some("x"));
+        assert_eq!(c[0].gateway, "x");
         assert!(pair_ipam(&[], &v(&["10.0.0.1"]), &[]).is_err());
         let e = pair_ipam(&v(&["10.1.0.0/16", "10.1.2.0/24"]), &[], &[]).unwrap_err();
         assert!(e.to_string().contains("10.1.0.0/16 and 10.1.2.0/24"), "{e}");
@@ -386,7 +343,7 @@ mod tests {
         assert!(e.to_string().contains("multiple gateways"), "{e}");
         // IPv6 next to IPv4.
         let c = pair_ipam(&v(&["10.1.0.0/24", "fd00:1::/64"]), &v(&["fd00:1::1"]), &[]).unwrap();
-        assert_eq!(c[1].gateway.as_deref(), Some("fd00:1::1"));
+        assert_eq!(c[1].gateway, "fd00:1::1");
     }
 
     #[test]

@@ -1,14 +1,12 @@
 //! `netctl node ...`
 
-use std::collections::BTreeMap;
-
+use ::api::node::{Node, REACHABLE};
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
 use super::client::{Client, esc};
 use super::table::{bytes, render, title};
 use super::{Format, warn};
-use crate::api::views::{Done, NodeView};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
@@ -35,7 +33,7 @@ pub enum NodeCmd {
     /// List tasks running on one or more nodes, defaults to current node.
     Ps {
         #[command(flatten)]
-        args: super::service::PsArgs,
+        args: super::service::ps::PsArgs,
         /// Node ids, hostnames, or "self" (the default).
         nodes: Vec<String>,
     },
@@ -76,16 +74,16 @@ pub enum NodeCmd {
     },
 }
 
-fn manager_status(n: &NodeView) -> String {
+fn manager_status(n: &Node) -> String {
     match &n.manager_status {
         None => String::new(),
         Some(m) if m.leader => "Leader".into(),
-        Some(m) if m.reachability == "reachable" => "Reachable".into(),
+        Some(m) if m.reachability == REACHABLE => "Reachable".into(),
         Some(_) => "Unavailable".into(),
     }
 }
 
-fn pretty(n: &NodeView) -> String {
+fn pretty(n: &Node) -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: &str| s.push_str(&format!("{:<22}{}\n", k, v));
     line("ID:", &n.id);
@@ -96,13 +94,13 @@ fn pretty(n: &NodeView) -> String {
         }
     }
     line("Hostname:", &n.description.hostname);
-    line("Joined at:", &n.created_at.to_string());
+    line("Joined at:", &n.meta.created_at.to_string());
     line("Status:", "");
-    line(" State:", &title(&serde_plain(&n.status.state)));
+    line(" State:", &title(&n.status.state));
     if !n.status.message.is_empty() {
         line(" Message:", &n.status.message);
     }
-    line(" Availability:", &title(&serde_plain(&n.spec.availability)));
+    line(" Availability:", &title(&n.spec.availability));
     line(" Address:", &n.status.addr);
     if let Some(m) = &n.manager_status {
         line("Manager Status:", "");
@@ -123,40 +121,100 @@ fn pretty(n: &NodeView) -> String {
     s
 }
 
-fn serde_plain<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+async fn inspect(client: &Client, node: &str) -> Result<Node> {
+    let r = client.get(&format!("/nodes/{}", esc(node))).await?;
+    if let Some(why) = &r.stale {
+        warn(why);
+    }
+    r.parse()
 }
 
-fn print_warnings(d: &Done) {
-    for w in &d.warnings {
-        warn(w);
+/// Reads the node, changes its spec, writes it back at the version read (docker's way). The
+/// node object also moves on its own (status, addresses) and a follower's replica may trail
+/// the leader's: an update refused as out of sequence is read and made again, a few times.
+async fn update_spec(
+    client: &Client,
+    node: &str,
+    mut change: impl FnMut(&mut ::api::node::NodeSpec) -> Result<()>,
+) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let n = inspect(client, node).await?;
+        let mut spec = n.spec.clone();
+        change(&mut spec)?;
+        let r = client
+            .post(
+                &format!(
+                    "/nodes/{}/update?version={}",
+                    esc(&n.id),
+                    n.meta.version.index
+                ),
+                serde_json::to_value(&spec)?,
+            )
+            .await;
+        match r {
+            Err(e) if super::client::out_of_sequence(&e) && attempt < 10 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other.map(|_| ()),
+        }
     }
 }
 
-/// `node promote` / `node demote`: each node in turn, printing docker's line (or the agent's
-/// note) for each; the last failure, if any, is the result.
+/// After node `id` became `role`: docker's advice when the swarm is left with an even number of
+/// managers. Counted from the others' roles, so a replica that has not applied the change yet
+/// (a follower answering) counts the same.
+async fn warn_even_managers(client: &Client, id: &str, role: &str) {
+    if let Ok(r) = client.get("/nodes").await
+        && let Ok(nodes) = r.parse::<Vec<Node>>()
+    {
+        let others = nodes
+            .iter()
+            .filter(|n| n.id != id && n.spec.role == "manager")
+            .count();
+        let managers = others + usize::from(role == "manager");
+        if let Some(w) = crate::quorum::even_warning(managers) {
+            warn(&w);
+        }
+    }
+}
+
+/// `node promote` / `node demote`: each node in turn, printing docker's line for each; the last
+/// failure, if any, is the result.
 async fn change_roles(
     client: &Client,
     nodes: &[String],
-    action: &str,
+    role: &str,
     done: impl Fn(&str) -> String,
 ) -> Result<()> {
     let mut failed = None;
     for n in nodes {
-        match client
-            .post(
-                &format!("/nodes/{}/{action}", esc(n)),
-                serde_json::json!({}),
-            )
-            .await
+        let current = match inspect(client, n).await {
+            Ok(c) => c,
+            Err(e) => {
+                failed = Some(e);
+                continue;
+            }
+        };
+        if current.spec.role == role {
+            let what = if role == "manager" {
+                "a manager"
+            } else {
+                "a worker"
+            };
+            println!("Node {n} is already {what}.");
+            continue;
+        }
+        match update_spec(client, n, |s| {
+            s.role = role.to_string();
+            Ok(())
+        })
+        .await
         {
-            Ok(r) => {
-                let d: Done = r.parse()?;
-                print_warnings(&d);
-                println!("{}", d.note.unwrap_or_else(|| done(n)));
+            Ok(()) => {
+                warn_even_managers(client, &current.id, role).await;
+                println!("{}", done(n));
             }
             Err(e) => failed = Some(e),
         }
@@ -172,15 +230,14 @@ pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
             } else {
                 nodes
             };
-            super::service::ps(client, "node", nodes, args).await?
+            super::service::ps::ps(client, "node", nodes, args).await?
         }
         NodeCmd::Ls { quiet, format } => {
             let r = client.get("/nodes").await?;
             if let Some(why) = &r.stale {
                 warn(why);
             }
-            let nodes: Vec<NodeView> = r.parse()?;
-            let me = r.node_id.clone().unwrap_or_default();
+            let nodes: Vec<Node> = r.parse()?;
             if quiet {
                 for n in &nodes {
                     println!("{}", n.id);
@@ -190,6 +247,8 @@ pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
                     println!("{}", serde_json::to_string(n)?);
                 }
             } else {
+                let info: ::api::system::Info = client.get("/info").await?.parse()?;
+                let me = info.swarm.node_id;
                 let rows: Vec<Vec<String>> = nodes
                     .iter()
                     .map(|n| {
@@ -200,8 +259,8 @@ pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
                                 n.id.clone()
                             },
                             n.description.hostname.clone(),
-                            title(&serde_plain(&n.status.state)),
-                            title(&serde_plain(&n.spec.availability)),
+                            title(&n.status.state),
+                            title(&n.spec.availability),
                             manager_status(n),
                             n.description.engine.engine_version.clone(),
                         ]
@@ -231,13 +290,8 @@ pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
             let mut views = Vec::new();
             let mut failed = None;
             for n in &nodes {
-                match client.get(&format!("/nodes/{}", esc(n))).await {
-                    Ok(r) => {
-                        if let Some(why) = &r.stale {
-                            warn(why);
-                        }
-                        views.push(r.parse::<NodeView>()?);
-                    }
+                match inspect(client, n).await {
+                    Ok(v) => views.push(v),
                     Err(e) => failed = Some(e),
                 }
             }
@@ -258,45 +312,53 @@ pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
             role,
             node,
         } => {
-            let availability = match availability.as_deref() {
-                None => None,
-                Some(a @ ("active" | "pause" | "drain")) => Some(a.to_string()),
-                Some(other) => bail!("invalid availability {other:?}: use active, pause or drain"),
-            };
-            let role = match role.as_deref() {
-                None => None,
-                Some(r @ ("worker" | "manager")) => Some(r.to_string()),
-                Some(other) => bail!("invalid role {other:?}: use worker or manager"),
-            };
-            let mut adds = BTreeMap::new();
+            if let Some(a) = &availability {
+                ::api::node::parse_availability(a)?;
+            }
+            if let Some(r) = &role {
+                ::api::node::parse_role(r)?;
+            }
+            let mut adds = Vec::new();
             for l in &label_add {
                 let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
                 if k.is_empty() {
                     bail!("invalid label {l:?}: use key or key=value");
                 }
-                adds.insert(k.to_string(), v.to_string());
+                adds.push((k.to_string(), v.to_string()));
             }
-            let body = serde_json::json!({
-                "availability": availability,
-                "role": role,
-                "label_add": adds,
-                "label_rm": label_rm,
-            });
-            let d: Done = client
-                .post(&format!("/nodes/{}/update", esc(&node)), body)
-                .await?
-                .parse()?;
-            print_warnings(&d);
+            let mut role_changed = false;
+            let new_role = role.clone();
+            update_spec(client, &node, |spec| {
+                if let Some(a) = &availability {
+                    spec.availability = a.clone();
+                }
+                if let Some(r) = &role {
+                    role_changed = *r != spec.role;
+                    spec.role = r.clone();
+                }
+                for k in &label_rm {
+                    if spec.labels.remove(k).is_none() && !adds.iter().any(|(a, _)| a == k) {
+                        bail!("key {k} doesn't exist in node's labels");
+                    }
+                }
+                spec.labels.extend(adds.iter().cloned());
+                Ok(())
+            })
+            .await?;
+            if role_changed && let Some(r) = &new_role {
+                let id = inspect(client, &node).await?.id;
+                warn_even_managers(client, &id, r).await;
+            }
             println!("{node}");
         }
         NodeCmd::Promote { nodes } => {
-            change_roles(client, &nodes, "promote", |n| {
+            change_roles(client, &nodes, "manager", |n| {
                 format!("Node {n} promoted to a manager in the swarm.")
             })
             .await?
         }
         NodeCmd::Demote { nodes } => {
-            change_roles(client, &nodes, "demote", |n| {
+            change_roles(client, &nodes, "worker", |n| {
                 format!("Manager {n} demoted in the swarm.")
             })
             .await?

@@ -1,12 +1,11 @@
 //! `netctl swarm ...`
 
+use ::api::swarm::{InitRequest, JoinRequest, Swarm};
+use ::api::system::Info;
 use anyhow::Result;
 use clap::Subcommand;
 
 use super::client::Client;
-use crate::agent::{InitRequest, InitResponse, JoinApiRequest, JoinApiResponse};
-use crate::api::swarm_types::TokenView;
-use model::node::Role;
 
 #[derive(Debug, Subcommand)]
 pub enum SwarmCmd {
@@ -67,8 +66,23 @@ pub enum SwarmCmd {
     Inspect,
 }
 
-fn join_command(t: &TokenView) -> String {
-    format!("    netctl swarm join --token {} {}", t.token, t.addr)
+/// The cluster-port address of the manager answering (to join through), from `/info`.
+async fn manager_addr(client: &Client) -> Result<String> {
+    let info: Info = client.get("/info").await?.parse()?;
+    let s = info.swarm;
+    Ok(s.remote_managers
+        .iter()
+        .find(|m| m.node_id == s.node_id)
+        .map(|m| m.addr.clone())
+        .unwrap_or_else(|| format!("{}:{}", s.node_addr, crate::config::DEFAULT_CLUSTER_PORT)))
+}
+
+async fn swarm(client: &Client) -> Result<Swarm> {
+    let r = client.get("/swarm").await?;
+    if let Some(why) = &r.stale {
+        super::warn(why);
+    }
+    r.parse()
 }
 
 pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
@@ -82,26 +96,23 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             force_new_cluster,
         } => {
             let req = InitRequest {
-                advertise_addr,
-                data_path_addr,
-                data_path_port,
+                advertise_addr: advertise_addr.unwrap_or_default(),
+                data_path_addr: data_path_addr.unwrap_or_default(),
+                data_path_port: data_path_port.map(u32::from).unwrap_or(0),
                 default_addr_pool,
-                default_addr_pool_mask_length,
+                subnet_size: default_addr_pool_mask_length.map(u32::from).unwrap_or(0),
                 force_new_cluster,
+                ..Default::default()
             };
-            let r: InitResponse = client
+            let node_id: String = client
                 .post("/swarm/init", serde_json::to_value(req)?)
                 .await?
                 .parse()?;
-            println!(
-                "Swarm initialized: current node ({}) is now a manager.\n",
-                r.node_id
-            );
+            let tokens = swarm(client).await?.join_tokens;
+            let addr = manager_addr(client).await?;
+            println!("Swarm initialized: current node ({node_id}) is now a manager.\n");
             println!("To add a worker to this swarm, run the following command:\n");
-            println!(
-                "    netctl swarm join --token {} {}\n",
-                r.worker_token, r.addr
-            );
+            println!("    netctl swarm join --token {} {addr}\n", tokens.worker);
             println!(
                 "To add a manager to this swarm, run 'netctl swarm join-token manager' and follow the instructions.\n"
             );
@@ -113,20 +124,22 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             manager,
             remote,
         } => {
-            let req = JoinApiRequest {
-                token,
-                remote_addr: remote,
-                advertise_addr,
-                data_path_addr,
-                manager,
+            let req = JoinRequest {
+                join_token: token,
+                remote_addrs: vec![remote],
+                advertise_addr: advertise_addr.unwrap_or_default(),
+                data_path_addr: data_path_addr.unwrap_or_default(),
+                require_manager: manager,
+                ..Default::default()
             };
-            let r: JoinApiResponse = client
+            client
                 .post("/swarm/join", serde_json::to_value(req)?)
-                .await?
-                .parse()?;
-            match r.role {
-                Role::Manager => println!("This node joined a swarm as a manager."),
-                Role::Worker => println!("This node joined a swarm as a worker."),
+                .await?;
+            let info: Info = client.get("/info").await?.parse()?;
+            if info.swarm.control_available {
+                println!("This node joined a swarm as a manager.");
+            } else {
+                println!("This node joined a swarm as a worker.");
             }
         }
         SwarmCmd::JoinToken {
@@ -137,29 +150,38 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             if role != "worker" && role != "manager" {
                 anyhow::bail!("unknown role {role:?}: use worker or manager");
             }
-            let t: TokenView = if rotate {
-                let t = client
+            if rotate {
+                let current = swarm(client).await?;
+                let flag = if role == "worker" {
+                    "rotateWorkerToken"
+                } else {
+                    "rotateManagerToken"
+                };
+                client
                     .post(
-                        &format!("/swarm/join-token/{role}/rotate"),
-                        serde_json::json!({}),
+                        &format!(
+                            "/swarm/update?version={}&{flag}=true",
+                            current.cluster.meta.version.index
+                        ),
+                        serde_json::to_value(&current.cluster.spec)?,
                     )
-                    .await?
-                    .parse()?;
+                    .await?;
                 if !quiet {
                     println!("Successfully rotated {role} join token.\n");
                 }
-                t
+            }
+            let tokens = swarm(client).await?.join_tokens;
+            let token = if role == "worker" {
+                tokens.worker
             } else {
-                client
-                    .get(&format!("/swarm/join-token/{role}"))
-                    .await?
-                    .parse()?
+                tokens.manager
             };
             if quiet {
-                println!("{}", t.token);
+                println!("{token}");
             } else {
+                let addr = manager_addr(client).await?;
                 println!("To add a {role} to this swarm, run the following command:\n");
-                println!("{}\n", join_command(&t));
+                println!("    netctl swarm join --token {token} {addr}\n");
             }
         }
         SwarmCmd::Leave { force } => {
@@ -172,11 +194,9 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             println!("Node left the swarm.");
         }
         SwarmCmd::Inspect => {
-            let r = client.get("/swarm").await?;
-            if let Some(why) = &r.stale {
-                super::warn(why);
-            }
-            println!("{}", serde_json::to_string_pretty(&vec![r.body])?);
+            // The cluster's settings, not its join tokens (`swarm join-token` shows those).
+            let s = swarm(client).await?;
+            println!("{}", serde_json::to_string_pretty(&vec![s.cluster])?);
         }
     }
     Ok(())

@@ -13,6 +13,8 @@ use serde_json::Value;
 
 pub const NETAGENT: &str = env!("CARGO_BIN_EXE_netagent");
 pub const NETCTL: &str = env!("CARGO_BIN_EXE_netctl");
+/// TCP port of every agent's `--metrics-addr` (on its node's address).
+pub const METRICS_PORT: u16 = 9323;
 /// Generous: two loaded cores, many agents.
 pub const LONG: Duration = Duration::from_secs(60);
 
@@ -80,6 +82,8 @@ pub fn agent_spec(lab: &Lab, i: usize) -> ProcSpec {
         // never forwards to the machine's resolvers.
         "--resolv-conf".into(),
         lab_resolv_conf(lab, i),
+        "--metrics-addr".into(),
+        format!("{}:{METRICS_PORT}", node.addr()),
         "--log-level".into(),
         std::env::var("AGENT_LOG")
             .unwrap_or_else(|_| "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into()),
@@ -254,6 +258,66 @@ impl Swarm {
             self.netctl(i, &["info"]).status.success()
         });
     }
+}
+
+impl Swarm {
+    /// A raw API request on node `i`'s socket (curl inside the node): status and body.
+    pub fn api(&self, i: usize, method: &str, path: &str, body: &str) -> (u16, String) {
+        let sock = sock(&self.lab, i);
+        let url = format!("http://netagent{path}");
+        let out = self
+            .lab
+            .node(i)
+            .run(&[
+                "curl",
+                "-s",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+                &sock,
+                "-X",
+                method,
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                body,
+                &url,
+            ])
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// `GET /metrics` of node `i` on its API socket, parsed with a Prometheus text parser.
+    pub fn metrics(&self, i: usize) -> prometheus_parse::Scrape {
+        let (code, text) = self.api(i, "GET", "/metrics", "");
+        assert_eq!(code, 200, "GET /metrics: {text}");
+        parse_metrics(&text)
+    }
+}
+
+pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("not Prometheus text ({e}):\n{text}"))
+}
+
+/// The value of a metric (summed over its samples whose labels include `labels`); 0 when absent.
+pub fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(b) => b.last().map(|b| b.count).unwrap_or(0.0),
+            Value::Summary(_) => 0.0,
+        })
+        .sum()
 }
 
 pub fn hostname_of(n: &Value) -> String {
