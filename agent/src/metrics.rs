@@ -86,6 +86,7 @@ impl Metrics {
         let api = api(&mut reg);
         raft(&mut reg);
         gossip(&mut reg);
+        dns(&mut reg);
         tasks(&mut reg);
         Metrics {
             registry: Mutex::new(reg),
@@ -189,6 +190,47 @@ fn raft(reg: &mut Registry) {
 
 fn gossip(reg: &mut Registry) {
     reg.register_collector(Box::new(Gossip));
+}
+
+fn dns(reg: &mut Registry) {
+    reg.register_collector(Box::new(Dns));
+}
+
+/// The node's embedded DNS resolver (its own counters, read at scrape time).
+#[derive(Debug)]
+struct Dns;
+
+impl Collector for Dns {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let r = agent()
+            .and_then(|a| a.member())
+            .and_then(|m| m.resolver.get().cloned());
+        let Some(r) = r else {
+            return Ok(());
+        };
+        for (name, help, v) in r.stats().fields() {
+            counter(&mut e, &format!("dns_{name}"), help, v)?;
+        }
+        let (networks, services, tasks) = r.counts();
+        gauge(
+            &mut e,
+            "dns_networks",
+            "Networks the node's resolver serves names of",
+            networks as i64,
+        )?;
+        gauge(
+            &mut e,
+            "dns_services",
+            "Service records the node's resolver holds",
+            services as i64,
+        )?;
+        gauge(
+            &mut e,
+            "dns_tasks",
+            "Task records the node's resolver holds",
+            tasks as i64,
+        )
+    }
 }
 
 fn tasks(reg: &mut Registry) {

@@ -188,6 +188,26 @@ fn names_vips_tasks_aliases_ptr_and_scope() {
     }
     let ptr = dig(&s, t, &["+short", "-x", &web_vip]);
     assert!(ptr.starts_with("web."), "PTR of the VIP: {ptr}");
+    // What a node serves, for whoever debugs it: docker's verbose inspect and the records.
+    let v: serde_json::Value =
+        serde_json::from_str(&s.ctl(2, &["network", "inspect", "--verbose", "red"])).unwrap();
+    let svc = &v[0]["Services"]["web"];
+    assert_eq!(svc["VIP"], web_vip.as_str(), "{v}");
+    assert_eq!(svc["Tasks"].as_array().map(Vec::len), Some(3), "{v}");
+    let records: Vec<String> = v[0]["DNSRecords"]
+        .as_array()
+        .expect("DNSRecords")
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        records.contains(&format!("web 600 A {web_vip}")),
+        "{records:?}"
+    );
+    assert!(
+        !records.iter().any(|r| r.starts_with("other ")),
+        "blue's names are not red's: {records:?}"
+    );
 }
 
 #[test]

@@ -67,6 +67,44 @@ pub struct NetworkResource {
         deserialize_with = "crate::null_default"
     )]
     pub endpoints: Vec<SwarmEndpoint>,
+    /// `?verbose=true` (docker's `network inspect --verbose`): the services on the network with
+    /// their VIP and the running tasks this node load-balances to and resolves.
+    #[serde(rename = "Services", default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<BTreeMap<String, ServiceInfo>>,
+    /// `?verbose=true`, netagent's own: the DNS records this node's resolver serves for the
+    /// network (`NAME TTL TYPE VALUE`), for debugging name resolution.
+    #[serde(
+        rename = "DNSRecords",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dns_records: Option<Vec<String>>,
+}
+
+/// A service on the network as docker's verbose inspect shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    #[serde(rename = "VIP", default)]
+    pub vip: String,
+    #[serde(rename = "Ports", default, deserialize_with = "crate::null_default")]
+    pub ports: Vec<String>,
+    #[serde(rename = "LocalLBIndex", default)]
+    pub local_lb_index: u64,
+    #[serde(rename = "Tasks", default, deserialize_with = "crate::null_default")]
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// A running task of a service on the network (docker's verbose inspect).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "EndpointIP")]
+    pub endpoint_ip: String,
+    #[serde(rename = "Info", default, deserialize_with = "crate::null_default")]
+    pub info: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,6 +498,8 @@ pub fn resource(n: &model::Network, gossip: GossipView) -> NetworkResource {
         labels: n.spec.labels.clone(),
         peers: gossip.peers,
         endpoints: gossip.endpoints,
+        services: None,
+        dns_records: None,
     }
 }
 

@@ -34,6 +34,21 @@ impl ListQuery {
     }
 }
 
+/// `GET /networks/{id}?verbose=&scope=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InspectQuery {
+    #[serde(default)]
+    pub verbose: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+impl InspectQuery {
+    pub fn verbose(&self) -> bool {
+        bool_value(self.verbose.as_deref())
+    }
+}
+
 /// `?force=` (node rm, swarm leave).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForceQuery {

@@ -131,9 +131,11 @@ fn routes(agent: Arc<Agent>) -> Router {
         .route(
             "/networks/create",
             post(networks::create)
-                .get(|a: State<Arc<Agent>>| {
-                    networks::inspect(a, axum::extract::Path("create".into()))
-                })
+                .get(
+                    |a: State<Arc<Agent>>, q: query::ApiQuery<::api::query::InspectQuery>| {
+                        networks::inspect(a, axum::extract::Path("create".into()), q)
+                    },
+                )
                 .delete(|a: State<Arc<Agent>>| {
                     networks::remove(a, axum::extract::Path("create".into()))
                 }),

@@ -6,6 +6,7 @@
 //! creations never get the same subnet or VNI, and nothing is written on error. Removal takes
 //! the same lock, so a service cannot attach to a network being removed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ::api::network::{
@@ -256,10 +257,13 @@ pub async fn list(
     ))
 }
 
-/// `GET /networks/{ref}`
+/// `GET /networks/{ref}[?verbose=true]`: with `verbose`, docker's `Services` (each service on
+/// the network, its VIP and the running tasks this node knows) and netagent's `DNSRecords` (the
+/// names this node's resolver serves for the network).
 pub async fn inspect(
     State(agent): State<Arc<Agent>>,
     Path(reference): Path<String>,
+    ApiQuery(q): ApiQuery<::api::query::InspectQuery>,
 ) -> Result<Json<NetworkResource>> {
     let m = member(&agent)?;
     let state = orchestration::visible(&m)?;
@@ -269,7 +273,85 @@ pub async fn inspect(
         )),
         _ => e,
     })?;
-    Ok(Json(network_view(&m, &state, n)))
+    let mut view = network_view(&m, &state, n);
+    if q.verbose() {
+        view.services = Some(services_view(&m, &state, n));
+        view.dns_records = Some(
+            m.resolver
+                .get()
+                .map(|r| {
+                    r.records(&n.meta.id)
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        );
+    }
+    Ok(Json(view))
+}
+
+/// docker's verbose `Services` of a network: every service attached to it with its VIP and
+/// published ports, and the running tasks (as this node's gossip knows them) with their node.
+fn services_view(
+    m: &Member,
+    state: &ClusterState,
+    n: &Network,
+) -> BTreeMap<String, ::api::network::ServiceInfo> {
+    let entries = m
+        .gossip
+        .get()
+        .map(|g| g.endpoints(&n.meta.id))
+        .unwrap_or_default();
+    let vteps = m.gossip.get().map(|g| g.vteps()).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for s in state
+        .services
+        .values()
+        .filter(|s| s.spec.networks.iter().any(|a| a.target == n.meta.id))
+    {
+        let vip = s
+            .virtual_ips
+            .iter()
+            .find(|v| v.network_id == n.meta.id)
+            .map(|v| v.addr.addr().to_string())
+            .unwrap_or_default();
+        let ports = s
+            .spec
+            .endpoint
+            .ports
+            .iter()
+            .map(|p| format!("Target: {}, Publish: {}", p.target, p.published))
+            .collect();
+        let mut tasks: Vec<::api::network::TaskInfo> = entries
+            .iter()
+            .filter(|e| e.endpoint.service == s.meta.id && !e.endpoint.disabled)
+            .map(|e| ::api::network::TaskInfo {
+                name: e.endpoint.name.clone(),
+                endpoint_id: e.endpoint.id.clone(),
+                endpoint_ip: e.endpoint.ip.to_string(),
+                info: [(
+                    "Host IP".to_string(),
+                    vteps
+                        .get(&e.owner)
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default(),
+                )]
+                .into(),
+            })
+            .collect();
+        tasks.sort_by(|a, b| a.name.cmp(&b.name));
+        out.insert(
+            s.spec.name.clone(),
+            ::api::network::ServiceInfo {
+                vip,
+                ports,
+                local_lb_index: 0,
+                tasks,
+            },
+        );
+    }
+    out
 }
 
 /// `DELETE /networks/{ref}`: refused while a service uses the network or a task still holds an

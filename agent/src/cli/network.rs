@@ -38,6 +38,10 @@ pub enum NetworkCmd {
         /// json (the default): a JSON array.
         #[arg(long, short = 'f', value_enum)]
         format: Option<Format>,
+        /// Also the services on the network with their VIP and running tasks, and the DNS
+        /// records this node serves for it.
+        #[arg(long, short = 'v')]
+        verbose: bool,
         /// Network names, ids or unique id prefixes.
         #[arg(required = true)]
         networks: Vec<String>,
@@ -269,14 +273,19 @@ pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 );
             }
         }
-        NetworkCmd::Inspect { format, networks } => {
+        NetworkCmd::Inspect {
+            format,
+            verbose,
+            networks,
+        } => {
             if format == Some(Format::Table) {
                 bail!("network inspect prints JSON; --format json is the only format");
             }
             let mut views = Vec::new();
             let mut failed = None;
             for n in &networks {
-                match client.get(&format!("/networks/{}", esc(n))).await {
+                let q = if verbose { "?verbose=true" } else { "" };
+                match client.get(&format!("/networks/{}{q}", esc(n))).await {
                     Ok(r) => {
                         if let Some(why) = &r.stale {
                             super::warn(why);
