@@ -85,8 +85,6 @@ pub struct Assigner {
     /// Set when a newer index replaces this one (the change feed lagged): sessions then start
     /// over with a full set from the new one.
     closed: std::sync::atomic::AtomicBool,
-    /// Deltas and full sets built, for tests and metrics.
-    pub messages: std::sync::atomic::AtomicU64,
 }
 
 fn gossip_keys(c: &model::Cluster) -> Vec<model::cluster::EncryptionKey> {
@@ -360,7 +358,6 @@ impl Assigner {
         Assigner {
             index: Mutex::new(idx),
             closed: Default::default(),
-            messages: Default::default(),
         }
     }
 
@@ -428,8 +425,6 @@ impl Assigner {
             .unwrap_or_default();
         let nodes = idx.node_list.iter().map(|(k, v)| (k.clone(), *v)).collect();
         drop(idx);
-        self.messages
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(Assignments {
             revision: 1,
             tasks,
@@ -511,11 +506,6 @@ impl Assigner {
             d.gossip_keys = Some(keys.clone());
         }
         drop(idx);
-        if d.is_empty() {
-            return None;
-        }
-        self.messages
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(d)
+        (!d.is_empty()).then_some(d)
     }
 }

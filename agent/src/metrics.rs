@@ -36,6 +36,17 @@ pub struct Metrics {
     pub store: StoreMetrics,
     pub executor: ExecutorMetrics,
     pub api: ApiMetrics,
+    pub dispatcher: DispatcherMetrics,
+}
+
+#[derive(Debug, Clone)]
+pub struct DispatcherMetrics {
+    /// Assignment messages the leader sent, by node and kind (full, delta).
+    pub sent: Family<[(&'static str, String); 2], Counter>,
+    /// Their encoded size in bytes, by node.
+    pub sent_bytes: Family<[(&'static str, String); 1], Counter>,
+    /// Assignment messages this node received, by kind (full, delta).
+    pub received: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +95,7 @@ impl Metrics {
         let store = store(&mut reg);
         let executor = executor(&mut reg);
         let api = api(&mut reg);
+        let dispatcher = dispatcher(&mut reg);
         raft(&mut reg);
         gossip(&mut reg);
         dns(&mut reg);
@@ -93,6 +105,7 @@ impl Metrics {
             store,
             executor,
             api,
+            dispatcher,
         }
     }
 
@@ -182,6 +195,52 @@ fn api(reg: &mut Registry) -> ApiMetrics {
         m.requests.clone(),
     );
     m
+}
+
+fn dispatcher(reg: &mut Registry) -> DispatcherMetrics {
+    let m = DispatcherMetrics {
+        sent: Family::default(),
+        sent_bytes: Family::default(),
+        received: Family::default(),
+    };
+    reg.register(
+        "dispatcher_assignments_sent",
+        "Assignment messages the leader sent to nodes, by node and kind (full set, delta)",
+        m.sent.clone(),
+    );
+    reg.register(
+        "dispatcher_assignments_sent_bytes",
+        "Encoded bytes of the assignment messages the leader sent, by node",
+        m.sent_bytes.clone(),
+    );
+    reg.register(
+        "dispatcher_assignments_received",
+        "Assignment messages this node received, by kind (full set, delta)",
+        m.received.clone(),
+    );
+    m
+}
+
+/// Records an assignment message sent to `node` (on the leader).
+pub fn assignments_sent(node: &str, full: bool, bytes: usize) {
+    let m = &global().dispatcher;
+    let kind = if full { "full" } else { "delta" };
+    m.sent
+        .get_or_create(&[("node", node.to_string()), ("kind", kind.to_string())])
+        .inc();
+    m.sent_bytes
+        .get_or_create(&[("node", node.to_string())])
+        .inc_by(bytes as u64);
+}
+
+/// Records an assignment message this node received.
+pub fn assignments_received(full: bool) {
+    let kind = if full { "full" } else { "delta" };
+    global()
+        .dispatcher
+        .received
+        .get_or_create(&[("kind", kind)])
+        .inc();
 }
 
 fn raft(reg: &mut Registry) {

@@ -139,8 +139,12 @@ async fn session(
                         }
                     }
                 }
-                Ok(Some(SessionDown::Assignments(a))) => accept_assignments(member, *a),
+                Ok(Some(SessionDown::Assignments(a))) => {
+                    crate::metrics::assignments_received(true);
+                    accept_assignments(member, *a)
+                }
                 Ok(Some(SessionDown::AssignmentsDelta(d))) => {
+                    crate::metrics::assignments_received(false);
                     if !accept_delta(member, &d) {
                         // Out of sequence (cannot happen on one ordered stream): start over.
                         tracing::warn!(revision = d.revision, "assignments delta out of sequence; reconnecting for a full set");

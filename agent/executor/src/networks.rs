@@ -130,9 +130,11 @@ impl Executor {
         Some((lb_netns_path(&self.config.netns_prefix, network), addr))
     }
 
-    /// Starts following a network's endpoint table (once): its current entries now, changes as
-    /// events.
-    pub(crate) fn subscribe(&mut self, id: &str) {
+    /// Starts following a network's endpoint table (once): waits for the table as the nodes
+    /// that hold it have it (gossip fetches it on subscription, for at most its failure
+    /// timeout), then changes come as events. Names, backends and peers are computed from a
+    /// whole table, never from the part a restarted node happens to have.
+    pub(crate) async fn subscribe(&mut self, id: &str) {
         let Some(spec) = self.network_spec(id) else {
             return;
         };
@@ -141,6 +143,13 @@ impl Executor {
             return;
         }
         let mut sub = self.gossip.subscribe(id);
+        let entries = match sub.recv().await {
+            Some(gossip::Event::Resync(all)) => all,
+            _ => self.gossip.endpoints(id),
+        }
+        .into_iter()
+        .map(|e| (e.endpoint.id.clone(), e))
+        .collect();
         let tx = self.tx.clone();
         let net = id.to_string();
         let handle = tokio::spawn(async move {
@@ -150,12 +159,6 @@ impl Executor {
                 }
             }
         });
-        let entries = self
-            .gossip
-            .endpoints(id)
-            .into_iter()
-            .map(|e| (e.endpoint.id.clone(), e))
-            .collect();
         self.nets.insert(
             id.to_string(),
             NetRt {
@@ -248,7 +251,7 @@ impl Executor {
     /// Makes a network ready for endpoints: subscribed, known to the data plane, its
     /// load-balancer endpoint and peers in place.
     pub(crate) async fn ensure_network(&mut self, id: &str) -> Result<(), Error> {
-        self.subscribe(id);
+        self.subscribe(id).await;
         let Some(n) = self.nets.get(id) else {
             return Err(Error::Dataplane(format!(
                 "network {id} is not in this node's assignments (or has no IPv4 subnet)"

@@ -436,7 +436,7 @@ impl Executor {
             .flat_map(|l| l.attachments.iter().map(|(n, _)| n.clone()))
             .collect();
         for net in &used {
-            self.subscribe(net);
+            self.subscribe(net).await;
         }
         let stale: Vec<String> = self
             .nets

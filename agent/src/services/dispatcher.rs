@@ -257,19 +257,23 @@ async fn send_assignments(
         };
         *assigner = Some(a);
         *revision = full.revision;
-        return tx
-            .send(Ok(SessionDown::Assignments(Box::new(full))))
-            .await
-            .map_err(|_| ());
+        let msg = SessionDown::Assignments(Box::new(full));
+        crate::metrics::assignments_sent(node_id, true, encoded_len(&msg));
+        return tx.send(Ok(msg)).await.map_err(|_| ());
     }
     let a = assigner.as_ref().expect("checked above");
     let Some(delta) = a.next(store, node_id, *revision + 1) else {
         return Ok(());
     };
     *revision = delta.revision;
-    tx.send(Ok(SessionDown::AssignmentsDelta(Box::new(delta))))
-        .await
-        .map_err(|_| ())
+    let msg = SessionDown::AssignmentsDelta(Box::new(delta));
+    crate::metrics::assignments_sent(node_id, false, encoded_len(&msg));
+    tx.send(Ok(msg)).await.map_err(|_| ())
+}
+
+/// The size of a message on the wire (the session's codec is JSON).
+fn encoded_len(msg: &SessionDown) -> usize {
+    serde_json::to_vec(msg).map(|v| v.len()).unwrap_or(0)
 }
 
 /// Records what a node reports of its tasks. A node speaks only for its own tasks, and a task's

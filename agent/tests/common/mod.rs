@@ -165,6 +165,13 @@ impl Swarm {
         });
     }
 
+    /// [`Swarm::wait`] for big labs (10 minutes).
+    pub fn wait_long(&self, what: &str, mut f: impl FnMut() -> bool) {
+        if let Err(e) = self.lab.wait_until(what, Duration::from_secs(600), &mut f) {
+            panic!("{e}\n{}", self.logs());
+        }
+    }
+
     pub fn wait(&self, what: &str, mut f: impl FnMut() -> bool) {
         if let Err(e) = self.lab.wait_until(what, LONG, &mut f) {
             panic!("{e}\n{}", self.logs());

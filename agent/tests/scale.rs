@@ -1,0 +1,205 @@
+//! Scale (issue 18): cost follows the change, not the cluster. 2,000 services of one task each
+//! over 10 nodes: every node converges and knows every endpoint of its network; an agent restart
+//! writes nothing; one `service scale` among the 2,000 makes dispatcher messages and kernel
+//! writes only where that service's change is — counted, not timed.
+//!
+//! Knob: SCALE_SERVICES (2000).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{Swarm, metric, skip};
+
+pub const NODES: usize = 10;
+
+fn services() -> usize {
+    std::env::var("SCALE_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// Creates `n` services `s0000..` of one `sleep` task each on network `net`, from a few
+/// threads at once (the API serializes what must be).
+pub fn create_services(s: &Swarm, n: usize, net: &str) {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        for _ in 0..8 {
+            sc.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let body = serde_json::json!({
+                        "Name": format!("s{i:04}"),
+                        "TaskTemplate": {
+                            "ContainerSpec": {"Image": "sleep", "Args": ["3600"]},
+                            "Networks": [{"Target": net}],
+                        },
+                        "Mode": {"Replicated": {"Replicas": 1}},
+                    });
+                    let (code, out) = s.api(1, "POST", "/services/create", &body.to_string());
+                    assert_eq!(code, 201, "create s{i:04}: {out}");
+                }
+            });
+        }
+    });
+}
+
+/// How many tasks are running, per the store.
+pub fn running_tasks(s: &Swarm) -> usize {
+    let filters = r#"{"desired-state":{"running":true}}"#;
+    let (code, body) = s.api(
+        1,
+        "GET",
+        &format!("/tasks?filters={}", urlencode(filters)),
+        "",
+    );
+    if code != 200 {
+        return 0;
+    }
+    let tasks: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    tasks
+        .iter()
+        .filter(|t| t["Status"]["State"] == "running")
+        .count()
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Per node: (assignment messages received, kernel writes), from each node's /metrics.
+fn counters(s: &Swarm) -> BTreeMap<usize, (f64, f64)> {
+    (1..=NODES)
+        .map(|i| {
+            let m = s.metrics(i);
+            (
+                i,
+                (
+                    metric(&m, "netagent_dispatcher_assignments_received_total", &[]),
+                    metric(&m, "netagent_executor_kernel_writes_total", &[]),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Every node's resolver knows `want` running tasks (the network's endpoints it serves).
+fn every_node_knows(s: &Swarm, want: usize) -> bool {
+    (1..=NODES).all(|i| metric(&s.metrics(i), "netagent_dns_tasks", &[]) as usize == want)
+}
+
+/// The nodes running a task of a service.
+fn nodes_of(s: &Swarm, service: &str) -> Vec<usize> {
+    let mut v: Vec<usize> = s
+        .running(1, service)
+        .values()
+        .filter_map(|n| n.strip_prefix("node")?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn two_thousand_services_converge_and_a_scale_costs_only_its_change() {
+    if skip() {
+        return;
+    }
+    let n = services();
+    let s = Swarm::start(1, NODES - 1);
+    s.ctl(
+        1,
+        &[
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--internal",
+            "--subnet",
+            "10.20.0.0/19",
+            "big",
+        ],
+    );
+    let t0 = std::time::Instant::now();
+    create_services(&s, n, "big");
+    println!("{n} services created in {:?}", t0.elapsed());
+    s.wait_long(&format!("{n} tasks running"), || running_tasks(&s) == n);
+    println!("{n} tasks running after {:?}", t0.elapsed());
+    s.wait_long("every node knows every endpoint", || {
+        every_node_knows(&s, n)
+    });
+    println!("every node converged after {:?}", t0.elapsed());
+
+    // An agent restart changes nothing in the kernel.
+    s.kill(5);
+    s.restart(5);
+    s.wait_long("node5's executor passed again", || {
+        let m = s.metrics(5);
+        metric(
+            &m,
+            "netagent_executor_reconcile_passes_total",
+            &[("kind", "full"), ("result", "ok")],
+        ) >= 1.0
+            && metric(&m, "netagent_dns_tasks", &[]) as usize == n
+    });
+    let w = metric(&s.metrics(5), "netagent_executor_kernel_writes_total", &[]);
+    assert_eq!(w, 0.0, "an agent restart with {n} services writes nothing");
+
+    // One scale among them: +5 tasks of one service.
+    let target = "s0007";
+    let before_nodes = nodes_of(&s, target);
+    let before = counters(&s);
+    s.ctl(1, &["service", "scale", "--detach", &format!("{target}=6")]);
+    s.wait_long("the 5 new tasks run", || running_tasks(&s) == n + 5);
+    s.wait_long("every node knows them", || every_node_knows(&s, n + 5));
+    // Let status reports settle.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let after = counters(&s);
+    let now_nodes = nodes_of(&s, target);
+    let touched: Vec<usize> = now_nodes
+        .iter()
+        .chain(before_nodes.iter())
+        .copied()
+        .collect();
+    println!("{target} ran on {before_nodes:?}, now on {now_nodes:?}");
+    let mut total_msgs = 0.0;
+    for i in 1..=NODES {
+        let (m0, w0) = before[&i];
+        let (m1, w1) = after[&i];
+        let (msgs, writes) = (m1 - m0, w1 - w0);
+        total_msgs += msgs;
+        let new_here = now_nodes.iter().filter(|n| **n == i).count()
+            - before_nodes.iter().filter(|n| **n == i).count();
+        println!(
+            "node{i}: {msgs} assignment messages, {writes} kernel writes, {new_here} new task(s)"
+        );
+        if touched.contains(&i) {
+            // Its tasks' progress (assigned, preparing, starting, running) and the service.
+            assert!(
+                msgs <= 6.0 * new_here as f64 + 4.0,
+                "node{i}: {msgs} messages for {new_here} new task(s)"
+            );
+            assert!(
+                writes <= 40.0 * new_here as f64 + 12.0,
+                "node{i}: {writes} kernel writes for {new_here} new task(s)"
+            );
+        } else {
+            assert_eq!(msgs, 0.0, "node{i} has nothing of {target}: no message");
+            // The new remote endpoints: a neighbour and an FDB entry each.
+            assert!(
+                writes <= 2.0 * 5.0 + 2.0,
+                "node{i}: {writes} kernel writes for 5 remote endpoints"
+            );
+        }
+    }
+    println!("{total_msgs} assignment messages in all for the change");
+}
