@@ -110,7 +110,7 @@ fn allocation_failure(state: &ClusterState, e: allocator::Error) -> Failure {
 pub async fn create(
     State(agent): State<Arc<Agent>>,
     ApiJson(req): ApiJson<CreateRequest>,
-) -> Result<Json<CreateResponse>> {
+) -> Result<(axum::http::StatusCode, Json<CreateResponse>)> {
     let m = member(&agent)?;
     let (spec, warning) = ::api::network::spec_of(&req)?;
     let mut leader = orchestration::leader(&m).await?;
@@ -143,7 +143,10 @@ pub async fn create(
     };
     leader.record(&changes);
     orchestration::write_decided(&m, &mut leader, &changes).await?;
-    Ok(Json(CreateResponse { id, warning }))
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(CreateResponse { id, warning }),
+    ))
 }
 
 /// The network as this node sees it: stored (or assigned) spec and allocation, plus its gossip view.

@@ -116,7 +116,7 @@ fn model_spec(
 pub async fn create(
     State(agent): State<Arc<Agent>>,
     ApiJson(req): ApiJson<ServiceSpec>,
-) -> Result<Json<CreateResponse>> {
+) -> Result<(axum::http::StatusCode, Json<CreateResponse>)> {
     let m = member(&agent)?;
     let mut leader = orchestration::leader(&m).await?;
     let state = leader.state();
@@ -136,7 +136,10 @@ pub async fn create(
     };
     leader.record(&changes);
     orchestration::write_decided(&m, &mut leader, &changes).await?;
-    Ok(Json(CreateResponse { id, warnings }))
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(CreateResponse { id, warnings }),
+    ))
 }
 
 fn is_version_conflict(f: &Failure) -> bool {
