@@ -416,7 +416,7 @@ impl Agent {
                     labels: Default::default(),
                 },
                 role: Role::Manager,
-                description: crate::sysinfo::describe(&self.cfg.hostname),
+                description: crate::sysinfo::describe(&self.cfg),
                 status: NodeStatus {
                     state: Health::Ready,
                     message: String::new(),
@@ -524,7 +524,7 @@ impl Agent {
                 hostname: self.cfg.hostname.clone(),
                 advertise_addr: advertise.clone(),
                 data_path_addr: data_path.clone(),
-                description: crate::sysinfo::describe(&self.cfg.hostname),
+                description: crate::sysinfo::describe(&self.cfg),
             })
             .await
             .map_err(|s| {
@@ -666,6 +666,17 @@ impl Agent {
                 }
                 Err(e) => tracing::warn!(error = %e, "task removal panicked"),
             }
+        }
+        // And what its load balancer holds (programs, pinned maps, IPVS services).
+        let lc = crate::node_runtime::lb_config(&self.cfg);
+        match tokio::task::spawn_blocking(move || {
+            ipvs::open(&lc).and_then(|mut lb| lb.remove_all())
+        })
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not remove the load balancer's state"),
+            Err(e) => tracing::warn!(error = %e, "load balancer removal panicked"),
         }
         Saved::wipe(&self.cfg)?;
         tracing::info!("left the swarm");

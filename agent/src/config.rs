@@ -24,6 +24,8 @@
 //! resolv_conf = "/etc/resolv.conf"  # the node's resolvers: upstreams of the tasks' DNS
 //! dns_upstream = ["192.0.2.53:53"]  # instead of those of resolv_conf
 //! metrics_addr = "127.0.0.1:9323"  # also serve GET /metrics on TCP (always on the API socket)
+//! lb = "auto"                      # service VIPs: "ebpf", "ipvs" or "auto" (eBPF if the kernel can)
+//! bpf_dir = "/sys/fs/bpf/netagent" # where the eBPF load balancer pins its maps (a bpffs)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -128,6 +130,14 @@ pub struct Args {
     /// Also serve Prometheus metrics (GET /metrics) on this TCP address, e.g. 127.0.0.1:9323.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How service VIPs are balanced: ebpf (socket LB), ipvs, or auto (eBPF when the kernel
+    /// supports the hooks, else IPVS).
+    #[arg(long)]
+    pub lb: Option<String>,
+    /// Directory on a bpffs where the eBPF load balancer pins its maps and links, so a
+    /// restarted agent adopts them.
+    #[arg(long)]
+    pub bpf_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -155,6 +165,8 @@ struct FileConfig {
     resolv_conf: Option<PathBuf>,
     dns_upstream: Option<Vec<String>>,
     metrics_addr: Option<std::net::SocketAddr>,
+    lb: Option<String>,
+    bpf_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +203,8 @@ pub struct Config {
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// TCP address of the metrics endpoint, if any.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    pub lb: ipvs::Choice,
+    pub bpf_dir: PathBuf,
 }
 
 impl Config {
@@ -307,6 +321,16 @@ impl Config {
                 args.dns_upstream
             })?,
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
+            lb: match args.lb.or(file.lb) {
+                Some(v) => v
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("invalid --lb: {e}"))?,
+                None => ipvs::Choice::Auto,
+            },
+            bpf_dir: args
+                .bpf_dir
+                .or(file.bpf_dir)
+                .unwrap_or_else(|| "/sys/fs/bpf/netagent".into()),
         })
     }
 

@@ -77,6 +77,60 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
     })
 }
 
+/// Where the node's load balancer lives: attached to the task cgroup root, maps pinned under
+/// `--bpf-dir`; IPVS keeps idle TCP connections as long as conntrack does (not 900 s).
+pub fn lb_config(cfg: &Config) -> ipvs::Config {
+    let established =
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(432_000);
+    ipvs::Config {
+        choice: cfg.lb,
+        cgroup: cfg.cgroup_parent.as_ref().map(|c| c.join("tasks")),
+        pin_dir: cfg.bpf_dir.clone(),
+        ipvs_timeouts: (established, 120, 300),
+    }
+}
+
+/// Opens the node's load balancer, adopting what an earlier agent left (pinned maps, IPVS
+/// services), so a restart neither writes nor drops a connection.
+fn load_balancer(cfg: &Config) -> anyhow::Result<Box<dyn ipvs::LoadBalancer>> {
+    let lc = lb_config(cfg);
+    if let Some(c) = &lc.cgroup {
+        std::fs::create_dir_all(c)
+            .map_err(|e| anyhow::anyhow!("task cgroup root {}: {e}", c.display()))?;
+    }
+    if ipvs::detect(&lc).ok() == Some(ipvs::Kind::Ebpf) {
+        ensure_bpffs(&lc.pin_dir)?;
+    }
+    let lb = ipvs::open(&lc).map_err(|e| anyhow::anyhow!("load balancer: {e}"))?;
+    tracing::info!(kind = %lb.kind(), "service load balancer");
+    Ok(lb)
+}
+
+/// Makes `dir` a bpffs (mounting one there unless it already is one, as Cilium does), so pinned
+/// maps outlive the agent.
+fn ensure_bpffs(dir: &std::path::Path) -> anyhow::Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let st = nix::sys::statfs::statfs(dir)
+        .map_err(|e| anyhow::anyhow!("statfs {}: {e}", dir.display()))?;
+    if st.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| anyhow::anyhow!("mount a bpffs on {}: {e}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), "mounted a bpffs for the load balancer's pinned maps");
+    Ok(())
+}
+
 /// The node's DNS resolver for its tasks: upstreams from `--dns-upstream` or the node's
 /// resolv.conf, dialled from the agent's own (the node's) network namespace.
 fn resolver(cfg: &Config) -> anyhow::Result<Arc<dns::Resolver>> {
@@ -152,6 +206,7 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
 
     let resolver = resolver(cfg)?;
     let _ = member.resolver.set(resolver.clone());
+    let lb = load_balancer(cfg)?;
     let (status_tx, mut status_rx) = mpsc::channel(256);
     let exec = executor::node::spawn(
         executor_config(cfg, member)?,
@@ -159,6 +214,7 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
         member.assignments.subscribe(),
         status_tx,
         Some(resolver),
+        Some(lb),
     )?;
     let writes = exec.writes.clone();
     let mut passes = exec.pass_times;

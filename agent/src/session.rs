@@ -57,7 +57,7 @@ async fn session(
     let state = member.node_state();
     let _ = tx
         .send(SessionUp::Hello {
-            description: crate::sysinfo::describe(&agent.cfg.hostname),
+            description: crate::sysinfo::describe(&agent.cfg),
             advertise_addr: state.advertise_addr.clone(),
             data_path_addr: state.data_path_addr.clone(),
         })

@@ -2,7 +2,8 @@
 
 use model::node::NodeDescription;
 
-pub fn describe(hostname: &str) -> NodeDescription {
+pub fn describe(cfg: &crate::config::Config) -> NodeDescription {
+    let hostname = &cfg.hostname;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u64)
         .unwrap_or(1);
@@ -13,6 +14,9 @@ pub fn describe(hostname: &str) -> NodeDescription {
         nano_cpus: cpus * 1_000_000_000,
         memory_bytes: mem_total().unwrap_or(0),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        load_balancer: ipvs::detect(&crate::node_runtime::lb_config(cfg))
+            .map(|k| k.to_string())
+            .unwrap_or_default(),
     }
 }
 

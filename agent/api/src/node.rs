@@ -86,6 +86,18 @@ pub struct Engine {
         skip_serializing_if = "String::is_empty"
     )]
     pub engine_version: String,
+    /// docker lists the engine's plugins here; netagent adds its load balancer as
+    /// `{"Type": "LoadBalancer", "Name": "ebpf"}` (or "ipvs").
+    #[serde(rename = "Plugins", default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<Plugin>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plugin {
+    #[serde(rename = "Type", default)]
+    pub kind: String,
+    #[serde(rename = "Name", default)]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +178,13 @@ pub fn node(n: &model::Node, manager_status: Option<ManagerStatus>) -> Node {
             },
             engine: Engine {
                 engine_version: n.description.engine_version.clone(),
+                plugins: (!n.description.load_balancer.is_empty())
+                    .then(|| Plugin {
+                        kind: "LoadBalancer".into(),
+                        name: n.description.load_balancer.clone(),
+                    })
+                    .into_iter()
+                    .collect(),
             },
         },
         status: Status {

@@ -3,16 +3,22 @@
 //! network's gossip table (its running tasks), and handed to the resolver as deltas — a change of
 //! one task or service is one record, whatever the size of the cluster.
 //!
+//! The node's load balancer is fed from the same records ([`crate::balancer`]): a service's VIP
+//! on a network and the addresses of its running tasks there, recomputed for the services a
+//! change touches.
+//!
 //! Which tasks count: an entry of a task that runs (enabled), whose owner is alive, or silent
 //! but neither marked down by the leader nor removed from the cluster (DESIGN.md: a node's
 //! endpoints stay while its data plane may be alive; they go when its tasks were rescheduled).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use model::Service;
 use model::service::EndpointMode;
+
+use crate::balancer::Balancer;
 
 /// What DNS knows of a service on one network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,12 +40,16 @@ pub(crate) struct TaskRec {
 struct Given {
     services: BTreeMap<String, SvcRec>,
     tasks: BTreeMap<String, TaskRec>,
+    /// Task ids per service id.
+    by_service: BTreeMap<String, BTreeSet<String>>,
 }
 
-/// The records given to the resolver, per network, so only differences are sent.
+/// The records given to the resolver, per network, so only differences are sent; and the load
+/// balancer they feed.
 pub(crate) struct Discovery {
     resolver: Option<Arc<dns::Resolver>>,
     given: BTreeMap<String, Given>,
+    pub(crate) lb: Balancer,
 }
 
 /// A service's record on a network, if it is attached to it.
@@ -75,11 +85,57 @@ pub(crate) fn task_record(e: &gossip::Entry, owner_counts: bool) -> Option<TaskR
 }
 
 impl Discovery {
-    pub fn new(resolver: Option<Arc<dns::Resolver>>) -> Discovery {
+    pub fn new(resolver: Option<Arc<dns::Resolver>>, lb: Balancer) -> Discovery {
         Discovery {
             resolver,
             given: BTreeMap::new(),
+            lb,
         }
+    }
+
+    /// The network's load-balancer namespace is ready (Some) or gone (None): its VIPs follow.
+    pub fn lb_network(&mut self, id: &str, want: Option<ipvs::NetworkLb>) {
+        let put = want.is_some();
+        self.lb.network(id, want);
+        if put {
+            let ids: Vec<String> = self
+                .given
+                .get(id)
+                .map(|g| g.services.keys().cloned().collect())
+                .unwrap_or_default();
+            for svc in ids {
+                self.balance(id, &svc);
+            }
+        }
+    }
+
+    /// Gives the load balancer a service's VIP on a network as the records say now.
+    fn balance(&mut self, network: &str, service: &str) {
+        let key = ipvs::ServiceKey {
+            network: network.to_string(),
+            service: service.to_string(),
+        };
+        let want = self.given.get(network).and_then(|g| {
+            let IpAddr::V4(vip) = g.services.get(service)?.vip? else {
+                return None;
+            };
+            let backends = g
+                .by_service
+                .get(service)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| match g.tasks.get(t)?.addr {
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            Some(ipvs::ServiceLb {
+                key: key.clone(),
+                vip,
+                backends,
+            })
+        });
+        self.lb.service(key, want);
     }
 
     pub fn resolver(&self) -> Option<&Arc<dns::Resolver>> {
@@ -106,6 +162,7 @@ impl Discovery {
                 if self.given.remove(id).is_some() {
                     self.send(vec![dns::Change::RemoveNetwork { id: id.to_string() }]);
                 }
+                self.lb.network(id, None);
             }
         }
     }
@@ -157,6 +214,7 @@ impl Discovery {
             }
         };
         self.send(vec![change]);
+        self.balance(network, id);
     }
 
     /// The running tasks of a present network are exactly `want` (after a resync).
@@ -186,6 +244,22 @@ impl Discovery {
         if g.tasks.get(id) == rec.as_ref() {
             return;
         }
+        let before = g.tasks.get(id).map(|t| t.service.clone());
+        if let Some(svc) = &before
+            && let Some(set) = g.by_service.get_mut(svc)
+        {
+            set.remove(id);
+            if set.is_empty() {
+                g.by_service.remove(svc);
+            }
+        }
+        if let Some(r) = &rec {
+            g.by_service
+                .entry(r.service.clone())
+                .or_default()
+                .insert(id.to_string());
+        }
+        let after = rec.as_ref().map(|t| t.service.clone());
         let change = match &rec {
             Some(r) => {
                 g.tasks.insert(id.to_string(), r.clone());
@@ -207,6 +281,12 @@ impl Discovery {
             }
         };
         self.send(vec![change]);
+        for svc in before
+            .iter()
+            .chain(after.iter().filter(|a| before.as_ref() != Some(*a)))
+        {
+            self.balance(network, svc);
+        }
     }
 }
 
@@ -249,7 +329,7 @@ mod tests {
     #[test]
     fn deltas_only_for_what_changed() {
         let r = dns::Resolver::new(dns::Config::default()).unwrap();
-        let mut d = Discovery::new(Some(r.clone()));
+        let mut d = Discovery::new(Some(r.clone()), Balancer::new(None, Default::default()));
         d.network("net", Some("web"));
         let rec = TaskRec {
             service: "svc".into(),

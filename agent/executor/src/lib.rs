@@ -12,6 +12,7 @@
 //! - [`runner`]: a task's namespace, cgroup and process, started through the [`shim`] so it
 //!   outlives an agent restart and its exit code is never lost.
 
+mod balancer;
 mod discovery;
 mod networks;
 pub mod node;

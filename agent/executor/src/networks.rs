@@ -311,7 +311,32 @@ impl Executor {
         if let Some(n) = self.nets.get_mut(id) {
             n.lb = want;
         }
+        let balanced = self.balanced_network(id);
+        self.disc.lb_network(id, balanced);
         self.publish_lb(id).await
+    }
+
+    /// What the load balancer needs of a network: its load-balancer namespace on this node and
+    /// the node's address there (None until both exist).
+    pub(crate) fn balanced_network(&self, id: &str) -> Option<ipvs::NetworkLb> {
+        let n = self.nets.get(id)?;
+        let (netns, addr) = n.lb.clone()?;
+        Some(ipvs::NetworkLb {
+            id: id.to_string(),
+            netns,
+            iface: LB_IFNAME.to_string(),
+            addr,
+            subnet: n.spec.subnet,
+        })
+    }
+
+    /// Gives the load balancer every network as it is now (after a full pass).
+    pub(crate) fn balance_networks(&mut self) {
+        let ids: Vec<String> = self.nets.keys().cloned().collect();
+        for id in ids {
+            let want = self.balanced_network(&id);
+            self.disc.lb_network(&id, want);
+        }
     }
 
     /// Publishes (or withdraws) this node's load-balancer endpoint: a disabled entry, so it is a
@@ -465,6 +490,8 @@ impl Executor {
             return Ok(());
         };
         let lb = n.lb.clone();
+        // Its VIPs leave the load balancer before the namespace they live in goes.
+        self.disc.lb_network(id, None);
         let port = self.a.data_path_port;
         if let Some((ns, _)) = lb.clone() {
             let net = id.to_string();

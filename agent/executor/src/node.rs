@@ -27,6 +27,7 @@ use model::{Assignments, Task};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::balancer::Balancer;
 use crate::discovery::Discovery;
 use crate::networks::NetRt;
 use crate::plane::Plane;
@@ -92,13 +93,15 @@ pub(crate) enum Ev {
 }
 
 /// Starts the executor loop. It runs until `assignments` closes. With a `resolver`, every task
-/// gets it at 127.0.0.11:53 in its namespace, serving the names of its networks.
+/// gets it at 127.0.0.11:53 in its namespace, serving the names of its networks; with a load
+/// balancer `lb`, every service VIP on this node's networks is balanced over its running tasks.
 pub fn spawn(
     config: Config,
     gossip: Arc<Gossip>,
     assignments: watch::Receiver<Option<Assignments>>,
     status: mpsc::Sender<StatusReport>,
     resolver: Option<Arc<dns::Resolver>>,
+    lb: Option<Box<dyn ipvs::LoadBalancer>>,
 ) -> Result<Handle, crate::runner::Error> {
     let runner = Runner::new(runner_config(&config))?;
     let writes = Arc::new(AtomicU64::new(0));
@@ -124,7 +127,7 @@ pub fn spawn(
         vtep_published: false,
         vteps: BTreeMap::new(),
         gw: None,
-        disc: Discovery::new(resolver),
+        disc: Discovery::new(resolver, Balancer::new(lb, writes.clone())),
         listeners: HashMap::new(),
         started: Instant::now(),
         full_at: Some(Instant::now()),
@@ -455,6 +458,9 @@ impl Executor {
         self.remove_stale_lb_namespaces(&used).await?;
         self.plane_applied();
         self.publish_lbs().await;
+        // Every network's table is known now: the load balancer holds exactly what they say.
+        self.balance_networks();
+        self.disc.lb.sync();
         for l in &local {
             if let Some(rt) = self.tasks.get_mut(&l.id) {
                 rt.endpoints_ok = true;

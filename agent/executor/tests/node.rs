@@ -150,7 +150,7 @@ async fn start(lab: &Lab, i: usize) -> NodeRun {
     let gossip = Arc::new(Gossip::start_with_sockets(cfg, socket).await.unwrap());
     let (tx, rx) = watch::channel(None);
     let (stx, status) = mpsc::channel(64);
-    let handle = node::spawn(config(lab, i), gossip.clone(), rx, stx, None).unwrap();
+    let handle = node::spawn(config(lab, i), gossip.clone(), rx, stx, None, None).unwrap();
     NodeRun {
         gossip,
         tx,

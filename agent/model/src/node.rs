@@ -49,6 +49,9 @@ pub struct NodeDescription {
     pub nano_cpus: u64,
     pub memory_bytes: u64,
     pub engine_version: String,
+    /// How the node balances service VIPs ("ebpf" or "ipvs").
+    #[serde(default)]
+    pub load_balancer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -87,7 +87,7 @@ fn arch() -> &'static str {
 
 /// `GET /info`: this node, and its membership in docker's `Swarm` section.
 pub async fn info(State(agent): State<Arc<Agent>>) -> Json<Info> {
-    let d = crate::sysinfo::describe(&agent.cfg.hostname);
+    let d = crate::sysinfo::describe(&agent.cfg);
     Json(Info {
         id: agent.member().map(|m| m.node_id()).unwrap_or_default(),
         driver: "netagent".into(),

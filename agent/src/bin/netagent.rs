@@ -112,6 +112,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A node whose kernel can balance no VIP says so now, not when the first task starts.
+    if let Err(e) = ipvs::detect(&netagent::node_runtime::lb_config(&cfg)) {
+        eprintln!("netagent: load balancer: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = init_logging(&cfg) {
         eprintln!("netagent: {e:#}");
         return ExitCode::FAILURE;

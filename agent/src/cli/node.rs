@@ -118,6 +118,11 @@ fn pretty(n: &Node) -> String {
     );
     line(" Memory:", &bytes(n.description.resources.memory_bytes));
     line("Engine Version:", &n.description.engine.engine_version);
+    for p in &n.description.engine.plugins {
+        if p.kind == "LoadBalancer" {
+            line("Load Balancer:", &p.name);
+        }
+    }
     s
 }
 

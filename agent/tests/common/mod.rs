@@ -84,6 +84,11 @@ pub fn agent_spec(lab: &Lab, i: usize) -> ProcSpec {
         lab_resolv_conf(lab, i),
         "--metrics-addr".into(),
         format!("{}:{METRICS_PORT}", node.addr()),
+        // The node's own bpffs for the eBPF load balancer's pins (unmounted with the lab).
+        "--bpf-dir".into(),
+        node.dir().join("bpf").display().to_string(),
+        "--lb".into(),
+        std::env::var("NETAGENT_LB").unwrap_or_else(|_| "auto".into()),
         "--log-level".into(),
         std::env::var("AGENT_LOG")
             .unwrap_or_else(|_| "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into()),

@@ -36,18 +36,46 @@ impl Swarm {
             .collect()
     }
 
-    /// Runs a command inside a task's namespace (as the task would). A namespace that is gone
-    /// (or still being made) gives a failed output.
+    /// The task's cgroup (where the node's eBPF load balancer sees its sockets).
+    pub fn task_cgroup(&self, t: &TaskNs) -> Option<std::path::PathBuf> {
+        let cg = self
+            .lab
+            .node(t.node)
+            .cgroup()
+            .ok()?
+            .join("netagent/tasks")
+            .join(&t.id);
+        cg.exists().then_some(cg)
+    }
+
+    /// A command that runs inside a task's namespace and cgroup, as the task's own processes do.
+    pub fn task_command(&self, t: &TaskNs, argv: &[&str]) -> Result<std::process::Command, String> {
+        use std::io::Write;
+        use std::os::unix::process::CommandExt;
+        let ns = netns::NetNs::open(&t.ns).map_err(|e| e.to_string())?;
+        let mut cmd = ns.command(argv[0]);
+        cmd.args(&argv[1..]);
+        if let Some(cg) = self.task_cgroup(t) {
+            let mut procs = std::fs::OpenOptions::new()
+                .write(true)
+                .open(cg.join("cgroup.procs"))
+                .map_err(|e| e.to_string())?;
+            // SAFETY: between fork and exec only write(2) on an fd opened before the fork
+            // ("0" moves the writing process into the cgroup).
+            unsafe {
+                cmd.pre_exec(move || procs.write_all(b"0"));
+            }
+        }
+        Ok(cmd)
+    }
+
+    /// Runs a command inside a task's namespace and cgroup (as the task would). A namespace
+    /// that is gone (or still being made) gives a failed output.
     pub fn in_task(&self, t: &TaskNs, argv: &[&str]) -> Output {
         use std::os::unix::process::ExitStatusExt;
-        let run = netns::NetNs::open(&t.ns)
-            .map_err(|e| e.to_string())
-            .and_then(|ns| {
-                ns.command(argv[0])
-                    .args(&argv[1..])
-                    .output()
-                    .map_err(|e| e.to_string())
-            });
+        let run = self
+            .task_command(t, argv)
+            .and_then(|mut c| c.output().map_err(|e| e.to_string()));
         run.unwrap_or_else(|e| Output {
             status: std::process::ExitStatus::from_raw(1 << 8),
             stdout: Vec::new(),

@@ -372,6 +372,7 @@ impl Drop for Lab {
         }
         remove_namespaces(&self.prefix);
         remove_cgroups(&self.prefix);
+        unmount_under(&self.dir);
         if std::thread::panicking() || std::env::var_os("NETAGENT_KEEP_LAB_LOGS").is_some() {
             eprintln!("lab {}: logs kept in {}", self.prefix, self.dir.display());
         } else {
@@ -528,6 +529,26 @@ impl Node {
     }
 }
 
+/// Unmounts everything mounted under `dir` (the bpffs an agent mounted for its pinned eBPF
+/// maps), deepest first; lazily, so a mount still in use goes when its last user does.
+fn unmount_under(dir: &Path) {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("lab: could not unmount {}: {e}", p.display());
+        }
+    }
+}
+
 /// Kills the processes inside, then deletes, every namespace whose name starts with `prefix`.
 fn remove_namespaces(prefix: &str) -> usize {
     let names: Vec<String> = netns::list()
@@ -635,7 +656,9 @@ pub fn clean_leftovers(all: bool) -> Result<usize> {
     for prefix in &labs {
         removed += remove_namespaces(prefix);
         remove_cgroups(prefix);
-        let _ = fs::remove_dir_all(std::env::temp_dir().join("netagent-lab").join(prefix));
+        let dir = std::env::temp_dir().join("netagent-lab").join(prefix);
+        unmount_under(&dir);
+        let _ = fs::remove_dir_all(dir);
     }
     Ok(removed)
 }

@@ -1,0 +1,388 @@
+//! Service load balancing end to end (issue 11): a service's VIP answers on every node, also one
+//! that runs no task of it, spreads TCP and UDP over the running tasks, follows scale-downs and
+//! killed tasks, and keeps working through an agent restart. The clients run inside task
+//! namespaces and cgroups (where the node's load balancer sees their sockets), the servers are
+//! the tasks themselves (tests/lb/server.py). `NETAGENT_LB=ipvs` runs the same tests with IPVS
+//! (in the kernel lab).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::tasks::TaskNs;
+use common::{Swarm, skip};
+use serde_json::Value;
+
+const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/server.py");
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/client.py");
+const PYTHON: &str = "/usr/bin/python3";
+
+fn create(s: &Swarm, args: &[&str]) {
+    let mut argv = vec!["service", "create", "--detach"];
+    argv.extend_from_slice(args);
+    s.ctl(1, &argv);
+}
+
+/// The task namespaces of a service's running tasks, once each exists.
+fn task_nss(s: &Swarm, service: &str, want: usize) -> Vec<TaskNs> {
+    let mut out = Vec::new();
+    s.wait(
+        &format!("{want} running tasks of {service} with namespaces"),
+        || {
+            let ids = s.running(1, service);
+            out = s
+                .all_task_namespaces()
+                .into_iter()
+                .filter(|t| ids.contains_key(&t.id))
+                .collect();
+            ids.len() == want && out.len() == want
+        },
+    );
+    out
+}
+
+fn vip(s: &Swarm, service: &str) -> String {
+    let v: Value = serde_json::from_str(&s.ctl(1, &["service", "inspect", service])).unwrap();
+    let addr = v[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
+        .as_str()
+        .expect("a VIP")
+        .to_string();
+    addr.split('/').next().unwrap().to_string()
+}
+
+fn ips(s: &Swarm, tasks: &[TaskNs]) -> BTreeSet<String> {
+    tasks
+        .iter()
+        .map(|t| s.task_ip(t, "eth0").expect("task address").to_string())
+        .collect()
+}
+
+/// Runs the client in a task: one JSON result.
+fn client(s: &Swarm, t: &TaskNs, args: &[&str]) -> Value {
+    let mut argv = vec![PYTHON, CLIENT];
+    argv.extend_from_slice(args);
+    let out = s.in_task(t, &argv);
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "client {args:?} in {}: {e}: {text} {}",
+            t.ns,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn backends(v: &Value, field: &str) -> BTreeSet<String> {
+    v[field]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// A long-running client (`client.py hold`) driven line by line.
+struct Holder {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Holder {
+    fn start(s: &Swarm, t: &TaskNs, vip: &str, k: usize) -> (Holder, Value) {
+        let k = k.to_string();
+        let mut cmd = s
+            .task_command(t, &[PYTHON, CLIENT, "hold", vip, "7000", &k])
+            .expect("client command");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the client");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut h = Holder { child, out };
+        let ready = h.read();
+        (h, ready)
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("client output");
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("client said {line:?}: {e}"))
+    }
+
+    fn ask(&mut self, cmd: &str) -> Value {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{cmd}").unwrap();
+        stdin.flush().unwrap();
+        if cmd == "loop" {
+            return Value::Null;
+        }
+        self.read()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn vips_balance_tcp_and_udp_on_every_node() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(1, 3);
+    let spare = s.lab.node(4).name().to_string();
+    s.ctl(1, &["network", "create", "--driver", "overlay", "front"]);
+    let not_spare = format!("node.hostname!={spare}");
+    create(
+        &s,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "front",
+            "--constraint",
+            &not_spare,
+            "--",
+            PYTHON,
+            SERVER,
+            "80",
+            "8080",
+        ],
+    );
+    create(
+        &s,
+        &[
+            "--name",
+            "client",
+            "--mode",
+            "global",
+            "--network",
+            "front",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    create(
+        &s,
+        &[
+            "--name",
+            "empty",
+            "--replicas",
+            "0",
+            "--network",
+            "front",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    let web = task_nss(&s, "web", 3);
+    let clients = task_nss(&s, "client", 4);
+    let web_ips = ips(&s, &web);
+    let vip = vip(&s, "web");
+    let empty_vip = self::vip(&s, "empty");
+    assert!(
+        !web.iter().any(|t| t.node == 4),
+        "node4 runs no web task: {web:?}"
+    );
+
+    for c in &clients {
+        s.wait(&format!("the VIP answers on node{}", c.node), || {
+            client(&s, c, &["http", &vip, "80", "10"])["ok"] == 10
+        });
+        let r = client(&s, c, &["http", &vip, "80", "300"]);
+        println!("node{}: 300 requests to http://{vip}/: {r}", c.node);
+        assert_eq!(r["fail"], 0, "no request failed from node{}: {r}", c.node);
+        assert_eq!(
+            backends(&r, "backends"),
+            web_ips,
+            "node{} reached every task",
+            c.node
+        );
+        // A VIP forwards every port to the same port on a task.
+        let r = client(&s, c, &["http", &vip, "8080", "30"]);
+        assert_eq!(r["ok"], 30, "port 8080 through the VIP: {r}");
+        // UDP both ways: the replies come from the VIP, as the client addressed it.
+        let r = client(&s, c, &["udp", &vip, "9999", "50"]);
+        assert_eq!(r["ok"], 50, "UDP through the VIP from node{}: {r}", c.node);
+        assert_eq!(r["bad_source"], serde_json::json!([]), "{r}");
+        assert!(backends(&r, "backends").is_subset(&web_ips), "{r}");
+        // Operators check a VIP with ping; it answers as in Docker.
+        assert!(
+            s.task_pings(c, vip.parse().unwrap()),
+            "ping {vip} from node{}",
+            c.node
+        );
+        // A service without a running task refuses at once; nothing hangs.
+        let r = client(&s, c, &["http", &empty_vip, "80", "1"]);
+        assert_eq!(r["fail"], 1, "{r}");
+        let errors = r["errors"].to_string().to_lowercase();
+        assert!(
+            !errors.contains("timed out"),
+            "a VIP without tasks refuses, it does not hang: {r}"
+        );
+    }
+    // A real client too.
+    let c4 = clients.iter().find(|c| c.node == 4).unwrap();
+    let url = format!("http://{vip}/");
+    let out = s.in_task(c4, &["curl", "-sS", "--max-time", "5", &url]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    let first = body.split_whitespace().next().unwrap_or("");
+    assert!(
+        web_ips.contains(first),
+        "curl {url} from node4: {body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn scale_down_killed_task_and_agent_restart() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(1, 2);
+    s.ctl(1, &["network", "create", "--driver", "overlay", "front"]);
+    create(
+        &s,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "front",
+            "--",
+            PYTHON,
+            SERVER,
+            "7000",
+        ],
+    );
+    create(
+        &s,
+        &[
+            "--name",
+            "client",
+            "--mode",
+            "global",
+            "--network",
+            "front",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    task_nss(&s, "web", 3);
+    let clients = task_nss(&s, "client", 3);
+    let vip = vip(&s, "web");
+    let c1 = clients.iter().find(|c| c.node == 1).unwrap().clone();
+    s.wait("the VIP answers", || {
+        client(&s, &c1, &["http", &vip, "7000", "5"])["ok"] == 5
+    });
+
+    // Scale 3 -> 1: the connection open to the remaining task survives, new ones go to it only.
+    let (mut h, ready) = Holder::start(&s, &c1, &vip, 3);
+    let held: BTreeSet<String> = ready["ready"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(held.len(), 3, "connections open to all 3 tasks: {ready}");
+    s.ctl(1, &["service", "scale", "--detach", "web=1"]);
+    let rest = task_nss(&s, "web", 1);
+    let remaining = s.task_ip(&rest[0], "eth0").unwrap().to_string();
+    s.wait("new connections go to the remaining task only", || {
+        let r = h.ask("new 20");
+        r["fail"] == 0 && backends(&r, "new") == BTreeSet::from([remaining.clone()])
+    });
+    let r = h.ask("new 100");
+    assert_eq!(r["fail"], 0, "{r}");
+    assert_eq!(backends(&r, "new"), BTreeSet::from([remaining.clone()]));
+    let check = h.ask("check");
+    assert_eq!(
+        check["check"][&remaining], true,
+        "the connection to the remaining task survived the scale-down: {check}"
+    );
+
+    // A killed task: measured how long new connections still failed.
+    s.ctl(1, &["service", "scale", "--detach", "web=3"]);
+    let web = task_nss(&s, "web", 3);
+    let all = ips(&s, &web);
+    s.wait("all 3 tasks are backends again", || {
+        backends(&h.ask("new 30"), "new") == all
+    });
+    let victim = web.iter().find(|t| t.node == 2).unwrap_or(&web[0]).clone();
+    h.ask("loop");
+    std::thread::sleep(Duration::from_millis(500));
+    for pid in s.task_pids(&victim) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let r = h.ask("stop");
+    let events = r["loop"].as_array().unwrap().clone();
+    let kill_ms: i64 = 500;
+    let fails: Vec<i64> = events
+        .iter()
+        .filter(|e| e[1].as_str().unwrap().starts_with("FAIL"))
+        .map(|e| e[0].as_i64().unwrap())
+        .collect();
+    let last_fail = fails.iter().max().copied();
+    println!(
+        "killed task: {} connections in the loop, {} failed, the last {} ms after the kill",
+        events.len(),
+        fails.len(),
+        last_fail.map_or(0, |t| t - kill_ms)
+    );
+    let end = events.last().map(|e| e[0].as_i64().unwrap()).unwrap_or(0);
+    assert!(
+        last_fail.is_none_or(|t| t < end - 2000),
+        "connections failed until the end of the loop: {fails:?}"
+    );
+
+    // An agent restart during a request loop: no failed connection, nothing rewritten.
+    let web = task_nss(&s, "web", 3);
+    let all = ips(&s, &web);
+    s.wait("the replacement task is a backend", || {
+        backends(&h.ask("new 30"), "new") == all
+    });
+    let writes = |i: usize| -> u64 {
+        common::metric(&s.metrics(i), "netagent_executor_kernel_writes_total", &[]) as u64
+    };
+    h.ask("loop");
+    s.agents[0].stop(Duration::from_secs(10));
+    s.restart(1);
+    s.wait("node1's agent has its swarm back", || {
+        s.nodes(1)
+            .map(|n| n.iter().all(|n| common::state(n) == "ready"))
+            .unwrap_or(false)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let r = h.ask("stop");
+    let events = r["loop"].as_array().unwrap();
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e[1].as_str().unwrap().starts_with("FAIL"))
+        .collect();
+    println!(
+        "agent restart: {} connections through the VIP, {} failed",
+        events.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "no connection failed: {failed:?}");
+    assert_eq!(
+        writes(1),
+        0,
+        "a restart with unchanged state writes nothing (load balancer included)"
+    );
+}

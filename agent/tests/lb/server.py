@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""A task's server for the load-balancing tests: on every TCP port given and on UDP 9999 it
+answers with its own address and the peer's ("OWN PEER"). An HTTP GET gets that as the body of
+one response; any other line gets it back, once per line, on a connection kept open. Every new
+connection's peer is printed (the task's log)."""
+import socket
+import sys
+import threading
+
+
+def own(sock):
+    return sock.getsockname()[0]
+
+
+def tcp_conn(conn, peer):
+    print(f"tcp from {peer[0]}:{peer[1]}", flush=True)
+    f = conn.makefile("rb")
+    try:
+        first = f.readline()
+        if not first:
+            return
+        body = f"{own(conn)} {peer[0]}\n".encode()
+        if first.startswith(b"GET "):
+            while f.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return
+        line = first
+        while line:
+            conn.sendall(body)
+            line = f.readline()
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def tcp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(512)
+    while True:
+        conn, peer = s.accept()
+        threading.Thread(target=tcp_conn, args=(conn, peer), daemon=True).start()
+
+
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        data, peer = s.recvfrom(2048)
+        # The reply's source is the address the datagram came to (this task's).
+        s.sendto(f"{data.decode(errors='replace').strip()} {peer[0]}".encode(), peer)
+
+
+if __name__ == "__main__":
+    ports = [int(p) for p in sys.argv[1:]] or [80]
+    threading.Thread(target=udp, args=(9999,), daemon=True).start()
+    for p in ports[1:]:
+        threading.Thread(target=tcp, args=(p,), daemon=True).start()
+    tcp(ports[0])
