@@ -44,6 +44,12 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "services",
         "service create -> reachable (10 replicas, 5 nodes) p50/p99; agent RSS",
     ),
+    (
+        "scale",
+        "netagent",
+        "scale",
+        "10 vs 2,000 services: one scale's time and dispatcher bytes; idle CPU and RSS per agent",
+    ),
 ];
 
 pub fn run(names: &[String]) -> Result<()> {

@@ -1,0 +1,162 @@
+//! `cargo xtask bench scale` (issue 18): does a change cost the same with 10 and with 2,000
+//! services in the store? On a 10-node lab swarm (1 manager, 9 workers), one network:
+//! 1. with 10 services, then with 2,000 (one `sleep` task each): the time from `service scale`
+//!    of one service (+5 tasks) until the new tasks run and every node serves their endpoints,
+//!    and the dispatcher bytes that one change cost;
+//! 2. idle CPU per agent over BENCH_IDLE_SECS (60) and leader/worker RSS, at both sizes.
+//!
+//! Needs root. Knobs: BENCH_SERVICES (2000), BENCH_IDLE_SECS (60), BENCH_RUNS (3).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::bulk::{create_range, running_tasks};
+use common::{Swarm, metric};
+
+const NODES: usize = 10;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn proc_field(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // After the command name: state is field 0, utime 11, stime 12.
+    n(11) + n(12)
+}
+
+fn agent_pids(s: &Swarm) -> Vec<u32> {
+    s.agents.iter().filter_map(|a| a.pid()).collect()
+}
+
+fn every_node_knows(s: &Swarm, want: usize) -> bool {
+    (1..=NODES).all(|i| metric(&s.metrics(i), "netagent_dns_tasks", &[]) as usize == want)
+}
+
+fn sent_bytes(s: &Swarm) -> f64 {
+    let m = s.metrics(1);
+    m.samples
+        .iter()
+        .filter(|x| x.metric == "netagent_dispatcher_assignments_sent_bytes_total")
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// Scales `target` 1 -> 6 and back, `runs` times: (median seconds until 5 new tasks run and
+/// every node serves them, median dispatcher bytes of the scale-up).
+fn scale_time(s: &Swarm, n: usize, target: &str, runs: usize) -> (f64, f64) {
+    let mut times = Vec::new();
+    let mut bytes = Vec::new();
+    for _ in 0..runs {
+        let b0 = sent_bytes(s);
+        let t0 = Instant::now();
+        s.ctl(1, &["service", "scale", "--detach", &format!("{target}=6")]);
+        s.wait_long("the new tasks run", || running_tasks(s) == n + 5);
+        s.wait_long("every node serves them", || every_node_knows(s, n + 5));
+        times.push(t0.elapsed().as_secs_f64());
+        bytes.push(sent_bytes(s) - b0);
+        s.ctl(1, &["service", "scale", "--detach", &format!("{target}=1")]);
+        s.wait_long("back to one task", || {
+            running_tasks(s) == n && every_node_knows(s, n)
+        });
+    }
+    times.sort_by(f64::total_cmp);
+    bytes.sort_by(f64::total_cmp);
+    (times[runs / 2], bytes[runs / 2])
+}
+
+/// Idle CPU per agent over `secs` (percent of one core): max and mean; leader and worker RSS.
+fn idle(s: &Swarm, secs: u64) -> (f64, f64, u64, u64) {
+    let pids = agent_pids(s);
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    let hz = 100.0; // USER_HZ on Linux
+    let pct: Vec<f64> = pids
+        .iter()
+        .zip(before)
+        .map(|(p, b)| (cpu_ticks(*p) - b) as f64 / hz / secs as f64 * 100.0)
+        .collect();
+    let max = pct.iter().copied().fold(0.0, f64::max);
+    let mean = pct.iter().sum::<f64>() / pct.len().max(1) as f64;
+    let leader = proc_field(pids[0], "VmRSS:");
+    let worker = proc_field(*pids.last().unwrap(), "VmRSS:");
+    (max, mean, leader, worker)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !common::is_root() {
+        eprintln!("bench scale: needs root (namespaces); skipped");
+        return;
+    }
+    let big = env_usize("BENCH_SERVICES", 2000);
+    let secs = env_usize("BENCH_IDLE_SECS", 60) as u64;
+    let runs = env_usize("BENCH_RUNS", 3).max(1);
+    let s = Swarm::start(1, NODES - 1);
+    s.ctl(
+        1,
+        &[
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--internal",
+            "--subnet",
+            "10.20.0.0/19",
+            "big",
+        ],
+    );
+    let mut rows = Vec::new();
+    let mut have = 0;
+    for n in [10, big] {
+        create_range(&s, have..n, "big");
+        have = n;
+        s.wait_long(&format!("{n} tasks running"), || running_tasks(&s) == n);
+        s.wait_long("every node serves every endpoint", || {
+            every_node_knows(&s, n)
+        });
+        let (t, bytes) = scale_time(&s, n, "s0003", runs);
+        let (cpu_max, cpu_mean, rss_leader, rss_worker) = idle(&s, secs);
+        println!(
+            "{n:>5} services: scale +5 in {t:.2} s (median of {runs}), {bytes:.0} dispatcher bytes for it; \
+             idle CPU per agent over {secs} s: max {cpu_max:.2} %, mean {cpu_mean:.2} % of a core; \
+             RSS leader {} MiB, worker {} MiB",
+            rss_leader / 1024,
+            rss_worker / 1024
+        );
+        rows.push((n, t, bytes));
+    }
+    let (_, t_small, _) = rows[0];
+    let (_, t_big, _) = rows[1];
+    println!(
+        "scale time with {big} services / with 10: {:.2}x (goal within 1.20x); Docker (moby#30820): \
+         ~30 s per 100 services at 11k services",
+        t_big / t_small
+    );
+}
