@@ -17,6 +17,11 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
+pub mod ebpf;
+mod vip_addrs;
+
+pub use ebpf::EbpfLb;
+
 /// Which implementation balances this node's VIPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -162,7 +167,7 @@ pub trait LoadBalancer: Send {
 /// Opens the node's load balancer, adopting what an earlier run left in the kernel.
 pub fn open(config: &Config) -> Result<Box<dyn LoadBalancer>> {
     match detect(config)? {
-        Kind::Ebpf => Err(Error::Unsupported("eBPF socket LB (not built yet)".into())),
+        Kind::Ebpf => Ok(Box::new(EbpfLb::open(config)?)),
         Kind::Ipvs => Err(Error::Unsupported("IPVS (not built yet)".into())),
     }
 }
@@ -170,8 +175,17 @@ pub fn open(config: &Config) -> Result<Box<dyn LoadBalancer>> {
 /// Which implementation `config.choice` resolves to on this kernel, or why none can run.
 pub fn detect(config: &Config) -> Result<Kind> {
     match config.choice {
-        Choice::Ebpf => Ok(Kind::Ebpf),
+        Choice::Ebpf => {
+            ebpf::supported(config)?;
+            Ok(Kind::Ebpf)
+        }
         Choice::Ipvs => Ok(Kind::Ipvs),
-        Choice::Auto => Ok(Kind::Ebpf),
+        Choice::Auto => match ebpf::supported(config) {
+            Ok(()) => Ok(Kind::Ebpf),
+            Err(e) => {
+                tracing::info!("load balancer: eBPF not usable ({e}); using IPVS");
+                Ok(Kind::Ipvs)
+            }
+        },
     }
 }
