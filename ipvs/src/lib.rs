@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 pub mod ebpf;
 mod vip_addrs;
 
-pub use ebpf::EbpfLb;
+pub use ebpf::{EbpfLb, VipEntry};
 
 /// Which implementation balances this node's VIPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

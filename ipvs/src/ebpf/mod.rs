@@ -35,6 +35,19 @@ struct AddrPlan {
     del: BTreeMap<String, BTreeSet<Ipv4Addr>>,
 }
 
+/// What the service map holds for one VIP (see [`EbpfLb::dump`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipEntry {
+    /// Whether slot 0 exists (a VIP being removed or written may briefly lack it).
+    pub head: bool,
+    /// Backends connections pick from (slots 1..=count); 0: connections are refused.
+    pub count: u16,
+    /// The owning service's id.
+    pub rev: u16,
+    /// Backend addresses in slot order (slots 1..).
+    pub slots: Vec<Ipv4Addr>,
+}
+
 pub struct EbpfLb {
     pin_dir: PathBuf,
     svc: SvcMap,
@@ -98,9 +111,9 @@ impl EbpfLb {
         Ok(())
     }
 
-    /// The service map as the kernel holds it: VIP -> (count, rev, backends in slots 1..=count).
-    /// Read from the kernel, not from this balancer's view.
-    pub fn dump(&self) -> Result<BTreeMap<Ipv4Addr, (u16, u16, Vec<Ipv4Addr>)>> {
+    /// The service map as the kernel holds it, per VIP. Read from the kernel, not from this
+    /// balancer's view.
+    pub fn dump(&self) -> Result<BTreeMap<Ipv4Addr, VipEntry>> {
         let mut heads = BTreeMap::new();
         let mut slots: BTreeMap<Ipv4Addr, BTreeMap<u16, Ipv4Addr>> = BTreeMap::new();
         for kv in self.svc.iter() {
@@ -117,11 +130,27 @@ impl EbpfLb {
         let mut out = BTreeMap::new();
         for (vip, (count, rev)) in heads {
             let s = slots.remove(&vip).unwrap_or_default();
-            out.insert(vip, (count, rev, s.into_values().collect()));
+            out.insert(
+                vip,
+                VipEntry {
+                    head: true,
+                    count,
+                    rev,
+                    slots: s.into_values().collect(),
+                },
+            );
         }
         for (vip, s) in slots {
             // Slots without a head: only while a write is under way.
-            out.insert(vip, (0, 0, s.into_values().collect()));
+            out.insert(
+                vip,
+                VipEntry {
+                    head: false,
+                    count: 0,
+                    rev: 0,
+                    slots: s.into_values().collect(),
+                },
+            );
         }
         Ok(out)
     }
