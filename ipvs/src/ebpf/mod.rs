@@ -1,7 +1,7 @@
 //! The eBPF socket load balancer: the programs of crate `ebpf` attached once to the node's task
 //! cgroup, the service map they read written here in an order that never shows a half-written
-//! service, and each VIP kept as a /32 address in its network's load-balancer namespace so that
-//! `ping VIP` answers.
+//! service, and each VIP kept as a local /32 in its network's load-balancer namespace (a `local`
+//! route on its interface, see `vip_addrs`) so that `ping VIP` answers.
 //!
 //! Maps and links are pinned under `Config.pin_dir`: a restarted agent reads the pinned service
 //! map back as its view of the kernel, so the same desired state writes nothing.
@@ -24,7 +24,7 @@ use crate::{
 struct Net {
     lb: NetworkLb,
     addrs: VipAddrs,
-    /// /32 addresses in the subnet (other than the node's LB address) on the interface.
+    /// VIP routes (netagent's local /32 routes) on the interface.
     held: BTreeSet<Ipv4Addr>,
 }
 
@@ -279,7 +279,7 @@ impl EbpfLb {
         let held = addrs
             .list()?
             .into_iter()
-            .filter(|a| lb.subnet.contains(a) && *a != lb.addr)
+            .filter(|a| *a != lb.addr)
             .collect();
         self.nets.insert(
             lb.id.clone(),

@@ -191,19 +191,28 @@ impl Rig {
         self.lab.node(1).spawn(spec).expect("start a client")
     }
 
-    /// The /32 addresses on the load-balancer namespace's interface.
+    /// The VIPs the load-balancer namespace holds (netagent's local /32 routes on its interface).
     pub fn lb_addrs(&self) -> BTreeSet<Ipv4Addr> {
         let out = self
             .lab
             .node(5)
-            .run_ok(&["ip", "-4", "-o", "addr", "show", "dev", lab::NODE_IFACE])
-            .expect("ip addr");
+            .run_ok(&[
+                "ip",
+                "-4",
+                "route",
+                "show",
+                "table",
+                "local",
+                "proto",
+                "78",
+                "dev",
+                lab::NODE_IFACE,
+            ])
+            .expect("ip route");
         out.lines()
             .filter_map(|l| {
                 let w: Vec<&str> = l.split_whitespace().collect();
-                let i = w.iter().position(|x| *x == "inet")?;
-                let (a, len) = w.get(i + 1)?.split_once('/')?;
-                (len == "32").then(|| a.parse().ok())?
+                (w.first() == Some(&"local")).then(|| w.get(1)?.parse().ok())?
             })
             .collect()
     }
