@@ -7,9 +7,10 @@
 //! - IPVS ([`Kind::Ipvs`]) over generic netlink, in Docker's layout: in each network's
 //!   load-balancer namespace the VIPs, fwmark services (rr), masquerade to the node's LB address.
 //!
-//! Both keep each VIP as a /32 address in the network's load-balancer namespace, so `ping VIP`
-//! answers as in Docker. Both adopt what an earlier run of the agent left in the kernel (pinned
-//! maps, IPVS services), so a restart with the same desired state writes nothing.
+//! Both keep each VIP local to the network's load-balancer namespace, so `ping VIP` answers as in
+//! Docker (eBPF: a `local` /32 route per VIP on the namespace's interface, see `vip_addrs`). Both
+//! adopt what an earlier run of the agent left in the kernel (pinned maps, IPVS services), so a
+//! restart with the same desired state writes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

@@ -292,3 +292,43 @@ fn ten_thousand_services_of_ten_backends() {
     lb.remove_all().expect("remove_all");
     assert!(rig.lb_addrs().is_empty());
 }
+
+#[test]
+fn changes_apply_one_by_one_and_a_removed_network_takes_its_vips() {
+    let rig = Rig::new();
+    let mut cfg = rig.config();
+    cfg.choice = ipvs::Choice::Auto;
+    assert_eq!(ipvs::detect(&cfg).expect("detect"), ipvs::Kind::Ebpf);
+    let mut lb = ipvs::open(&cfg).expect("open");
+    let (a, b) = (
+        Rig::service("a", Rig::vip(60), rig.backend_addrs()),
+        Rig::service("b", Rig::vip(61), rig.backend_addrs()),
+    );
+    let changes = [
+        Change::PutNetwork(rig.net.clone()),
+        Change::PutService(a.clone()),
+        Change::PutService(b.clone()),
+    ];
+    let r = lb.apply(&changes).expect("apply");
+    assert_eq!(r.writes, 2 * 5, "{r:?}");
+    assert_eq!(lb.apply(&changes).expect("apply again").writes, 0);
+    let v = json(&rig.client(&["tcp", &b.vip.to_string(), "8080", "20"]));
+    assert_eq!(names(&v).values().sum::<u64>(), 20, "{v}");
+
+    let r = lb
+        .apply(&[Change::RemoveService(a.key.clone())])
+        .expect("remove a");
+    assert_eq!(r.writes, 5, "head, 3 slots, the VIP route: {r:?}");
+    assert_eq!(rig.lb_addrs(), BTreeSet::from([b.vip]));
+    // Not a VIP any more: connections to it are not balanced (nothing there answers).
+    let v = json(&rig.client(&["tcp", &a.vip.to_string(), "80", "1"]));
+    assert!(names(&v).is_empty(), "{v}");
+
+    let r = lb
+        .apply(&[Change::RemoveNetwork(rig.net.id.clone())])
+        .expect("remove the network");
+    assert_eq!(r.writes, 5, "{r:?}");
+    assert!(rig.lb_addrs().is_empty());
+    assert_eq!(lb.sync(&ipvs::Desired::default()).expect("sync").writes, 0);
+    lb.remove_all().expect("remove_all");
+}
