@@ -46,10 +46,8 @@ fn server(port: u16) {
         .map(|_| {
             let l = l.try_clone().unwrap();
             std::thread::spawn(move || {
-                for c in l.incoming() {
-                    if let Ok(mut c) = c {
-                        let _ = c.write_all(b"ok\n");
-                    }
+                for mut c in l.incoming().flatten() {
+                    let _ = c.write_all(b"ok\n");
                 }
             })
         })

@@ -12,7 +12,7 @@ use aya::maps::{HashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
-use ebpf_common::{PROGRAMS, REV_MAP, RevKey, RevValue, SVC_MAP, SvcKey, SvcValue};
+use ebpf_common::{PROGRAMS, REV_MAP, SVC_MAP, SvcKey, SvcValue};
 
 use crate::{Error, Result};
 
@@ -23,12 +23,11 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 pub(crate) type SvcMap = HashMap<MapData, SvcKey, SvcValue>;
-pub(crate) type RevMap = HashMap<MapData, RevKey, RevValue>;
 
-/// The maps, opened from their pins (created and pinned on first use).
+/// The service map, opened from its pin (created and pinned on first use; the reverse map too,
+/// which only the programs use).
 pub(crate) struct Loaded {
     pub svc: SvcMap,
-    pub rev: RevMap,
     /// Programs newly attached by this call (false: every link was adopted from its pin).
     pub attached: usize,
 }
@@ -160,12 +159,8 @@ pub(crate) fn load(pin_dir: &Path, cgroup: &Path) -> Result<Loaded> {
     let svc = bpf
         .take_map(SVC_MAP)
         .ok_or_else(|| Error::Other(format!("map {SVC_MAP} missing from the object")))?;
-    let rev = bpf
-        .take_map(REV_MAP)
-        .ok_or_else(|| Error::Other(format!("map {REV_MAP} missing from the object")))?;
     Ok(Loaded {
         svc: HashMap::try_from(svc).map_err(|e| Error::Other(format!("{SVC_MAP}: {e}")))?,
-        rev: HashMap::try_from(rev).map_err(|e| Error::Other(format!("{REV_MAP}: {e}")))?,
         attached,
     })
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use self::attach::{RevMap, SvcMap};
+use self::attach::SvcMap;
 use self::plan::{Op, Target, VipState, from_be, rev_of};
 use crate::vip_addrs::VipAddrs;
 use crate::{
@@ -51,9 +51,6 @@ pub struct VipEntry {
 pub struct EbpfLb {
     pin_dir: PathBuf,
     svc: SvcMap,
-    /// Kept open so the pinned reverse map stays this balancer's; the programs write it.
-    #[allow(dead_code)]
-    rev: RevMap,
     /// What the service map holds, per VIP (read back from the pinned map at open).
     view: BTreeMap<Ipv4Addr, VipState>,
     desired: Desired,
@@ -79,7 +76,6 @@ impl EbpfLb {
         let mut lb = EbpfLb {
             pin_dir: config.pin_dir.clone(),
             svc: loaded.svc,
-            rev: loaded.rev,
             view: BTreeMap::new(),
             desired: Desired::default(),
             claims: BTreeMap::new(),
