@@ -288,6 +288,21 @@ fn bench() {
         change_writes as f64 / 200.0
     );
 
+    // A restarted agent: open adopts the pinned maps and links and reads the service map back;
+    // the same desired state then writes nothing.
+    drop(lb);
+    let t = Instant::now();
+    let mut lb = EbpfLb::open(&config).expect("reopen");
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let r = lb.sync(&many).expect("sync after reopen");
+    println!(
+        "restart with {SERVICES} services: open (adopt pins, read the map back) {open_ms:.0} ms, \
+         first sync {:.0} ms, {} writes",
+        t.elapsed().as_secs_f64() * 1e3,
+        r.writes
+    );
+
     // 2. Connect latency, 10k services vs 1, interleaved.
     let (mut lat_many, mut lat_one) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
