@@ -31,24 +31,77 @@ static REV: LruHashMap<RevKey, RevValue> = LruHashMap::with_max_entries(REV_MAX_
 
 #[cgroup_sock_addr(connect4)]
 pub fn na_lb_connect4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx, false)
+    forward::<false>(&ctx, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn na_lb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx, true)
+    forward::<false>(&ctx, true)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn na_lb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx);
+    reverse::<false>(&ctx);
     PROCEED
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn na_lb_getpeername4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx);
+    reverse::<false>(&ctx);
     PROCEED
+}
+
+// Dual-stack sockets (AF_INET6 reaching IPv4 as ::ffff:a.b.c.d, Java's default) go through the
+// *6 hooks for connect, recvmsg and getpeername; their unconnected sends reach sendmsg4. Only
+// v4-mapped destinations are looked at.
+
+#[cgroup_sock_addr(connect6)]
+pub fn na_lb_connect6(ctx: SockAddrContext) -> i32 {
+    forward::<true>(&ctx, false)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn na_lb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse::<true>(&ctx);
+    PROCEED
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn na_lb_getpeername6(ctx: SockAddrContext) -> i32 {
+    reverse::<true>(&ctx);
+    PROCEED
+}
+
+/// ::ffff:0:0/96 as the third 32-bit word of an address in network byte order.
+const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The IPv4 address the hook sees: `user_ip4`, or for the *6 hooks the IPv4 address inside a
+/// v4-mapped `user_ip6` (None for any other IPv6 address). `V6` is a constant per program, so
+/// each program touches only the fields its attach type may access.
+#[inline(always)]
+fn dest<const V6: bool>(sa: *mut aya_ebpf::bindings::bpf_sock_addr) -> Option<u32> {
+    // SAFETY: the kernel passes a valid bpf_sock_addr; the verifier checks each field access
+    // (4-byte loads of user_ip6 words are allowed in the *6 hooks).
+    unsafe {
+        if V6 {
+            let w = |i: usize| core::ptr::read_volatile(&(*sa).user_ip6[i]);
+            (w(0) == 0 && w(1) == 0 && w(2) == V4_MAPPED).then(|| w(3))
+        } else {
+            Some((*sa).user_ip4)
+        }
+    }
+}
+
+#[inline(always)]
+fn set_dest<const V6: bool>(sa: *mut aya_ebpf::bindings::bpf_sock_addr, addr: u32) {
+    // SAFETY: user_ip4 / user_ip6 are writable in these hooks (4-byte stores).
+    unsafe {
+        if V6 {
+            core::ptr::write_volatile(&mut (*sa).user_ip6[3], addr);
+        } else {
+            (*sa).user_ip4 = addr;
+        }
+    }
 }
 
 #[inline(always)]
@@ -66,10 +119,13 @@ fn backend(vip: u32, pick: u32, count: u16) -> Option<u32> {
 
 /// connect4 (TCP and connected UDP) and sendmsg4 (unconnected UDP): VIP -> a backend, same port.
 #[inline(always)]
-fn forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
+fn forward<const V6: bool>(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: the kernel passes a valid bpf_sock_addr; the verifier checks each field access.
-    let (vip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
+    let Some(vip) = dest::<V6>(sa) else {
+        return PROCEED;
+    };
+    // SAFETY: as in `dest`.
+    let (port, proto) = unsafe { ((*sa).user_port, (*sa).protocol) };
     let tcp = proto == IPPROTO_TCP;
     if !(proto == IPPROTO_UDP || (tcp && !udp_only)) {
         return PROCEED;
@@ -122,8 +178,7 @@ fn forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
         // reply or getpeername shows is the backend's.
         let _ = REV.insert(key, val, 0);
     }
-    // SAFETY: user_ip4 is writable in connect4/sendmsg4 (4-byte store).
-    unsafe { (*sa).user_ip4 = addr };
+    set_dest::<V6>(sa, addr);
     PROCEED
 }
 
@@ -137,10 +192,13 @@ fn unreachable_now() -> i32 {
 /// recvmsg4 and getpeername4: a backend address this socket reached through a VIP shows as the
 /// VIP again, unless the VIP has gone or now belongs to another service.
 #[inline(always)]
-fn reverse(ctx: &SockAddrContext) {
+fn reverse<const V6: bool>(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
-    // SAFETY: as in `forward`.
-    let (addr, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+    let Some(addr) = dest::<V6>(sa) else {
+        return;
+    };
+    // SAFETY: as in `dest`.
+    let port = unsafe { (*sa).user_port };
     // SAFETY: helper call on this program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = RevKey {
@@ -154,10 +212,7 @@ fn reverse(ctx: &SockAddrContext) {
         return;
     };
     match head(v.vip) {
-        Some(h) if h.rev == v.rev => {
-            // SAFETY: user_ip4 is writable in recvmsg4/getpeername4.
-            unsafe { (*sa).user_ip4 = v.vip };
-        }
+        Some(h) if h.rev == v.rev => set_dest::<V6>(sa, v.vip),
         _ => {
             let _ = REV.remove(key);
         }

@@ -23,12 +23,17 @@ pub const REV_MAX_ENTRIES: u32 = 1 << 17;
 /// Most backends one VIP may have (slot numbers are u16).
 pub const MAX_BACKENDS: usize = u16::MAX as usize;
 
-/// The eBPF programs, by name (function names in the object file).
-pub const PROGRAMS: [(&str, &str); 4] = [
+/// The eBPF programs (function names in the object file) and their cgroup hooks. The *6 ones
+/// serve dual-stack sockets reaching a VIP as ::ffff:VIP (their unconnected sends go through
+/// sendmsg4).
+pub const PROGRAMS: [(&str, &str); 7] = [
     ("na_lb_connect4", "connect4"),
     ("na_lb_sendmsg4", "sendmsg4"),
     ("na_lb_recvmsg4", "recvmsg4"),
     ("na_lb_getpeername4", "getpeername4"),
+    ("na_lb_connect6", "connect6"),
+    ("na_lb_recvmsg6", "recvmsg6"),
+    ("na_lb_getpeername6", "getpeername6"),
 ];
 
 #[repr(C)]

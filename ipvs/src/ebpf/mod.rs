@@ -96,7 +96,9 @@ impl EbpfLb {
     fn read_view(&mut self) -> Result<()> {
         self.view.clear();
         for kv in self.svc.iter() {
-            let (k, v) = kv.map_err(|e| Error::Other(format!("read the service map: {e}")))?;
+            let (k, v) = kv.map_err(|e| {
+                Error::Other(format!("read the service map: {}", attach::chain(&e)))
+            })?;
             let st = self.view.entry(from_be(k.vip)).or_default();
             if k.slot == 0 {
                 st.head = Some((v.count, v.rev));
@@ -113,7 +115,9 @@ impl EbpfLb {
         let mut heads = BTreeMap::new();
         let mut slots: BTreeMap<Ipv4Addr, BTreeMap<u16, Ipv4Addr>> = BTreeMap::new();
         for kv in self.svc.iter() {
-            let (k, v) = kv.map_err(|e| Error::Other(format!("read the service map: {e}")))?;
+            let (k, v) = kv.map_err(|e| {
+                Error::Other(format!("read the service map: {}", attach::chain(&e)))
+            })?;
             if k.slot == 0 {
                 heads.insert(from_be(k.vip), (v.count, v.rev));
             } else {
@@ -170,18 +174,21 @@ impl EbpfLb {
             match op {
                 Op::Put(k, v) => self.svc.insert(k, v, 0).map_err(|e| {
                     Error::Other(format!(
-                        "write VIP {vip} slot {} to the service map: {e}",
-                        k.slot
+                        "write VIP {vip} slot {} to the service map: {}",
+                        k.slot,
+                        attach::chain(&e)
                     ))
                 })?,
                 Op::Del(k) => match self.svc.remove(k) {
                     Ok(()) => {}
                     // Already gone: the wanted state holds.
-                    Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(aya::maps::MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(e) => {
                         return Err(Error::Other(format!(
-                            "delete VIP {vip} slot {} from the service map: {e}",
-                            k.slot
+                            "delete VIP {vip} slot {} from the service map: {}",
+                            k.slot,
+                            attach::chain(&e)
                         )));
                     }
                 },

@@ -7,6 +7,7 @@ tcp HOST PORT N            N connections; prints JSON {"names": {NAME: count}, "
                            "peers": [getpeername addresses]}.
 udp HOST PORT N            N unconnected UDP sockets, one datagram each; prints JSON
                            {"names": {...}, "peers": [recvfrom addresses], "errors": [...]}.
+tcp6/udp6 HOST PORT N      the same from a dual-stack AF_INET6 socket to ::ffff:HOST.
 refused HOST PORT          one connect with a 5 s timeout; prints JSON {"error": errno name}.
 hold HOST PORT OUT GO      connect, write the name read to OUT, wait for file GO to exist, then
                            send a line and append "alive <echo>" or "dead <error>" to OUT.
@@ -69,10 +70,17 @@ def read_line(s):
     return buf.decode().strip()
 
 
-def tcp(host, port, n):
+def family(host, v6):
+    if v6:
+        return socket.AF_INET6, "::ffff:" + host
+    return socket.AF_INET, host
+
+
+def tcp(host, port, n, v6=False):
+    fam, host = family(host, v6)
     names, errors, peers = {}, [], set()
     for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(fam, socket.SOCK_STREAM)
         s.settimeout(5)
         try:
             s.connect((host, port))
@@ -86,15 +94,16 @@ def tcp(host, port, n):
     print(json.dumps({"names": names, "errors": errors, "peers": sorted(peers)}))
 
 
-def udp(host, port, n):
+def udp(host, port, n, v6=False):
+    fam, host = family(host, v6)
     names, errors, peers = {}, [], set()
     for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(fam, socket.SOCK_DGRAM)
         s.settimeout(3)
         try:
             s.sendto(b"hello", (host, port))
             data, peer = s.recvfrom(2048)
-            peers.add("%s:%d" % peer)
+            peers.add("%s:%d" % peer[:2])
             name = data.decode()
             names[name] = names.get(name, 0) + 1
         except OSError as e:
@@ -143,6 +152,10 @@ def main():
         tcp(args[0], int(args[1]), int(args[2]))
     elif mode == "udp":
         udp(args[0], int(args[1]), int(args[2]))
+    elif mode == "tcp6":
+        tcp(args[0], int(args[1]), int(args[2]), v6=True)
+    elif mode == "udp6":
+        udp(args[0], int(args[1]), int(args[2]), v6=True)
     elif mode == "refused":
         refused(args[0], int(args[1]))
     elif mode == "hold":

@@ -18,7 +18,7 @@ fn tcp_to_any_port_of_a_vip_reaches_every_backend_and_udp_answers_from_the_vip()
     let d = rig.desired([Rig::service("web", vip, rig.backend_addrs())]);
     let r = lb.sync(&d).expect("sync");
     assert!(r.refused.is_empty(), "{r:?}");
-    // 3 backends: 3 slots, the head, the VIP address.
+    // 3 backends: 3 slots, the head, the VIP route.
     assert_eq!(r.writes, 5, "{r:?}");
     assert_eq!(lb.sync(&d).expect("sync again").writes, 0);
     assert_eq!(rig.lb_addrs(), BTreeSet::from([vip]));
@@ -47,6 +47,24 @@ fn tcp_to_any_port_of_a_vip_reaches_every_backend_and_udp_answers_from_the_vip()
     assert_eq!(
         v["peers"],
         serde_json::json!([format!("{vip}:5300")]),
+        "{v}"
+    );
+
+    // Dual-stack sockets (AF_INET6 to ::ffff:VIP) are balanced too, and see the VIP as peer.
+    let v = json(&rig.client(&["tcp6", &vip.to_string(), "80", "60"]));
+    assert!(v["errors"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(names(&v).len(), 3, "{v}");
+    assert_eq!(
+        v["peers"],
+        serde_json::json!([format!("::ffff:{vip}")]),
+        "{v}"
+    );
+    let v = json(&rig.client(&["udp6", &vip.to_string(), "5300", "20"]));
+    assert!(v["errors"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(names(&v).values().sum::<u64>(), 20, "{v}");
+    assert_eq!(
+        v["peers"],
+        serde_json::json!([format!("::ffff:{vip}:5300")]),
         "{v}"
     );
 
