@@ -7,15 +7,21 @@
 //! - IPVS ([`Kind::Ipvs`]) over generic netlink, in Docker's layout: in each network's
 //!   load-balancer namespace the VIPs, fwmark services (rr), masquerade to the node's LB address.
 //!
-//! Both keep each VIP as a /32 address in the network's load-balancer namespace, so `ping VIP`
-//! answers as in Docker. Both adopt what an earlier run of the agent left in the kernel (pinned
-//! maps, IPVS services), so a restart with the same desired state writes nothing.
+//! Both keep each VIP local to the network's load-balancer namespace, so `ping VIP` answers as in
+//! Docker (eBPF: a `local` /32 route per VIP on the namespace's interface, see `vip_addrs`). Both
+//! adopt what an earlier run of the agent left in the kernel (pinned maps, IPVS services), so a
+//! restart with the same desired state writes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
+
+pub mod ebpf;
+mod vip_addrs;
+
+pub use ebpf::{EbpfLb, VipEntry};
 
 /// Which implementation balances this node's VIPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,7 +168,7 @@ pub trait LoadBalancer: Send {
 /// Opens the node's load balancer, adopting what an earlier run left in the kernel.
 pub fn open(config: &Config) -> Result<Box<dyn LoadBalancer>> {
     match detect(config)? {
-        Kind::Ebpf => Err(Error::Unsupported("eBPF socket LB (not built yet)".into())),
+        Kind::Ebpf => Ok(Box::new(EbpfLb::open(config)?)),
         Kind::Ipvs => Err(Error::Unsupported("IPVS (not built yet)".into())),
     }
 }
@@ -170,8 +176,17 @@ pub fn open(config: &Config) -> Result<Box<dyn LoadBalancer>> {
 /// Which implementation `config.choice` resolves to on this kernel, or why none can run.
 pub fn detect(config: &Config) -> Result<Kind> {
     match config.choice {
-        Choice::Ebpf => Ok(Kind::Ebpf),
+        Choice::Ebpf => {
+            ebpf::supported(config)?;
+            Ok(Kind::Ebpf)
+        }
         Choice::Ipvs => Ok(Kind::Ipvs),
-        Choice::Auto => Ok(Kind::Ebpf),
+        Choice::Auto => match ebpf::supported(config) {
+            Ok(()) => Ok(Kind::Ebpf),
+            Err(e) => {
+                tracing::info!("load balancer: eBPF not usable ({e}); using IPVS");
+                Ok(Kind::Ipvs)
+            }
+        },
     }
 }

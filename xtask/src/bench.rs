@@ -39,6 +39,12 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "embedded DNS vs dnsmasq (dnsperf): q/s, p50/p99 local and forwarded; memory at 10k services",
     ),
     (
+        "lb",
+        "ipvs",
+        "lb",
+        "eBPF socket LB: req/s via VIP vs direct; connect latency 1 vs 10k services; program 10k x 10, one change",
+    ),
+    (
         "services",
         "netagent",
         "services",

@@ -65,6 +65,8 @@ pub const SUITES: &[Suite] = &[
     // Tests that need IPVS, ESP, GCM: ignored on the host, run here.
     suite("lab", "kernel_lab", "", true),
     suite("vxlan", "lab", "", false),
+    // The eBPF socket load balancer under Debian's 6.1 kernel.
+    suite("ipvs", "ebpf", "", false),
 ];
 
 /// Modules loaded when the guest boots (their dependencies come along). Anything else the tests

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod ebpf;
 mod kernel;
 mod setup;
 mod test;
@@ -21,6 +22,9 @@ struct Cli {
 enum Cmd {
     /// Install what the build and the tests need (apt packages, rust-src, bpf-linker). Idempotent.
     Setup,
+    /// Build the eBPF load-balancer programs (crate `ebpf`) for bpfel-unknown-none, as
+    /// ipvs/build.rs does, and print where the object is.
+    BuildEbpf,
     /// The end-to-end demo: a 3-node swarm in namespaces, an overlay, a web service, a drain, a
     /// leader failover.
     Demo,
@@ -55,6 +59,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Test => test::run(),
         Cmd::Demo => demo::run(),
+        Cmd::BuildEbpf => ebpf::build(),
         Cmd::TestKernel { filters } => kernel::run(&filters),
         Cmd::Bench { names } => bench::run(&names),
         Cmd::Lab {

@@ -163,5 +163,36 @@ fn rust_components() -> Result<()> {
             "nightly",
         ]))?;
     }
+    bpf_linker()
+}
+
+/// The version of bpf-linker the eBPF programs (crate `ebpf`) are built with.
+pub const BPF_LINKER: &str = "0.10.4";
+
+/// bpf-linker links the eBPF programs ipvs/build.rs builds for bpfel-unknown-none. It loads the
+/// nightly toolchain's LLVM, so it is built with nightly too.
+fn bpf_linker() -> Result<()> {
+    let have_it = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER))
+        .unwrap_or(false);
+    if have_it {
+        return Ok(());
+    }
+    eprintln!("setup: installing bpf-linker {BPF_LINKER} (a few minutes)");
+    exec(Command::new("cargo").args([
+        "+nightly",
+        "install",
+        &format!("bpf-linker@{BPF_LINKER}"),
+        "--locked",
+    ]))
+    .context("cargo +nightly install bpf-linker failed")?;
+    if !have("bpf-linker") {
+        bail!(
+            "bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH (rustup's \
+             installer does this for new shells)"
+        );
+    }
     Ok(())
 }

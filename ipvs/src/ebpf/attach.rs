@@ -1,0 +1,258 @@
+//! Loading the programs, attaching them once to the node's task cgroup, and the pins that let a
+//! restarted agent adopt maps and links instead of creating new ones.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::{Ebpf, EbpfLoader};
+use ebpf_common::{PROGRAMS, REV_MAP, SVC_MAP, SvcKey, SvcValue};
+
+use crate::{Error, Result};
+
+/// The object built from crate `ebpf` by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-lb"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+pub(crate) type SvcMap = HashMap<MapData, SvcKey, SvcValue>;
+
+/// The service map, opened from its pin (created and pinned on first use; the reverse map too,
+/// which only the programs use).
+pub(crate) struct Loaded {
+    pub svc: SvcMap,
+    /// Programs newly attached by this call (false: every link was adopted from its pin).
+    pub attached: usize,
+}
+
+/// An error with its sources, one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+fn other(what: impl Into<String>) -> impl FnOnce(String) -> Error {
+    let what = what.into();
+    move |e| Error::Other(format!("{what}: {e}"))
+}
+
+fn fs_magic(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// The cgroup the programs attach to: a cgroup2 directory, never the root of a cgroup2 mount
+/// (attaching there would balance every process of the machine, not only the node's tasks).
+pub(crate) fn check_cgroup(cgroup: Option<&Path>) -> Result<PathBuf> {
+    let Some(cg) = cgroup else {
+        return Err(Error::Other(
+            "the eBPF load balancer needs the node's task cgroup (Config.cgroup is not set)".into(),
+        ));
+    };
+    let magic = fs_magic(cg).map_err(|e| Error::Io(format!("cgroup {}", cg.display()), e))?;
+    if magic != CGROUP2_SUPER_MAGIC {
+        return Err(Error::Other(format!(
+            "{} is not a cgroup2 directory: the eBPF load balancer attaches to the node's task \
+             cgroup on cgroup2",
+            cg.display()
+        )));
+    }
+    let canon = cg
+        .canonicalize()
+        .map_err(|e| Error::Io(format!("cgroup {}", cg.display()), e))?;
+    let here = std::fs::metadata(&canon)
+        .map_err(|e| Error::Io(format!("cgroup {}", canon.display()), e))?;
+    let parent_dev = canon
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.dev());
+    if parent_dev != Some(here.dev()) {
+        return Err(Error::Other(format!(
+            "refusing to attach to {}: it is the root of a cgroup2 mount, which holds every \
+             process of the machine; give the node's task cgroup instead",
+            canon.display()
+        )));
+    }
+    Ok(canon)
+}
+
+/// The pin directory: on a bpffs, created if missing.
+pub(crate) fn check_pin_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Io(format!("create pin directory {}", dir.display()), e))?;
+    let magic =
+        fs_magic(dir).map_err(|e| Error::Io(format!("pin directory {}", dir.display()), e))?;
+    if magic != BPF_FS_MAGIC {
+        return Err(Error::Other(format!(
+            "pin directory {} is not on a bpf filesystem (mount -t bpf bpf DIR)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn link_pin(dir: &Path, hook: &str) -> PathBuf {
+    dir.join(format!("link_{hook}"))
+}
+
+/// Opens (or creates and pins) the maps, and attaches each program unless its pinned link is
+/// already there.
+pub(crate) fn load(pin_dir: &Path, cgroup: &Path) -> Result<Loaded> {
+    let svc_pin = pin_dir.join(SVC_MAP);
+    let rev_pin = pin_dir.join(REV_MAP);
+    let mut bpf = EbpfLoader::new()
+        .map_pin_path(SVC_MAP, svc_pin.as_path())
+        .map_pin_path(REV_MAP, rev_pin.as_path())
+        .load(OBJECT)
+        .map_err(|e| {
+            Error::Other(format!(
+                "load the eBPF object (maps pinned in {}): {}",
+                pin_dir.display(),
+                chain(&e)
+            ))
+        })?;
+    let mut attached = 0;
+    let mut cgroup_file = None;
+    for (prog, hook) in PROGRAMS {
+        let pin = link_pin(pin_dir, hook);
+        if pin.exists() {
+            match PinnedLink::from_pin(&pin) {
+                // Adopted: the link keeps the program attached; nothing to do.
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(pin = %pin.display(), "stale link pin, attaching again: {e}");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        if cgroup_file.is_none() {
+            cgroup_file = Some(
+                File::open(cgroup)
+                    .map_err(|e| Error::Io(format!("open cgroup {}", cgroup.display()), e))?,
+            );
+        }
+        let cg = cgroup_file.as_ref().expect("opened above");
+        attach_one(&mut bpf, prog, hook, cg, &pin)
+            .map_err(other(format!("{hook} on {}", cgroup.display())))?;
+        attached += 1;
+    }
+    let svc = bpf
+        .take_map(SVC_MAP)
+        .ok_or_else(|| Error::Other(format!("map {SVC_MAP} missing from the object")))?;
+    Ok(Loaded {
+        svc: HashMap::try_from(svc).map_err(|e| Error::Other(format!("{SVC_MAP}: {e}")))?,
+        attached,
+    })
+}
+
+fn attach_one(
+    bpf: &mut Ebpf,
+    prog: &str,
+    hook: &str,
+    cgroup: &File,
+    pin: &Path,
+) -> std::result::Result<(), String> {
+    let p: &mut CgroupSockAddr = bpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{prog}: {}", chain(&e)))?;
+    p.load()
+        .map_err(|e| format!("load {prog}: {}", chain(&e)))?;
+    // A bpf_link (Linux >= 5.7) is always a multi attachment: other programs in the node's
+    // cgroups keep running. (BPF_F_ALLOW_MULTI itself is invalid for links.)
+    let id = p
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|e| format!("attach {prog}: {}", chain(&e)))?;
+    let link = p
+        .take_link(id)
+        .map_err(|e| format!("{prog}: {}", chain(&e)))?;
+    let fd: FdLink = link.try_into().map_err(|e| {
+        format!(
+            "{prog}: the kernel attached without a bpf_link: {}",
+            chain(&e)
+        )
+    })?;
+    fd.pin(pin)
+        .map_err(|e| format!("pin the {hook} link at {}: {}", pin.display(), chain(&e)))?;
+    Ok(())
+}
+
+/// Detaches the programs and removes every pin (maps included). What is already gone is fine.
+pub(crate) fn remove_pins(pin_dir: &Path) -> Result<u64> {
+    let mut writes = 0;
+    for (_, hook) in PROGRAMS {
+        let pin = link_pin(pin_dir, hook);
+        if !pin.exists() {
+            continue;
+        }
+        match PinnedLink::from_pin(&pin) {
+            Ok(link) => {
+                // Unpinned and closed: the last reference goes and the program detaches.
+                let fd = link
+                    .unpin()
+                    .map_err(|e| Error::Io(format!("unpin {}", pin.display()), e))?;
+                drop(fd);
+            }
+            Err(_) => std::fs::remove_file(&pin)
+                .map_err(|e| Error::Io(format!("remove {}", pin.display()), e))?,
+        }
+        writes += 1;
+    }
+    for map in [SVC_MAP, REV_MAP] {
+        let pin = pin_dir.join(map);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => writes += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Io(format!("remove {}", pin.display()), e)),
+        }
+    }
+    Ok(writes)
+}
+
+/// Whether this kernel can run the programs: loads them (not attached, maps not pinned) and
+/// unloads them again. The error names what is missing.
+pub(crate) fn probe() -> Result<()> {
+    let mut bpf = Ebpf::load(OBJECT).map_err(|e| {
+        Error::Unsupported(format!(
+            "eBPF maps for the socket load balancer ({}; needs root or CAP_BPF, and a kernel \
+             with CONFIG_BPF_SYSCALL)",
+            chain(&e)
+        ))
+    })?;
+    for (prog, hook) in PROGRAMS {
+        let p: &mut CgroupSockAddr = bpf
+            .program_mut(prog)
+            .ok_or_else(|| Error::Other(format!("program {prog} missing from the object")))?
+            .try_into()
+            .map_err(|e| Error::Other(format!("{prog}: {e}")))?;
+        p.load().map_err(|e| {
+            Error::Unsupported(format!(
+                "cgroup/{hook} eBPF programs ({}; needs CONFIG_CGROUP_BPF and Linux >= 5.18 for \
+                 bpf_set_retval)",
+                chain(&e)
+            ))
+        })?;
+    }
+    Ok(())
+}
