@@ -17,6 +17,9 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
+mod ipvs;
+pub use ipvs::{IpvsLb, NFT_TABLE as IPVS_NFT_TABLE};
+
 /// Which implementation balances this node's VIPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -163,7 +166,7 @@ pub trait LoadBalancer: Send {
 pub fn open(config: &Config) -> Result<Box<dyn LoadBalancer>> {
     match detect(config)? {
         Kind::Ebpf => Err(Error::Unsupported("eBPF socket LB (not built yet)".into())),
-        Kind::Ipvs => Err(Error::Unsupported("IPVS (not built yet)".into())),
+        Kind::Ipvs => Ok(Box::new(IpvsLb::open(config)?)),
     }
 }
 
@@ -171,7 +174,7 @@ pub fn open(config: &Config) -> Result<Box<dyn LoadBalancer>> {
 pub fn detect(config: &Config) -> Result<Kind> {
     match config.choice {
         Choice::Ebpf => Ok(Kind::Ebpf),
-        Choice::Ipvs => Ok(Kind::Ipvs),
+        Choice::Ipvs => ipvs::detect().map(|_| Kind::Ipvs),
         Choice::Auto => Ok(Kind::Ebpf),
     }
 }
