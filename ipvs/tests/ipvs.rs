@@ -169,12 +169,25 @@ impl Setup {
         }
     }
 
-    /// What the load-balancer namespace holds: IPVS, the nftables table, the addresses.
+    /// What the load-balancer namespace holds: IPVS (without the connection counters), the
+    /// nftables table, the addresses.
     fn kernel_state(&self) -> String {
         let n = self.lb_node();
+        let ipvs: Vec<String> = n
+            .run_ok(&["ipvsadm", "-Ln"])
+            .unwrap()
+            .lines()
+            .map(|l| match l.strip_prefix("  -> ") {
+                Some(d) if !d.starts_with("RemoteAddress") => {
+                    let f: Vec<&str> = d.split_whitespace().take(3).collect();
+                    format!("  -> {}", f.join(" "))
+                }
+                _ => l.to_string(),
+            })
+            .collect();
         format!(
             "{}\n{}\n{}",
-            n.run_ok(&["ipvsadm", "-Ln"]).unwrap(),
+            ipvs.join("\n"),
             n.run(&["nft", "list", "table", "ip", ipvs::IPVS_NFT_TABLE])
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default(),
