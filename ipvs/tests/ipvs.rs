@@ -328,6 +328,29 @@ fn tcp_on_any_port_and_udp_reach_all_backends_then_adopt_and_remove() {
         0
     );
 
+    // Drift (a destination deleted by hand) is repaired by the next sync, with one write.
+    s.lb_node()
+        .run_ok(&[
+            "ipvsadm",
+            "-d",
+            "-f",
+            "522",
+            "-r",
+            &s.backend(3).to_string(),
+        ])
+        .unwrap();
+    assert_eq!(lb.sync(&desired).unwrap().writes, 1);
+    assert_eq!(s.kernel_state(), state);
+
+    // A second VIP through apply: served at once, by its own backend.
+    let w = vip(11);
+    let r = lb
+        .apply(&[Change::PutService(s.service("db", w, &[2]))])
+        .unwrap();
+    assert!(r.writes > 0 && r.refused.is_empty(), "{r:?}");
+    let g = greet(s.client(), SocketAddr::from((w, 8080))).unwrap();
+    assert!(g.starts_with("node2 "), "{g}");
+
     // remove_all leaves nothing of ours.
     let r = lb.remove_all().unwrap();
     assert!(r.writes > 0);
@@ -335,7 +358,9 @@ fn tcp_on_any_port_and_udp_reach_all_backends_then_adopt_and_remove() {
     assert!(!state.contains("FWM"), "{state}");
     assert!(!state.contains(ipvs::IPVS_NFT_TABLE), "{state}");
     assert!(!state.contains(&v.to_string()), "{state}");
+    assert!(!state.contains(&w.to_string()), "{state}");
     assert!(greet(s.client(), SocketAddr::from((v, 80))).is_err());
+    assert_eq!(lb.remove_all().unwrap().writes, 0, "nothing left to remove");
 }
 
 #[test]
@@ -481,5 +506,13 @@ fn bad_input_is_refused_and_changes_nothing() {
     // And the good service still serves.
     let seen = greetings(s.client(), vip(30), 10);
     assert_eq!(seen.len(), 2, "{seen:?}");
-    lb.remove_all().unwrap();
+
+    // Removing the network removes everything netagent made in its namespace.
+    let r = lb.apply(&[Change::RemoveNetwork(NET.into())]).unwrap();
+    assert!(r.writes > 0);
+    let state = s.kernel_state();
+    assert!(!state.contains("FWM"), "{state}");
+    assert!(!state.contains(ipvs::IPVS_NFT_TABLE), "{state}");
+    assert!(!state.contains(&vip(30).to_string()), "{state}");
+    assert_eq!(lb.remove_all().unwrap().writes, 0);
 }
