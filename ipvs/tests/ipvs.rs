@@ -314,13 +314,30 @@ fn tcp_on_any_port_and_udp_reach_all_backends_then_adopt_and_remove() {
         assert_eq!(got.trim(), want, "{k}");
     }
 
-    // The same desired state again writes nothing; neither does a new balancer adopting it.
+    // The same desired state again writes nothing; neither does a new balancer adopting it
+    // (an agent restart), and a connection open across the restart goes on.
     assert_eq!(lb.sync(&desired).unwrap().writes, 0);
+    let mut open = s
+        .client()
+        .in_ns(move || {
+            TcpStream::connect_timeout(&SocketAddr::from((v, 80)), Duration::from_secs(5))
+        })
+        .unwrap()
+        .unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = BufReader::new(open.try_clone().unwrap());
+    let mut hello = String::new();
+    reader.read_line(&mut hello).unwrap();
     drop(lb);
     let mut lb = s.open();
     let r = lb.sync(&desired).unwrap();
     assert_eq!(r.writes, 0, "adoption writes nothing");
     assert_eq!(s.kernel_state(), state);
+    open.write_all(b"across the restart\n").unwrap();
+    let mut echo = String::new();
+    reader.read_line(&mut echo).unwrap();
+    assert_eq!(echo, "across the restart\n");
+    drop((reader, open));
     assert_eq!(
         lb.apply(&[Change::PutService(s.service("web", v, &[2, 3, 4]))])
             .unwrap()
@@ -515,4 +532,45 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(!state.contains(ipvs::IPVS_NFT_TABLE), "{state}");
     assert!(!state.contains(&vip(30).to_string()), "{state}");
     assert_eq!(lb.remove_all().unwrap().writes, 0);
+}
+
+#[test]
+#[ignore = "kernel lab: needs IPVS (Debian kernel); run with cargo xtask test-kernel ipvs"]
+fn a_thousand_services_are_programmed_adopted_and_removed() {
+    const N: usize = 1000;
+    let s = Setup::new();
+    let vip_of = |i: usize| Ipv4Addr::new(198, 19, (i / 200) as u8, (i % 200 + 1) as u8);
+    let services: Vec<ServiceLb> = (0..N)
+        .map(|i| s.service(&format!("svc{i:04}"), vip_of(i), &[2, 3, 4]))
+        .collect();
+    let desired = s.desired(services);
+    let mut lb = s.open();
+    let r = lb.sync(&desired).unwrap();
+    assert!(r.refused.is_empty(), "{:?}", r.refused);
+    // 7 sysctls, the timeouts, the nftables table, and per service: the service, 3
+    // destinations, the address.
+    assert_eq!(r.writes, 7 + 1 + 1 + N as u64 * 5);
+    let listing = s.lb_node().run_ok(&["ipvsadm", "-Ln"]).unwrap();
+    assert_eq!(listing.matches("FWM").count(), N);
+    assert_eq!(listing.matches("Masq").count(), 3 * N);
+    for i in [0, N - 1] {
+        let g = greet(s.client(), SocketAddr::from((vip_of(i), 80))).unwrap();
+        assert!(g.starts_with("node"), "{g}");
+    }
+    // Again, and from a new balancer: nothing to write (the dumps span many datagrams).
+    assert_eq!(lb.sync(&desired).unwrap().writes, 0);
+    drop(lb);
+    let mut lb = s.open();
+    assert_eq!(lb.sync(&desired).unwrap().writes, 0);
+    // One backend change costs one write.
+    let last = format!("svc{:04}", N - 1);
+    let r = lb
+        .apply(&[Change::PutService(s.service(&last, vip_of(N - 1), &[2, 3]))])
+        .unwrap();
+    assert_eq!(r.writes, 1);
+    // Everything goes: the addresses, the table, the services.
+    let r = lb.remove_all().unwrap();
+    assert_eq!(r.writes, N as u64 + 1 + N as u64);
+    let listing = s.lb_node().run_ok(&["ipvsadm", "-Ln"]).unwrap();
+    assert_eq!(listing.matches("FWM").count(), 0, "{listing}");
 }

@@ -153,7 +153,11 @@ impl IpvsLb {
         st.net = net.clone();
         let plan = NetPlan::new(net, admitted, self.timeouts);
         let ops = diff::diff(&st.view, &plan);
-        execute(st, ops)
+        let done = execute(st, ops);
+        if done.is_err() {
+            st.stale = true;
+        }
+        done
     }
 }
 
@@ -164,7 +168,11 @@ fn clear(st: &mut NetState, reread: bool) -> Result<u64> {
         st.stale = false;
     }
     let ops = diff::removal(&st.view);
-    execute(st, ops)
+    let done = execute(st, ops);
+    if done.is_err() {
+        st.stale = true;
+    }
+    done
 }
 
 /// Runs `ops` in order (consecutive IPVS or address requests pipelined), keeps the view in step

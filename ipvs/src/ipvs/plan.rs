@@ -239,6 +239,25 @@ pub(crate) fn admit(desired: &Desired, current: &Admitted) -> (Admitted, Vec<(Su
             refused.push((subject, e));
         }
     }
+    // A backend that is a VIP on its network would send the VIP's traffic to another VIP.
+    for (key, s) in out.services.iter_mut() {
+        let taken: Vec<Ipv4Addr> = s
+            .backends
+            .iter()
+            .filter(|b| vips.contains_key(&(key.network.clone(), **b)))
+            .copied()
+            .collect();
+        for b in taken {
+            s.backends.remove(&b);
+            refused.push((
+                Subject::Service(key.clone()),
+                format!(
+                    "service {} on network {}: backend {b} is a VIP",
+                    key.service, key.network
+                ),
+            ));
+        }
+    }
     (out, refused)
 }
 
@@ -298,15 +317,24 @@ mod tests {
                 svc("a", "zdup", [10, 0, 0, 10], &[[10, 0, 0, 13]]),
                 svc("a", "lb", [10, 0, 0, 2], &[]),
                 svc("nope", "x", [10, 0, 0, 20], &[]),
+                svc(
+                    "a",
+                    "api",
+                    [10, 0, 0, 30],
+                    &[[10, 0, 0, 10], [10, 0, 0, 14]],
+                ),
             ],
         );
         let (ok, refused) = admit(&d, &Admitted::default());
-        assert_eq!(ok.services.len(), 1);
+        assert_eq!(ok.services.len(), 2);
         let web = &ok.services[&key("a", "web")];
         assert_eq!(web.backends, BTreeSet::from([Ipv4Addr::new(10, 0, 0, 11)]));
+        let api = &ok.services[&key("a", "api")];
+        assert_eq!(api.backends, BTreeSet::from([Ipv4Addr::new(10, 0, 0, 14)]));
         let text: Vec<&str> = refused.iter().map(|(_, l)| l.as_str()).collect();
-        assert_eq!(refused.len(), 5, "{text:#?}");
+        assert_eq!(refused.len(), 6, "{text:#?}");
         for want in [
+            "backend 10.0.0.10 is a VIP",
             "backend 10.9.9.9 is not a host address",
             "VIP 10.1.0.10 is not a host address",
             "VIP 10.0.0.10 is already service web's",
