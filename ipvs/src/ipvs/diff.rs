@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use super::msg::{FWD_MASQ, IpvsMsg, Timeouts};
 use super::nft::{self, Elems, NftView};
 use super::plan::{Admitted, MARK_BASE, mark_for};
-use crate::NetworkLb;
+use crate::{NetworkLb, ServiceLb};
 
 /// The scheduler of every service (Docker's).
 pub(crate) const SCHED: &str = "rr";
@@ -57,14 +57,25 @@ pub(crate) struct NetPlan {
 }
 
 impl NetPlan {
-    pub fn new(net: &NetworkLb, admitted: &Admitted, timeouts: Timeouts) -> NetPlan {
-        let vips = admitted
-            .services_on(&net.id)
-            .filter_map(|s| {
-                let mark = mark_for(&net.subnet, s.vip)?;
-                Some((s.vip, (mark, s.backends.clone())))
-            })
-            .collect();
+    /// The plan for every VIP on the network, or only for `only`.
+    pub fn new(
+        net: &NetworkLb,
+        admitted: &Admitted,
+        timeouts: Timeouts,
+        only: Option<&BTreeSet<Ipv4Addr>>,
+    ) -> NetPlan {
+        let entry = |s: &ServiceLb| {
+            let mark = mark_for(&net.subnet, s.vip)?;
+            Some((s.vip, (mark, s.backends.clone())))
+        };
+        let vips = match only {
+            None => admitted.services_on(&net.id).filter_map(entry).collect(),
+            Some(only) => only
+                .iter()
+                .filter_map(|v| admitted.by_vip(&net.id, *v))
+                .filter_map(entry)
+                .collect(),
+        };
         NetPlan {
             subnet: net.subnet,
             addr: net.addr,
@@ -72,6 +83,42 @@ impl NetPlan {
             timeouts,
             vips,
         }
+    }
+}
+
+impl View {
+    /// The part of the view that concerns `vips` (their addresses, marks, refusals and IPVS
+    /// services), with the namespace-wide settings: diffing it against a plan for the same VIPs
+    /// touches nothing else.
+    pub fn restrict(&self, subnet: &Ipv4Net, vips: &BTreeSet<Ipv4Addr>) -> View {
+        let nft = self.nft.as_ref().map(|n| NftView {
+            tag: n.tag.clone(),
+            marks: vips
+                .iter()
+                .filter_map(|v| n.marks.get(v).map(|m| (*v, *m)))
+                .collect(),
+            refuse: n.refuse.intersection(vips).copied().collect(),
+        });
+        View {
+            sysctls: self.sysctls.clone(),
+            timeouts: self.timeouts,
+            nft,
+            services: vips
+                .iter()
+                .filter_map(|v| mark_for(subnet, *v))
+                .filter_map(|m| self.services.get(&m).map(|s| (m, s.clone())))
+                .collect(),
+            addrs: self.addrs.intersection(vips).copied().collect(),
+        }
+    }
+
+    /// Whether the nftables table is the one for this network (else only a whole-table
+    /// replacement, from a plan of every VIP, can fix it).
+    pub fn table_is_current(&self, subnet: &Ipv4Net, addr: Ipv4Addr) -> bool {
+        self.nft
+            .as_ref()
+            .and_then(|n| n.tag.as_deref())
+            .is_some_and(|t| t == nft::tag(subnet, addr))
     }
 }
 
@@ -424,6 +471,39 @@ mod tests {
         assert!(matches!(&ops[1], Op::NftElems(e) if e.del_marks.contains(&ip(20))));
         assert_eq!(ops.last(), Some(&Op::Ipvs(IpvsOp::DelService(276))));
         assert_eq!(ops.len(), 3);
+    }
+
+    #[test]
+    fn a_restricted_diff_touches_only_its_vips() {
+        let p = plan(&[(10, &[11]), (20, &[12]), (30, &[])]);
+        let v = after(View::default(), &diff(&View::default(), &p));
+        // VIP 20 loses its backend, VIP 40 is new; 10 and 30 are not looked at.
+        let only = BTreeSet::from([ip(20), ip(40)]);
+        let mut next = plan(&[(10, &[]), (20, &[]), (30, &[13]), (40, &[14])]);
+        next.vips.retain(|a, _| only.contains(a));
+        let part = v.restrict(&p.subnet, &only);
+        assert_eq!(part.addrs, BTreeSet::from([ip(20)]));
+        assert_eq!(part.services.keys().collect::<Vec<_>>(), [&276]);
+        let ops = diff(&part, &next);
+        assert!(
+            ops.iter().all(|o| match o {
+                Op::Ipvs(IpvsOp::NewService(m)) => *m == 296,
+                Op::Ipvs(IpvsOp::NewDest(m, _) | IpvsOp::DelDest(m, _, _)) =>
+                    *m == 276 || *m == 296,
+                Op::Addr(true, a) => *a == ip(40),
+                Op::NftElems(e) =>
+                    e.add_refuse == BTreeSet::from([ip(20)]) && e.del_marks.is_empty(),
+                _ => false,
+            }),
+            "{ops:#?}"
+        );
+        let v = after(v, &ops);
+        assert_eq!(v.services[&266].dests.len(), 1, "VIP 10 untouched");
+        assert!(
+            v.nft.as_ref().unwrap().refuse.contains(&ip(30)),
+            "VIP 30 untouched"
+        );
+        assert!(v.table_is_current(&p.subnet, p.addr));
     }
 
     #[test]

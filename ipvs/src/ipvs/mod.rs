@@ -21,10 +21,14 @@ mod nl;
 mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use netns::NetNs;
 
-use crate::{Change, Config, Desired, Error, Kind, LoadBalancer, NetworkLb, Report, Result};
+use crate::{
+    Change, Config, Desired, Error, Kind, LoadBalancer, NetworkLb, Report, Result, ServiceKey,
+    ServiceLb,
+};
 use diff::{NetPlan, Op, View};
 use kernel::Kernel;
 use msg::Timeouts;
@@ -85,30 +89,22 @@ impl IpvsLb {
         })
     }
 
-    /// Makes the kernel hold `admitted` on the networks in `only` (all when `None`), reading the
-    /// namespaces again first when `reread`.
+    /// Makes the kernel hold what is admitted on the target networks: every VIP of a network
+    /// mapped to `None`, only the given VIPs otherwise. With `reread`, the namespaces are read
+    /// again first.
     fn reconcile(
         &mut self,
-        admitted: Admitted,
-        only: Option<&BTreeSet<String>>,
+        targets: BTreeMap<String, Option<BTreeSet<Ipv4Addr>>>,
         reread: bool,
     ) -> Result<u64> {
-        let ids: BTreeSet<String> = match only {
-            Some(ids) => ids.clone(),
-            None => self
-                .nets
-                .keys()
-                .chain(admitted.networks.keys())
-                .cloned()
-                .collect(),
-        };
         let mut writes = 0;
         let mut errors = Vec::new();
-        for id in &ids {
-            let want = admitted.networks.get(id);
+        for (id, only) in &targets {
+            let want = self.admitted.networks.get(id).cloned();
             // A network gone, or moved to another namespace or interface: clear the old one.
             let moved = self.nets.get(id).is_some_and(|st| {
-                want.is_none_or(|w| w.netns != st.net.netns || w.iface != st.net.iface)
+                want.as_ref()
+                    .is_none_or(|w| w.netns != st.net.netns || w.iface != st.net.iface)
             });
             if moved && let Some(mut st) = self.nets.remove(id) {
                 match clear(&mut st, reread) {
@@ -117,12 +113,11 @@ impl IpvsLb {
                 }
             }
             let Some(net) = want else { continue };
-            match self.reconcile_net(net, &admitted, reread) {
+            match self.reconcile_net(&net, only.as_ref(), reread) {
                 Ok(n) => writes += n,
                 Err(e) => errors.push(e),
             }
         }
-        self.admitted = admitted;
         match errors.len() {
             0 => Ok(writes),
             1 => Err(errors.remove(0)),
@@ -133,7 +128,12 @@ impl IpvsLb {
         }
     }
 
-    fn reconcile_net(&mut self, net: &NetworkLb, admitted: &Admitted, reread: bool) -> Result<u64> {
+    fn reconcile_net(
+        &mut self,
+        net: &NetworkLb,
+        only: Option<&BTreeSet<Ipv4Addr>>,
+        reread: bool,
+    ) -> Result<u64> {
         let st = match self.nets.entry(net.id.clone()) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => {
@@ -146,13 +146,21 @@ impl IpvsLb {
                 })
             }
         };
+        let mut only = only;
         if reread || st.stale || st.net.subnet != net.subnet || st.net.addr != net.addr {
             st.view = st.kernel.read(&net.subnet, net.addr)?;
             st.stale = false;
+            only = None;
+        }
+        if !st.view.table_is_current(&net.subnet, net.addr) {
+            only = None;
         }
         st.net = net.clone();
-        let plan = NetPlan::new(net, admitted, self.timeouts);
-        let ops = diff::diff(&st.view, &plan);
+        let plan = NetPlan::new(net, &self.admitted, self.timeouts, only);
+        let ops = match only {
+            None => diff::diff(&st.view, &plan),
+            Some(vips) => diff::diff(&st.view.restrict(&net.subnet, vips), &plan),
+        };
         let done = execute(st, ops);
         if done.is_err() {
             st.stale = true;
@@ -281,7 +289,14 @@ impl LoadBalancer for IpvsLb {
     fn sync(&mut self, desired: &Desired) -> Result<Report> {
         let (admitted, refused) = plan::admit(desired, &self.admitted);
         self.raw = desired.clone();
-        let writes = self.reconcile(admitted, None, true)?;
+        self.admitted = admitted;
+        let targets = self
+            .nets
+            .keys()
+            .chain(self.admitted.networks.keys())
+            .map(|id| (id.clone(), None))
+            .collect();
+        let writes = self.reconcile(targets, true)?;
         Ok(Report {
             writes,
             refused: lines(refused),
@@ -289,36 +304,82 @@ impl LoadBalancer for IpvsLb {
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<Report> {
-        let mut touched = BTreeSet::new();
+        // Networks to admit and reconcile whole; services updated in place (same VIP).
+        let mut whole: BTreeSet<String> = BTreeSet::new();
+        let mut updates: Vec<&ServiceLb> = Vec::new();
         let mut asked = BTreeSet::new();
         for c in changes {
             match c {
                 Change::PutNetwork(n) => {
                     self.raw.networks.insert(n.id.clone(), n.clone());
-                    touched.insert(n.id.clone());
+                    whole.insert(n.id.clone());
                     asked.insert(Subject::Network(n.id.clone()));
                 }
                 Change::RemoveNetwork(id) => {
                     self.raw.networks.remove(id);
-                    self.raw.services.retain(|k, _| &k.network != id);
-                    touched.insert(id.clone());
+                    let keys: Vec<ServiceKey> = plan::on_network(&self.raw.services, id)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in keys {
+                        self.raw.services.remove(&k);
+                    }
+                    whole.insert(id.clone());
                 }
                 Change::PutService(s) => {
                     self.raw.services.insert(s.key.clone(), s.clone());
-                    touched.insert(s.key.network.clone());
                     asked.insert(Subject::Service(s.key.clone()));
+                    let same_vip = self
+                        .admitted
+                        .services
+                        .get(&s.key)
+                        .is_some_and(|c| c.vip == s.vip);
+                    if same_vip {
+                        updates.push(s);
+                    } else {
+                        whole.insert(s.key.network.clone());
+                    }
                 }
                 Change::RemoveService(k) => {
                     self.raw.services.remove(k);
-                    touched.insert(k.network.clone());
+                    whole.insert(k.network.clone());
                 }
             }
         }
-        let (admitted, mut refused) = plan::admit(&self.raw, &self.admitted);
+        let mut refused = Vec::new();
+        let networks =
+            plan::admit_networks(&self.raw.networks, &self.admitted.networks, &mut refused);
+        for id in self.admitted.networks.keys().chain(networks.keys()) {
+            if self.admitted.networks.get(id) != networks.get(id) {
+                whole.insert(id.clone());
+            }
+        }
+        self.admitted.networks = networks;
+        let mut targets: BTreeMap<String, Option<BTreeSet<Ipv4Addr>>> = BTreeMap::new();
+        for s in updates {
+            if whole.contains(&s.key.network) {
+                continue;
+            }
+            // The latest version given for this key (a batch may carry several).
+            let Some(latest) = self.raw.services.get(&s.key) else {
+                continue;
+            };
+            if plan::admit_update(latest, &mut self.admitted, &mut refused) {
+                targets
+                    .entry(s.key.network.clone())
+                    .or_insert_with(|| Some(BTreeSet::new()))
+                    .get_or_insert_with(BTreeSet::new)
+                    .insert(s.vip);
+            }
+        }
+        for id in &whole {
+            plan::readmit(id, &self.raw, &mut self.admitted, &mut refused);
+            targets.insert(id.clone(), None);
+        }
         // Only what these changes carried is reported (standing refusals were reported when
         // they came).
         refused.retain(|(s, _)| asked.contains(s));
-        let writes = self.reconcile(admitted, Some(&touched), false)?;
+        refused.dedup();
+        let writes = self.reconcile(targets, false)?;
         Ok(Report {
             writes,
             refused: lines(refused),

@@ -35,20 +35,35 @@ pub(crate) enum Subject {
 pub(crate) struct Admitted {
     pub networks: BTreeMap<String, NetworkLb>,
     pub services: BTreeMap<ServiceKey, ServiceLb>,
+    /// Network -> VIP -> the service holding it.
+    pub vips: BTreeMap<String, BTreeMap<Ipv4Addr, ServiceKey>>,
+}
+
+/// The entries of a map keyed by service whose network is `network` (keys sort by network
+/// first).
+pub(crate) fn on_network<'a, V>(
+    map: &'a BTreeMap<ServiceKey, V>,
+    network: &'a str,
+) -> impl Iterator<Item = (&'a ServiceKey, &'a V)> + 'a {
+    map.range(
+        ServiceKey {
+            network: network.to_string(),
+            service: String::new(),
+        }..,
+    )
+    .take_while(move |(k, _)| k.network == network)
 }
 
 impl Admitted {
-    /// The services on one network (keys sort by network first).
+    /// The services on one network.
     pub fn services_on<'a>(&'a self, network: &'a str) -> impl Iterator<Item = &'a ServiceLb> {
-        self.services
-            .range(
-                ServiceKey {
-                    network: network.to_string(),
-                    service: String::new(),
-                }..,
-            )
-            .take_while(move |(k, _)| k.network == network)
-            .map(|(_, s)| s)
+        on_network(&self.services, network).map(|(_, s)| s)
+    }
+
+    /// The service holding `vip` on `network`.
+    pub fn by_vip(&self, network: &str, vip: Ipv4Addr) -> Option<&ServiceLb> {
+        let key = self.vips.get(network)?.get(&vip)?;
+        self.services.get(key)
     }
 }
 
@@ -148,21 +163,23 @@ fn check_service(
     Ok((ok, lines))
 }
 
-/// Admits `desired`. `current` is what is admitted now: on a conflict (a VIP, a namespace) the
-/// current holder keeps it, and a refused update of an admitted entry keeps the admitted version.
-pub(crate) fn admit(desired: &Desired, current: &Admitted) -> (Admitted, Vec<(Subject, String)>) {
-    let mut out = Admitted::default();
-    let mut refused = Vec::new();
+type Refused = Vec<(Subject, String)>;
 
-    // Networks: current holders of a namespace first.
-    let mut by_ns: BTreeMap<PathBuf, String> = BTreeMap::new();
+/// Admits the networks. On a conflict (two networks in one namespace) the current holder keeps
+/// the namespace; a refused update of an admitted network keeps the admitted version.
+pub(crate) fn admit_networks(
+    desired: &BTreeMap<String, NetworkLb>,
+    current: &BTreeMap<String, NetworkLb>,
+    refused: &mut Refused,
+) -> BTreeMap<String, NetworkLb> {
+    let mut out = BTreeMap::new();
+    let mut by_ns: BTreeMap<&PathBuf, &String> = BTreeMap::new();
     let (held, rest): (Vec<_>, Vec<_>) = desired
-        .networks
         .iter()
-        .partition(|(id, _)| current.networks.contains_key(*id));
+        .partition(|(id, _)| current.contains_key(*id));
     for (id, n) in held.into_iter().chain(rest) {
         let mut candidates = vec![n];
-        if let Some(c) = current.networks.get(id).filter(|c| *c != n) {
+        if let Some(c) = current.get(id).filter(|c| *c != n) {
             candidates.push(c);
         }
         let mut first_err = None;
@@ -176,8 +193,8 @@ pub(crate) fn admit(desired: &Desired, current: &Admitted) -> (Admitted, Vec<(Su
             });
             match verdict {
                 Ok(()) => {
-                    by_ns.insert(c.netns.clone(), id.clone());
-                    out.networks.insert(id.clone(), c.clone());
+                    by_ns.insert(&c.netns, id);
+                    out.insert(id.clone(), c.clone());
                     break;
                 }
                 Err(e) => {
@@ -189,45 +206,46 @@ pub(crate) fn admit(desired: &Desired, current: &Admitted) -> (Admitted, Vec<(Su
             refused.push((Subject::Network(id.clone()), e));
         }
     }
+    out
+}
 
-    // Services: current holders of their VIP first, then the rest in key order.
-    let mut vips: BTreeMap<(String, Ipv4Addr), ServiceKey> = BTreeMap::new();
-    let (held, rest): (Vec<_>, Vec<_>) = desired
-        .services
-        .iter()
+/// Admits the services `desired` has on network `net`: the current holders of their VIP first,
+/// then the rest in key order; a refused update of an admitted service keeps the admitted
+/// version. Returns the admitted services and the network's VIP index.
+fn admit_on(
+    net: &NetworkLb,
+    desired: &BTreeMap<ServiceKey, ServiceLb>,
+    current: &Admitted,
+    refused: &mut Refused,
+) -> (Vec<ServiceLb>, BTreeMap<Ipv4Addr, ServiceKey>) {
+    let mut out: Vec<ServiceLb> = Vec::new();
+    let mut vips: BTreeMap<Ipv4Addr, &ServiceKey> = BTreeMap::new();
+    let (held, rest): (Vec<_>, Vec<_>) = on_network(desired, &net.id)
         .partition(|(k, s)| current.services.get(*k).is_some_and(|c| c.vip == s.vip));
     for (key, s) in held.into_iter().chain(rest) {
-        let subject = Subject::Service(key.clone());
-        let Some(net) = out.networks.get(&key.network) else {
-            refused.push((
-                subject,
-                format!(
-                    "service {} on network {}: no such network on this node",
-                    key.service, key.network
-                ),
-            ));
-            continue;
-        };
         let mut candidates = vec![s];
         if let Some(c) = current.services.get(key).filter(|c| *c != s) {
             candidates.push(c);
         }
         let mut first_err = None;
         for c in candidates {
-            let verdict = check_service(key, c, net).and_then(|(ok, lines)| {
-                match vips.get(&(key.network.clone(), ok.vip)) {
+            let verdict =
+                check_service(key, c, net).and_then(|(ok, lines)| match vips.get(&ok.vip) {
                     Some(other) => Err(format!(
                         "service {} on network {}: VIP {} is already service {}'s",
                         key.service, key.network, ok.vip, other.service
                     )),
                     None => Ok((ok, lines)),
-                }
-            });
+                });
             match verdict {
                 Ok((ok, lines)) => {
-                    refused.extend(lines.into_iter().map(|l| (subject.clone(), l)));
-                    vips.insert((key.network.clone(), ok.vip), key.clone());
-                    out.services.insert(key.clone(), ok);
+                    refused.extend(
+                        lines
+                            .into_iter()
+                            .map(|l| (Subject::Service(key.clone()), l)),
+                    );
+                    vips.insert(ok.vip, key);
+                    out.push(ok);
                     break;
                 }
                 Err(e) => {
@@ -236,29 +254,115 @@ pub(crate) fn admit(desired: &Desired, current: &Admitted) -> (Admitted, Vec<(Su
             }
         }
         if let Some(e) = first_err {
-            refused.push((subject, e));
+            refused.push((Subject::Service(key.clone()), e));
         }
     }
     // A backend that is a VIP on its network would send the VIP's traffic to another VIP.
-    for (key, s) in out.services.iter_mut() {
-        let taken: Vec<Ipv4Addr> = s
-            .backends
-            .iter()
-            .filter(|b| vips.contains_key(&(key.network.clone(), **b)))
-            .copied()
-            .collect();
-        for b in taken {
-            s.backends.remove(&b);
-            refused.push((
-                Subject::Service(key.clone()),
-                format!(
-                    "service {} on network {}: backend {b} is a VIP",
-                    key.service, key.network
-                ),
-            ));
+    for s in &mut out {
+        drop_vip_backends(s, |b| vips.contains_key(&b), refused);
+    }
+    let index = vips.into_iter().map(|(v, k)| (v, k.clone())).collect();
+    (out, index)
+}
+
+fn drop_vip_backends(s: &mut ServiceLb, is_vip: impl Fn(Ipv4Addr) -> bool, refused: &mut Refused) {
+    let taken: Vec<Ipv4Addr> = s.backends.iter().copied().filter(|b| is_vip(*b)).collect();
+    for b in taken {
+        s.backends.remove(&b);
+        refused.push((
+            Subject::Service(s.key.clone()),
+            format!(
+                "service {} on network {}: backend {b} is a VIP",
+                s.key.service, s.key.network
+            ),
+        ));
+    }
+}
+
+/// Admits `desired` (see [`admit_networks`] and [`admit_on`] for who wins a conflict).
+pub(crate) fn admit(desired: &Desired, current: &Admitted) -> (Admitted, Refused) {
+    let mut refused = Vec::new();
+    let mut out = Admitted {
+        networks: admit_networks(&desired.networks, &current.networks, &mut refused),
+        ..Default::default()
+    };
+    for (id, net) in &out.networks {
+        let (services, index) = admit_on(net, &desired.services, current, &mut refused);
+        out.services
+            .extend(services.into_iter().map(|s| (s.key.clone(), s)));
+        out.vips.insert(id.clone(), index);
+    }
+    for key in desired.services.keys() {
+        if !out.networks.contains_key(&key.network) {
+            refused.push((Subject::Service(key.clone()), no_network(key)));
         }
     }
     (out, refused)
+}
+
+fn no_network(key: &ServiceKey) -> String {
+    format!(
+        "service {} on network {}: no such network on this node",
+        key.service, key.network
+    )
+}
+
+/// Admits again the services `desired` has on network `id` (its network as admitted in
+/// `current.networks`, or gone), in place.
+pub(crate) fn readmit(id: &str, desired: &Desired, current: &mut Admitted, refused: &mut Refused) {
+    let (services, index) = match current.networks.get(id) {
+        Some(net) => admit_on(net, &desired.services, current, refused),
+        None => {
+            for (key, _) in on_network(&desired.services, id) {
+                refused.push((Subject::Service(key.clone()), no_network(key)));
+            }
+            (Vec::new(), BTreeMap::new())
+        }
+    };
+    let old: Vec<ServiceKey> = on_network(&current.services, id)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in old {
+        current.services.remove(&k);
+    }
+    current
+        .services
+        .extend(services.into_iter().map(|s| (s.key.clone(), s)));
+    if current.networks.contains_key(id) {
+        current.vips.insert(id.to_string(), index);
+    } else {
+        current.vips.remove(id);
+    }
+}
+
+/// Admits an update of an admitted service that keeps its VIP (new backends): the hot path, no
+/// work proportional to the number of services. Returns whether the admitted state changed.
+pub(crate) fn admit_update(s: &ServiceLb, current: &mut Admitted, refused: &mut Refused) -> bool {
+    let Some(net) = current.networks.get(&s.key.network) else {
+        return false;
+    };
+    match check_service(&s.key, s, net) {
+        Ok((mut ok, lines)) => {
+            refused.extend(
+                lines
+                    .into_iter()
+                    .map(|l| (Subject::Service(s.key.clone()), l)),
+            );
+            let vips = current.vips.get(&s.key.network);
+            drop_vip_backends(
+                &mut ok,
+                |b| vips.is_some_and(|v| v.contains_key(&b)),
+                refused,
+            );
+            let changed = current.services.get(&s.key) != Some(&ok);
+            current.services.insert(s.key.clone(), ok);
+            changed
+        }
+        Err(e) => {
+            refused.push((Subject::Service(s.key.clone()), e));
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -371,6 +475,51 @@ mod tests {
         let (next, refused) = admit(&third, &cur);
         assert_eq!(next, cur);
         assert_eq!(refused.len(), 1);
+    }
+
+    #[test]
+    fn updates_in_place_agree_with_a_full_admission() {
+        let n = net("a", "10.0.0.0/24", [10, 0, 0, 2]);
+        let mut d = desired(
+            vec![n],
+            vec![
+                svc("a", "web", [10, 0, 0, 10], &[[10, 0, 0, 11]]),
+                svc("a", "api", [10, 0, 0, 20], &[[10, 0, 0, 12]]),
+            ],
+        );
+        let (mut cur, _) = admit(&d, &Admitted::default());
+        assert_eq!(
+            cur.by_vip("a", Ipv4Addr::new(10, 0, 0, 20)).unwrap().key,
+            key("a", "api")
+        );
+        // New backends for web: one good, one outside, one that is api's VIP.
+        let next = svc(
+            "a",
+            "web",
+            [10, 0, 0, 10],
+            &[[10, 0, 0, 13], [10, 7, 0, 1], [10, 0, 0, 20]],
+        );
+        let mut refused = Vec::new();
+        assert!(admit_update(&next, &mut cur, &mut refused));
+        assert_eq!(refused.len(), 2, "{refused:#?}");
+        d.services.insert(next.key.clone(), next.clone());
+        assert_eq!(
+            cur,
+            admit(&d, &cur).0,
+            "same result as admitting everything"
+        );
+        // The same update again changes nothing; a bad one is refused and changes nothing.
+        assert!(!admit_update(&next, &mut cur, &mut Vec::new()));
+        let mut bad = next.clone();
+        bad.vip = Ipv4Addr::new(10, 0, 0, 255);
+        let mut refused = Vec::new();
+        assert!(!admit_update(&bad, &mut cur, &mut refused));
+        assert_eq!(refused.len(), 1);
+        // Re-admitting one network in place after a removal.
+        d.services.remove(&key("a", "api"));
+        readmit("a", &d, &mut cur, &mut Vec::new());
+        assert_eq!(cur, admit(&d, &cur).0);
+        assert!(cur.by_vip("a", Ipv4Addr::new(10, 0, 0, 20)).is_none());
     }
 
     #[test]
