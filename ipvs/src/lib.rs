@@ -19,9 +19,11 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 
 pub mod ebpf;
+mod ipvs;
 mod vip_addrs;
 
 pub use ebpf::{EbpfLb, VipEntry};
+pub use ipvs::{IpvsLb, NFT_TABLE as IPVS_NFT_TABLE};
 
 /// Which implementation balances this node's VIPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,7 +171,7 @@ pub trait LoadBalancer: Send {
 pub fn open(config: &Config) -> Result<Box<dyn LoadBalancer>> {
     match detect(config)? {
         Kind::Ebpf => Ok(Box::new(EbpfLb::open(config)?)),
-        Kind::Ipvs => Err(Error::Unsupported("IPVS (not built yet)".into())),
+        Kind::Ipvs => Ok(Box::new(IpvsLb::open(config)?)),
     }
 }
 
@@ -180,13 +182,14 @@ pub fn detect(config: &Config) -> Result<Kind> {
             ebpf::supported(config)?;
             Ok(Kind::Ebpf)
         }
-        Choice::Ipvs => Ok(Kind::Ipvs),
+        Choice::Ipvs => ipvs::detect().map(|_| Kind::Ipvs),
         Choice::Auto => match ebpf::supported(config) {
             Ok(()) => Ok(Kind::Ebpf),
-            Err(e) => {
-                tracing::info!("load balancer: eBPF not usable ({e}); using IPVS");
-                Ok(Kind::Ipvs)
-            }
+            Err(e) => ipvs::detect().map(|_| Kind::Ipvs).map_err(|ipvs_err| {
+                Error::Unsupported(format!(
+                    "any service load balancer: eBPF socket LB: {e}; IPVS: {ipvs_err}"
+                ))
+            }),
         },
     }
 }

@@ -65,8 +65,9 @@ pub const SUITES: &[Suite] = &[
     // Tests that need IPVS, ESP, GCM: ignored on the host, run here.
     suite("lab", "kernel_lab", "", true),
     suite("vxlan", "lab", "", false),
-    // The eBPF socket load balancer under Debian's 6.1 kernel.
+    // The eBPF socket load balancer under Debian's 6.1 kernel, and IPVS (not on the host).
     suite("ipvs", "ebpf", "", false),
+    suite("ipvs", "ipvs", "", true),
 ];
 
 /// Modules loaded when the guest boots (their dependencies come along). Anything else the tests

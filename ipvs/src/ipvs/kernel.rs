@@ -1,0 +1,283 @@
+//! The kernel side of one load-balancer namespace: IPVS over generic netlink, the VIP addresses
+//! over rtnetlink, sysctls. Reads build a [`View`]; writes are counted by the caller.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_generic::GenlMessage;
+use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::protocols::{NETLINK_GENERIC, NETLINK_ROUTE};
+use netns::NetNs;
+
+use super::diff::{DestView, SvcView, View};
+use super::msg::{AF_INET, FAMILY, IpvsMsg, Timeouts};
+use super::nl::{NlError, Sock};
+use crate::{Error, Result};
+
+/// Resolves the IPVS generic netlink family id (family ids are global: any namespace answers).
+/// `None` when the kernel has no IPVS.
+pub(crate) fn resolve_family(ns: &NetNs) -> Result<Option<u16>> {
+    let mut sock = Sock::open(ns, NETLINK_GENERIC)?;
+    let req = GenlMessage::from_payload(GenlCtrl {
+        cmd: GenlCtrlCmd::GetFamily,
+        nlas: vec![GenlCtrlAttrs::FamilyName(FAMILY.to_string())],
+    });
+    match sock.get::<_, GenlMessage<GenlCtrl>>(req, "resolve the IPVS netlink family")? {
+        Ok(answer) => Ok(answer.payload.nlas.iter().find_map(|a| match a {
+            GenlCtrlAttrs::FamilyId(id) => Some(*id),
+            _ => None,
+        })),
+        Err(NlError { errno, .. }) if errno == libc::ENOENT => Ok(None),
+        Err(e) => Err(e.into_error("resolve the IPVS netlink family", ns.name())),
+    }
+}
+
+/// Sockets into one load-balancer namespace.
+pub(crate) struct Kernel {
+    ns: NetNs,
+    genl: Sock,
+    rt: Sock,
+    family: u16,
+    iface: String,
+    ifindex: u32,
+}
+
+/// The sysctls each load-balancer namespace gets (Docker's `ApplyOSTweaks` for IPVS, conntrack
+/// for the masquerade, forwarding for the replies IPVS rewrites, no redirects). Keys are relative
+/// to /proc/sys; `{iface}` is the network's interface.
+pub(crate) fn sysctls(iface: &str) -> Vec<(String, &'static str)> {
+    vec![
+        ("net/ipv4/ip_forward".into(), "1"),
+        ("net/ipv4/vs/conntrack".into(), "1"),
+        ("net/ipv4/vs/conn_reuse_mode".into(), "0"),
+        ("net/ipv4/vs/expire_nodest_conn".into(), "1"),
+        ("net/ipv4/vs/expire_quiescent_template".into(), "1"),
+        ("net/ipv4/conf/all/send_redirects".into(), "0"),
+        (format!("net/ipv4/conf/{iface}/send_redirects"), "0"),
+    ]
+}
+
+impl Kernel {
+    /// Opens sockets inside the namespace at `path` and finds `iface` there.
+    pub fn open(path: &Path, iface: &str, family: u16) -> Result<Kernel> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let ns = NetNs::open_path(&name, path).map_err(|e| {
+            Error::Other(format!("load-balancer namespace {}: {e}", path.display()))
+        })?;
+        let cname = std::ffi::CString::new(iface)
+            .map_err(|_| Error::Other(format!("interface name {iface:?} has a NUL byte")))?;
+        // SAFETY: if_nametoindex reads a NUL-terminated string; the thread is inside `ns`.
+        let ifindex = ns
+            .run(|| unsafe { libc::if_nametoindex(cname.as_ptr()) })
+            .map_err(|e| Error::Other(format!("enter namespace {name}: {e}")))?;
+        if ifindex == 0 {
+            return Err(Error::Other(format!(
+                "no interface {iface} in load-balancer namespace {name}"
+            )));
+        }
+        Ok(Kernel {
+            genl: Sock::open(&ns, NETLINK_GENERIC)?,
+            rt: Sock::open(&ns, NETLINK_ROUTE)?,
+            ns,
+            family,
+            iface: iface.to_string(),
+            ifindex,
+        })
+    }
+
+    pub fn ns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    pub fn name(&self) -> &str {
+        self.ns.name()
+    }
+
+    fn genl_msg(&self, m: IpvsMsg) -> GenlMessage<IpvsMsg> {
+        let mut g = GenlMessage::from_payload(m);
+        g.set_resolved_family_id(self.family);
+        g
+    }
+
+    /// Reads everything netagent manages in this namespace.
+    pub fn read(&mut self, subnet: &Ipv4Net, lb_addr: Ipv4Addr) -> Result<View> {
+        Ok(View {
+            sysctls: self.read_sysctls()?,
+            timeouts: Some(self.timeouts()?),
+            nft: super::nft::read(&self.ns)?,
+            services: self.services()?,
+            addrs: self.vip_addrs(subnet, lb_addr)?,
+        })
+    }
+
+    fn read_sysctls(&self) -> Result<BTreeMap<String, String>> {
+        let keys = sysctls(&self.iface);
+        self.ns
+            .run(|| {
+                keys.iter()
+                    .filter_map(|(k, _)| {
+                        std::fs::read_to_string(format!("/proc/sys/{k}"))
+                            .ok()
+                            .map(|v| (k.clone(), v.trim().to_string()))
+                    })
+                    .collect()
+            })
+            .map_err(|e| Error::Other(format!("enter namespace {}: {e}", self.name())))
+    }
+
+    /// Sets `/proc/sys/<key>` inside the namespace.
+    pub fn set_sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{key}");
+        self.ns
+            .run(|| std::fs::write(&path, value))
+            .map_err(|e| Error::Other(format!("enter namespace {}: {e}", self.name())))?
+            .map_err(|e| {
+                let hint = if key.starts_with("net/ipv4/vs/") {
+                    " (is the ip_vs module loaded?)"
+                } else {
+                    ""
+                };
+                Error::Io(
+                    format!(
+                        "set {}={value} in namespace {}{hint}",
+                        key.replace('/', "."),
+                        self.name()
+                    ),
+                    e,
+                )
+            })
+    }
+
+    pub fn timeouts(&mut self) -> Result<Timeouts> {
+        let what = "read the IPVS timeouts";
+        let req = self.genl_msg(IpvsMsg::get_config());
+        let ns = self.name().to_string();
+        match self.genl.get::<_, GenlMessage<IpvsMsg>>(req, what)? {
+            Ok(m) => m.payload.timeouts().ok_or_else(|| {
+                Error::Other(format!(
+                    "{what} in namespace {ns}: the answer has no timeouts"
+                ))
+            }),
+            Err(e) => Err(e.into_error(what, &ns)),
+        }
+    }
+
+    /// Every IPv4 fwmark service and its destinations (address/port services are not
+    /// netagent's and are left out).
+    pub fn services(&mut self) -> Result<BTreeMap<u32, SvcView>> {
+        let req = self.genl_msg(IpvsMsg::get_services());
+        let list: Vec<GenlMessage<IpvsMsg>> = self.genl.dump(req, "list the IPVS services")?;
+        let mut out = BTreeMap::new();
+        for m in list {
+            let Some(svc) = m.payload.service() else {
+                continue;
+            };
+            if svc.fwmark == 0 || svc.af != AF_INET {
+                continue;
+            }
+            let req = self.genl_msg(IpvsMsg::get_dests(svc.fwmark));
+            let what = format!(
+                "list the destinations of IPVS service fwmark {}",
+                svc.fwmark
+            );
+            let dests: Vec<GenlMessage<IpvsMsg>> = self.genl.dump(req, &what)?;
+            let dests = dests
+                .iter()
+                .filter_map(|d| d.payload.dest())
+                .map(|d| {
+                    (
+                        d.addr,
+                        DestView {
+                            port: d.port,
+                            fwd: d.fwd,
+                            weight: d.weight,
+                        },
+                    )
+                })
+                .collect();
+            out.insert(
+                svc.fwmark,
+                SvcView {
+                    sched: svc.sched,
+                    dests,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Sends IPVS requests (pipelined); one result each.
+    pub fn ipvs(&mut self, msgs: Vec<IpvsMsg>) -> Result<Vec<std::result::Result<(), NlError>>> {
+        let msgs: Vec<_> = msgs.into_iter().map(|m| (self.genl_msg(m), 0)).collect();
+        self.genl.batch(msgs)
+    }
+
+    /// The /32 addresses on the network's interface inside `subnet` other than the node's own
+    /// load-balancer address: the VIPs.
+    pub fn vip_addrs(&mut self, subnet: &Ipv4Net, lb_addr: Ipv4Addr) -> Result<BTreeSet<Ipv4Addr>> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let msgs: Vec<RouteNetlinkMessage> = self
+            .rt
+            .dump(RouteNetlinkMessage::GetAddress(req), "list addresses")?;
+        let mut out = BTreeSet::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if a.header.index != self.ifindex || a.header.prefix_len != 32 {
+                continue;
+            }
+            let local = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+                _ => None,
+            });
+            if let Some(v) = local
+                && subnet.contains(&v)
+                && v != lb_addr
+            {
+                out.insert(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds (`true`) or removes /32 addresses on the interface; one result each.
+    pub fn addrs(
+        &mut self,
+        ops: &[(bool, Ipv4Addr)],
+    ) -> Result<Vec<std::result::Result<(), NlError>>> {
+        let msgs = ops
+            .iter()
+            .map(|&(add, vip)| {
+                let mut m = AddressMessage::default();
+                m.header.family = AddressFamily::Inet;
+                m.header.prefix_len = 32;
+                m.header.index = self.ifindex;
+                m.attributes = vec![
+                    AddressAttribute::Local(IpAddr::V4(vip)),
+                    AddressAttribute::Address(IpAddr::V4(vip)),
+                ];
+                if add {
+                    // Adding an address that exists is a no-op.
+                    (
+                        RouteNetlinkMessage::NewAddress(m),
+                        NLM_F_CREATE | NLM_F_REPLACE,
+                    )
+                } else {
+                    (RouteNetlinkMessage::DelAddress(m), 0)
+                }
+            })
+            .collect();
+        self.rt.batch(msgs)
+    }
+}
