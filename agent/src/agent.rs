@@ -656,6 +656,9 @@ impl Agent {
             self.leave_raft(&member).await;
         }
         let executor = crate::node_runtime::executor_config(&self.cfg, &member);
+        member
+            .leaving
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.stop_member().await;
         // Docker removes a node's swarm tasks when it leaves; so do we, with their networks.
         if let Ok(exec) = executor {

@@ -217,10 +217,12 @@ fn patch(id: &str, patch: serde_json::Value) -> Batch {
 }
 
 /// Ready while heartbeats arrive, Down once they stop for three periods. Right after an election
-/// nobody is marked down until the nodes had three periods to find the new leader.
+/// nobody is marked down until the nodes had time to find the new leader and open a session
+/// (five periods, at least 2 s): a restarted leader must not reschedule healthy nodes' tasks.
 async fn node_status(member: &Member, since: Instant, period: Duration) {
     let Some(m) = &member.manager else { return };
     let grace = (period * 3).max(Duration::from_millis(600));
+    let settle = (period * 5).max(Duration::from_secs(2));
     let Ok(nodes) = member.nodes() else { return };
     let seen: std::collections::HashMap<String, Instant> =
         m.sessions.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -232,7 +234,7 @@ async fn node_status(member: &Member, since: Instant, period: Duration) {
             (true, s) if s != NodeState::Ready => {
                 Some(serde_json::json!({"status": {"state": "ready", "message": ""}}))
             }
-            (false, NodeState::Ready | NodeState::Unknown) if since.elapsed() > grace => {
+            (false, NodeState::Ready | NodeState::Unknown) if since.elapsed() > settle => {
                 Some(serde_json::json!({
                     "status": {"state": "down", "message": "heartbeat failure"}
                 }))

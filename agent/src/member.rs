@@ -49,6 +49,9 @@ pub struct Member {
     pub client_tls: Arc<ClientConfig>,
     pub manager: Option<Manager>,
     pub cancel: CancellationToken,
+    /// Set when the node leaves the swarm (its gossip then says so; otherwise it only stops,
+    /// and peers keep its endpoints for the next run).
+    pub leaving: std::sync::atomic::AtomicBool,
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
     /// This node's own object, as the dispatcher last sent it.
     pub node_obj: watch::Sender<Option<Node>>,
@@ -95,6 +98,7 @@ impl Member {
             client_tls,
             manager,
             cancel: CancellationToken::new(),
+            leaving: Default::default(),
             tasks: Mutex::new(Vec::new()),
             node_obj: watch::channel(None).0,
             heartbeat: watch::channel(heartbeat).0,

@@ -93,15 +93,22 @@ pub fn lb_config(cfg: &Config) -> ipvs::Config {
     }
 }
 
-/// Opens the node's load balancer, adopting what an earlier agent left (pinned maps, IPVS
-/// services), so a restart neither writes nor drops a connection.
-fn load_balancer(cfg: &Config) -> anyhow::Result<Box<dyn ipvs::LoadBalancer>> {
+/// Which load balancer this node runs (`--lb`), making the task cgroup root the eBPF programs
+/// attach to; an error names what the kernel lacks.
+pub fn detect_lb(cfg: &Config) -> anyhow::Result<ipvs::Kind> {
     let lc = lb_config(cfg);
     if let Some(c) = &lc.cgroup {
         std::fs::create_dir_all(c)
             .map_err(|e| anyhow::anyhow!("task cgroup root {}: {e}", c.display()))?;
     }
-    if ipvs::detect(&lc).ok() == Some(ipvs::Kind::Ebpf) {
+    Ok(ipvs::detect(&lc)?)
+}
+
+/// Opens the node's load balancer, adopting what an earlier agent left (pinned maps, IPVS
+/// services), so a restart neither writes nor drops a connection.
+fn load_balancer(cfg: &Config) -> anyhow::Result<Box<dyn ipvs::LoadBalancer>> {
+    let lc = lb_config(cfg);
+    if detect_lb(cfg)? == ipvs::Kind::Ebpf {
         ensure_bpffs(&lc.pin_dir)?;
     }
     let lb = ipvs::open(&lc).map_err(|e| anyhow::anyhow!("load balancer: {e}"))?;
@@ -246,7 +253,11 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
     exec.task.abort();
     let _ = exec.task.await;
     if let Ok(g) = Arc::try_unwrap(gossip) {
-        let _ = g.shutdown().await;
+        if member.leaving.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = g.shutdown().await;
+        } else {
+            g.stop().await;
+        }
     }
     Ok(())
 }

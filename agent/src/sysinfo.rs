@@ -14,10 +14,20 @@ pub fn describe(cfg: &crate::config::Config) -> NodeDescription {
         nano_cpus: cpus * 1_000_000_000,
         memory_bytes: mem_total().unwrap_or(0),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
-        load_balancer: ipvs::detect(&crate::node_runtime::lb_config(cfg))
-            .map(|k| k.to_string())
-            .unwrap_or_default(),
+        load_balancer: load_balancer(cfg),
     }
+}
+
+/// The node's load balancer, detected once (detection loads the eBPF programs: too slow for
+/// every session handshake).
+fn load_balancer(cfg: &crate::config::Config) -> String {
+    static KIND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KIND.get_or_init(|| {
+        ipvs::detect(&crate::node_runtime::lb_config(cfg))
+            .map(|k| k.to_string())
+            .unwrap_or_default()
+    })
+    .clone()
 }
 
 fn mem_total() -> Option<u64> {

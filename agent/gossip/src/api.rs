@@ -454,6 +454,12 @@ impl Gossip {
         self.inner.lock().counters.dropped_entries as usize
     }
 
+    /// Stops without leaving (the agent restarts; its data plane stays): peers keep this node's
+    /// entries, flagged silent, and the next generation adopts them.
+    pub async fn stop(self) {
+        self.inner.stop_tasks();
+    }
+
     /// Leaves gracefully: peers drop this node's entries at once instead of keeping them
     /// flagged. Then stops.
     pub async fn shutdown(self) -> Result<()> {

@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         }
     };
     // A node whose kernel can balance no VIP says so now, not when the first task starts.
-    if let Err(e) = ipvs::detect(&netagent::node_runtime::lb_config(&cfg)) {
+    if let Err(e) = netagent::node_runtime::detect_lb(&cfg) {
         eprintln!("netagent: load balancer: {e}");
         return ExitCode::FAILURE;
     }

@@ -47,11 +47,17 @@ def tcp(port):
 
 def udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_PKTINFO, 1)
     s.bind(("0.0.0.0", port))
     while True:
-        data, peer = s.recvfrom(2048)
-        # The reply's source is the address the datagram came to (this task's).
-        s.sendto(f"{data.decode(errors='replace').strip()} {peer[0]}".encode(), peer)
+        data, anc, _, peer = s.recvmsg(2048, socket.CMSG_SPACE(12))
+        # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr }: addr is where the
+        # datagram was sent to (this task's address); the reply leaves from it.
+        own_addr = "?"
+        for level, kind, payload in anc:
+            if level == socket.IPPROTO_IP and kind == socket.IP_PKTINFO:
+                own_addr = socket.inet_ntoa(payload[8:12])
+        s.sendto(f"{own_addr} {peer[0]}".encode(), peer)
 
 
 if __name__ == "__main__":
