@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ipvs::{
@@ -179,31 +179,9 @@ fn fake_backends(i: u32) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
-struct BpfFs(PathBuf);
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-fn mount_bpffs(dir: &Path) -> BpfFs {
-    std::fs::create_dir_all(dir).unwrap();
-    nix::mount::mount(
-        Some("bpf"),
-        dir,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .expect("mount -t bpf");
-    BpfFs(dir.to_path_buf())
-}
-
 fn bench() {
     let lab = Lab::new(3).expect("lab");
-    let bpffs = mount_bpffs(&lab.dir().join("bpffs"));
+    let bpffs = lab.node(1).bpffs().expect("bpffs");
     let tasks = lab.node(1).cgroup().unwrap().join("tasks");
     let task = tasks.join("task1");
     std::fs::create_dir_all(&task).unwrap();
@@ -233,7 +211,7 @@ fn bench() {
     let config = Config {
         choice: Choice::Ebpf,
         cgroup: Some(tasks),
-        pin_dir: bpffs.0.join("netagent"),
+        pin_dir: bpffs.join("netagent"),
         ipvs_timeouts: (0, 0, 0),
     };
     let mut lb = EbpfLb::open(&config).expect("open the eBPF load balancer");
@@ -343,5 +321,4 @@ fn bench() {
         median(direct_p99)
     );
     lb.remove_all().unwrap();
-    drop(bpffs);
 }
