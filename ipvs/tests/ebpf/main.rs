@@ -70,6 +70,25 @@ fn tcp_to_any_port_of_a_vip_reaches_every_backend_and_udp_answers_from_the_vip()
 
     // The VIP answers ping (an address of the load-balancer namespace on the bridge).
     assert!(rig.lab.node(1).ping(vip), "ping {vip}");
+    // ... after an ARP answer from the load-balancer namespace's interface.
+    let mac = rig
+        .lab
+        .node(5)
+        .run_ok(&["ip", "-br", "link", "show", lab::NODE_IFACE])
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    let neigh = rig
+        .lab
+        .node(1)
+        .run_ok(&["ip", "neigh", "show", &vip.to_string()])
+        .unwrap();
+    assert!(
+        !mac.trim().is_empty() && neigh.contains(mac.trim()),
+        "{neigh} has {mac}"
+    );
     // A process outside the task cgroup is not balanced: its connect goes to the VIP itself,
     // where nothing listens.
     let v = json(&rig.client_unbalanced(&["refused", &vip.to_string(), "80"]));
