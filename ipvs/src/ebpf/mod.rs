@@ -48,6 +48,15 @@ pub struct VipEntry {
     pub slots: Vec<Ipv4Addr>,
 }
 
+/// Puts `vip` in, or takes it out of, the pending set of network `id`.
+fn pending(sets: &mut BTreeMap<String, BTreeSet<Ipv4Addr>>, id: &str, vip: Ipv4Addr, member: bool) {
+    if member {
+        sets.entry(id.to_string()).or_default().insert(vip);
+    } else if let Some(set) = sets.get_mut(id) {
+        set.remove(&vip);
+    }
+}
+
 pub struct EbpfLb {
     pin_dir: PathBuf,
     svc: SvcMap,
@@ -240,14 +249,13 @@ impl EbpfLb {
             }
         };
         self.write(vip, &ops, report)?;
-        // The VIP as an address: on its network's interface, nowhere else.
+        // The VIP as an address: on its network's interface, nowhere else. A later decision
+        // for the same VIP in this call replaces an earlier one still pending.
         for (id, net) in &self.nets {
             let here = home.as_deref() == Some(id.as_str());
-            if here && !net.held.contains(&vip) {
-                addrs.add.entry(id.clone()).or_default().insert(vip);
-            } else if !here && net.held.contains(&vip) {
-                addrs.del.entry(id.clone()).or_default().insert(vip);
-            }
+            let held = net.held.contains(&vip);
+            pending(&mut addrs.add, id, vip, here && !held);
+            pending(&mut addrs.del, id, vip, !here && held);
         }
         Ok(())
     }

@@ -352,6 +352,16 @@ fn changes_apply_one_by_one_and_a_removed_network_takes_its_vips() {
     let v = json(&rig.client(&["tcp", &b.vip.to_string(), "8080", "20"]));
     assert_eq!(names(&v).values().sum::<u64>(), 20, "{v}");
 
+    // Removed and put back in one call: the map entries are rewritten, the VIP route stays.
+    let r = lb
+        .apply(&[
+            Change::RemoveService(b.key.clone()),
+            Change::PutService(b.clone()),
+        ])
+        .expect("remove and put back b");
+    assert_eq!(r.writes, 8, "{r:?}");
+    assert_eq!(rig.lb_addrs(), BTreeSet::from([a.vip, b.vip]));
+
     let r = lb
         .apply(&[Change::RemoveService(a.key.clone())])
         .expect("remove a");
