@@ -278,6 +278,24 @@ fn bad_input_is_refused_and_writes_nothing() {
     let dump = lb.dump().unwrap();
     assert_eq!(dump.keys().copied().collect::<Vec<_>>(), vec![good.vip]);
     assert_eq!(rig.lb_addrs(), BTreeSet::from([good.vip]));
+    // A network whose load-balancer namespace is missing: the maps are still programmed, the
+    // call fails naming it, and a later sync adds the VIP route once the namespace is right.
+    let mut broken = rig.net.clone();
+    broken.netns = rig.lab.dir().join("no-such-netns");
+    let mut d2 = rig.desired([good.clone()]);
+    d2.networks.insert(rig::NET.into(), broken);
+    lb.remove_all().expect("remove_all");
+    let mut lb = EbpfLb::open(&rig.config()).expect("open");
+    let err = lb.sync(&d2).expect_err("missing namespace");
+    assert!(err.to_string().contains("network net1"), "{err}");
+    assert!(lb.dump().unwrap().contains_key(&good.vip));
+    let v = json(&rig.client(&["tcp", &good.vip.to_string(), "80", "5"]));
+    assert_eq!(names(&v).values().sum::<u64>(), 5, "{v}");
+    assert!(rig.lb_addrs().is_empty());
+    let r = lb.sync(&rig.desired([good.clone()])).expect("sync");
+    assert_eq!(r.writes, 1, "the route only: {r:?}");
+    assert_eq!(rig.lb_addrs(), BTreeSet::from([good.vip]));
+
     // The root of the cgroup2 mount is refused.
     let mut cfg = rig.config();
     cfg.cgroup = netns::cgroup2_mount();
