@@ -48,6 +48,15 @@ pub struct VipEntry {
     pub slots: Vec<Ipv4Addr>,
 }
 
+/// Puts `vip` in, or takes it out of, the pending set of network `id`.
+fn pending(sets: &mut BTreeMap<String, BTreeSet<Ipv4Addr>>, id: &str, vip: Ipv4Addr, member: bool) {
+    if member {
+        sets.entry(id.to_string()).or_default().insert(vip);
+    } else if let Some(set) = sets.get_mut(id) {
+        set.remove(&vip);
+    }
+}
+
 pub struct EbpfLb {
     pin_dir: PathBuf,
     svc: SvcMap,
@@ -240,36 +249,66 @@ impl EbpfLb {
             }
         };
         self.write(vip, &ops, report)?;
-        // The VIP as an address: on its network's interface, nowhere else.
+        // The VIP as an address: on its network's interface, nowhere else. A later decision
+        // for the same VIP in this call replaces an earlier one still pending.
         for (id, net) in &self.nets {
             let here = home.as_deref() == Some(id.as_str());
-            if here && !net.held.contains(&vip) {
-                addrs.add.entry(id.clone()).or_default().insert(vip);
-            } else if !here && net.held.contains(&vip) {
-                addrs.del.entry(id.clone()).or_default().insert(vip);
-            }
+            let held = net.held.contains(&vip);
+            pending(&mut addrs.add, id, vip, here && !held);
+            pending(&mut addrs.del, id, vip, !here && held);
         }
         Ok(())
     }
 
-    fn flush_addrs(&mut self, plan: AddrPlan, report: &mut Report) -> Result<()> {
+    /// Sends the pending route changes, network by network; a network that fails is reported in
+    /// `errors` and does not stop the others.
+    fn flush_addrs(&mut self, plan: AddrPlan, report: &mut Report, errors: &mut Vec<String>) {
         for (id, vips) in plan.del {
             if let Some(net) = self.nets.get_mut(&id) {
                 let v: Vec<Ipv4Addr> = vips.into_iter().collect();
-                report.writes += net.addrs.remove(&v)?;
-                for a in v {
-                    net.held.remove(&a);
+                match net.addrs.remove(&v) {
+                    Ok(n) => {
+                        report.writes += n;
+                        for a in v {
+                            net.held.remove(&a);
+                        }
+                    }
+                    Err(e) => errors.push(format!("network {id}: {e}")),
                 }
             }
         }
         for (id, vips) in plan.add {
             if let Some(net) = self.nets.get_mut(&id) {
                 let v: Vec<Ipv4Addr> = vips.into_iter().collect();
-                report.writes += net.addrs.add(&v)?;
-                net.held.extend(v);
+                match net.addrs.add(&v) {
+                    Ok(n) => {
+                        report.writes += n;
+                        net.held.extend(v);
+                    }
+                    Err(e) => {
+                        // Some may have been added: read back what the interface holds.
+                        if let Ok(held) = net.addrs.list() {
+                            net.held = held.into_iter().filter(|a| *a != net.lb.addr).collect();
+                        }
+                        errors.push(format!("network {id}: {e}"));
+                    }
+                }
             }
         }
-        Ok(())
+    }
+
+    /// Fails with the networks whose VIP routes could not be kept, after everything else was
+    /// done (the service maps are programmed; a later sync retries the routes).
+    fn finish(report: Report, errors: Vec<String>) -> Result<Report> {
+        if errors.is_empty() {
+            return Ok(report);
+        }
+        Err(Error::Other(format!(
+            "{} (the service maps are programmed; {} writes done; the VIP routes of these networks \
+             are retried by the next sync)",
+            errors.join("; "),
+            report.writes
+        )))
     }
 
     /// Opens (or re-opens, when its namespace or interface changed) a network and reads the VIP
@@ -320,19 +359,26 @@ impl EbpfLb {
     }
 
     /// Applies one change to `self.desired` and returns the VIPs it touches.
-    fn change_desired(&mut self, change: &Change, report: &mut Report) -> Result<Vec<Ipv4Addr>> {
-        Ok(match change {
+    fn change_desired(
+        &mut self,
+        change: &Change,
+        report: &mut Report,
+        errors: &mut Vec<String>,
+    ) -> Vec<Ipv4Addr> {
+        match change {
             Change::PutNetwork(n) => {
                 let old = self.desired.networks.insert(n.id.clone(), n.clone());
-                if old.as_ref() == Some(n) {
-                    return Ok(Vec::new());
+                if old.as_ref() == Some(n) && self.nets.contains_key(&n.id) {
+                    return Vec::new();
                 }
                 if let Some(old) = old
                     && (old.netns != n.netns || old.iface != n.iface)
                 {
                     self.drop_network(&n.id, report);
                 }
-                self.put_network(n)?;
+                if let Err(e) = self.put_network(n) {
+                    errors.push(format!("network {}: {e}", n.id));
+                }
                 self.vips_on(&n.id)
             }
             Change::RemoveNetwork(id) => {
@@ -359,7 +405,7 @@ impl EbpfLb {
                 let mut vips = vec![s.vip];
                 if let Some(old) = old {
                     if old == *s {
-                        return Ok(Vec::new());
+                        return Vec::new();
                     }
                     if old.vip != s.vip {
                         self.unclaim(&s.key, old.vip);
@@ -376,7 +422,7 @@ impl EbpfLb {
                 }
                 None => Vec::new(),
             },
-        })
+        }
     }
 
     fn vips_on(&self, network: &str) -> Vec<Ipv4Addr> {
@@ -397,6 +443,7 @@ impl LoadBalancer for EbpfLb {
     fn sync(&mut self, desired: &Desired) -> Result<Report> {
         self.check_usable()?;
         let mut report = Report::default();
+        let mut errors = Vec::new();
         // Networks first: their interfaces hold the VIP addresses.
         let gone: Vec<String> = self
             .nets
@@ -413,7 +460,9 @@ impl LoadBalancer for EbpfLb {
             {
                 self.drop_network(&n.id, &mut report);
             }
-            self.put_network(n)?;
+            if let Err(e) = self.put_network(n) {
+                errors.push(format!("network {}: {e}", n.id));
+            }
         }
         self.desired = desired.clone();
         self.claims.clear();
@@ -429,22 +478,23 @@ impl LoadBalancer for EbpfLb {
         for vip in vips {
             self.reconcile_vip(vip, &mut report, &mut addrs)?;
         }
-        self.flush_addrs(addrs, &mut report)?;
-        Ok(report)
+        self.flush_addrs(addrs, &mut report, &mut errors);
+        Self::finish(report, errors)
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<Report> {
         self.check_usable()?;
         let mut report = Report::default();
+        let mut errors = Vec::new();
         let mut addrs = AddrPlan::default();
         for change in changes {
-            let vips = self.change_desired(change, &mut report)?;
+            let vips = self.change_desired(change, &mut report, &mut errors);
             for vip in vips {
                 self.reconcile_vip(vip, &mut report, &mut addrs)?;
             }
         }
-        self.flush_addrs(addrs, &mut report)?;
-        Ok(report)
+        self.flush_addrs(addrs, &mut report, &mut errors);
+        Self::finish(report, errors)
     }
 
     fn remove_all(&mut self) -> Result<Report> {

@@ -70,6 +70,25 @@ fn tcp_to_any_port_of_a_vip_reaches_every_backend_and_udp_answers_from_the_vip()
 
     // The VIP answers ping (an address of the load-balancer namespace on the bridge).
     assert!(rig.lab.node(1).ping(vip), "ping {vip}");
+    // ... after an ARP answer from the load-balancer namespace's interface.
+    let mac = rig
+        .lab
+        .node(5)
+        .run_ok(&["ip", "-br", "link", "show", lab::NODE_IFACE])
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    let neigh = rig
+        .lab
+        .node(1)
+        .run_ok(&["ip", "neigh", "show", &vip.to_string()])
+        .unwrap();
+    assert!(
+        !mac.trim().is_empty() && neigh.contains(mac.trim()),
+        "{neigh} has {mac}"
+    );
     // A process outside the task cgroup is not balanced: its connect goes to the VIP itself,
     // where nothing listens.
     let v = json(&rig.client_unbalanced(&["refused", &vip.to_string(), "80"]));
@@ -259,6 +278,24 @@ fn bad_input_is_refused_and_writes_nothing() {
     let dump = lb.dump().unwrap();
     assert_eq!(dump.keys().copied().collect::<Vec<_>>(), vec![good.vip]);
     assert_eq!(rig.lb_addrs(), BTreeSet::from([good.vip]));
+    // A network whose load-balancer namespace is missing: the maps are still programmed, the
+    // call fails naming it, and a later sync adds the VIP route once the namespace is right.
+    let mut broken = rig.net.clone();
+    broken.netns = rig.lab.dir().join("no-such-netns");
+    let mut d2 = rig.desired([good.clone()]);
+    d2.networks.insert(rig::NET.into(), broken);
+    lb.remove_all().expect("remove_all");
+    let mut lb = EbpfLb::open(&rig.config()).expect("open");
+    let err = lb.sync(&d2).expect_err("missing namespace");
+    assert!(err.to_string().contains("network net1"), "{err}");
+    assert!(lb.dump().unwrap().contains_key(&good.vip));
+    let v = json(&rig.client(&["tcp", &good.vip.to_string(), "80", "5"]));
+    assert_eq!(names(&v).values().sum::<u64>(), 5, "{v}");
+    assert!(rig.lb_addrs().is_empty());
+    let r = lb.sync(&rig.desired([good.clone()])).expect("sync");
+    assert_eq!(r.writes, 1, "the route only: {r:?}");
+    assert_eq!(rig.lb_addrs(), BTreeSet::from([good.vip]));
+
     // The root of the cgroup2 mount is refused.
     let mut cfg = rig.config();
     cfg.cgroup = netns::cgroup2_mount();
@@ -332,6 +369,16 @@ fn changes_apply_one_by_one_and_a_removed_network_takes_its_vips() {
     assert_eq!(lb.apply(&changes).expect("apply again").writes, 0);
     let v = json(&rig.client(&["tcp", &b.vip.to_string(), "8080", "20"]));
     assert_eq!(names(&v).values().sum::<u64>(), 20, "{v}");
+
+    // Removed and put back in one call: the map entries are rewritten, the VIP route stays.
+    let r = lb
+        .apply(&[
+            Change::RemoveService(b.key.clone()),
+            Change::PutService(b.clone()),
+        ])
+        .expect("remove and put back b");
+    assert_eq!(r.writes, 8, "{r:?}");
+    assert_eq!(rig.lb_addrs(), BTreeSet::from([a.vip, b.vip]));
 
     let r = lb
         .apply(&[Change::RemoveService(a.key.clone())])

@@ -1,7 +1,7 @@
 //! The test rig: a lab of five namespaces on one bridge (the lab's underlay plays the overlay
 //! network's bridge): node1 runs clients inside a task cgroup the test creates, node2..4 run
 //! backend servers, node5 is the network's load-balancer namespace that holds the VIPs. Each rig
-//! has its own bpffs mount (a temporary directory, unmounted on drop).
+//! has its own bpffs mount (node1's, in the lab's directory, unmounted with the lab).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -16,43 +16,10 @@ pub const NET: &str = "net1";
 /// Ports the backends serve TCP and UDP on.
 pub const PORTS: [u16; 3] = [80, 8080, 5300];
 
-/// A bpffs mounted on a directory of the test's own; unmounted and removed on drop.
-pub struct BpfFs {
-    dir: PathBuf,
-}
-
-impl BpfFs {
-    pub fn mount(dir: &Path) -> BpfFs {
-        std::fs::create_dir_all(dir).expect("create the bpffs mount point");
-        nix::mount::mount(
-            Some("bpf"),
-            dir,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("mount -t bpf");
-        BpfFs {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 pub struct Rig {
-    // Field order is drop order: the bpffs goes before the lab removes the cgroups.
-    pub bpffs: BpfFs,
     pub lab: Lab,
+    /// node1's own bpffs (the lab unmounts it).
+    pub bpffs: PathBuf,
     /// The node's task cgroup root (programs attach here).
     pub tasks: PathBuf,
     /// A task's cgroup below it (clients run here: the attachment is inherited).
@@ -66,7 +33,7 @@ pub struct Rig {
 impl Rig {
     pub fn new() -> Rig {
         let lab = Lab::new(5).expect("lab");
-        let bpffs = BpfFs::mount(&lab.dir().join("bpffs"));
+        let bpffs = lab.node(1).bpffs().expect("bpffs");
         let tasks = lab.node(1).cgroup().expect("node cgroup").join("tasks");
         let task = tasks.join("task1");
         std::fs::create_dir_all(&task).expect("create the task cgroup");
@@ -94,8 +61,8 @@ impl Rig {
                 .expect("subnet"),
         };
         let rig = Rig {
-            bpffs,
             lab,
+            bpffs,
             tasks,
             task,
             net,
@@ -121,7 +88,7 @@ impl Rig {
         Config {
             choice: Choice::Ebpf,
             cgroup: Some(self.tasks.clone()),
-            pin_dir: self.bpffs.path().join("netagent"),
+            pin_dir: self.bpffs.join("netagent"),
             ipvs_timeouts: (0, 0, 0),
         }
     }

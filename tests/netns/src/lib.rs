@@ -137,6 +137,7 @@ impl LabBuilder {
                 addr: underlay_addr(i),
                 ns,
                 cgroup: Mutex::new(None),
+                bpffs: Mutex::new(None),
                 procs: Mutex::new(Vec::new()),
             };
             fs::create_dir_all(&node.dir).map_err(io(format!("create {}", node.dir.display())))?;
@@ -371,6 +372,8 @@ impl Drop for Lab {
             }
         }
         remove_namespaces(&self.prefix);
+        // Unpinning (by unmounting) releases links pinned there before their cgroups go.
+        unmount_under(&self.dir);
         remove_cgroups(&self.prefix);
         unmount_under(&self.dir);
         if std::thread::panicking() || std::env::var_os("NETAGENT_KEEP_LAB_LOGS").is_some() {
@@ -391,6 +394,7 @@ pub struct Node {
     dir: PathBuf,
     log: PathBuf,
     cgroup: Mutex<Option<PathBuf>>,
+    bpffs: Mutex<Option<PathBuf>>,
     procs: Mutex<Vec<Proc>>,
 }
 
@@ -527,6 +531,49 @@ impl Node {
         *slot = Some(path.clone());
         Ok(path)
     }
+
+    /// This node's own bpf filesystem (for pinned eBPF maps and links), mounted on first use in
+    /// the node's directory and unmounted with the lab (which unpins what is there).
+    pub fn bpffs(&self) -> Result<PathBuf> {
+        let mut slot = self.bpffs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = &*slot {
+            return Ok(p.clone());
+        }
+        let path = self.dir.join("bpffs");
+        fs::create_dir_all(&path).map_err(io(format!("create {}", path.display())))?;
+        nix::mount::mount(
+            Some("bpf"),
+            &path,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| Error::Io {
+            what: format!("mount -t bpf bpf {}", path.display()),
+            source: e.into(),
+        })?;
+        *slot = Some(path.clone());
+        Ok(path)
+    }
+}
+
+/// Unmounts every mount below `dir` (the nodes' bpffs), deepest first.
+fn unmount_under(dir: &Path) {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let mut targets: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(PathBuf::from)
+        .filter(|t| t.starts_with(dir) && t != dir)
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
+    for t in targets {
+        if let Err(e) = nix::mount::umount2(&t, nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("lab: could not unmount {}: {e}", t.display());
+        }
+    }
 }
 
 /// Unmounts everything mounted under `dir` (the bpffs an agent mounted for its pinned eBPF
@@ -655,6 +702,7 @@ pub fn clean_leftovers(all: bool) -> Result<usize> {
     let mut removed = 0;
     for prefix in &labs {
         removed += remove_namespaces(prefix);
+        unmount_under(&std::env::temp_dir().join("netagent-lab").join(prefix));
         remove_cgroups(prefix);
         let dir = std::env::temp_dir().join("netagent-lab").join(prefix);
         unmount_under(&dir);

@@ -172,3 +172,24 @@ fn clean_removes_labs_of_dead_processes_only() {
         "a live lab is left alone"
     );
 }
+
+#[test]
+fn a_node_bpffs_is_mounted_once_and_unmounted_with_the_lab() {
+    let mounted = |p: &std::path::Path| {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&p.to_str().unwrap()) && f.get(2) == Some(&"bpf")
+            })
+    };
+    let lab = Lab::new(1).unwrap();
+    let dir = lab.node(1).bpffs().unwrap();
+    assert_eq!(lab.node(1).bpffs().unwrap(), dir);
+    assert!(mounted(&dir), "{} is a bpffs", dir.display());
+    std::fs::create_dir(dir.join("pins")).unwrap();
+    drop(lab);
+    assert!(!mounted(&dir));
+    assert!(!dir.exists());
+}
