@@ -375,7 +375,6 @@ impl Drop for Lab {
         // Unpinning (by unmounting) releases links pinned there before their cgroups go.
         unmount_under(&self.dir);
         remove_cgroups(&self.prefix);
-        unmount_under(&self.dir);
         if std::thread::panicking() || std::env::var_os("NETAGENT_KEEP_LAB_LOGS").is_some() {
             eprintln!("lab {}: logs kept in {}", self.prefix, self.dir.display());
         } else {
@@ -557,7 +556,8 @@ impl Node {
     }
 }
 
-/// Unmounts every mount below `dir` (the nodes' bpffs), deepest first.
+/// Unmounts every mount below `dir` (the nodes' bpffs, their own or one an agent mounted),
+/// deepest first; lazily, so a mount still in use goes when its last user does.
 fn unmount_under(dir: &Path) {
     let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
         return;
@@ -572,26 +572,6 @@ fn unmount_under(dir: &Path) {
     for t in targets {
         if let Err(e) = nix::mount::umount2(&t, nix::mount::MntFlags::MNT_DETACH) {
             eprintln!("lab: could not unmount {}: {e}", t.display());
-        }
-    }
-}
-
-/// Unmounts everything mounted under `dir` (the bpffs an agent mounted for its pinned eBPF
-/// maps), deepest first; lazily, so a mount still in use goes when its last user does.
-fn unmount_under(dir: &Path) {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
-            eprintln!("lab: could not unmount {}: {e}", p.display());
         }
     }
 }
@@ -704,9 +684,7 @@ pub fn clean_leftovers(all: bool) -> Result<usize> {
         removed += remove_namespaces(prefix);
         unmount_under(&std::env::temp_dir().join("netagent-lab").join(prefix));
         remove_cgroups(prefix);
-        let dir = std::env::temp_dir().join("netagent-lab").join(prefix);
-        unmount_under(&dir);
-        let _ = fs::remove_dir_all(dir);
+        let _ = fs::remove_dir_all(std::env::temp_dir().join("netagent-lab").join(prefix));
     }
     Ok(removed)
 }
