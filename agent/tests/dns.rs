@@ -26,47 +26,6 @@ fn short(s: &Swarm, t: &TaskNs, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The task namespaces of a service's running tasks, once each exists.
-fn task_nss(s: &Swarm, service: &str, want: usize) -> Vec<TaskNs> {
-    let mut out = Vec::new();
-    s.wait(
-        &format!("{want} running tasks of {service} with namespaces"),
-        || {
-            let ids = s.running(1, service);
-            out = s
-                .all_task_namespaces()
-                .into_iter()
-                .filter(|t| ids.contains_key(&t.id))
-                .collect();
-            ids.len() == want && out.len() == want
-        },
-    );
-    out
-}
-
-fn ips(s: &Swarm, tasks: &[TaskNs], ifname: &str) -> BTreeSet<String> {
-    tasks
-        .iter()
-        .map(|t| s.task_ip(t, ifname).expect("task address").to_string())
-        .collect()
-}
-
-fn vip(s: &Swarm, service: &str) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(&s.ctl(1, &["service", "inspect", service])).unwrap();
-    let addr = v[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
-        .as_str()
-        .expect("a VIP")
-        .to_string();
-    addr.split('/').next().unwrap().to_string()
-}
-
-fn create(s: &Swarm, args: &[&str]) {
-    let mut argv = vec!["service", "create", "--detach"];
-    argv.extend_from_slice(args);
-    s.ctl(1, &argv);
-}
-
 #[test]
 fn names_vips_tasks_aliases_ptr_and_scope() {
     if skip() {
@@ -75,54 +34,45 @@ fn names_vips_tasks_aliases_ptr_and_scope() {
     let s = Swarm::start(1, 2);
     s.ctl(1, &["network", "create", "--driver", "overlay", "red"]);
     s.ctl(1, &["network", "create", "--driver", "overlay", "blue"]);
-    create(
-        &s,
-        &[
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--network",
-            "name=red,alias=www",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    create(
-        &s,
-        &[
-            "--name",
-            "db",
-            "--replicas",
-            "3",
-            "--endpoint-mode",
-            "dnsrr",
-            "--network",
-            "red",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    create(
-        &s,
-        &[
-            "--name",
-            "other",
-            "--network",
-            "blue",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    let web = task_nss(&s, "web", 3);
-    let db = task_nss(&s, "db", 3);
-    task_nss(&s, "other", 1);
-    let web_vip = vip(&s, "web");
-    let web_ips = ips(&s, &web, "eth0");
-    let db_ips = ips(&s, &db, "eth0");
+    s.create_service(&[
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--network",
+        "name=red,alias=www",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    s.create_service(&[
+        "--name",
+        "db",
+        "--replicas",
+        "3",
+        "--endpoint-mode",
+        "dnsrr",
+        "--network",
+        "red",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    s.create_service(&[
+        "--name",
+        "other",
+        "--network",
+        "blue",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let web = s.task_nss("web", 3);
+    let db = s.task_nss("db", 3);
+    s.task_nss("other", 1);
+    let web_vip = s.vip("web");
+    let web_ips = s.task_ips(&web, "eth0");
+    let db_ips = s.task_ips(&db, "eth0");
     let nodes: BTreeSet<usize> = web.iter().map(|t| t.node).collect();
     assert_eq!(nodes.len(), 3, "a web task on every node: {web:?}");
 
@@ -218,46 +168,40 @@ fn scaling_reaches_every_nodes_answers_at_once() {
     let s = Swarm::start(1, 2);
     s.ctl(1, &["network", "create", "--driver", "overlay", "red"]);
     // A global client on every node, and the service that scales.
-    create(
-        &s,
-        &[
-            "--name",
-            "c",
-            "--mode",
-            "global",
-            "--network",
-            "red",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    create(
-        &s,
-        &[
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--network",
-            "red",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    let clients = task_nss(&s, "c", 3);
-    task_nss(&s, "web", 3);
+    s.create_service(&[
+        "--name",
+        "c",
+        "--mode",
+        "global",
+        "--network",
+        "red",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    s.create_service(&[
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--network",
+        "red",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let clients = s.task_nss("c", 3);
+    s.task_nss("web", 3);
     for want in [5usize, 1] {
         s.ctl(1, &["service", "scale", "--detach", &format!("web={want}")]);
         // From the moment the store has the new set running until every node answers it.
         let mut running: BTreeMap<String, String> = BTreeMap::new();
         s.wait(&format!("web has {want} running tasks"), || {
             running = s.running(1, "web");
-            running.len() == want && task_nss(&s, "web", want).len() == want
+            running.len() == want && s.task_nss("web", want).len() == want
         });
-        let tasks = task_nss(&s, "web", want);
-        let expected = ips(&s, &tasks, "eth0");
+        let tasks = s.task_nss("web", want);
+        let expected = s.task_ips(&tasks, "eth0");
         let start = Instant::now();
         let mut per_node = BTreeMap::new();
         s.wait(&format!("every node answers tasks.web with {want}"), || {
@@ -328,23 +272,20 @@ fn forwarding_failover_servfail_and_an_upstream_inside_an_overlay_subnet() {
             "red",
         ],
     );
-    create(
-        &s,
-        &[
-            "--name",
-            "c",
-            "--mode",
-            "global",
-            "--constraint",
-            "node.hostname!=node3",
-            "--network",
-            "red",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    let clients = task_nss(&s, "c", 2);
+    s.create_service(&[
+        "--name",
+        "c",
+        "--mode",
+        "global",
+        "--constraint",
+        "node.hostname!=node3",
+        "--network",
+        "red",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let clients = s.task_nss("c", 2);
     let on = |i: usize| clients.iter().find(|t| t.node == i).unwrap();
     // Forwarded from node1 (the first upstream dead, the second answers).
     let a = short(&s, on(1), "ext.lab.test");
@@ -414,21 +355,18 @@ fn an_upstream_inside_an_overlay_subnet_is_reached_from_the_node() {
             "red",
         ],
     );
-    create(
-        &s,
-        &[
-            "--name",
-            "c",
-            "--constraint",
-            "node.hostname==node1",
-            "--network",
-            "red",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    let c = task_nss(&s, "c", 1);
+    s.create_service(&[
+        "--name",
+        "c",
+        "--constraint",
+        "node.hostname==node1",
+        "--network",
+        "red",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let c = s.task_nss("c", 1);
     assert_eq!(c[0].node, 1);
     assert_eq!(
         short(&s, &c[0], "ext.lab.test"),
@@ -443,22 +381,19 @@ fn answers_continue_through_an_agent_restart_and_junk() {
     }
     let s = Swarm::start(1, 1);
     s.ctl(1, &["network", "create", "--driver", "overlay", "red"]);
-    create(
-        &s,
-        &[
-            "--name",
-            "web",
-            "--replicas",
-            "2",
-            "--network",
-            "red",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    let tasks = task_nss(&s, "web", 2);
-    let expected = ips(&s, &tasks, "eth0");
+    s.create_service(&[
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--network",
+        "red",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let tasks = s.task_nss("web", 2);
+    let expected = s.task_ips(&tasks, "eth0");
     let on2 = tasks.iter().find(|t| t.node == 2).expect("a task on node2");
     s.wait("node2 answers", || short(&s, on2, "tasks.web") == expected);
     // Junk first: UDP garbage and TCP junk, then a good query still answers.

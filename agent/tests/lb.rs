@@ -20,46 +20,6 @@ const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/server.py");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/client.py");
 const PYTHON: &str = "/usr/bin/python3";
 
-fn create(s: &Swarm, args: &[&str]) {
-    let mut argv = vec!["service", "create", "--detach"];
-    argv.extend_from_slice(args);
-    s.ctl(1, &argv);
-}
-
-/// The task namespaces of a service's running tasks, once each exists.
-fn task_nss(s: &Swarm, service: &str, want: usize) -> Vec<TaskNs> {
-    let mut out = Vec::new();
-    s.wait(
-        &format!("{want} running tasks of {service} with namespaces"),
-        || {
-            let ids = s.running(1, service);
-            out = s
-                .all_task_namespaces()
-                .into_iter()
-                .filter(|t| ids.contains_key(&t.id))
-                .collect();
-            ids.len() == want && out.len() == want
-        },
-    );
-    out
-}
-
-fn vip(s: &Swarm, service: &str) -> String {
-    let v: Value = serde_json::from_str(&s.ctl(1, &["service", "inspect", service])).unwrap();
-    let addr = v[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
-        .as_str()
-        .expect("a VIP")
-        .to_string();
-    addr.split('/').next().unwrap().to_string()
-}
-
-fn ips(s: &Swarm, tasks: &[TaskNs]) -> BTreeSet<String> {
-    tasks
-        .iter()
-        .map(|t| s.task_ip(t, "eth0").expect("task address").to_string())
-        .collect()
-}
-
 /// Runs the client in a task: one JSON result.
 fn client(s: &Swarm, t: &TaskNs, args: &[&str]) -> Value {
     let mut argv = vec![PYTHON, CLIENT];
@@ -138,57 +98,48 @@ fn vips_balance_tcp_and_udp_on_every_node() {
     let spare = s.lab.node(4).name().to_string();
     s.ctl(1, &["network", "create", "--driver", "overlay", "front"]);
     let not_spare = format!("node.hostname!={spare}");
-    create(
-        &s,
-        &[
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--network",
-            "front",
-            "--constraint",
-            &not_spare,
-            "--",
-            PYTHON,
-            SERVER,
-            "80",
-            "8080",
-        ],
-    );
-    create(
-        &s,
-        &[
-            "--name",
-            "client",
-            "--mode",
-            "global",
-            "--network",
-            "front",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    create(
-        &s,
-        &[
-            "--name",
-            "empty",
-            "--replicas",
-            "0",
-            "--network",
-            "front",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    let web = task_nss(&s, "web", 3);
-    let clients = task_nss(&s, "client", 4);
-    let web_ips = ips(&s, &web);
-    let vip = vip(&s, "web");
-    let empty_vip = self::vip(&s, "empty");
+    s.create_service(&[
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--network",
+        "front",
+        "--constraint",
+        &not_spare,
+        "--",
+        PYTHON,
+        SERVER,
+        "80",
+        "8080",
+    ]);
+    s.create_service(&[
+        "--name",
+        "client",
+        "--mode",
+        "global",
+        "--network",
+        "front",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    s.create_service(&[
+        "--name",
+        "empty",
+        "--replicas",
+        "0",
+        "--network",
+        "front",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let web = s.task_nss("web", 3);
+    let clients = s.task_nss("client", 4);
+    let web_ips = s.task_ips(&web, "eth0");
+    let vip = s.vip("web");
+    let empty_vip = s.vip("empty");
     assert!(
         !web.iter().any(|t| t.node == 4),
         "node4 runs no web task: {web:?}"
@@ -250,38 +201,32 @@ fn scale_down_killed_task_and_agent_restart() {
     }
     let s = Swarm::start(1, 2);
     s.ctl(1, &["network", "create", "--driver", "overlay", "front"]);
-    create(
-        &s,
-        &[
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--network",
-            "front",
-            "--",
-            PYTHON,
-            SERVER,
-            "7000",
-        ],
-    );
-    create(
-        &s,
-        &[
-            "--name",
-            "client",
-            "--mode",
-            "global",
-            "--network",
-            "front",
-            "--",
-            "sleep",
-            "3600",
-        ],
-    );
-    task_nss(&s, "web", 3);
-    let clients = task_nss(&s, "client", 3);
-    let vip = vip(&s, "web");
+    s.create_service(&[
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--network",
+        "front",
+        "--",
+        PYTHON,
+        SERVER,
+        "7000",
+    ]);
+    s.create_service(&[
+        "--name",
+        "client",
+        "--mode",
+        "global",
+        "--network",
+        "front",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    s.task_nss("web", 3);
+    let clients = s.task_nss("client", 3);
+    let vip = s.vip("web");
     let c1 = clients.iter().find(|c| c.node == 1).unwrap().clone();
     s.wait("the VIP answers", || {
         client(&s, &c1, &["http", &vip, "7000", "5"])["ok"] == 5
@@ -328,7 +273,7 @@ fn scale_down_killed_task_and_agent_restart() {
         .collect();
     assert_eq!(held.len(), 3, "connections open to all 3 tasks: {ready}");
     s.ctl(1, &["service", "scale", "--detach", "web=1"]);
-    let rest = task_nss(&s, "web", 1);
+    let rest = s.task_nss("web", 1);
     let remaining = s.task_ip(&rest[0], "eth0").unwrap().to_string();
     s.wait("new connections go to the remaining task only", || {
         let r = h.ask("new 20");
@@ -345,8 +290,8 @@ fn scale_down_killed_task_and_agent_restart() {
 
     // A killed task: measured how long new connections still failed.
     s.ctl(1, &["service", "scale", "--detach", "web=3"]);
-    let web = task_nss(&s, "web", 3);
-    let all = ips(&s, &web);
+    let web = s.task_nss("web", 3);
+    let all = s.task_ips(&web, "eth0");
     s.wait("all 3 tasks are backends again", || {
         backends(&h.ask("new 30"), "new") == all
     });

@@ -9,24 +9,6 @@ use std::time::Duration;
 use common::tasks::TaskNs;
 use common::{Swarm, skip};
 
-/// The task namespaces of a service's running tasks, once each exists.
-fn task_nss(s: &Swarm, service: &str, want: usize) -> Vec<TaskNs> {
-    let mut out = Vec::new();
-    s.wait(
-        &format!("{want} running tasks of {service} with namespaces"),
-        || {
-            let ids = s.running(1, service);
-            out = s
-                .all_task_namespaces()
-                .into_iter()
-                .filter(|t| ids.contains_key(&t.id))
-                .collect();
-            ids.len() == want && out.len() == want
-        },
-    );
-    out
-}
-
 #[test]
 fn tasks_reach_their_network_across_nodes_and_nothing_else() {
     if skip() {
@@ -67,8 +49,8 @@ fn tasks_reach_their_network_across_nodes_and_nothing_else() {
             "3600",
         ],
     );
-    let red = task_nss(&s, "r", 3);
-    let blue = task_nss(&s, "b", 2);
+    let red = s.task_nss("r", 3);
+    let blue = s.task_nss("b", 2);
     let mut nodes: Vec<usize> = red.iter().map(|t| t.node).collect();
     nodes.sort();
     assert_eq!(nodes, [1, 2, 3], "replicas spread over the nodes");
@@ -341,7 +323,7 @@ fn an_agent_restart_changes_nothing() {
             "3600",
         ],
     );
-    let tasks = task_nss(&s, "w", 2);
+    let tasks = s.task_nss("w", 2);
     let (a, b) = (&tasks[0], &tasks[1]);
     assert_ne!(a.node, b.node);
     let b_ip = s.task_ip(b, "eth0").unwrap();

@@ -149,3 +149,49 @@ pub fn parse_json_lines(text: &str) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+impl Swarm {
+    /// `netctl service create --detach ARGS` on node 1.
+    pub fn create_service(&self, args: &[&str]) {
+        let mut argv = vec!["service", "create", "--detach"];
+        argv.extend_from_slice(args);
+        self.ctl(1, &argv);
+    }
+
+    /// The task namespaces of a service's running tasks, once each exists.
+    pub fn task_nss(&self, service: &str, want: usize) -> Vec<TaskNs> {
+        let mut out = Vec::new();
+        self.wait(
+            &format!("{want} running tasks of {service} with namespaces"),
+            || {
+                let ids = self.running(1, service);
+                out = self
+                    .all_task_namespaces()
+                    .into_iter()
+                    .filter(|t| ids.contains_key(&t.id))
+                    .collect();
+                ids.len() == want && out.len() == want
+            },
+        );
+        out
+    }
+
+    /// The tasks' addresses on `ifname`.
+    pub fn task_ips(&self, tasks: &[TaskNs], ifname: &str) -> std::collections::BTreeSet<String> {
+        tasks
+            .iter()
+            .map(|t| self.task_ip(t, ifname).expect("task address").to_string())
+            .collect()
+    }
+
+    /// A service's (first) VIP, without its prefix length.
+    pub fn vip(&self, service: &str) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ctl(1, &["service", "inspect", service])).unwrap();
+        let addr = v[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
+            .as_str()
+            .expect("a VIP")
+            .to_string();
+        addr.split('/').next().unwrap().to_string()
+    }
+}
