@@ -32,6 +32,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "curl",
+    // The load-balancing tests' servers and clients (agent/tests/lb/*.py).
+    "python3",
 ];
 
 pub fn run() -> Result<()> {
