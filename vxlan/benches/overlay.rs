@@ -51,6 +51,7 @@ fn network(k: usize) -> Network {
         gateway: Ipv4Addr::new(10, 100 + (k / 250) as u8, (k % 250) as u8, 1),
         mtu: None,
         internal: false,
+        encrypted: false,
     }
 }
 

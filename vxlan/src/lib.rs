@@ -28,10 +28,13 @@
 //! nft runs as a process that enters the node namespace before exec.
 
 mod error;
+pub mod ipsec;
+pub mod ipsec_nft;
 mod kernel;
 pub mod nft;
 mod nl;
 mod spec;
+mod xfrm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -41,6 +44,7 @@ use std::sync::Arc;
 use netns::NetNs;
 
 pub use error::{Error, Result};
+pub use ipsec::{IpsecKey, IpsecKeys};
 pub use ipnet::Ipv4Net;
 pub use spec::{
     DEFAULT_GWBRIDGE, DEFAULT_PORT, DesiredState, Endpoint, GatewayEndpoint, GwBridge, Keep, Mac,
@@ -122,6 +126,7 @@ pub struct Dataplane {
     nl: Nl,
     nets: BTreeMap<String, Net>,
     gw: Option<GwBridge>,
+    ipsec: ipsec::IpsecRt,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -138,8 +143,10 @@ impl std::fmt::Debug for Dataplane {
 
 impl Ctx {
     fn mtu(&self, n: &Network) -> u32 {
-        n.mtu
-            .unwrap_or_else(|| self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD).max(68))
+        n.mtu.unwrap_or_else(|| match n.encrypted {
+            true => ipsec::encrypted_mtu(self.underlay_mtu),
+            false => self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD).max(68),
+        })
     }
 
     fn sandbox_name(&self, id: &str) -> String {
@@ -426,6 +433,7 @@ impl Dataplane {
             },
             nl,
             nets: BTreeMap::new(),
+            ipsec: Default::default(),
             gw: None,
         })
     }
@@ -484,6 +492,8 @@ impl Dataplane {
                 ));
             }
         }
+        // Fail closed: an encrypted network's firewall comes before its VXLAN device.
+        self.before_vxlan(network)?;
         let net = self.nets.entry(network.id.clone()).or_insert_with(|| Net {
             spec: network.clone(),
             peers: None,
@@ -494,6 +504,9 @@ impl Dataplane {
             net.peers = Some(peer_map(&self.ctx, p));
         }
         self.open_sandbox(&network.id, false, true)?;
+        if network.encrypted {
+            self.sync_ipsec()?;
+        }
         Ok(())
     }
 
@@ -503,7 +516,8 @@ impl Dataplane {
         check_id(network_id)?;
         let sbox = self.nets.remove(network_id).and_then(|n| n.sbox);
         let name = self.ctx.sandbox_name(network_id);
-        remove_sandbox(&self.ctx, &name, sbox)
+        remove_sandbox(&self.ctx, &name, sbox)?;
+        self.after_removal()
     }
 
     /// Ensures the sandbox of a known network exists (creating it when `create`) and, when it
@@ -662,6 +676,14 @@ impl Dataplane {
     /// (neighbour IP -> MAC and FDB MAC -> VTEP on `vxlan0`). Peers on this node's own VTEP
     /// are skipped. Without a sandbox on this node the set is kept for when one is made.
     pub fn set_peers(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
+        let changes = self.set_peers_inner(network_id, peers)?;
+        if self.nets.get(network_id).is_some_and(|n| n.spec.encrypted) {
+            self.sync_ipsec()?;
+        }
+        Ok(changes)
+    }
+
+    fn set_peers_inner(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
         let net = self
             .nets
             .get_mut(network_id)
@@ -813,6 +835,12 @@ impl Dataplane {
     /// (also of crashed processes), endpoints, gateway endpoints, the gateway bridge. Networks
     /// not kept are forgotten.
     pub fn remove_stale(&mut self, keep: &Keep) -> Result<Removed> {
+        let removed = self.remove_stale_inner(keep)?;
+        self.after_removal()?;
+        Ok(removed)
+    }
+
+    fn remove_stale_inner(&mut self, keep: &Keep) -> Result<Removed> {
         let mut removed = Removed::default();
         let kept: BTreeMap<String, &String> = keep
             .networks
@@ -922,7 +950,9 @@ impl Dataplane {
     /// gateway endpoint. A gateway endpoint of a task whose overlay endpoints are all on
     /// internal networks gets no default route.
     pub fn apply(&mut self, desired: &DesiredState) -> Result<()> {
-        self.remove_stale(&desired.keep())?;
+        let encrypted = desired.networks.iter().filter(|n| n.network.encrypted);
+        self.ensure_ipsec_rules(encrypted.map(|n| n.network.vni).collect(), false)?;
+        self.remove_stale_inner(&desired.keep())?;
         for n in &desired.networks {
             self.ensure_network_inner(&n.network, Some(&n.peers))?;
         }
@@ -952,7 +982,7 @@ impl Dataplane {
             }
             self.ensure_gateway_endpoint(&g)?;
         }
-        Ok(())
+        self.after_removal()
     }
 }
 

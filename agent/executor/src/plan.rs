@@ -47,6 +47,7 @@ pub fn network(n: &model::Network) -> Option<vxlan::Network> {
         gateway,
         mtu: n.spec.mtu,
         internal: n.spec.internal,
+        encrypted: n.spec.encrypted,
     })
 }
 
