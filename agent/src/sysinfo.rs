@@ -13,6 +13,7 @@ pub fn describe(hostname: &str) -> NodeDescription {
         nano_cpus: cpus * 1_000_000_000,
         memory_bytes: mem_total().unwrap_or(0),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        ipsec: Some(vxlan::ipsec::probe().is_ok()),
     }
 }
 

@@ -296,7 +296,7 @@ impl Dataplane {
         }
         self.ipsec.keys = keys;
         self.ipsec.clean = false;
-        self.sync_ipsec()
+        self.sync_ipsec(false)
     }
 
     /// VNIs of the encrypted networks this data plane knows.
@@ -373,14 +373,16 @@ impl Dataplane {
     /// After networks went: rules and states for what is left.
     pub(crate) fn after_removal(&mut self) -> Result<()> {
         self.shrink_ipsec_rules()?;
-        self.sync_ipsec()
+        self.sync_ipsec(true)
     }
 
     /// Makes the states and policies match the keys and the remote VTEPs of the encrypted
-    /// networks' peers.
-    pub(crate) fn sync_ipsec(&mut self) -> Result<()> {
+    /// networks' peers. Without encrypted networks everything goes, but only after a removal
+    /// (`after_removal`): a fresh process knows no networks before it is told them.
+    pub(crate) fn sync_ipsec(&mut self, after_removal: bool) -> Result<()> {
         let encrypted: Vec<&crate::Net> = self.nets.values().filter(|n| n.spec.encrypted).collect();
         let keys = match (&self.ipsec.keys, encrypted.is_empty()) {
+            (_, true) if !after_removal => return Ok(()),
             (Some(k), false) => k.clone(),
             // Nothing encrypted here: nothing wanted, whatever the keys.
             (_, true) => IpsecKeys::from_store(&[])?,
@@ -538,7 +540,11 @@ mod tests {
         assert_eq!(sps.len(), 2);
         let fwd: Vec<&Sa> = sas.iter().filter(|s| s.src == local).collect();
         assert_eq!(fwd.len(), 2);
-        assert_eq!(fwd[0].spi, spi(local, fwd[0].dst, 2), "primary = second newest");
+        assert_eq!(
+            fwd[0].spi,
+            spi(local, fwd[0].dst, 2),
+            "primary = second newest"
+        );
         assert_eq!(&fwd[0].key[16..], &fwd[0].spi.to_be_bytes(), "salt = SPI");
         assert!(sps.iter().all(|p| p.dport == 5789));
     }
@@ -554,8 +560,15 @@ mod tests {
         assert_eq!(s.add_reverse[0].spi, spi(a("198.18.0.2"), local, 4));
         assert_eq!(s.add_forward.len(), 1);
         assert_eq!(s.add_forward[0].spi, spi(local, a("198.18.0.2"), 3));
-        assert_eq!(s.put_policies.len(), 1, "the policy switches to the new SPI");
-        assert!(s.del_policies.is_empty(), "the policy is replaced, never removed");
+        assert_eq!(
+            s.put_policies.len(),
+            1,
+            "the policy switches to the new SPI"
+        );
+        assert!(
+            s.del_policies.is_empty(),
+            "the policy is replaced, never removed"
+        );
         assert_eq!(s.del_forward[0].spi, spi(local, a("198.18.0.2"), 2));
         assert_eq!(s.del_reverse[0].spi, spi(a("198.18.0.2"), local, 1));
         // Steady state: nothing to do; unknown peers: nothing removed.
@@ -576,6 +589,10 @@ mod tests {
         let (want, _) = desired(local, 4789, &remotes, &keys(&[1]));
         let s = plan(local, (&have, &sp), (&want, &sp), false);
         assert_eq!(s.add_reverse.len(), 1);
-        assert_eq!(s.del_reverse.len(), 1, "replaced even while peers are unknown");
+        assert_eq!(
+            s.del_reverse.len(),
+            1,
+            "replaced even while peers are unknown"
+        );
     }
 }

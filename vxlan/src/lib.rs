@@ -44,8 +44,8 @@ use std::sync::Arc;
 use netns::NetNs;
 
 pub use error::{Error, Result};
-pub use ipsec::{IpsecKey, IpsecKeys};
 pub use ipnet::Ipv4Net;
+pub use ipsec::{IpsecKey, IpsecKeys};
 pub use spec::{
     DEFAULT_GWBRIDGE, DEFAULT_PORT, DesiredState, Endpoint, GatewayEndpoint, GwBridge, Keep, Mac,
     Network, NetworkState, Peer, PeerChanges, Removed, VNI_MAX, VXLAN_OVERHEAD,
@@ -505,7 +505,7 @@ impl Dataplane {
         }
         self.open_sandbox(&network.id, false, true)?;
         if network.encrypted {
-            self.sync_ipsec()?;
+            self.sync_ipsec(false)?;
         }
         Ok(())
     }
@@ -678,7 +678,7 @@ impl Dataplane {
     pub fn set_peers(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
         let changes = self.set_peers_inner(network_id, peers)?;
         if self.nets.get(network_id).is_some_and(|n| n.spec.encrypted) {
-            self.sync_ipsec()?;
+            self.sync_ipsec(false)?;
         }
         Ok(changes)
     }

@@ -34,7 +34,11 @@ pub(crate) fn script(bridge: &str, subnet: &Ipv4Net) -> (String, String) {
     (script, tag)
 }
 
-pub(crate) fn nft(ns: &NetNs, args: &[&str], input: Option<&str>) -> Result<(bool, String, String)> {
+pub(crate) fn nft(
+    ns: &NetNs,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<(bool, String, String)> {
     let mut cmd: Command = ns.command("nft");
     cmd.args(args)
         .stdin(if input.is_some() {

@@ -12,7 +12,7 @@ use netlink_packet_core::{
 use netlink_packet_xfrm::policy::{DelGetMessage as PolicyId, ModifyMessage as PolicyMsg};
 use netlink_packet_xfrm::state::{DelGetMessage as SaId, GetDumpMessage, ModifyMessage as SaMsg};
 use netlink_packet_xfrm::{
-    Address, AlgAead, Id, IPPROTO_ESP, LifetimeConfig, Mark, Selector, UserPolicyId,
+    Address, AlgAead, IPPROTO_ESP, Id, LifetimeConfig, Mark, Selector, UserPolicyId,
     UserPolicyInfo, UserSaId, UserSaInfo, UserTemplate, XFRM_ALG_AEAD_NAME_LEN, XFRM_INF,
     XFRM_MODE_TRANSPORT, XFRM_POLICY_ALLOW, XFRM_POLICY_OUT, XFRM_SHARE_ANY, XfrmAttrs,
     XfrmMessage,
@@ -74,11 +74,13 @@ fn infinite() -> LifetimeConfig {
     }
 }
 
+// netlink-packet-xfrm puts ports and SPIs in network order itself: they are given in host
+// order here.
 fn selector(sp: &Sp) -> Selector {
     Selector {
         daddr: addr(sp.dst),
         saddr: addr(sp.src),
-        dport: sp.dport.to_be(),
+        dport: sp.dport,
         dport_mask: u16::MAX,
         family: AF_INET,
         prefixlen_d: 32,
@@ -102,7 +104,7 @@ fn sa_msg(sa: &Sa) -> XfrmMessage {
         user_sa_info: UserSaInfo {
             id: Id {
                 daddr: addr(sa.dst),
-                spi: sa.spi.to_be(),
+                spi: sa.spi,
                 proto: IPPROTO_ESP,
             },
             saddr: addr(sa.src),
@@ -136,7 +138,7 @@ fn sp_msg(sp: &Sp) -> XfrmMessage {
             XfrmAttrs::Template(vec![UserTemplate {
                 id: Id {
                     daddr: addr(sp.dst),
-                    spi: sp.spi.to_be(),
+                    spi: sp.spi,
                     proto: IPPROTO_ESP,
                 },
                 family: AF_INET,
@@ -236,7 +238,11 @@ impl Xfrm {
 
     /// Sends one request and waits for its acknowledgement; the kernel's error is returned
     /// for the caller to interpret. Counts a write.
-    fn request(&mut self, msg: XfrmMessage, what: &str) -> Result<std::result::Result<(), NlError>> {
+    fn request(
+        &mut self,
+        msg: XfrmMessage,
+        what: &str,
+    ) -> Result<std::result::Result<(), NlError>> {
         tracing::debug!(ns = %self.ns, op = %what, "xfrm write");
         let seq = self.send(msg, NLM_F_ACK).map_err(|e| self.io(what, e))?;
         self.writes.add(1);
@@ -306,7 +312,7 @@ impl Xfrm {
                 Some(Sa {
                     src: i.saddr.to_ipv4(),
                     dst: i.id.daddr.to_ipv4(),
-                    spi: u32::from_be(i.id.spi),
+                    spi: i.id.spi,
                     key: key.unwrap_or_default(),
                 })
             })
@@ -336,14 +342,14 @@ impl Xfrm {
                     .nlas
                     .iter()
                     .find_map(|n| match n {
-                        XfrmAttrs::Template(t) if t.len() == 1 => Some(u32::from_be(t[0].id.spi)),
+                        XfrmAttrs::Template(t) if t.len() == 1 => Some(t[0].id.spi),
                         _ => None,
                     })
                     .unwrap_or(0);
                 Some(Sp {
                     src: i.selector.saddr.to_ipv4(),
                     dst: i.selector.daddr.to_ipv4(),
-                    dport: u16::from_be(i.selector.dport),
+                    dport: i.selector.dport,
                     spi,
                 })
             })
@@ -362,7 +368,7 @@ impl Xfrm {
         let msg = XfrmMessage::DeleteSa(SaId {
             user_sa_id: UserSaId {
                 daddr: addr(sa.dst),
-                spi: sa.spi.to_be(),
+                spi: sa.spi,
                 family: AF_INET,
                 proto: IPPROTO_ESP,
             },
@@ -431,7 +437,7 @@ mod tests {
         else {
             panic!("not an SA")
         };
-        assert_eq!(u32::from_be(back.user_sa_info.id.spi), sa.spi);
+        assert_eq!(back.user_sa_info.id.spi, sa.spi);
         assert_eq!(back.user_sa_info.reqid, MARK);
         let sp = Sp {
             src: sa.src,
@@ -451,7 +457,53 @@ mod tests {
         else {
             panic!("not a policy")
         };
-        assert_eq!(u16::from_be(p.user_policy_info.selector.dport), 5789);
+        assert_eq!(p.user_policy_info.selector.dport, 5789);
         assert!(p.nlas.contains(&mark_nla()));
+    }
+
+    /// The kernel reads the policy as `ip xfrm` shows it (port and SPI in the right byte
+    /// order), in a throwaway namespace (policies install on kernels without ESP too).
+    #[test]
+    fn the_kernel_sees_the_policy_as_meant() {
+        if !nix_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let out = std::thread::spawn(|| {
+            // SAFETY: only this thread changes namespace, and it ends here.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            let ns = NetNs::current().unwrap();
+            let mut x = Xfrm::open(&ns, Default::default()).unwrap();
+            let sp = Sp {
+                src: Ipv4Addr::new(198, 18, 0, 1),
+                dst: Ipv4Addr::new(198, 18, 0, 2),
+                dport: 5789,
+                spi: 0x1234_5678,
+            };
+            x.put_policy(&sp).unwrap();
+            assert_eq!(x.policies().unwrap(), vec![sp]);
+            let out = std::process::Command::new("ip")
+                .args(["xfrm", "policy"])
+                .output()
+                .unwrap();
+            x.del_policy(&sp).unwrap();
+            assert!(x.policies().unwrap().is_empty());
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .join()
+        .unwrap();
+        for want in [
+            "dport 5789",
+            "spi 0x12345678",
+            "mark 0xd0c4e3/0xffffffff",
+            "mode transport",
+        ] {
+            assert!(out.contains(want), "{want} not in {out}");
+        }
+    }
+
+    fn nix_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
     }
 }

@@ -65,6 +65,7 @@ pub const SUITES: &[Suite] = &[
     // Tests that need IPVS, ESP, GCM: ignored on the host, run here.
     suite("lab", "kernel_lab", "", true),
     suite("vxlan", "lab", "", false),
+    suite("vxlan", "esp", "", true),
 ];
 
 /// Modules loaded when the guest boots (their dependencies come along). Anything else the tests
