@@ -206,6 +206,11 @@ impl Executor {
             }
             _ => {}
         }
+        if let Some(why) = self.encryption_blocker(&t) {
+            self.report(&t, TaskState::Rejected, "rejected", Some(why), None)
+                .await;
+            return Ok(());
+        }
         let local = self.prepare(&t).await?;
         if !rt.endpoints_ok {
             self.ensure_endpoints(&local).await?;
