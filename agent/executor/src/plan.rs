@@ -158,6 +158,7 @@ mod tests {
             gateway: gw.parse().unwrap(),
             mtu: None,
             internal: false,
+            encrypted: false,
         }
     }
 
