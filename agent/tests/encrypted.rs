@@ -260,6 +260,8 @@ fn encrypted_network_end_to_end_in_the_kernel_lab() {
     }
     vxlan::ipsec::probe().expect("the kernel lab has ESP");
     let s = Swarm::start(1, 2);
+    // Under TCG three agents are slow: a 200 ms heartbeat marks nodes down and moves tasks.
+    s.ctl(1, &["swarm", "update", "--dispatcher-heartbeat", "3s"]);
     for i in 1..=3 {
         let n = s.ctl(1, &["node", "inspect", s.lab.node(i).name()]);
         assert_eq!(json(&n)[0]["Description"]["EncryptedNetworks"], "supported");

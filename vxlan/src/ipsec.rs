@@ -280,8 +280,10 @@ fn probe_now() -> std::result::Result<(), String> {
 pub(crate) struct IpsecRt {
     /// The keys last given (`None`: not given yet; states already in the kernel are kept).
     pub keys: Option<IpsecKeys>,
-    /// What the firewall table holds, as last read or written: (port, VNIs).
-    rules: Option<(u16, BTreeSet<u32>)>,
+    /// What the firewall table holds, as last read or written: `None` not known yet,
+    /// `Some(None)` absent, `Some(Some((port, VNIs)))`.
+    #[allow(clippy::type_complexity)]
+    rules: Option<Option<(u16, BTreeSet<u32>)>>,
     /// The last reconcile wanted nothing and found nothing (skip until something is wanted).
     clean: bool,
     xfrm: Option<Xfrm>,
@@ -308,24 +310,23 @@ impl Dataplane {
             .collect()
     }
 
-    /// Makes sure the firewall covers `need` (with what it covers already): always read back
-    /// from the kernel when `verify`.
+    /// Makes sure the firewall covers `need` (with what it covers already); read back from
+    /// the kernel when `verify` or not known yet.
     pub(crate) fn ensure_ipsec_rules(&mut self, need: BTreeSet<u32>, verify: bool) -> Result<()> {
-        let port = self.ctx.port;
-        let covered = |r: &Option<(u16, BTreeSet<u32>)>| {
-            r.as_ref()
-                .is_some_and(|(p, v)| (*p == port || need.is_empty()) && need.is_subset(v))
-                || (need.is_empty() && r.is_none())
-        };
-        if !verify && self.ipsec.rules.is_some() && covered(&self.ipsec.rules) {
-            return Ok(());
-        }
         if need.is_empty() && !verify {
             return Ok(());
         }
-        let now = ipsec_nft::installed(&self.ctx.node)?;
-        if covered(&now) {
-            self.ipsec.rules = now;
+        let port = self.ctx.port;
+        let now = match (&self.ipsec.rules, verify) {
+            (Some(r), false) => r.clone(),
+            _ => ipsec_nft::installed(&self.ctx.node)?,
+        };
+        let covered = need.is_empty()
+            || now
+                .as_ref()
+                .is_some_and(|(p, v)| *p == port && need.is_subset(v));
+        if covered {
+            self.ipsec.rules = Some(now);
             return Ok(());
         }
         let mut vnis = need;
@@ -336,7 +337,7 @@ impl Dataplane {
         }
         ipsec_nft::write(&self.ctx.node, port, &vnis)?;
         self.ctx.counter.add(1);
-        self.ipsec.rules = Some((port, vnis));
+        self.ipsec.rules = Some(Some((port, vnis)));
         Ok(())
     }
 
@@ -345,7 +346,7 @@ impl Dataplane {
         let want = self.encrypted_vnis();
         let port = self.ctx.port;
         let now = match &self.ipsec.rules {
-            Some(r) => Some(r.clone()),
+            Some(r) => r.clone(),
             None => ipsec_nft::installed(&self.ctx.node)?,
         };
         let same = match &now {
@@ -356,7 +357,7 @@ impl Dataplane {
             ipsec_nft::write(&self.ctx.node, port, &want)?;
             self.ctx.counter.add(1);
         }
-        self.ipsec.rules = (!want.is_empty()).then_some((port, want));
+        self.ipsec.rules = Some((!want.is_empty()).then_some((port, want)));
         Ok(())
     }
 

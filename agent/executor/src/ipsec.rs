@@ -5,6 +5,7 @@
 //! off such nodes). Keys are never logged.
 
 use model::Task;
+use model::task::TaskState;
 use vxlan::IpsecKeys;
 use vxlan::ipsec::NO_ESP;
 
@@ -27,6 +28,23 @@ impl Executor {
         self.plane
             .call(port, move |dp| dp.set_ipsec_keys(Some(keys)))
             .await
+    }
+
+    /// A task on an encrypted network whose network could not be built here (e.g. its
+    /// fail-closed firewall could not be installed): it waits, and says why, until a retry
+    /// succeeds. It never runs on a network that is not protected.
+    pub(crate) async fn encrypted_setup_failed(&mut self, t: &Task, e: &Error) {
+        let encrypted = t.networks.iter().any(|a| {
+            self.a
+                .networks
+                .iter()
+                .any(|n| n.meta.id == a.network_id && n.spec.encrypted)
+        });
+        if encrypted {
+            let err = format!("encrypted network not set up on this node: {e}");
+            self.report(t, TaskState::Preparing, "preparing", Some(err), None)
+                .await;
+        }
     }
 
     /// Why task `t` cannot run on this node, if it cannot: it is on an encrypted network and

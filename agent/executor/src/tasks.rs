@@ -213,7 +213,10 @@ impl Executor {
         }
         let local = self.prepare(&t).await?;
         if !rt.endpoints_ok {
-            self.ensure_endpoints(&local).await?;
+            if let Err(e) = self.ensure_endpoints(&local).await {
+                self.encrypted_setup_failed(&t, &e).await;
+                return Err(e);
+            }
             if let Some(r) = self.tasks.get_mut(id) {
                 r.endpoints_ok = true;
             }

@@ -35,6 +35,9 @@ pub enum SwarmCmd {
     },
     /// Update the swarm.
     Update {
+        /// Dispatcher heartbeat period, e.g. 5s.
+        #[arg(long, value_parser = duration_ms)]
+        dispatcher_heartbeat: Option<u64>,
         /// Period of data-path (IPsec) key rotation, e.g. 12h, 30m, 90s.
         #[arg(long, value_parser = duration_ms)]
         data_key_rotation: Option<u64>,
@@ -247,11 +250,15 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             println!("Node left the swarm.");
         }
         SwarmCmd::Update {
+            dispatcher_heartbeat,
             data_key_rotation,
             rotate_data_key,
         } => {
             let current = swarm(client).await?;
             let mut spec = current.cluster.spec.clone();
+            if let Some(ms) = dispatcher_heartbeat {
+                spec.dispatcher.heartbeat_period = ms.saturating_mul(1_000_000);
+            }
             if let Some(ms) = data_key_rotation {
                 spec.encryption_config.data_key_rotation = ms.saturating_mul(1_000_000);
             }
