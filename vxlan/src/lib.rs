@@ -17,7 +17,11 @@
 //!   MAC `02:42` + the four address bytes, the network's MTU);
 //! - per remote endpoint a permanent neighbour entry (IP -> MAC) and a VXLAN FDB entry (MAC ->
 //!   VTEP) on `vxlan0`: no flooding, no learning;
-//! - MTU: the underlay interface's MTU - 50 unless the network overrides it;
+//! - MTU: the underlay interface's MTU - 50 unless the network overrides it (an encrypted
+//!   network: - 50 - 26 for ESP, rounded down to a multiple of 4);
+//! - an encrypted network's VXLAN traffic between nodes goes through ESP (transport mode,
+//!   states and policies over NETLINK_XFRM, [`ipsec`]) behind a fail-closed nftables table
+//!   installed before its VXLAN device ([`ipsec_nft`]);
 //! - the gateway bridge (`docker_gwbridge`) in the node namespace with masquerade of its subnet
 //!   and no traffic between tasks (isolated bridge ports plus a drop rule), in nftables table
 //!   [`nft::TABLE`]; per task a `gw<hash>` veth on it and the task's default route.
