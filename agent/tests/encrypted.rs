@@ -4,6 +4,15 @@
 //! its tasks stay pending with the reason and nothing of the network is built, keys never show,
 //! and the key rotation settings go through `swarm init/update`.
 
+/// A figure for the report: written past the test harness's output capture, so it shows in the
+/// kernel lab's output of a passing test too.
+macro_rules! figure {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod common;
 
 use common::*;
@@ -328,7 +337,7 @@ fn encrypted_network_end_to_end_in_the_kernel_lab() {
         &vxlan_of(4789, vni_secret),
         &vxlan_of(4789, vni_plain),
     ]);
-    eprintln!(
+    figure!(
         "underlay: {} ESP, {} VXLAN of the encrypted VNI, {} VXLAN of the plain one",
         got[0].len(),
         got[1].len(),
@@ -378,7 +387,7 @@ fn encrypted_network_end_to_end_in_the_kernel_lab() {
         .find(|l| l.contains("transmitted"))
         .unwrap_or_default()
         .to_string();
-    eprintln!("rotation under ping: {summary}; SPIs node1 -> node2: {seen:?}");
+    figure!("rotation under ping: {summary}; SPIs node1 -> node2: {seen:?}");
     assert!(
         summary.contains(&format!("{count} packets transmitted, {count} received")),
         "{text}"
