@@ -37,6 +37,8 @@ pub struct Init {
     pub force_new_cluster: bool,
     /// The dispatcher's heartbeat period; the agent's `--heartbeat-ms` when not given.
     pub heartbeat_ms: Option<u64>,
+    /// Data-path key rotation period (`--data-key-rotation`); None: 12 h.
+    pub data_key_rotation_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,7 +101,11 @@ fn network_keys() -> Vec<EncryptionKey> {
     let mut keys = Vec::new();
     for (subsystem, algorithm, len) in [
         ("gossip", "aes-256-gcm", 32),
-        ("ipsec", "rfc4106(gcm(aes))", 20),
+        (
+            model::cluster::IPSEC,
+            orchestrator::keys::ALGORITHM,
+            orchestrator::keys::KEY_LEN,
+        ),
     ] {
         for lamport_time in 1..=3u64 {
             let key: Vec<u8> = (0..len).map(|_| rng.random()).collect();
@@ -406,7 +412,11 @@ impl Agent {
                 network_keys: network_keys(),
                 settings: ClusterSettings {
                     heartbeat_period_ms: req.heartbeat_ms.unwrap_or(self.cfg.heartbeat_ms),
+                    data_key_rotation_ms: req
+                        .data_key_rotation_ms
+                        .unwrap_or(model::cluster::DEFAULT_DATA_KEY_ROTATION_MS),
                 },
+                data_key_rotated_at: None,
             };
             let node = Node {
                 meta: Meta::with_id(node_id.clone()),

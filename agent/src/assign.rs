@@ -50,6 +50,9 @@ struct NodeIdx {
     own_services: HashMap<String, usize>,
     pending: Pending,
     notify: Arc<Notify>,
+    /// The data-path keys the node has: the cluster's while it has a task on an encrypted
+    /// network, none otherwise.
+    ipsec_keys: Vec<model::cluster::EncryptionKey>,
 }
 
 /// The networking face of a service: what nodes that only share a network with it care about.
@@ -75,8 +78,15 @@ struct Index {
     /// networks).
     tasks: HashMap<String, (Option<String>, Vec<String>, String)>,
     services: HashMap<String, Service>,
-    cluster: Option<(u16, Vec<model::cluster::EncryptionKey>)>,
+    cluster: Option<ClusterFace>,
 }
+
+/// What nodes get of the cluster object: data-path port, gossip keys, data-path keys.
+type ClusterFace = (
+    u16,
+    Vec<model::cluster::EncryptionKey>,
+    Vec<model::cluster::EncryptionKey>,
+);
 
 /// The leader's per-node assignment index (see the module documentation).
 #[derive(Default)]
@@ -294,7 +304,10 @@ impl Index {
     }
 
     fn cluster(&mut self, c: Option<&model::Cluster>) {
-        let now = c.map(|c| (c.data_path_port, gossip_keys(c)));
+        let now = c.map(|c| {
+            let ipsec = orchestrator::keys::ipsec_keys(&c.network_keys);
+            (c.data_path_port, gossip_keys(c), ipsec)
+        });
         if now == self.cluster {
             return;
         }
@@ -424,6 +437,12 @@ impl Assigner {
             .map(|n| n.attachments)
             .unwrap_or_default();
         let nodes = idx.node_list.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let ipsec_keys = if networks.iter().any(|n| n.spec.encrypted) {
+            orchestrator::keys::ipsec_keys(&cluster.network_keys)
+        } else {
+            Vec::new()
+        };
+        idx.node(node).ipsec_keys = ipsec_keys.clone();
         drop(idx);
         Some(Assignments {
             revision: 1,
@@ -432,6 +451,7 @@ impl Assigner {
             services,
             data_path_port: cluster.data_path_port,
             gossip_keys: gossip_keys(&cluster),
+            ipsec_keys,
             attachments,
             nodes,
         })
@@ -500,10 +520,26 @@ impl Assigner {
             d.nodes = Some(idx.node_list.iter().map(|(k, v)| (k.clone(), *v)).collect());
         }
         if pending.cluster
-            && let Some((port, keys)) = &idx.cluster
+            && let Some((port, keys, _)) = &idx.cluster
         {
             d.data_path_port = Some(*port);
             d.gossip_keys = Some(keys.clone());
+        }
+        if pending.cluster || !pending.networks.is_empty() {
+            // Data-path keys only while the node has a task on an encrypted network.
+            let encrypted = n
+                .networks
+                .keys()
+                .filter_map(|id| get::<Network>(store, Kind::Network, id))
+                .any(|net| net.spec.encrypted);
+            let want = match (&idx.cluster, encrypted) {
+                (Some((_, _, keys)), true) => keys.clone(),
+                _ => Vec::new(),
+            };
+            if want != n.ipsec_keys {
+                d.ipsec_keys = Some(want.clone());
+                idx.node(node).ipsec_keys = want;
+            }
         }
         drop(idx);
         (!d.is_empty()).then_some(d)

@@ -43,6 +43,7 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
             }
             node_status(&member, since, period).await;
             reconcile_roles(&member).await;
+            rotate_data_keys(&member).await;
         }
         drop(_stop);
         // Allocations are decided by the next leader, from its own view; nodes' sessions go to it.
@@ -51,6 +52,53 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
             a.close();
         }
     }
+}
+
+/// The data-path key manager: rotates the IPsec keys when the period has passed (a failed
+/// write is tried again on the next tick).
+async fn rotate_data_keys(member: &Member) {
+    let Ok(c) = member.cluster() else { return };
+    let now = chrono::Utc::now();
+    if !orchestrator::keys::rotation_due(&c, now) {
+        return;
+    }
+    let patch = data_key_rotation(&c, now);
+    let r = member
+        .write(Batch::one(Change::Patch {
+            kind: Kind::Cluster,
+            id: c.meta.id.clone(),
+            patch: serde_json::Value::Object(patch),
+            version: Some(c.meta.version),
+        }))
+        .await;
+    match r {
+        // The tag only: keys are never logged.
+        Ok(_) => tracing::info!("data-path keys rotated"),
+        Err(e) => tracing::debug!(error = %e, "data-path key rotation did not apply; trying again"),
+    }
+}
+
+/// The cluster patch of one data-path key rotation: a fresh random key, the oldest dropped.
+pub(crate) fn data_key_rotation(
+    c: &model::Cluster,
+    now: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Map<String, serde_json::Value> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let fresh: Vec<u8> = (0..orchestrator::keys::KEY_LEN)
+        .map(|_| rng.random())
+        .collect();
+    let keys = orchestrator::keys::rotated(&c.network_keys, fresh);
+    let mut patch = serde_json::Map::new();
+    patch.insert(
+        "network_keys".into(),
+        serde_json::to_value(keys).unwrap_or_default(),
+    );
+    patch.insert(
+        "data_key_rotated_at".into(),
+        serde_json::to_value(now).unwrap_or_default(),
+    );
+    patch
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -15,6 +15,7 @@ pub fn describe(cfg: &crate::config::Config) -> NodeDescription {
         memory_bytes: mem_total().unwrap_or(0),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
         load_balancer: load_balancer(cfg),
+        ipsec: Some(ipsec()),
     }
 }
 
@@ -28,6 +29,12 @@ fn load_balancer(cfg: &crate::config::Config) -> String {
             .unwrap_or_default()
     })
     .clone()
+}
+
+/// Whether this kernel can encrypt overlays, probed once.
+fn ipsec() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| vxlan::ipsec::probe().is_ok())
 }
 
 fn mem_total() -> Option<u64> {

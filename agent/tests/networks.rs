@@ -203,14 +203,6 @@ fn networks_round_trip_and_refusals() {
             assert!(e.contains(w), "{argv:?}: {w:?} not in {e}");
         }
     };
-    refused(
-        &["--opt", "encrypted", "secret"],
-        &["encrypted", "not supported yet"],
-    );
-    refused(
-        &["--opt", "encrypted=true", "secret"],
-        &["not supported yet"],
-    );
     refused(&["front"], &["network with name front already exists"]);
     refused(
         &["--subnet", "10.50.0.0/16", "wide"],

@@ -3,7 +3,11 @@
 //! 1. iperf3 TCP throughput task -> task across two lab nodes over the overlay, against the
 //!    same two node namespaces directly over the underlay, interleaved in the same run; prints
 //!    both and the ratio (goal >= 0.90).
-//! 2. Reconcile time for 100 networks (one local endpoint each) and 1,000 peers from empty, an
+//! 2. iperf3 over an encrypted network against the same network unencrypted, same nodes, same
+//!    run (where the kernel has ESP and GCM; elsewhere the kernel lab reports it:
+//!    `cargo xtask test-kernel encrypted_and_plain_iperf3`). Docker collapses (moby#33133);
+//!    the goal is no collapse, the ratio reported.
+//! 3. Reconcile time for 100 networks (one local endpoint each) and 1,000 peers from empty, an
 //!    unchanged second pass, and one changed peer (goal: < 1 s from empty, < 5 ms for one
 //!    change).
 
@@ -14,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use lab::{Lab, ProcSpec};
 use netns::NetNs;
+#[path = "../tests/lab/iperf.rs"]
+mod iperf;
+
 use vxlan::{Config, Dataplane, DesiredState, Endpoint, Network, NetworkState, Peer};
 
 const IPERF_SECONDS: &str = "4";
@@ -51,6 +58,7 @@ fn network(k: usize) -> Network {
         gateway: Ipv4Addr::new(10, 100 + (k / 250) as u8, (k % 250) as u8, 1),
         mtu: None,
         internal: false,
+        encrypted: false,
     }
 }
 
@@ -146,6 +154,25 @@ fn throughput() {
     println!("  underlay  node1 -> node2 : {u:6.2} Gbit/s  {under:.2?}");
     println!("  overlay   task1 -> task2 : {o:6.2} Gbit/s  {over:.2?}");
     println!("  ratio overlay/underlay   : {:.3}  (goal >= 0.90)", o / u);
+}
+
+fn encrypted() {
+    if let Err(why) = vxlan::ipsec::probe() {
+        println!(
+            "encrypted vs plain: skipped ({why}); the kernel lab reports it: \
+             cargo xtask test-kernel encrypted_and_plain_iperf3"
+        );
+        return;
+    }
+    let (enc, plain) = iperf::encrypted_vs_plain(4, ROUNDS).unwrap();
+    let (e, p) = (iperf::median(enc.clone()), iperf::median(plain.clone()));
+    println!("iperf3 TCP over one network encrypted and one plain, {ROUNDS} rounds, medians:");
+    println!("  encrypted task1 -> task2 : {e:6.2} Gbit/s  {enc:.2?}");
+    println!("  plain     task1 -> task2 : {p:6.2} Gbit/s  {plain:.2?}");
+    println!(
+        "  ratio encrypted/plain    : {:.3}  (goal: no collapse)",
+        e / p
+    );
 }
 
 fn ms(d: Duration) -> f64 {
@@ -266,6 +293,9 @@ fn main() {
     let want = |name: &str| args.is_empty() || args.iter().any(|a| name.contains(a.as_str()));
     if want("throughput") {
         throughput();
+    }
+    if want("encrypted") {
+        encrypted();
     }
     if want("reconcile") {
         reconcile();

@@ -17,7 +17,11 @@
 //!   MAC `02:42` + the four address bytes, the network's MTU);
 //! - per remote endpoint a permanent neighbour entry (IP -> MAC) and a VXLAN FDB entry (MAC ->
 //!   VTEP) on `vxlan0`: no flooding, no learning;
-//! - MTU: the underlay interface's MTU - 50 unless the network overrides it;
+//! - MTU: the underlay interface's MTU - 50 unless the network overrides it (an encrypted
+//!   network: - 50 - 26 for ESP, rounded down to a multiple of 4);
+//! - an encrypted network's VXLAN traffic between nodes goes through ESP (transport mode,
+//!   states and policies over NETLINK_XFRM, [`ipsec`]) behind a fail-closed nftables table
+//!   installed before its VXLAN device ([`ipsec_nft`]);
 //! - the gateway bridge (`docker_gwbridge`) in the node namespace with masquerade of its subnet
 //!   and no traffic between tasks (isolated bridge ports plus a drop rule), in nftables table
 //!   [`nft::TABLE`]; per task a `gw<hash>` veth on it and the task's default route.
@@ -28,10 +32,13 @@
 //! nft runs as a process that enters the node namespace before exec.
 
 mod error;
+pub mod ipsec;
+pub mod ipsec_nft;
 mod kernel;
 pub mod nft;
 mod nl;
 mod spec;
+mod xfrm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -42,6 +49,7 @@ use netns::NetNs;
 
 pub use error::{Error, Result};
 pub use ipnet::Ipv4Net;
+pub use ipsec::{IpsecKey, IpsecKeys};
 pub use spec::{
     DEFAULT_GWBRIDGE, DEFAULT_PORT, DesiredState, Endpoint, GatewayEndpoint, GwBridge, Keep, Mac,
     Network, NetworkState, Peer, PeerChanges, Removed, VNI_MAX, VXLAN_OVERHEAD,
@@ -122,6 +130,7 @@ pub struct Dataplane {
     nl: Nl,
     nets: BTreeMap<String, Net>,
     gw: Option<GwBridge>,
+    ipsec: ipsec::IpsecRt,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -138,8 +147,10 @@ impl std::fmt::Debug for Dataplane {
 
 impl Ctx {
     fn mtu(&self, n: &Network) -> u32 {
-        n.mtu
-            .unwrap_or_else(|| self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD).max(68))
+        n.mtu.unwrap_or_else(|| match n.encrypted {
+            true => ipsec::encrypted_mtu(self.underlay_mtu),
+            false => self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD).max(68),
+        })
     }
 
     fn sandbox_name(&self, id: &str) -> String {
@@ -426,6 +437,7 @@ impl Dataplane {
             },
             nl,
             nets: BTreeMap::new(),
+            ipsec: Default::default(),
             gw: None,
         })
     }
@@ -484,6 +496,8 @@ impl Dataplane {
                 ));
             }
         }
+        // Fail closed: an encrypted network's firewall comes before its VXLAN device.
+        self.before_vxlan(network)?;
         let net = self.nets.entry(network.id.clone()).or_insert_with(|| Net {
             spec: network.clone(),
             peers: None,
@@ -494,6 +508,9 @@ impl Dataplane {
             net.peers = Some(peer_map(&self.ctx, p));
         }
         self.open_sandbox(&network.id, false, true)?;
+        if network.encrypted {
+            self.sync_ipsec(false)?;
+        }
         Ok(())
     }
 
@@ -503,7 +520,8 @@ impl Dataplane {
         check_id(network_id)?;
         let sbox = self.nets.remove(network_id).and_then(|n| n.sbox);
         let name = self.ctx.sandbox_name(network_id);
-        remove_sandbox(&self.ctx, &name, sbox)
+        remove_sandbox(&self.ctx, &name, sbox)?;
+        self.after_removal()
     }
 
     /// Ensures the sandbox of a known network exists (creating it when `create`) and, when it
@@ -662,6 +680,14 @@ impl Dataplane {
     /// (neighbour IP -> MAC and FDB MAC -> VTEP on `vxlan0`). Peers on this node's own VTEP
     /// are skipped. Without a sandbox on this node the set is kept for when one is made.
     pub fn set_peers(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
+        let changes = self.set_peers_inner(network_id, peers)?;
+        if self.nets.get(network_id).is_some_and(|n| n.spec.encrypted) {
+            self.sync_ipsec(false)?;
+        }
+        Ok(changes)
+    }
+
+    fn set_peers_inner(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
         let net = self
             .nets
             .get_mut(network_id)
@@ -813,6 +839,12 @@ impl Dataplane {
     /// (also of crashed processes), endpoints, gateway endpoints, the gateway bridge. Networks
     /// not kept are forgotten.
     pub fn remove_stale(&mut self, keep: &Keep) -> Result<Removed> {
+        let removed = self.remove_stale_inner(keep)?;
+        self.after_removal()?;
+        Ok(removed)
+    }
+
+    fn remove_stale_inner(&mut self, keep: &Keep) -> Result<Removed> {
         let mut removed = Removed::default();
         let kept: BTreeMap<String, &String> = keep
             .networks
@@ -922,7 +954,9 @@ impl Dataplane {
     /// gateway endpoint. A gateway endpoint of a task whose overlay endpoints are all on
     /// internal networks gets no default route.
     pub fn apply(&mut self, desired: &DesiredState) -> Result<()> {
-        self.remove_stale(&desired.keep())?;
+        let encrypted = desired.networks.iter().filter(|n| n.network.encrypted);
+        self.ensure_ipsec_rules(encrypted.map(|n| n.network.vni).collect(), false)?;
+        self.remove_stale_inner(&desired.keep())?;
         for n in &desired.networks {
             self.ensure_network_inner(&n.network, Some(&n.peers))?;
         }
@@ -952,7 +986,7 @@ impl Dataplane {
             }
             self.ensure_gateway_endpoint(&g)?;
         }
-        Ok(())
+        self.after_removal()
     }
 }
 

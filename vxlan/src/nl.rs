@@ -14,8 +14,8 @@ use netns::NetNs;
 
 use crate::error::{Error, Result};
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// Requests sent before their acknowledgements are read (keeps the socket's receive buffer
 /// far from overflowing).
@@ -341,7 +341,7 @@ impl Nl {
 }
 
 /// Splits a datagram into (type, seq, payload) per netlink message.
-fn split(buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
+pub(crate) fn split(buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
     split_raw(buf).map(|m| {
         let mtype = u16::from_ne_bytes([m[4], m[5]]);
         let seq = u32::from_ne_bytes([m[8], m[9], m[10], m[11]]);
@@ -350,7 +350,7 @@ fn split(buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
 }
 
 /// Splits a datagram into whole netlink messages (header included).
-fn split_raw(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn split_raw(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut off = 0usize;
     std::iter::from_fn(move || {
         if off + 16 > buf.len() {
@@ -368,7 +368,7 @@ fn split_raw(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Parses the payload of an NLMSG_ERROR: code, echoed request header (capped) and extended-ack
 /// attributes.
-fn parse_ack(p: &[u8], capped: bool) -> std::result::Result<(), NlError> {
+pub(crate) fn parse_ack(p: &[u8], capped: bool) -> std::result::Result<(), NlError> {
     if p.len() < 4 {
         return Err(NlError {
             errno: libc::EIO,

@@ -108,6 +108,9 @@ pub struct Network {
     /// An internal network gives its tasks no default route (see [`GatewayEndpoint`]).
     #[serde(default)]
     pub internal: bool,
+    /// Its VXLAN traffic between nodes goes through ESP ([`crate::ipsec`]), fail-closed.
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// A task's interface on an overlay network.
@@ -453,6 +456,7 @@ mod tests {
             gateway: "10.0.0.1".parse().unwrap(),
             mtu: None,
             internal: false,
+            encrypted: false,
         };
         good.validate().unwrap();
         type Edit = Box<dyn Fn(&mut Network)>;
@@ -507,6 +511,7 @@ mod tests {
                     gateway: "10.0.0.1".parse().unwrap(),
                     mtu: None,
                     internal: false,
+                    encrypted: false,
                 },
                 endpoints: vec![Endpoint {
                     network: "n1".into(),

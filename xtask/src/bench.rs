@@ -24,7 +24,7 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "overlay",
         "vxlan",
         "overlay",
-        "iperf3 overlay vs underlay; reconcile 100 nets/1k peers",
+        "iperf3 overlay vs underlay, encrypted vs plain; reconcile 100 nets/1k peers",
     ),
     (
         "store",

@@ -65,6 +65,7 @@ pub const SUITES: &[Suite] = &[
     // Tests that need IPVS, ESP, GCM: ignored on the host, run here.
     suite("lab", "kernel_lab", "", true),
     suite("vxlan", "lab", "", false),
+    suite("vxlan", "esp", "", true),
     // The eBPF socket load balancer under Debian's 6.1 kernel, and IPVS (not on the host).
     suite("ipvs", "ebpf", "", false),
     suite("ipvs", "ipvs", "", true),

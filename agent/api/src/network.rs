@@ -360,6 +360,7 @@ pub fn spec_of(req: &CreateRequest) -> Result<(NetworkSpec, String), Invalid> {
         }
     }
     let mut mtu = None;
+    let mut encrypted = false;
     for (k, v) in &req.options {
         match k.as_str() {
             "" => {
@@ -367,11 +368,8 @@ pub fn spec_of(req: &CreateRequest) -> Result<(NetworkSpec, String), Invalid> {
                     "a driver option needs a key (--opt key=value)",
                 ));
             }
-            ENCRYPTED_OPTION => {
-                return Err(Invalid::new(
-                    "encrypted overlay networks (--opt encrypted) are not supported yet: netagent would not encrypt the traffic, so it refuses rather than pretend; create the network without --opt encrypted",
-                ));
-            }
+            // As Docker: the key's presence encrypts, whatever its value.
+            ENCRYPTED_OPTION => encrypted = true,
             VNI_OPTION => {
                 return Err(Invalid::new(format!(
                     "option {VNI_OPTION} is not supported: the swarm allocates VNIs itself; drop the option"
@@ -418,7 +416,7 @@ pub fn spec_of(req: &CreateRequest) -> Result<(NetworkSpec, String), Invalid> {
         ipam,
         options: req.options.clone(),
         labels: req.labels.clone(),
-        encrypted: false,
+        encrypted,
         attachable: req.attachable,
         internal: req.internal,
         ingress: req.ingress,
@@ -574,8 +572,10 @@ mod tests {
         assert_eq!(spec_of(&req(MTU_OPTION, "1400")).unwrap().0.mtu, Some(1400));
         assert!(spec_of(&req(MTU_OPTION, "67")).is_err());
         assert!(spec_of(&req(MTU_OPTION, "x")).is_err());
-        let e = spec_of(&req("encrypted", "")).unwrap_err();
-        assert!(e.0.contains("not supported yet"), "{e}");
+        let (enc, _) = spec_of(&req("encrypted", "")).unwrap();
+        assert!(enc.encrypted);
+        assert_eq!(enc.options.get("encrypted").map(String::as_str), Some(""));
+        assert!(!spec_of(&req("foo", "")).unwrap().0.encrypted);
         let s = spec_of(&req("foo", "bar")).unwrap().0;
         assert_eq!(s.options.get("foo").map(String::as_str), Some("bar"));
         let bridge = CreateRequest {

@@ -56,6 +56,14 @@ pub struct Description {
     pub resources: Resources,
     #[serde(rename = "Engine", default)]
     pub engine: Engine,
+    /// netagent's own: whether the node can carry encrypted overlay networks ("supported", or
+    /// "unsupported: " and why); empty when the node did not say.
+    #[serde(
+        rename = "EncryptedNetworks",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub encrypted_networks: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +193,11 @@ pub fn node(n: &model::Node, manager_status: Option<ManagerStatus>) -> Node {
                     })
                     .into_iter()
                     .collect(),
+            },
+            encrypted_networks: match n.description.ipsec {
+                Some(true) => "supported".into(),
+                Some(false) => format!("unsupported: {}", model::node::NO_ESP),
+                None => String::new(),
             },
         },
         status: Status {

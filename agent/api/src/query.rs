@@ -76,6 +76,10 @@ pub struct UpdateQuery {
     pub rotate_manager_token: Option<String>,
     #[serde(default, rename = "rotateManagerUnlockKey")]
     pub rotate_manager_unlock_key: Option<String>,
+    /// netagent's own: rotate the data-path (IPsec) keys now (`netctl swarm update
+    /// --rotate-data-key`).
+    #[serde(default, rename = "rotateDataKey")]
+    pub rotate_data_key: Option<String>,
 }
 
 impl UpdateQuery {

@@ -168,6 +168,10 @@ pub struct CaConfig {
 pub struct EncryptionConfig {
     #[serde(rename = "AutoLockManagers", default)]
     pub auto_lock_managers: bool,
+    /// netagent's own: the period of data-path (IPsec) key rotation in nanoseconds (`netctl
+    /// swarm init/update --data-key-rotation`); 0 leaves it as it is. Docker clients drop it.
+    #[serde(rename = "DataKeyRotation", default, skip_serializing_if = "is_zero")]
+    pub data_key_rotation: u64,
 }
 
 /// `POST /swarm/init`.
@@ -273,6 +277,10 @@ pub fn cluster_info(c: &model::Cluster, election_tick: u64, heartbeat_tick: u64)
                 node_cert_expiry: 90 * 24 * 3600 * 1_000 * MS,
                 ..Default::default()
             },
+            encryption_config: EncryptionConfig {
+                auto_lock_managers: false,
+                data_key_rotation: c.settings.data_key_rotation_ms * MS,
+            },
             ..Default::default()
         },
         tls_info: TlsInfo {
@@ -331,8 +339,18 @@ pub fn settings_update(
     } else {
         wanted.dispatcher.heartbeat_period
     };
+    let rotation = match wanted.encryption_config.data_key_rotation {
+        0 => current.encryption_config.data_key_rotation,
+        r if r < 1_000 * MS => {
+            return Err(Invalid::new(format!(
+                "invalid data key rotation period {r}ns: use at least 1s (default 12h)"
+            )));
+        }
+        r => r,
+    };
     Ok(model::cluster::ClusterSettings {
         heartbeat_period_ms: period / MS,
+        data_key_rotation_ms: rotation / MS,
     })
 }
 
@@ -354,6 +372,7 @@ mod tests {
             data_path_port: 4789,
             network_keys: Vec::new(),
             settings: Default::default(),
+            data_key_rotated_at: None,
         }
     }
 

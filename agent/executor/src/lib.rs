@@ -14,6 +14,7 @@
 
 mod balancer;
 mod discovery;
+mod ipsec;
 mod networks;
 pub mod node;
 pub mod plan;

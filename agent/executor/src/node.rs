@@ -340,7 +340,11 @@ impl Executor {
         let attachments_changed = a.attachments != self.a.attachments;
         let services = changed(&self.a.services, &a.services, |s| &s.meta.id);
         let nodes_before = (a.nodes != self.a.nodes).then(|| self.a.nodes.clone());
+        let keys_changed = a.ipsec_keys != self.a.ipsec_keys;
         self.a = a;
+        if keys_changed && let Err(e) = self.sync_ipsec_keys().await {
+            self.retry_later("data-path keys", &e);
+        }
         for id in &services {
             self.service_changed(id);
         }
@@ -428,7 +432,8 @@ impl Executor {
             if matches!(
                 self.tasks.get(&t.meta.id).map(|r| r.proc),
                 Some(ProcState::Exited { .. })
-            ) {
+            ) || self.encryption_blocker(t).is_some()
+            {
                 continue;
             }
             local.push(self.prepare(t).await?);
@@ -452,6 +457,7 @@ impl Executor {
         }
         // 4. The whole data plane, load-balancer namespaces first (their endpoints are in it).
         self.lb_namespaces().await?;
+        self.sync_ipsec_keys().await?;
         let desired = self.desired_plane(&local, &gw);
         let port = self.a.data_path_port;
         self.plane.call(port, move |dp| dp.apply(&desired)).await?;

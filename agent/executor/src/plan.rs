@@ -47,6 +47,7 @@ pub fn network(n: &model::Network) -> Option<vxlan::Network> {
         gateway,
         mtu: n.spec.mtu,
         internal: n.spec.internal,
+        encrypted: n.spec.encrypted,
     })
 }
 
@@ -157,6 +158,7 @@ mod tests {
             gateway: gw.parse().unwrap(),
             mtu: None,
             internal: false,
+            encrypted: false,
         }
     }
 

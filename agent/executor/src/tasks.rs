@@ -206,9 +206,17 @@ impl Executor {
             }
             _ => {}
         }
+        if let Some(why) = self.encryption_blocker(&t) {
+            self.report(&t, TaskState::Rejected, "rejected", Some(why), None)
+                .await;
+            return Ok(());
+        }
         let local = self.prepare(&t).await?;
         if !rt.endpoints_ok {
-            self.ensure_endpoints(&local).await?;
+            if let Err(e) = self.ensure_endpoints(&local).await {
+                self.encrypted_setup_failed(&t, &e).await;
+                return Err(e);
+            }
             if let Some(r) = self.tasks.get_mut(id) {
                 r.endpoints_ok = true;
             }

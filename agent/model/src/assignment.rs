@@ -26,6 +26,9 @@ pub struct Assignments {
     pub data_path_port: u16,
     /// The cluster's gossip keys (subsystem "gossip").
     pub gossip_keys: Vec<EncryptionKey>,
+    /// The data-path (IPsec) keys, only while the node has a task on an encrypted network.
+    #[serde(default)]
+    pub ipsec_keys: Vec<EncryptionKey>,
     /// This node's own address (load-balancer endpoint) on each of those networks.
     #[serde(default)]
     pub attachments: Vec<NetworkAttachment>,
@@ -59,6 +62,8 @@ pub struct AssignmentsDelta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gossip_keys: Option<Vec<EncryptionKey>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipsec_keys: Option<Vec<EncryptionKey>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachments: Option<Vec<NetworkAttachment>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<Vec<(String, bool)>>,
@@ -76,6 +81,7 @@ impl AssignmentsDelta {
             removed_services,
             data_path_port,
             gossip_keys,
+            ipsec_keys,
             attachments,
             nodes,
         } = self;
@@ -87,6 +93,7 @@ impl AssignmentsDelta {
             && removed_services.is_empty()
             && data_path_port.is_none()
             && gossip_keys.is_none()
+            && ipsec_keys.is_none()
             && attachments.is_none()
             && nodes.is_none()
     }
@@ -124,6 +131,9 @@ impl Assignments {
         }
         if let Some(k) = &d.gossip_keys {
             self.gossip_keys = k.clone();
+        }
+        if let Some(k) = &d.ipsec_keys {
+            self.ipsec_keys = k.clone();
         }
         if let Some(a) = &d.attachments {
             self.attachments = a.clone();

@@ -1,5 +1,6 @@
 //! The cluster object (one per swarm). Owned by the cluster control plane.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::Meta;
@@ -21,7 +22,18 @@ pub struct Cluster {
     /// Gossip (subsystem "gossip") and IPsec (subsystem "ipsec") keys, 3 each, Lamport-tagged.
     pub network_keys: Vec<EncryptionKey>,
     pub settings: ClusterSettings,
+    /// When the leader last rotated the data-path (IPsec) keys; None: never (the cluster's
+    /// creation counts).
+    #[serde(default)]
+    pub data_key_rotated_at: Option<DateTime<Utc>>,
 }
+
+/// Subsystem of the data-path (IPsec) keys.
+pub const IPSEC: &str = "ipsec";
+/// Subsystem of the gossip keys.
+pub const GOSSIP: &str = "gossip";
+/// Default period of data-path key rotation (swarmkit's: 12 h).
+pub const DEFAULT_DATA_KEY_ROTATION_MS: u64 = 12 * 3600 * 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinTokens {
@@ -29,7 +41,7 @@ pub struct JoinTokens {
     pub manager: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncryptionKey {
     pub subsystem: String,
     pub algorithm: String,
@@ -38,17 +50,37 @@ pub struct EncryptionKey {
     pub lamport_time: u64,
 }
 
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself: debug output ends up in logs.
+        f.debug_struct("EncryptionKey")
+            .field("subsystem", &self.subsystem)
+            .field("algorithm", &self.algorithm)
+            .field("key", &format_args!("<{} bytes redacted>", self.key.len()))
+            .field("lamport_time", &self.lamport_time)
+            .finish()
+    }
+}
+
 /// Tunables an operator may change (`swarm update` in docker).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSettings {
     /// Dispatcher heartbeat period in milliseconds (docker: 5 s).
     pub heartbeat_period_ms: u64,
+    /// Period of data-path (IPsec) key rotation in milliseconds (default 12 h; 0: never).
+    #[serde(default = "default_data_key_rotation")]
+    pub data_key_rotation_ms: u64,
+}
+
+fn default_data_key_rotation() -> u64 {
+    DEFAULT_DATA_KEY_ROTATION_MS
 }
 
 impl Default for ClusterSettings {
     fn default() -> Self {
         ClusterSettings {
             heartbeat_period_ms: 5_000,
+            data_key_rotation_ms: DEFAULT_DATA_KEY_ROTATION_MS,
         }
     }
 }

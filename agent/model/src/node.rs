@@ -52,7 +52,14 @@ pub struct NodeDescription {
     /// How the node balances service VIPs ("ebpf" or "ipvs").
     #[serde(default)]
     pub load_balancer: String,
+    /// Whether the node's kernel can carry encrypted overlay networks (ESP with
+    /// rfc4106(gcm(aes))); None: not probed (a node of an older version).
+    #[serde(default)]
+    pub ipsec: Option<bool>,
 }
+
+/// Why a node cannot carry encrypted overlay networks.
+pub const NO_ESP: &str = "kernel lacks esp4 / rfc4106(gcm(aes))";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct NodeStatus {

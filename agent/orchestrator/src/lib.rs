@@ -17,6 +17,7 @@
 
 pub mod allocator;
 pub mod constraint;
+pub mod keys;
 pub mod leader;
 pub mod orchestrate;
 pub mod scheduler;

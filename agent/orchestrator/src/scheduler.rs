@@ -61,7 +61,15 @@ pub fn run(state: &mut ClusterState, base_load: &HashMap<String, usize>, now: Da
             continue;
         };
         let constraints = constraint::parse_all(&service.spec.task.constraints).unwrap_or_default();
-        let (mut unavailable, mut unsatisfied) = (0, 0);
+        // A task on an encrypted network only goes where the kernel can encrypt (never runs
+        // unencrypted).
+        let encrypted = task.networks.iter().any(|a| {
+            state
+                .networks
+                .get(&a.network_id)
+                .is_some_and(|n| n.spec.encrypted)
+        });
+        let (mut unavailable, mut unsatisfied, mut no_esp) = (0, 0, 0);
         let mut best: Option<(usize, usize, String, String)> = None;
         for node in state.nodes.values() {
             if task.node_id.as_ref().is_some_and(|n| n != &node.meta.id) {
@@ -73,6 +81,10 @@ pub fn run(state: &mut ClusterState, base_load: &HashMap<String, usize>, now: Da
             }
             if !constraint::node_matches(&constraints, node) {
                 unsatisfied += 1;
+                continue;
+            }
+            if encrypted && node.description.ipsec == Some(false) {
+                no_esp += 1;
                 continue;
             }
             let key = (
@@ -107,6 +119,13 @@ pub fn run(state: &mut ClusterState, base_load: &HashMap<String, usize>, now: Da
                     reasons.push(format!(
                         "scheduling constraints not satisfied on {}",
                         plural(unsatisfied, "node")
+                    ));
+                }
+                if no_esp > 0 {
+                    reasons.push(format!(
+                        "{} on {}: it cannot carry encrypted networks",
+                        model::node::NO_ESP,
+                        plural(no_esp, "node")
                     ));
                 }
                 if unavailable > 0 {

@@ -615,6 +615,42 @@ scenario!(removed_services_stop_then_vanish_and_free_their_addresses);
 scenario!(networks_get_the_lowest_free_subnet_and_overlaps_are_refused);
 scenario!(joining_a_network_later_replaces_tasks_with_attached_ones);
 scenario!(a_forced_update_replaces_every_task_once);
+scenario!(encrypted_networks_only_go_to_nodes_that_can_encrypt);
+
+fn encrypted_networks_only_go_to_nodes_that_can_encrypt(mode: Mode) {
+    let mut w = World::new(3, mode);
+    w.state.nodes.get_mut("id1").unwrap().description.ipsec = Some(false);
+    w.state.nodes.get_mut("id2").unwrap().description.ipsec = Some(true);
+    w.add_network("secret", None);
+    w.state
+        .networks
+        .get_mut("net-secret")
+        .unwrap()
+        .spec
+        .encrypted = true;
+    w.add_service("s", replicas(3), &["secret"]);
+    w.add_service("plain", replicas(3), &[]);
+    w.settle();
+    assert!(
+        !w.nodes_of("s").contains(&"id1".to_string()),
+        "{:?}",
+        w.nodes_of("s")
+    );
+    assert!(w.nodes_of("plain").contains(&"id1".to_string()));
+    // With no node able to encrypt, the task waits and says why.
+    for id in ["id2", "id3"] {
+        w.state.nodes.get_mut(id).unwrap().description.ipsec = Some(false);
+    }
+    w.add_service("t", replicas(1), &["secret"]);
+    w.settle();
+    let t = w.live("t")[0];
+    assert_eq!(t.status.state, TaskState::Pending);
+    let err = t.status.err.as_deref().unwrap();
+    assert!(
+        err.contains("kernel lacks esp4 / rfc4106(gcm(aes)) on 3 nodes"),
+        "{err}"
+    );
+}
 
 /// Random operations, as a cluster meets them, in any order: the incremental leader must reach
 /// the same fixed point as a full pass after each (checked inside `settle`), and addresses stay

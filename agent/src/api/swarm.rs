@@ -95,6 +95,8 @@ pub async fn init(
             force_new_cluster: req.force_new_cluster,
             heartbeat_ms: (settings.heartbeat_period_ms > 0)
                 .then_some(settings.heartbeat_period_ms),
+            data_key_rotation_ms: (settings.data_key_rotation_ms > 0)
+                .then_some(settings.data_key_rotation_ms),
         })
         .await?;
     Ok(Json(r.node_id))
@@ -201,6 +203,9 @@ pub async fn update(
     }
     if !tokens.is_empty() {
         patch.insert("join_tokens".into(), serde_json::Value::Object(tokens));
+    }
+    if bool_value(q.rotate_data_key.as_deref()) {
+        patch.extend(crate::leader::data_key_rotation(&c, chrono::Utc::now()));
     }
     if patch.is_empty() {
         return Ok(());

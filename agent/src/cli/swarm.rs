@@ -29,6 +29,21 @@ pub enum SwarmCmd {
         /// Force create a new cluster from current state.
         #[arg(long)]
         force_new_cluster: bool,
+        /// Period of data-path (IPsec) key rotation, e.g. 12h, 30m, 90s (default 12h).
+        #[arg(long, value_parser = duration_ms)]
+        data_key_rotation: Option<u64>,
+    },
+    /// Update the swarm.
+    Update {
+        /// Dispatcher heartbeat period, e.g. 5s.
+        #[arg(long, value_parser = duration_ms)]
+        dispatcher_heartbeat: Option<u64>,
+        /// Period of data-path (IPsec) key rotation, e.g. 12h, 30m, 90s.
+        #[arg(long, value_parser = duration_ms)]
+        data_key_rotation: Option<u64>,
+        /// Rotate the data-path (IPsec) keys of encrypted networks now.
+        #[arg(long)]
+        rotate_data_key: bool,
     },
     /// Join a swarm as a node and/or manager.
     Join {
@@ -66,6 +81,44 @@ pub enum SwarmCmd {
     Inspect,
 }
 
+/// A duration like `12h`, `1h30m`, `90s` or `500ms`, in milliseconds.
+fn duration_ms(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid duration {s:?}: use e.g. 12h, 30m, 90s or 500ms");
+    let (mut total, mut num) = (0u64, String::new());
+    let mut chars = s.trim().chars().peekable();
+    if chars.peek().is_none() {
+        return Err(bad());
+    }
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek().filter(|n| n.is_ascii_alphabetic()) {
+            unit.push(n);
+            chars.next();
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let per = match unit.as_str() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(per)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        num.clear();
+    }
+    if !num.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
 /// The cluster-port address of the manager answering (to join through), from `/info`.
 async fn manager_addr(client: &Client) -> Result<String> {
     let info: Info = client.get("/info").await?.parse()?;
@@ -94,8 +147,9 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             default_addr_pool,
             default_addr_pool_mask_length,
             force_new_cluster,
+            data_key_rotation,
         } => {
-            let req = InitRequest {
+            let mut req = InitRequest {
                 advertise_addr: advertise_addr.unwrap_or_default(),
                 data_path_addr: data_path_addr.unwrap_or_default(),
                 data_path_port: data_path_port.map(u32::from).unwrap_or(0),
@@ -104,6 +158,8 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
                 force_new_cluster,
                 ..Default::default()
             };
+            req.spec.encryption_config.data_key_rotation =
+                data_key_rotation.unwrap_or(0).saturating_mul(1_000_000);
             let node_id: String = client
                 .post("/swarm/init", serde_json::to_value(req)?)
                 .await?
@@ -193,6 +249,30 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
                 .await?;
             println!("Node left the swarm.");
         }
+        SwarmCmd::Update {
+            dispatcher_heartbeat,
+            data_key_rotation,
+            rotate_data_key,
+        } => {
+            let current = swarm(client).await?;
+            let mut spec = current.cluster.spec.clone();
+            if let Some(ms) = dispatcher_heartbeat {
+                spec.dispatcher.heartbeat_period = ms.saturating_mul(1_000_000);
+            }
+            if let Some(ms) = data_key_rotation {
+                spec.encryption_config.data_key_rotation = ms.saturating_mul(1_000_000);
+            }
+            client
+                .post(
+                    &format!(
+                        "/swarm/update?version={}&rotateDataKey={rotate_data_key}",
+                        current.cluster.meta.version.index
+                    ),
+                    serde_json::to_value(&spec)?,
+                )
+                .await?;
+            println!("Swarm updated.");
+        }
         SwarmCmd::Inspect => {
             // The cluster's settings, not its join tokens (`swarm join-token` shows those).
             let s = swarm(client).await?;
@@ -200,4 +280,20 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_ms;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_ms("12h"), Ok(12 * 3_600_000));
+        assert_eq!(duration_ms("1h30m"), Ok(5_400_000));
+        assert_eq!(duration_ms("90s"), Ok(90_000));
+        assert_eq!(duration_ms("500ms"), Ok(500));
+        for bad in ["", "12", "h", "5d", "1.5h", "99999999999999999999h"] {
+            assert!(duration_ms(bad).is_err(), "{bad}");
+        }
+    }
 }

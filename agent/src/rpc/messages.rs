@@ -155,7 +155,14 @@ impl From<&model::Cluster> for ClusterInfo {
             default_addr_pools: c.default_addr_pools.clone(),
             subnet_size: c.subnet_size,
             heartbeat_period_ms: c.settings.heartbeat_period_ms,
-            network_keys: c.network_keys.clone(),
+            // The data-path keys go only to nodes with tasks on encrypted networks (in their
+            // assignments), never to every node.
+            network_keys: c
+                .network_keys
+                .iter()
+                .filter(|k| k.subsystem != model::cluster::IPSEC)
+                .cloned()
+                .collect(),
         }
     }
 }

@@ -355,6 +355,7 @@ pub(crate) mod tests_support {
             data_path_port: 4789,
             network_keys: vec![],
             settings: Default::default(),
+            data_key_rotated_at: None,
         })
     }
 }

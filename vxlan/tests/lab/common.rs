@@ -107,6 +107,7 @@ pub fn network(id: &str, vni: u32, subnet: &str) -> Network {
         gateway: Ipv4Addr::from(u32::from(subnet.network()) + 1),
         mtu: None,
         internal: false,
+        encrypted: false,
     }
 }
 
