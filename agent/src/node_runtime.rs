@@ -183,6 +183,7 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
     gcfg.cluster_id = info.id.clone();
     gcfg.bind = SocketAddr::new(advertise, cfg.gossip_port);
     gcfg.seeds = seeds(member, cfg, advertise);
+    gcfg.vtep = state.data_path_addr.parse().ok();
     let interval = Duration::from_millis(cfg.gossip_interval_ms);
     gcfg.timings = Timings {
         gossip_interval: interval,

@@ -202,7 +202,7 @@ impl Gossip {
             - 24
             - crate::MAX_ID_LEN
             - 24;
-        let state = State::new(
+        let mut state = State::new(
             me,
             codec::cluster_hash(&config.cluster_id),
             t,
@@ -210,6 +210,11 @@ impl Gossip {
             max_packet,
             sealer.sender() ^ generation,
         );
+        if let Some(vtep) = config.vtep {
+            // In the first record: peers never see this generation without its VTEP (they
+            // would drop the peers of its endpoints until the executor published it).
+            let _ = state.store.publish_vtep(vtep);
+        }
         let (push_tx, push_rx) = mpsc::channel(1024);
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let (frames_tx, frames_rx) = mpsc::channel(wire::MAX_FRAGMENTS * 4);

@@ -95,6 +95,8 @@ pub struct Config {
     /// Underlay MTU: no datagram is larger than `mtu - 48`.
     pub mtu: u16,
     pub timings: Timings,
+    /// The node's VTEP, known from the start (else published later with `publish_vtep`).
+    pub vtep: Option<IpAddr>,
 }
 
 impl Config {
@@ -108,6 +110,7 @@ impl Config {
             keys,
             mtu: 1500,
             timings: Timings::default(),
+            vtep: None,
         }
     }
 }

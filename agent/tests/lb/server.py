@@ -7,6 +7,9 @@ import socket
 import sys
 import threading
 
+# Linux <netinet/in.h>; the socket module does not export it.
+IP_PKTINFO = 8
+
 
 def own(sock):
     return sock.getsockname()[0]
@@ -47,7 +50,7 @@ def tcp(port):
 
 def udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_PKTINFO, 1)
+    s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     s.bind(("0.0.0.0", port))
     while True:
         data, anc, _, peer = s.recvmsg(2048, socket.CMSG_SPACE(12))
@@ -55,7 +58,7 @@ def udp(port):
         # datagram was sent to (this task's address); the reply leaves from it.
         own_addr = "?"
         for level, kind, payload in anc:
-            if level == socket.IPPROTO_IP and kind == socket.IP_PKTINFO:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
                 own_addr = socket.inet_ntoa(payload[8:12])
         s.sendto(f"{own_addr} {peer[0]}".encode(), peer)
 
