@@ -95,6 +95,11 @@ pub async fn init(
             force_new_cluster: req.force_new_cluster,
             heartbeat_ms: (settings.heartbeat_period_ms > 0)
                 .then_some(settings.heartbeat_period_ms),
+            ingress: crate::ingress::IngressOptions {
+                subnet: non_empty(&req.ingress_subnet),
+                mtu: (req.ingress_mtu != 0).then_some(req.ingress_mtu),
+                ..Default::default()
+            },
         })
         .await?;
     Ok(Json(r.node_id))

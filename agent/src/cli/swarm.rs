@@ -29,6 +29,12 @@ pub enum SwarmCmd {
         /// Force create a new cluster from current state.
         #[arg(long)]
         force_new_cluster: bool,
+        /// Subnet of the ingress network (default: the first subnet of the address pools).
+        #[arg(long)]
+        ingress_subnet: Option<String>,
+        /// MTU of the ingress network (default: derived from the underlay).
+        #[arg(long)]
+        ingress_mtu: Option<u32>,
     },
     /// Join a swarm as a node and/or manager.
     Join {
@@ -94,6 +100,8 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             default_addr_pool,
             default_addr_pool_mask_length,
             force_new_cluster,
+            ingress_subnet,
+            ingress_mtu,
         } => {
             let req = InitRequest {
                 advertise_addr: advertise_addr.unwrap_or_default(),
@@ -102,6 +110,8 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
                 default_addr_pool,
                 subnet_size: default_addr_pool_mask_length.map(u32::from).unwrap_or(0),
                 force_new_cluster,
+                ingress_subnet: ingress_subnet.unwrap_or_default(),
+                ingress_mtu: ingress_mtu.unwrap_or(0),
                 ..Default::default()
             };
             let node_id: String = client

@@ -34,6 +34,10 @@ pub struct CreateArgs {
     /// Placement constraints, e.g. node.role==worker (repeatable).
     #[arg(long)]
     constraint: Vec<String>,
+    /// Publish a port: [PUBLISHED:]TARGET[/PROTOCOL], or
+    /// published=P,target=T,protocol=tcp|udp,mode=ingress|host (repeatable).
+    #[arg(long, short = 'p')]
+    publish: Vec<String>,
     /// Set environment variables (KEY=VALUE, or KEY to take netctl's value), repeatable.
     #[arg(long, short = 'e')]
     env: Vec<String>,
@@ -83,6 +87,12 @@ pub struct UpdateArgs {
     /// Endpoint mode (vip or dnsrr).
     #[arg(long = "endpoint-mode")]
     endpoint_mode: Option<String>,
+    /// Add or update a published port (as --publish), repeatable.
+    #[arg(long = "publish-add")]
+    publish_add: Vec<String>,
+    /// Remove a published port (PUBLISHED[/PROTOCOL], or the long syntax), repeatable.
+    #[arg(long = "publish-rm")]
+    publish_rm: Vec<String>,
     /// Replace the command (the whole argv, as one shell-like string split on spaces).
     #[arg(long)]
     args: Option<String>,
@@ -217,7 +227,11 @@ pub async fn create(client: &Client, a: CreateArgs) -> Result<()> {
         mode,
         endpoint_spec: Some(EndpointSpec {
             mode: a.endpoint_mode.unwrap_or_default(),
-            ports: Vec::new(),
+            ports: a
+                .publish
+                .iter()
+                .map(|p| super::publish::parse(p))
+                .collect::<Result<_>>()?,
         }),
         ..Default::default()
     };
@@ -292,6 +306,7 @@ async fn apply_update(client: &Client, spec: &mut ServiceSpec, a: &UpdateArgs) -
     if let Some(mode) = &a.endpoint_mode {
         spec.endpoint_spec.get_or_insert_with(Default::default).mode = mode.clone();
     }
+    super::publish::update(spec, &a.publish_add, &a.publish_rm)?;
     let tpl = &mut spec.task_template;
     if let Some(args) = a.args.as_deref() {
         let argv: Vec<String> = args.split_whitespace().map(str::to_string).collect();
