@@ -127,7 +127,11 @@ fn networks_round_trip_and_refusals() {
         .iter()
         .map(|r| r.split_whitespace().nth(1).unwrap())
         .collect();
-    assert_eq!(names, ["back", "front", "multi", "six"], "{table}");
+    assert_eq!(
+        names,
+        ["back", "front", "ingress", "multi", "six"],
+        "swarm init made ingress: {table}"
+    );
     let front_row = rows.iter().find(|r| r.contains(" front ")).unwrap();
     assert_eq!(
         front_row.split_whitespace().collect::<Vec<_>>(),
@@ -492,7 +496,7 @@ fn services_api_validation_update_scale_rm() {
         .collect();
     assert_eq!(
         rows[0],
-        ["ID", "NAME", "MODE", "REPLICAS", "COMMAND"],
+        ["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"],
         "{table}"
     );
     assert_eq!(rows[1][..3], [&web[..12], "web", "replicated"], "{table}");

@@ -28,6 +28,7 @@
 //! nft runs as a process that enters the node namespace before exec.
 
 mod error;
+pub mod ingress;
 mod kernel;
 pub mod nft;
 mod nl;
