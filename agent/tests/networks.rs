@@ -138,7 +138,7 @@ fn networks_round_trip_and_refusals() {
         [&front[..12], "front", "overlay", "swarm"]
     );
     let q = s.ctl(1, &["network", "ls", "-q"]);
-    assert_eq!(q.lines().count(), 4);
+    assert_eq!(q.lines().count(), 5, "four and ingress: {q}");
     assert!(q.lines().all(|l| l.len() == 12), "{q}");
     let rows = lines(&s.ctl(1, &["network", "ls", "--format", "json"]));
     assert_eq!(rows[1]["Name"], "front");
@@ -239,7 +239,11 @@ fn networks_round_trip_and_refusals() {
     );
     refused(&["bad name"], &["invalid network name"]);
     refused(&["--ipv6", "v6only"], &["IPv6 subnet"]);
-    assert_eq!(s.ctl(1, &["network", "ls", "-q"]).lines().count(), 4);
+    assert_eq!(
+        s.ctl(1, &["network", "ls", "-q"]).lines().count(),
+        5,
+        "four and ingress"
+    );
 
     // rm: refused while a service uses the network; names printed like docker.
     s.ctl(

@@ -108,7 +108,7 @@ pub struct TaskReturn {
 #[derive(Debug)]
 pub struct Ingress {
     node: NetNs,
-    prefix: String,
+    sbox: String,
     writes: u64,
 }
 
@@ -360,7 +360,17 @@ impl Ingress {
     pub fn new(node: NetNs, prefix: impl Into<String>) -> Ingress {
         Ingress {
             node,
-            prefix: prefix.into(),
+            sbox: format!("{}{SBOX}", prefix.into()),
+            writes: 0,
+        }
+    }
+
+    /// The mesh with the ingress-sbox in namespace `sbox` (the agent uses the ingress
+    /// network's load-balancer namespace, as Docker does).
+    pub fn with_sbox(node: NetNs, sbox: impl Into<String>) -> Ingress {
+        Ingress {
+            node,
+            sbox: sbox.into(),
             writes: 0,
         }
     }
@@ -372,7 +382,7 @@ impl Ingress {
 
     /// The ingress-sbox namespace's name.
     pub fn sbox_name(&self) -> String {
-        format!("{}{SBOX}", self.prefix)
+        self.sbox.clone()
     }
 
     /// Creates the ingress-sbox namespace (loopback up, forwarding on) unless it exists;

@@ -13,6 +13,7 @@
 //!   outlives an agent restart and its exit code is never lost.
 
 mod discovery;
+mod ingress;
 mod networks;
 pub mod node;
 pub mod plan;

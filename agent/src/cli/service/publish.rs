@@ -129,8 +129,14 @@ fn same_port(a: &PortConfig, b: &PortConfig) -> bool {
     a.published_port == b.published_port && proto(a) == proto(b)
 }
 
-/// `--publish-rm` then `--publish-add` applied to a spec read from the API.
-pub fn update(spec: &mut ServiceSpec, add: &[String], rm: &[String]) -> Result<()> {
+/// `--publish-rm` then `--publish-add` applied to a spec read from the API; `allocated` are the
+/// service's ports as the swarm allocated them (a port it chose is removed by that number).
+pub fn update(
+    spec: &mut ServiceSpec,
+    allocated: &[PortConfig],
+    add: &[String],
+    rm: &[String],
+) -> Result<()> {
     if add.is_empty() && rm.is_empty() {
         return Ok(());
     }
@@ -139,6 +145,22 @@ pub fn update(spec: &mut ServiceSpec, add: &[String], rm: &[String]) -> Result<(
         let r = parse_removal(r)?;
         let before = endpoint.ports.len();
         endpoint.ports.retain(|p| !same_port(p, &r));
+        if endpoint.ports.len() == before
+            && let Some(a) = allocated.iter().find(|a| same_port(a, &r))
+        {
+            // A port the swarm chose: the spec names it by its target with no published port.
+            let chosen = PortConfig {
+                published_port: 0,
+                ..a.clone()
+            };
+            if let Some(i) = endpoint
+                .ports
+                .iter()
+                .position(|p| same_port(p, &chosen) && p.target_port == a.target_port)
+            {
+                endpoint.ports.remove(i);
+            }
+        }
         if endpoint.ports.len() == before {
             bail!(
                 "service {} publishes no port {}/{}: see `netctl service inspect {}`",
@@ -241,18 +263,26 @@ mod tests {
             name: "web".into(),
             ..Default::default()
         };
-        update(&mut spec, &["8080:80".into(), "53:53/udp".into()], &[]).unwrap();
+        update(&mut spec, &[], &["8080:80".into(), "53:53/udp".into()], &[]).unwrap();
         assert_eq!(spec.endpoint_spec.as_ref().unwrap().ports.len(), 2);
         // Re-adding a published port replaces it.
-        update(&mut spec, &["8080:81".into()], &[]).unwrap();
+        update(&mut spec, &[], &["8080:81".into()], &[]).unwrap();
         let ports = &spec.endpoint_spec.as_ref().unwrap().ports;
         assert_eq!(ports.len(), 2);
         assert_eq!(ports[1].target_port, 81);
-        update(&mut spec, &[], &["53/udp".into()]).unwrap();
+        update(&mut spec, &[], &[], &["53/udp".into()]).unwrap();
         assert_eq!(spec.endpoint_spec.as_ref().unwrap().ports.len(), 1);
-        let e = update(&mut spec, &[], &["53".into()]).unwrap_err();
+        let e = update(&mut spec, &[], &[], &["53".into()]).unwrap_err();
         assert!(e.to_string().contains("publishes no port 53/tcp"), "{e}");
-        update(&mut spec, &[], &["published=8080,target=81".into()]).unwrap();
+        update(&mut spec, &[], &[], &["published=8080,target=81".into()]).unwrap();
+        assert!(spec.endpoint_spec.as_ref().unwrap().ports.is_empty());
+        // A port the swarm allocated is removed by its number.
+        update(&mut spec, &[], &["80".into()], &[]).unwrap();
+        let allocated = vec![PortConfig {
+            published_port: 30000,
+            ..spec.endpoint_spec.as_ref().unwrap().ports[0].clone()
+        }];
+        update(&mut spec, &allocated, &[], &["30000".into()]).unwrap();
         assert!(spec.endpoint_spec.as_ref().unwrap().ports.is_empty());
     }
 }

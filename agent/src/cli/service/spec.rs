@@ -299,14 +299,19 @@ fn env_key(e: &str) -> &str {
 }
 
 /// Applies `service update`'s flags to the spec read (the caller writes it back).
-async fn apply_update(client: &Client, spec: &mut ServiceSpec, a: &UpdateArgs) -> Result<()> {
+async fn apply_update(
+    client: &Client,
+    spec: &mut ServiceSpec,
+    allocated: &[::api::service::PortConfig],
+    a: &UpdateArgs,
+) -> Result<()> {
     if let Some(r) = a.replicas.as_deref() {
         set_replicas(spec, parse_replicas(r)?)?;
     }
     if let Some(mode) = &a.endpoint_mode {
         spec.endpoint_spec.get_or_insert_with(Default::default).mode = mode.clone();
     }
-    super::publish::update(spec, &a.publish_add, &a.publish_rm)?;
+    super::publish::update(spec, allocated, &a.publish_add, &a.publish_rm)?;
     let tpl = &mut spec.task_template;
     if let Some(args) = a.args.as_deref() {
         let argv: Vec<String> = args.split_whitespace().map(str::to_string).collect();
@@ -378,7 +383,7 @@ pub async fn update(client: &Client, a: UpdateArgs) -> Result<()> {
         attempt += 1;
         let svc = inspect(client, &a.service).await?;
         let mut spec = svc.spec.clone();
-        apply_update(client, &mut spec, &a).await?;
+        apply_update(client, &mut spec, &svc.endpoint.ports, &a).await?;
         match write(client, &svc, &spec).await {
             Err(e) if out_of_sequence(&e) && attempt < 10 => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
