@@ -39,6 +39,8 @@ pub struct Init {
     pub heartbeat_ms: Option<u64>,
     /// Data-path key rotation period (`--data-key-rotation`); None: 12 h.
     pub data_key_rotation_ms: Option<u64>,
+    /// The ingress network's subnet and MTU (`--ingress-subnet`, `--ingress-mtu`).
+    pub ingress: crate::ingress::IngressOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -357,6 +359,7 @@ impl Agent {
         };
         let mask = req.default_addr_pool_mask_length.unwrap_or(24);
         validate_pools(&pools, mask)?;
+        let ingress = crate::ingress::initial(&pools, mask, &req.ingress)?;
 
         let cluster_id = model::new_id();
         let node_id = model::new_id();
@@ -444,6 +447,7 @@ impl Agent {
                 .propose(Batch::new(vec![
                     Change::Create(Object::Cluster(cluster)),
                     Change::Create(Object::Node(node)),
+                    Change::Create(Object::Network(ingress)),
                 ]))
                 .await
                 .map_err(|e| Failure::internal(e.to_string()))?;

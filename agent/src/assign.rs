@@ -78,6 +78,14 @@ struct Index {
     /// networks).
     tasks: HashMap<String, (Option<String>, Vec<String>, String)>,
     services: HashMap<String, Service>,
+    /// The networks each service was indexed under (its own, its VIPs', ingress when it
+    /// publishes through the routing mesh).
+    service_nets: HashMap<String, BTreeSet<String>>,
+    /// The ingress network (the routing mesh's), if any.
+    ingress: Option<String>,
+    /// The networks of each node's own attachments (its load-balancer and ingress-sbox
+    /// endpoints): a node is on them like on its tasks' networks.
+    attached: HashMap<String, BTreeSet<String>>,
     cluster: Option<ClusterFace>,
 }
 
@@ -183,6 +191,30 @@ impl Index {
         }
     }
 
+    /// One more user (task or node attachment) of `net` on `node`.
+    fn use_network(&mut self, node: &str, net: &str) {
+        let n = self.node(node);
+        let c = n.networks.entry(net.to_string()).or_default();
+        *c += 1;
+        if *c == 1 {
+            n.pending.networks.insert(net.to_string());
+            self.joined_network(node, net);
+        }
+    }
+
+    /// One user fewer of `net` on `node`.
+    fn unuse_network(&mut self, node: &str, net: &str) {
+        let n = self.node(node);
+        if let Some(c) = n.networks.get_mut(net) {
+            *c -= 1;
+            if *c == 0 {
+                n.networks.remove(net);
+                n.pending.networks.insert(net.to_string());
+                self.left_network(node, net);
+            }
+        }
+    }
+
     fn joined_network(&mut self, node: &str, net: &str) {
         self.nodes_by_net
             .entry(net.to_string())
@@ -217,16 +249,21 @@ impl Index {
 
     fn service(&mut self, id: &str, new: Option<&Service>) {
         let old = self.services.remove(id);
+        let ingress = self.ingress.clone();
         let nets = |s: &Service| -> BTreeSet<String> {
             s.spec
                 .networks
                 .iter()
                 .map(|a| a.target.clone())
                 .chain(s.virtual_ips.iter().map(|v| v.network_id.clone()))
+                .chain(ingress.iter().filter(|_| s.publishes_ingress()).cloned())
                 .collect()
         };
-        let old_nets = old.as_ref().map(nets).unwrap_or_default();
+        let old_nets = self.service_nets.remove(id).unwrap_or_default();
         let new_nets = new.map(nets).unwrap_or_default();
+        if new.is_some() {
+            self.service_nets.insert(id.to_string(), new_nets.clone());
+        }
         for net in old_nets.difference(&new_nets) {
             if let Some(s) = self.services_by_net.get_mut(net) {
                 s.remove(id);
@@ -241,10 +278,11 @@ impl Index {
                 .or_default()
                 .insert(id.to_string());
         }
-        let face_changed = match (&old, new) {
-            (Some(a), Some(b)) => net_face(a) != net_face(b),
-            _ => true,
-        };
+        let face_changed = old_nets != new_nets
+            || match (&old, new) {
+                (Some(a), Some(b)) => net_face(a) != net_face(b) || a.ports != b.ports,
+                _ => true,
+            };
         let mut nodes: BTreeSet<String> = BTreeSet::new();
         if face_changed {
             for net in old_nets.union(&new_nets) {
@@ -298,9 +336,45 @@ impl Index {
                 self.wake(&n);
             }
         }
+        let now: BTreeSet<String> = new
+            .map(|n| n.attachments.iter().map(|a| a.network_id.clone()).collect())
+            .unwrap_or_default();
+        let was = self.attached.remove(id).unwrap_or_default();
+        for net in now.difference(&was) {
+            self.use_network(id, net);
+        }
+        for net in was.difference(&now) {
+            self.unuse_network(id, net);
+        }
+        if !now.is_empty() {
+            self.attached.insert(id.to_string(), now);
+        }
         let n = self.node(id);
         n.pending.attachments = true;
         self.wake(id);
+    }
+
+    /// A network changed: the ingress network's id is followed, and the publishing services
+    /// are indexed under the new one.
+    fn network_obj(&mut self, id: &str, new: Option<&Network>) {
+        let ingress = match new {
+            Some(n) if n.spec.ingress => Some(id.to_string()),
+            None if self.ingress.as_deref() == Some(id) => None,
+            _ => self.ingress.clone(),
+        };
+        if ingress != self.ingress {
+            self.ingress = ingress;
+            let publishing: Vec<Service> = self
+                .services
+                .values()
+                .filter(|s| s.publishes_ingress())
+                .cloned()
+                .collect();
+            for s in publishing {
+                self.service(&s.meta.id.clone(), Some(&s));
+            }
+        }
+        self.network(id);
     }
 
     fn cluster(&mut self, c: Option<&model::Cluster>) {
@@ -324,7 +398,7 @@ impl Index {
         match o {
             Object::Task(t) => self.task(&id, (!deleted).then_some(t)),
             Object::Service(s) => self.service(&id, (!deleted).then_some(s)),
-            Object::Network(_) => self.network(&id),
+            Object::Network(n) => self.network_obj(&id, (!deleted).then_some(n)),
             Object::Node(n) => self.node_obj(&id, (!deleted).then_some(n)),
             Object::Cluster(c) => self.cluster((!deleted).then_some(c)),
         }
@@ -355,6 +429,7 @@ impl Assigner {
     pub fn new(state: &ClusterState) -> Assigner {
         let mut idx = Index::default();
         idx.cluster(state.cluster.as_ref());
+        idx.ingress = orchestrator::allocator::ingress_network(state).map(|n| n.meta.id.clone());
         for n in state.nodes.values() {
             idx.node_obj(&n.meta.id, Some(n));
         }

@@ -11,6 +11,7 @@
 //!   per-node assignment index (what each node is sent, as deltas).
 //! - [`api`]: the Docker Engine API (swarm subset) on the unix socket, over the `api` crate's
 //!   wire types; [`cli`]: netctl, its client; [`metrics`]: Prometheus metrics.
+//! - [`ingress`]: the routing mesh's ingress network (created at init, recreated on demand).
 //! - [`quorum`], [`error`], [`sysinfo`]: small shared pieces.
 //!
 //! Extending it (the networks/services/tasks issue):
@@ -41,6 +42,7 @@ pub mod assign;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod ingress;
 pub mod leader;
 pub mod member;
 pub mod metrics;

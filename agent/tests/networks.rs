@@ -127,14 +127,18 @@ fn networks_round_trip_and_refusals() {
         .iter()
         .map(|r| r.split_whitespace().nth(1).unwrap())
         .collect();
-    assert_eq!(names, ["back", "front", "multi", "six"], "{table}");
+    assert_eq!(
+        names,
+        ["back", "front", "ingress", "multi", "six"],
+        "swarm init made ingress: {table}"
+    );
     let front_row = rows.iter().find(|r| r.contains(" front ")).unwrap();
     assert_eq!(
         front_row.split_whitespace().collect::<Vec<_>>(),
         [&front[..12], "front", "overlay", "swarm"]
     );
     let q = s.ctl(1, &["network", "ls", "-q"]);
-    assert_eq!(q.lines().count(), 4);
+    assert_eq!(q.lines().count(), 5, "four and ingress: {q}");
     assert!(q.lines().all(|l| l.len() == 12), "{q}");
     let rows = lines(&s.ctl(1, &["network", "ls", "--format", "json"]));
     assert_eq!(rows[1]["Name"], "front");
@@ -227,7 +231,11 @@ fn networks_round_trip_and_refusals() {
     );
     refused(&["bad name"], &["invalid network name"]);
     refused(&["--ipv6", "v6only"], &["IPv6 subnet"]);
-    assert_eq!(s.ctl(1, &["network", "ls", "-q"]).lines().count(), 4);
+    assert_eq!(
+        s.ctl(1, &["network", "ls", "-q"]).lines().count(),
+        5,
+        "four and ingress"
+    );
 
     // rm: refused while a service uses the network; names printed like docker.
     s.ctl(
@@ -484,7 +492,7 @@ fn services_api_validation_update_scale_rm() {
         .collect();
     assert_eq!(
         rows[0],
-        ["ID", "NAME", "MODE", "REPLICAS", "COMMAND"],
+        ["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"],
         "{table}"
     );
     assert_eq!(rows[1][..3], [&web[..12], "web", "replicated"], "{table}");

@@ -32,6 +32,7 @@
 //! nft runs as a process that enters the node namespace before exec.
 
 mod error;
+pub mod ingress;
 pub mod ipsec;
 pub mod ipsec_nft;
 mod kernel;

@@ -547,17 +547,6 @@ pub fn spec_to_model(
             "port published with ingress mode can't be used with dnsrr mode: publish with mode=host, or use --endpoint-mode vip",
         ));
     }
-    if !endpoint.ports.is_empty() {
-        let list: Vec<String> = endpoint
-            .ports
-            .iter()
-            .map(|p| format!("{}->{}/{}", p.published, p.target, port(p).protocol))
-            .collect();
-        warnings.push(format!(
-            "published ports ({}) are recorded in the service's endpoint but not reachable yet: netagent's routing mesh is not built",
-            list.join(", ")
-        ));
-    }
     Ok((
         model::service::ServiceSpec {
             name: s.name.clone(),
@@ -636,7 +625,7 @@ pub fn service(s: &model::Service, status: Option<ServiceStatus>) -> Service {
             other: Extra::new(),
         },
         endpoint: Endpoint {
-            ports: endpoint_spec.ports.clone(),
+            ports: s.ports.iter().map(port).collect(),
             spec: endpoint_spec,
             virtual_ips: s
                 .virtual_ips
@@ -684,6 +673,7 @@ mod tests {
             meta: model::Meta::new(),
             spec: m,
             virtual_ips: Vec::new(),
+            ports: vec![],
         };
         let back = service(&svc, None);
         let c = back.spec.task_template.container_spec.unwrap();
@@ -722,7 +712,13 @@ mod tests {
             w.iter().any(|w| w.contains("RestartPolicy is ignored")),
             "{w:?}"
         );
-        assert!(w.iter().any(|w| w.contains("8080->80/tcp")), "{w:?}");
+        assert!(!w.iter().any(|w| w.contains("8080")), "{w:?}");
+        let mut far = spec.clone();
+        far.endpoint_spec.as_mut().unwrap().ports[0].published_port = 70000;
+        assert_eq!(
+            spec_to_model(&far).unwrap_err().0,
+            "invalid published port 70000: give a port between 1 and 65535"
+        );
         let mut bad = spec.clone();
         bad.mode.replicated = Some(Replicated { replicas: Some(-1) });
         assert_eq!(

@@ -206,6 +206,20 @@ pub struct InitRequest {
     pub default_addr_pool: Vec<String>,
     #[serde(rename = "SubnetSize", default)]
     pub subnet_size: u32,
+    /// netagent's own: the ingress network's subnet (default: the pools' first).
+    #[serde(
+        rename = "IngressSubnet",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ingress_subnet: String,
+    /// netagent's own: the ingress network's MTU (0: derived from the underlay).
+    #[serde(rename = "IngressMTU", default, skip_serializing_if = "is_zero_u32")]
+    pub ingress_mtu: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `POST /swarm/join`.

@@ -259,6 +259,7 @@ mod tests {
                 endpoint: Default::default(),
             },
             virtual_ips: vec![],
+            ports: vec![],
         }
     }
 

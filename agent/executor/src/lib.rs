@@ -14,6 +14,7 @@
 
 mod balancer;
 mod discovery;
+mod ingress;
 mod ipsec;
 mod networks;
 pub mod node;

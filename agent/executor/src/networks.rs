@@ -438,6 +438,9 @@ impl Executor {
         if let Err(e) = self.sync_peers(id).await {
             self.retry_later(&format!("peers of network {id}"), &e);
         }
+        if self.ingress_attached().as_deref() == Some(id) {
+            self.sync_ingress_or_retry().await;
+        }
     }
 
     /// VTEPs (or membership) changed: peers of every network may have.
@@ -457,11 +460,12 @@ impl Executor {
 
     /// Whether any task of this node still has (or is to have) an endpoint on the network.
     fn network_in_use(&self, id: &str) -> bool {
-        self.tasks.values().any(|r| {
-            r.local
-                .as_ref()
-                .is_some_and(|l| l.attachments.iter().any(|(n, _)| n == id))
-        })
+        self.ingress_attached().as_deref() == Some(id)
+            || self.tasks.values().any(|r| {
+                r.local
+                    .as_ref()
+                    .is_some_and(|l| l.attachments.iter().any(|(n, _)| n == id))
+            })
     }
 
     /// Looks at one network again: kept while tasks here use it (spec, load-balancer endpoint,

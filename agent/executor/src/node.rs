@@ -133,6 +133,7 @@ pub fn spawn(
         full_at: Some(Instant::now()),
         synced: false,
         writes: writes.clone(),
+        ingress: Default::default(),
         passes: passes.clone(),
         pass_times: pass_times_tx,
         config,
@@ -175,6 +176,8 @@ pub(crate) struct Executor {
     /// Whether a full pass has succeeded since start (before that, events only mark work).
     synced: bool,
     pub(crate) writes: Arc<AtomicU64>,
+    /// The routing mesh as last applied (`ingress`).
+    pub(crate) ingress: crate::ingress::IngressRt,
     passes: Arc<(AtomicU64, AtomicU64)>,
     pass_times: mpsc::Sender<PassTime>,
 }
@@ -361,10 +364,12 @@ impl Executor {
         let mut dirty: BTreeSet<String> = nets;
         if attachments_changed {
             dirty.extend(self.nets.keys().cloned());
+            dirty.extend(self.ingress_attached());
         }
         for id in dirty {
             self.reconcile_network(&id).await;
         }
+        self.sync_ingress_or_retry().await;
         self.publish_vtep().await;
     }
 
@@ -442,6 +447,7 @@ impl Executor {
         let used: BTreeSet<String> = local
             .iter()
             .flat_map(|l| l.attachments.iter().map(|(n, _)| n.clone()))
+            .chain(self.ingress_attached())
             .collect();
         for net in &used {
             self.subscribe(net).await;
@@ -458,7 +464,11 @@ impl Executor {
         // 4. The whole data plane, load-balancer namespaces first (their endpoints are in it).
         self.lb_namespaces().await?;
         self.sync_ipsec_keys().await?;
-        let desired = self.desired_plane(&local, &gw);
+        let mut desired = self.desired_plane(&local, &gw);
+        if let Some(ep) = self.sbox_gateway_endpoint(&gw) {
+            desired.gateway_endpoints.push(ep);
+            desired.gwbridge = Some(gw.clone());
+        }
         let port = self.a.data_path_port;
         self.plane.call(port, move |dp| dp.apply(&desired)).await?;
         self.remove_stale_lb_namespaces(&used).await?;
@@ -472,6 +482,7 @@ impl Executor {
                 rt.endpoints_ok = true;
             }
         }
+        self.sync_ingress().await?;
         // 5. Every task's lifecycle, then what is no longer assigned.
         let all: Vec<String> = self.tasks.keys().cloned().collect();
         for id in all {

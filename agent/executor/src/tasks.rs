@@ -211,6 +211,13 @@ impl Executor {
                 .await;
             return Ok(());
         }
+        if rt.proc == ProcState::NotStarted
+            && let Some(why) = self.host_port_conflict(&t)
+        {
+            self.report(&t, TaskState::Pending, "pending", Some(why), None)
+                .await;
+            return Ok(());
+        }
         let local = self.prepare(&t).await?;
         if !rt.endpoints_ok {
             if let Err(e) = self.ensure_endpoints(&local).await {
@@ -221,6 +228,7 @@ impl Executor {
                 r.endpoints_ok = true;
             }
         }
+        self.ensure_task_return(&local).await?;
         let mut proc = rt.proc;
         let parked = self.ensure_listener(id, &local, proc).await?;
         if proc == ProcState::NotStarted {

@@ -59,6 +59,7 @@ fn service() -> Service {
             endpoint: EndpointSpec::default(),
         },
         virtual_ips: vec![],
+        ports: vec![],
     }
 }
 

@@ -23,7 +23,9 @@ pub enum EndpointMode {
     Dnsrr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -31,7 +33,9 @@ pub enum Protocol {
     Udp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PublishMode {
     #[default]
@@ -141,6 +145,22 @@ pub struct Service {
     pub spec: ServiceSpec,
     /// One per attached network in vip mode; set by the leader's allocator.
     pub virtual_ips: Vec<VirtualIp>,
+    /// The published ports as allocated (docker's Endpoint.Ports): the spec's ports with every
+    /// omitted published port given one from 30000-32767 by the leader.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+}
+
+impl Service {
+    /// Whether the service publishes a port through the routing mesh (its tasks then need an
+    /// address on the ingress network).
+    pub fn publishes_ingress(&self) -> bool {
+        self.spec
+            .endpoint
+            .ports
+            .iter()
+            .any(|p| p.mode == PublishMode::Ingress)
+    }
 }
 
 #[cfg(test)]

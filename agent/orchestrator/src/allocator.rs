@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use ipam::ipnet::IpNet;
 use ipam::{Ipam, PoolConfig, SubnetRequest};
 use model::network::{NetworkSpec, SubnetAllocation};
-use model::service::{EndpointMode, Service, VirtualIp};
+use model::service::{EndpointMode, NetworkAttachmentSpec, Service, VirtualIp};
 use model::task::{NetworkAttachment, TaskState};
 use model::{Node, Object};
 
@@ -375,6 +375,27 @@ pub fn allocate_vips(
     Ok(())
 }
 
+/// The ingress network (the routing mesh's), if there is one.
+pub fn ingress_network(state: &ClusterState) -> Option<&model::Network> {
+    state.networks.values().find(|n| n.spec.ingress)
+}
+
+/// The networks a service's tasks are attached to: the service's own, then the ingress network
+/// when it publishes a port through the routing mesh (as docker attaches them).
+pub fn task_networks(state: &ClusterState, service: &Service) -> Vec<NetworkAttachmentSpec> {
+    let mut out = service.spec.networks.clone();
+    if service.publishes_ingress()
+        && let Some(n) = ingress_network(state)
+        && !out.iter().any(|a| a.target == n.meta.id)
+    {
+        out.push(NetworkAttachmentSpec {
+            target: n.meta.id.clone(),
+            aliases: vec![],
+        });
+    }
+    out
+}
+
 /// Gives the listed new tasks of running services an address on each of their service's networks
 /// and moves them to pending. A network without free addresses leaves the task pending, with the
 /// reason in its status (shown by `service ps`), to be retried later.
@@ -410,7 +431,15 @@ pub fn allocate_tasks(
         let mut networks = task.networks.clone();
         let mut fresh = Vec::new();
         let mut failure = None;
-        for attach in &service.spec.networks {
+        if service.publishes_ingress() && ingress_network(state).is_none() {
+            failure = Some(
+                "the service publishes ports through the routing mesh and there is no ingress network: create it (`netctl ingress recreate`)".to_string(),
+            );
+        }
+        for attach in task_networks(state, service)
+            .iter()
+            .filter(|_| failure.is_none())
+        {
             if networks.iter().any(|a| a.network_id == attach.target) {
                 continue;
             }
@@ -454,8 +483,7 @@ pub fn allocate_tasks(
 /// Whether every network of the task's service has an address for the task.
 pub fn is_allocated(state: &ClusterState, task: &model::Task) -> bool {
     state.services.get(&task.service_id).is_some_and(|s| {
-        s.spec
-            .networks
+        task_networks(state, s)
             .iter()
             .all(|n| task.networks.iter().any(|a| a.network_id == n.target))
     })

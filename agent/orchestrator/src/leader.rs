@@ -20,6 +20,7 @@ use model::service::ServiceMode;
 use model::{Kind, Object, Task};
 
 use crate::allocator::{self, update_holdings};
+use crate::ports::{PortError, PublishedPorts};
 use crate::scheduler::counts_as_load;
 use crate::{Changes, ClusterState, Config, orchestrate, scheduler};
 
@@ -37,6 +38,8 @@ pub struct Leader {
     config: Config,
     state: ClusterState,
     ipam: Ipam,
+    /// Ingress-mode published ports and who holds them.
+    ports: PublishedPorts,
     by_service: HashMap<String, BTreeSet<String>>,
     by_node: HashMap<String, BTreeSet<String>>,
     /// Tasks counted as load per node (the scheduler's spreading).
@@ -90,6 +93,7 @@ impl Leader {
     /// to be decided on the first pass.
     pub fn new(state: ClusterState, config: Config) -> Leader {
         let ipam = allocator::ipam_from_state(&state);
+        let ports = PublishedPorts::from_state(&state);
         let mut l = Leader {
             config,
             state: ClusterState {
@@ -97,6 +101,7 @@ impl Leader {
                 ..Default::default()
             },
             ipam,
+            ports,
             by_service: HashMap::new(),
             by_node: HashMap::new(),
             load: HashMap::new(),
@@ -128,6 +133,17 @@ impl Leader {
     /// you allocated with [`Leader::record`] or give it back if you do not write it.
     pub fn ipam_mut(&mut self) -> (&mut Ipam, &ClusterState) {
         (&mut self.ipam, &self.state)
+    }
+
+    /// Sets a service's allocated ports from its spec (see [`PublishedPorts::allocate`]);
+    /// recorded with the service.
+    pub fn allocate_ports(&self, service: &mut model::Service) -> Result<(), PortError> {
+        self.ports.allocate(&self.state, service)
+    }
+
+    /// The ingress-mode published ports (who holds which).
+    pub fn published_ports(&self) -> &PublishedPorts {
+        &self.ports
     }
 
     /// The earliest time a pass has something to do without any further change.
@@ -231,7 +247,17 @@ impl Leader {
                 if mark {
                     self.dirty.insert(id.clone());
                 }
-                match new.and_then(|o| model::Service::try_from(o).ok()) {
+                let (o, n) = (
+                    old.and_then(|o| model::Service::try_from(o).ok()),
+                    new.and_then(|o| model::Service::try_from(o).ok()),
+                );
+                let publishing = self.ports.any();
+                self.ports.update(o.as_ref(), n.as_ref());
+                if publishing != self.ports.any() {
+                    // Every node gains (or loses) its ingress endpoint.
+                    self.dirty_nodes.extend(self.state.nodes.keys().cloned());
+                }
+                match n {
                     Some(s) => {
                         self.state.services.insert(id, s);
                     }
@@ -269,7 +295,24 @@ impl Leader {
                 if mark {
                     self.retry_unplaced = true;
                 }
-                match new.and_then(|o| model::Network::try_from(o).ok()) {
+                let n = new.and_then(|o| model::Network::try_from(o).ok());
+                let was_ingress = self.state.networks.get(&id).is_some_and(|n| n.spec.ingress);
+                if was_ingress || n.as_ref().is_some_and(|n| n.spec.ingress) {
+                    // Every node's ingress endpoint moves with the ingress network, and the
+                    // tasks of publishing services with it.
+                    self.dirty_nodes.extend(self.state.nodes.keys().cloned());
+                    if mark {
+                        let publishing: Vec<String> = self
+                            .state
+                            .services
+                            .values()
+                            .filter(|s| s.publishes_ingress())
+                            .map(|s| s.meta.id.clone())
+                            .collect();
+                        self.dirty.extend(publishing);
+                    }
+                }
+                match n {
                     Some(n) => {
                         self.state.networks.insert(id, n);
                     }
@@ -393,13 +436,19 @@ impl Leader {
                 continue;
             };
             let mut node = node.clone();
-            let wanted = allocator::node_networks(
+            let mut wanted = allocator::node_networks(
                 self.by_node
                     .get(&id)
                     .into_iter()
                     .flatten()
                     .filter_map(|t| self.state.tasks.get(t)),
             );
+            // With published ports, every node has an endpoint on ingress (its ingress-sbox).
+            if self.ports.any()
+                && let Some(ingress) = allocator::ingress_network(&self.state)
+            {
+                wanted.insert(ingress.meta.id.clone());
+            }
             if allocator::allocate_node_attachments(&mut self.ipam, &self.state, &mut node, &wanted)
             {
                 node_changes.put.push(Object::Node(node));

@@ -7,6 +7,7 @@
 //! - [`constraint`]: placement constraints (`node.hostname==x`, `node.labels.k!=v`, ...).
 //! - [`orchestrate`]: one task per replica slot (or per eligible node for global services),
 //!   restarts, drain and down-node replacement, history cleanup.
+//! - [`ports`]: published ports of the routing mesh, omitted ones allocated from 30000-32767.
 //! - [`scheduler`]: spreads pending tasks over eligible nodes.
 //!
 //! - [`leader`]: the leader's incremental orchestrator: kept in step with the store's change feed,
@@ -20,6 +21,7 @@ pub mod constraint;
 pub mod keys;
 pub mod leader;
 pub mod orchestrate;
+pub mod ports;
 pub mod scheduler;
 mod state;
 

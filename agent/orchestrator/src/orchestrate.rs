@@ -77,12 +77,8 @@ fn must_replace(
     if t.status.state.is_terminal() && now - t.status.timestamp >= config.restart_delay {
         return true;
     }
-    let wanted: BTreeSet<&str> = service
-        .spec
-        .networks
-        .iter()
-        .map(|n| n.target.as_str())
-        .collect();
+    let attached = crate::allocator::task_networks(state, service);
+    let wanted: BTreeSet<&str> = attached.iter().map(|n| n.target.as_str()).collect();
     let has: BTreeSet<&str> = t.networks.iter().map(|a| a.network_id.as_str()).collect();
     let allocated = !matches!(t.status.state, TaskState::New | TaskState::Pending);
     t.spec != service.spec.task || (allocated && wanted != has)

@@ -111,6 +111,7 @@ fn service(state: &ClusterState, name: &str, mode: ServiceMode, networks: &[&str
             endpoint: EndpointSpec::default(),
         },
         virtual_ips: vec![],
+        ports: vec![],
     };
     allocate_vips(&mut ipam_from_state(state), state, &mut s).unwrap();
     s
@@ -651,6 +652,7 @@ fn encrypted_networks_only_go_to_nodes_that_can_encrypt(mode: Mode) {
         "{err}"
     );
 }
+scenario!(publishing_services_get_ingress_attachments_and_every_node_an_ingress_address);
 
 /// Random operations, as a cluster meets them, in any order: the incremental leader must reach
 /// the same fixed point as a full pass after each (checked inside `settle`), and addresses stay
@@ -764,5 +766,66 @@ mod random_operations {
                 }
             }
         }
+    }
+}
+
+fn publishing_services_get_ingress_attachments_and_every_node_an_ingress_address(mode: Mode) {
+    use model::service::{PortConfig, Protocol, PublishMode};
+    let mut w = World::new(3, mode);
+    let mut ingress = network(&w.state, "ingress", None);
+    ingress.spec.ingress = true;
+    assert_eq!(ingress.allocation.as_ref().unwrap()[0].vni, 4096);
+    w.state.networks.insert(ingress.meta.id.clone(), ingress);
+    w.add_network("web", None);
+    assert_eq!(
+        w.state.networks["net-web"].allocation.as_ref().unwrap()[0].vni,
+        4097,
+        "the user's first network comes after ingress"
+    );
+    w.add_service("quiet", replicas(1), &["web"]);
+    w.settle();
+    assert!(
+        w.state.nodes.values().all(|n| n.attachments.len() <= 1),
+        "without published ports no node needs ingress"
+    );
+    let mut svc = service(&w.state, "pub", replicas(2), &["web"]);
+    svc.spec.endpoint.ports = vec![PortConfig {
+        published: 8080,
+        target: 80,
+        protocol: Protocol::Tcp,
+        mode: PublishMode::Ingress,
+    }];
+    crate::ports::PublishedPorts::from_state(&w.state)
+        .allocate(&w.state, &mut svc)
+        .unwrap();
+    w.state.services.insert(svc.meta.id.clone(), svc);
+    w.settle();
+    for t in w.live("pub") {
+        let nets: Vec<&str> = t.networks.iter().map(|a| a.network_id.as_str()).collect();
+        assert_eq!(nets, ["net-web", "net-ingress"], "{t:?}");
+        assert!(
+            t.networks[1].addresses[0]
+                .to_string()
+                .starts_with("10.0.0.")
+        );
+    }
+    for n in w.state.nodes.values() {
+        assert!(
+            n.attachments.iter().any(|a| a.network_id == "net-ingress"),
+            "every node has its ingress address: {n:?}"
+        );
+    }
+    w.run_assigned();
+    assert_eq!(w.settle(), 0);
+    // The last publishing service gone: the nodes give their ingress addresses back.
+    w.state.services.remove("svc-pub");
+    w.settle();
+    w.run_assigned();
+    w.settle();
+    for n in w.state.nodes.values() {
+        assert!(
+            !n.attachments.iter().any(|a| a.network_id == "net-ingress"),
+            "{n:?}"
+        );
     }
 }

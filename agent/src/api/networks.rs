@@ -190,7 +190,10 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkRes
             // as container "lb-NETWORK" named "NETWORK-endpoint", and it is no task endpoint.
             let lb = ep.task.is_empty();
             if e.owner == me {
-                let (key, name) = if lb {
+                let (key, name) = if lb && n.spec.ingress {
+                    // docker's name of a node's endpoint on ingress.
+                    ("ingress-sbox".to_string(), "ingress-endpoint".to_string())
+                } else if lb {
                     (
                         format!("lb-{}", n.spec.name),
                         format!("{}-endpoint", n.spec.name),
@@ -308,11 +311,10 @@ fn services_view(
         .unwrap_or_default();
     let vteps = m.gossip.get().map(|g| g.vteps()).unwrap_or_default();
     let mut out = BTreeMap::new();
-    for s in state
-        .services
-        .values()
-        .filter(|s| s.spec.networks.iter().any(|a| a.target == n.meta.id))
-    {
+    for s in state.services.values().filter(|s| {
+        s.spec.networks.iter().any(|a| a.target == n.meta.id)
+            || (n.spec.ingress && s.publishes_ingress())
+    }) {
         let vip = s
             .virtual_ips
             .iter()
@@ -320,8 +322,6 @@ fn services_view(
             .map(|v| v.addr.addr().to_string())
             .unwrap_or_default();
         let ports = s
-            .spec
-            .endpoint
             .ports
             .iter()
             .map(|p| format!("Target: {}, Publish: {}", p.target, p.published))
@@ -371,6 +371,20 @@ pub async fn remove(State(agent): State<Arc<Agent>>, Path(reference): Path<Strin
         .map(|s| s.spec.name.as_str())
         .collect();
     users.sort();
+    let mut publishing: Vec<&str> = state
+        .services
+        .values()
+        .filter(|s| n.spec.ingress && s.publishes_ingress())
+        .map(|s| s.spec.name.as_str())
+        .collect();
+    publishing.sort();
+    if !publishing.is_empty() {
+        return Err(Failure::conflict(format!(
+            "the ingress network {} carries the published ports of service {}: change it in place with `netctl ingress recreate`, or remove their published ports first",
+            n.spec.name,
+            publishing.join(", ")
+        )));
+    }
     if !users.is_empty() {
         return Err(Failure::conflict(format!(
             "network {} is in use by service {}: remove the service (`netctl service rm`) or detach it (`netctl service update --network-rm {}`) first",

@@ -126,7 +126,9 @@ pub async fn create(
         meta: Meta::new(),
         spec,
         virtual_ips: Vec::new(),
+        ports: vec![],
     };
+    publish(&leader, &mut service)?;
     let (ipam, state) = leader.ipam_mut();
     allocate_vips(ipam, state, &mut service).map_err(allocation_failure)?;
     let id = service.meta.id.clone();
@@ -140,6 +142,21 @@ pub async fn create(
         axum::http::StatusCode::CREATED,
         Json(CreateResponse { id, warnings }),
     ))
+}
+
+/// The service's published ports, allocated on the leader: a port another service publishes is
+/// refused naming it; a port through the routing mesh needs the ingress network.
+fn publish(leader: &orchestrator::Leader, service: &mut Service) -> Result<()> {
+    if service.publishes_ingress()
+        && orchestrator::allocator::ingress_network(leader.state()).is_none()
+    {
+        return Err(Failure::bad_request(
+            "there is no ingress network for the routing mesh: create it (`netctl ingress recreate`), or publish with mode=host",
+        ));
+    }
+    leader
+        .allocate_ports(service)
+        .map_err(|e| Failure::bad_request(e.to_string()))
 }
 
 fn is_version_conflict(f: &Failure) -> bool {
@@ -198,6 +215,7 @@ pub async fn update(
         }
         let mut service = current.clone();
         service.spec = spec;
+        publish(&leader, &mut service)?;
         if service.spec.networks != current.spec.networks
             || service.spec.endpoint.mode != current.spec.endpoint.mode
         {

@@ -29,6 +29,12 @@ pub enum SwarmCmd {
         /// Force create a new cluster from current state.
         #[arg(long)]
         force_new_cluster: bool,
+        /// Subnet of the ingress network (default: the first subnet of the address pools).
+        #[arg(long)]
+        ingress_subnet: Option<String>,
+        /// MTU of the ingress network (default: derived from the underlay).
+        #[arg(long)]
+        ingress_mtu: Option<u32>,
         /// Period of data-path (IPsec) key rotation, e.g. 12h, 30m, 90s (default 12h).
         #[arg(long, value_parser = duration_ms)]
         data_key_rotation: Option<u64>,
@@ -147,6 +153,8 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             default_addr_pool,
             default_addr_pool_mask_length,
             force_new_cluster,
+            ingress_subnet,
+            ingress_mtu,
             data_key_rotation,
         } => {
             let mut req = InitRequest {
@@ -156,6 +164,8 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
                 default_addr_pool,
                 subnet_size: default_addr_pool_mask_length.map(u32::from).unwrap_or(0),
                 force_new_cluster,
+                ingress_subnet: ingress_subnet.unwrap_or_default(),
+                ingress_mtu: ingress_mtu.unwrap_or(0),
                 ..Default::default()
             };
             req.spec.encryption_config.data_key_rotation =

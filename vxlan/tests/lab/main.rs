@@ -6,6 +6,7 @@ mod common;
 
 mod crash;
 mod gwbridge;
+mod ingress;
 mod mtu;
 mod orphans;
 mod overlay;

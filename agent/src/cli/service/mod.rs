@@ -11,6 +11,7 @@
 mod format;
 pub mod progress;
 pub mod ps;
+mod publish;
 mod spec;
 
 use std::collections::HashMap;
@@ -168,9 +169,15 @@ pub fn pretty(s: &Service, network_names: &HashMap<String, String>) -> String {
             &endpoint.mode
         },
     );
-    if !endpoint.ports.is_empty() {
+    // The allocated ports (Endpoint.Ports) when the swarm has allocated them.
+    let ports = if s.endpoint.ports.is_empty() {
+        &endpoint.ports
+    } else {
+        &s.endpoint.ports
+    };
+    if !ports.is_empty() {
         line("Ports:", "");
-        for p in &endpoint.ports {
+        for p in ports {
             line(
                 &format!(
                     " PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}",
@@ -223,7 +230,7 @@ pub async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
                         "Mode": mode_name(s),
                         "Replicas": replicas_cell(s),
                         "Command": ::api::service::argv(&s.spec.task_template).join(" "),
-                        "Ports": "",
+                        "Ports": publish::ports_cell(s),
                     });
                     println!("{row}");
                 }
@@ -237,12 +244,16 @@ pub async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
                             mode_name(s).to_string(),
                             replicas_cell(s),
                             command_cell(s),
+                            publish::ports_cell(s),
                         ]
                     })
                     .collect();
                 print!(
                     "{}",
-                    render(&["ID", "NAME", "MODE", "REPLICAS", "COMMAND"], &rows)
+                    render(
+                        &["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"],
+                        &rows
+                    )
                 );
             }
             Ok(())
@@ -319,6 +330,7 @@ mod tests {
                 endpoint: Default::default(),
             },
             virtual_ips: vec![],
+            ports: vec![],
         };
         let svc = ::api::service::service(&m, None);
         let names = HashMap::from([("net".to_string(), "red".to_string())]);

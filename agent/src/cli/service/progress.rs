@@ -317,6 +317,7 @@ mod tests {
                 endpoint: Default::default(),
             },
             virtual_ips: vec![],
+            ports: vec![],
         };
         ::api::service::service(
             &m,

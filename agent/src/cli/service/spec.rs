@@ -34,6 +34,10 @@ pub struct CreateArgs {
     /// Placement constraints, e.g. node.role==worker (repeatable).
     #[arg(long)]
     constraint: Vec<String>,
+    /// Publish a port: [PUBLISHED:]TARGET[/PROTOCOL], or
+    /// published=P,target=T,protocol=tcp|udp,mode=ingress|host (repeatable).
+    #[arg(long, short = 'p')]
+    publish: Vec<String>,
     /// Set environment variables (KEY=VALUE, or KEY to take netctl's value), repeatable.
     #[arg(long, short = 'e')]
     env: Vec<String>,
@@ -83,6 +87,12 @@ pub struct UpdateArgs {
     /// Endpoint mode (vip or dnsrr).
     #[arg(long = "endpoint-mode")]
     endpoint_mode: Option<String>,
+    /// Add or update a published port (as --publish), repeatable.
+    #[arg(long = "publish-add")]
+    publish_add: Vec<String>,
+    /// Remove a published port (PUBLISHED[/PROTOCOL], or the long syntax), repeatable.
+    #[arg(long = "publish-rm")]
+    publish_rm: Vec<String>,
     /// Replace the command (the whole argv, as one shell-like string split on spaces).
     #[arg(long)]
     args: Option<String>,
@@ -217,7 +227,11 @@ pub async fn create(client: &Client, a: CreateArgs) -> Result<()> {
         mode,
         endpoint_spec: Some(EndpointSpec {
             mode: a.endpoint_mode.unwrap_or_default(),
-            ports: Vec::new(),
+            ports: a
+                .publish
+                .iter()
+                .map(|p| super::publish::parse(p))
+                .collect::<Result<_>>()?,
         }),
         ..Default::default()
     };
@@ -285,13 +299,19 @@ fn env_key(e: &str) -> &str {
 }
 
 /// Applies `service update`'s flags to the spec read (the caller writes it back).
-async fn apply_update(client: &Client, spec: &mut ServiceSpec, a: &UpdateArgs) -> Result<()> {
+async fn apply_update(
+    client: &Client,
+    spec: &mut ServiceSpec,
+    allocated: &[::api::service::PortConfig],
+    a: &UpdateArgs,
+) -> Result<()> {
     if let Some(r) = a.replicas.as_deref() {
         set_replicas(spec, parse_replicas(r)?)?;
     }
     if let Some(mode) = &a.endpoint_mode {
         spec.endpoint_spec.get_or_insert_with(Default::default).mode = mode.clone();
     }
+    super::publish::update(spec, allocated, &a.publish_add, &a.publish_rm)?;
     let tpl = &mut spec.task_template;
     if let Some(args) = a.args.as_deref() {
         let argv: Vec<String> = args.split_whitespace().map(str::to_string).collect();
@@ -363,7 +383,7 @@ pub async fn update(client: &Client, a: UpdateArgs) -> Result<()> {
         attempt += 1;
         let svc = inspect(client, &a.service).await?;
         let mut spec = svc.spec.clone();
-        apply_update(client, &mut spec, &a).await?;
+        apply_update(client, &mut spec, &svc.endpoint.ports, &a).await?;
         match write(client, &svc, &spec).await {
             Err(e) if out_of_sequence(&e) && attempt < 10 => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -1,0 +1,331 @@
+//! The routing mesh on this node (`vxlan::ingress`, docs/ingress.md): the ingress-sbox is the
+//! ingress network's load-balancer namespace (the node's ingress address, made like any
+//! network's load-balancer endpoint, plus an endpoint on docker_gwbridge), published ports go
+//! to it from the node's own table and it balances them over the running tasks of the service
+//! that gossip lists on ingress. In each local task on ingress, the return path that keeps the
+//! client's address. Mode=host ports go straight to a local task.
+//!
+//! Desired state is computed from the assignments and the ingress gossip table and applied only
+//! when it differs from what was last applied; `vxlan::ingress` itself writes nothing when the
+//! kernel already matches (an agent restart changes nothing).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use model::service::{Protocol, PublishMode};
+use vxlan::ingress::{HostPort, Ingress, IngressState, MeshPort, Proto, Sbox, TaskReturn};
+
+use crate::networks::lb_netns_name;
+use crate::node::{Error, Executor};
+use crate::plan::{self, LocalTask};
+
+/// The sbox's interface on docker_gwbridge (its overlay one is the load-balancer `eth0`).
+const SBOX_GW_IF: &str = vxlan::ingress::SBOX_GW_IF;
+
+/// What the mesh was last given on this node.
+#[derive(Debug, Default)]
+pub(crate) struct IngressRt {
+    applied: Option<IngressState>,
+    /// Return paths made, per task.
+    returns: BTreeMap<String, TaskReturn>,
+}
+
+fn proto(p: Protocol) -> Proto {
+    match p {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+    }
+}
+
+/// Docker's behaviour (the sbox SNATs, tasks see it rather than the client), for operators who
+/// need it: `NETAGENT_INGRESS_SNAT=1` in the agent's environment.
+fn snat() -> bool {
+    std::env::var("NETAGENT_INGRESS_SNAT").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// The sbox's address on docker_gwbridge: the subnet's last host (task addresses are handed
+/// out from the bottom).
+fn sbox_gw_addr(gw: &vxlan::GwBridge) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(gw.subnet.broadcast()).saturating_sub(1))
+}
+
+impl Executor {
+    /// The ingress network, when this node has its address on it (an ingress-sbox).
+    pub(crate) fn ingress_attached(&self) -> Option<String> {
+        let net = self.a.networks.iter().find(|n| n.spec.ingress)?;
+        self.a
+            .attachments
+            .iter()
+            .any(|a| a.network_id == net.meta.id)
+            .then(|| net.meta.id.clone())
+    }
+
+    /// The sbox's endpoint on docker_gwbridge (part of the desired plane of a full pass).
+    pub(crate) fn sbox_gateway_endpoint(
+        &self,
+        gw: &vxlan::GwBridge,
+    ) -> Option<vxlan::GatewayEndpoint> {
+        let id = self.ingress_attached()?;
+        let (path, _) = self.lb_want(&id)?;
+        Some(vxlan::GatewayEndpoint {
+            netns: path,
+            ifname: SBOX_GW_IF.into(),
+            address: sbox_gw_addr(gw),
+            mac: None,
+            default_route: true,
+        })
+    }
+
+    /// Every node's ingress-sbox address, as the ingress gossip table lists them.
+    fn sbox_addrs(&self, ingress: &str) -> Vec<Ipv4Addr> {
+        let mut out: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        if let Some(n) = self.nets.get(ingress) {
+            for e in n.entries.values() {
+                if let (true, IpAddr::V4(ip)) = (e.endpoint.task.is_empty(), e.endpoint.ip) {
+                    out.insert(ip);
+                }
+            }
+        }
+        if let Some((_, me)) = self.lb_want(ingress) {
+            out.insert(me);
+        }
+        out.into_iter().collect()
+    }
+
+    /// The desired mesh of this node.
+    fn ingress_desired(&self) -> IngressState {
+        let mut state = IngressState::default();
+        let gw = self.gw.clone();
+        if let (Some(id), Some(gw)) = (self.ingress_attached(), gw.as_ref())
+            && let Some((_, addr)) = self.nets.get(&id).and_then(|n| n.lb.clone())
+        {
+            let entries = self.nets.get(&id).map(|n| &n.entries);
+            let mut ports = Vec::new();
+            for s in &self.a.services {
+                for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
+                    let mut backends: Vec<Ipv4Addr> = entries
+                        .into_iter()
+                        .flat_map(|e| e.values())
+                        .filter(|e| e.endpoint.service == s.meta.id && !e.endpoint.disabled)
+                        .filter_map(|e| match e.endpoint.ip {
+                            IpAddr::V4(ip) => Some(ip),
+                            IpAddr::V6(_) => None,
+                        })
+                        .collect();
+                    backends.sort();
+                    ports.push(MeshPort {
+                        proto: proto(p.protocol),
+                        published: p.published,
+                        target: p.target,
+                        backends,
+                    });
+                }
+            }
+            if !ports.is_empty() {
+                state.sbox = Some(Sbox {
+                    gw_addr: sbox_gw_addr(gw),
+                    ingress_addr: addr,
+                    ports,
+                    snat: snat(),
+                });
+            }
+        }
+        // Host mode: local running tasks, straight to their gateway address.
+        for t in &self.a.tasks {
+            if !crate::node::wants_running(t) {
+                continue;
+            }
+            let Some(gateway) = self
+                .tasks
+                .get(&t.meta.id)
+                .and_then(|r| r.local.as_ref())
+                .and_then(|l| l.gateway)
+            else {
+                continue;
+            };
+            let Some(s) = self.a.services.iter().find(|s| s.meta.id == t.service_id) else {
+                continue;
+            };
+            for p in s.ports.iter().filter(|p| p.mode == PublishMode::Host) {
+                state.host_ports.push(HostPort {
+                    proto: proto(p.protocol),
+                    published: p.published,
+                    target: p.target,
+                    task: gateway,
+                });
+            }
+        }
+        state.host_ports.sort();
+        state.host_ports.dedup_by_key(|p| (p.proto, p.published));
+        state
+    }
+
+    /// Why a task cannot start here: a host-mode port another local task of this node already
+    /// publishes (docker: the second task stays pending).
+    pub(crate) fn host_port_conflict(&self, t: &model::Task) -> Option<String> {
+        let s = self.a.services.iter().find(|s| s.meta.id == t.service_id)?;
+        let mine: Vec<(Protocol, u16)> = s
+            .ports
+            .iter()
+            .filter(|p| p.mode == PublishMode::Host)
+            .map(|p| (p.protocol, p.published))
+            .collect();
+        if mine.is_empty() {
+            return None;
+        }
+        for other in &self.a.tasks {
+            if other.meta.id == t.meta.id
+                || !crate::node::wants_running(other)
+                || !self
+                    .tasks
+                    .get(&other.meta.id)
+                    .is_some_and(|r| r.proc.is_live())
+            {
+                continue;
+            }
+            let Some(os) = self
+                .a
+                .services
+                .iter()
+                .find(|s| s.meta.id == other.service_id)
+            else {
+                continue;
+            };
+            for p in os.ports.iter().filter(|p| p.mode == PublishMode::Host) {
+                if mine.contains(&(p.protocol, p.published)) {
+                    let proto = match p.protocol {
+                        Protocol::Tcp => "tcp",
+                        Protocol::Udp => "udp",
+                    };
+                    return Some(format!(
+                        "host-mode port {}/{proto} is already in use on this node by task {}: no suitable node (host-mode port already in use)",
+                        p.published, other.meta.id
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Makes a local task's return path through the sboxes (before it serves: called when its
+    /// endpoints are made, and when the sboxes change).
+    pub(crate) async fn ensure_task_return(&mut self, l: &LocalTask) -> Result<(), Error> {
+        let Some(ingress) = self.a.networks.iter().find(|n| n.spec.ingress) else {
+            return Ok(());
+        };
+        let Some(i) = l
+            .attachments
+            .iter()
+            .position(|(n, _)| *n == ingress.meta.id)
+        else {
+            return Ok(());
+        };
+        let want = TaskReturn {
+            netns: l.netns.clone(),
+            ifname: plan::ifname(i),
+            sboxes: self.sbox_addrs(&ingress.meta.id.clone()),
+        };
+        if self.ingress.returns.get(&l.id) == Some(&want) {
+            return Ok(());
+        }
+        let node = self.config.node_netns.clone();
+        let w = want.clone();
+        let writes = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
+            let ns = crate::plane::node_netns(node.as_ref())
+                .map_err(|e| Error::Dataplane(e.to_string()))?;
+            let mut m = Ingress::new(ns, "");
+            m.ensure_task_return(&w)
+                .map_err(|e| Error::Dataplane(format!("ingress return path: {e}")))?;
+            Ok(m.writes())
+        })
+        .await
+        .map_err(|e| Error::Dataplane(e.to_string()))??;
+        self.writes
+            .fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
+        self.ingress.returns.insert(l.id.clone(), want);
+        Ok(())
+    }
+
+    /// Brings the mesh of this node to the desired state (when it changed).
+    pub(crate) async fn sync_ingress(&mut self) -> Result<(), Error> {
+        tracing::info!(
+            entries = self
+                .ingress_attached()
+                .and_then(|i| self.nets.get(&i))
+                .map_or(0, |n| n.entries.len()),
+            "sync ingress"
+        );
+        self.ingress
+            .returns
+            .retain(|id, _| self.tasks.contains_key(id));
+        let desired = self.ingress_desired();
+        let locals: Vec<LocalTask> = self
+            .tasks
+            .values()
+            .filter(|r| r.endpoints_ok)
+            .filter_map(|r| r.local.clone())
+            .collect();
+        for l in &locals {
+            self.ensure_task_return(l).await?;
+        }
+        if self.ingress.applied.as_ref() == Some(&desired) {
+            return Ok(());
+        }
+        if desired.sbox.is_some()
+            && let (Some(gw), Some(ep)) = (
+                self.gw.clone(),
+                self.gw.as_ref().and_then(|g| self.sbox_gateway_endpoint(g)),
+            )
+        {
+            // A node without tasks has no gateway bridge yet: the sbox needs it.
+            let port = self.a.data_path_port;
+            self.plane
+                .call(port, move |dp| {
+                    dp.ensure_gwbridge(&gw)?;
+                    dp.ensure_gateway_endpoint(&ep)
+                })
+                .await?;
+        }
+        let node = self.config.node_netns.clone();
+        let sbox = self
+            .ingress_attached()
+            .map(|id| lb_netns_name(&self.config.netns_prefix, &id));
+        let d = desired.clone();
+        let writes = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
+            let ns = crate::plane::node_netns(node.as_ref())
+                .map_err(|e| Error::Dataplane(e.to_string()))?;
+            let mut m = Ingress::with_sbox(ns, sbox.unwrap_or_default());
+            if d.sbox.is_some() {
+                m.ensure_sbox_ns()
+                    .map_err(|e| Error::Dataplane(format!("ingress-sbox: {e}")))?;
+            }
+            m.apply(&d)
+                .map_err(|e| Error::Dataplane(format!("ingress: {e}")))?;
+            Ok(m.writes())
+        })
+        .await
+        .map_err(|e| Error::Dataplane(e.to_string()))??;
+        self.writes
+            .fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            ports = desired.sbox.as_ref().map_or(0, |s| s.ports.len()),
+            backends = desired.sbox.as_ref().map_or(0, |s| s
+                .ports
+                .iter()
+                .map(|p| p.backends.len())
+                .sum::<usize>()),
+            host_ports = desired.host_ports.len(),
+            writes,
+            "ingress routing mesh applied"
+        );
+        self.ingress.applied = Some(desired);
+        Ok(())
+    }
+
+    /// [`Executor::sync_ingress`], a failure retried by a full pass.
+    pub(crate) async fn sync_ingress_or_retry(&mut self) {
+        if let Err(e) = self.sync_ingress().await {
+            self.retry_later("the ingress routing mesh", &e);
+        }
+    }
+}

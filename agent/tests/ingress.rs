@@ -1,0 +1,344 @@
+//! The ingress routing mesh end to end (issue 12): 3 agents (node1 manager, node2 and node3
+//! workers) and a client namespace on the underlay (lab node 4, no agent). A service of 2 tasks
+//! on node1 and node2 published 8080:80 answers through every node, also node3 which runs none
+//! of its tasks; both tasks answer; each task sees (and logs) the client's own underlay address;
+//! refusals are clear and change nothing; removing the service removes the nodes' tables; the
+//! host namespace is untouched.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::{Swarm, agent_spec, skip};
+use lab::{Lab, host_snapshot};
+
+/// Every task serves `task=NAME peer=ADDR` at /cgi-bin/who (busybox httpd's CGI) and logs the
+/// client's address on stderr.
+const WEB: &str = r#"mkdir -p www/cgi-bin && printf '#!/bin/sh\necho "client $REMOTE_ADDR" >&2\nprintf "Content-Type: text/plain\\r\\n\\r\\ntask=%%s peer=%%s\\n" "$NETAGENT_TASK_NAME" "$REMOTE_ADDR"\n' > www/cgi-bin/who && chmod +x www/cgi-bin/who && exec busybox httpd -f -p 80 -h www"#;
+
+/// A 3-agent swarm in a 4-node lab: node 4 is the client.
+fn swarm_with_client() -> Swarm {
+    let lab = Lab::new(4).expect("lab");
+    let agents = (1..=3)
+        .map(|i| {
+            lab.node(i)
+                .spawn(agent_spec(&lab, i))
+                .expect("spawn netagent")
+        })
+        .collect();
+    let s = Swarm { lab, agents };
+    for i in 1..=3 {
+        s.wait(&format!("agent {i} API"), || {
+            s.netctl(i, &["info"]).status.success()
+        });
+    }
+    s.form(1, 2);
+    s
+}
+
+/// One HTTP GET of /cgi-bin/who from the client: the answer's `task=.. peer=..` line.
+fn who(s: &Swarm, addr: Ipv4Addr, port: u16) -> Result<String, String> {
+    s.lab
+        .node(4)
+        .in_ns(move || {
+            let to = SocketAddr::from((addr, port));
+            let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+                .map_err(|e| e.to_string())?;
+            c.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            c.write_all(b"GET /cgi-bin/who HTTP/1.0\r\nHost: x\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            let mut body = String::new();
+            c.read_to_string(&mut body).map_err(|e| e.to_string())?;
+            body.lines()
+                .find(|l| l.starts_with("task="))
+                .map(str::to_string)
+                .ok_or_else(|| format!("no answer line in {body:?}"))
+        })
+        .expect("client namespace")
+}
+
+/// The mesh's tables on every node and in every sbox, for failure messages.
+fn diag(s: &Swarm) -> String {
+    let mut out = String::new();
+    for i in 1..=3 {
+        let node = s.lab.node(i);
+        out += &format!("== node{i}\n{}", node.sh("nft list table ip netagent_ingress; ls /run/netns | grep -- \"-n$(hostname)\" ; true").unwrap_or_default());
+        for ns in netns::list().unwrap_or_default() {
+            if ns.starts_with(&format!("{}-n{i}-lb-", s.lab.prefix()))
+                || ns.starts_with(&format!("{}-n{i}-t-", s.lab.prefix()))
+            {
+                let o = std::process::Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &ns,
+                        "sh",
+                        "-c",
+                        "ip -br a; ip rule; nft list ruleset; cat /proc/net/nf_conntrack | tail -5",
+                    ])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                out += &format!("-- {ns}\n{o}");
+            }
+        }
+    }
+    out
+}
+
+/// `count` requests through `addr:port`: (tasks that answered, peers they saw, failures).
+fn load(
+    s: &Swarm,
+    addr: Ipv4Addr,
+    port: u16,
+    count: usize,
+) -> (BTreeSet<String>, BTreeSet<String>, Vec<String>) {
+    let mut tasks = BTreeSet::new();
+    let mut peers = BTreeSet::new();
+    let mut failed = Vec::new();
+    for _ in 0..count {
+        match who(s, addr, port) {
+            Ok(line) => {
+                for f in line.split_whitespace() {
+                    if let Some(t) = f.strip_prefix("task=") {
+                        tasks.insert(t.split('.').take(2).collect::<Vec<_>>().join("."));
+                    }
+                    if let Some(p) = f.strip_prefix("peer=") {
+                        peers.insert(p.to_string());
+                    }
+                }
+            }
+            Err(e) => failed.push(e),
+        }
+    }
+    (tasks, peers, failed)
+}
+
+#[test]
+fn published_port_answers_on_every_node_with_the_client_address() {
+    if skip() {
+        return;
+    }
+    let before = host_snapshot();
+    let s = swarm_with_client();
+    let client = s.lab.node(4).addr();
+
+    // The ingress network swarm init made: first pool subnet, VNI 4096; a user's first 4097.
+    let ing: serde_json::Value =
+        serde_json::from_str(&s.ctl(1, &["network", "inspect", "ingress"])).unwrap();
+    assert_eq!(ing[0]["Ingress"], true, "{ing}");
+    assert_eq!(
+        ing[0]["IPAM"]["Config"][0]["Subnet"], "10.0.0.0/24",
+        "{ing}"
+    );
+    assert_eq!(
+        ing[0]["Options"]["com.docker.network.driver.overlay.vxlanid_list"], "4096",
+        "{ing}"
+    );
+    s.ctl(1, &["network", "create", "--driver", "overlay", "front"]);
+    let front: serde_json::Value =
+        serde_json::from_str(&s.ctl(1, &["network", "inspect", "front"])).unwrap();
+    assert_eq!(
+        front[0]["Options"]["com.docker.network.driver.overlay.vxlanid_list"], "4097",
+        "{front}"
+    );
+
+    let node3 = common::hostname_of(
+        &s.nodes(1)
+            .unwrap()
+            .into_iter()
+            .find(|n| n["Status"]["Addr"] == s.lab.node(3).addr().to_string())
+            .expect("node3 listed"),
+    );
+    s.ctl(
+        1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            // One task on each of node1 and node2 (global, node3 excluded).
+            "--mode",
+            "global",
+            "--network",
+            "front",
+            "--constraint",
+            &format!("node.hostname!={node3}"),
+            "-p",
+            "8080:80",
+            "--",
+            "sh",
+            "-c",
+            WEB,
+        ],
+    );
+    s.wait("2 running tasks of web", || s.running(1, "web").len() == 2);
+    let ls = s.ctl(1, &["service", "ls"]);
+    assert!(ls.contains("*:8080->80/tcp"), "{ls}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&s.ctl(1, &["service", "inspect", "web"])).unwrap();
+    assert_eq!(
+        inspect[0]["Endpoint"]["Ports"][0]["PublishedPort"], 8080,
+        "{inspect}"
+    );
+    // Converged: every node's sbox knows both tasks.
+    for i in 1..=3 {
+        s.wait(&format!("both tasks answer through node{i}"), || {
+            let (tasks, _, failed) = load(&s, s.lab.node(i).addr(), 8080, 10);
+            failed.is_empty() && tasks.len() == 2
+        });
+    }
+
+    // 300 requests through each node: all answered, by both tasks, which see the client.
+    for i in 1..=3 {
+        let (tasks, peers, failed) = load(&s, s.lab.node(i).addr(), 8080, 300);
+        assert!(
+            failed.is_empty(),
+            "through node{i}: {} failed: {:?}\n{}",
+            failed.len(),
+            &failed[..failed.len().min(5)],
+            diag(&s)
+        );
+        assert_eq!(
+            tasks.len(),
+            2,
+            "both tasks answer through node{i}: {tasks:?}"
+        );
+        assert_eq!(
+            peers,
+            BTreeSet::from([format!("[::ffff:{client}]")]),
+            "the tasks see the client's own address through node{i}"
+        );
+    }
+    // The tasks log it: their output files on node1 and node2.
+    for i in 1..=2 {
+        let logs = s
+            .lab
+            .node(i)
+            .sh(&format!(
+                "find {} -name output.log | xargs cat",
+                s.lab.node(i).dir().display()
+            ))
+            .unwrap_or_default();
+        assert!(
+            logs.contains(&format!("client [::ffff:{client}]")),
+            "node{i}: {logs}"
+        );
+    }
+
+    // A port published from 30000-32767 when omitted, answering too; removed again.
+    s.ctl(
+        1,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--publish-add",
+            "80",
+            "web",
+        ],
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&s.ctl(1, &["service", "inspect", "web"])).unwrap();
+    let ports = inspect[0]["Endpoint"]["Ports"].as_array().unwrap().clone();
+    let dynamic = ports
+        .iter()
+        .map(|p| p["PublishedPort"].as_u64().unwrap())
+        .find(|p| *p != 8080)
+        .expect("an allocated port");
+    assert!((30000..=32767).contains(&dynamic), "{inspect}");
+    s.wait("the allocated port answers through node3", || {
+        who(&s, s.lab.node(3).addr(), dynamic as u16).is_ok()
+    });
+    s.ctl(
+        1,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--publish-rm",
+            &dynamic.to_string(),
+            "web",
+        ],
+    );
+
+    // Refusals: clear errors, nothing changed.
+    let services = s.ctl(1, &["service", "ls", "-q"]);
+    let networks = s.ctl(1, &["network", "ls", "-q"]);
+    let refusals: [(&[&str], &str); 4] = [
+        (
+            &[
+                "service", "create", "--detach", "--name", "other", "-p", "8080:80", "--", "sleep",
+                "1000",
+            ],
+            "already published by service web",
+        ),
+        (
+            &[
+                "service", "create", "--detach", "--name", "other", "-p", "70000:80", "--",
+                "sleep", "1000",
+            ],
+            "invalid published port 70000",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                "other",
+                "--endpoint-mode",
+                "dnsrr",
+                "-p",
+                "8081:80",
+                "--",
+                "sleep",
+                "1000",
+            ],
+            "can't be used with dnsrr mode",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--driver",
+                "overlay",
+                "--ingress",
+                "ingress2",
+            ],
+            "already exists",
+        ),
+    ];
+    for (argv, says) in refusals {
+        let err = s.ctl_err(1, argv);
+        assert!(err.contains(says), "{argv:?}: {err}");
+    }
+    assert_eq!(s.ctl(1, &["service", "ls", "-q"]), services);
+    assert_eq!(s.ctl(1, &["network", "ls", "-q"]), networks);
+    let err = s.ctl_err(1, &["network", "rm", "ingress"]);
+    assert!(err.contains("ingress recreate"), "{err}");
+
+    // The last publishing service gone: every node's table goes.
+    s.ctl(1, &["service", "rm", "web"]);
+    for i in 1..=3 {
+        s.wait(&format!("node{i} has no ingress table"), || {
+            !s.lab
+                .node(i)
+                .run(&["nft", "list", "table", "ip", "netagent_ingress"])
+                .unwrap()
+                .status
+                .success()
+        });
+    }
+    drop(s);
+    assert_eq!(
+        host_snapshot(),
+        before,
+        "the test changed the host's namespace"
+    );
+}
