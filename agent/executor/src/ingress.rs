@@ -244,6 +244,7 @@ impl Executor {
         .map_err(|e| Error::Dataplane(e.to_string()))??;
         self.writes
             .fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(task = %l.id, writes, sboxes = ?want.sboxes, "ingress return path");
         self.ingress.returns.insert(l.id.clone(), want);
         Ok(())
     }
