@@ -78,6 +78,46 @@ impl Executor {
         })
     }
 
+    /// Adds the ingress-sbox to a full pass's desired plane: its endpoint on docker_gwbridge, and
+    /// on a node without local tasks on ingress the ingress network itself with the sbox's
+    /// endpoint and peers (the planner only lists networks of local tasks).
+    pub(crate) fn sbox_in_plane(&self, desired: &mut vxlan::DesiredState, gw: &vxlan::GwBridge) {
+        let Some(ep) = self.sbox_gateway_endpoint(gw) else {
+            return;
+        };
+        desired.gateway_endpoints.push(ep);
+        desired.gwbridge = Some(gw.clone());
+        let Some(id) = self.ingress_attached() else {
+            return;
+        };
+        if desired.networks.iter().any(|n| n.network.id == id) {
+            return;
+        }
+        let (Some(network), Some((path, addr)), Some(n)) = (
+            self.a
+                .networks
+                .iter()
+                .find(|n| n.meta.id == id)
+                .and_then(plan::network),
+            self.lb_want(&id),
+            self.nets.get(&id),
+        ) else {
+            return;
+        };
+        let peers = crate::networks::peers_of(&self.config.node_id, n, &self.gossip.vteps());
+        desired.networks.push(vxlan::NetworkState {
+            network,
+            endpoints: vec![vxlan::Endpoint {
+                network: id.clone(),
+                netns: path,
+                ifname: plan::LB_IFNAME.into(),
+                address: addr,
+                mac: None,
+            }],
+            peers,
+        });
+    }
+
     /// Every node's ingress-sbox address, as the ingress gossip table lists them.
     fn sbox_addrs(&self, ingress: &str) -> Vec<Ipv4Addr> {
         let mut out: BTreeSet<Ipv4Addr> = BTreeSet::new();
