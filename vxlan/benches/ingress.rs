@@ -13,8 +13,13 @@ use std::time::{Duration, Instant};
 
 use lab::Lab;
 use netns::NetNs;
-use vxlan::ingress::{Ingress, IngressState, MeshPort, Proto, SBOX_GW_IF, SBOX_INGRESS_IF, Sbox, TaskReturn};
-use vxlan::{Config, Dataplane, DesiredState, Endpoint, GatewayEndpoint, GwBridge, Network, NetworkState, Peer};
+use vxlan::ingress::{
+    Ingress, IngressState, MeshPort, Proto, SBOX_GW_IF, SBOX_INGRESS_IF, Sbox, TaskReturn,
+};
+use vxlan::{
+    Config, Dataplane, DesiredState, Endpoint, GatewayEndpoint, GwBridge, Network, NetworkState,
+    Peer,
+};
 
 const NET: &str = "ingressbench000000000001";
 const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
@@ -155,8 +160,13 @@ fn main() {
             .unwrap();
         }
     }
-    task.command("ip").args(["link", "set", "lo", "up"]).status().unwrap();
-    let listener = task.run(|| TcpListener::bind(("0.0.0.0", 80)).unwrap()).unwrap();
+    task.command("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    let listener = task
+        .run(|| TcpListener::bind(("0.0.0.0", 80)).unwrap())
+        .unwrap();
     listener.set_nonblocking(true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
@@ -178,10 +188,18 @@ fn main() {
     let (direct, df) = rate(&sbox3, SocketAddr::from((TASK, 80)));
     let (mesh, mf) = rate(&client, SocketAddr::from((lab.node(3).addr(), 8080)));
     let (local, lf) = rate(&client, SocketAddr::from((lab.node(1).addr(), 8080)));
-    println!("ingress bench ({THREADS} connections, {SECONDS} s each, one request per connection):");
-    println!("  direct to the task over the overlay (from node3's sbox): {direct:>8.0} req/s ({df} failed)");
-    println!("  through the mesh via node3 (task on node1):               {mesh:>8.0} req/s ({mf} failed)");
-    println!("  through the mesh via node1 (the task's node):             {local:>8.0} req/s ({lf} failed)");
+    println!(
+        "ingress bench ({THREADS} connections, {SECONDS} s each, one request per connection):"
+    );
+    println!(
+        "  direct to the task over the overlay (from node3's sbox): {direct:>8.0} req/s ({df} failed)"
+    );
+    println!(
+        "  through the mesh via node3 (task on node1):               {mesh:>8.0} req/s ({mf} failed)"
+    );
+    println!(
+        "  through the mesh via node1 (the task's node):             {local:>8.0} req/s ({lf} failed)"
+    );
     println!("  mesh / direct: {:.2}x", mesh / direct.max(1.0));
     stop.store(true, Ordering::Relaxed);
     let _ = server.join();
