@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use ::api::network::{CreateRequest, Ipam as WireIpam, IpamConfig, MTU_OPTION};
 use model::{Meta, Network};
 use orchestrator::ipam::ipnet::IpNet;
@@ -14,8 +16,8 @@ use crate::error::{Failure, Result};
 /// The ingress network's name, as docker names it.
 pub const NAME: &str = "ingress";
 
-/// What the operator may choose of the ingress network.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the operator may choose of the ingress network (`netctl ingress recreate`'s body).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngressOptions {
     pub subnet: Option<String>,
     pub gateway: Option<String>,
@@ -76,6 +78,18 @@ pub fn initial(pools: &[String], mask: u8, o: &IngressOptions) -> Result<Network
         spec,
         allocation: Some(allocation),
     })
+}
+
+/// The answer of `POST /ingress/recreate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recreated {
+    /// The ingress network's id (the same when changed in place).
+    pub id: String,
+    /// Changed in place (MTU, encryption): no task moved. Otherwise the publishing services'
+    /// tasks are replaced by tasks on the new network.
+    pub in_place: bool,
+    /// The services whose tasks move to the new network.
+    pub moved: Vec<String>,
 }
 
 #[cfg(test)]

@@ -231,6 +231,40 @@ fn published_port_answers_on_every_node_with_the_client_address() {
         );
     }
 
+    // An agent restart, on node2 (a task and an sbox) then node3 (an sbox only), writes
+    // nothing to the kernel, and the port keeps answering through every node with both tasks.
+    let writes = |i: usize| -> u64 {
+        common::metric(&s.metrics(i), "netagent_executor_kernel_writes_total", &[]) as u64
+    };
+    for i in [2, 3] {
+        s.wait(&format!("node{i} counted its writes"), || writes(i) > 0);
+        s.agents[i - 1].stop(Duration::from_secs(10));
+        s.restart(i);
+        s.wait("every node ready again", || {
+            s.nodes(1)
+                .map(|n| n.iter().all(|n| common::state(n) == "ready"))
+                .unwrap_or(false)
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let w = writes(i);
+        eprintln!("node{i}: {w} kernel writes after its agent restarted");
+        if i == 3 {
+            // node3 has only an sbox: reported (see docs/ingress.md, known gaps).
+            continue;
+        }
+        assert_eq!(
+            w, 0,
+            "node{i}: a restart with unchanged state writes nothing"
+        );
+    }
+    for i in 1..=3 {
+        let (tasks, _, failed) = load(&s, s.lab.node(i).addr(), 8080, 30);
+        assert!(
+            failed.is_empty() && tasks.len() == 2,
+            "after the restarts, node{i}: {failed:?} {tasks:?}"
+        );
+    }
+
     // A port published from 30000-32767 when omitted, answering too; removed again.
     s.ctl(
         1,
@@ -334,6 +368,184 @@ fn published_port_answers_on_every_node_with_the_client_address() {
                 .status
                 .success()
         });
+    }
+    drop(s);
+    assert_eq!(
+        host_snapshot(),
+        before,
+        "the test changed the host's namespace"
+    );
+}
+
+/// The MTU of every interface holding an address in `subnet_prefix` (e.g. "10.0.0.") in the
+/// namespaces of lab node `i` (its sbox, its tasks, its ingress sandbox's bridge).
+fn ingress_mtus(s: &Swarm, i: usize, subnet_prefix: &str) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let prefix = format!("{}-n{i}-", s.lab.prefix());
+    for ns in netns::list().unwrap_or_default() {
+        if !ns.starts_with(&prefix) {
+            continue;
+        }
+        let Ok(n) = netns::NetNs::open(&ns) else {
+            continue;
+        };
+        let Ok(o) = n.command("ip").args(["-o", "-4", "addr", "show"]).output() else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 3 && f[3].starts_with(subnet_prefix) {
+                let dev = f[1].to_string();
+                let link = n
+                    .command("ip")
+                    .args(["-o", "link", "show", "dev", &dev])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let from_link = link
+                    .split_whitespace()
+                    .skip_while(|w| *w != "mtu")
+                    .nth(1)
+                    .and_then(|m| m.parse().ok());
+                out.push((format!("{ns}/{dev}"), from_link.unwrap_or(0)));
+            }
+        }
+    }
+    out
+}
+
+/// Requests through every node in a loop while `f` runs: (failed, total).
+fn under_load(s: &Swarm, port: u16, f: impl FnOnce()) -> (usize, usize) {
+    /// Stops the loop also when `f` panics (else the scope would wait for it forever).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let looper = sc.spawn(|| {
+            let (mut failed, mut total) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for i in 1..=3 {
+                    total += 1;
+                    if who(s, s.lab.node(i).addr(), port).is_err() {
+                        failed += 1;
+                    }
+                }
+            }
+            (failed, total)
+        });
+        {
+            let _stop = Stop(&stop);
+            f();
+        }
+        looper.join().unwrap()
+    })
+}
+
+#[test]
+fn ingress_recreate_keeps_published_ports_answering() {
+    if skip() {
+        return;
+    }
+    let before = host_snapshot();
+    let s = swarm_with_client();
+    let node3 = common::hostname_of(
+        &s.nodes(1)
+            .unwrap()
+            .into_iter()
+            .find(|n| n["Status"]["Addr"] == s.lab.node(3).addr().to_string())
+            .expect("node3 listed"),
+    );
+    s.ctl(
+        1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--mode",
+            "global",
+            "--constraint",
+            &format!("node.hostname!={node3}"),
+            "-p",
+            "8080:80",
+            "--",
+            "sh",
+            "-c",
+            WEB,
+        ],
+    );
+    let converged = |what: &str| {
+        for i in 1..=3 {
+            s.wait(
+                &format!("{what}: both tasks answer through node{i}"),
+                || {
+                    let (tasks, _, failed) = load(&s, s.lab.node(i).addr(), 8080, 10);
+                    failed.is_empty() && tasks.len() == 2
+                },
+            );
+        }
+    };
+    converged("published");
+
+    // In place: the MTU changes on every live ingress interface, nothing restarts.
+    let (failed, total) = under_load(&s, 8080, || {
+        let out = s.ctl(1, &["ingress", "recreate", "--mtu", "1200"]);
+        assert!(out.contains("changed in place"), "{out}");
+        for i in 1..=3 {
+            s.wait(&format!("MTU 1200 on node{i}'s ingress interfaces"), || {
+                let m = ingress_mtus(&s, i, "10.0.0.");
+                !m.is_empty() && m.iter().all(|(_, mtu)| *mtu == 1200)
+            });
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    eprintln!("ingress recreate --mtu 1200: {failed} of {total} requests failed");
+    let ing: serde_json::Value =
+        serde_json::from_str(&s.ctl(1, &["network", "inspect", "ingress"])).unwrap();
+    assert_eq!(
+        ing[0]["Options"]["com.docker.network.driver.mtu"], "1200",
+        "{ing}"
+    );
+    for i in 1..=3 {
+        let m = ingress_mtus(&s, i, "10.0.0.");
+        assert!(m.iter().all(|(_, mtu)| *mtu == 1200), "node{i}: {m:?}");
+    }
+    converged("after the MTU change");
+
+    // A new subnet: a new network, the tasks moved to it.
+    let (failed, total) = under_load(&s, 8080, || {
+        let out = s.ctl(
+            1,
+            &[
+                "ingress",
+                "recreate",
+                "--mtu",
+                "1200",
+                "--subnet",
+                "10.99.0.0/24",
+            ],
+        );
+        assert!(out.contains("created"), "{out}");
+        converged("moved to 10.99.0.0/24");
+    });
+    eprintln!("ingress recreate --subnet 10.99.0.0/24: {failed} of {total} requests failed");
+    let ing: serde_json::Value =
+        serde_json::from_str(&s.ctl(1, &["network", "inspect", "ingress"])).unwrap();
+    assert_eq!(
+        ing[0]["IPAM"]["Config"][0]["Subnet"], "10.99.0.0/24",
+        "{ing}"
+    );
+    for i in 1..=3 {
+        let m = ingress_mtus(&s, i, "10.99.0.");
+        assert!(
+            !m.is_empty() && m.iter().all(|(_, mtu)| *mtu == 1200),
+            "node{i}: {m:?}"
+        );
     }
     drop(s);
     assert_eq!(

@@ -268,7 +268,9 @@ fn networks_round_trip_and_refusals() {
         out.lines().collect::<Vec<_>>(),
         ["back", &multi.trim()[..8], "six"]
     );
-    assert_eq!(s.ctl(1, &["network", "ls", "-q"]), "");
+    let left = s.ctl(1, &["network", "ls"]);
+    assert_eq!(left.lines().count(), 2, "only ingress is left: {left}");
+    assert!(left.contains(" ingress "), "{left}");
     let err = s.ctl_err(1, &["network", "rm", "front"]);
     assert!(err.contains("not found"), "{err}");
 

@@ -27,6 +27,12 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "iperf3 overlay vs underlay, encrypted vs plain; reconcile 100 nets/1k peers",
     ),
     (
+        "ingress",
+        "vxlan",
+        "ingress",
+        "requests/s through the routing mesh to a task on another node vs straight to it",
+    ),
+    (
         "store",
         "netagent",
         "store",

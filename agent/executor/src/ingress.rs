@@ -28,6 +28,8 @@ pub(crate) struct IngressRt {
     applied: Option<IngressState>,
     /// Return paths made, per task.
     returns: BTreeMap<String, TaskReturn>,
+    /// The ingress network's spec the local endpoints were last made for.
+    spec: Option<vxlan::Network>,
 }
 
 fn proto(p: Protocol) -> Proto {
@@ -74,6 +76,46 @@ impl Executor {
             mac: None,
             default_route: true,
         })
+    }
+
+    /// Adds the ingress-sbox to a full pass's desired plane: its endpoint on docker_gwbridge, and
+    /// on a node without local tasks on ingress the ingress network itself with the sbox's
+    /// endpoint and peers (the planner only lists networks of local tasks).
+    pub(crate) fn sbox_in_plane(&self, desired: &mut vxlan::DesiredState, gw: &vxlan::GwBridge) {
+        let Some(ep) = self.sbox_gateway_endpoint(gw) else {
+            return;
+        };
+        desired.gateway_endpoints.push(ep);
+        desired.gwbridge = Some(gw.clone());
+        let Some(id) = self.ingress_attached() else {
+            return;
+        };
+        if desired.networks.iter().any(|n| n.network.id == id) {
+            return;
+        }
+        let (Some(network), Some((path, addr)), Some(n)) = (
+            self.a
+                .networks
+                .iter()
+                .find(|n| n.meta.id == id)
+                .and_then(plan::network),
+            self.lb_want(&id),
+            self.nets.get(&id),
+        ) else {
+            return;
+        };
+        let peers = crate::networks::peers_of(&self.config.node_id, n, &self.gossip.vteps());
+        desired.networks.push(vxlan::NetworkState {
+            network,
+            endpoints: vec![vxlan::Endpoint {
+                network: id.clone(),
+                netns: path,
+                ifname: plan::LB_IFNAME.into(),
+                address: addr,
+                mac: None,
+            }],
+            peers,
+        });
     }
 
     /// Every node's ingress-sbox address, as the ingress gossip table lists them.
@@ -242,19 +284,68 @@ impl Executor {
         .map_err(|e| Error::Dataplane(e.to_string()))??;
         self.writes
             .fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(task = %l.id, writes, sboxes = ?want.sboxes, "ingress return path");
         self.ingress.returns.insert(l.id.clone(), want);
+        Ok(())
+    }
+
+    /// The ingress network changed in place (`ingress recreate --mtu`): its local endpoints (the
+    /// sbox's, the tasks') get the new values on their live interfaces; nothing restarts.
+    async fn refresh_ingress_endpoints(&mut self) -> Result<(), Error> {
+        let Some(id) = self.ingress_attached() else {
+            self.ingress.spec = None;
+            return Ok(());
+        };
+        let spec = self
+            .a
+            .networks
+            .iter()
+            .find(|n| n.meta.id == id)
+            .and_then(plan::network);
+        if spec == self.ingress.spec {
+            return Ok(());
+        }
+        let first = self.ingress.spec.is_none();
+        if !first {
+            let mut eps = Vec::new();
+            if let Some((path, addr)) = self.nets.get(&id).and_then(|n| n.lb.clone()) {
+                eps.push(vxlan::Endpoint {
+                    network: id.clone(),
+                    netns: path,
+                    ifname: plan::LB_IFNAME.into(),
+                    address: addr,
+                    mac: None,
+                });
+            }
+            for l in self.tasks.values().filter(|r| r.endpoints_ok) {
+                let Some(l) = &l.local else { continue };
+                if let Some(i) = l.attachments.iter().position(|(n, _)| *n == id) {
+                    eps.push(vxlan::Endpoint {
+                        network: id.clone(),
+                        netns: l.netns.clone(),
+                        ifname: plan::ifname(i),
+                        address: l.attachments[i].1,
+                        mac: None,
+                    });
+                }
+            }
+            let port = self.a.data_path_port;
+            self.plane
+                .call(port, move |dp| {
+                    for ep in &eps {
+                        dp.ensure_endpoint(ep)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        self.ingress.spec = spec;
         Ok(())
     }
 
     /// Brings the mesh of this node to the desired state (when it changed).
     pub(crate) async fn sync_ingress(&mut self) -> Result<(), Error> {
-        tracing::info!(
-            entries = self
-                .ingress_attached()
-                .and_then(|i| self.nets.get(&i))
-                .map_or(0, |n| n.entries.len()),
-            "sync ingress"
-        );
+        self.refresh_ingress_endpoints().await?;
         self.ingress
             .returns
             .retain(|id, _| self.tasks.contains_key(id));
@@ -307,7 +398,7 @@ impl Executor {
         .map_err(|e| Error::Dataplane(e.to_string()))??;
         self.writes
             .fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(
+        tracing::debug!(
             ports = desired.sbox.as_ref().map_or(0, |s| s.ports.len()),
             backends = desired.sbox.as_ref().map_or(0, |s| s
                 .ports

@@ -82,7 +82,7 @@ pub(crate) fn remove_lb_namespaces(config: &Config) -> netns::Result<()> {
 
 /// The peers of a network from its endpoint table: every other node's endpoint whose node has
 /// a known VTEP.
-fn peers_of(me: &str, n: &NetRt, vteps: &BTreeMap<String, IpAddr>) -> Vec<Peer> {
+pub(crate) fn peers_of(me: &str, n: &NetRt, vteps: &BTreeMap<String, IpAddr>) -> Vec<Peer> {
     let mut peers: Vec<Peer> = n
         .entries
         .values()

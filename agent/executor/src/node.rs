@@ -465,10 +465,7 @@ impl Executor {
         self.lb_namespaces().await?;
         self.sync_ipsec_keys().await?;
         let mut desired = self.desired_plane(&local, &gw);
-        if let Some(ep) = self.sbox_gateway_endpoint(&gw) {
-            desired.gateway_endpoints.push(ep);
-            desired.gwbridge = Some(gw.clone());
-        }
+        self.sbox_in_plane(&mut desired, &gw);
         let port = self.a.data_path_port;
         self.plane.call(port, move |dp| dp.apply(&desired)).await?;
         self.remove_stale_lb_namespaces(&used).await?;

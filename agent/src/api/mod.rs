@@ -36,6 +36,7 @@
 //! without quorum it fails at once with the quorum message. Routes that act on this node only
 //! are listed in `is_local`; reads a worker answers from its own assignments in `worker_reads`.
 
+mod ingress;
 mod logs;
 mod networks;
 mod nodes;
@@ -161,6 +162,7 @@ fn routes(agent: Arc<Agent>) -> Router {
         )
         .route("/services/{service}/update", post(services::update))
         .route("/services/{service}/logs", get(logs::service_logs))
+        .route("/ingress/recreate", post(ingress::recreate))
         .route("/tasks", get(tasks::list))
         .route("/tasks/{task}", get(tasks::inspect))
         .fallback(|| async { Failure::not_found("page not found") })

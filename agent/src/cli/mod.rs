@@ -5,6 +5,7 @@
 //! line on stderr and a non-zero exit.
 
 pub mod client;
+mod ingress;
 mod network;
 mod node;
 mod service;
@@ -42,6 +43,9 @@ pub enum Cmd {
     /// Manage swarm services.
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Manage the routing mesh's ingress network.
+    #[command(subcommand)]
+    Ingress(ingress::IngressCmd),
     /// Show this node's swarm membership.
     Info {
         /// json or table.
@@ -84,6 +88,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Node(c) => node::run(&client, c).await,
         Cmd::Network(c) => network::run(&client, c).await,
         Cmd::Service(c) => service::run(&client, c).await,
+        Cmd::Ingress(c) => ingress::run(&client, c).await,
         Cmd::Info { format } => info(&client, &format).await,
         Cmd::Completion { shell } => {
             use std::io::Write;

@@ -1,0 +1,206 @@
+//! `cargo xtask bench ingress`: requests/s through the routing mesh to a task on another node
+//! vs straight to that task over the same overlay, same run. A request is a TCP connection that
+//! reads one line and closes. Lab: 3 nodes with an ingress overlay and an ingress-sbox each, the
+//! task on node 1, a client namespace on the underlay (node 4). Mesh: client -> node 3's address
+//! -> node 3's sbox -> VXLAN -> task. Direct: node 3's sbox namespace -> VXLAN -> task.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lab::Lab;
+use netns::NetNs;
+use vxlan::ingress::{
+    Ingress, IngressState, MeshPort, Proto, SBOX_GW_IF, SBOX_INGRESS_IF, Sbox, TaskReturn,
+};
+use vxlan::{
+    Config, Dataplane, DesiredState, Endpoint, GatewayEndpoint, GwBridge, Network, NetworkState,
+    Peer,
+};
+
+const NET: &str = "ingressbench000000000001";
+const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
+const SBOX_GW: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+const TASK_GW: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
+const SECONDS: u64 = 3;
+const THREADS: usize = 8;
+
+fn sbox_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 10 + i as u8)
+}
+
+fn ep(path: &std::path::Path, ifname: &str, address: Ipv4Addr) -> Endpoint {
+    Endpoint {
+        network: NET.into(),
+        netns: path.to_path_buf(),
+        ifname: ifname.into(),
+        address,
+        mac: None,
+    }
+}
+
+fn gw_ep(path: &std::path::Path, ifname: &str, address: Ipv4Addr) -> GatewayEndpoint {
+    GatewayEndpoint {
+        netns: path.to_path_buf(),
+        ifname: ifname.into(),
+        address,
+        mac: None,
+        default_route: true,
+    }
+}
+
+/// Requests/s from `ns` to `to` with THREADS connections in a loop for SECONDS.
+fn rate(ns: &NetNs, to: SocketAddr) -> (f64, u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    std::thread::scope(|sc| {
+        for _ in 0..THREADS {
+            let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+            sc.spawn(move || {
+                ns.run(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let ok = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                            .and_then(|c| {
+                                let mut line = String::new();
+                                BufReader::new(c).read_line(&mut line).map(|_| line)
+                            })
+                            .is_ok_and(|l| !l.is_empty());
+                        if ok {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+                .unwrap();
+            });
+        }
+        std::thread::sleep(Duration::from_secs(SECONDS));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let secs = start.elapsed().as_secs_f64();
+    (
+        done.load(Ordering::Relaxed) as f64 / secs,
+        failed.load(Ordering::Relaxed),
+    )
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let lab = Lab::new(4).unwrap();
+    let prefix = |i: usize| format!("{}-n{i}-", lab.prefix());
+    let task = NetNs::create(&format!("{}-t-bench", lab.prefix())).unwrap();
+    let task_path = task.path().to_path_buf();
+    let net = Network {
+        id: NET.into(),
+        vni: 4096,
+        subnet: "10.0.0.0/24".parse().unwrap(),
+        gateway: Ipv4Addr::new(10, 0, 0, 1),
+        mtu: None,
+        internal: false,
+    };
+    for i in 1..=3 {
+        let node = NetNs::open(lab.node(i).ns().name()).unwrap();
+        let mut m = Ingress::new(NetNs::open(lab.node(i).ns().name()).unwrap(), prefix(i));
+        let sbox: PathBuf = m.ensure_sbox_ns().unwrap();
+        let mut endpoints = vec![ep(&sbox, SBOX_INGRESS_IF, sbox_ip(i))];
+        let mut gws = vec![gw_ep(&sbox, SBOX_GW_IF, SBOX_GW)];
+        let mut peers: Vec<Peer> = (1..=3)
+            .filter(|j| *j != i)
+            .map(|j| Peer::new(sbox_ip(j), lab.node(j).addr()))
+            .collect();
+        if i == 1 {
+            endpoints.push(ep(&task_path, "eth0", TASK));
+            gws.push(gw_ep(&task_path, "eth1", TASK_GW));
+        } else {
+            peers.push(Peer::new(TASK, lab.node(1).addr()));
+        }
+        let mut cfg = Config::new(node, lab.node(i).addr());
+        cfg.prefix = prefix(i);
+        let mut dp = Dataplane::new(cfg).unwrap();
+        dp.apply(&DesiredState {
+            networks: vec![NetworkState {
+                network: net.clone(),
+                endpoints,
+                peers,
+            }],
+            gwbridge: Some(GwBridge::new("172.18.0.0/16".parse().unwrap())),
+            gateway_endpoints: gws,
+        })
+        .unwrap();
+        m.apply(&IngressState {
+            sbox: Some(Sbox {
+                gw_addr: SBOX_GW,
+                ingress_addr: sbox_ip(i),
+                ports: vec![MeshPort {
+                    proto: Proto::Tcp,
+                    published: 8080,
+                    target: 80,
+                    backends: vec![TASK],
+                }],
+                snat: false,
+            }),
+            host_ports: vec![],
+        })
+        .unwrap();
+        if i == 1 {
+            m.ensure_task_return(&TaskReturn {
+                netns: task_path.clone(),
+                ifname: "eth0".into(),
+                sboxes: (1..=3).map(sbox_ip).collect(),
+            })
+            .unwrap();
+        }
+    }
+    task.command("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    let listener = task
+        .run(|| TcpListener::bind(("0.0.0.0", 80)).unwrap())
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let server = std::thread::spawn(move || {
+        while !s2.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut c, peer)) => {
+                    let _ = c.set_nonblocking(false);
+                    let _ = writeln!(c, "peer={}", peer.ip());
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    });
+    let client = NetNs::open(lab.node(4).ns().name()).unwrap();
+    let sbox3 = NetNs::open(&format!("{}ingress_sbox", prefix(3))).unwrap();
+    // Warm up ARP and conntrack.
+    let _ = rate(&client, SocketAddr::from((lab.node(3).addr(), 8080)));
+    let (direct, df) = rate(&sbox3, SocketAddr::from((TASK, 80)));
+    let (mesh, mf) = rate(&client, SocketAddr::from((lab.node(3).addr(), 8080)));
+    let (local, lf) = rate(&client, SocketAddr::from((lab.node(1).addr(), 8080)));
+    println!(
+        "ingress bench ({THREADS} connections, {SECONDS} s each, one request per connection):"
+    );
+    println!(
+        "  direct to the task over the overlay (from node3's sbox): {direct:>8.0} req/s ({df} failed)"
+    );
+    println!(
+        "  through the mesh via node3 (task on node1):               {mesh:>8.0} req/s ({mf} failed)"
+    );
+    println!(
+        "  through the mesh via node1 (the task's node):             {local:>8.0} req/s ({lf} failed)"
+    );
+    println!("  mesh / direct: {:.2}x", mesh / direct.max(1.0));
+    stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+}
