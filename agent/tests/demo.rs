@@ -1,6 +1,8 @@
 //! The demo (`cargo xtask demo` runs this test with its narration shown): a 3-node swarm in
-//! network namespaces, an overlay network, a web service of 3 replicas, a page fetched from each
-//! task across the overlay, a drained node, a killed leader. Every step is also an assertion.
+//! network namespaces, an overlay network, a web service of 3 replicas published on port 8080,
+//! a page fetched from each task across the overlay, the service's name resolved and its VIP
+//! balanced, the published port answering on every node, a drained node, a killed leader.
+//! Every step is also an assertion.
 
 mod common;
 
@@ -68,7 +70,7 @@ fn demo() {
     assert_eq!(ls.matches("Reachable").count(), 2, "{ls}");
 
     say(
-        "An overlay network (VXLAN, a /24 from the default pool 10.0.0.0/8) and a web service of 3 replicas on it",
+        "An overlay network (VXLAN, a /24 from the default pool 10.0.0.0/8) and a web service of 3 replicas on it, published on port 8080",
     );
     show(&s, 1, &["network", "create", "--driver", "overlay", "web"]);
     show(
@@ -83,6 +85,8 @@ fn demo() {
             "3",
             "--network",
             "web",
+            "--publish",
+            "8080:80",
             "--",
             "sh",
             "-c",
@@ -117,6 +121,50 @@ fn demo() {
             client.node, server.node
         );
         assert!(page.starts_with("hello from web."), "{page}");
+    }
+
+    say("Service discovery: every task resolves `web` at 127.0.0.11 to the service's VIP");
+    let vip = s.vip("web");
+    let client = &tasks[0];
+    let mut answer = String::new();
+    s.wait("web resolves to its VIP", || {
+        let out = s.in_task(client, &["dig", "+short", "+time=2", "@127.0.0.11", "web"]);
+        answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        answer == vip
+    });
+    println!("task on node{}: dig web -> {answer}", client.node);
+
+    say(
+        "Load balancing: 30 requests to http://web/ from one task reach all 3 tasks (eBPF socket LB)",
+    );
+    let loop30 = "for i in $(seq 30); do curl -s -m 2 http://web/; done";
+    let mut pages = std::collections::BTreeMap::<String, usize>::new();
+    s.wait("the VIP spreads over the 3 tasks", || {
+        let out = s.in_task(client, &["sh", "-c", loop30]);
+        pages.clear();
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            *pages.entry(l.to_string()).or_default() += 1;
+        }
+        pages.len() == 3 && pages.values().sum::<usize>() == 30
+    });
+    for (page, n) in &pages {
+        println!("{n:>3} x {page}");
+    }
+
+    say(
+        "The routing mesh: port 8080 answers on every node's own address, from outside the swarm's tasks",
+    );
+    for i in 1..=3 {
+        let url = format!("http://{}:8080/", s.lab.node(i).addr());
+        let mut page = String::new();
+        s.wait(&format!("{url} answers"), || {
+            let out = s.lab.node(3).run(&["curl", "-s", "-m", "2", &url]);
+            page = out
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            page.starts_with("hello from web.")
+        });
+        println!("node3$ curl {url} -> {page}");
     }
 
     say("Drain node3: its task is shut down and started elsewhere");

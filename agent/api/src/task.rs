@@ -151,14 +151,18 @@ pub fn name(service_name: &str, slot: u64, node_id: &str) -> String {
 }
 
 /// Whether a task runs its service's current spec (docker's `_up-to-date`): the same task
-/// template, and (once it has addresses) the service's networks.
+/// template, and (once it has addresses) the service's networks — plus the ingress network's
+/// attachment of a service that publishes through the routing mesh.
 pub fn is_up_to_date(s: &model::Service, t: &model::Task) -> bool {
     if t.service_id != s.meta.id || t.spec != s.spec.task {
         return false;
     }
     let want: BTreeSet<&str> = s.spec.networks.iter().map(|n| n.target.as_str()).collect();
     let has: BTreeSet<&str> = t.networks.iter().map(|a| a.network_id.as_str()).collect();
-    want == has || matches!(t.status.state, TaskState::New | TaskState::Pending)
+    let extra = has.difference(&want).count();
+    let mesh = usize::from(s.publishes_ingress());
+    (want.is_subset(&has) && extra <= mesh)
+        || matches!(t.status.state, TaskState::New | TaskState::Pending)
 }
 
 /// A task in docker's shape; `network` looks up the networks of its attachments by id.
