@@ -95,13 +95,19 @@ pub fn lb_config(cfg: &Config) -> ipvs::Config {
 
 /// Which load balancer this node runs (`--lb`), making the task cgroup root the eBPF programs
 /// attach to; an error names what the kernel lacks.
+/// Detected once per process (detection loads the eBPF programs).
 pub fn detect_lb(cfg: &Config) -> anyhow::Result<ipvs::Kind> {
+    static KIND: std::sync::OnceLock<ipvs::Kind> = std::sync::OnceLock::new();
+    if let Some(k) = KIND.get() {
+        return Ok(*k);
+    }
     let lc = lb_config(cfg);
     if let Some(c) = &lc.cgroup {
         std::fs::create_dir_all(c)
             .map_err(|e| anyhow::anyhow!("task cgroup root {}: {e}", c.display()))?;
     }
-    Ok(ipvs::detect(&lc)?)
+    let kind = ipvs::detect(&lc)?;
+    Ok(*KIND.get_or_init(|| kind))
 }
 
 /// Opens the node's load balancer, adopting what an earlier agent left (pinned maps, IPVS

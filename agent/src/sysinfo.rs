@@ -19,16 +19,11 @@ pub fn describe(cfg: &crate::config::Config) -> NodeDescription {
     }
 }
 
-/// The node's load balancer, detected once (detection loads the eBPF programs: too slow for
-/// every session handshake).
+/// The node's load balancer (detected once per process, at start).
 fn load_balancer(cfg: &crate::config::Config) -> String {
-    static KIND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    KIND.get_or_init(|| {
-        ipvs::detect(&crate::node_runtime::lb_config(cfg))
-            .map(|k| k.to_string())
-            .unwrap_or_default()
-    })
-    .clone()
+    crate::node_runtime::detect_lb(cfg)
+        .map(|k| k.to_string())
+        .unwrap_or_default()
 }
 
 /// Whether this kernel can encrypt overlays, probed once.
