@@ -134,13 +134,11 @@ fn demo() {
     });
     println!("task on node{}: dig web -> {answer}", client.node);
 
-    say(
-        "Load balancing: 30 requests to http://web/ from one task reach all 3 tasks (eBPF socket LB)",
-    );
-    let loop30 = "for i in $(seq 30); do curl -s -m 2 http://web/; done";
+    say("Load balancing: 30 requests to the VIP from one task reach all 3 tasks (eBPF socket LB)");
+    let loop30 = format!("for i in $(seq 30); do curl -s -m 2 http://{vip}/; done");
     let mut pages = std::collections::BTreeMap::<String, usize>::new();
     s.wait("the VIP spreads over the 3 tasks", || {
-        let out = s.in_task(client, &["sh", "-c", loop30]);
+        let out = s.in_task(client, &["sh", "-c", &loop30]);
         pages.clear();
         for l in String::from_utf8_lossy(&out.stdout).lines() {
             *pages.entry(l.to_string()).or_default() += 1;

@@ -69,6 +69,8 @@ pub const SUITES: &[Suite] = &[
     // The eBPF socket load balancer under Debian's 6.1 kernel, and IPVS (not on the host).
     suite("ipvs", "ebpf", "", false),
     suite("ipvs", "ipvs", "", true),
+    // An encrypted network end to end through the agents (keys, ESP on the wire, rotation).
+    suite("netagent", "encrypted", "", true),
 ];
 
 /// Modules loaded when the guest boots (their dependencies come along). Anything else the tests
@@ -107,7 +109,7 @@ pub const PRELOAD_MODULES: &[&str] = &[
 const TEST_THREADS: u32 = 2;
 /// The whole guest run (boot, all suites) must finish within this; override with
 /// NETAGENT_KERNEL_LAB_TIMEOUT (seconds).
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 /// Old run directories (console log, outputs) kept under `<target>/kernel-lab/`.
 const KEEP_RUNS: usize = 5;
 
