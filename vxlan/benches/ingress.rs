@@ -106,6 +106,7 @@ fn main() {
         gateway: Ipv4Addr::new(10, 0, 0, 1),
         mtu: None,
         internal: false,
+        encrypted: false,
     };
     for i in 1..=3 {
         let node = NetNs::open(lab.node(i).ns().name()).unwrap();
