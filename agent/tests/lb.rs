@@ -237,6 +237,8 @@ fn scale_down_killed_task_and_agent_restart() {
     let writes = |i: usize| -> u64 {
         common::metric(&s.metrics(i), "netagent_executor_kernel_writes_total", &[]) as u64
     };
+    // The restart fits in the dispatcher's grace (3 heartbeats), as in production.
+    s.ctl(1, &["swarm", "update", "--dispatcher-heartbeat", "1s"]);
     h.ask("loop");
     s.agents[0].stop(Duration::from_secs(10));
     s.restart(1);
