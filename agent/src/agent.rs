@@ -420,6 +420,7 @@ impl Agent {
                         .unwrap_or(model::cluster::DEFAULT_DATA_KEY_ROTATION_MS),
                 },
                 data_key_rotated_at: None,
+                removed_nodes: Vec::new(),
             };
             let node = Node {
                 meta: Meta::with_id(node_id.clone()),
@@ -750,12 +751,20 @@ impl Agent {
                     path: path.clone(),
                     body: String::new(),
                 };
-                if let Ok(r) = ControlClient::new(ch).forward(req).await
-                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.into_inner().body)
-                    && v.get("ID").is_some()
-                    && v["ManagerStatus"].is_null()
-                {
-                    return;
+                match ControlClient::new(ch).forward(req).await {
+                    Ok(r) => {
+                        if let Ok(v) =
+                            serde_json::from_str::<serde_json::Value>(&r.into_inner().body)
+                            && v.get("ID").is_some()
+                            && v["ManagerStatus"].is_null()
+                        {
+                            return;
+                        }
+                    }
+                    // The leader no longer takes this node for a manager: the demotion is
+                    // recorded, and the leader takes it out of Raft on its own.
+                    Err(s) if s.code() == tonic::Code::PermissionDenied => return,
+                    Err(_) => {}
                 }
             } else if !store.members().1.contains(&store.id()) {
                 return;

@@ -69,6 +69,8 @@ pub struct ExecutorMetrics {
 pub struct ApiMetrics {
     /// API requests by method and status class ("2xx", "4xx", "5xx").
     pub requests: Family<[(&'static str, String); 2], Counter>,
+    /// Calls refused on the cluster port (2377) by the store's authorization, by service and code.
+    pub cluster_port_refused: Family<[(&'static str, String); 2], Counter>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -188,13 +190,31 @@ fn executor(reg: &mut Registry) -> ExecutorMetrics {
 fn api(reg: &mut Registry) -> ApiMetrics {
     let m = ApiMetrics {
         requests: Family::default(),
+        cluster_port_refused: Family::default(),
     };
     reg.register(
         "api_requests",
         "API requests answered, by method and status class",
         m.requests.clone(),
     );
+    reg.register(
+        "cluster_port_refused",
+        "Calls refused on the cluster port (certificate or store authorization), by service and gRPC code",
+        m.cluster_port_refused.clone(),
+    );
     m
+}
+
+/// Records a call refused on the cluster port.
+pub fn cluster_port_refused(service: &'static str, code: tonic::Code) {
+    global()
+        .api
+        .cluster_port_refused
+        .get_or_create(&[
+            ("service", service.to_string()),
+            ("code", format!("{code:?}")),
+        ])
+        .inc();
 }
 
 fn dispatcher(reg: &mut Registry) -> DispatcherMetrics {

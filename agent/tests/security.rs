@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use netagent::rpc::generated::ca_client::CaClient;
 use netagent::rpc::generated::control_client::ControlClient;
 use netagent::rpc::generated::dispatcher_client::DispatcherClient;
 use netagent::rpc::generated::raft_client::RaftClient;
@@ -229,4 +230,180 @@ fn refusals_change_nothing() {
     assert!(err.contains("invalid join token"), "{err}");
     let out = s.ctl(2, &["swarm", "join", "--token", &rotated, &addr]);
     assert!(out.contains("as a worker"), "{out}");
+}
+
+/// The certificate files of node `i` (a copy: they are replaced when the node's role changes).
+fn keys_of(s: &Swarm, i: usize) -> pki::NodeKeys {
+    let dir = s.lab.node(i).dir().join("state/certs");
+    pki::NodeKeys {
+        cert_pem: std::fs::read_to_string(dir.join("node.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(dir.join("node.key")).unwrap(),
+    }
+}
+
+fn node_id(s: &Swarm, hostname: &str) -> String {
+    s.node_as_seen_by(1, hostname).unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Authorization comes from the store, not from the certificate alone: a demoted manager's
+/// still-valid manager certificate no longer proposes writes, a removed node's certificate is
+/// refused everywhere (dispatcher, renewal), and unauthenticated input is bounded (a 100 MiB
+/// join message, 1,000 junk handshakes) while the manager keeps serving writes.
+#[test]
+fn demoted_and_removed_nodes_lose_the_cluster_port() {
+    if skip() {
+        return;
+    }
+    pki::install_crypto_provider();
+    let s = Swarm::start(3, 1);
+    let addr = format!("{}:2377", s.lab.node(1).addr());
+    let ca_pem = std::fs::read_to_string(s.lab.node(1).dir().join("state/certs/ca.pem")).unwrap();
+    let manager_keys = keys_of(&s, 3);
+    let worker_keys = keys_of(&s, 4);
+    let node1 = node_id(&s, "node1");
+    let label = |value: &str| {
+        store::Batch::one(store::Change::Patch {
+            kind: model::Kind::Node,
+            id: node1.clone(),
+            patch: serde_json::json!({"spec": {"labels": {"by": value}}}),
+            version: None,
+        })
+    };
+    let propose = |i: usize, keys: &pki::NodeKeys, value: &str| {
+        let batch = label(value);
+        in_node(&s, i, || {
+            rt().block_on(async {
+                let tls = pki::tls::client_config(&ca_pem, keys).unwrap();
+                let ch =
+                    netagent::rpc::transport::channel(&addr, tls, Duration::from_secs(5)).unwrap();
+                ControlClient::new(ch)
+                    .propose(netagent::rpc::messages::ProposeRequest { batch })
+                    .await
+            })
+        })
+    };
+    // Before: node3's manager certificate proposes (to the leader, node1).
+    let ok = propose(3, &manager_keys, "node3").expect("a manager may propose");
+    assert!(ok.into_inner().is_ok());
+
+    // Demoted: the same certificate, still valid, is refused at once on Control, then on Raft
+    // once the leader took it out of Raft.
+    s.ctl(1, &["node", "demote", "node3"]);
+    let st = propose(3, &manager_keys, "demoted").unwrap_err();
+    assert_eq!(st.code(), tonic::Code::PermissionDenied, "{st:?}");
+    assert!(st.message().contains("demoted"), "{st:?}");
+    s.wait("node3 out of Raft", || {
+        s.node_as_seen_by(1, "node3")
+            .is_some_and(|n| n["ManagerStatus"].is_null())
+    });
+    let vote = in_node(&s, 3, || {
+        rt().block_on(async {
+            let tls = pki::tls::client_config(&ca_pem, &manager_keys).unwrap();
+            let ch = netagent::rpc::transport::channel(&addr, tls, Duration::from_secs(5)).unwrap();
+            RaftClient::new(ch)
+                .vote(openraft::raft::VoteRequest::new(
+                    openraft::Vote::new(99, 3),
+                    None,
+                ))
+                .await
+                .unwrap_err()
+        })
+    });
+    assert_eq!(vote.code(), tonic::Code::PermissionDenied, "{vote:?}");
+    assert!(vote.message().contains("left Raft"), "{vote:?}");
+
+    // Removed: the worker leaves and is removed; its certificate opens nothing any more.
+    s.ctl(4, &["swarm", "leave"]);
+    s.ctl(1, &["node", "rm", "--force", "node4"]);
+    let (session, renew) = in_node(&s, 4, || {
+        rt().block_on(async {
+            let tls = pki::tls::client_config(&ca_pem, &worker_keys).unwrap();
+            let ch = netagent::rpc::transport::channel(&addr, tls, Duration::from_secs(5)).unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(SessionUp::Heartbeat).await.unwrap();
+            let session = DispatcherClient::new(ch.clone())
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap_err();
+            let renew = CaClient::new(ch)
+                .renew(netagent::rpc::messages::RenewRequest {
+                    csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+                })
+                .await
+                .unwrap_err();
+            (session, renew)
+        })
+    });
+    for st in [&session, &renew] {
+        assert_eq!(st.code(), tonic::Code::PermissionDenied, "{st:?}");
+        assert!(
+            st.message().contains("removed") || st.message().contains("revoked"),
+            "{st:?}"
+        );
+    }
+
+    // Unauthenticated input: a 100 MiB join request is refused unread; 1,000 junk handshakes
+    // are dropped; the manager keeps serving writes throughout.
+    let token = s
+        .ctl(1, &["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    let (big, junk_sent) = in_node(&s, 4, || {
+        rt().block_on(async {
+            let anon = pki::tls::anonymous_client_config(&ca_pem).unwrap();
+            let ch =
+                netagent::rpc::transport::channel(&addr, anon, Duration::from_secs(20)).unwrap();
+            let big = CaClient::new(ch)
+                .max_encoding_message_size(usize::MAX)
+                .join(netagent::rpc::messages::JoinRequest {
+                    token: token.clone(),
+                    csr_pem: "A".repeat(100 << 20),
+                    want_manager: false,
+                    hostname: "big".into(),
+                    advertise_addr: "10.0.0.9".into(),
+                    data_path_addr: "10.0.0.9".into(),
+                    description: Default::default(),
+                })
+                .await
+                .unwrap_err();
+            let mut sent = 0;
+            for _ in 0..1000 {
+                use tokio::io::AsyncWriteExt;
+                if let Ok(mut tcp) = tokio::net::TcpStream::connect(&addr).await {
+                    let _ = tcp.write_all(b"\x16\x03\x01\x00\x05junk-not-a-hello").await;
+                    sent += 1;
+                }
+            }
+            (big, sent)
+        })
+    });
+    println!("a 100 MiB join request: {:?} {}", big.code(), big.message());
+    assert_ne!(big.code(), tonic::Code::Ok);
+    assert!(
+        matches!(
+            big.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Cancelled
+        ) || big.message().contains("message length too large"),
+        "{big:?}"
+    );
+    assert_eq!(junk_sent, 1000);
+    s.ctl(1, &["node", "update", "--label-add", "after=junk", "node1"]);
+    let nodes = s.ctl(1, &["node", "ls"]);
+    assert!(!nodes.contains("big"), "{nodes}");
+    // Counted.
+    let m = s.metrics(1);
+    let refused: f64 = ["control", "raft", "member"]
+        .iter()
+        .map(|svc| {
+            metric(
+                &m,
+                "netagent_cluster_port_refused_total",
+                &[("service", svc), ("code", "PermissionDenied")],
+            )
+        })
+        .sum();
+    assert!(refused >= 4.0, "refusals counted: {refused}");
 }

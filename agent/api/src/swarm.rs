@@ -387,6 +387,7 @@ mod tests {
             network_keys: Vec::new(),
             settings: Default::default(),
             data_key_rotated_at: None,
+            removed_nodes: Vec::new(),
         }
     }
 

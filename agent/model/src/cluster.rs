@@ -26,6 +26,10 @@ pub struct Cluster {
     /// creation counts).
     #[serde(default)]
     pub data_key_rotated_at: Option<DateTime<Utc>>,
+    /// Ids of the nodes removed from the swarm (`node rm`): their certificates are revoked, the
+    /// cluster port refuses them on every service, whatever their expiry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_nodes: Vec<String>,
 }
 
 /// Subsystem of the data-path (IPsec) keys.

@@ -94,6 +94,7 @@ mod tests {
                 ..Default::default()
             },
             data_key_rotated_at: None,
+            removed_nodes: Vec::new(),
         }
     }
 

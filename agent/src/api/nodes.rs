@@ -244,11 +244,33 @@ pub async fn remove(
             n.meta.id
         )));
     }
-    m.write(Batch::one(Change::Delete {
-        kind: Kind::Node,
-        id: n.meta.id.clone(),
-        version: None,
-    }))
-    .await?;
-    Ok(())
+    // The node goes, and its certificate joins the revocation list in the same batch: from
+    // then on the cluster port refuses it on every service (see `services::authz`).
+    let mut attempts = 0;
+    loop {
+        let cluster = m.cluster()?;
+        let mut revoked = cluster.removed_nodes.clone();
+        if !revoked.contains(&n.meta.id) {
+            revoked.push(n.meta.id.clone());
+        }
+        let batch = Batch::new(vec![
+            Change::Delete {
+                kind: Kind::Node,
+                id: n.meta.id.clone(),
+                version: None,
+            },
+            Change::Patch {
+                kind: Kind::Cluster,
+                id: cluster.meta.id.clone(),
+                patch: serde_json::json!({ "removed_nodes": revoked }),
+                version: Some(cluster.meta.version),
+            },
+        ]);
+        match m.write(batch).await {
+            Ok(_) => return Ok(()),
+            // The cluster object changed meanwhile (a key rotation, a heartbeat setting): again.
+            Err(f) if f.code == crate::error::Code::Conflict && attempts < 5 => attempts += 1,
+            Err(f) => return Err(f),
+        }
+    }
 }

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::member::Member;
 use crate::rpc::generated::ca_server::Ca as CaRpc;
 use crate::rpc::messages::*;
-use crate::rpc::transport::member_peer;
+use crate::services::authz::{Needs, authorize};
 
 pub struct CaService {
     pub member: Arc<Member>,
@@ -121,7 +121,7 @@ impl CaRpc for CaService {
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
-        let peer = member_peer(&req, &self.member.cluster_id())?;
+        let peer = authorize(&self.member, &req, Needs::Member)?;
         let (cluster, ca) = self.ca()?;
         let node = self
             .member

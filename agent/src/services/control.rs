@@ -14,7 +14,7 @@ use crate::agent::Agent;
 use crate::member::Member;
 use crate::rpc::generated::control_server::Control;
 use crate::rpc::messages::*;
-use crate::rpc::transport::manager_peer;
+use crate::services::authz::{Needs, authorize};
 
 pub struct ControlService {
     pub agent: Arc<Agent>,
@@ -36,7 +36,7 @@ impl Control for ControlService {
         &self,
         req: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
-        manager_peer(&req, &self.member.cluster_id())?;
+        authorize(&self.member, &req, Needs::Manager)?;
         let req = req.into_inner();
         let router = self
             .agent
@@ -76,7 +76,7 @@ impl Control for ControlService {
         &self,
         req: Request<ProposeRequest>,
     ) -> Result<Response<ProposeReply>, Status> {
-        manager_peer(&req, &self.member.cluster_id())?;
+        authorize(&self.member, &req, Needs::Manager)?;
         let store = self.store()?;
         let reply = match store.propose(req.into_inner().batch).await {
             Ok(objects) => Ok(objects),
@@ -93,7 +93,7 @@ impl Control for ControlService {
         &self,
         req: Request<JoinRaftRequest>,
     ) -> Result<Response<JoinRaftReply>, Status> {
-        let peer = manager_peer(&req, &self.member.cluster_id())?;
+        let peer = authorize(&self.member, &req, Needs::Manager)?;
         let req = req.into_inner();
         let store = self.store()?.clone();
         if !store.is_leader() {
@@ -161,7 +161,7 @@ impl Control for ControlService {
     }
 
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
-        manager_peer(&req, &self.member.cluster_id())?;
+        authorize(&self.member, &req, Needs::Manager)?;
         let store = self.store()?;
         Ok(Response::new(PingReply {
             node_id: self.member.node_id(),

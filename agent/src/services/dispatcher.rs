@@ -19,6 +19,7 @@ use crate::member::Member;
 use crate::rpc::generated::dispatcher_server::Dispatcher;
 use crate::rpc::messages::{ClusterInfo, SessionDown, SessionUp};
 use crate::rpc::transport::member_peer;
+use crate::services::authz::{Needs, authorize};
 
 pub struct DispatcherService {
     pub member: Arc<Member>,
@@ -50,12 +51,14 @@ impl Dispatcher for DispatcherService {
             }
             return Err(status);
         }
+        // The leader's store is current: a node it does not hold was removed.
         let Some(node) = member.node(&peer.node_id).map_err(|f| f.to_status())? else {
-            return Err(Status::not_found(format!(
+            return Err(Status::permission_denied(format!(
                 "node {} is not in the swarm (it was removed); leave and join again",
                 peer.node_id
             )));
         };
+        authorize(&member, &req, Needs::Member)?;
         let period = member
             .cluster()
             .map(|c| c.settings.heartbeat_period_ms)
@@ -176,11 +179,26 @@ fn session_stream(
                         cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
                     }
                 }
-                SessionUp::Heartbeat => SessionDown::Heartbeat {
-                    node: member.node(&node_id).ok().flatten().map(Box::new),
-                    managers: member.manager_addrs(),
-                    cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
-                },
+                SessionUp::Heartbeat => {
+                    let node = member.node(&node_id).ok().flatten();
+                    let revoked = member
+                        .cluster()
+                        .is_ok_and(|c| c.removed_nodes.contains(&node_id));
+                    if node.is_none() || revoked {
+                        // Removed while connected: the session ends with the node.
+                        let _ = tx
+                            .send(Err(Status::permission_denied(format!(
+                                "node {node_id} was removed from the swarm: its certificate is revoked"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    SessionDown::Heartbeat {
+                        node: node.map(Box::new),
+                        managers: member.manager_addrs(),
+                        cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
+                    }
+                }
                 SessionUp::TaskStatus { updates } => {
                     if !recording.swap(true, Ordering::SeqCst) {
                         let (member, node_id, recording) =

@@ -1,6 +1,7 @@
 //! The gRPC services a manager serves on the cluster port (see `crate::rpc` for the table of
 //! services and who may call them).
 
+mod authz;
 mod ca;
 mod control;
 mod dispatcher;
@@ -23,6 +24,9 @@ use crate::rpc::generated::raft_server::RaftServer;
 
 /// Snapshots and batches can be large.
 const MAX_MESSAGE: usize = 256 << 20;
+/// The CA service takes a token and a CSR (joining) or a CSR (renewing): a few KiB. It is the one
+/// service open to clients without a certificate, so a larger message is refused unread.
+const MAX_CA_MESSAGE: usize = 64 << 10;
 
 /// Serves the cluster port until the member is stopped.
 pub async fn serve(
@@ -40,7 +44,7 @@ pub async fn serve(
             CaServer::new(ca::CaService {
                 member: member.clone(),
             })
-            .max_decoding_message_size(MAX_MESSAGE),
+            .max_decoding_message_size(MAX_CA_MESSAGE),
         )
         .add_service(
             RaftServer::new(raft::RaftService {

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use crate::member::Member;
 use crate::rpc::generated::raft_server::Raft;
 use crate::rpc::messages::*;
-use crate::rpc::transport::manager_peer;
+use crate::services::authz::{Needs, authorize};
 
 pub struct RaftService {
     pub member: Arc<Member>,
@@ -15,7 +15,7 @@ pub struct RaftService {
 
 impl RaftService {
     fn raft<T>(&self, req: &Request<T>) -> Result<store::Raft, Status> {
-        manager_peer(req, &self.member.cluster_id())?;
+        authorize(&self.member, req, Needs::RaftPeer)?;
         let m = self
             .member
             .manager

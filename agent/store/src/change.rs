@@ -356,6 +356,7 @@ pub(crate) mod tests_support {
             network_keys: vec![],
             settings: Default::default(),
             data_key_rotated_at: None,
+            removed_nodes: Vec::new(),
         })
     }
 }
