@@ -72,6 +72,10 @@ fn force_new_cluster_after_losing_two_of_three() {
         return;
     }
     let s = Swarm::start(3, 1);
+    // node2 reads its own replica, which may still be applying node4's join.
+    s.wait("node2 knows node4", || {
+        s.node_as_seen_by(2, "node4").is_some()
+    });
     s.ctl(2, &["node", "update", "--label-add", "kept=yes", "node4"]);
     // Destroy node2 and node3: processes and state.
     for i in [2, 3] {
