@@ -39,6 +39,8 @@ pub struct Init {
     pub heartbeat_ms: Option<u64>,
     /// Data-path key rotation period (`--data-key-rotation`); None: 12 h.
     pub data_key_rotation_ms: Option<u64>,
+    /// Lifetime of node certificates (`--cert-expiry`); None: 90 days.
+    pub cert_expiry_ms: Option<u64>,
     /// The ingress network's subnet and MTU (`--ingress-subnet`, `--ingress-mtu`).
     pub ingress: crate::ingress::IngressOptions,
 }
@@ -72,7 +74,7 @@ pub struct Joined {
 pub struct Agent {
     pub cfg: Config,
     member: RwLock<Option<Arc<Member>>>,
-    ops: tokio::sync::Mutex<()>,
+    pub(crate) ops: tokio::sync::Mutex<()>,
     /// The API router, for requests forwarded from followers (set once the API is built).
     pub router: OnceLock<axum::Router>,
 }
@@ -218,8 +220,11 @@ impl Agent {
         bootstrap: bool,
     ) -> Result<Arc<Member>> {
         let cfg = &self.cfg;
-        let client_tls = pki::tls::client_config(&saved.ca_pem, &saved.keys)
-            .map_err(|e| Failure::internal(format!("the node's certificates are unusable: {e}")))?;
+        let unusable =
+            |e: pki::Error| Failure::internal(format!("the node's certificates are unusable: {e}"));
+        let cert = pki::tls::NodeCert::new(&saved.ca_pem, &saved.keys).map_err(unusable)?;
+        let client_tls =
+            pki::tls::client_config_with(&saved.ca_pem, cert.clone()).map_err(unusable)?;
         let addr = cfg.cluster_addr(&saved.node.advertise_addr);
         // Managers probe each other at least every second (quorum decisions must not trail a
         // dead manager by three dispatcher periods of 5 s).
@@ -258,7 +263,7 @@ impl Agent {
         let member = Arc::new(Member::new(
             saved.node.clone(),
             saved.ca_pem.clone(),
-            saved.keys.clone(),
+            cert.clone(),
             client_tls,
             manager,
             addr.clone(),
@@ -276,9 +281,8 @@ impl Agent {
                     )));
                 }
             };
-            let server_tls = pki::tls::server_config(&saved.ca_pem, &saved.keys).map_err(|e| {
-                Failure::internal(format!("the node's certificates are unusable: {e}"))
-            })?;
+            let server_tls =
+                pki::tls::server_config_with(&saved.ca_pem, cert.clone()).map_err(unusable)?;
             member.spawn(crate::services::serve(
                 self.clone(),
                 member.clone(),
@@ -300,6 +304,7 @@ impl Agent {
             }
         }
         member.spawn(crate::session::run(self.clone(), member.clone()));
+        member.spawn(crate::certs::renew_loop(self.clone(), member.clone()));
         member.spawn(crate::node_runtime::run(self.clone(), member.clone()));
         self.set_member(Some(member.clone()));
         Ok(member)
@@ -365,13 +370,20 @@ impl Agent {
         let node_id = model::new_id();
         let raft_id = random_raft_id();
         let ca = Ca::generate(&cluster_id).map_err(|e| Failure::internal(e.to_string()))?;
+        let cert_expiry_ms = req
+            .cert_expiry_ms
+            .unwrap_or(model::cluster::DEFAULT_NODE_CERT_EXPIRY_MS);
         let keys = ca
-            .issue(&Identity {
-                node_id: node_id.clone(),
-                role: pki::Role::Manager,
-                cluster_id: cluster_id.clone(),
-            })
+            .issue(
+                &Identity {
+                    node_id: node_id.clone(),
+                    role: pki::Role::Manager,
+                    cluster_id: cluster_id.clone(),
+                },
+                Duration::from_millis(cert_expiry_ms),
+            )
             .map_err(|e| Failure::internal(e.to_string()))?;
+        let cert_expires_at = crate::certs::expires_at(&keys.cert_pem);
         let addr = self.cfg.cluster_addr(&advertise);
         let tokens = JoinTokens {
             worker: JoinToken::generate(&ca.digest()).to_string(),
@@ -418,6 +430,7 @@ impl Agent {
                     data_key_rotation_ms: req
                         .data_key_rotation_ms
                         .unwrap_or(model::cluster::DEFAULT_DATA_KEY_ROTATION_MS),
+                    node_cert_expiry_ms: cert_expiry_ms,
                 },
                 data_key_rotated_at: None,
                 removed_nodes: Vec::new(),
@@ -443,6 +456,7 @@ impl Agent {
                 advertise_addr: advertise.clone(),
                 data_path_addr: data_path.clone(),
                 attachments: Vec::new(),
+                cert_expires_at,
             };
             store
                 .propose(Batch::new(vec![

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use model::node::Role;
 use model::{Cluster, Kind, Node, Object};
-use pki::NodeKeys;
 use rustls::ClientConfig;
 use store::{Batch, ProposeError, Store};
 use tokio::sync::watch;
@@ -45,7 +44,8 @@ pub struct Manager {
 pub struct Member {
     pub state: Mutex<NodeState>,
     pub ca_pem: String,
-    pub keys: NodeKeys,
+    /// The node certificate TLS presents (client and, on managers, server); renewed in place.
+    pub cert: Arc<pki::tls::NodeCert>,
     pub client_tls: Arc<ClientConfig>,
     pub manager: Option<Manager>,
     pub cancel: CancellationToken,
@@ -84,7 +84,7 @@ impl Member {
     pub fn new(
         state: NodeState,
         ca_pem: String,
-        keys: NodeKeys,
+        cert: Arc<pki::tls::NodeCert>,
         client_tls: Arc<ClientConfig>,
         manager: Option<Manager>,
         cluster_port_addr: String,
@@ -94,7 +94,7 @@ impl Member {
         Member {
             state: Mutex::new(state),
             ca_pem,
-            keys,
+            cert,
             client_tls,
             manager,
             cancel: CancellationToken::new(),

@@ -156,11 +156,14 @@ fn refusals_change_nothing() {
             // A certificate from another CA fails the TLS handshake.
             let foreign_ca = pki::Ca::generate("other").unwrap();
             let keys = foreign_ca
-                .issue(&pki::Identity {
-                    node_id: "intruder".into(),
-                    role: pki::Role::Manager,
-                    cluster_id: "other".into(),
-                })
+                .issue(
+                    &pki::Identity {
+                        node_id: "intruder".into(),
+                        role: pki::Role::Manager,
+                        cluster_id: "other".into(),
+                    },
+                    Duration::from_secs(3600),
+                )
                 .unwrap();
             let mut tls = (*pki::tls::client_config(&ca_pem, &keys).unwrap()).clone();
             tls.alpn_protocols = vec![b"h2".to_vec()];
@@ -406,4 +409,86 @@ fn demoted_and_removed_nodes_lose_the_cluster_port() {
         })
         .sum();
     assert!(refused >= 4.0, "refusals counted: {refused}");
+}
+
+/// Node certificates live as long as the cluster says (`--cert-expiry`) and every node renews
+/// its own before it ends, without leaving Ready; a node restarted after its first certificate
+/// expired comes back on the renewed one. `swarm update --cert-expiry` changes the lifetime of
+/// the next certificates.
+#[test]
+fn certificates_renew_before_they_expire() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::agents(3);
+    s.ctl(
+        1,
+        &[
+            "swarm",
+            "init",
+            "--cert-expiry",
+            "12s",
+            "--advertise-addr",
+            &s.lab.node(1).addr().to_string(),
+        ],
+    );
+    // Readiness is judged on heartbeats; the lab's 200 ms ones miss under a loaded machine.
+    s.ctl(1, &["swarm", "update", "--dispatcher-heartbeat", "1s"]);
+    let addr = format!("{}:2377", s.lab.node(1).addr());
+    let token = |role: &str| {
+        s.ctl(1, &["swarm", "join-token", "-q", role])
+            .trim()
+            .to_string()
+    };
+    s.ctl(2, &["swarm", "join", "--token", &token("manager"), &addr]);
+    s.ctl(3, &["swarm", "join", "--token", &token("worker"), &addr]);
+    let life = |i: usize| {
+        let (from, to) = pki::validity(&keys_of(&s, i).cert_pem).unwrap();
+        to - from - pki::NODE_CERT_BACKDATE_SECS
+    };
+    assert_eq!(life(3), 12, "the worker's certificate lives --cert-expiry");
+    let first: Vec<String> = (1..=3).map(|i| keys_of(&s, i).cert_pem).collect();
+    let all_ready = || {
+        s.nodes(1)
+            .is_some_and(|n| n.len() == 3 && n.iter().all(|n| state(n) == "ready"))
+    };
+    s.wait("every node Ready", all_ready);
+
+    // Two lifetimes: every node renews at least twice and nobody leaves Ready.
+    let start = std::time::Instant::now();
+    let mut renewals = [0usize; 3];
+    let mut last = first.clone();
+    let mut not_ready = 0;
+    while start.elapsed() < Duration::from_secs(26) {
+        if !all_ready() {
+            not_ready += 1;
+        }
+        for i in 1..=3 {
+            let now = keys_of(&s, i).cert_pem;
+            if now != last[i - 1] {
+                renewals[i - 1] += 1;
+                last[i - 1] = now;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("renewals per node in 26 s: {renewals:?}; polls with a node not Ready: {not_ready}");
+    assert!(renewals.iter().all(|r| *r >= 2), "{renewals:?}");
+    assert_eq!(not_ready, 0, "a node left Ready while renewing");
+    let pretty = s.ctl(1, &["node", "inspect", "--pretty", "node3"]);
+    assert!(pretty.contains("Certificate Expiry:"), "{pretty}");
+
+    // The first certificates have expired: a restarted worker and manager connect on the
+    // renewed ones.
+    s.restart(3);
+    s.restart(2);
+    s.wait("node2 and node3 Ready again after restarting", all_ready);
+    s.ctl(
+        2,
+        &["node", "update", "--label-add", "renewed=yes", "node3"],
+    );
+
+    // A longer lifetime applies from the next renewal on.
+    s.ctl(1, &["swarm", "update", "--cert-expiry", "1h"]);
+    s.wait("node3's certificate lives an hour", || life(3) == 3600);
 }

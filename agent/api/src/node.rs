@@ -64,6 +64,13 @@ pub struct Description {
         skip_serializing_if = "String::is_empty"
     )]
     pub encrypted_networks: String,
+    /// netagent's own: when the node's certificate expires (RFC 3339; renewed before).
+    #[serde(
+        rename = "CertificateExpiry",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub certificate_expiry: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +206,10 @@ pub fn node(n: &model::Node, manager_status: Option<ManagerStatus>) -> Node {
                 Some(false) => format!("unsupported: {}", model::node::NO_ESP),
                 None => String::new(),
             },
+            certificate_expiry: n
+                .cert_expires_at
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
         },
         status: Status {
             state: word(&n.status.state),

@@ -287,8 +287,7 @@ pub fn cluster_info(c: &model::Cluster, election_tick: u64, heartbeat_tick: u64)
                 heartbeat_period: c.settings.heartbeat_period_ms * MS,
             },
             ca_config: CaConfig {
-                // 90 days, as docker's default (the certificates netagent issues today).
-                node_cert_expiry: 90 * 24 * 3600 * 1_000 * MS,
+                node_cert_expiry: c.settings.node_cert_expiry_ms * MS,
                 ..Default::default()
             },
             encryption_config: EncryptionConfig {
@@ -339,9 +338,25 @@ pub fn settings_update(
     if wanted.raft != current.raft && wanted.raft != RaftConfig::default() {
         return refuse("the Raft settings (they are netagent's flags)");
     }
-    if wanted.ca_config != current.ca_config && wanted.ca_config != CaConfig::default() {
-        return refuse("CAConfig (certificate rotation is not built yet)");
+    let ca_rest = |c: &CaConfig| CaConfig {
+        node_cert_expiry: 0,
+        ..c.clone()
+    };
+    if ca_rest(&wanted.ca_config) != ca_rest(&current.ca_config)
+        && ca_rest(&wanted.ca_config) != CaConfig::default()
+    {
+        return refuse("CAConfig's external CAs and signing CA (netagent runs its own CA)");
     }
+    let expiry = match wanted.ca_config.node_cert_expiry {
+        0 => current.ca_config.node_cert_expiry,
+        e if e < model::cluster::MIN_NODE_CERT_EXPIRY_MS * MS => {
+            return Err(Invalid::new(format!(
+                "invalid CAConfig.NodeCertExpiry {e}ns: node certificates must live at least {}s (default 90 days)",
+                model::cluster::MIN_NODE_CERT_EXPIRY_MS / 1000
+            )));
+        }
+        e => e,
+    };
     if wanted.encryption_config.auto_lock_managers {
         return refuse("EncryptionConfig.AutoLockManagers (autolock is not supported)");
     }
@@ -365,6 +380,7 @@ pub fn settings_update(
     Ok(model::cluster::ClusterSettings {
         heartbeat_period_ms: period / MS,
         data_key_rotation_ms: rotation / MS,
+        node_cert_expiry_ms: expiry / MS,
     })
 }
 
@@ -407,6 +423,17 @@ mod tests {
         );
         let mut bad = info.spec.clone();
         bad.ca_config.node_cert_expiry = 1;
+        assert!(settings_update(&info.spec, &bad).is_err());
+        let mut want = info.spec.clone();
+        want.ca_config.node_cert_expiry = 3600 * 1000 * MS;
+        assert_eq!(
+            settings_update(&info.spec, &want)
+                .unwrap()
+                .node_cert_expiry_ms,
+            3_600_000
+        );
+        let mut bad = info.spec.clone();
+        bad.ca_config.signing_ca_cert = "PEM".into();
         assert!(settings_update(&info.spec, &bad).is_err());
         let mut bad = info.spec.clone();
         bad.encryption_config.auto_lock_managers = true;

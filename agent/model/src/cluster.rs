@@ -74,17 +74,31 @@ pub struct ClusterSettings {
     /// Period of data-path (IPsec) key rotation in milliseconds (default 12 h; 0: never).
     #[serde(default = "default_data_key_rotation")]
     pub data_key_rotation_ms: u64,
+    /// Lifetime of the node certificates the CA signs, in milliseconds (docker: 90 days). Nodes
+    /// renew theirs well before it ends.
+    #[serde(default = "default_node_cert_expiry")]
+    pub node_cert_expiry_ms: u64,
 }
 
 fn default_data_key_rotation() -> u64 {
     DEFAULT_DATA_KEY_ROTATION_MS
 }
 
+fn default_node_cert_expiry() -> u64 {
+    DEFAULT_NODE_CERT_EXPIRY_MS
+}
+
+/// Default lifetime of node certificates (docker's: 90 days).
+pub const DEFAULT_NODE_CERT_EXPIRY_MS: u64 = 90 * 24 * 3600 * 1000;
+/// The shortest node certificate lifetime accepted (docker: 1 h; shorter here for tests).
+pub const MIN_NODE_CERT_EXPIRY_MS: u64 = 10_000;
+
 impl Default for ClusterSettings {
     fn default() -> Self {
         ClusterSettings {
             heartbeat_period_ms: 5_000,
             data_key_rotation_ms: DEFAULT_DATA_KEY_ROTATION_MS,
+            node_cert_expiry_ms: DEFAULT_NODE_CERT_EXPIRY_MS,
         }
     }
 }

@@ -94,4 +94,7 @@ pub struct Node {
     /// it has tasks on (swarmkit's Node.Attachments), allocated by the leader.
     #[serde(default)]
     pub attachments: Vec<NetworkAttachment>,
+    /// When the node certificate the CA last signed for this node expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }

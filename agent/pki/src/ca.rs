@@ -11,9 +11,9 @@ use crate::{Error, MANAGER_SERVER_NAME, Result};
 
 /// Lifetime of the root CA (Docker: 20 years).
 const CA_VALIDITY: Duration = Duration::days(20 * 365);
-/// Lifetime of node certificates. Docker rotates them every 90 days; netagent does not rotate
-/// yet, so they last a year and a node renews on role change or rejoin.
-const NODE_VALIDITY: Duration = Duration::days(365);
+/// How far back a node certificate's validity starts (clock skew between nodes): its
+/// `not_before` is the moment of signing minus this.
+pub const NODE_CERT_BACKDATE_SECS: i64 = 3600;
 
 /// A node's certificate and private key (PEM).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl Ca {
         crate::token::ca_digest(&self.cert_der)
     }
 
-    fn node_params(id: &Identity) -> Result<CertificateParams> {
+    fn node_params(id: &Identity, validity: std::time::Duration) -> Result<CertificateParams> {
         let mut sans = vec![id.node_id.clone(), id.role.ou().to_string()];
         if id.role == Role::Manager && id.role.ou() != MANAGER_SERVER_NAME {
             sans.push(MANAGER_SERVER_NAME.to_string());
@@ -112,8 +112,10 @@ impl Ca {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + NODE_VALIDITY;
+        params.not_before = now - Duration::seconds(NODE_CERT_BACKDATE_SECS);
+        params.not_after = now
+            + Duration::try_from(validity)
+                .map_err(|e| Error::Certificate(format!("invalid validity: {e}")))?;
         Ok(params)
     }
 
@@ -124,16 +126,21 @@ impl Ca {
 
     /// Signs the public key of a CSR (PEM) into a certificate for `id`. The subject the CSR asks
     /// for is ignored: the CA decides who the node is.
-    pub fn sign_csr(&self, csr_pem: &str, id: &Identity) -> Result<String> {
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        id: &Identity,
+        validity: std::time::Duration,
+    ) -> Result<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        let cert = Self::node_params(id)?.signed_by(&csr.public_key, &self.issuer()?)?;
+        let cert = Self::node_params(id, validity)?.signed_by(&csr.public_key, &self.issuer()?)?;
         Ok(cert.pem())
     }
 
     /// A fresh key and certificate for `id` (the first manager at `swarm init`).
-    pub fn issue(&self, id: &Identity) -> Result<NodeKeys> {
+    pub fn issue(&self, id: &Identity, validity: std::time::Duration) -> Result<NodeKeys> {
         let key = KeyPair::generate()?;
-        let cert = Self::node_params(id)?.signed_by(&key, &self.issuer()?)?;
+        let cert = Self::node_params(id, validity)?.signed_by(&key, &self.issuer()?)?;
         Ok(NodeKeys {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -153,6 +160,8 @@ pub fn new_csr() -> Result<(String, String)> {
 mod tests {
     use super::*;
 
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
     #[test]
     fn ca_signs_csr_with_identity() {
         let ca = Ca::generate("cluster1").unwrap();
@@ -162,7 +171,7 @@ mod tests {
             role: Role::Worker,
             cluster_id: "cluster1".into(),
         };
-        let cert = ca.sign_csr(&csr, &id).unwrap();
+        let cert = ca.sign_csr(&csr, &id, DAY).unwrap();
         assert_eq!(Identity::from_pem(&cert).unwrap(), id);
         let again = Ca::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
         assert_eq!(again.digest(), ca.digest());
@@ -170,7 +179,9 @@ mod tests {
             role: Role::Manager,
             ..id
         };
-        let keys = again.issue(&m).unwrap();
+        let keys = again.issue(&m, DAY).unwrap();
+        let (from, to) = crate::validity(&keys.cert_pem).unwrap();
+        assert_eq!(to - from, 86_400 + NODE_CERT_BACKDATE_SECS);
         assert_eq!(Identity::from_pem(&keys.cert_pem).unwrap(), m);
         assert!(sign_garbage(&ca).is_err());
     }
@@ -183,6 +194,7 @@ mod tests {
                 role: Role::Worker,
                 cluster_id: "c".into(),
             },
+            DAY,
         )
     }
 }

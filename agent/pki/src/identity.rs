@@ -65,3 +65,12 @@ impl Identity {
         Identity::from_der(&crate::tls::cert_der_from_pem(pem)?)
     }
 }
+
+/// When a certificate (PEM) starts and stops being valid, in seconds since the Unix epoch.
+pub fn validity(pem: &str) -> Result<(i64, i64)> {
+    let der = crate::tls::cert_der_from_pem(pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| Error::Certificate(format!("cannot parse: {e}")))?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}

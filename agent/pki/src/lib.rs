@@ -14,8 +14,8 @@ mod identity;
 pub mod tls;
 mod token;
 
-pub use ca::{Ca, NodeKeys, new_csr};
-pub use identity::{Identity, Role};
+pub use ca::{Ca, NODE_CERT_BACKDATE_SECS, NodeKeys, new_csr};
+pub use identity::{Identity, Role, validity};
 pub use token::{JoinToken, ca_digest};
 
 /// Errors of the PKI. Each says what failed and why.

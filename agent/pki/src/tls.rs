@@ -8,13 +8,16 @@
 //! - [`pinned_client_config`]: a joining node's side, without a certificate, trusting a manager
 //!   only if the CA in its chain has the digest from the join token.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::{Error, MANAGER_SERVER_NAME, NodeKeys, Result};
@@ -58,8 +61,80 @@ fn chain(ca_pem: &str, keys: &NodeKeys) -> Result<Vec<CertificateDer<'static>>> 
     ])
 }
 
+/// The node's certificate and key as TLS presents them, replaceable while configurations and
+/// connections use it: a renewed certificate takes effect on the next handshake, both as a
+/// server (manager) and as a client.
+#[derive(Debug)]
+pub struct NodeCert {
+    current: RwLock<(NodeKeys, Arc<CertifiedKey>)>,
+}
+
+impl NodeCert {
+    pub fn new(ca_pem: &str, keys: &NodeKeys) -> Result<Arc<NodeCert>> {
+        Ok(Arc::new(NodeCert {
+            current: RwLock::new((keys.clone(), certified(ca_pem, keys)?)),
+        }))
+    }
+
+    /// Presents `keys` from the next handshake on.
+    pub fn replace(&self, ca_pem: &str, keys: &NodeKeys) -> Result<()> {
+        let ck = certified(ca_pem, keys)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (keys.clone(), ck);
+        Ok(())
+    }
+
+    /// The certificate and key presented now.
+    pub fn keys(&self) -> NodeKeys {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+}
+
+fn certified(ca_pem: &str, keys: &NodeKeys) -> Result<Arc<CertifiedKey>> {
+    let key = provider()
+        .key_provider
+        .load_private_key(key_from_pem(&keys.key_pem)?)?;
+    Ok(Arc::new(CertifiedKey::new(chain(ca_pem, keys)?, key)))
+}
+
+impl ResolvesServerCert for NodeCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl ResolvesClientCert for NodeCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// The manager's TLS server configuration (ALPN h2 for gRPC).
 pub fn server_config(ca_pem: &str, keys: &NodeKeys) -> Result<Arc<ServerConfig>> {
+    server_config_with(ca_pem, NodeCert::new(ca_pem, keys)?)
+}
+
+/// [`server_config`] presenting whatever `cert` holds at each handshake.
+pub fn server_config_with(ca_pem: &str, cert: Arc<NodeCert>) -> Result<Arc<ServerConfig>> {
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
             .allow_unauthenticated()
@@ -68,17 +143,22 @@ pub fn server_config(ca_pem: &str, keys: &NodeKeys) -> Result<Arc<ServerConfig>>
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain(ca_pem, keys)?, key_from_pem(&keys.key_pem)?)?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
 
 /// A member's TLS client configuration: trusts the cluster CA, presents the node certificate.
 pub fn client_config(ca_pem: &str, keys: &NodeKeys) -> Result<Arc<ClientConfig>> {
+    client_config_with(ca_pem, NodeCert::new(ca_pem, keys)?)
+}
+
+/// [`client_config`] presenting whatever `cert` holds at each handshake.
+pub fn client_config_with(ca_pem: &str, cert: Arc<NodeCert>) -> Result<Arc<ClientConfig>> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca_pem)?)
-        .with_client_auth_cert(chain(ca_pem, keys)?, key_from_pem(&keys.key_pem)?)?;
+        .with_client_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -186,16 +266,36 @@ mod tests {
     #[test]
     fn configs_build() {
         let ca = Ca::generate("c").unwrap();
-        let keys = ca
-            .issue(&Identity {
-                node_id: "n".into(),
-                role: Role::Manager,
-                cluster_id: "c".into(),
-            })
-            .unwrap();
+        let id = Identity {
+            node_id: "n".into(),
+            role: Role::Manager,
+            cluster_id: "c".into(),
+        };
+        let hour = std::time::Duration::from_secs(3600);
+        let keys = ca.issue(&id, hour).unwrap();
         server_config(ca.cert_pem(), &keys).unwrap();
         client_config(ca.cert_pem(), &keys).unwrap();
         pinned_client_config(&ca.digest()).unwrap();
         anonymous_client_config(ca.cert_pem()).unwrap();
+
+        // A renewed certificate replaces the presented one in place.
+        let cert = NodeCert::new(ca.cert_pem(), &keys).unwrap();
+        let _server = server_config_with(ca.cert_pem(), cert.clone()).unwrap();
+        let before = cert.get().cert[0].clone();
+        let renewed = ca.issue(&id, hour).unwrap();
+        cert.replace(ca.cert_pem(), &renewed).unwrap();
+        assert_eq!(cert.keys(), renewed);
+        assert_ne!(cert.get().cert[0], before);
+        assert_eq!(
+            cert.get().cert[0].as_ref(),
+            cert_der_from_pem(&renewed.cert_pem).unwrap()
+        );
+        // A key that does not parse is refused and the current certificate stays.
+        let broken = NodeKeys {
+            cert_pem: renewed.cert_pem.clone(),
+            key_pem: "not a key".into(),
+        };
+        assert!(cert.replace(ca.cert_pem(), &broken).is_err());
+        assert_eq!(cert.keys(), renewed);
     }
 }

@@ -97,6 +97,8 @@ pub async fn init(
                 .then_some(settings.heartbeat_period_ms),
             data_key_rotation_ms: (settings.data_key_rotation_ms > 0)
                 .then_some(settings.data_key_rotation_ms),
+            cert_expiry_ms: (settings.node_cert_expiry_ms > 0)
+                .then_some(settings.node_cert_expiry_ms),
             ingress: crate::ingress::IngressOptions {
                 subnet: non_empty(&req.ingress_subnet),
                 mtu: (req.ingress_mtu != 0).then_some(req.ingress_mtu),

@@ -123,6 +123,9 @@ fn pretty(n: &Node) -> String {
             line("Load Balancer:", &p.name);
         }
     }
+    if !n.description.certificate_expiry.is_empty() {
+        line("Certificate Expiry:", &n.description.certificate_expiry);
+    }
     s
 }
 

@@ -38,6 +38,9 @@ pub enum SwarmCmd {
         /// Period of data-path (IPsec) key rotation, e.g. 12h, 30m, 90s (default 12h).
         #[arg(long, value_parser = duration_ms)]
         data_key_rotation: Option<u64>,
+        /// Validity period for node certificates, e.g. 2160h (default 90 days).
+        #[arg(long, value_parser = duration_ms)]
+        cert_expiry: Option<u64>,
     },
     /// Update the swarm.
     Update {
@@ -50,6 +53,9 @@ pub enum SwarmCmd {
         /// Rotate the data-path (IPsec) keys of encrypted networks now.
         #[arg(long)]
         rotate_data_key: bool,
+        /// Validity period for node certificates, e.g. 2160h.
+        #[arg(long, value_parser = duration_ms)]
+        cert_expiry: Option<u64>,
     },
     /// Join a swarm as a node and/or manager.
     Join {
@@ -156,6 +162,7 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             ingress_subnet,
             ingress_mtu,
             data_key_rotation,
+            cert_expiry,
         } => {
             let mut req = InitRequest {
                 advertise_addr: advertise_addr.unwrap_or_default(),
@@ -170,6 +177,8 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             };
             req.spec.encryption_config.data_key_rotation =
                 data_key_rotation.unwrap_or(0).saturating_mul(1_000_000);
+            req.spec.ca_config.node_cert_expiry =
+                cert_expiry.unwrap_or(0).saturating_mul(1_000_000);
             let node_id: String = client
                 .post("/swarm/init", serde_json::to_value(req)?)
                 .await?
@@ -263,6 +272,7 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             dispatcher_heartbeat,
             data_key_rotation,
             rotate_data_key,
+            cert_expiry,
         } => {
             let current = swarm(client).await?;
             let mut spec = current.cluster.spec.clone();
@@ -271,6 +281,9 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
             }
             if let Some(ms) = data_key_rotation {
                 spec.encryption_config.data_key_rotation = ms.saturating_mul(1_000_000);
+            }
+            if let Some(ms) = cert_expiry {
+                spec.ca_config.node_cert_expiry = ms.saturating_mul(1_000_000);
             }
             client
                 .post(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use model::node::{Availability, ManagerStatus, NodeSpec, NodeState, NodeStatus, Role};
-use model::{Meta, Node, Object};
+use model::{Kind, Meta, Node, Object};
 use pki::{Ca, Identity, JoinToken};
 use store::{Batch, Change};
 use tonic::{Request, Response, Status};
@@ -82,6 +82,7 @@ impl CaRpc for CaService {
                     role: pki_role(role),
                     cluster_id: cluster.meta.id.clone(),
                 },
+                validity(&cluster),
             )
             .map_err(|e| {
                 Status::invalid_argument(format!("cannot sign the certificate request: {e}"))
@@ -104,6 +105,7 @@ impl CaRpc for CaService {
             advertise_addr: req.advertise_addr.clone(),
             data_path_addr: req.data_path_addr.clone(),
             attachments: Vec::new(),
+            cert_expires_at: crate::certs::expires_at(&cert_pem),
         };
         self.member
             .write(Batch::one(Change::Create(Object::Node(node))))
@@ -138,14 +140,42 @@ impl CaRpc for CaService {
             .sign_csr(
                 &req.into_inner().csr_pem,
                 &Identity {
-                    node_id: peer.node_id,
+                    node_id: peer.node_id.clone(),
                     role: pki_role(role),
-                    cluster_id: cluster.meta.id,
+                    cluster_id: cluster.meta.id.clone(),
                 },
+                validity(&cluster),
             )
             .map_err(|e| {
                 Status::invalid_argument(format!("cannot sign the certificate request: {e}"))
             })?;
+        // Recorded for `node inspect`, in the background: the certificate is valid whether or
+        // not this lands, and the answer must not wait for a quorum.
+        if let Some(at) = crate::certs::expires_at(&cert_pem) {
+            let patch = serde_json::json!({ "cert_expires_at": at });
+            let (member, node_id) = (self.member.clone(), peer.node_id.clone());
+            tokio::spawn(async move {
+                let change = Change::Patch {
+                    kind: Kind::Node,
+                    id: node_id.clone(),
+                    patch,
+                    version: None,
+                };
+                if let Err(e) = member.write(Batch::one(change)).await {
+                    tracing::info!(node = %node_id, error = %e, "could not record the certificate's expiry");
+                }
+            });
+        }
+        tracing::info!(node = %peer.node_id, ?role, "node certificate renewed");
         Ok(Response::new(RenewResponse { cert_pem, role }))
     }
+}
+
+/// How long the node certificates the CA signs now live (the cluster's setting).
+fn validity(cluster: &model::Cluster) -> std::time::Duration {
+    let ms = match cluster.settings.node_cert_expiry_ms {
+        0 => model::cluster::DEFAULT_NODE_CERT_EXPIRY_MS,
+        ms => ms,
+    };
+    std::time::Duration::from_millis(ms)
 }

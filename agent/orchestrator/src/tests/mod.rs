@@ -59,6 +59,7 @@ pub fn node(id: &str, hostname: &str) -> Node {
         advertise_addr: String::new(),
         data_path_addr: String::new(),
         attachments: vec![],
+        cert_expires_at: None,
     }
 }
 
