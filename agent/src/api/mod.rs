@@ -393,6 +393,32 @@ pub async fn call_local(
     Ok((status, bytes))
 }
 
+/// The group that may use the API socket (mode 0660), if it exists.
+pub const SOCKET_GROUP: &str = "netagent";
+
+/// The API socket is root's: anyone who can write to its directory could replace it (and catch
+/// the operator's commands), so a directory writable by others is refused.
+fn refuse_open_directory(socket: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = socket.parent() else {
+        return Ok(());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+    if meta.mode() & 0o002 != 0 {
+        anyhow::bail!(
+            "refusing to serve the API socket in {}: the directory is writable by every user, who could replace the socket; use a directory only root writes (default /run/netagent)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Serves the API on the unix socket until `shutdown` resolves.
 pub async fn serve(
     agent: Arc<Agent>,
@@ -411,10 +437,16 @@ pub async fn serve(
                 .with_context(|| format!("cannot remove the stale socket {}", path.display()));
         }
     }
+    refuse_open_directory(path)?;
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    // root:netagent, when the operator made that group (members may drive the daemon).
+    if let Ok(Some(group)) = nix::unistd::Group::from_name(SOCKET_GROUP) {
+        nix::unistd::chown(path, None, Some(group.gid))
+            .with_context(|| format!("cannot give {} to group {SOCKET_GROUP}", path.display()))?;
+    }
     let app = app(agent.clone());
     let _ = agent.router.set(app.clone());
     tracing::info!(socket = %path.display(), "API listening");
@@ -429,6 +461,20 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_directory_writable_by_everyone_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("netagent-sockdir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("netagent.sock");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = refuse_open_directory(&sock).unwrap_err().to_string();
+        assert!(err.contains("writable by every user"), "{err}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        refuse_open_directory(&sock).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn local_routes() {
