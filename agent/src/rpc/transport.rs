@@ -1,6 +1,7 @@
 //! TLS plumbing for the cluster port: the accept loop feeding tonic, lazily connecting client
 //! channels, and who the peer of a request is.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ pub fn incoming(
 ) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls);
+    let pending = Pending::default();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -34,11 +36,19 @@ pub fn incoming(
                 },
                 _ = tx.closed() => return,
             };
+            // Handshakes in progress are bounded, in all and per source address: a flood of
+            // connections that never finish their handshake cannot starve real peers.
+            let Some(slot) = pending.admit(peer.ip()) else {
+                tracing::debug!(%peer, "cluster port: too many handshakes in progress; closed");
+                crate::metrics::cluster_port_refused("handshake", tonic::Code::ResourceExhausted);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let _slot = slot;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
@@ -51,6 +61,47 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once, in all and from one source address.
+const MAX_PENDING: usize = 256;
+const MAX_PENDING_PER_SOURCE: usize = 16;
+
+/// Handshakes in progress, by source address.
+#[derive(Debug, Clone, Default)]
+struct Pending(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
+
+/// One admitted handshake; its slot frees when dropped.
+struct Slot(Pending, IpAddr);
+
+impl Pending {
+    fn admit(&self, ip: IpAddr) -> Option<Slot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = m.values().sum();
+        let here = m.entry(ip).or_insert(0);
+        if total >= MAX_PENDING || *here >= MAX_PENDING_PER_SOURCE {
+            if *here == 0 {
+                m.remove(&ip);
+            }
+            return None;
+        }
+        *here += 1;
+        Some(Slot(self.clone(), ip))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// A channel to `addr` (host:port) over TLS with `tls`; it connects on first use and reconnects
@@ -115,4 +166,25 @@ pub fn member_peer<T>(req: &Request<T>, cluster_id: &str) -> Result<Identity, St
         )));
     }
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_handshakes_are_bounded_per_source_and_freed() {
+        let p = Pending::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let slots: Vec<Slot> = (0..MAX_PENDING_PER_SOURCE)
+            .map(|_| p.admit(a).expect("under the cap"))
+            .collect();
+        assert!(p.admit(a).is_none(), "one source is capped");
+        let other = p.admit(b).expect("another source still gets in");
+        drop(slots);
+        drop(other);
+        assert!(p.0.lock().unwrap().is_empty(), "every slot freed");
+        assert!(p.admit(a).is_some());
+    }
 }
