@@ -305,7 +305,10 @@ struct Lb;
 
 impl Collector for Lb {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
-        let Some(lb) = agent().and_then(|a| a.member()).and_then(|m| m.lb.get().cloned()) else {
+        let Some(lb) = agent()
+            .and_then(|a| a.member())
+            .and_then(|m| m.lb.get().cloned())
+        else {
             return Ok(());
         };
         let c = match lb.read() {

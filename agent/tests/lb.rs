@@ -104,7 +104,10 @@ fn lb_gauges(m: &prometheus_parse::Scrape, node: usize) {
     );
     let services = metric(m, "netagent_lb_services", &[]);
     let backends = metric(m, "netagent_lb_backends", &[]);
-    assert!(services >= 2.0 && backends >= 3.0, "node{node}: {services} {backends}");
+    assert!(
+        services >= 2.0 && backends >= 3.0,
+        "node{node}: {services} {backends}"
+    );
 }
 
 #[test]
@@ -175,9 +178,10 @@ fn vips_balance_tcp_and_udp_on_every_node() {
         // Each request is a connection this node's load balancer gave a task (IPVS publishes
         // its counts every 2 s: waited for).
         let ok = r["ok"].as_f64().unwrap_or_default();
-        s.wait(&format!("node{}'s balanced_total counts the requests", c.node), || {
-            balanced(c.node) - before >= ok
-        });
+        s.wait(
+            &format!("node{}'s balanced_total counts the requests", c.node),
+            || balanced(c.node) - before >= ok,
+        );
         lb_gauges(&s.metrics(c.node), c.node);
         assert_eq!(
             backends(&r, "backends"),
@@ -205,7 +209,11 @@ fn vips_balance_tcp_and_udp_on_every_node() {
         let r = client(&s, c, &["http", &empty_vip, "80", "1"]);
         assert_eq!(r["fail"], 1, "{r}");
         let after = refused(c.node);
-        assert!(after > before, "node{} counted the refusal: {before} -> {after}", c.node);
+        assert!(
+            after > before,
+            "node{} counted the refusal: {before} -> {after}",
+            c.node
+        );
         let errors = r["errors"].to_string().to_lowercase();
         assert!(
             !errors.contains("timed out"),

@@ -139,10 +139,7 @@ impl Balancer {
         let Some(lb) = self.lb.as_ref() else {
             return;
         };
-        let done = lb
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply(&changes);
+        let done = lb.lock().unwrap_or_else(|e| e.into_inner()).apply(&changes);
         match done {
             Ok(r) => self.count(r),
             Err(e) => {

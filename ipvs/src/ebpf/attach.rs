@@ -160,15 +160,13 @@ pub(crate) fn load(pin_dir: &Path, cgroup: &Path) -> Result<Loaded> {
     for (name, pin) in &pins {
         loader.map_pin_path(name, pin.as_path());
     }
-    let mut bpf = loader
-        .load(OBJECT)
-        .map_err(|e| {
-            Error::Other(format!(
-                "load the eBPF object (maps pinned in {}): {}",
-                pin_dir.display(),
-                chain(&e)
-            ))
-        })?;
+    let mut bpf = loader.load(OBJECT).map_err(|e| {
+        Error::Other(format!(
+            "load the eBPF object (maps pinned in {}): {}",
+            pin_dir.display(),
+            chain(&e)
+        ))
+    })?;
     let cnt = bpf
         .take_map(CNT_MAP)
         .ok_or_else(|| Error::Other(format!("map {CNT_MAP} missing from the object")))?;
@@ -242,11 +240,7 @@ pub(crate) fn load(pin_dir: &Path, cgroup: &Path) -> Result<Loaded> {
 }
 
 /// Loads and attaches one program; the caller pins the link.
-fn attach_one(
-    bpf: &mut Ebpf,
-    prog: &str,
-    cgroup: &File,
-) -> std::result::Result<FdLink, String> {
+fn attach_one(bpf: &mut Ebpf, prog: &str, cgroup: &File) -> std::result::Result<FdLink, String> {
     let p: &mut CgroupSockAddr = bpf
         .program_mut(prog)
         .ok_or_else(|| format!("program {prog} missing from the object"))?

@@ -90,7 +90,11 @@ struct Totals {
 
 /// Replaces `last` with `now`, moving counters that vanished or went down into `retired`;
 /// returns the total.
-fn fold<K: Ord + Clone>(last: &mut BTreeMap<K, u64>, now: BTreeMap<K, u64>, retired: &mut u64) -> u64 {
+fn fold<K: Ord + Clone>(
+    last: &mut BTreeMap<K, u64>,
+    now: BTreeMap<K, u64>,
+    retired: &mut u64,
+) -> u64 {
     for (k, was) in last.iter() {
         if now.get(k).is_none_or(|n| n < was) {
             *retired = retired.saturating_add(*was);

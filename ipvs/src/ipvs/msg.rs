@@ -89,7 +89,10 @@ pub(crate) enum SvcAttr {
 }
 
 /// The nested attributes of a stats attribute; `None` where CONNS is missing.
-fn stats_conns<T>(v: &[u8], parse: impl Fn(&[u8]) -> Result<T, DecodeError>) -> Result<Option<T>, DecodeError> {
+fn stats_conns<T>(
+    v: &[u8],
+    parse: impl Fn(&[u8]) -> Result<T, DecodeError>,
+) -> Result<Option<T>, DecodeError> {
     for nla in NlasIterator::new(v) {
         let nla = nla?;
         if nla.kind() & NLA_TYPE_MASK == STATS_ATTR_CONNS {
@@ -728,7 +731,10 @@ mod tests {
         // Our own encoding of both parses back.
         let own = IpvsMsg::new(
             cmd::NEW_SERVICE,
-            vec![IpvsAttr::Service(vec![SvcAttr::Stats(3), SvcAttr::Stats64(4)])],
+            vec![IpvsAttr::Service(vec![
+                SvcAttr::Stats(3),
+                SvcAttr::Stats64(4),
+            ])],
         );
         assert_eq!(parse(cmd::NEW_SERVICE, &bytes(&own)).unwrap(), own);
     }

@@ -24,7 +24,11 @@ fn tcp_to_any_port_of_a_vip_reaches_every_backend_and_udp_answers_from_the_vip()
     assert_eq!(rig.lb_addrs(), BTreeSet::from([vip]));
     let before = lb.counters().expect("counters");
     assert_eq!((before.services, before.backends), (1, 3), "{before:?}");
-    assert_eq!((before.balanced, before.refused), (0, 0), "a new node: {before:?}");
+    assert_eq!(
+        (before.balanced, before.refused),
+        (0, 0),
+        "a new node: {before:?}"
+    );
 
     for port in ["80", "8080"] {
         let v = json(&rig.client(&["tcp", &vip.to_string(), port, "150"]));
