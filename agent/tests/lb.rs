@@ -182,6 +182,11 @@ fn vips_balance_tcp_and_udp_on_every_node() {
             &format!("node{}'s balanced_total counts the requests", c.node),
             || balanced(c.node) - before >= ok,
         );
+        println!(
+            "node{}: netagent_lb_balanced_total {before} -> {}",
+            c.node,
+            balanced(c.node)
+        );
         lb_gauges(&s.metrics(c.node), c.node);
         assert_eq!(
             backends(&r, "backends"),
