@@ -68,6 +68,8 @@ pub struct Member {
     pub gossip: std::sync::OnceLock<Arc<gossip::Gossip>>,
     /// This node's DNS resolver for its tasks, once the node's runtime has started it.
     pub resolver: std::sync::OnceLock<Arc<dns::Resolver>>,
+    /// Reads this node's load-balancer counters, once the node's runtime has started it.
+    pub lb: std::sync::OnceLock<executor::LbCounters>,
     /// The node's assignments as the dispatcher last sent them (the executor's input).
     pub assignments: watch::Sender<Option<model::Assignments>>,
     /// Task status the executor reported and the leader has not recorded yet.
@@ -107,6 +109,7 @@ impl Member {
             cluster_port_addr,
             gossip: std::sync::OnceLock::new(),
             resolver: std::sync::OnceLock::new(),
+            lb: std::sync::OnceLock::new(),
             assignments: watch::channel(None).0,
             task_status: Mutex::new(Default::default()),
             task_status_notify: tokio::sync::Notify::new(),

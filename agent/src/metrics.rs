@@ -7,7 +7,7 @@
 //! values that already live elsewhere (Raft's metrics, gossip's `Stats`, the store's tasks) are
 //! read at scrape time by collectors from the agent [`attach`]ed at startup.
 //!
-//! Adding a component (DNS, load balancing): write `fn dns(reg: &mut Registry) -> DnsMetrics`
+//! Adding a component: write `fn dns(reg: &mut Registry) -> DnsMetrics`
 //! here (register its counters, return them), add a `pub dns: DnsMetrics` field to [`Metrics`]
 //! and one line in `Metrics::new`; the component bumps `metrics::global().dns.queries...`. For
 //! values it keeps itself, register a [`Collector`] the same way `gossip` does.
@@ -101,6 +101,7 @@ impl Metrics {
         raft(&mut reg);
         gossip(&mut reg);
         dns(&mut reg);
+        lb(&mut reg);
         tasks(&mut reg);
         Metrics {
             registry: Mutex::new(reg),
@@ -309,6 +310,72 @@ impl Collector for Dns {
             "Task records the node's resolver holds",
             tasks as i64,
         )
+    }
+}
+
+fn lb(reg: &mut Registry) {
+    reg.register_collector(Box::new(Lb));
+}
+
+/// The node's service load balancer: what the kernel holds and counted, read at scrape time
+/// (eBPF: the pinned maps; IPVS: each network's service stats and refusal rules). Labelled
+/// with the mode (ebpf, ipvs).
+#[derive(Debug)]
+struct Lb;
+
+impl Collector for Lb {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let Some(lb) = agent()
+            .and_then(|a| a.member())
+            .and_then(|m| m.lb.get().cloned())
+        else {
+            return Ok(());
+        };
+        let c = match lb.read() {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the load balancer's counters");
+                return Ok(());
+            }
+        };
+        let mode = [("mode", lb.kind().as_str())];
+        for (name, help, v) in [
+            (
+                "lb_services",
+                "Service VIPs the node's load balancer holds (one per service and network)",
+                c.services,
+            ),
+            (
+                "lb_backends",
+                "Backends over those VIPs (a running task counts once per VIP it serves)",
+                c.backends,
+            ),
+        ] {
+            let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+            g.encode(
+                e.encode_descriptor(name, help, None, g.metric_type())?
+                    .encode_family(&mode)?,
+            )?;
+        }
+        for (name, help, v) in [
+            (
+                "lb_balanced",
+                "Connections (and with eBPF unconnected UDP datagrams) to a VIP sent to a backend by this node",
+                c.balanced,
+            ),
+            (
+                "lb_refused",
+                "Connections and datagrams to a VIP refused by this node because it had no running backend",
+                c.refused,
+            ),
+        ] {
+            let k = ConstCounter::new(v);
+            k.encode(
+                e.encode_descriptor(name, help, None, k.metric_type())?
+                    .encode_family(&mode)?,
+            )?;
+        }
+        Ok(())
     }
 }
 

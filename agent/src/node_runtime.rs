@@ -231,6 +231,9 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
         Some(lb),
     )?;
     let writes = exec.writes.clone();
+    if let Some(lb) = exec.lb.clone() {
+        let _ = member.lb.set(lb);
+    }
     let mut passes = exec.pass_times;
     let mut sync = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -13,7 +13,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::tasks::TaskNs;
-use common::{Swarm, skip};
+use common::{Swarm, metric, skip};
 use serde_json::Value;
 
 const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lb/server.py");
@@ -89,6 +89,27 @@ impl Drop for Holder {
     }
 }
 
+/// The load-balancer gauges of a node: web's and empty's VIPs at least (every node holds every
+/// VIP of its networks), web's three tasks, one mode label.
+fn lb_gauges(m: &prometheus_parse::Scrape, node: usize) {
+    let modes: BTreeSet<&str> = m
+        .samples
+        .iter()
+        .filter(|x| x.metric.starts_with("netagent_lb_"))
+        .filter_map(|x| x.labels.get("mode"))
+        .collect();
+    assert!(
+        modes.len() == 1 && modes.is_subset(&BTreeSet::from(["ebpf", "ipvs"])),
+        "node{node}: {modes:?}"
+    );
+    let services = metric(m, "netagent_lb_services", &[]);
+    let backends = metric(m, "netagent_lb_backends", &[]);
+    assert!(
+        services >= 2.0 && backends >= 3.0,
+        "node{node}: {services} {backends}"
+    );
+}
+
 #[test]
 fn vips_balance_tcp_and_udp_on_every_node() {
     if skip() {
@@ -149,9 +170,24 @@ fn vips_balance_tcp_and_udp_on_every_node() {
         s.wait(&format!("the VIP answers on node{}", c.node), || {
             client(&s, c, &["http", &vip, "80", "10"])["ok"] == 10
         });
+        let balanced = |n| metric(&s.metrics(n), "netagent_lb_balanced_total", &[]);
+        let before = balanced(c.node);
         let r = client(&s, c, &["http", &vip, "80", "300"]);
         println!("node{}: 300 requests to http://{vip}/: {r}", c.node);
         assert_eq!(r["fail"], 0, "no request failed from node{}: {r}", c.node);
+        // Each request is a connection this node's load balancer gave a task (IPVS publishes
+        // its counts every 2 s: waited for).
+        let ok = r["ok"].as_f64().unwrap_or_default();
+        s.wait(
+            &format!("node{}'s balanced_total counts the requests", c.node),
+            || balanced(c.node) - before >= ok,
+        );
+        println!(
+            "node{}: netagent_lb_balanced_total {before} -> {}",
+            c.node,
+            balanced(c.node)
+        );
+        lb_gauges(&s.metrics(c.node), c.node);
         assert_eq!(
             backends(&r, "backends"),
             web_ips,
@@ -173,8 +209,16 @@ fn vips_balance_tcp_and_udp_on_every_node() {
             c.node
         );
         // A service without a running task refuses at once; nothing hangs.
+        let refused = |n| metric(&s.metrics(n), "netagent_lb_refused_total", &[]);
+        let before = refused(c.node);
         let r = client(&s, c, &["http", &empty_vip, "80", "1"]);
         assert_eq!(r["fail"], 1, "{r}");
+        let after = refused(c.node);
+        assert!(
+            after > before,
+            "node{} counted the refusal: {before} -> {after}",
+            c.node
+        );
         let errors = r["errors"].to_string().to_lowercase();
         assert!(
             !errors.contains("timed out"),

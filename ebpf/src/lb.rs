@@ -6,10 +6,12 @@ use aya_ebpf::{
     EbpfContext,
     helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::SockAddrContext,
 };
-use ebpf_common::{REV_MAX_ENTRIES, RevKey, RevValue, SVC_MAX_ENTRIES, SvcKey, SvcValue};
+use ebpf_common::{
+    CNT_ENTRIES, Counter, REV_MAX_ENTRIES, RevKey, RevValue, SVC_MAX_ENTRIES, SvcKey, SvcValue,
+};
 
 /// sock_addr programs: 1 lets the call go on, 0 rejects it (EPERM unless a retval was set).
 const PROCEED: i32 = 1;
@@ -28,6 +30,20 @@ static SVC: HashMap<SvcKey, SvcValue> =
 
 #[map(name = "NA_LB_REV")]
 static REV: LruHashMap<RevKey, RevValue> = LruHashMap::with_max_entries(REV_MAX_ENTRIES, 0);
+
+/// Per-CPU counters (see `ebpf_common::Counter`): a program runs on one CPU without preemption,
+/// so a plain add on this CPU's slot is exact without atomics (which the BPF target lacks).
+#[map(name = "NA_LB_CNT_V1")]
+static CNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_ENTRIES, 0);
+
+/// One array lookup: O(1) whatever the number of services.
+#[inline(always)]
+fn bump(c: Counter) {
+    if let Some(p) = CNT.get_ptr_mut(c.index()) {
+        // SAFETY: the pointer is this CPU's slot of an array value, valid for the program's run.
+        unsafe { *p += 1 };
+    }
+}
 
 #[cgroup_sock_addr(connect4)]
 pub fn na_lb_connect4(ctx: SockAddrContext) -> i32 {
@@ -135,6 +151,7 @@ fn forward<const V6: bool>(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     };
     if h.count == 0 {
         // No running task: refuse at once rather than let the client wait for a timeout.
+        bump(Counter::Refused);
         // SAFETY: helper call with a plain integer.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
@@ -179,11 +196,14 @@ fn forward<const V6: bool>(ctx: &SockAddrContext, udp_only: bool) -> i32 {
         let _ = REV.insert(key, val, 0);
     }
     set_dest::<V6>(sa, addr);
+    bump(Counter::Balanced);
     PROCEED
 }
 
+/// The service lost its last backend between our lookups: refused like a VIP without backends.
 #[inline(always)]
 fn unreachable_now() -> i32 {
+    bump(Counter::Refused);
     // SAFETY: helper call with a plain integer.
     unsafe { bpf_set_retval(-EHOSTUNREACH) };
     REJECT

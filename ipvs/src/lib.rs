@@ -142,6 +142,25 @@ pub struct Report {
     pub refused: Vec<String>,
 }
 
+/// What a node's load balancer holds and has done (`netagent_lb_*` metrics). Read from the
+/// kernel when asked; nothing is counted per connection in user space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// VIPs programmed (each service's VIP on each network).
+    pub services: u64,
+    /// Backends over all of them (a task counts once per service VIP it serves).
+    pub backends: u64,
+    /// Connections (and, with eBPF, unconnected UDP datagrams) sent to a VIP and given to a
+    /// backend since the balancer's kernel state was created. eBPF: the programs' counters
+    /// (pinned, so they survive an agent restart). IPVS: the connections its services counted.
+    pub balanced: u64,
+    /// Connections and datagrams to a VIP refused because it had no running backend. eBPF: the
+    /// programs' counter. IPVS: IPVS never sees these (netagent's nftables table refuses them
+    /// before it), so the packets its two refusal rules counted (a refused TCP connect is one
+    /// SYN, a refused UDP datagram one packet).
+    pub refused: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the kernel cannot do {0}")]
@@ -165,6 +184,8 @@ pub trait LoadBalancer: Send {
     /// Removes everything this balancer put in the kernel (programs detached, pins removed,
     /// IPVS services deleted). Used when a node leaves the swarm.
     fn remove_all(&mut self) -> Result<Report>;
+    /// What the kernel holds and counted (reads only; never writes).
+    fn counters(&mut self) -> Result<Counters>;
 }
 
 /// Opens the node's load balancer, adopting what an earlier run left in the kernel.

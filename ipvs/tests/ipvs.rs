@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ipvs::{Change, Choice, Config, Desired, LoadBalancer, NetworkLb, ServiceKey, ServiceLb};
+use ipvs::{
+    Change, Choice, Config, Counters, Desired, LoadBalancer, NetworkLb, ServiceKey, ServiceLb,
+};
 use lab::{Lab, Node};
 
 const NET: &str = "net1";
@@ -170,7 +172,7 @@ impl Setup {
     }
 
     /// What the load-balancer namespace holds: IPVS (without the connection counters), the
-    /// nftables table, the addresses.
+    /// nftables table (without its counters' values), the addresses.
     fn kernel_state(&self) -> String {
         let n = self.lb_node();
         let ipvs: Vec<String> = n
@@ -189,12 +191,42 @@ impl Setup {
             "{}\n{}\n{}",
             ipvs.join("\n"),
             n.run(&["nft", "list", "table", "ip", ipvs::IPVS_NFT_TABLE])
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .map(|o| without_counts(&String::from_utf8_lossy(&o.stdout)))
                 .unwrap_or_default(),
             n.run_ok(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
                 .unwrap()
         )
     }
+}
+
+/// nft output with `counter packets N bytes M` reduced to `counter`.
+fn without_counts(nft: &str) -> String {
+    let mut out = Vec::new();
+    let mut words = nft.split(' ').peekable();
+    while let Some(w) = words.next() {
+        out.push(w);
+        if w == "counter" && words.peek() == Some(&"packets") {
+            // packets N bytes M
+            for _ in 0..4 {
+                words.next();
+            }
+        }
+    }
+    out.join(" ")
+}
+
+/// IPVS publishes its service stats through its estimator (every 2 s): waits until the counters
+/// satisfy `ok`, and returns them (the last read when they never do, for the caller's assert).
+fn counters_when(lb: &mut Box<dyn LoadBalancer>, ok: impl Fn(&Counters) -> bool) -> Counters {
+    let mut c = lb.counters().unwrap();
+    for _ in 0..100 {
+        if ok(&c) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        c = lb.counters().unwrap();
+    }
+    c
 }
 
 fn key(name: &str) -> ServiceKey {
@@ -296,6 +328,16 @@ fn tcp_on_any_port_and_udp_reach_all_backends_then_adopt_and_remove() {
     eprintln!("6 UDP exchanges with {v}: {udp:?}");
     assert_eq!(udp.len(), 3, "{udp:?}");
 
+    // The counters: one VIP, three backends, every connection and UDP flow balanced once.
+    let c = counters_when(&mut lb, |c| c.balanced >= 306);
+    eprintln!("counters: {c:?}");
+    assert_eq!((c.services, c.backends), (1, 3), "{c:?}");
+    assert!(
+        c.balanced >= 306,
+        "300 TCP connections and 6 UDP flows: {c:?}"
+    );
+    assert_eq!(c.refused, 0, "{c:?}");
+
     // Idle timeouts are ours, not IPVS' 900 s tcp default (moby#31208), in that namespace.
     let t = s.lb_node().run_ok(&["ipvsadm", "-L", "--timeout"]).unwrap();
     eprintln!("{}", t.trim());
@@ -333,6 +375,9 @@ fn tcp_on_any_port_and_udp_reach_all_backends_then_adopt_and_remove() {
     let r = lb.sync(&desired).unwrap();
     assert_eq!(r.writes, 0, "adoption writes nothing");
     assert_eq!(s.kernel_state(), state);
+    // The kernel's counts outlive the agent.
+    let after = lb.counters().unwrap();
+    assert!(after.balanced >= c.balanced, "{after:?} after {c:?}");
     open.write_all(b"across the restart\n").unwrap();
     let mut echo = String::new();
     reader.read_line(&mut echo).unwrap();
@@ -434,6 +479,8 @@ fn shrink_keeps_open_connections_and_no_backend_refuses_at_once() {
         .apply(&[Change::PutService(s.service("api", v, &[]))])
         .unwrap();
     assert!(r.writes > 0);
+    let before = lb.counters().unwrap();
+    assert_eq!((before.services, before.backends), (1, 0), "{before:?}");
     for port in TCP_PORTS {
         let e = greet(s.client(), SocketAddr::from((v, port))).unwrap_err();
         assert_eq!(
@@ -444,6 +491,13 @@ fn shrink_keeps_open_connections_and_no_backend_refuses_at_once() {
     }
     let e = udp_ask(s.client(), v).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "udp: {e}");
+    // Counted by the refusal rules: each TCP connect and the datagram.
+    let c = lb.counters().unwrap();
+    let tries = TCP_PORTS.len() as u64 + 1;
+    assert!(
+        c.refused - before.refused >= tries,
+        "{c:?} after {before:?}"
+    );
     assert!(s.client().ping(v), "the VIP still answers ping");
     drop(reader);
     drop(open);

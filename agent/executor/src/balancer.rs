@@ -8,12 +8,41 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ipvs::{Change, Desired, LoadBalancer, NetworkLb, ServiceKey, ServiceLb};
+use ipvs::{Change, Counters, Desired, Kind, LoadBalancer, NetworkLb, ServiceKey, ServiceLb};
 use tracing::warn;
 
+type Shared = Arc<Mutex<Box<dyn LoadBalancer>>>;
+
+/// Reads the node's load-balancer counters (for `/metrics`): shares the balancer with the
+/// executor, which holds the lock only while it writes to the kernel.
+#[derive(Clone)]
+pub struct LbCounters {
+    kind: Kind,
+    lb: Shared,
+}
+
+impl LbCounters {
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// What the kernel holds and counted now (reads only).
+    pub fn read(&self) -> ipvs::Result<Counters> {
+        self.lb.lock().unwrap_or_else(|e| e.into_inner()).counters()
+    }
+}
+
+impl std::fmt::Debug for LbCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LbCounters")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
 pub(crate) struct Balancer {
-    /// In a mutex only so the executor stays `Sync` (it is used from one task).
-    lb: Option<Mutex<Box<dyn LoadBalancer>>>,
+    /// Shared with [`LbCounters`]; the executor writes from one task.
+    lb: Option<Shared>,
     nets: BTreeMap<String, NetworkLb>,
     svcs: BTreeMap<ServiceKey, ServiceLb>,
     /// Kernel writes of the load balancer, added to the executor's count.
@@ -25,12 +54,22 @@ pub(crate) struct Balancer {
 impl Balancer {
     pub fn new(lb: Option<Box<dyn LoadBalancer>>, writes: Arc<AtomicU64>) -> Balancer {
         Balancer {
-            lb: lb.map(Mutex::new),
+            lb: lb.map(|lb| Arc::new(Mutex::new(lb))),
             nets: BTreeMap::new(),
             svcs: BTreeMap::new(),
             writes,
             dirty: false,
         }
+    }
+
+    /// A handle that reads the balancer's counters (None without a balancer).
+    pub fn counters(&self) -> Option<LbCounters> {
+        let lb = self.lb.as_ref()?;
+        let kind = lb.lock().unwrap_or_else(|e| e.into_inner()).kind();
+        Some(LbCounters {
+            kind,
+            lb: lb.clone(),
+        })
     }
 
     /// A network to balance on (Some), or not any more (None: with every VIP on it).
@@ -76,15 +115,15 @@ impl Balancer {
     /// Makes the kernel hold exactly what was given (after a full pass, when every network's
     /// table is known: nothing that is still right is touched).
     pub fn sync(&mut self) {
-        let Some(lb) = self.lb.as_mut() else {
+        let Some(lb) = self.lb.as_ref() else {
             return;
         };
-        let lb = lb.get_mut().unwrap_or_else(|e| e.into_inner());
         let desired = Desired {
             networks: self.nets.clone(),
             services: self.svcs.clone(),
         };
-        match lb.sync(&desired) {
+        let done = lb.lock().unwrap_or_else(|e| e.into_inner()).sync(&desired);
+        match done {
             Ok(r) => {
                 self.dirty = false;
                 self.count(r);
@@ -97,11 +136,11 @@ impl Balancer {
     }
 
     fn apply(&mut self, changes: Vec<Change>) {
-        let Some(lb) = self.lb.as_mut() else {
+        let Some(lb) = self.lb.as_ref() else {
             return;
         };
-        let lb = lb.get_mut().unwrap_or_else(|e| e.into_inner());
-        match lb.apply(&changes) {
+        let done = lb.lock().unwrap_or_else(|e| e.into_inner()).apply(&changes);
+        match done {
             Ok(r) => self.count(r),
             Err(e) => {
                 warn!(error = %e, "load balancer update failed; the next full pass retries");

@@ -23,3 +23,5 @@ mod plane;
 pub mod runner;
 pub mod shim;
 mod tasks;
+
+pub use balancer::LbCounters;

@@ -76,6 +76,8 @@ pub struct Handle {
     /// Each pass as it ends: full or incremental, its duration, whether it succeeded (for
     /// metrics; dropped when nobody reads).
     pub pass_times: mpsc::Receiver<PassTime>,
+    /// Reads the load balancer's counters (None without one).
+    pub lb: Option<crate::LbCounters>,
 }
 
 /// One executor pass: (full, duration, succeeded).
@@ -114,6 +116,8 @@ pub fn spawn(
         config.netns_prefix.clone(),
         writes.clone(),
     );
+    let balancer = Balancer::new(lb, writes.clone());
+    let lb = balancer.counters();
     let mut exec = Executor {
         runner: Arc::new(runner),
         plane,
@@ -127,7 +131,7 @@ pub fn spawn(
         vtep_published: false,
         vteps: BTreeMap::new(),
         gw: None,
-        disc: Discovery::new(resolver, Balancer::new(lb, writes.clone())),
+        disc: Discovery::new(resolver, balancer),
         listeners: HashMap::new(),
         started: Instant::now(),
         full_at: Some(Instant::now()),
@@ -144,6 +148,7 @@ pub fn spawn(
         writes,
         passes,
         pass_times,
+        lb,
     })
 }
 

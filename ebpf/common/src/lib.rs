@@ -10,12 +10,40 @@
 //!   forwards every port to the same port on the chosen backend (Docker's semantics).
 //! - [`REV_MAP`] (LRU): `RevKey { socket cookie, backend addr, port } -> RevValue { vip, port,
 //!   rev }`, written at connect/sendmsg so recvmsg4 and getpeername4 show the VIP, not the backend.
+//! - [`CNT_MAP`] (per-CPU array of u64, indexed by [`Counter`]): what the programs did, counted
+//!   per CPU without atomics (user space sums the CPUs). Its pin name carries a layout version:
+//!   a map pinned by an older layout is never reused by mistake.
 #![no_std]
 
 /// Name of the service map (and of its pin in the pin directory).
 pub const SVC_MAP: &str = "NA_LB_SVC";
 /// Name of the reverse map (and of its pin).
 pub const REV_MAP: &str = "NA_LB_REV";
+/// Name of the counters map (and of its pin). The suffix is the layout version: change it with
+/// [`CNT_ENTRIES`] or with the meaning of an index.
+pub const CNT_MAP: &str = "NA_LB_CNT_V1";
+/// Entries of the counters map: room for counters added later without a new layout.
+pub const CNT_ENTRIES: u32 = 8;
+
+/// The counters the programs keep, as indices of [`CNT_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Counter {
+    /// Connections (connect4/6) and unconnected datagrams (sendmsg4) sent to a VIP and
+    /// translated to one of its backends.
+    Balanced = 0,
+    /// Connections and datagrams to a VIP refused because it had no running backend.
+    Refused = 1,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 2] = [Counter::Balanced, Counter::Refused];
+
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+}
+
 /// Capacity of the service map: slot heads plus backend slots over all VIPs.
 pub const SVC_MAX_ENTRIES: u32 = 1 << 20;
 /// Capacity of the LRU reverse map (one entry per socket and backend).
@@ -126,5 +154,14 @@ mod tests {
         assert_eq!(core::mem::size_of::<SvcValue>(), 8);
         assert_eq!(core::mem::size_of::<RevKey>(), 16);
         assert_eq!(core::mem::size_of::<RevValue>(), 8);
+    }
+
+    #[test]
+    fn every_counter_fits_the_map() {
+        for c in Counter::ALL {
+            assert!(c.index() < CNT_ENTRIES, "{c:?}");
+        }
+        // The BPF object name limit (BPF_OBJ_NAME_LEN, NUL included).
+        assert!(CNT_MAP.len() < 16);
     }
 }

@@ -8,11 +8,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData};
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
-use ebpf_common::{PROGRAMS, REV_MAP, SVC_MAP, SvcKey, SvcValue};
+use ebpf_common::{CNT_MAP, PROGRAMS, REV_MAP, SVC_MAP, SvcKey, SvcValue};
 
 use crate::{Error, Result};
 
@@ -23,11 +25,17 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 pub(crate) type SvcMap = HashMap<MapData, SvcKey, SvcValue>;
+pub(crate) type CntMap = PerCpuArray<MapData, u64>;
+
+/// Every map the programs use and its pin name (the map's name in the object).
+const MAPS: [&str; 3] = [SVC_MAP, REV_MAP, CNT_MAP];
 
 /// The service map, opened from its pin (created and pinned on first use; the reverse map too,
 /// which only the programs use).
 pub(crate) struct Loaded {
     pub svc: SvcMap,
+    /// The programs' counters (see `ebpf_common::Counter`).
+    pub cnt: CntMap,
     /// Programs newly attached by this call (false: every link was adopted from its pin).
     pub attached: usize,
 }
@@ -115,30 +123,82 @@ fn link_pin(dir: &Path, hook: &str) -> PathBuf {
     dir.join(format!("link_{hook}"))
 }
 
+/// The ids of the maps each loaded program uses, by program id (read once, only when there are
+/// pinned links to check).
+fn program_maps() -> BTreeMap<u32, Option<Vec<u32>>> {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .map(|p| (p.id(), p.map_ids().ok().flatten()))
+        .collect()
+}
+
+/// Whether the program behind a pinned link uses the counters map `cnt_id`: false for a
+/// program of an older layout (pinned by an earlier netagent), which must be replaced. When the
+/// kernel cannot say, the link is kept.
+fn current_layout(
+    link: &FdLink,
+    cnt_id: u32,
+    progs: &mut Option<BTreeMap<u32, Option<Vec<u32>>>>,
+) -> bool {
+    let Ok(info) = link.info() else {
+        return true;
+    };
+    let progs = progs.get_or_insert_with(program_maps);
+    match progs.get(&info.program_id()) {
+        Some(Some(ids)) => ids.contains(&cnt_id),
+        _ => true,
+    }
+}
+
 /// Opens (or creates and pins) the maps, and attaches each program unless its pinned link is
-/// already there.
+/// already there and runs a program of this layout. Links of an older layout (programs without
+/// the counters map) are replaced: the new program is attached before the old link goes, so no
+/// connection sees the hook empty (while both run, the second sees a backend, not a VIP).
 pub(crate) fn load(pin_dir: &Path, cgroup: &Path) -> Result<Loaded> {
-    let svc_pin = pin_dir.join(SVC_MAP);
-    let rev_pin = pin_dir.join(REV_MAP);
-    let mut bpf = EbpfLoader::new()
-        .map_pin_path(SVC_MAP, svc_pin.as_path())
-        .map_pin_path(REV_MAP, rev_pin.as_path())
-        .load(OBJECT)
-        .map_err(|e| {
-            Error::Other(format!(
-                "load the eBPF object (maps pinned in {}): {}",
-                pin_dir.display(),
-                chain(&e)
-            ))
-        })?;
+    let mut loader = EbpfLoader::new();
+    let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
+    for (name, pin) in &pins {
+        loader.map_pin_path(name, pin.as_path());
+    }
+    let mut bpf = loader.load(OBJECT).map_err(|e| {
+        Error::Other(format!(
+            "load the eBPF object (maps pinned in {}): {}",
+            pin_dir.display(),
+            chain(&e)
+        ))
+    })?;
+    let cnt = bpf
+        .take_map(CNT_MAP)
+        .ok_or_else(|| Error::Other(format!("map {CNT_MAP} missing from the object")))?;
+    let cnt_id = match &cnt {
+        aya::maps::Map::PerCpuArray(m) => m
+            .info()
+            .map_err(|e| Error::Other(format!("{CNT_MAP}: {}", chain(&e))))?
+            .id(),
+        _ => {
+            return Err(Error::Other(format!(
+                "map {CNT_MAP} in the object is not a per-CPU array"
+            )));
+        }
+    };
+    let mut progs = None;
     let mut attached = 0;
     let mut cgroup_file = None;
     for (prog, hook) in PROGRAMS {
         let pin = link_pin(pin_dir, hook);
+        let mut old: Option<FdLink> = None;
         if pin.exists() {
             match PinnedLink::from_pin(&pin) {
-                // Adopted: the link keeps the program attached; nothing to do.
-                Ok(_) => continue,
+                Ok(link) => {
+                    // The pin keeps the link (and the program attached); this is one more fd.
+                    let link = FdLink::from(link);
+                    if current_layout(&link, cnt_id, &mut progs) {
+                        // Adopted: nothing to do.
+                        continue;
+                    }
+                    tracing::info!(hook, "replacing a program of an older layout");
+                    old = Some(link);
+                }
                 Err(e) => {
                     tracing::warn!(pin = %pin.display(), "stale link pin, attaching again: {e}");
                     let _ = std::fs::remove_file(&pin);
@@ -152,8 +212,21 @@ pub(crate) fn load(pin_dir: &Path, cgroup: &Path) -> Result<Loaded> {
             );
         }
         let cg = cgroup_file.as_ref().expect("opened above");
-        attach_one(&mut bpf, prog, hook, cg, &pin)
+        let link = attach_one(&mut bpf, prog, cg)
             .map_err(other(format!("{hook} on {}", cgroup.display())))?;
+        if let Some(old) = old {
+            // The new program runs now; the old link goes with its pin and our fd.
+            std::fs::remove_file(&pin)
+                .map_err(|e| Error::Io(format!("remove the old link pin {}", pin.display()), e))?;
+            drop(old);
+        }
+        link.pin(&pin).map_err(|e| {
+            Error::Other(format!(
+                "pin the {hook} link at {}: {}",
+                pin.display(),
+                chain(&e)
+            ))
+        })?;
         attached += 1;
     }
     let svc = bpf
@@ -161,17 +234,13 @@ pub(crate) fn load(pin_dir: &Path, cgroup: &Path) -> Result<Loaded> {
         .ok_or_else(|| Error::Other(format!("map {SVC_MAP} missing from the object")))?;
     Ok(Loaded {
         svc: HashMap::try_from(svc).map_err(|e| Error::Other(format!("{SVC_MAP}: {e}")))?,
+        cnt: PerCpuArray::try_from(cnt).map_err(|e| Error::Other(format!("{CNT_MAP}: {e}")))?,
         attached,
     })
 }
 
-fn attach_one(
-    bpf: &mut Ebpf,
-    prog: &str,
-    hook: &str,
-    cgroup: &File,
-    pin: &Path,
-) -> std::result::Result<(), String> {
+/// Loads and attaches one program; the caller pins the link.
+fn attach_one(bpf: &mut Ebpf, prog: &str, cgroup: &File) -> std::result::Result<FdLink, String> {
     let p: &mut CgroupSockAddr = bpf
         .program_mut(prog)
         .ok_or_else(|| format!("program {prog} missing from the object"))?
@@ -187,15 +256,12 @@ fn attach_one(
     let link = p
         .take_link(id)
         .map_err(|e| format!("{prog}: {}", chain(&e)))?;
-    let fd: FdLink = link.try_into().map_err(|e| {
+    link.try_into().map_err(|e| {
         format!(
             "{prog}: the kernel attached without a bpf_link: {}",
             chain(&e)
         )
-    })?;
-    fd.pin(pin)
-        .map_err(|e| format!("pin the {hook} link at {}: {}", pin.display(), chain(&e)))?;
-    Ok(())
+    })
 }
 
 /// Detaches the programs and removes every pin (maps included). What is already gone is fine.
@@ -219,7 +285,7 @@ pub(crate) fn remove_pins(pin_dir: &Path) -> Result<u64> {
         }
         writes += 1;
     }
-    for map in [SVC_MAP, REV_MAP] {
+    for map in MAPS {
         let pin = pin_dir.join(map);
         match std::fs::remove_file(&pin) {
             Ok(()) => writes += 1,

@@ -13,12 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use self::attach::SvcMap;
+use self::attach::{CntMap, SvcMap};
 use self::plan::{Op, Target, VipState, from_be, rev_of};
 use crate::vip_addrs::VipAddrs;
 use crate::{
-    Change, Config, Desired, Error, Kind, LoadBalancer, NetworkLb, Report, Result, ServiceKey,
+    Change, Config, Counters, Desired, Error, Kind, LoadBalancer, NetworkLb, Report, Result,
+    ServiceKey,
 };
+use ebpf_common::Counter;
 
 /// One network's load-balancer namespace interface and the VIP addresses it holds.
 struct Net {
@@ -60,6 +62,8 @@ fn pending(sets: &mut BTreeMap<String, BTreeSet<Ipv4Addr>>, id: &str, vip: Ipv4A
 pub struct EbpfLb {
     pin_dir: PathBuf,
     svc: SvcMap,
+    /// The programs' per-CPU counters (pinned: they outlive an agent restart).
+    cnt: CntMap,
     /// What the service map holds, per VIP (read back from the pinned map at open).
     view: BTreeMap<Ipv4Addr, VipState>,
     desired: Desired,
@@ -85,6 +89,7 @@ impl EbpfLb {
         let mut lb = EbpfLb {
             pin_dir: config.pin_dir.clone(),
             svc: loaded.svc,
+            cnt: loaded.cnt,
             view: BTreeMap::new(),
             desired: Desired::default(),
             claims: BTreeMap::new(),
@@ -162,6 +167,17 @@ impl EbpfLb {
             );
         }
         Ok(out)
+    }
+
+    /// One of the programs' counters, summed over the CPUs.
+    fn counter(&self, c: Counter) -> Result<u64> {
+        let per_cpu = self.cnt.get(&c.index(), 0).map_err(|e| {
+            Error::Other(format!(
+                "read the load balancer's {c:?} counter: {}",
+                attach::chain(&e)
+            ))
+        })?;
+        Ok(per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
     }
 
     /// The pin directory (maps and links).
@@ -495,6 +511,25 @@ impl LoadBalancer for EbpfLb {
         }
         self.flush_addrs(addrs, &mut report, &mut errors);
         Self::finish(report, errors)
+    }
+
+    /// Services and backends from the view (what the service map holds, kept in step with every
+    /// write); balanced and refused from the programs' counters: one map read per counter.
+    fn counters(&mut self) -> Result<Counters> {
+        self.check_usable()?;
+        let (mut services, mut backends) = (0, 0);
+        for st in self.view.values() {
+            if let Some((count, _)) = st.head {
+                services += 1;
+                backends += u64::from(count);
+            }
+        }
+        Ok(Counters {
+            services,
+            backends,
+            balanced: self.counter(Counter::Balanced)?,
+            refused: self.counter(Counter::Refused)?,
+        })
     }
 
     fn remove_all(&mut self) -> Result<Report> {

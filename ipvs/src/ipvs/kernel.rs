@@ -215,6 +215,19 @@ impl Kernel {
         Ok(out)
     }
 
+    /// The connections each IPv4 fwmark service scheduled (its stats), by mark: one dump.
+    pub fn conns(&mut self) -> Result<BTreeMap<u32, u64>> {
+        let req = self.genl_msg(IpvsMsg::get_services());
+        let list: Vec<GenlMessage<IpvsMsg>> =
+            self.genl.dump(req, "read the IPVS service counters")?;
+        Ok(list
+            .iter()
+            .filter_map(|m| m.payload.service())
+            .filter(|s| s.fwmark != 0 && s.af == AF_INET)
+            .map(|s| (s.fwmark, s.conns.unwrap_or(0)))
+            .collect())
+    }
+
     /// Sends IPVS requests (pipelined); one result each.
     pub fn ipvs(&mut self, msgs: Vec<IpvsMsg>) -> Result<Vec<std::result::Result<(), NlError>>> {
         let msgs: Vec<_> = msgs.into_iter().map(|m| (self.genl_msg(m), 0)).collect();

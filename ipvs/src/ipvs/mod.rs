@@ -9,6 +9,10 @@
 //! - Docker's IPVS sysctls (conntrack, conn_reuse_mode=0, expire_nodest_conn, ...) and the
 //!   IPVS idle timeouts from [`Config::ipvs_timeouts`] (not IPVS' 900 s, moby#31208).
 //!
+//! Counters (`LoadBalancer::counters`): balanced is the sum of the connections IPVS' services
+//! scheduled (IPVS_SVC_ATTR_STATS64, else STATS); refused is what the nftables refusal rules
+//! counted, since IPVS never sees a VIP without backends.
+//!
 //! A reconcile reads the namespace into a [`diff::View`] (once, then kept up to date by the
 //! writes; `sync` reads again), diffs it against the admitted desired state and writes only the
 //! difference. Nothing is shelled out but `nft`, as elsewhere in netagent.
@@ -26,8 +30,8 @@ use std::net::Ipv4Addr;
 use netns::NetNs;
 
 use crate::{
-    Change, Config, Desired, Error, Kind, LoadBalancer, NetworkLb, Report, Result, ServiceKey,
-    ServiceLb,
+    Change, Config, Counters, Desired, Error, Kind, LoadBalancer, NetworkLb, Report, Result,
+    ServiceKey, ServiceLb,
 };
 use diff::{NetPlan, Op, View};
 use kernel::Kernel;
@@ -66,6 +70,38 @@ pub struct IpvsLb {
     raw: Desired,
     admitted: Admitted,
     nets: BTreeMap<String, NetState>,
+    /// Kernel counters as last read, so the reported totals never go down (see [`Totals`]).
+    totals: Totals,
+}
+
+/// Running totals over kernel counters that restart: an IPVS service deleted (or recreated) and
+/// a replaced nftables table start from 0. What a counter had reached when it was last read is
+/// kept; counts made after the last read of a counter that then vanished are lost.
+#[derive(Debug, Default)]
+struct Totals {
+    /// (network, fwmark) -> connections last read.
+    conns: BTreeMap<(String, u32), u64>,
+    /// network -> refused packets last read.
+    refused: BTreeMap<String, u64>,
+    /// Sum of what counters had reached before they restarted.
+    retired_conns: u64,
+    retired_refused: u64,
+}
+
+/// Replaces `last` with `now`, moving counters that vanished or went down into `retired`;
+/// returns the total.
+fn fold<K: Ord + Clone>(
+    last: &mut BTreeMap<K, u64>,
+    now: BTreeMap<K, u64>,
+    retired: &mut u64,
+) -> u64 {
+    for (k, was) in last.iter() {
+        if now.get(k).is_none_or(|n| n < was) {
+            *retired = retired.saturating_add(*was);
+        }
+    }
+    *last = now;
+    last.values().fold(*retired, |a, v| a.saturating_add(*v))
 }
 
 impl IpvsLb {
@@ -86,6 +122,7 @@ impl IpvsLb {
             raw: Desired::default(),
             admitted: Admitted::default(),
             nets: BTreeMap::new(),
+            totals: Totals::default(),
         })
     }
 
@@ -383,6 +420,41 @@ impl LoadBalancer for IpvsLb {
         Ok(Report {
             writes,
             refused: lines(refused),
+        })
+    }
+
+    /// Services and backends from the views (kept in step with every write); balanced from the
+    /// IPVS services' connection counters and refused from the nftables refusal rules' counters,
+    /// read from each network's namespace (one netlink dump and one `nft` run per network).
+    fn counters(&mut self) -> Result<Counters> {
+        let (mut services, mut backends) = (0, 0);
+        let mut conns = BTreeMap::new();
+        let mut refused = BTreeMap::new();
+        for (id, st) in &mut self.nets {
+            services += st.view.nft.as_ref().map_or(0, |n| n.marks.len() as u64);
+            let ours = |m: &u32| *m >= plan::MARK_BASE;
+            backends += st
+                .view
+                .services
+                .iter()
+                .filter(|(m, _)| ours(m))
+                .map(|(_, s)| s.dests.len() as u64)
+                .sum::<u64>();
+            for (mark, n) in st.kernel.conns()? {
+                if ours(&mark) {
+                    conns.insert((id.clone(), mark), n);
+                }
+            }
+            if let Some(n) = nft::read_refused(st.kernel.ns())? {
+                refused.insert(id.clone(), n);
+            }
+        }
+        let t = &mut self.totals;
+        Ok(Counters {
+            services,
+            backends,
+            balanced: fold(&mut t.conns, conns, &mut t.retired_conns),
+            refused: fold(&mut t.refused, refused, &mut t.retired_refused),
         })
     }
 

@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 
 use netlink_packet_core::{
     DecodeError, DefaultNla, Emitable, NLA_F_NESTED, NLA_TYPE_MASK, Nla, NlaBuffer, NlasIterator,
-    Parseable, ParseableParametrized, emit_u16, emit_u16_be, emit_u32, parse_string, parse_u16,
-    parse_u16_be, parse_u32,
+    Parseable, ParseableParametrized, emit_u16, emit_u16_be, emit_u32, emit_u64, parse_string,
+    parse_u16, parse_u16_be, parse_u32, parse_u64,
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader};
 
@@ -44,6 +44,10 @@ const SVC_ATTR_SCHED_NAME: u16 = 6;
 const SVC_ATTR_FLAGS: u16 = 7;
 const SVC_ATTR_TIMEOUT: u16 = 8;
 const SVC_ATTR_NETMASK: u16 = 9;
+const SVC_ATTR_STATS: u16 = 10;
+const SVC_ATTR_STATS64: u16 = 12;
+/// IPVS_STATS_ATTR_CONNS inside the (nested) stats: u32 in STATS, u64 in STATS64.
+const STATS_ATTR_CONNS: u16 = 1;
 
 const DEST_ATTR_ADDR: u16 = 1;
 const DEST_ATTR_PORT: u16 = 2;
@@ -76,7 +80,26 @@ pub(crate) enum SvcAttr {
     },
     Timeout(u32),
     Netmask(u32),
+    /// The connections the service scheduled (the CONNS of IPVS_SVC_ATTR_STATS; the other stats
+    /// are not read).
+    Stats(u32),
+    /// The same from IPVS_SVC_ATTR_STATS64 (Linux >= 4.1), preferred when present.
+    Stats64(u64),
     Other(DefaultNla),
+}
+
+/// The nested attributes of a stats attribute; `None` where CONNS is missing.
+fn stats_conns<T>(
+    v: &[u8],
+    parse: impl Fn(&[u8]) -> Result<T, DecodeError>,
+) -> Result<Option<T>, DecodeError> {
+    for nla in NlasIterator::new(v) {
+        let nla = nla?;
+        if nla.kind() & NLA_TYPE_MASK == STATS_ATTR_CONNS {
+            return parse(nla.value()).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// One attribute of a destination (IPVS_DEST_ATTR_*).
@@ -131,6 +154,8 @@ impl Nla for SvcAttr {
             SvcAttr::Fwmark(_) | SvcAttr::Timeout(_) | SvcAttr::Netmask(_) => 4,
             SvcAttr::Sched(s) => s.len() + 1,
             SvcAttr::Flags { .. } => 8,
+            SvcAttr::Stats(_) => 8,
+            SvcAttr::Stats64(_) => 12,
             SvcAttr::Other(n) => n.value_len(),
         }
     }
@@ -146,6 +171,8 @@ impl Nla for SvcAttr {
             SvcAttr::Flags { .. } => SVC_ATTR_FLAGS,
             SvcAttr::Timeout(_) => SVC_ATTR_TIMEOUT,
             SvcAttr::Netmask(_) => SVC_ATTR_NETMASK,
+            SvcAttr::Stats(_) => SVC_ATTR_STATS | NLA_F_NESTED,
+            SvcAttr::Stats64(_) => SVC_ATTR_STATS64 | NLA_F_NESTED,
             SvcAttr::Other(n) => n.kind(),
         }
     }
@@ -160,6 +187,16 @@ impl Nla for SvcAttr {
             }
             SvcAttr::Sched(s) => emit_str(buf, s),
             SvcAttr::Flags { flags, mask } => emit_u32_pair(buf, *flags, *mask),
+            SvcAttr::Stats(v) => {
+                buf[..2].copy_from_slice(&8u16.to_ne_bytes());
+                buf[2..4].copy_from_slice(&STATS_ATTR_CONNS.to_ne_bytes());
+                emit_u32(&mut buf[4..8], *v).expect("4 bytes")
+            }
+            SvcAttr::Stats64(v) => {
+                buf[..2].copy_from_slice(&12u16.to_ne_bytes());
+                buf[2..4].copy_from_slice(&STATS_ATTR_CONNS.to_ne_bytes());
+                emit_u64(&mut buf[4..12], *v).expect("8 bytes")
+            }
             SvcAttr::Other(n) => n.emit_value(buf),
         }
     }
@@ -189,6 +226,14 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for SvcAttr {
             }
             SVC_ATTR_TIMEOUT => SvcAttr::Timeout(parse_u32(v)?),
             SVC_ATTR_NETMASK => SvcAttr::Netmask(parse_u32(v)?),
+            SVC_ATTR_STATS => match stats_conns(v, parse_u32)? {
+                Some(c) => SvcAttr::Stats(c),
+                None => SvcAttr::Other(DefaultNla::parse(buf)?),
+            },
+            SVC_ATTR_STATS64 => match stats_conns(v, parse_u64)? {
+                Some(c) => SvcAttr::Stats64(c),
+                None => SvcAttr::Other(DefaultNla::parse(buf)?),
+            },
             _ => SvcAttr::Other(DefaultNla::parse(buf)?),
         })
     }
@@ -358,6 +403,9 @@ pub(crate) struct Service {
     /// 0 for a service on address/protocol/port (not one of netagent's).
     pub fwmark: u32,
     pub sched: String,
+    /// Connections the service scheduled since it was created (None: the kernel sent no
+    /// stats).
+    pub conns: Option<u64>,
 }
 
 /// A destination (real server) as the kernel reports it.
@@ -496,15 +544,20 @@ impl IpvsMsg {
             af: 0,
             fwmark: 0,
             sched: String::new(),
+            conns: None,
         };
+        let mut conns64 = None;
         for a in attrs {
             match a {
                 SvcAttr::Af(v) => svc.af = *v,
                 SvcAttr::Fwmark(v) => svc.fwmark = *v,
                 SvcAttr::Sched(s) => svc.sched = s.clone(),
+                SvcAttr::Stats(c) => svc.conns = Some(u64::from(*c)),
+                SvcAttr::Stats64(c) => conns64 = Some(*c),
                 _ => {}
             }
         }
+        svc.conns = conns64.or(svc.conns);
         Some(svc)
     }
 
@@ -652,9 +705,38 @@ mod tests {
             Some(Service {
                 af: libc::AF_INET as u16,
                 fwmark: 256,
-                sched: "rr".into()
+                sched: "rr".into(),
+                conns: Some(5),
             })
         );
+    }
+
+    #[test]
+    fn stats64_connections_win_over_the_32_bit_ones() {
+        let mut svc = Vec::new();
+        svc.extend(hdr(8, SVC_ATTR_FWMARK));
+        svc.extend(300u32.to_ne_bytes());
+        svc.extend(hdr(12, SVC_ATTR_STATS | NLA_F_NESTED));
+        svc.extend(hdr(8, STATS_ATTR_CONNS));
+        svc.extend(7u32.to_ne_bytes());
+        // STATS64: CONNS as u64 (the kernel may put a PAD attribute first).
+        svc.extend(hdr(20, SVC_ATTR_STATS64 | NLA_F_NESTED));
+        svc.extend(hdr(4, 11)); // IPVS_STATS_ATTR_PAD, empty
+        svc.extend(hdr(12, STATS_ATTR_CONNS));
+        svc.extend((u32::MAX as u64 + 9).to_ne_bytes());
+        let mut b = hdr(4 + svc.len() as u16, CMD_ATTR_SERVICE | NLA_F_NESTED);
+        b.extend(svc);
+        let m = parse(cmd::NEW_SERVICE, &b).unwrap();
+        assert_eq!(m.service().unwrap().conns, Some(u32::MAX as u64 + 9));
+        // Our own encoding of both parses back.
+        let own = IpvsMsg::new(
+            cmd::NEW_SERVICE,
+            vec![IpvsAttr::Service(vec![
+                SvcAttr::Stats(3),
+                SvcAttr::Stats64(4),
+            ])],
+        );
+        assert_eq!(parse(cmd::NEW_SERVICE, &bytes(&own)).unwrap(), own);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //!   with its service's fwmark, which selects the IPVS fwmark service: every port of the VIP;
 //! - set `refuse`: VIPs whose service has no backend; TCP gets a reset and UDP a port
 //!   unreachable in input, before IPVS sees them, so clients fail at once instead of hanging;
+//!   both rules count what they refuse (IPVS never sees those packets, so it cannot count them:
+//!   [`read_refused`] gives the load balancer's refused counter);
 //! - SNAT to the node's load-balancer address of what IPVS forwards into the subnet (marked
 //!   packets), so the backends' replies come back through IPVS (Docker's `configureFWMark`).
 
@@ -35,7 +37,7 @@ pub(crate) struct NftView {
 
 /// The tag of the table's rules for a network: a change of subnet or address replaces the table.
 pub(crate) fn tag(subnet: &Ipv4Net, addr: Ipv4Addr) -> String {
-    format!("netagent-lb v1 {subnet} {addr}")
+    format!("netagent-lb v2 {subnet} {addr}")
 }
 
 fn elems_marks(m: &BTreeMap<Ipv4Addr, u32>) -> String {
@@ -73,8 +75,8 @@ pub(crate) fn table_script(
          \x20 }}\n\
          \x20 chain input {{\n\
          \x20   type filter hook input priority filter; policy accept;\n\
-         \x20   ip daddr @refuse meta l4proto tcp reject with tcp reset comment \"{tag}\"\n\
-         \x20   ip daddr @refuse meta l4proto udp reject comment \"{tag}\"\n\
+         \x20   ip daddr @refuse meta l4proto tcp counter reject with tcp reset comment \"{tag}\"\n\
+         \x20   ip daddr @refuse meta l4proto udp counter reject comment \"{tag}\"\n\
          \x20 }}\n\
          \x20 chain postrouting {{\n\
          \x20   type nat hook postrouting priority srcnat; policy accept;\n\
@@ -227,6 +229,42 @@ pub(crate) fn read(ns: &NetNs) -> Result<Option<NftView>> {
     })
 }
 
+/// Packets the input chain's refusal rules counted (TCP connects and UDP datagrams to a VIP
+/// without backends); `None` when there is no table. One `nft` run: called per scrape, never
+/// per connection.
+pub(crate) fn read_refused(ns: &NetNs) -> Result<Option<u64>> {
+    let (ok, stdout, _) = nft(ns, &["-j", "list", "chain", "ip", TABLE, "input"], None)?;
+    if !ok {
+        return Ok(None);
+    }
+    refused_packets(&stdout).map(Some).map_err(|e| {
+        Error::Other(format!(
+            "nftables: cannot read the refusal counters of table ip {TABLE} in namespace {}: {e}",
+            ns.name()
+        ))
+    })
+}
+
+/// Sums the `counter` packets of the rules in `nft -j list ...` output.
+pub(crate) fn refused_packets(json: &str) -> std::result::Result<u64, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let items = v["nftables"]
+        .as_array()
+        .ok_or("no \"nftables\" array in nft's answer")?;
+    let mut n = 0u64;
+    for r in items.iter().filter_map(|i| i.get("rule")) {
+        for e in as_list(&r["expr"]) {
+            if let Some(c) = e.get("counter") {
+                let p = c["packets"]
+                    .as_u64()
+                    .ok_or_else(|| format!("counter {c} has no packet count"))?;
+                n = n.saturating_add(p);
+            }
+        }
+    }
+    Ok(n)
+}
+
 fn as_list(v: &serde_json::Value) -> Vec<serde_json::Value> {
     match v {
         serde_json::Value::Array(a) => a.clone(),
@@ -328,17 +366,29 @@ mod tests {
     }
 
     #[test]
+    fn refusal_counters_are_summed() {
+        let listed = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"chain": {"family": "ip", "table": "netagent_lb", "name": "input"}}, {"rule": {"chain": "input", "comment": "t", "expr": [{"match": {}}, {"counter": {"packets": 3, "bytes": 180}}, {"reject": {"type": "tcp reset"}}]}}, {"rule": {"chain": "input", "comment": "t", "expr": [{"counter": {"packets": 4, "bytes": 300}}, {"reject": null}]}}]}"#;
+        assert_eq!(refused_packets(listed), Ok(7));
+        assert_eq!(refused_packets(LISTED), Ok(0));
+        assert!(refused_packets("[]").is_err());
+        assert!(
+            refused_packets(r#"{"nftables": [{"rule": {"expr": [{"counter": {}}]}}]}"#).is_err()
+        );
+    }
+
+    #[test]
     fn scripts_carry_the_tag_and_the_elements() {
         let net: Ipv4Net = "10.0.0.0/24".parse().unwrap();
         let marks = BTreeMap::from([(Ipv4Addr::new(10, 0, 0, 5), 261)]);
         let refuse = BTreeSet::from([Ipv4Addr::new(10, 0, 0, 5)]);
         let s = table_script(&net, Ipv4Addr::new(10, 0, 0, 2), &marks, &refuse);
         assert_eq!(
-            s.matches("comment \"netagent-lb v1 10.0.0.0/24 10.0.0.2\"")
+            s.matches("comment \"netagent-lb v2 10.0.0.0/24 10.0.0.2\"")
                 .count(),
             RULES
         );
         assert!(s.contains("snat ip to 10.0.0.2"), "{s}");
+        assert_eq!(s.matches("counter reject").count(), 2, "{s}");
         assert!(
             s.contains("add element ip netagent_lb vipmark { 10.0.0.5 : 0x105 }"),
             "{s}"

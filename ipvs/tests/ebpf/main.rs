@@ -22,6 +22,13 @@ fn tcp_to_any_port_of_a_vip_reaches_every_backend_and_udp_answers_from_the_vip()
     assert_eq!(r.writes, 5, "{r:?}");
     assert_eq!(lb.sync(&d).expect("sync again").writes, 0);
     assert_eq!(rig.lb_addrs(), BTreeSet::from([vip]));
+    let before = lb.counters().expect("counters");
+    assert_eq!((before.services, before.backends), (1, 3), "{before:?}");
+    assert_eq!(
+        (before.balanced, before.refused),
+        (0, 0),
+        "a new node: {before:?}"
+    );
 
     for port in ["80", "8080"] {
         let v = json(&rig.client(&["tcp", &vip.to_string(), port, "150"]));
@@ -68,6 +75,12 @@ fn tcp_to_any_port_of_a_vip_reaches_every_backend_and_udp_answers_from_the_vip()
         "{v}"
     );
 
+    // Every connection and datagram above was balanced once: 2 x 150 + 60 TCP connects, 60 + 20
+    // UDP datagrams (each from its own unconnected socket, through sendmsg4).
+    let c = lb.counters().expect("counters");
+    assert_eq!(c.balanced, 440, "{c:?}");
+    assert_eq!(c.refused, 0, "{c:?}");
+
     // The VIP answers ping (an address of the load-balancer namespace on the bridge).
     assert!(rig.lab.node(1).ping(vip), "ping {vip}");
     // ... after an ARP answer from the load-balancer namespace's interface.
@@ -97,6 +110,8 @@ fn tcp_to_any_port_of_a_vip_reaches_every_backend_and_udp_answers_from_the_vip()
     let (a, name) = &rig.backends[0];
     let v = json(&rig.client(&["tcp", &a.to_string(), "80", "3"]));
     assert_eq!(names(&v).get(name.as_str()), Some(&3), "{v}");
+    // Neither is counted.
+    assert_eq!(lb.counters().expect("counters"), c);
 
     let r = lb.remove_all().expect("remove_all");
     assert!(r.writes > 0);
@@ -126,6 +141,10 @@ fn a_service_without_backends_refuses_at_once() {
     }
     let v = json(&rig.client(&["udp", &vip.to_string(), "5300", "1"]));
     assert_eq!(v["errors"], serde_json::json!(["ECONNREFUSED"]), "{v}");
+    // Two connects and one datagram refused, none balanced.
+    let c = lb.counters().expect("counters");
+    assert_eq!((c.services, c.backends), (1, 0), "{c:?}");
+    assert_eq!((c.balanced, c.refused), (0, 3), "{c:?}");
     lb.remove_all().expect("remove_all");
 }
 
@@ -219,13 +238,20 @@ fn a_reopened_balancer_adopts_pinned_state_and_writes_nothing() {
         let mut lb = EbpfLb::open(&rig.config()).expect("open");
         let r = lb.sync(&d).expect("sync");
         assert_eq!(r.writes, 5 * 5, "{r:?}");
+        let v = json(&rig.client(&["tcp", &vips[0].to_string(), "80", "7"]));
+        assert_eq!(names(&v).values().sum::<u64>(), 7, "{v}");
+        assert_eq!(lb.counters().expect("counters").balanced, 7);
         // Dropped without remove_all: an agent that stops.
     }
     let mut lb = EbpfLb::open(&rig.config()).expect("reopen");
     let r = lb.sync(&d).expect("sync after reopen");
     assert_eq!(r.writes, 0, "adopted: {r:?}");
+    // The pinned counters outlived the balancer that read them.
+    let c = lb.counters().expect("counters");
+    assert_eq!((c.services, c.backends, c.balanced), (5, 15, 7), "{c:?}");
     let v = json(&rig.client(&["tcp", &vips[4].to_string(), "80", "30"]));
     assert_eq!(names(&v).values().sum::<u64>(), 30, "{v}");
+    assert_eq!(lb.counters().expect("counters").balanced, 37);
     // Through the trait, as the executor will hold it.
     let mut boxed = ipvs::open(&rig.config()).expect("ipvs::open");
     assert_eq!(boxed.kind(), ipvs::Kind::Ebpf);
@@ -395,5 +421,31 @@ fn changes_apply_one_by_one_and_a_removed_network_takes_its_vips() {
     assert_eq!(r.writes, 5, "{r:?}");
     assert!(rig.lb_addrs().is_empty());
     assert_eq!(lb.sync(&ipvs::Desired::default()).expect("sync").writes, 0);
+    lb.remove_all().expect("remove_all");
+}
+
+#[test]
+fn programs_pinned_without_this_counters_map_are_replaced() {
+    let rig = Rig::new();
+    let vip = Rig::vip(50);
+    let d = rig.desired([Rig::service("web", vip, rig.backend_addrs())]);
+    {
+        let mut lb = EbpfLb::open(&rig.config()).expect("open");
+        lb.sync(&d).expect("sync");
+    }
+    // What an older layout leaves: attached programs and pinned maps, but no pin of this
+    // layout's counters map (the programs hold a map this agent cannot find).
+    let pin = rig.config().pin_dir.join(ebpf_common::CNT_MAP);
+    std::fs::remove_file(&pin).expect("remove the counters pin");
+    let mut lb = EbpfLb::open(&rig.config()).expect("reopen");
+    assert!(pin.exists(), "a new counters map is pinned");
+    // The service map was adopted: nothing to write.
+    assert_eq!(lb.sync(&d).expect("sync").writes, 0);
+    let v = json(&rig.client(&["tcp", &vip.to_string(), "80", "20"]));
+    assert!(v["errors"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(names(&v).len(), 3, "{v}");
+    // Counted by the new programs: the old ones are detached (had they still run first, they
+    // would have translated the VIP and the new ones would have seen a backend, not counting).
+    assert_eq!(lb.counters().expect("counters").balanced, 20);
     lb.remove_all().expect("remove_all");
 }
