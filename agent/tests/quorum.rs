@@ -4,12 +4,53 @@ mod common;
 
 use common::*;
 
+/// No quorum: `node ls` on each of the two managers left shows no Leader (not even the one
+/// whose Raft still believes it leads), warns that the view may be stale, and its JSON says so.
+fn assert_stale_view_without_leader(s: &Swarm, i: usize) {
+    let out = s.netctl(i, &["node", "ls"]);
+    assert!(out.status.success(), "reads still answer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("stale"),
+        "node{i}: {stderr}"
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), 6, "{table}");
+    assert!(
+        !table.contains("Leader"),
+        "node{i} shows a leader:\n{table}"
+    );
+    let nodes = s.nodes(i).expect("node ls --format json");
+    assert_eq!(nodes.len(), 5);
+    for n in &nodes {
+        assert_ne!(n["ManagerStatus"]["Leader"], true, "node{i}: {n}");
+        assert_eq!(n["Stale"], true, "node{i}: {n}");
+        assert!(
+            n["StaleReason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no quorum")),
+            "node{i}: {n}"
+        );
+    }
+}
+
 #[test]
 fn five_managers_three_killed() {
     if skip() {
         return;
     }
     let s = Swarm::start(5, 0);
+    // Healthy: one leader, nothing stale (once node1 has pinged the managers that just joined).
+    s.wait("a leader, not stale", || {
+        s.nodes(1).is_some_and(|ns| {
+            ns.iter().all(|n| n["Stale"] == false)
+                && ns
+                    .iter()
+                    .filter(|n| n["ManagerStatus"]["Leader"] == true)
+                    .count()
+                    == 1
+        })
+    });
     // Two down: 3 of 5 reachable, writes still work.
     s.kill(4);
     s.kill(5);
@@ -30,31 +71,44 @@ fn five_managers_three_killed() {
     let err = s.ctl_err(2, &["node", "demote", "node3"]);
     assert!(err.contains("loss of quorum"), "{err}");
 
-    // Three down: no quorum. Writes fail at once with the counts; reads answer, marked stale.
-    s.kill(3);
+    // Three down: no quorum. The leader stays up (its Raft may go on believing it leads), with
+    // one other manager. Writes fail at once with the counts; reads answer, marked stale.
+    let mut leader = None;
+    s.wait("a leader among node1..node3", || {
+        leader = s.leader(&[1, 2, 3]).filter(|l| (1..=3).contains(l));
+        leader.is_some()
+    });
+    let leader = leader.unwrap();
+    let victim = if leader == 3 { 2 } else { 3 };
+    let other = (1..=3).find(|&i| i != leader && i != victim).unwrap();
+    s.kill(victim);
     s.wait("quorum lost", || {
-        let out = s.netctl(1, &["node", "update", "--label-add", "b=1", "node1"]);
+        let out = s.netctl(leader, &["node", "update", "--label-add", "b=1", "node1"]);
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr)
                 .contains("2 of 5 managers are reachable and 3 are needed")
     });
-    let err = s.ctl_err(2, &["node", "update", "--availability", "drain", "node2"]);
-    assert!(err.contains("--force-new-cluster"), "{err}");
-    let out = s.netctl(2, &["node", "ls"]);
-    assert!(out.status.success(), "reads still answer");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("WARNING") && stderr.contains("stale"),
-        "{stderr}"
+    let err = s.ctl_err(
+        other,
+        &[
+            "node",
+            "update",
+            "--availability",
+            "drain",
+            &format!("node{other}"),
+        ],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
-    let err = s.ctl_err(1, &["node", "demote", "node2"]);
+    assert!(err.contains("--force-new-cluster"), "{err}");
+    for i in [leader, other] {
+        assert_stale_view_without_leader(&s, i);
+    }
+    let err = s.ctl_err(leader, &["node", "demote", &format!("node{other}")]);
     assert!(err.contains("managers are reachable"), "{err}");
 
-    // One back: quorum again.
-    s.restart(3);
+    // One back: quorum again, a leader shown again, nothing stale.
+    s.restart(victim);
     s.wait("writes again with 3 of 5", || {
-        s.netctl(2, &["node", "update", "--label-add", "b=2", "node1"])
+        s.netctl(other, &["node", "update", "--label-add", "b=2", "node1"])
             .status
             .success()
     });
@@ -62,6 +116,16 @@ fn five_managers_three_killed() {
         [1, 2, 3].iter().all(|&i| {
             s.node_as_seen_by(i, "node1")
                 .is_some_and(|n| n["Spec"]["Labels"]["b"] == "2")
+        })
+    });
+    s.wait("a leader, not stale", || {
+        s.nodes(other).is_some_and(|ns| {
+            ns.iter().all(|n| n["Stale"] == false)
+                && ns
+                    .iter()
+                    .filter(|n| n["ManagerStatus"]["Leader"] == true)
+                    .count()
+                    == 1
         })
     });
 }
