@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use serde_json::Value;
 
 /// No quorum: `node ls` on each of the two managers left shows no Leader (not even the one
 /// whose Raft still believes it leads), warns that the view may be stale, and its JSON says so.
@@ -201,4 +202,126 @@ fn force_new_cluster_after_losing_two_of_three() {
         2,
         &["node", "update", "--label-add", "after-leave=1", "node4"],
     );
+}
+
+/// The store's writer fails closed: a write of the leader's state machine made to fail
+/// (`NETAGENT_FAULT_SM_WRITE` names an arming file) stops that manager from applying. It refuses
+/// writes with the reason, says why in `info` and `node inspect`, the others count it unreachable
+/// and elect another leader; restarted, it recovers from the Raft log with every committed entry
+/// applied, the one whose write failed included.
+#[test]
+fn a_failed_store_write_fails_closed_and_a_restart_recovers() {
+    if skip() {
+        return;
+    }
+    let lab = lab::Lab::new(3).expect("lab");
+    let arms: Vec<std::path::PathBuf> = (1..=3)
+        .map(|i| lab.node(i).dir().join("fail-sm-write"))
+        .collect();
+    let arm = |i: usize| arms[i - 1].clone();
+    let agents = (1..=3)
+        .map(|i| {
+            lab.node(i)
+                .spawn(agent_spec(&lab, i).env("NETAGENT_FAULT_SM_WRITE", arm(i)))
+                .expect("spawn netagent")
+        })
+        .collect();
+    let s = Swarm { lab, agents };
+    for i in 1..=3 {
+        s.wait(&format!("agent {i} API"), || {
+            s.netctl(i, &["info"]).status.success()
+        });
+    }
+    s.form(3, 0);
+    let mut leader = None;
+    s.wait("a leader", || {
+        leader = s.leader(&[1, 2, 3]);
+        leader.is_some()
+    });
+    let l = leader.unwrap();
+    let other = if l == 1 { 2 } else { 1 };
+    s.ctl(l, &["node", "update", "--label-add", "before=1", "node3"]);
+
+    // Armed: the leader's next state-machine write fails (the leader writes on its own too, so
+    // it may be ours or one of its own). The entries it held are committed (a quorum has them);
+    // their rows are missing from the leader's file only.
+    std::fs::write(arm(l), "").unwrap();
+    let raced = s
+        .netctl(l, &["node", "update", "--label-add", "lost=1", "node3"])
+        .status
+        .success();
+    s.wait("the leader's store unhealthy", || {
+        let out = s.netctl(l, &["info"]);
+        String::from_utf8_lossy(&out.stdout).contains("store is unhealthy")
+    });
+    let info = s.ctl(l, &["info"]);
+    assert!(info.contains("injected write failure"), "{info}");
+    let err = s.ctl_err(l, &["node", "update", "--label-add", "refused=1", "node3"]);
+    assert!(
+        err.contains("refuses writes")
+            && err.contains("injected write failure")
+            && err.contains("Restart netagent"),
+        "{err}"
+    );
+    let me: Value = serde_json::from_str(&s.ctl(l, &["node", "inspect", "self"])).unwrap();
+    let message = me[0]["Status"]["Message"].as_str().unwrap_or_default();
+    assert!(message.contains("store unhealthy"), "{me}");
+    let pretty = s.ctl(l, &["node", "inspect", "--pretty", "self"]);
+    assert!(pretty.contains("store unhealthy"), "{pretty}");
+
+    // The others elect a leader among themselves and go on; the broken one is unreachable.
+    let name = format!("node{l}");
+    s.wait("the others lead and count it unreachable", || {
+        s.nodes(other).is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n["ManagerStatus"]["Leader"] == true && hostname_of(n) != name)
+                && ns
+                    .iter()
+                    .any(|n| hostname_of(n) == name && reachability(n) == "unreachable")
+        })
+    });
+    s.wait("writes through another manager", || {
+        s.netctl(
+            other,
+            &["node", "update", "--label-add", "after=1", "node3"],
+        )
+        .status
+        .success()
+    });
+    s.ctl(
+        other,
+        &["network", "create", "--subnet", "10.77.0.0/24", "later"],
+    );
+
+    // Restarted (the arming file was consumed): healthy, every committed entry applied.
+    s.kill(l);
+    s.restart(l);
+    let specs = |i: usize| {
+        s.nodes(i).map(|ns| {
+            let mut v: Vec<(String, Value)> = ns
+                .iter()
+                .map(|n| (hostname_of(n), n["Spec"].clone()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        })
+    };
+    s.wait("the restarted manager caught up", || {
+        s.node_as_seen_by(l, "node3").is_some_and(|n| {
+            let labels = &n["Spec"]["Labels"];
+            labels["before"] == "1" && (!raced || labels["lost"] == "1") && labels["after"] == "1"
+        }) && s
+            .netctl(l, &["network", "inspect", "later"])
+            .status
+            .success()
+            && specs(l).is_some()
+            && specs(l) == specs(other)
+    });
+    let info = s.ctl(l, &["info"]);
+    assert!(!info.contains("unhealthy"), "{info}");
+    s.wait("writes through the restarted manager", || {
+        s.netctl(l, &["node", "update", "--label-add", "again=1", "node3"])
+            .status
+            .success()
+    });
 }
