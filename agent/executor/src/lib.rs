@@ -22,4 +22,5 @@ pub mod plan;
 mod plane;
 pub mod runner;
 pub mod shim;
+pub mod tasklog;
 mod tasks;
