@@ -98,33 +98,18 @@ fn networks_round_trip_and_refusals() {
     // for `--subnet a --subnet b` and `--ipv6 --subnet fd00:50::/64`); nothing is stored.
     for (args, want) in [
         (
-            &[
-                "--subnet",
-                "10.62.0.0/24",
-                "--subnet",
-                "10.63.0.0/24",
-                "--gateway",
-                "10.63.0.1",
-                "two",
-            ][..],
+            "--subnet 10.62.0.0/24 --subnet 10.63.0.0/24 --gateway 10.63.0.1 two",
             "more than one subnet",
         ),
-        (&["--subnet", "fd00:50::/64", "--ipv6", "six"][..], "IPv6"),
-        (&["--subnet", "fd00:50::/64", "six"][..], "IPv6"),
+        ("--subnet fd00:50::/64 --ipv6 six", "IPv6"),
+        ("--subnet fd00:50::/64 six", "IPv6"),
         (
-            &[
-                "--subnet",
-                "10.64.0.0/24",
-                "--subnet",
-                "fd00:51::/64",
-                "--ipv6",
-                "dual",
-            ][..],
+            "--subnet 10.64.0.0/24 --subnet fd00:51::/64 --ipv6 dual",
             "IPv6",
         ),
     ] {
         let mut argv = vec!["network", "create"];
-        argv.extend_from_slice(args);
+        argv.extend(args.split(' '));
         let err = s.ctl_err(1, &argv);
         let e = one_line(&err);
         assert!(
