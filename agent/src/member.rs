@@ -321,6 +321,9 @@ impl Member {
         let m = self.manager()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            if let Some(e) = m.store.unhealthy() {
+                return Err(store_unhealthy(&e));
+            }
             self.require_quorum().await?;
             let attempt = if m.store.is_leader() {
                 match tokio::time::timeout(Duration::from_secs(10), m.store.propose(batch.clone()))
@@ -412,6 +415,13 @@ pub fn not_a_manager() -> Failure {
         "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. \
          Please run this command on a manager node or promote the current node to a manager.",
     )
+}
+
+/// Writes refused by a manager whose store stopped applying (see `store::Store::unhealthy`).
+pub fn store_unhealthy(why: &str) -> Failure {
+    Failure::unavailable(format!(
+        "this manager refuses writes: its store is unhealthy ({why}). Restart netagent on this node: it recovers from the Raft log"
+    ))
 }
 
 pub fn not_in_swarm() -> Failure {

@@ -90,30 +90,52 @@ fn networks_round_trip_and_refusals() {
     assert!(is_id(back.trim()), "{back}");
     let multi = s.ctl(
         1,
-        &[
-            "network",
-            "create",
-            "--subnet",
-            "10.60.0.0/24",
-            "--subnet",
-            "10.61.0.0/24",
-            "--gateway",
-            "10.61.0.1",
-            "multi",
-        ],
+        &["network", "create", "--subnet", "10.60.0.0/24", "multi"],
     );
     assert!(is_id(multi.trim()), "{multi}");
-    s.ctl(
-        1,
-        &[
-            "network",
-            "create",
-            "--subnet",
-            "fd00:50::/64",
-            "--ipv6",
-            "six",
-        ],
-    );
+    // Several subnets and IPv6 are not carried end to end yet: refused at create, with one
+    // clear line, through netctl and through the Docker API (the bodies the docker CLI sends
+    // for `--subnet a --subnet b` and `--ipv6 --subnet fd00:50::/64`); nothing is stored.
+    for (args, want) in [
+        (
+            "--subnet 10.62.0.0/24 --subnet 10.63.0.0/24 --gateway 10.63.0.1 two",
+            "more than one subnet",
+        ),
+        ("--subnet fd00:50::/64 --ipv6 six", "IPv6"),
+        ("--subnet fd00:50::/64 six", "IPv6"),
+        (
+            "--subnet 10.64.0.0/24 --subnet fd00:51::/64 --ipv6 dual",
+            "IPv6",
+        ),
+    ] {
+        let mut argv = vec!["network", "create"];
+        argv.extend(args.split(' '));
+        let err = s.ctl_err(1, &argv);
+        let e = one_line(&err);
+        assert!(
+            e.contains(want) && e.contains("not supported yet"),
+            "{argv:?}: {e}"
+        );
+    }
+    for (body, want) in [
+        (
+            r#"{"Name":"two","Driver":"overlay","IPAM":{"Driver":"default","Options":{},"Config":[{"Subnet":"10.62.0.0/24"},{"Subnet":"10.63.0.0/24","Gateway":"10.63.0.1"}]},"Options":{},"Labels":{},"CheckDuplicate":true}"#,
+            "more than one subnet",
+        ),
+        (
+            r#"{"Name":"six","Driver":"overlay","EnableIPv6":true,"IPAM":{"Driver":"default","Options":{},"Config":[{"Subnet":"fd00:50::/64"}]},"Options":{},"Labels":{},"CheckDuplicate":true}"#,
+            "IPv6",
+        ),
+    ] {
+        let (code, v) = api(&s, 1, "POST", "/v1.41/networks/create", body);
+        assert_eq!(code, 400, "{v}");
+        let m = v["message"].as_str().unwrap_or_else(|| panic!("{v}"));
+        assert!(m.contains(want) && m.contains("not supported yet"), "{m}");
+    }
+    for name in ["two", "six", "dual"] {
+        let err = s.ctl_err(1, &["network", "inspect", name]);
+        assert!(err.contains("not found"), "{name} was stored: {err}");
+    }
 
     // ls: docker's columns, sorted by name, 12-character ids.
     let table = s.ctl(1, &["network", "ls"]);
@@ -129,7 +151,7 @@ fn networks_round_trip_and_refusals() {
         .collect();
     assert_eq!(
         names,
-        ["back", "front", "ingress", "multi", "six"],
+        ["back", "front", "ingress", "multi"],
         "swarm init made ingress: {table}"
     );
     let front_row = rows.iter().find(|r| r.contains(" front ")).unwrap();
@@ -138,7 +160,7 @@ fn networks_round_trip_and_refusals() {
         [&front[..12], "front", "overlay", "swarm"]
     );
     let q = s.ctl(1, &["network", "ls", "-q"]);
-    assert_eq!(q.lines().count(), 5, "four and ingress: {q}");
+    assert_eq!(q.lines().count(), 4, "three and ingress: {q}");
     assert!(q.lines().all(|l| l.len() == 12), "{q}");
     let rows = lines(&s.ctl(1, &["network", "ls", "--format", "json"]));
     assert_eq!(rows[1]["Name"], "front");
@@ -179,14 +201,11 @@ fn networks_round_trip_and_refusals() {
     let m = &json(&s.ctl(1, &["network", "inspect", "multi"]))[0];
     assert_eq!(m["IPAM"]["Config"][0]["Subnet"], "10.60.0.0/24");
     assert_eq!(m["IPAM"]["Config"][0]["Gateway"], "10.60.0.1");
-    assert_eq!(m["IPAM"]["Config"][1]["Gateway"], "10.61.0.1");
+    assert_eq!(m["IPAM"]["Config"].as_array().map(Vec::len), Some(1));
     let vnis = m["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
         .as_str()
         .unwrap();
-    assert_eq!(vnis.split(',').count(), 2, "{vnis}");
-    let six = &json(&s.ctl(1, &["network", "inspect", "six"]))[0];
-    assert_eq!(six["EnableIPv6"], true);
-    assert_eq!(six["IPAM"]["Config"][0]["Subnet"], "fd00:50::/64");
+    assert_eq!(vnis.split(',').count(), 1, "{vnis}");
     let err = s.ctl_err(1, &["network", "inspect", "nope"]);
     assert!(err.contains("network nope not found"), "{err}");
     // A worker knows only the networks its tasks use (none here), as docker shows it.
@@ -230,11 +249,11 @@ fn networks_round_trip_and_refusals() {
         &["MTU", "68"],
     );
     refused(&["bad name"], &["invalid network name"]);
-    refused(&["--ipv6", "v6only"], &["IPv6 subnet"]);
+    refused(&["--ipv6", "v6only"], &["IPv6", "not supported yet"]);
     assert_eq!(
         s.ctl(1, &["network", "ls", "-q"]).lines().count(),
-        5,
-        "four and ingress"
+        4,
+        "three and ingress"
     );
 
     // rm: refused while a service uses the network; names printed like docker.
@@ -263,10 +282,10 @@ fn networks_round_trip_and_refusals() {
     s.wait("front can be removed", || {
         s.netctl(1, &["network", "rm", "front"]).status.success()
     });
-    let out = s.ctl(1, &["network", "rm", "back", &multi.trim()[..8], "six"]);
+    let out = s.ctl(1, &["network", "rm", "back", &multi.trim()[..8]]);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
-        ["back", &multi.trim()[..8], "six"]
+        ["back", &multi.trim()[..8]]
     );
     let left = s.ctl(1, &["network", "ls"]);
     assert_eq!(left.lines().count(), 2, "only ingress is left: {left}");

@@ -3,6 +3,37 @@
 mod common;
 
 use common::*;
+use serde_json::Value;
+
+/// No quorum: `node ls` on each of the two managers left shows no Leader (not even the one
+/// whose Raft still believes it leads), warns that the view may be stale, and its JSON says so.
+fn assert_stale_view_without_leader(s: &Swarm, i: usize) {
+    let out = s.netctl(i, &["node", "ls"]);
+    assert!(out.status.success(), "reads still answer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("stale"),
+        "node{i}: {stderr}"
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), 6, "{table}");
+    assert!(
+        !table.contains("Leader"),
+        "node{i} shows a leader:\n{table}"
+    );
+    let nodes = s.nodes(i).expect("node ls --format json");
+    assert_eq!(nodes.len(), 5);
+    for n in &nodes {
+        assert_ne!(n["ManagerStatus"]["Leader"], true, "node{i}: {n}");
+        assert_eq!(n["Stale"], true, "node{i}: {n}");
+        assert!(
+            n["StaleReason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no quorum")),
+            "node{i}: {n}"
+        );
+    }
+}
 
 #[test]
 fn five_managers_three_killed() {
@@ -10,6 +41,17 @@ fn five_managers_three_killed() {
         return;
     }
     let s = Swarm::start(5, 0);
+    // Healthy: one leader, nothing stale (once node1 has pinged the managers that just joined).
+    s.wait("a leader, not stale", || {
+        s.nodes(1).is_some_and(|ns| {
+            ns.iter().all(|n| n["Stale"] == false)
+                && ns
+                    .iter()
+                    .filter(|n| n["ManagerStatus"]["Leader"] == true)
+                    .count()
+                    == 1
+        })
+    });
     // Two down: 3 of 5 reachable, writes still work.
     s.kill(4);
     s.kill(5);
@@ -30,31 +72,44 @@ fn five_managers_three_killed() {
     let err = s.ctl_err(2, &["node", "demote", "node3"]);
     assert!(err.contains("loss of quorum"), "{err}");
 
-    // Three down: no quorum. Writes fail at once with the counts; reads answer, marked stale.
-    s.kill(3);
+    // Three down: no quorum. The leader stays up (its Raft may go on believing it leads), with
+    // one other manager. Writes fail at once with the counts; reads answer, marked stale.
+    let mut leader = None;
+    s.wait("a leader among node1..node3", || {
+        leader = s.leader(&[1, 2, 3]).filter(|l| (1..=3).contains(l));
+        leader.is_some()
+    });
+    let leader = leader.unwrap();
+    let victim = if leader == 3 { 2 } else { 3 };
+    let other = (1..=3).find(|&i| i != leader && i != victim).unwrap();
+    s.kill(victim);
     s.wait("quorum lost", || {
-        let out = s.netctl(1, &["node", "update", "--label-add", "b=1", "node1"]);
+        let out = s.netctl(leader, &["node", "update", "--label-add", "b=1", "node1"]);
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr)
                 .contains("2 of 5 managers are reachable and 3 are needed")
     });
-    let err = s.ctl_err(2, &["node", "update", "--availability", "drain", "node2"]);
-    assert!(err.contains("--force-new-cluster"), "{err}");
-    let out = s.netctl(2, &["node", "ls"]);
-    assert!(out.status.success(), "reads still answer");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("WARNING") && stderr.contains("stale"),
-        "{stderr}"
+    let err = s.ctl_err(
+        other,
+        &[
+            "node",
+            "update",
+            "--availability",
+            "drain",
+            &format!("node{other}"),
+        ],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
-    let err = s.ctl_err(1, &["node", "demote", "node2"]);
+    assert!(err.contains("--force-new-cluster"), "{err}");
+    for i in [leader, other] {
+        assert_stale_view_without_leader(&s, i);
+    }
+    let err = s.ctl_err(leader, &["node", "demote", &format!("node{other}")]);
     assert!(err.contains("managers are reachable"), "{err}");
 
-    // One back: quorum again.
-    s.restart(3);
+    // One back: quorum again, a leader shown again, nothing stale.
+    s.restart(victim);
     s.wait("writes again with 3 of 5", || {
-        s.netctl(2, &["node", "update", "--label-add", "b=2", "node1"])
+        s.netctl(other, &["node", "update", "--label-add", "b=2", "node1"])
             .status
             .success()
     });
@@ -62,6 +117,16 @@ fn five_managers_three_killed() {
         [1, 2, 3].iter().all(|&i| {
             s.node_as_seen_by(i, "node1")
                 .is_some_and(|n| n["Spec"]["Labels"]["b"] == "2")
+        })
+    });
+    s.wait("a leader, not stale", || {
+        s.nodes(other).is_some_and(|ns| {
+            ns.iter().all(|n| n["Stale"] == false)
+                && ns
+                    .iter()
+                    .filter(|n| n["ManagerStatus"]["Leader"] == true)
+                    .count()
+                    == 1
         })
     });
 }
@@ -141,4 +206,126 @@ fn force_new_cluster_after_losing_two_of_three() {
         2,
         &["node", "update", "--label-add", "after-leave=1", "node4"],
     );
+}
+
+/// The store's writer fails closed: a write of the leader's state machine made to fail
+/// (`NETAGENT_FAULT_SM_WRITE` names an arming file) stops that manager from applying. It refuses
+/// writes with the reason, says why in `info` and `node inspect`, the others count it unreachable
+/// and elect another leader; restarted, it recovers from the Raft log with every committed entry
+/// applied, the one whose write failed included.
+#[test]
+fn a_failed_store_write_fails_closed_and_a_restart_recovers() {
+    if skip() {
+        return;
+    }
+    let lab = lab::Lab::new(3).expect("lab");
+    let arms: Vec<std::path::PathBuf> = (1..=3)
+        .map(|i| lab.node(i).dir().join("fail-sm-write"))
+        .collect();
+    let arm = |i: usize| arms[i - 1].clone();
+    let agents = (1..=3)
+        .map(|i| {
+            lab.node(i)
+                .spawn(agent_spec(&lab, i).env("NETAGENT_FAULT_SM_WRITE", arm(i)))
+                .expect("spawn netagent")
+        })
+        .collect();
+    let s = Swarm { lab, agents };
+    for i in 1..=3 {
+        s.wait(&format!("agent {i} API"), || {
+            s.netctl(i, &["info"]).status.success()
+        });
+    }
+    s.form(3, 0);
+    let mut leader = None;
+    s.wait("a leader", || {
+        leader = s.leader(&[1, 2, 3]);
+        leader.is_some()
+    });
+    let l = leader.unwrap();
+    let other = if l == 1 { 2 } else { 1 };
+    s.ctl(l, &["node", "update", "--label-add", "before=1", "node3"]);
+
+    // Armed: the leader's next state-machine write fails (the leader writes on its own too, so
+    // it may be ours or one of its own). The entries it held are committed (a quorum has them);
+    // their rows are missing from the leader's file only.
+    std::fs::write(arm(l), "").unwrap();
+    let raced = s
+        .netctl(l, &["node", "update", "--label-add", "lost=1", "node3"])
+        .status
+        .success();
+    s.wait("the leader's store unhealthy", || {
+        let out = s.netctl(l, &["info"]);
+        String::from_utf8_lossy(&out.stdout).contains("store is unhealthy")
+    });
+    let info = s.ctl(l, &["info"]);
+    assert!(info.contains("injected write failure"), "{info}");
+    let err = s.ctl_err(l, &["node", "update", "--label-add", "refused=1", "node3"]);
+    assert!(
+        err.contains("refuses writes")
+            && err.contains("injected write failure")
+            && err.contains("Restart netagent"),
+        "{err}"
+    );
+    let me: Value = serde_json::from_str(&s.ctl(l, &["node", "inspect", "self"])).unwrap();
+    let message = me[0]["Status"]["Message"].as_str().unwrap_or_default();
+    assert!(message.contains("store unhealthy"), "{me}");
+    let pretty = s.ctl(l, &["node", "inspect", "--pretty", "self"]);
+    assert!(pretty.contains("store unhealthy"), "{pretty}");
+
+    // The others elect a leader among themselves and go on; the broken one is unreachable.
+    let name = format!("node{l}");
+    s.wait("the others lead and count it unreachable", || {
+        s.nodes(other).is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n["ManagerStatus"]["Leader"] == true && hostname_of(n) != name)
+                && ns
+                    .iter()
+                    .any(|n| hostname_of(n) == name && reachability(n) == "unreachable")
+        })
+    });
+    s.wait("writes through another manager", || {
+        s.netctl(
+            other,
+            &["node", "update", "--label-add", "after=1", "node3"],
+        )
+        .status
+        .success()
+    });
+    s.ctl(
+        other,
+        &["network", "create", "--subnet", "10.77.0.0/24", "later"],
+    );
+
+    // Restarted (the arming file was consumed): healthy, every committed entry applied.
+    s.kill(l);
+    s.restart(l);
+    let specs = |i: usize| {
+        s.nodes(i).map(|ns| {
+            let mut v: Vec<(String, Value)> = ns
+                .iter()
+                .map(|n| (hostname_of(n), n["Spec"].clone()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        })
+    };
+    s.wait("the restarted manager caught up", || {
+        s.node_as_seen_by(l, "node3").is_some_and(|n| {
+            let labels = &n["Spec"]["Labels"];
+            labels["before"] == "1" && (!raced || labels["lost"] == "1") && labels["after"] == "1"
+        }) && s
+            .netctl(l, &["network", "inspect", "later"])
+            .status
+            .success()
+            && specs(l).is_some()
+            && specs(l) == specs(other)
+    });
+    let info = s.ctl(l, &["info"]);
+    assert!(!info.contains("unhealthy"), "{info}");
+    s.wait("writes through the restarted manager", || {
+        s.netctl(l, &["node", "update", "--label-add", "again=1", "node3"])
+            .status
+            .success()
+    });
 }

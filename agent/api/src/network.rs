@@ -405,10 +405,18 @@ pub fn spec_of(req: &CreateRequest) -> Result<(NetworkSpec, String), Invalid> {
             .and_then(parse_cidr)
             .is_some_and(|(a, _)| a.is_ipv6())
     });
-    if req.enable_ipv6 && !v6_subnet {
+    // Not carried end to end yet (a task gets an interface in the first subnet only, the
+    // overlay is IPv4): refused rather than accepted and broken.
+    if req.enable_ipv6 || v6_subnet {
         return Err(Invalid::new(
-            "--ipv6 needs an explicit IPv6 subnet (--subnet fd00:1::/64): the address pools are IPv4 only",
+            "IPv6 networks are not supported yet (--ipv6, or an IPv6 --subnet): the overlay carries IPv4 only; create the network with an IPv4 subnet",
         ));
+    }
+    if ipam.len() > 1 {
+        return Err(Invalid::new(format!(
+            "networks with more than one subnet are not supported yet ({} IPAM configs given): tasks would get no interface in the extra subnets; give one --subnet, or create one network per subnet",
+            ipam.len()
+        )));
     }
     let spec = NetworkSpec {
         name: req.name.clone(),
@@ -590,5 +598,30 @@ mod tests {
         let (spec, warning) = spec_of(&req).unwrap();
         assert_eq!(spec.ipam[0].subnet.as_deref(), Some("10.9.0.0/24"));
         assert_eq!(warning, "");
+    }
+
+    #[test]
+    fn several_subnets_and_ipv6_are_refused() {
+        // `docker network create --subnet 10.60.0.0/24 --subnet 10.61.0.0/24 multi`.
+        let body = r#"{"Driver":"overlay","IPAM":{"Driver":"default","Config":[{"Subnet":"10.60.0.0/24"},{"Subnet":"10.61.0.0/24"}]},"Name":"multi"}"#;
+        let req: CreateRequest = serde_json::from_str(body).unwrap();
+        let e = spec_of(&req).unwrap_err().0;
+        assert!(
+            e.contains("more than one subnet") && e.contains("2 IPAM"),
+            "{e}"
+        );
+        let body = r#"{"Driver":"overlay","EnableIPv6":true,"IPAM":{"Config":[{"Subnet":"fd00:50::/64"}]},"Name":"six"}"#;
+        let req: CreateRequest = serde_json::from_str(body).unwrap();
+        assert!(spec_of(&req).unwrap_err().0.contains("IPv6"));
+        // An IPv6 subnet without the flag, and the flag without a subnet.
+        let body = r#"{"IPAM":{"Config":[{"Subnet":"fd00:50::/64"}]},"Name":"six"}"#;
+        let req: CreateRequest = serde_json::from_str(body).unwrap();
+        assert!(spec_of(&req).unwrap_err().0.contains("IPv6"));
+        let req = CreateRequest {
+            name: "six".into(),
+            enable_ipv6: true,
+            ..Default::default()
+        };
+        assert!(spec_of(&req).unwrap_err().0.contains("IPv6"));
     }
 }

@@ -22,6 +22,7 @@ pub mod plan;
 mod plane;
 pub mod runner;
 pub mod shim;
+pub mod tasklog;
 mod tasks;
 
 pub use balancer::LbCounters;

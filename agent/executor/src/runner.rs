@@ -423,7 +423,7 @@ impl Runner {
 
     /// The last `max` bytes of the task's output.
     pub fn output_tail(&self, id: &str, max: usize) -> String {
-        let text = fs::read(self.dir(id).join(shim::OUTPUT)).unwrap_or_default();
+        let text = crate::tasklog::read(&self.dir(id));
         String::from_utf8_lossy(&text[text.len().saturating_sub(max)..]).into_owned()
     }
 }

@@ -6,11 +6,13 @@
 //!
 //! Files in a task directory: `spec.json` (written by the agent), `pid` (the command's pid),
 //! `shim.pid` (the shim's, so the agent can tell "exit being recorded" from "killed"),
-//! `exit` (its exit code; 128+N when killed by signal N), `output.log` (its stdout and stderr),
+//! `exit` (its exit code; 128+N when killed by signal N), `output.log` and `output.log.1` (its
+//! stdout and stderr, through a pipe the shim copies, bounded by [`crate::tasklog`]),
 //! `resolv.conf`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -126,14 +128,12 @@ fn run_inner(dir: &Path) -> Result<(), String> {
         )
         .map_err(|e| format!("bind {} on /etc/resolv.conf: {e}", resolv.display()))?;
     }
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(OUTPUT))
+    let log = crate::tasklog::Writer::open(dir, crate::tasklog::LOG_MAX_BYTES)
         .map_err(|e| format!("open the output log: {e}"))?;
+    let (reader, out) = std::io::pipe().map_err(|e| format!("make the output pipe: {e}"))?;
     let err = out
         .try_clone()
-        .map_err(|e| format!("dup the output log: {e}"))?;
+        .map_err(|e| format!("dup the output pipe: {e}"))?;
     fs::create_dir_all(&spec.workdir)
         .map_err(|e| format!("create {}: {e}", spec.workdir.display()))?;
     let mut cmd = Command::new(&spec.argv[0]);
@@ -153,8 +153,11 @@ fn run_inner(dir: &Path) -> Result<(), String> {
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("start {:?}: {e}", spec.argv[0]))?;
+    // The command holds the pipe's write ends now; the shim's copies go.
+    drop(cmd);
     write_atomic(dir, PID, &format!("{}\n", child.id()))
         .map_err(|e| format!("write the pid file: {e}"))?;
+    copy_output(reader, log, &mut child);
     let status = child
         .wait()
         .map_err(|e| format!("wait for the task: {e}"))?;
@@ -166,9 +169,102 @@ fn run_inner(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Copies the task's output into its bounded log until the task exits (then what is left in the
+/// pipe) or closes its output. A background process the task left behind may keep the pipe
+/// open: the shim does not wait for it. Write errors (a full disk) drop output, never block the
+/// task.
+fn copy_output(
+    mut reader: std::io::PipeReader,
+    mut log: crate::tasklog::Writer,
+    child: &mut std::process::Child,
+) {
+    let pidfd = pidfd_open(child.id());
+    let mut buf = vec![0u8; 64 << 10];
+    let mut warned = false;
+    let mut write = |log: &mut crate::tasklog::Writer, chunk: &[u8]| {
+        if let Err(e) = log.write(chunk)
+            && !warned
+        {
+            eprintln!("netagent shim: task output dropped: {e}");
+            warned = true;
+        }
+    };
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: reader.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pidfd.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Without a pidfd (old kernels), look at the task once a second.
+        let timeout = if pidfd.is_some() { -1 } else { 1000 };
+        // SAFETY: poll(2) on two pollfd structs that live across the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        // The task's exit first: a process it left behind may keep writing.
+        let exited =
+            fds[1].revents != 0 || (pidfd.is_none() && matches!(child.try_wait(), Ok(Some(_))));
+        if exited {
+            break;
+        }
+        if fds[0].revents != 0 {
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => write(&mut log, &buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+    // The task exited: what it wrote is in the pipe (a pipe's capacity at most); take it
+    // without waiting for writers it left behind, and no more than the cap.
+    // SAFETY: fcntl(2) sets a flag of a descriptor this function owns.
+    unsafe {
+        let fd = reader.as_raw_fd();
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        );
+    }
+    let mut drained = 0u64;
+    while drained < crate::tasklog::LOG_MAX_BYTES {
+        match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                write(&mut log, &buf[..n]);
+                drained += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// pidfd_open(2): a descriptor readable when process `pid` exits (None where unsupported).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor returned by the kernel, owned by nothing else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Makes `fds` the started process's descriptors 3, 4, ... (inherited across exec).
 pub fn pass_fds(cmd: &mut Command, fds: &[std::os::fd::BorrowedFd<'_>]) {
-    use std::os::fd::AsRawFd;
     if fds.is_empty() {
         return;
     }

@@ -254,10 +254,26 @@ fn allocate_network_into(
     } else {
         spec.ipam.clone()
     };
+    // The API refuses these at create; a spec that still has them (stored before) is not
+    // allocated: its tasks would get no interface in the extra subnets, or no IPv6 overlay.
+    if configs.len() > 1 {
+        return Err(Error::Invalid {
+            what: "IPAM config",
+            value: format!("{} subnets", configs.len()),
+            reason: "networks with more than one subnet are not supported yet".into(),
+        });
+    }
     for c in &configs {
         let info = match &c.subnet {
             Some(subnet) => {
                 let r = user_request(subnet, c.gateway.as_deref(), c.ip_range.as_deref())?;
+                if r.subnet.addr().is_ipv6() {
+                    return Err(Error::Invalid {
+                        what: "subnet",
+                        value: subnet.clone(),
+                        reason: "IPv6 networks are not supported yet".into(),
+                    });
+                }
                 ipam.subnets_mut().request(&r)?
             }
             None => {

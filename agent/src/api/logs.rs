@@ -131,8 +131,7 @@ pub async fn service_logs(
             }
             continue;
         }
-        let text =
-            std::fs::read(dir.join(&t.meta.id).join(executor::shim::OUTPUT)).unwrap_or_default();
+        let text = executor::tasklog::read(&dir.join(&t.meta.id));
         if !stdout {
             continue;
         }

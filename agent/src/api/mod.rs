@@ -269,24 +269,29 @@ async fn gate(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
     let store = manager.store.clone();
     if req.method() == Method::GET || req.method() == Method::HEAD {
         let mut resp = next.run(req).await;
-        if !store.is_leader() {
-            let why = match member.quorum() {
-                Ok(q) if !q.has_quorum() => Some(format!(
-                    "this manager reaches {} of {} managers, no quorum: the answer comes from its local replica and may be stale",
-                    q.reachable, q.managers
-                )),
-                _ if store.leader().is_none() => {
-                    Some("no leader is known: the answer comes from this manager's local replica and may be stale".into())
-                }
-                _ => None,
-            };
-            if let Some(why) = why
-                && let Ok(v) = HeaderValue::from_str(&why)
-            {
-                resp.headers_mut().insert(HEADER_STALE, v);
+        // Even a leader may answer stale: cut off from its quorum it still believes it leads.
+        let why = match (store.unhealthy(), member.quorum()) {
+            (Some(e), _) => Some(format!(
+                "this manager's store is unhealthy ({e}): the answer comes from its local replica and may be stale"
+            )),
+            (_, Ok(q)) if !q.has_quorum() => Some(format!(
+                "this manager reaches {} of {} managers, no quorum: the answer comes from its local replica and may be stale",
+                q.reachable, q.managers
+            )),
+            _ if store.leader().is_none() => {
+                Some("no leader is known: the answer comes from this manager's local replica and may be stale".into())
             }
+            _ => None,
+        };
+        if let Some(why) = why
+            && let Ok(v) = HeaderValue::from_str(&why)
+        {
+            resp.headers_mut().insert(HEADER_STALE, v);
         }
         return resp;
+    }
+    if let Some(e) = store.unhealthy() {
+        return crate::member::store_unhealthy(&e).into_response();
     }
     if req.headers().contains_key(FORWARDED) {
         if !store.is_leader() {

@@ -58,8 +58,19 @@ pub fn resolve(member: &Member, reference: &str) -> Result<Node> {
     }
 }
 
+/// Whether the leader this manager's Raft view names is one that exists now: this manager
+/// reaches a quorum (a leader cut off from its quorum, or a follower's memory of a dead
+/// leader, is no leader) and its store is healthy. Without it `node ls` shows no Leader.
+pub fn leader_is_real(member: &Member) -> bool {
+    let Some(m) = &member.manager else {
+        return false;
+    };
+    m.store.unhealthy().is_none() && member.quorum().is_ok_and(|q| q.has_quorum())
+}
+
 /// A node as the manager answering sees it: manager status from its Raft view and probes.
-pub fn wire(member: &Member, n: &Node) -> WireNode {
+/// `leader_real` is [`leader_is_real`], computed once per answer.
+pub fn wire(member: &Member, n: &Node, leader_real: bool) -> WireNode {
     let manager_status = n
         .manager_status
         .as_ref()
@@ -68,7 +79,10 @@ pub fn wire(member: &Member, n: &Node) -> WireNode {
             let (leader, in_raft) = match member.manager.as_ref().map(|m| &m.store) {
                 Some(s) => {
                     let (_, voters) = s.members();
-                    (s.leader() == Some(ms.raft_id), voters.contains(&ms.raft_id))
+                    (
+                        leader_real && s.leader() == Some(ms.raft_id),
+                        voters.contains(&ms.raft_id),
+                    )
                 }
                 None => (false, false),
             };
@@ -79,7 +93,17 @@ pub fn wire(member: &Member, n: &Node) -> WireNode {
                 addr: ms.addr.clone(),
             }
         });
-    ::api::node::node(n, manager_status)
+    let mut w = ::api::node::node(n, manager_status);
+    // This manager's own store stopped applying: it says why, and is out of Raft.
+    if n.meta.id == member.node_id()
+        && let Some(why) = member.manager.as_ref().and_then(|m| m.store.unhealthy())
+    {
+        w.status.message = format!("store unhealthy, refusing writes until restarted: {why}");
+        if let Some(ms) = &mut w.manager_status {
+            ms.reachability = UNREACHABLE.into();
+        }
+    }
+    w
 }
 
 const FILTERS: &[&str] = &["id", "label", "membership", "name", "node.label", "role"];
@@ -109,6 +133,7 @@ pub async fn list(
             )));
         }
     }
+    let leader_real = leader_is_real(&m);
     Ok(Json(
         nodes
             .iter()
@@ -119,7 +144,7 @@ pub async fn list(
                     && f.matches("membership", |v| v == "accepted")
                     && f.match_labels(&n.spec.labels)
             })
-            .map(|n| wire(&m, n))
+            .map(|n| wire(&m, n, leader_real))
             .collect(),
     ))
 }
@@ -132,7 +157,7 @@ pub async fn inspect(
     let m = member(&agent)?;
     m.probe_unseen().await;
     let n = resolve(&m, &node)?;
-    Ok(Json(wire(&m, &n)))
+    Ok(Json(wire(&m, &n, leader_is_real(&m))))
 }
 
 /// `POST /nodes/{ref}/update?version=`: the whole spec, as docker's clients send it.

@@ -160,6 +160,11 @@ fn swarm_info(agent: &Agent) -> SwarmInfo {
 
 /// A manager's `Swarm`: counts, the managers with their ids, and the cluster.
 fn manager_view(agent: &Agent, member: &Member, info: &mut SwarmInfo) {
+    if let Some(why) = member.manager.as_ref().and_then(|m| m.store.unhealthy()) {
+        info.error = format!(
+            "this manager's store is unhealthy and refuses writes until netagent is restarted: {why}"
+        );
+    }
     if let Ok(q) = member.quorum() {
         info.managers = q.managers as u64;
     }
@@ -185,7 +190,8 @@ fn manager_view(agent: &Agent, member: &Member, info: &mut SwarmInfo) {
             let (election, heartbeat) = raft_ticks(agent);
             info.cluster = Some(::api::swarm::cluster_info(&c, election, heartbeat));
         }
-        Err(e) => info.error = e.message,
+        Err(e) if info.error.is_empty() => info.error = e.message,
+        Err(_) => {}
     }
 }
 

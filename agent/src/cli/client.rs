@@ -53,6 +53,29 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<Reply> {
+        let (bytes, stale) = self.call_bytes(method, path, body).await?;
+        let body: serde_json::Value = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            })
+        };
+        Ok(Reply { body, stale })
+    }
+
+    /// A GET whose answer is not JSON (a log stream): its bytes as they came.
+    pub async fn get_bytes(&self, path: &str) -> Result<Bytes> {
+        Ok(self.call_bytes("GET", path, None).await?.0)
+    }
+
+    /// The request; a successful answer's body and stale header, or docker's error message.
+    async fn call_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(Bytes, Option<String>)> {
         let unreachable = || {
             anyhow!(
                 "Cannot connect to the netagent daemon at unix://{}. Is the netagent daemon running?",
@@ -94,14 +117,10 @@ impl Client {
             .await
             .map_err(|e| anyhow!("cannot read the daemon's answer: {e}"))?
             .to_bytes();
-        let body: serde_json::Value = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
-            })
-        };
         if !status.is_success() {
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            });
             let msg = body
                 .get("message")
                 .and_then(|m| m.as_str())
@@ -109,7 +128,7 @@ impl Client {
                 .unwrap_or_else(|| format!("{status}: {body}"));
             return Err(anyhow!("Error response from daemon: {msg}"));
         }
-        Ok(Reply { body, stale })
+        Ok((bytes, stale))
     }
 }
 

@@ -117,6 +117,9 @@ async fn info(client: &Client, format: &str) -> Result<()> {
         return Ok(());
     }
     println!(" NodeID: {}", s.node_id);
+    if !s.error.is_empty() {
+        println!(" Error: {}", s.error);
+    }
     println!(" Is Manager: {}", s.control_available);
     if s.control_available {
         let nodes: Vec<::api::node::Node> = client.get("/nodes").await?.parse()?;

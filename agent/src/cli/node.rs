@@ -251,8 +251,17 @@ pub async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
                     println!("{}", n.id);
                 }
             } else if format == Format::Json {
+                // netctl's own fields (the API's nodes stay docker's; the reason comes in the
+                // X-Netagent-Stale header): whether the view may be stale, and why.
                 for n in &nodes {
-                    println!("{}", serde_json::to_string(n)?);
+                    let mut v = serde_json::to_value(n)?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("Stale".into(), r.stale.is_some().into());
+                        if let Some(why) = &r.stale {
+                            o.insert("StaleReason".into(), why.clone().into());
+                        }
+                    }
+                    println!("{v}");
                 }
             } else {
                 let info: ::api::system::Info = client.get("/info").await?.parse()?;

@@ -163,6 +163,12 @@ impl Control for ControlService {
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
         authorize(&self.member, &req, Needs::Manager)?;
         let store = self.store()?;
+        // A manager whose store stopped applying is out of Raft: the others count it unreachable.
+        if let Some(why) = store.unhealthy() {
+            return Err(Status::unavailable(format!(
+                "the store is unhealthy: {why}"
+            )));
+        }
         Ok(Response::new(PingReply {
             node_id: self.member.node_id(),
             raft_id: store.id(),

@@ -13,6 +13,8 @@
 //!   (or [`Event::Reset`] after a snapshot install) resynchronises with [`Store::list`].
 //! - [`Store::metrics`] (openraft metrics: leader, membership, state) and [`Store::leader_watch`]
 //!   for leader-only loops to start and stop.
+//! - [`Store::unhealthy`]: why this replica stopped applying (fails closed on a failed write of
+//!   its state machine, see `health.rs`), refusing proposals until a restart.
 //! - Membership: [`Store::bootstrap`], [`Store::add_voter`], [`Store::remove_voter`] and, offline,
 //!   [`force_new_cluster`].
 //!
@@ -32,6 +34,7 @@
 
 mod change;
 mod db;
+mod health;
 mod log_store;
 mod recover;
 mod state_machine;
@@ -53,6 +56,7 @@ use tokio::sync::{broadcast, watch};
 pub use change::{
     Applied, Batch, Change, Conflict, Event, Outcome, Outcomes, Proposal, apply_batch, merge_patch,
 };
+pub use health::FAULT_ENV;
 pub use log_store::LogStore;
 pub use recover::force_new_cluster;
 pub use state_machine::StateMachine;
@@ -203,6 +207,15 @@ async fn proposer(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pe
     }
 }
 
+/// A replica whose state machine failed stops taking part in Raft at once (a leader steps
+/// down, so the other managers elect one that can apply) instead of at its next entry.
+async fn stop_when_failed(raft: Raft, mut health: watch::Receiver<Option<String>>) {
+    if health.wait_for(|h| h.is_some()).await.is_ok() {
+        tracing::error!("the store is unhealthy: this manager leaves Raft until it is restarted");
+        let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
+    }
+}
+
 fn raft_err<E: std::fmt::Display>(e: E) -> ProposeError {
     ProposeError::Raft(e.to_string())
 }
@@ -256,6 +269,7 @@ impl Store {
             .map_err(|e| Error::Raft(e.to_string()))?;
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(proposer(raft.clone(), queue));
+        tokio::spawn(stop_when_failed(raft.clone(), sm_handle.health.watch()));
         Ok(Store {
             id,
             proposals,
@@ -319,6 +333,9 @@ impl Store {
     /// earlier proposal is being written travel together in one Raft entry (one log write, one
     /// replication round), each still applied atomically on its own.
     pub async fn propose(&self, batch: Batch) -> Result<Vec<Option<Object>>, ProposeError> {
+        if let Some(why) = self.unhealthy() {
+            return Err(ProposeError::Raft(format!("the store is unhealthy: {why}")));
+        }
         if !self.is_leader() {
             return Err(self.not_leader());
         }
@@ -378,6 +395,26 @@ impl Store {
 
     pub fn metrics(&self) -> watch::Receiver<Metrics> {
         self.raft.metrics()
+    }
+
+    /// Why this replica stopped applying, if it did: its state machine could not write (it
+    /// fails closed) or Raft stopped on a storage error. Cleared only by a restart, which
+    /// recovers from the log.
+    pub fn unhealthy(&self) -> Option<String> {
+        if let Some(why) = self.sm.health.failed() {
+            return Some(why);
+        }
+        match &self.raft.metrics().borrow().running_state {
+            Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+            Err(e) => Some(format!("raft stopped: {e}")),
+        }
+    }
+
+    /// Test hook: the state machine's next file write fails (as `NETAGENT_FAULT_SM_WRITE`
+    /// does for a whole agent).
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self) {
+        self.sm.health.arm();
     }
 
     /// The current leader as this replica knows it.

@@ -6,6 +6,10 @@
 //! and makes the file durable (fsync) before openraft may purge the log behind it; installing a
 //! snapshot is durable too. After a crash the file is at some earlier applied index and openraft
 //! applies the rest again from the durable log. Reads never touch the file.
+//!
+//! A failed write fails closed (see [`crate::health`]): the writer stops writing for good, the
+//! next `apply` returns a storage error (openraft stops this replica) and the store reports the
+//! reason until a restart recovers from the log.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -24,6 +28,7 @@ use tokio::sync::{broadcast, watch};
 use crate::TypeConfig;
 use crate::change::{Applied, Event, Outcome, Outcomes, View, apply_batch};
 use crate::db::{OBJECTS, SM_META, SNAPSHOT, dec, enc, get_json, object_key, sto};
+use crate::health::{FAULT_ENV, Fault, Health};
 
 type Membership = StoredMembership<u64, BasicNode>;
 
@@ -69,8 +74,17 @@ enum Op {
 /// meantime are written once). Syncs and snapshots do not wait.
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
 
-fn writer_loop(db: Arc<Database>, rx: std::sync::mpsc::Receiver<Op>) {
+fn writer_loop(db: Arc<Database>, rx: std::sync::mpsc::Receiver<Op>, health: Health) {
+    let fault = Fault::new(&health);
     while let Ok(first) = rx.recv() {
+        if let Some(why) = health.failed() {
+            // Stopped: nothing more is written (a later transaction would record a newer
+            // applied index over the lost rows); syncs learn why.
+            if let Op::Sync(done) = first {
+                let _ = done.send(Err(why));
+            }
+            continue;
+        }
         let mut ops = vec![first];
         ops.extend(rx.try_iter());
         if !ops.iter().any(|o| !matches!(o, Op::Rows { .. })) {
@@ -130,12 +144,22 @@ fn writer_loop(db: Arc<Database>, rx: std::sync::mpsc::Receiver<Op>) {
                     }
                 }
             }
+            if fault.fire() {
+                return Err(redb::Error::Io(std::io::Error::other(format!(
+                    "injected write failure ({FAULT_ENV})"
+                ))));
+            }
             txn.commit()?;
             Ok(())
         })()
         .map_err(|e| e.to_string());
+        let result = result.map_err(|e| format!("cannot write the state machine's file: {e}"));
         if let Err(e) = &result {
-            tracing::error!(error = %e, "cannot write the state machine's file");
+            tracing::error!(
+                error = %e,
+                "the store stops applying (fails closed); restart the agent to recover from the Raft log"
+            );
+            health.fail(e.clone());
         }
         for op in ops {
             if let Op::Sync(done) = op {
@@ -184,6 +208,7 @@ pub struct StateMachine {
     writer: std::sync::mpsc::Sender<Op>,
     events: broadcast::Sender<Arc<Event>>,
     applied: Arc<watch::Sender<u64>>,
+    pub(crate) health: Health,
 }
 
 fn load(db: &Database) -> Result<Mem, StorageError<u64>> {
@@ -214,9 +239,11 @@ impl StateMachine {
         applied.send_replace(mem.last_applied.map(|l| l.index).unwrap_or(0));
         let (tx, rx) = std::sync::mpsc::channel();
         let wdb = db.clone();
+        let health = Health::new();
+        let whealth = health.clone();
         std::thread::Builder::new()
             .name("raft-sm-writer".into())
-            .spawn(move || writer_loop(wdb, rx))
+            .spawn(move || writer_loop(wdb, rx, whealth))
             .map_err(sto)?;
         Ok(StateMachine {
             db,
@@ -224,6 +251,7 @@ impl StateMachine {
             writer: tx,
             events,
             applied,
+            health,
         })
     }
 
@@ -232,9 +260,20 @@ impl StateMachine {
     }
 
     fn send(&self, op: Op) -> Result<(), StorageError<u64>> {
+        self.check()?;
         self.writer
             .send(op)
             .map_err(|_| sto(std::io::Error::other("the state machine writer stopped")))
+    }
+
+    /// Fails once the writer has failed: nothing more is applied (see the module doc).
+    fn check(&self) -> Result<(), StorageError<u64>> {
+        match self.health.failed() {
+            Some(why) => Err(sto(std::io::Error::other(format!(
+                "the state machine stopped applying: {why}"
+            )))),
+            None => Ok(()),
+        }
     }
 
     /// Waits until everything queued so far is durable in the file.
@@ -318,6 +357,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        self.check()?;
         let mut outcomes = Vec::new();
         let mut events = Vec::new();
         let mut rows: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();

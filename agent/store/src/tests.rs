@@ -237,3 +237,73 @@ async fn replicates_snapshots_compacts_and_recovers() {
     assert_eq!(voters.into_iter().collect::<Vec<_>>(), vec![2]);
     s2.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_state_machine_write_fails_closed_and_a_restart_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::default();
+    let s1 = open(dir.path(), 1, &router).await;
+    s1.bootstrap("n1").await.unwrap();
+    wait("s1 leader", || s1.is_leader()).await;
+    let s2 = open(dir.path(), 2, &router).await;
+    let s3 = open(dir.path(), 3, &router).await;
+    s1.add_voter(2, "n2").await.unwrap();
+    s1.add_voter(3, "n3").await.unwrap();
+    for i in 0..5u16 {
+        s1.propose(Batch::one(Change::Create(cluster_with_port(2000 + i))))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s1.unhealthy(), None);
+
+    // The leader's next file write fails: the entry is committed (a quorum has it) and applied
+    // in memory, but its rows are not in the leader's file.
+    s1.inject_write_failure();
+    s1.propose(Batch::one(Change::Create(cluster_with_port(2005))))
+        .await
+        .unwrap();
+    wait("s1 unhealthy", || s1.unhealthy().is_some()).await;
+    let why = s1.unhealthy().unwrap();
+    assert!(why.contains("injected write failure"), "{why}");
+    // It refuses to propose, with the reason, and leaves Raft: another replica leads.
+    match s1
+        .propose(Batch::one(Change::Create(cluster_with_port(1))))
+        .await
+    {
+        Err(ProposeError::Raft(msg)) => {
+            assert!(
+                msg.contains("unhealthy") && msg.contains("injected"),
+                "{msg}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    wait("a new leader", || s2.is_leader() || s3.is_leader()).await;
+    let leader = if s2.is_leader() { &s2 } else { &s3 };
+    for i in 6..10u16 {
+        leader
+            .propose(Batch::one(Change::Create(cluster_with_port(2000 + i))))
+            .await
+            .unwrap();
+    }
+    assert!(!s1.is_leader());
+    assert_eq!(
+        s1.unhealthy().as_deref(),
+        Some(why.as_str()),
+        "until restarted"
+    );
+
+    // Restarted, it reloads its file (behind the failed write) and applies the rest from the
+    // log: every committed entry, the failed one included.
+    router.0.lock().unwrap().remove(&1);
+    s1.shutdown().await;
+    drop(s1);
+    let s1 = open(dir.path(), 1, &router).await;
+    assert_eq!(s1.unhealthy(), None);
+    let want = leader.list(Kind::Cluster).unwrap();
+    assert_eq!(want.len(), 10);
+    wait("s1 caught up", || s1.list(Kind::Cluster).unwrap() == want).await;
+    for s in [&s1, &s2, &s3] {
+        s.shutdown().await;
+    }
+}

@@ -555,6 +555,33 @@ fn networks_get_the_lowest_free_subnet_and_overlaps_are_refused(mode: Mode) {
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("invalid subnet \"10.0.300.0/24\""), "{e}");
+    // Not carried end to end yet: several subnets, IPv6. Refused, nothing reserved.
+    let mut ipam = ipam_from_state(&w.state);
+    let two = NetworkSpec {
+        ipam: vec![
+            IpamConfig {
+                subnet: Some("10.9.0.0/24".into()),
+                ..Default::default()
+            },
+            IpamConfig {
+                subnet: Some("10.9.1.0/24".into()),
+                ..Default::default()
+            },
+        ],
+        ..bad.clone()
+    };
+    let e = allocate_network(&mut ipam, &two).unwrap_err().to_string();
+    assert!(e.contains("more than one subnet"), "{e}");
+    let six = NetworkSpec {
+        ipam: vec![IpamConfig {
+            subnet: Some("fd00:50::/64".into()),
+            ..Default::default()
+        }],
+        ..bad
+    };
+    let e = allocate_network(&mut ipam, &six).unwrap_err().to_string();
+    assert!(e.contains("IPv6"), "{e}");
+    assert_eq!(ipam, ipam_from_state(&w.state), "nothing reserved");
 }
 
 fn joining_a_network_later_replaces_tasks_with_attached_ones(mode: Mode) {

@@ -9,6 +9,7 @@
 //! inspecting are here.
 
 mod format;
+mod logs;
 pub mod progress;
 pub mod ps;
 mod publish;
@@ -77,6 +78,16 @@ pub enum ServiceCmd {
     Rm {
         #[arg(required = true)]
         services: Vec<String>,
+    },
+    /// Fetch the logs of a service's tasks (those on this node; the others are named).
+    Logs {
+        /// Number of lines to show from the end of the logs ("all" for everything).
+        #[arg(long, short = 'n', default_value = "all")]
+        tail: String,
+        /// Show the task's context (node, service and task ids) before each line.
+        #[arg(long)]
+        details: bool,
+        service: String,
     },
 }
 
@@ -292,6 +303,20 @@ pub async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
                 return Err(e);
             }
             Ok(())
+        }
+        ServiceCmd::Logs {
+            tail,
+            details,
+            service,
+        } => {
+            let stream = client
+                .get_bytes(&format!(
+                    "/services/{}/logs?stdout=1&stderr=1&tail={}&details={details}",
+                    esc(&service),
+                    esc(&tail)
+                ))
+                .await?;
+            logs::print(&stream)
         }
         ServiceCmd::Rm { services } => {
             let mut failed = Vec::new();
