@@ -11,6 +11,7 @@
 //! - [`REV_MAP`] (LRU): `RevKey { socket cookie, backend addr, port } -> RevValue { vip, port,
 //!   rev }`, written at connect/sendmsg so recvmsg4 and getpeername4 show the VIP, not the backend.
 #![no_std]
+pub mod fastpath;
 
 /// Name of the service map (and of its pin in the pin directory).
 pub const SVC_MAP: &str = "NA_LB_SVC";
