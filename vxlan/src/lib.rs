@@ -1397,8 +1397,9 @@ fn remove_sandbox(ctx: &Ctx, name: &str, sbox: Option<Sbox>) -> Result<()> {
     Ok(())
 }
 
-/// Whether this process uses the fast path: wanted and the kernel can run it (probed once).
-fn fast_path_status(wanted: bool) -> FastPathStatus {
+/// Whether this process uses the fast path: wanted and the kernel can run it (probed once per
+/// process; what `node inspect` shows).
+pub fn fast_path_status(wanted: bool) -> FastPathStatus {
     static PROBE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
     if !wanted {
         return FastPathStatus::Disabled;
@@ -1413,11 +1414,19 @@ fn fast_path_status(wanted: bool) -> FastPathStatus {
 }
 
 /// Makes a sandbox's fast path match: programs on `vxlan0` and every task veth, the map holding
-/// the network's remote endpoints and local tasks.
+/// the network's remote endpoints and local tasks. A failure is logged, not returned: frames the
+/// fast path does not take go through the bridge, so the network keeps working.
 fn sync_fast_path(ctx: &Ctx, net: &mut Net) -> Result<()> {
     if !ctx.fast.is_active() {
         return Ok(());
     }
+    if let Err(e) = sync_fast_path_inner(ctx, net) {
+        tracing::warn!(network = %net.spec.id, error = %e, "overlay fast path not updated; frames it does not know take the sandbox bridge");
+    }
+    Ok(())
+}
+
+fn sync_fast_path_inner(ctx: &Ctx, net: &mut Net) -> Result<()> {
     let Net {
         sbox, peers, local, ..
     } = net;
