@@ -447,6 +447,22 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_is_on_unless_switched_off() {
+        let load = |no_fast_path| {
+            Config::load(Args {
+                hostname: Some("n".into()),
+                no_fast_path,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        assert!(load(false).fast_path);
+        assert!(!load(true).fast_path, "--no-fast-path");
+        let parsed = Args::try_parse_from(["netagent", "--no-fast-path"]).unwrap();
+        assert!(parsed.no_fast_path);
+    }
+
+    #[test]
     fn the_example_configuration_loads() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../contrib/netagent.toml");
         let cfg = Config::load(Args {
