@@ -255,6 +255,20 @@ fn throughput() {
             }
         );
     }
+    if fast_on {
+        for (i, dp) in fast._dps.iter().enumerate() {
+            let id = network(0).id;
+            if let Ok(Some(st)) = dp.fast_path_stats(&id) {
+                println!(
+                    "  fast path frames on node{}: vxlan0->task {}, task->vxlan0 {}, to the bridge {}",
+                    i + 1,
+                    st.vxlan_to_local,
+                    st.veth_to_remote,
+                    st.passed
+                );
+            }
+        }
+    }
     const RTTS: usize = 20_000;
     let under_srv = NetNs::open(lab.node(2).ns().name()).unwrap();
     let (mut u, mut f, mut b) = (Vec::new(), Vec::new(), Vec::new());

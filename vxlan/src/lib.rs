@@ -22,6 +22,9 @@
 //! - an encrypted network's VXLAN traffic between nodes goes through ESP (transport mode,
 //!   states and policies over NETLINK_XFRM, [`ipsec`]) behind a fail-closed nftables table
 //!   installed before its VXLAN device ([`ipsec_nft`]);
+//! - with [`Config::fast_path`], tc programs on `vxlan0` and every task veth of a sandbox send
+//!   unicast frames between its tasks and remote endpoints past `br0` (one MAC map per sandbox,
+//!   kept by the same reconcile; [`fastpath`]); ARP, broadcast and the gateway still take `br0`;
 //! - the gateway bridge (`docker_gwbridge`) in the node namespace with masquerade of its subnet
 //!   and no traffic between tasks (isolated bridge ports plus a drop rule), in nftables table
 //!   [`nft::TABLE`]; per task a `gw<hash>` veth on it and the task's default route.
