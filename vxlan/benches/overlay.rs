@@ -5,6 +5,8 @@
 //!    directly over the underlay, interleaved in the same run, 1 and 8 streams; prints each and
 //!    the ratios (goal >= 0.90 with the fast path); then a TCP ping-pong's p50/p99 round trip
 //!    on each path (goal: overlay p50 within 15 % of the underlay's).
+//!    `bridge_nf`: the bridge path with br_netfilter's bridge-nf-call-iptables 1 vs netagent's 0
+//!    in the sandboxes.
 //! 2. iperf3 over an encrypted network against the same network unencrypted, same nodes, same
 //!    run (where the kernel has ESP and GCM; elsewhere the kernel lab reports it:
 //!    `cargo xtask test-kernel encrypted_and_plain_iperf3`). Docker collapses (moby#33133);
@@ -313,6 +315,49 @@ fn throughput() {
     );
 }
 
+/// br_netfilter's bridge-nf-call-iptables in the sandboxes (the bridge path, fast path off):
+/// netagent writes 0 there; this measures what 1 would cost. Only inside the lab's sandboxes.
+fn bridge_nf() {
+    const KEY: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    let lab = Lab::new(2).unwrap();
+    let o = overlay(&lab, 2, false, "n");
+    let sboxes: Vec<NetNs> = o
+        ._dps
+        .iter()
+        .map(|dp| NetNs::open(&dp.sandbox_name(&network(2).id)).unwrap())
+        .collect();
+    let present = sboxes[0]
+        .run(|| std::path::Path::new(KEY).exists())
+        .unwrap();
+    if !present {
+        println!("bridge-nf-call-iptables: skipped (br_netfilter is not loaded)");
+        return;
+    }
+    let set = |v: &str| {
+        for ns in &sboxes {
+            ns.run(|| std::fs::write(KEY, v)).unwrap().unwrap();
+        }
+    };
+    let cmd = || {
+        let mut c = o.client.command("iperf3");
+        c.args(["-c", &o.server_addr.to_string(), "-t", IPERF_SECONDS, "-J"])
+            .stderr(Stdio::null());
+        c
+    };
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        set("1");
+        on.push(iperf(cmd()));
+        set("0");
+        off.push(iperf(cmd()));
+    }
+    let (n, f) = (median(on.clone()), median(off.clone()));
+    println!("bridge-nf-call-iptables in the sandboxes (fast path off), {ROUNDS} rounds, medians:");
+    println!("    1 : {n:6.2} Gbit/s  {on:.2?}");
+    println!("    0 : {f:6.2} Gbit/s  {off:.2?}  (netagent's setting)");
+    println!("    ratio 0/1 : {:.3}", f / n);
+}
+
 fn encrypted() {
     if let Err(why) = vxlan::ipsec::probe() {
         println!(
@@ -450,6 +495,9 @@ fn main() {
     let want = |name: &str| args.is_empty() || args.iter().any(|a| name.contains(a.as_str()));
     if want("throughput") {
         throughput();
+    }
+    if want("bridge_nf") {
+        bridge_nf();
     }
     if want("encrypted") {
         encrypted();
