@@ -26,6 +26,7 @@
 //! metrics_addr = "127.0.0.1:9323"  # also serve GET /metrics on TCP (always on the API socket)
 //! lb = "auto"                      # service VIPs: "ebpf", "ipvs" or "auto" (eBPF if the kernel can)
 //! bpf_dir = "/sys/fs/bpf/netagent" # where the eBPF load balancer pins its maps (a bpffs)
+//! fast_path = true                 # the eBPF overlay fast path (false: --no-fast-path)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -138,6 +139,10 @@ pub struct Args {
     /// restarted agent adopts them.
     #[arg(long)]
     pub bpf_dir: Option<PathBuf>,
+    /// Leave every overlay frame to the sandbox bridges instead of the eBPF fast path (which is
+    /// used by default where the kernel can run it: Linux >= 6.6 with TCX).
+    #[arg(long)]
+    pub no_fast_path: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -167,6 +172,7 @@ struct FileConfig {
     metrics_addr: Option<std::net::SocketAddr>,
     lb: Option<String>,
     bpf_dir: Option<PathBuf>,
+    fast_path: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +211,8 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub lb: ipvs::Choice,
     pub bpf_dir: PathBuf,
+    /// Whether the eBPF overlay fast path is wanted (`--no-fast-path`: false).
+    pub fast_path: bool,
 }
 
 impl Config {
@@ -331,6 +339,7 @@ impl Config {
                 .bpf_dir
                 .or(file.bpf_dir)
                 .unwrap_or_else(|| "/sys/fs/bpf/netagent".into()),
+            fast_path: !args.no_fast_path && file.fast_path.unwrap_or(true),
         })
     }
 
@@ -435,6 +444,22 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_fast_path_is_on_unless_switched_off() {
+        let load = |no_fast_path| {
+            Config::load(Args {
+                hostname: Some("n".into()),
+                no_fast_path,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        assert!(load(false).fast_path);
+        assert!(!load(true).fast_path, "--no-fast-path");
+        let parsed = Args::try_parse_from(["netagent", "--no-fast-path"]).unwrap();
+        assert!(parsed.no_fast_path);
     }
 
     #[test]

@@ -60,6 +60,18 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
         )
     })?;
     let exe = std::env::current_exe()?;
+    // The fast path pins beside the load balancer's, on the same bpffs; without one the
+    // executor holds its attachments (a restart then attaches again).
+    let fast_bpf_dir = match cfg.fast_path {
+        true => match ensure_bpffs(&cfg.bpf_dir) {
+            Ok(()) => Some(cfg.bpf_dir.join("fastpath")),
+            Err(e) => {
+                tracing::warn!(error = %e, "no bpffs for the overlay fast path's pins; a restart attaches again");
+                None
+            }
+        },
+        false => None,
+    };
     Ok(executor::node::Config {
         node_id: state.node_id.clone(),
         state_dir: cfg.state_dir.join("executor"),
@@ -74,6 +86,8 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
         retry: Duration::from_secs(1),
         gossip_settle: Duration::from_millis(cfg.gossip_failure_timeout_ms)
             .max(Duration::from_secs(1)),
+        fast_path: cfg.fast_path,
+        bpf_dir: fast_bpf_dir,
     })
 }
 

@@ -15,6 +15,7 @@ pub fn describe(cfg: &crate::config::Config) -> NodeDescription {
         memory_bytes: mem_total().unwrap_or(0),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
         load_balancer: load_balancer(cfg),
+        fast_path: vxlan::fast_path_status(cfg.fast_path).to_string(),
         ipsec: Some(ipsec()),
     }
 }

@@ -99,9 +99,16 @@ fn three_managers_two_workers() {
         " CPUs:",
         " Memory:",
         "Engine Version:",
+        "Overlay Fast Path:",
     ] {
         assert!(pretty.contains(field), "missing {field:?} in\n{pretty}");
     }
+    // "ebpf" where the kernel has TCX (Linux >= 6.6), else "off (why)".
+    let fast = pretty
+        .lines()
+        .find(|l| l.starts_with("Overlay Fast Path:"))
+        .expect("checked above");
+    eprintln!("{fast}");
     let worker_pretty = s.ctl(1, &["node", "inspect", "--pretty", "node4"]);
     assert!(
         !worker_pretty.contains("Manager Status:"),

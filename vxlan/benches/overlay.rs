@@ -1,8 +1,12 @@
 //! `cargo xtask bench overlay` (needs root): the overlay data path and the reconciler.
 //!
-//! 1. iperf3 TCP throughput task -> task across two lab nodes over the overlay, against the
-//!    same two node namespaces directly over the underlay, interleaved in the same run; prints
-//!    both and the ratio (goal >= 0.90).
+//! 1. iperf3 TCP throughput task -> task across two lab nodes over the overlay with the eBPF
+//!    fast path on and off (two networks side by side), against the same two node namespaces
+//!    directly over the underlay, interleaved in the same run, 1 and 8 streams; prints each and
+//!    the ratios (goal >= 0.90 with the fast path); then a TCP ping-pong's p50/p99 round trip
+//!    on each path (goal: overlay p50 within 15 % of the underlay's).
+//!    `bridge_nf`: the bridge path with br_netfilter's bridge-nf-call-iptables 1 vs netagent's 0
+//!    in the sandboxes.
 //! 2. iperf3 over an encrypted network against the same network unencrypted, same nodes, same
 //!    run (where the kernel has ESP and GCM; elsewhere the kernel lab reports it:
 //!    `cargo xtask test-kernel encrypted_and_plain_iperf3`). Docker collapses (moby#33133);
@@ -94,16 +98,34 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn throughput() {
-    let lab = Lab::new(2).unwrap();
-    let (t1, p1) = task(&lab, "iperf1");
-    let (t2, p2) = task(&lab, "iperf2");
-    let net = network(0);
-    let addr = |i: usize| Ipv4Addr::new(10, 100, 0, 1 + i as u8);
+/// One overlay network between the two nodes, on data planes with the fast path on or off (own
+/// namespace prefix and VNI each, so both live side by side and runs interleave).
+struct Overlay {
+    label: &'static str,
+    client: NetNs,
+    server: NetNs,
+    server_addr: Ipv4Addr,
+    _dps: Vec<Dataplane>,
+    _iperf: Killed,
+}
+
+fn overlay(lab: &Lab, k: usize, fast_path: bool, label: &'static str) -> Overlay {
+    let (t1, p1) = task(lab, &format!("{label}1"));
+    let (t2, p2) = task(lab, &format!("{label}2"));
+    let net = network(k);
+    let base = u32::from(net.gateway);
+    let addr = |i: usize| Ipv4Addr::from(base + i as u32);
     let paths = [p1, p2];
     let mut dps = Vec::new();
     for i in 1..=2 {
-        let mut dp = dataplane(&lab, i);
+        let node = lab.node(i);
+        let mut cfg = Config::new(NetNs::open(node.ns().name()).unwrap(), node.addr());
+        cfg.prefix = format!("{}-n{i}{label}-", lab.prefix());
+        cfg.fast_path = fast_path;
+        let mut dp = Dataplane::new(cfg).unwrap();
+        if fast_path && !dp.fast_path().is_active() {
+            println!("  (fast path unavailable: {})", dp.fast_path());
+        }
         dp.apply(&DesiredState {
             networks: vec![NetworkState {
                 network: net.clone(),
@@ -123,7 +145,7 @@ fn throughput() {
         .unwrap();
         dps.push(dp);
     }
-    let _overlay_server = Killed(
+    let iperf = Killed(
         t2.command("iperf3")
             .args(["-s", "-B", &addr(2).to_string()])
             .stdout(Stdio::null())
@@ -131,6 +153,60 @@ fn throughput() {
             .spawn()
             .unwrap(),
     );
+    Overlay {
+        label,
+        client: t1,
+        server: t2,
+        server_addr: addr(2),
+        _dps: dps,
+        _iperf: iperf,
+    }
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// TCP ping-pong of one byte, `n` round trips on one connection: round-trip times in µs.
+fn ping_pong(client: &NetNs, server: &NetNs, addr: Ipv4Addr, n: usize) -> Vec<f64> {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    let at = SocketAddr::from((addr, 5301));
+    let listener = server.run(|| TcpListener::bind(at)).unwrap().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            c.set_nodelay(true).unwrap();
+            let mut b = [0u8; 1];
+            while c.read_exact(&mut b).is_ok() {
+                if c.write_all(&b).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut c = client.run(|| TcpStream::connect(at)).unwrap().unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut b = [0u8; 1];
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n + 100 {
+            let t = Instant::now();
+            c.write_all(&b).unwrap();
+            c.read_exact(&mut b).unwrap();
+            // The first round trips warm up (ARP, caches).
+            if i >= 100 {
+                out.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        out
+    })
+}
+
+fn throughput() {
+    let lab = Lab::new(2).unwrap();
+    let fast = overlay(&lab, 0, true, "f");
+    let plain = overlay(&lab, 1, false, "b");
     lab.node(2)
         .spawn(ProcSpec::new("iperf3-underlay", "iperf3").args([
             "-s",
@@ -138,22 +214,148 @@ fn throughput() {
             &lab.node(2).addr().to_string(),
         ]))
         .unwrap();
-    let client = |ns: &NetNs, to: Ipv4Addr| {
+    let client = |ns: &NetNs, to: Ipv4Addr, streams: usize| {
         let mut c = ns.command("iperf3");
         c.args(["-c", &to.to_string(), "-t", IPERF_SECONDS, "-J"])
+            .args(["-P", &streams.to_string()])
             .stderr(Stdio::null());
         c
     };
-    let (mut under, mut over) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        under.push(iperf(client(lab.node(1).ns(), lab.node(2).addr())));
-        over.push(iperf(client(&t1, addr(2))));
+    let under_ns = lab.node(1).ns();
+    let under_to = lab.node(2).addr();
+    let fast_on = fast._dps[0].fast_path().is_active();
+    println!(
+        "iperf3 TCP, {ROUNDS} rounds of {IPERF_SECONDS} s interleaved, medians (fast path: {}):",
+        fast._dps[0].fast_path()
+    );
+    for streams in [1, 8] {
+        let (mut under, mut f, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            under.push(iperf(client(under_ns, under_to, streams)));
+            f.push(iperf(client(&fast.client, fast.server_addr, streams)));
+            b.push(iperf(client(&plain.client, plain.server_addr, streams)));
+        }
+        let (u, fm, bm) = (median(under.clone()), median(f.clone()), median(b.clone()));
+        println!("  {streams} stream(s):");
+        println!("    underlay  node1 -> node2       : {u:6.2} Gbit/s  {under:.2?}");
+        println!(
+            "    overlay   fast path on  ({}) : {fm:6.2} Gbit/s  {f:.2?}",
+            fast.label
+        );
+        println!(
+            "    overlay   fast path off ({}) : {bm:6.2} Gbit/s  {b:.2?}",
+            plain.label
+        );
+        println!(
+            "    ratio overlay/underlay       : on {:.3}, off {:.3}  (goal >= 0.90 on){}",
+            fm / u,
+            bm / u,
+            if fast_on {
+                ""
+            } else {
+                "  [fast path unavailable]"
+            }
+        );
     }
-    let (u, o) = (median(under.clone()), median(over.clone()));
-    println!("iperf3 TCP, {ROUNDS} rounds of {IPERF_SECONDS} s, medians:");
-    println!("  underlay  node1 -> node2 : {u:6.2} Gbit/s  {under:.2?}");
-    println!("  overlay   task1 -> task2 : {o:6.2} Gbit/s  {over:.2?}");
-    println!("  ratio overlay/underlay   : {:.3}  (goal >= 0.90)", o / u);
+    if fast_on {
+        for (i, dp) in fast._dps.iter().enumerate() {
+            let id = network(0).id;
+            if let Ok(Some(st)) = dp.fast_path_stats(&id) {
+                println!(
+                    "  fast path frames on node{}: vxlan0->task {}, task->vxlan0 {}, to the bridge {}",
+                    i + 1,
+                    st.vxlan_to_local,
+                    st.veth_to_remote,
+                    st.passed
+                );
+            }
+        }
+    }
+    const RTTS: usize = 20_000;
+    let under_srv = NetNs::open(lab.node(2).ns().name()).unwrap();
+    let (mut u, mut f, mut b) = (Vec::new(), Vec::new(), Vec::new());
+    // Interleaved in chunks so load changes hit all three alike.
+    for _ in 0..4 {
+        u.extend(ping_pong(under_ns, &under_srv, under_to, RTTS / 4));
+        f.extend(ping_pong(
+            &fast.client,
+            &fast.server,
+            fast.server_addr,
+            RTTS / 4,
+        ));
+        b.extend(ping_pong(
+            &plain.client,
+            &plain.server,
+            plain.server_addr,
+            RTTS / 4,
+        ));
+    }
+    println!("TCP ping-pong (1 byte, {RTTS} round trips each), p50 / p99:");
+    let (u50, f50, b50) = (
+        percentile(&u, 0.5),
+        percentile(&f, 0.5),
+        percentile(&b, 0.5),
+    );
+    println!(
+        "    underlay           : {u50:7.1} / {:7.1} µs",
+        percentile(&u, 0.99)
+    );
+    println!(
+        "    overlay fast on    : {f50:7.1} / {:7.1} µs",
+        percentile(&f, 0.99)
+    );
+    println!(
+        "    overlay fast off   : {b50:7.1} / {:7.1} µs",
+        percentile(&b, 0.99)
+    );
+    println!(
+        "    p50 overlay/underlay: on {:.3}, off {:.3}  (goal <= 1.15 on)",
+        f50 / u50,
+        b50 / u50
+    );
+}
+
+/// br_netfilter's bridge-nf-call-iptables in the sandboxes (the bridge path, fast path off):
+/// netagent writes 0 there; this measures what 1 would cost. Only inside the lab's sandboxes.
+fn bridge_nf() {
+    const KEY: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    let lab = Lab::new(2).unwrap();
+    let o = overlay(&lab, 2, false, "n");
+    let sboxes: Vec<NetNs> = o
+        ._dps
+        .iter()
+        .map(|dp| NetNs::open(&dp.sandbox_name(&network(2).id)).unwrap())
+        .collect();
+    let present = sboxes[0]
+        .run(|| std::path::Path::new(KEY).exists())
+        .unwrap();
+    if !present {
+        println!("bridge-nf-call-iptables: skipped (br_netfilter is not loaded)");
+        return;
+    }
+    let set = |v: &str| {
+        for ns in &sboxes {
+            ns.run(|| std::fs::write(KEY, v)).unwrap().unwrap();
+        }
+    };
+    let cmd = || {
+        let mut c = o.client.command("iperf3");
+        c.args(["-c", &o.server_addr.to_string(), "-t", IPERF_SECONDS, "-J"])
+            .stderr(Stdio::null());
+        c
+    };
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        set("1");
+        on.push(iperf(cmd()));
+        set("0");
+        off.push(iperf(cmd()));
+    }
+    let (n, f) = (median(on.clone()), median(off.clone()));
+    println!("bridge-nf-call-iptables in the sandboxes (fast path off), {ROUNDS} rounds, medians:");
+    println!("    1 : {n:6.2} Gbit/s  {on:.2?}");
+    println!("    0 : {f:6.2} Gbit/s  {off:.2?}  (netagent's setting)");
+    println!("    ratio 0/1 : {:.3}", f / n);
 }
 
 fn encrypted() {
@@ -293,6 +495,9 @@ fn main() {
     let want = |name: &str| args.is_empty() || args.iter().any(|a| name.contains(a.as_str()));
     if want("throughput") {
         throughput();
+    }
+    if want("bridge_nf") {
+        bridge_nf();
     }
     if want("encrypted") {
         encrypted();

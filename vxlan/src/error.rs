@@ -89,6 +89,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// The eBPF overlay fast path could not be loaded, attached or updated.
+    #[error(
+        "overlay fast path: {what} in network namespace {ns:?}: {detail} (run the agent with \
+         --no-fast-path to use the sandbox bridge only)"
+    )]
+    FastPath {
+        what: String,
+        ns: String,
+        detail: String,
+    },
 }
 
 impl Error {

@@ -22,6 +22,9 @@
 //! - an encrypted network's VXLAN traffic between nodes goes through ESP (transport mode,
 //!   states and policies over NETLINK_XFRM, [`ipsec`]) behind a fail-closed nftables table
 //!   installed before its VXLAN device ([`ipsec_nft`]);
+//! - with [`Config::fast_path`], tc programs on `vxlan0` and every task veth of a sandbox send
+//!   unicast frames between its tasks and remote endpoints past `br0` (one MAC map per sandbox,
+//!   kept by the same reconcile; [`fastpath`]); ARP, broadcast and the gateway still take `br0`;
 //! - the gateway bridge (`docker_gwbridge`) in the node namespace with masquerade of its subnet
 //!   and no traffic between tasks (isolated bridge ports plus a drop rule), in nftables table
 //!   [`nft::TABLE`]; per task a `gw<hash>` veth on it and the task's default route.
@@ -32,6 +35,7 @@
 //! nft runs as a process that enters the node namespace before exec.
 
 mod error;
+pub mod fastpath;
 pub mod ingress;
 pub mod ipsec;
 pub mod ipsec_nft;
@@ -49,6 +53,7 @@ use std::sync::Arc;
 use netns::NetNs;
 
 pub use error::{Error, Result};
+pub use fastpath::{FastPathStats, FastPathStatus};
 pub use ipnet::Ipv4Net;
 pub use ipsec::{IpsecKey, IpsecKeys};
 pub use spec::{
@@ -87,6 +92,12 @@ pub struct Config {
     pub port: u16,
     /// Names of namespaces netagent creates start with this.
     pub prefix: String,
+    /// The eBPF overlay fast path ([`fastpath`]): used when this kernel can run it (else
+    /// logged and off); `false` leaves every frame to the sandbox bridge (`--no-fast-path`).
+    pub fast_path: bool,
+    /// A directory on a bpffs where the fast path pins each sandbox's map and links, so a
+    /// restarted process adopts them (no writes). Without it this process holds the links.
+    pub bpf_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -97,6 +108,8 @@ impl Config {
             vtep,
             port: DEFAULT_PORT,
             prefix: DEFAULT_PREFIX.to_string(),
+            fast_path: false,
+            bpf_dir: None,
         }
     }
 }
@@ -104,6 +117,14 @@ impl Config {
 struct Sbox {
     ns: NetNs,
     nl: Nl,
+    /// The fast path's map and attachments, opened with the first sync.
+    fp: Option<fastpath::Sandbox>,
+}
+
+impl Sbox {
+    fn new(ns: NetNs, nl: Nl) -> Sbox {
+        Sbox { ns, nl, fp: None }
+    }
 }
 
 struct Net {
@@ -112,6 +133,8 @@ struct Net {
     /// already holds before it knows them.
     peers: Option<BTreeMap<Ipv4Addr, Peer>>,
     sbox: Option<Sbox>,
+    /// This process's endpoints in the sandbox: host-side veth name -> the task's MAC.
+    local: BTreeMap<String, Mac>,
 }
 
 /// What every operation needs besides the per-network state.
@@ -123,6 +146,8 @@ struct Ctx {
     underlay: String,
     underlay_mtu: u32,
     counter: Arc<Counter>,
+    fast: FastPathStatus,
+    bpf_dir: Option<PathBuf>,
 }
 
 /// The per-node handle on the overlay data plane. See the crate documentation.
@@ -141,6 +166,7 @@ impl std::fmt::Debug for Dataplane {
             .field("vtep", &self.ctx.vtep)
             .field("port", &self.ctx.port)
             .field("prefix", &self.ctx.prefix)
+            .field("fast_path", &self.ctx.fast)
             .field("networks", &self.nets.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -426,6 +452,7 @@ impl Dataplane {
                 vtep: cfg.vtep,
             })?;
         tracing::debug!(underlay = %link.name, mtu = link.mtu, vtep = %cfg.vtep, "vxlan data plane opened");
+        let fast = fast_path_status(cfg.fast_path);
         Ok(Dataplane {
             ctx: Ctx {
                 node: cfg.netns,
@@ -435,6 +462,8 @@ impl Dataplane {
                 underlay: link.name,
                 underlay_mtu: link.mtu,
                 counter,
+                fast,
+                bpf_dir: cfg.bpf_dir,
             },
             nl,
             nets: BTreeMap::new(),
@@ -451,6 +480,35 @@ impl Dataplane {
     /// The MTU a network gets on this node: its override, else the underlay MTU - 50.
     pub fn mtu(&self, network: &Network) -> u32 {
         self.ctx.mtu(network)
+    }
+
+    /// Whether the eBPF fast path is in use on this node, and if not why.
+    pub fn fast_path(&self) -> &FastPathStatus {
+        &self.ctx.fast
+    }
+
+    /// The fast path's counters in a network's sandbox (`None`: no fast path there).
+    pub fn fast_path_stats(&self, network_id: &str) -> Result<Option<FastPathStats>> {
+        match self.fast_path_sandbox(network_id) {
+            Some(fp) => fp.stats().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The MACs in a network's fast-path map as the kernel holds it, each with whether it is a
+    /// local task (else a remote endpoint). Empty without a fast path there.
+    pub fn fast_path_macs(&self, network_id: &str) -> Result<BTreeMap<Mac, bool>> {
+        match self.fast_path_sandbox(network_id) {
+            Some(fp) => fp.read_kernel(),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    fn fast_path_sandbox(&self, network_id: &str) -> Option<&fastpath::Sandbox> {
+        self.nets
+            .get(network_id)
+            .and_then(|n| n.sbox.as_ref())
+            .and_then(|s| s.fp.as_ref())
     }
 
     /// The name of a network's sandbox namespace on this node.
@@ -503,6 +561,7 @@ impl Dataplane {
             spec: network.clone(),
             peers: None,
             sbox: None,
+            local: BTreeMap::new(),
         });
         net.spec = network.clone();
         if let Some(p) = peers {
@@ -543,7 +602,9 @@ impl Dataplane {
         let exists = netns::exists(&name);
         if net.sbox.is_some() && exists {
             let changes = if verify {
-                reconcile_sandbox(ctx, &mut self.nl, net)?
+                let c = reconcile_sandbox(ctx, &mut self.nl, net)?;
+                sync_fast_path(ctx, net)?;
+                c
             } else {
                 PeerChanges::default()
             };
@@ -578,8 +639,10 @@ impl Dataplane {
         let wrote = nft::ensure_sysctls_if_present(&ns, BRIDGE_NF, "0")?;
         ctx.counter.add(wrote);
         let nl = Nl::open(&ns, ctx.counter.clone())?;
-        net.sbox = Some(Sbox { ns, nl });
-        Ok((true, reconcile_sandbox(ctx, &mut self.nl, net)?))
+        net.sbox = Some(Sbox::new(ns, nl));
+        let changes = reconcile_sandbox(ctx, &mut self.nl, net)?;
+        sync_fast_path(ctx, net)?;
+        Ok((true, changes))
     }
 
     /// Ensures a task's endpoint on a network: the network's sandbox (created with its first
@@ -608,22 +671,20 @@ impl Dataplane {
         let task = open_task(&ep.netns)?;
         self.open_sandbox(&spec.id, true, false)?;
         let ctx = &self.ctx;
-        let sbox = self
-            .nets
-            .get_mut(&spec.id)
-            .and_then(|n| n.sbox.as_mut())
-            .expect("sandbox opened above");
+        let net = self.nets.get_mut(&spec.id).expect("known above");
+        let sbox = net.sbox.as_mut().expect("sandbox opened above");
         let br = kernel::link_by_name(&mut sbox.nl, BRIDGE)?.ok_or_else(|| Error::Netlink {
             op: format!("find {BRIDGE}"),
             ns: sbox.ns.name().to_string(),
             detail: "the sandbox has no bridge; call ensure_network to repair it".into(),
             errno: libc::ENODEV,
         })?;
+        let host_name = veth_name(EP_TAG, &ep.netns, &ep.ifname);
         ensure_veth(
             &mut sbox.nl,
             &ctx.counter,
             &VethWant {
-                host_name: veth_name(EP_TAG, &ep.netns, &ep.ifname),
+                host_name: host_name.clone(),
                 master: br.index,
                 isolated: false,
                 mtu: ctx.mtu(&spec),
@@ -634,7 +695,9 @@ impl Dataplane {
                 prefix: spec.subnet.prefix_len(),
                 route: RouteWant::Leave,
             },
-        )
+        )?;
+        net.local.insert(host_name, ep.mac());
+        sync_fast_path(ctx, net)
     }
 
     /// Removes a task's endpoint (both ends of its veth); removing the network's last endpoint
@@ -655,7 +718,7 @@ impl Dataplane {
             None => {
                 let ns = NetNs::open(&name)?;
                 let nl = Nl::open(&ns, self.ctx.counter.clone())?;
-                Sbox { ns, nl }
+                Sbox::new(ns, nl)
             }
         };
         let veth = veth_name(EP_TAG, netns, ifname);
@@ -671,7 +734,9 @@ impl Dataplane {
             remove_sandbox(&self.ctx, &name, Some(sbox))
         } else {
             if let Some(n) = self.nets.get_mut(network_id) {
+                n.local.remove(&veth);
                 n.sbox = Some(sbox);
+                sync_fast_path(&self.ctx, n)?;
             }
             Ok(())
         }
@@ -707,7 +772,9 @@ impl Dataplane {
             let vx = kernel::link_by_name(&mut sbox.nl, VXLAN)?;
             if let Some(vx) = vx.filter(|l| l.is("vxlan")) {
                 let peers = net.peers.as_ref().expect("set above");
-                return apply_peers(sbox, vx.index, peers);
+                let changes = apply_peers(sbox, vx.index, peers)?;
+                sync_fast_path(&self.ctx, net)?;
+                return Ok(changes);
             }
         }
         // The sandbox is not open yet or lost its device: a full reconcile repairs it.
@@ -887,7 +954,7 @@ impl Dataplane {
             let mut sbox = match cached {
                 Some(s) => s,
                 None => match NetNs::open(&name).map_err(Error::from).and_then(|ns| {
-                    Nl::open(&ns, self.ctx.counter.clone()).map(|nl| Sbox { ns, nl })
+                    Nl::open(&ns, self.ctx.counter.clone()).map(|nl| Sbox::new(ns, nl))
                 }) {
                     Ok(s) => s,
                     Err(_) => {
@@ -915,12 +982,18 @@ impl Dataplane {
                 batch_ignoring(&mut sbox.nl, reqs, &[libc::ENODEV])?;
             }
             if let Some(n) = self.nets.get_mut(*id) {
+                n.local.retain(|veth, _| want.contains(veth));
                 n.sbox = Some(sbox);
+                sync_fast_path(&self.ctx, n)?;
             }
         }
         removed.sandboxes = doomed.len();
         let ctx = &self.ctx;
         in_parallel(doomed, |(name, sbox)| remove_sandbox(ctx, &name, sbox))?;
+        if let Some(dir) = &self.ctx.bpf_dir {
+            let n = fastpath::remove_stale_pins(dir, &self.ctx.sandbox_prefix())?;
+            self.ctx.counter.add(n);
+        }
 
         let want_gw: BTreeSet<String> = keep
             .gateway_endpoints
@@ -1302,7 +1375,7 @@ fn remove_sandbox(ctx: &Ctx, name: &str, sbox: Option<Sbox>) -> Result<()> {
         None => NetNs::open(name).ok().and_then(|ns| {
             Nl::open(&ns, ctx.counter.clone())
                 .ok()
-                .map(|nl| Sbox { ns, nl })
+                .map(|nl| Sbox::new(ns, nl))
         }),
     };
     if let Some(mut s) = sbox {
@@ -1320,7 +1393,71 @@ fn remove_sandbox(ctx: &Ctx, name: &str, sbox: Option<Sbox>) -> Result<()> {
     }
     netns::delete(name)?;
     ctx.counter.add(1);
+    if let Some(dir) = &ctx.bpf_dir {
+        ctx.counter
+            .add(fastpath::remove_pins(&fastpath::pin_dir(dir, name))?);
+    }
     Ok(())
+}
+
+/// Whether this process uses the fast path: wanted and the kernel can run it (probed once per
+/// process; what `node inspect` shows).
+pub fn fast_path_status(wanted: bool) -> FastPathStatus {
+    static PROBE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    if !wanted {
+        return FastPathStatus::Disabled;
+    }
+    match PROBE.get_or_init(fastpath::probe) {
+        Ok(()) => FastPathStatus::Ebpf,
+        Err(why) => {
+            tracing::warn!(reason = %why, "the overlay fast path is off: frames take the sandbox bridge");
+            FastPathStatus::Unsupported(why.clone())
+        }
+    }
+}
+
+/// Makes a sandbox's fast path match: programs on `vxlan0` and every task veth, the map holding
+/// the network's remote endpoints and local tasks. A failure is logged, not returned: frames the
+/// fast path does not take go through the bridge, so the network keeps working.
+fn sync_fast_path(ctx: &Ctx, net: &mut Net) -> Result<()> {
+    if !ctx.fast.is_active() {
+        return Ok(());
+    }
+    if let Err(e) = sync_fast_path_inner(ctx, net) {
+        tracing::warn!(network = %net.spec.id, error = %e, "overlay fast path not updated; frames it does not know take the sandbox bridge");
+    }
+    Ok(())
+}
+
+fn sync_fast_path_inner(ctx: &Ctx, net: &mut Net) -> Result<()> {
+    let Net {
+        sbox, peers, local, ..
+    } = net;
+    let Some(sbox) = sbox.as_mut() else {
+        return Ok(());
+    };
+    let links = kernel::links(&mut sbox.nl)?;
+    let Some(vx) = links.iter().find(|l| l.name == VXLAN && l.is("vxlan")) else {
+        return Ok(());
+    };
+    let veths: Vec<&Link> = links
+        .iter()
+        .filter(|l| l.name.starts_with(EP_TAG) && l.is("veth"))
+        .collect();
+    if sbox.fp.is_none() {
+        let pin = ctx
+            .bpf_dir
+            .as_ref()
+            .map(|d| fastpath::pin_dir(d, sbox.ns.name()));
+        sbox.fp = Some(fastpath::Sandbox::open(&sbox.ns, pin, ctx.counter.clone())?);
+    }
+    let fp = sbox.fp.as_mut().expect("opened above");
+    let mut devs = vec![(vx, fastpath::Hook::Vxlan)];
+    devs.extend(veths.iter().map(|l| (*l, fastpath::Hook::Veth)));
+    fp.ensure_attached(&sbox.ns, &devs)?;
+    let peer_macs = peers.as_ref().map(|p| p.values().map(|p| p.mac).collect());
+    let want = fastpath::wanted(fp.entries(), vx.index, peer_macs, local, &veths);
+    fp.sync(&want)
 }
 
 #[cfg(test)]

@@ -102,7 +102,8 @@ pub struct Engine {
     )]
     pub engine_version: String,
     /// docker lists the engine's plugins here; netagent adds its load balancer as
-    /// `{"Type": "LoadBalancer", "Name": "ebpf"}` (or "ipvs").
+    /// `{"Type": "LoadBalancer", "Name": "ebpf"}` (or "ipvs") and its overlay fast path as
+    /// `{"Type": "OverlayFastPath", "Name": "ebpf"}` (or "off (why)").
     #[serde(rename = "Plugins", default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<Plugin>,
 }
@@ -193,13 +194,17 @@ pub fn node(n: &model::Node, manager_status: Option<ManagerStatus>) -> Node {
             },
             engine: Engine {
                 engine_version: n.description.engine_version.clone(),
-                plugins: (!n.description.load_balancer.is_empty())
-                    .then(|| Plugin {
-                        kind: "LoadBalancer".into(),
-                        name: n.description.load_balancer.clone(),
-                    })
-                    .into_iter()
-                    .collect(),
+                plugins: [
+                    ("LoadBalancer", &n.description.load_balancer),
+                    ("OverlayFastPath", &n.description.fast_path),
+                ]
+                .into_iter()
+                .filter(|(_, name)| !name.is_empty())
+                .map(|(kind, name)| Plugin {
+                    kind: kind.into(),
+                    name: name.clone(),
+                })
+                .collect(),
             },
             encrypted_networks: match n.description.ipsec {
                 Some(true) => "supported".into(),

@@ -61,6 +61,12 @@ pub struct Config {
     pub retry: Duration,
     /// How long a fresh executor waits for gossip before it programs peers it may not know yet.
     pub gossip_settle: Duration,
+    /// The eBPF overlay fast path (`--no-fast-path` turns it off; off anyway where the kernel
+    /// cannot run it).
+    pub fast_path: bool,
+    /// A bpffs directory for the fast path's pins (so a restart adopts them); None: the
+    /// process holds its attachments.
+    pub bpf_dir: Option<PathBuf>,
 }
 
 /// A task status report for the dispatcher.
@@ -115,7 +121,8 @@ pub fn spawn(
         config.vtep,
         config.netns_prefix.clone(),
         writes.clone(),
-    );
+    )
+    .with_fast_path(config.fast_path, config.bpf_dir.clone());
     let balancer = Balancer::new(lb, writes.clone());
     let lb = balancer.counters();
     let mut exec = Executor {
@@ -579,6 +586,8 @@ pub fn teardown(config: &Config) -> Result<(), Error> {
         vtep: config.vtep,
         port: vxlan::DEFAULT_PORT,
         prefix: config.netns_prefix.clone(),
+        fast_path: config.fast_path,
+        bpf_dir: config.bpf_dir.clone(),
     })
     .map_err(|e| Error::Dataplane(e.to_string()))?;
     dp.apply(&vxlan::DesiredState::default())

@@ -17,6 +17,8 @@ pub(crate) struct Plane {
     vtep: std::net::Ipv4Addr,
     prefix: String,
     writes: Arc<AtomicU64>,
+    fast_path: bool,
+    bpf_dir: Option<PathBuf>,
 }
 
 /// The node's network namespace: the configured one, or the agent's own.
@@ -40,7 +42,16 @@ impl Plane {
             vtep,
             prefix,
             writes,
+            fast_path: false,
+            bpf_dir: None,
         }
+    }
+
+    /// Uses the eBPF overlay fast path (where the kernel can), pinned under `bpf_dir`.
+    pub fn with_fast_path(mut self, on: bool, bpf_dir: Option<PathBuf>) -> Plane {
+        self.fast_path = on;
+        self.bpf_dir = bpf_dir;
+        self
     }
 
     /// Runs `f` on the data plane for data-path port `port` (made, or made again when the port
@@ -61,6 +72,8 @@ impl Plane {
                     vtep: me.vtep,
                     port,
                     prefix: me.prefix.clone(),
+                    fast_path: me.fast_path,
+                    bpf_dir: me.bpf_dir.clone(),
                 })
                 .map_err(|e| Error::Dataplane(e.to_string()))?;
                 let base = me.writes.load(Ordering::Relaxed);

@@ -120,6 +120,8 @@ fn config(lab: &Lab, i: usize) -> Config {
         resolv_conf: "nameserver 127.0.0.11\noptions ndots:0\n".into(),
         retry: Duration::from_millis(200),
         gossip_settle: Duration::from_secs(1),
+        fast_path: true,
+        bpf_dir: Some(n.bpffs().unwrap().join("fastpath")),
     }
 }
 

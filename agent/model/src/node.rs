@@ -52,6 +52,9 @@ pub struct NodeDescription {
     /// How the node balances service VIPs ("ebpf" or "ipvs").
     #[serde(default)]
     pub load_balancer: String,
+    /// The overlay fast path: "ebpf", or "off (why)".
+    #[serde(default)]
+    pub fast_path: String,
     /// Whether the node's kernel can carry encrypted overlay networks (ESP with
     /// rfc4106(gcm(aes))); None: not probed (a node of an older version).
     #[serde(default)]

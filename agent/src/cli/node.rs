@@ -122,6 +122,9 @@ fn pretty(n: &Node) -> String {
         if p.kind == "LoadBalancer" {
             line("Load Balancer:", &p.name);
         }
+        if p.kind == "OverlayFastPath" {
+            line("Overlay Fast Path:", &p.name);
+        }
     }
     if !n.description.certificate_expiry.is_empty() {
         line("Certificate Expiry:", &n.description.certificate_expiry);

@@ -14,6 +14,7 @@
 //!   per CPU without atomics (user space sums the CPUs). Its pin name carries a layout version:
 //!   a map pinned by an older layout is never reused by mistake.
 #![no_std]
+pub mod fastpath;
 
 /// Name of the service map (and of its pin in the pin directory).
 pub const SVC_MAP: &str = "NA_LB_SVC";

@@ -26,12 +26,23 @@ pub fn node_prefix(lab: &Lab, i: usize) -> String {
     format!("{}-n{i}-", lab.prefix())
 }
 
-/// A data plane on lab node `i`.
+/// A data plane on lab node `i`. `NETAGENT_FAST_PATH=1` runs it with the eBPF fast path (pins
+/// in the node's bpffs), so the whole suite can be run both ways.
 pub fn dataplane(lab: &Lab, i: usize, port: u16) -> Dataplane {
+    let fast = std::env::var_os("NETAGENT_FAST_PATH").is_some_and(|v| v == "1");
+    dataplane_with(lab, i, port, fast)
+}
+
+/// A data plane on lab node `i`, with or without the fast path.
+pub fn dataplane_with(lab: &Lab, i: usize, port: u16, fast_path: bool) -> Dataplane {
     let node = lab.node(i);
     let mut cfg = Config::new(NetNs::open(node.ns().name()).unwrap(), node.addr());
     cfg.port = port;
     cfg.prefix = node_prefix(lab, i);
+    if fast_path {
+        cfg.fast_path = true;
+        cfg.bpf_dir = Some(node.bpffs().unwrap().join("fastpath"));
+    }
     Dataplane::new(cfg).unwrap()
 }
 

@@ -1,0 +1,35 @@
+//! Builds the eBPF programs (crate `ebpf`, for bpfel-unknown-none) with aya-build and leaves the
+//! objects in OUT_DIR, where `src/fastpath.rs` includes the overlay fast path
+//! (`netagent-fastpath`). Needs the nightly toolchain with rust-src and bpf-linker: `cargo xtask
+//! setup` installs both.
+
+use std::path::{Path, PathBuf};
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest.parent().unwrap_or(Path::new("..")).join("ebpf");
+    let root = root.to_str().expect("the workspace path is UTF-8");
+    let skip = std::env::var_os("AYA_BUILD_SKIP").is_some();
+    if !skip && !on_path("bpf-linker") {
+        panic!(
+            "bpf-linker is not on PATH: the overlay fast path cannot be built. Run `cargo xtask \
+             setup` (it installs bpf-linker 0.10.4 and rust-src for the nightly toolchain)."
+        );
+    }
+    let package = aya_build::Package {
+        name: "ebpf",
+        root_dir: root,
+        ..Default::default()
+    };
+    if let Err(e) = aya_build::build_ebpf([package], aya_build::Toolchain::Nightly) {
+        panic!(
+            "building the eBPF programs in {root} failed: {e:#}\n(needs the nightly toolchain with \
+             rust-src and bpf-linker: `cargo xtask setup`)"
+        );
+    }
+}

@@ -1,0 +1,592 @@
+//! The overlay fast path: tc programs (crate `ebpf`, binary `netagent-fastpath`) on a sandbox's
+//! `vxlan0` ingress and on the ingress of every task veth in it, with one MAC map per sandbox.
+//!
+//! - vxlan0 ingress: a frame for a local task goes into the task's namespace
+//!   (`bpf_redirect_peer` to the task's host-side veth).
+//! - task veth ingress: a frame for a remote endpoint goes out of vxlan0 (`bpf_redirect`), one
+//!   for another local task into that task's namespace (`bpf_redirect_peer`).
+//! - everything else (ARP, broadcast, multicast, the gateway, unknown MACs) takes `br0` as
+//!   before. The map holds only the sandbox's own network's MACs, so a frame for another
+//!   network's MAC is never redirected.
+//!
+//! Attachments are TCX links (Linux >= 6.6). With a pin directory (a bpffs) the maps and links
+//! are pinned under `<dir>/<sandbox name>/`, so a restarted agent adopts them and writes nothing;
+//! without one, this process holds the links and a restart attaches again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+use aya::util::KernelVersion;
+use aya::{Ebpf, EbpfLoader};
+use ebpf_common::fastpath::{
+    KIND_LOCAL, KIND_REMOTE, MAC_MAP, MacKey, PROG_VETH, PROG_VXLAN, STATS_LEN, STATS_MAP, Target,
+};
+use netns::NetNs;
+
+use crate::kernel::Link;
+use crate::nl::Counter;
+use crate::spec::Mac;
+use crate::{Error, Result};
+
+/// The object built from crate `ebpf` by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-fastpath"));
+
+/// Whether the fast path is used on a node, and why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FastPathStatus {
+    /// The tc programs redirect task-to-task frames past the sandbox bridge.
+    Ebpf,
+    /// Switched off by configuration (`--no-fast-path`).
+    Disabled,
+    /// Wanted but this kernel cannot run it; the reason.
+    Unsupported(String),
+}
+
+impl FastPathStatus {
+    pub fn is_active(&self) -> bool {
+        *self == FastPathStatus::Ebpf
+    }
+}
+
+impl std::fmt::Display for FastPathStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FastPathStatus::Ebpf => f.write_str("ebpf"),
+            FastPathStatus::Disabled => f.write_str("off (--no-fast-path)"),
+            FastPathStatus::Unsupported(why) => write!(f, "off ({why})"),
+        }
+    }
+}
+
+/// Frames the programs of one sandbox handled, by path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastPathStats {
+    /// From vxlan0 straight into a local task.
+    pub vxlan_to_local: u64,
+    /// From a task straight into another local task.
+    pub veth_to_local: u64,
+    /// From a task straight out of vxlan0.
+    pub veth_to_remote: u64,
+    /// Left to the bridge.
+    pub passed: u64,
+}
+
+/// An error with its sources, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+fn fp_err<W: Into<String>>(what: W, ns: &str) -> impl FnOnce(String) -> Error + use<W> {
+    let (what, ns) = (what.into(), ns.to_string());
+    move |detail| Error::FastPath { what, ns, detail }
+}
+
+/// Whether this kernel can run the fast path: TCX (Linux >= 6.6) and the programs load.
+pub(crate) fn probe() -> std::result::Result<(), String> {
+    let v = KernelVersion::current().map_err(|e| format!("kernel version unknown: {e}"))?;
+    if v < KernelVersion::new(6, 6, 0) {
+        return Err(format!("needs TCX, Linux >= 6.6; this is {v:?}"));
+    }
+    let mut bpf = Ebpf::load(OBJECT).map_err(|e| format!("eBPF maps: {}", chain(&e)))?;
+    for name in [PROG_VXLAN, PROG_VETH] {
+        program(&mut bpf, name)?
+            .load()
+            .map_err(|e| format!("tc program {name}: {}", chain(&e)))?;
+    }
+    Ok(())
+}
+
+fn program<'a>(
+    bpf: &'a mut Ebpf,
+    name: &str,
+) -> std::result::Result<&'a mut SchedClassifier, String> {
+    bpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {}", chain(&e)))
+}
+
+/// What a device of a sandbox runs: vxlan0 or a task veth.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Hook {
+    Vxlan,
+    Veth,
+}
+
+impl Hook {
+    fn program(self) -> &'static str {
+        match self {
+            Hook::Vxlan => PROG_VXLAN,
+            Hook::Veth => PROG_VETH,
+        }
+    }
+}
+
+type MacMap = HashMap<MapData, MacKey, Target>;
+
+/// The fast path of one sandbox: its map (a cache of what the kernel holds, since only this
+/// process writes it), and the devices known to run the programs.
+pub(crate) struct Sandbox {
+    ns_name: String,
+    pin: Option<PathBuf>,
+    map: MacMap,
+    stats: PerCpuArray<MapData, u64>,
+    map_id: u32,
+    have: BTreeMap<MacKey, Target>,
+    /// Loaded when a device needs attaching (not at all on an adopting restart).
+    bpf: Option<Ebpf>,
+    /// Devices verified or attached in this process: name -> (ifindex, the link when this
+    /// process holds it, i.e. without pins).
+    attached: BTreeMap<String, (u32, Option<FdLink>)>,
+    counter: Arc<Counter>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath")
+            .field("ns", &self.ns_name)
+            .field("entries", &self.have.len())
+            .finish()
+    }
+}
+
+fn link_pin(dir: &Path, dev: &str) -> PathBuf {
+    dir.join(format!("link_{dev}"))
+}
+
+/// The directory of a sandbox's pins.
+pub(crate) fn pin_dir(bpf_dir: &Path, sandbox: &str) -> PathBuf {
+    bpf_dir.join(sandbox)
+}
+
+/// Removes a sandbox's pins (detaching what they held); an absent directory is fine.
+pub(crate) fn remove_pins(dir: &Path) -> Result<u64> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(1),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::FastPath {
+            what: format!("remove the pins in {}", dir.display()),
+            ns: String::new(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Removes the pin directories under `bpf_dir` of sandboxes (names starting with `prefix`) that
+/// no longer exist.
+pub(crate) fn remove_stale_pins(bpf_dir: &Path, prefix: &str) -> Result<u64> {
+    let Ok(rd) = std::fs::read_dir(bpf_dir) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && !netns::exists(&name) {
+            n += remove_pins(&e.path())?;
+        }
+    }
+    Ok(n)
+}
+
+impl Sandbox {
+    /// Opens a sandbox's fast path: the pinned maps when there are (adoption), else a fresh
+    /// load (pinned when `pin` is given).
+    pub(crate) fn open(ns: &NetNs, pin: Option<PathBuf>, counter: Arc<Counter>) -> Result<Sandbox> {
+        let ns_name = ns.name().to_string();
+        let err = |what: &str| fp_err(what.to_string(), &ns_name);
+        let pinned = pin
+            .as_ref()
+            .map(|d| (d.join(MAC_MAP), d.join(STATS_MAP)))
+            .filter(|(m, s)| m.exists() && s.exists());
+        let (mac, stats, bpf) = match pinned {
+            Some((m, s)) => {
+                let m =
+                    MapData::from_pin(&m).map_err(|e| err("open the pinned MAC map")(chain(&e)))?;
+                let s = MapData::from_pin(&s)
+                    .map_err(|e| err("open the pinned counters")(chain(&e)))?;
+                (
+                    aya::maps::Map::HashMap(m),
+                    aya::maps::Map::PerCpuArray(s),
+                    None,
+                )
+            }
+            None => {
+                let mut bpf = load(pin.as_deref()).map_err(err("load the programs"))?;
+                counter.add(1);
+                let m = bpf
+                    .take_map(MAC_MAP)
+                    .ok_or_else(|| err("the object")(format!("no map {MAC_MAP}")))?;
+                let s = bpf
+                    .take_map(STATS_MAP)
+                    .ok_or_else(|| err("the object")(format!("no map {STATS_MAP}")))?;
+                (m, s, Some(bpf))
+            }
+        };
+        let map_id = match &mac {
+            aya::maps::Map::HashMap(d) => d
+                .info()
+                .map_err(|e| err("the MAC map's id")(chain(&e)))?
+                .id(),
+            _ => return Err(err("the MAC map")("not a hash map".into())),
+        };
+        let map: MacMap = HashMap::try_from(mac).map_err(|e| err("the MAC map")(chain(&e)))?;
+        let stats = PerCpuArray::try_from(stats).map_err(|e| err("the counters")(chain(&e)))?;
+        let mut have = BTreeMap::new();
+        for kv in map.iter() {
+            let (k, v) = kv.map_err(|e| err("read the MAC map")(chain(&e)))?;
+            have.insert(k, v);
+        }
+        Ok(Sandbox {
+            ns_name,
+            pin,
+            map,
+            stats,
+            map_id,
+            have,
+            bpf,
+            attached: BTreeMap::new(),
+            counter,
+        })
+    }
+
+    /// Makes the devices run their program: `vxlan0` and every task veth in `devs`. A device
+    /// already running this sandbox's program (an earlier process attached it) is left alone.
+    /// Pins of devices no longer there go.
+    pub(crate) fn ensure_attached(&mut self, ns: &NetNs, devs: &[(&Link, Hook)]) -> Result<()> {
+        let todo: Vec<(String, u32, Hook)> = devs
+            .iter()
+            .filter(|(l, _)| {
+                self.attached
+                    .get(&l.name)
+                    .is_none_or(|(i, _)| *i != l.index)
+            })
+            .map(|(l, h)| (l.name.clone(), l.index, *h))
+            .collect();
+        if let Some(dir) = &self.pin {
+            let live: BTreeSet<String> = devs
+                .iter()
+                .map(|(l, _)| format!("link_{}", l.name))
+                .collect();
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with("link_") && !live.contains(&name) {
+                        let _ = std::fs::remove_file(e.path());
+                        self.counter.add(1);
+                    }
+                }
+            }
+        }
+        let live: BTreeSet<&str> = devs.iter().map(|(l, _)| l.name.as_str()).collect();
+        self.attached.retain(|name, _| live.contains(name.as_str()));
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let map_id = self.map_id;
+        let running = ns
+            .run(|| {
+                todo.iter()
+                    .map(|(dev, _, hook)| runs(dev, hook.program(), map_id))
+                    .collect::<Vec<_>>()
+            })
+            .map_err(|e| fp_err("query tc programs", &self.ns_name)(e.to_string()))?;
+        let mut need = Vec::new();
+        for ((dev, index, hook), ok) in todo.into_iter().zip(running) {
+            match ok {
+                Ok(true) => {
+                    self.attached.insert(dev, (index, None));
+                }
+                Ok(false) => need.push((dev, index, hook)),
+                Err(e) => {
+                    return Err(fp_err(
+                        format!("query the tc programs of {dev}"),
+                        &self.ns_name,
+                    )(e));
+                }
+            }
+        }
+        if need.is_empty() {
+            return Ok(());
+        }
+        if self.bpf.is_none() {
+            let bpf =
+                load(self.pin.as_deref()).map_err(fp_err("load the programs", &self.ns_name))?;
+            self.bpf = Some(bpf);
+        }
+        let bpf = self.bpf.as_mut().expect("loaded above");
+        for name in [PROG_VXLAN, PROG_VETH] {
+            let p = program(bpf, name).map_err(fp_err("the object", &self.ns_name))?;
+            if p.fd().is_err() {
+                p.load()
+                    .map_err(|e| fp_err(format!("load {name}"), &self.ns_name)(chain(&e)))?;
+            }
+        }
+        let pin = self.pin.clone();
+        let results = ns
+            .run(|| {
+                need.iter()
+                    .map(|(dev, _, hook)| {
+                        let p = program(bpf, hook.program())?;
+                        attach(p, dev, pin.as_deref())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .map_err(|e| fp_err("attach tc programs", &self.ns_name)(e.to_string()))?;
+        for ((dev, index, _), r) in need.into_iter().zip(results) {
+            let link = r.map_err(|e| fp_err(format!("attach to {dev}"), &self.ns_name)(e))?;
+            self.counter.add(1);
+            self.attached.insert(dev, (index, link));
+        }
+        Ok(())
+    }
+
+    /// Makes the map exactly `want`, writing only the difference.
+    pub(crate) fn sync(&mut self, want: &BTreeMap<MacKey, Target>) -> Result<()> {
+        let stale: Vec<MacKey> = self
+            .have
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            match self.map.remove(&k) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(fp_err(
+                        format!("delete {} from the MAC map", Mac(k.mac)),
+                        &self.ns_name,
+                    )(chain(&e)));
+                }
+            }
+            self.counter.add(1);
+            self.have.remove(&k);
+        }
+        for (k, v) in want {
+            if self.have.get(k) == Some(v) {
+                continue;
+            }
+            self.map.insert(k, v, 0).map_err(|e| {
+                fp_err(
+                    format!("write {} to the MAC map", Mac(k.mac)),
+                    &self.ns_name,
+                )(chain(&e))
+            })?;
+            self.counter.add(1);
+            self.have.insert(*k, *v);
+        }
+        Ok(())
+    }
+
+    /// What the map holds now.
+    pub(crate) fn entries(&self) -> &BTreeMap<MacKey, Target> {
+        &self.have
+    }
+
+    /// The map as the kernel holds it: MAC -> whether it is a local task.
+    pub(crate) fn read_kernel(&self) -> Result<BTreeMap<Mac, bool>> {
+        let mut out = BTreeMap::new();
+        for kv in self.map.iter() {
+            let (k, v) = kv.map_err(|e| fp_err("read the MAC map", &self.ns_name)(chain(&e)))?;
+            out.insert(Mac(k.mac), v.kind == KIND_LOCAL);
+        }
+        Ok(out)
+    }
+
+    /// The programs' counters summed over CPUs.
+    pub(crate) fn stats(&self) -> Result<FastPathStats> {
+        let mut v = [0u64; STATS_LEN as usize];
+        for (i, slot) in v.iter_mut().enumerate() {
+            let per_cpu = self
+                .stats
+                .get(&(i as u32), 0)
+                .map_err(|e| fp_err("read the counters", &self.ns_name)(chain(&e)))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(FastPathStats {
+            vxlan_to_local: v[0],
+            veth_to_local: v[1],
+            veth_to_remote: v[2],
+            passed: v[3],
+        })
+    }
+}
+
+/// The wanted map of a sandbox: remote endpoints (`peers`: MAC; `None` while they are not known
+/// yet, when the remote entries the map holds stay) via `vx`, local endpoints (`local`: veth name
+/// -> the task's MAC) on their veths. Entries an earlier process made for veths that still exist
+/// stay until this process learns those endpoints.
+pub(crate) fn wanted(
+    have: &BTreeMap<MacKey, Target>,
+    vx: u32,
+    peers: Option<Vec<Mac>>,
+    local: &BTreeMap<String, Mac>,
+    veths: &[&Link],
+) -> BTreeMap<MacKey, Target> {
+    let mut want = BTreeMap::new();
+    let remote = Target {
+        ifindex: vx,
+        kind: KIND_REMOTE,
+    };
+    match peers {
+        Some(p) => {
+            for m in p {
+                want.insert(MacKey::new(m.0), remote);
+            }
+        }
+        None => {
+            for (k, v) in have {
+                if *v == remote {
+                    want.insert(*k, *v);
+                }
+            }
+        }
+    }
+    let live: BTreeMap<&str, u32> = veths.iter().map(|l| (l.name.as_str(), l.index)).collect();
+    let known: BTreeSet<u32> = local
+        .keys()
+        .filter_map(|n| live.get(n.as_str()).copied())
+        .collect();
+    let live_idx: BTreeSet<u32> = live.values().copied().collect();
+    for (k, v) in have {
+        if v.kind == KIND_LOCAL && live_idx.contains(&v.ifindex) && !known.contains(&v.ifindex) {
+            want.insert(*k, *v);
+        }
+    }
+    for (veth, mac) in local {
+        if let Some(i) = live.get(veth.as_str()) {
+            want.insert(
+                MacKey::new(mac.0),
+                Target {
+                    ifindex: *i,
+                    kind: KIND_LOCAL,
+                },
+            );
+        }
+    }
+    want
+}
+
+/// Loads the object, its maps pinned in `pin` (reused when already there).
+fn load(pin: Option<&Path>) -> std::result::Result<Ebpf, String> {
+    let mut loader = EbpfLoader::new();
+    let paths = pin.map(|d| (d.join(MAC_MAP), d.join(STATS_MAP)));
+    if let Some(d) = pin {
+        std::fs::create_dir_all(d)
+            .map_err(|e| format!("create pin directory {}: {e}", d.display()))?;
+    }
+    if let Some((m, s)) = &paths {
+        loader.map_pin_path(MAC_MAP, m).map_pin_path(STATS_MAP, s);
+    }
+    loader.load(OBJECT).map_err(|e| chain(&e))
+}
+
+/// Whether `dev` (in the calling thread's namespace) runs `prog` on this sandbox's map.
+fn runs(dev: &str, prog: &str, map_id: u32) -> std::result::Result<bool, String> {
+    let (_, progs) =
+        SchedClassifier::query_tcx(dev, TcAttachType::Ingress).map_err(|e| chain(&e))?;
+    for p in progs {
+        if p.name_as_str() == Some(prog)
+            && p.map_ids()
+                .map_err(|e| chain(&e))?
+                .is_some_and(|ids| ids.contains(&map_id))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Attaches `p` to `dev`'s TCX ingress (in the calling thread's namespace), after whatever runs
+/// there already; the link is pinned in `pin`, else returned for this process to hold.
+fn attach(
+    p: &mut SchedClassifier,
+    dev: &str,
+    pin: Option<&Path>,
+) -> std::result::Result<Option<FdLink>, String> {
+    let id = p
+        .attach_with_options(
+            dev,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| chain(&e))?;
+    let link = p.take_link(id).map_err(|e| chain(&e))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e| format!("not a TCX link: {}", chain(&e)))?;
+    match pin {
+        Some(dir) => {
+            let path = link_pin(dir, dev);
+            // A pin of an earlier device of the same name holds a defunct link.
+            if path.exists() {
+                if let Ok(old) = PinnedLink::from_pin(&path) {
+                    let _ = old.unpin();
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            fd.pin(&path)
+                .map_err(|e| format!("pin the link at {}: {}", path.display(), chain(&e)))?;
+            Ok(None)
+        }
+        None => Ok(Some(fd)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(name: &str, index: u32) -> Link {
+        Link {
+            name: name.into(),
+            index,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wanted_keeps_live_adopted_entries_and_drops_dead_ones() {
+        let (a, b, c) = (
+            Mac([2, 0x42, 10, 0, 0, 2]),
+            Mac([2, 0x42, 10, 0, 0, 3]),
+            Mac([2, 0x42, 10, 0, 0, 9]),
+        );
+        let local = |i| Target {
+            ifindex: i,
+            kind: KIND_LOCAL,
+        };
+        let mut have = BTreeMap::new();
+        have.insert(MacKey::new(a.0), local(7)); // adopted, veth 7 alive
+        have.insert(MacKey::new(b.0), local(8)); // veth 8 gone
+        let (v7, v9) = (link("ve1", 7), link("ve2", 9));
+        let mut known = BTreeMap::new();
+        known.insert("ve2".to_string(), c);
+        let want = wanted(&have, 3, Some(vec![b]), &known, &[&v7, &v9]);
+        assert_eq!(want[&MacKey::new(a.0)], local(7));
+        assert_eq!(want[&MacKey::new(c.0)], local(9));
+        assert_eq!(
+            want[&MacKey::new(b.0)],
+            Target {
+                ifindex: 3,
+                kind: KIND_REMOTE
+            }
+        );
+        assert_eq!(want.len(), 3);
+    }
+}
