@@ -34,7 +34,7 @@ use crate::spec::Mac;
 use crate::{Error, Result};
 
 /// The object built from crate `ebpf` by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-fastpath"));
+static OBJECT: &[u8] = ebpf_objects::FASTPATH;
 
 /// Whether the fast path is used on a node, and why not.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! `cargo xtask build-ebpf`: the eBPF programs of crate `ebpf`, built the way ipvs/build.rs
+//! `cargo xtask build-ebpf`: the eBPF programs of crate `ebpf`, built the way ebpf/objects/build.rs
 //! builds them through aya-build (nightly, build-std=core, bpf-linker), into target/bpf.
 
 use std::process::Command;

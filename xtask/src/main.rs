@@ -23,7 +23,7 @@ enum Cmd {
     /// Install what the build and the tests need (apt packages, rust-src, bpf-linker). Idempotent.
     Setup,
     /// Build the eBPF load-balancer programs (crate `ebpf`) for bpfel-unknown-none, as
-    /// ipvs/build.rs does, and print where the object is.
+    /// ebpf/objects/build.rs does, and print where the object is.
     BuildEbpf,
     /// The end-to-end demo: a 3-node swarm in namespaces, an overlay, a web service, a drain, a
     /// leader failover.

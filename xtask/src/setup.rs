@@ -171,7 +171,7 @@ fn rust_components() -> Result<()> {
 /// The version of bpf-linker the eBPF programs (crate `ebpf`) are built with.
 pub const BPF_LINKER: &str = "0.10.4";
 
-/// bpf-linker links the eBPF programs ipvs/build.rs builds for bpfel-unknown-none. It loads the
+/// bpf-linker links the eBPF programs ebpf/objects/build.rs builds for bpfel-unknown-none. It loads the
 /// nightly toolchain's LLVM, so it is built with nightly too.
 fn bpf_linker() -> Result<()> {
     let have_it = Command::new("bpf-linker")

@@ -19,7 +19,7 @@ use ebpf_common::{CNT_MAP, PROGRAMS, REV_MAP, SVC_MAP, SvcKey, SvcValue};
 use crate::{Error, Result};
 
 /// The object built from crate `ebpf` by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-lb"));
+static OBJECT: &[u8] = ebpf_objects::LB;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;

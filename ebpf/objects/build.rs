@@ -1,5 +1,5 @@
 //! Builds the eBPF programs (crate `ebpf`, for bpfel-unknown-none) with aya-build and leaves the
-//! object in OUT_DIR, where `src/ebpf/` includes it. Needs the nightly toolchain with rust-src and
+//! objects in OUT_DIR, where `src/lib.rs` embeds them. Needs the nightly toolchain with rust-src and
 //! bpf-linker: `cargo xtask setup` installs both.
 
 use std::path::{Path, PathBuf};
@@ -11,12 +11,13 @@ fn on_path(program: &str) -> bool {
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest.parent().unwrap_or(Path::new("..")).join("ebpf");
+    // This crate lives in ebpf/objects: the programs' package is its parent.
+    let root = manifest.parent().unwrap_or(Path::new(".."));
     let root = root.to_str().expect("the workspace path is UTF-8");
     let skip = std::env::var_os("AYA_BUILD_SKIP").is_some();
     if !skip && !on_path("bpf-linker") {
         panic!(
-            "bpf-linker is not on PATH: the eBPF load balancer cannot be built. Run `cargo xtask \
+            "bpf-linker is not on PATH: the eBPF programs (load balancer, overlay fast path) cannot be built. Run `cargo xtask \
              setup` (it installs bpf-linker 0.10.4 and rust-src for the nightly toolchain)."
         );
     }

@@ -1,0 +1,10 @@
+//! The eBPF objects of the `ebpf` package, built once by this crate's build script (aya-build,
+//! nightly, bpf-linker) and embedded 8-byte aligned for aya's loader. The load balancer (`ipvs`)
+//! and the overlay fast path (`vxlan`) each load their own program from here.
+
+/// The socket load balancer: cgroup connect4/sendmsg4/recvmsg4/getpeername4 (+ v6 hooks).
+pub static LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-lb"));
+
+/// The overlay fast path: tc programs on vxlan0 and the tasks' veths.
+pub static FASTPATH: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-fastpath"));
