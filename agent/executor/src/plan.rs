@@ -184,7 +184,6 @@ mod tests {
                 id: "t2".into(),
                 netns: "/run/netns/t2".into(),
                 attachments: vec![],
-                cert_expires_at: None,
                 gateway: None,
             },
         ];

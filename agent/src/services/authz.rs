@@ -75,7 +75,7 @@ fn check<T>(member: &Member, req: &Request<T>, needs: Needs) -> Result<Identity,
         Err(_) if needs == Needs::RaftPeer => return Ok(id),
         Err(f) => return Err(f.to_status()),
     };
-    if cluster.removed_nodes.iter().any(|n| *n == id.node_id) {
+    if cluster.removed_nodes.contains(&id.node_id) {
         return Err(Status::permission_denied(format!(
             "node {} was removed from the swarm: its certificate is revoked",
             id.node_id
