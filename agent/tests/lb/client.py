@@ -6,7 +6,8 @@
   client.py hold HOST PORT K        keeps connections to K distinct backends open, then obeys
                                     stdin: "check" (a line on each), "new N" (N new
                                     connections), "loop" (a connection every 20 ms until
-                                    "stop"), "quit"
+                                    "stop": [ms since the loop's start, backend or FAIL],
+                                    and the start as Unix time in ms), "quit"
 Each prints one JSON object per result line."""
 import json
 import select
@@ -119,6 +120,8 @@ def hold(host, port, k):
             print(json.dumps({"new": backends, "fail": fail}), flush=True)
         elif cmd[0] == "loop":
             start = time.monotonic()
+            # Wall-clock start, so the test can place its own actions on the loop's time line.
+            start_wall_ms = time.time() * 1000
             events = []
             while True:
                 r, _, _ = select.select([sys.stdin], [], [], 0.02)
@@ -132,7 +135,7 @@ def hold(host, port, k):
                     events.append([t, b])
                 except OSError as e:
                     events.append([t, "FAIL " + str(e)])
-            print(json.dumps({"loop": events}), flush=True)
+            print(json.dumps({"loop": events, "start_ms": start_wall_ms}), flush=True)
         elif cmd[0] == "quit":
             break
 

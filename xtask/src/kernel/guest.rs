@@ -110,7 +110,13 @@ fn run_script(spec: &Spec) -> String {
             "-C".into(),
             quote(&p.cwd.to_string_lossy()),
         ];
-        words.extend(env.iter().map(|e| quote(e)));
+        // The suite's own environment wins over what the host passes.
+        words.extend(
+            env.iter()
+                .filter(|e| !p.env.iter().any(|(k, _)| e.starts_with(&format!("{k}="))))
+                .map(|e| quote(e)),
+        );
+        words.extend(p.env.iter().map(|(k, v)| quote(&format!("{k}={v}"))));
         words.push(quote(&format!(
             "CARGO_MANIFEST_DIR={}",
             p.cwd.to_string_lossy()
