@@ -94,7 +94,7 @@ fn vips_balance_tcp_and_udp_on_every_node() {
     if skip() {
         return;
     }
-    let s = Swarm::start(1, 3);
+    let s = Swarm::start_with(1, 3, &common::kernel_lab_flags());
     let spare = s.lab.node(4).name().to_string();
     s.ctl(1, &["network", "create", "--driver", "overlay", "front"]);
     let not_spare = format!("node.hostname!={spare}");
@@ -201,7 +201,9 @@ fn scale_down_killed_task_and_agent_restart() {
     }
     // The killed task's replacement comes after the loop: it would refuse connections until
     // its server listens (as in Docker without health checks), which is not what is measured.
-    let s = Swarm::start_with(1, 2, &[("--restart-delay-ms", "60000")]);
+    let mut flags = common::kernel_lab_flags();
+    flags.push(("--restart-delay-ms", "60000"));
+    let s = Swarm::start_with(1, 2, &flags);
     s.ctl(1, &["network", "create", "--driver", "overlay", "front"]);
     s.create_service(&[
         "--name",
@@ -240,7 +242,13 @@ fn scale_down_killed_task_and_agent_restart() {
         common::metric(&s.metrics(i), "netagent_executor_kernel_writes_total", &[]) as u64
     };
     // The restart fits in the dispatcher's grace (3 heartbeats), as in production.
-    s.ctl(1, &["swarm", "update", "--dispatcher-heartbeat", "1s"]);
+    // (3 s in the kernel lab, where an agent start under TCG takes seconds.)
+    let heartbeat = if common::kernel_lab_flags().is_empty() {
+        "1s"
+    } else {
+        "3s"
+    };
+    s.ctl(1, &["swarm", "update", "--dispatcher-heartbeat", heartbeat]);
     h.ask("loop");
     s.agents[0].stop(Duration::from_secs(10));
     s.restart(1);

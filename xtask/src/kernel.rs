@@ -45,6 +45,9 @@ pub struct Suite {
     /// Environment of the test binary on top of the lab's (it wins over what the host passes):
     /// the same target runs as several suites, e.g. once per load balancer.
     pub env: &'static [(&'static str, &'static str)],
+    /// Test threads, if not [`TEST_THREADS`] (a swarm of agents per test is all 2 vCPUs under
+    /// TCG take: such tests run one at a time).
+    pub threads: Option<u32>,
 }
 
 const fn suite(
@@ -59,6 +62,7 @@ const fn suite(
         filter,
         include_ignored,
         env: &[],
+        threads: None,
     }
 }
 
@@ -66,6 +70,14 @@ impl Suite {
     /// The same suite with this environment.
     const fn with_env(self, env: &'static [(&'static str, &'static str)]) -> Suite {
         Suite { env, ..self }
+    }
+
+    /// The same suite, its tests one at a time.
+    const fn one_at_a_time(self) -> Suite {
+        Suite {
+            threads: Some(1),
+            ..self
+        }
     }
 
     /// "package/target", "package/target[filter]", then "{K=V ...}" with an environment: what
@@ -97,8 +109,12 @@ pub const SUITES: &[Suite] = &[
     // An encrypted network end to end through the agents (keys, ESP on the wire, rotation).
     suite("netagent", "encrypted", "", true),
     // Service load balancing through the agents, with each load balancer (`--lb`).
-    suite("netagent", "lb", "", false).with_env(&[("NETAGENT_LB", "ipvs")]),
-    suite("netagent", "lb", "", false).with_env(&[("NETAGENT_LB", "ebpf")]),
+    suite("netagent", "lb", "", false)
+        .with_env(&[("NETAGENT_LB", "ipvs")])
+        .one_at_a_time(),
+    suite("netagent", "lb", "", false)
+        .with_env(&[("NETAGENT_LB", "ebpf")])
+        .one_at_a_time(),
 ];
 
 /// Modules loaded when the guest boots (their dependencies come along). Anything else the tests
@@ -152,6 +168,7 @@ pub struct Planned {
     pub tests: Vec<String>,
     /// The suite's own environment ([`Suite::env`]).
     pub env: Vec<(String, String)>,
+    pub test_threads: u32,
 }
 
 pub fn run(filters: &[String]) -> Result<()> {
@@ -205,7 +222,6 @@ pub fn run(filters: &[String]) -> Result<()> {
         run_dir: &run_dir,
         timeout,
         preload: PRELOAD_MODULES,
-        test_threads: TEST_THREADS,
     })?;
 
     // Report.
@@ -374,6 +390,7 @@ fn plan(filters: &[String]) -> Result<Vec<Planned>> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            test_threads: s.threads.unwrap_or(TEST_THREADS),
         });
     }
     Ok(plan)

@@ -41,6 +41,21 @@ pub fn lb_mode() -> String {
         .unwrap_or_else(|| "auto".into())
 }
 
+/// Agent flags for the kernel lab (NETAGENT_KERNEL_LAB is set there), where a swarm runs on 2
+/// emulated CPUs (qemu TCG): heartbeats and failure detection slow enough that no node is
+/// marked down (and its tasks rescheduled) only because the machine is slow. None elsewhere.
+pub fn kernel_lab_flags() -> Vec<(&'static str, &'static str)> {
+    if std::env::var_os("NETAGENT_KERNEL_LAB").is_none() {
+        return Vec::new();
+    }
+    vec![
+        ("--heartbeat-ms", "1000"),
+        ("--election-timeout-ms", "3000"),
+        ("--gossip-interval-ms", "250"),
+        ("--gossip-failure-timeout-ms", "6000"),
+    ]
+}
+
 pub struct Swarm {
     pub lab: Lab,
     pub agents: Vec<Proc>,

@@ -32,7 +32,6 @@ pub struct Spec<'a> {
     pub run_dir: &'a Path,
     pub timeout: Duration,
     pub preload: &'a [&'a str],
-    pub test_threads: u32,
 }
 
 pub struct SuiteResult {
@@ -122,7 +121,7 @@ fn run_script(spec: &Spec) -> String {
             p.cwd.to_string_lossy()
         )));
         words.push(quote(&p.exe.to_string_lossy()));
-        words.push(format!("--test-threads={}", spec.test_threads));
+        words.push(format!("--test-threads={}", p.test_threads));
         if p.include_ignored {
             words.push("--include-ignored".into());
         }
