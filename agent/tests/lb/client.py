@@ -35,8 +35,12 @@ def line_conn(host, port):
     s = socket.create_connection((host, port), timeout=2)
     f = s.makefile("rb")
     s.sendall(b"hello\n")
-    backend = f.readline().decode().split()[0]
-    return s, f, backend
+    words = f.readline().decode().split()
+    if not words:
+        # Accepted, then closed without a word: a backend going away (a stopping task).
+        s.close()
+        raise OSError("closed without an answer")
+    return s, f, words[0]
 
 
 def ask(s, f):

@@ -91,6 +91,7 @@ fn run_script(spec: &Spec) -> String {
         };
         if k.starts_with("NETAGENT_") && k != "NETAGENT_KERNEL_LAB_TIMEOUT"
             || k == "RUST_LOG"
+            || k == "AGENT_LOG"
             || k == "RUST_BACKTRACE"
         {
             env.push(format!("{k}={v}"));
