@@ -48,6 +48,8 @@ pub struct Suite {
     /// Test threads, if not [`TEST_THREADS`] (a swarm of agents per test is all 2 vCPUs under
     /// TCG take: such tests run one at a time).
     pub threads: Option<u32>,
+    /// Show what passing tests print (libtest `--show-output`): figures they measure.
+    pub show_output: bool,
 }
 
 const fn suite(
@@ -63,6 +65,7 @@ const fn suite(
         include_ignored,
         env: &[],
         threads: None,
+        show_output: false,
     }
 }
 
@@ -76,6 +79,14 @@ impl Suite {
     const fn one_at_a_time(self) -> Suite {
         Suite {
             threads: Some(1),
+            ..self
+        }
+    }
+
+    /// The same suite, showing what its passing tests print.
+    const fn showing_output(self) -> Suite {
+        Suite {
+            show_output: true,
             ..self
         }
     }
@@ -111,10 +122,12 @@ pub const SUITES: &[Suite] = &[
     // Service load balancing through the agents, with each load balancer (`--lb`).
     suite("netagent", "lb", "", false)
         .with_env(&[("NETAGENT_LB", "ipvs")])
-        .one_at_a_time(),
+        .one_at_a_time()
+        .showing_output(),
     suite("netagent", "lb", "", false)
         .with_env(&[("NETAGENT_LB", "ebpf")])
-        .one_at_a_time(),
+        .one_at_a_time()
+        .showing_output(),
 ];
 
 /// Modules loaded when the guest boots (their dependencies come along). Anything else the tests
@@ -169,6 +182,7 @@ pub struct Planned {
     /// The suite's own environment ([`Suite::env`]).
     pub env: Vec<(String, String)>,
     pub test_threads: u32,
+    pub show_output: bool,
 }
 
 pub fn run(filters: &[String]) -> Result<()> {
@@ -391,6 +405,7 @@ fn plan(filters: &[String]) -> Result<Vec<Planned>> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             test_threads: s.threads.unwrap_or(TEST_THREADS),
+            show_output: s.show_output,
         });
     }
     Ok(plan)

@@ -123,6 +123,9 @@ fn run_script(spec: &Spec) -> String {
         )));
         words.push(quote(&p.exe.to_string_lossy()));
         words.push(format!("--test-threads={}", p.test_threads));
+        if p.show_output {
+            words.push("--show-output".into());
+        }
         if p.include_ignored {
             words.push("--include-ignored".into());
         }
