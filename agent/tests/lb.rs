@@ -2,8 +2,9 @@
 //! that runs no task of it, spreads TCP and UDP over the running tasks, follows scale-downs and
 //! killed tasks, and keeps working through an agent restart. The clients run inside task
 //! namespaces and cgroups (where the node's load balancer sees their sockets), the servers are
-//! the tasks themselves (tests/lb/server.py). `NETAGENT_LB=ipvs` runs the same tests with IPVS
-//! (in the kernel lab).
+//! the tasks themselves (tests/lb/server.py). The agents' `--lb` is NETAGENT_LB (default auto:
+//! eBPF on this host); `cargo xtask test-kernel netagent/lb` runs these tests under Debian's 6.1
+//! kernel twice, with NETAGENT_LB=ipvs and with NETAGENT_LB=ebpf. Every test applies to both.
 
 mod common;
 

@@ -49,7 +49,7 @@ pub fn kernel_lab_flags() -> Vec<(&'static str, &'static str)> {
         return Vec::new();
     }
     vec![
-        ("--heartbeat-ms", "1000"),
+        ("--heartbeat-ms", "3000"),
         ("--election-timeout-ms", "3000"),
         ("--gossip-interval-ms", "250"),
         ("--gossip-failure-timeout-ms", "6000"),
