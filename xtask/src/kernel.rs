@@ -42,6 +42,14 @@ pub struct Suite {
     pub filter: &'static str,
     /// Also run `#[ignore]`d tests (the kernel-lab-only tests are ignored on the host).
     pub include_ignored: bool,
+    /// Environment of the test binary on top of the lab's (it wins over what the host passes):
+    /// the same target runs as several suites, e.g. once per load balancer.
+    pub env: &'static [(&'static str, &'static str)],
+    /// Test threads, if not [`TEST_THREADS`] (a swarm of agents per test is all 2 vCPUs under
+    /// TCG take: such tests run one at a time).
+    pub threads: Option<u32>,
+    /// Show what passing tests print (libtest `--show-output`): figures they measure.
+    pub show_output: bool,
 }
 
 const fn suite(
@@ -55,6 +63,46 @@ const fn suite(
         target,
         filter,
         include_ignored,
+        env: &[],
+        threads: None,
+        show_output: false,
+    }
+}
+
+impl Suite {
+    /// The same suite with this environment.
+    const fn with_env(self, env: &'static [(&'static str, &'static str)]) -> Suite {
+        Suite { env, ..self }
+    }
+
+    /// The same suite, its tests one at a time.
+    const fn one_at_a_time(self) -> Suite {
+        Suite {
+            threads: Some(1),
+            ..self
+        }
+    }
+
+    /// The same suite, showing what its passing tests print.
+    const fn showing_output(self) -> Suite {
+        Suite {
+            show_output: true,
+            ..self
+        }
+    }
+
+    /// "package/target", "package/target[filter]", then "{K=V ...}" with an environment: what
+    /// the report shows and a FILTER is matched against (with "::test_name").
+    fn name(&self) -> String {
+        let mut name = format!("{}/{}", self.package, self.target);
+        if !self.filter.is_empty() {
+            name.push_str(&format!("[{}]", self.filter));
+        }
+        if !self.env.is_empty() {
+            let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            name.push_str(&format!("{{{}}}", env.join(" ")));
+        }
+        name
     }
 }
 
@@ -71,6 +119,15 @@ pub const SUITES: &[Suite] = &[
     suite("ipvs", "ipvs", "", true),
     // An encrypted network end to end through the agents (keys, ESP on the wire, rotation).
     suite("netagent", "encrypted", "", true),
+    // Service load balancing through the agents, with each load balancer (`--lb`).
+    suite("netagent", "lb", "", false)
+        .with_env(&[("NETAGENT_LB", "ipvs")])
+        .one_at_a_time()
+        .showing_output(),
+    suite("netagent", "lb", "", false)
+        .with_env(&[("NETAGENT_LB", "ebpf")])
+        .one_at_a_time()
+        .showing_output(),
 ];
 
 /// Modules loaded when the guest boots (their dependencies come along). Anything else the tests
@@ -115,13 +172,17 @@ const KEEP_RUNS: usize = 5;
 
 /// A suite resolved to a binary and the exact tests to run.
 pub struct Planned {
-    /// "package/target", or with the suite's filter "package/target[filter]".
+    /// [`Suite::name`].
     pub name: String,
     pub exe: PathBuf,
     /// Working directory (the package's root, as `cargo test` uses).
     pub cwd: PathBuf,
     pub include_ignored: bool,
     pub tests: Vec<String>,
+    /// The suite's own environment ([`Suite::env`]).
+    pub env: Vec<(String, String)>,
+    pub test_threads: u32,
+    pub show_output: bool,
 }
 
 pub fn run(filters: &[String]) -> Result<()> {
@@ -146,13 +207,10 @@ pub fn run(filters: &[String]) -> Result<()> {
     let kernel = debian::kernel().context("could not prepare the Debian kernel")?;
     let plan = plan(filters)?;
     if plan.is_empty() {
-        let names: Vec<String> = SUITES
-            .iter()
-            .map(|s| format!("{}/{}", s.package, s.target))
-            .collect();
+        let names: Vec<String> = SUITES.iter().map(Suite::name).collect();
         bail!(
             "no kernel-lab test matches {filters:?} (suites: {}); a filter selects tests whose \
-             `package/target::test_name` contains it",
+             `package/target::test_name` or `suite::test_name` contains it",
             names.join(", ")
         );
     }
@@ -178,7 +236,6 @@ pub fn run(filters: &[String]) -> Result<()> {
         run_dir: &run_dir,
         timeout,
         preload: PRELOAD_MODULES,
-        test_threads: TEST_THREADS,
     })?;
 
     // Report.
@@ -209,7 +266,7 @@ pub fn run(filters: &[String]) -> Result<()> {
             .rev()
             .find(|l| l.starts_with("test result:"))
             .unwrap_or("");
-        eprintln!("  {:<28} {:>7}  {status}  {result_line}", p.name, time);
+        eprintln!("  {:<36} {:>7}  {status}  {result_line}", p.name, time);
         if r.rc != Some(0) {
             let names = failed_tests(&r.output);
             if names.is_empty() {
@@ -307,17 +364,17 @@ fn plan(filters: &[String]) -> Result<Vec<Planned>> {
                     s.package, s.target, s.target, s.package
                 )
             })?;
-        let name = if s.filter.is_empty() {
-            format!("{}/{}", s.package, s.target)
-        } else {
-            format!("{}/{}[{}]", s.package, s.target, s.filter)
-        };
+        let name = s.name();
+        let plain = format!("{}/{}", s.package, s.target);
         let tests: Vec<String> = list_tests(&exe, s.include_ignored)?
             .into_iter()
             .filter(|t| t.contains(s.filter))
             .filter(|t| {
-                let key = format!("{}/{}::{t}", s.package, s.target);
-                filters.is_empty() || filters.iter().any(|f| key.contains(f.as_str()))
+                let keys = [format!("{plain}::{t}"), format!("{name}::{t}")];
+                filters.is_empty()
+                    || filters
+                        .iter()
+                        .any(|f| keys.iter().any(|k| k.contains(f.as_str())))
             })
             .collect();
         if tests.is_empty() {
@@ -342,6 +399,13 @@ fn plan(filters: &[String]) -> Result<Vec<Planned>> {
             cwd,
             include_ignored: s.include_ignored,
             tests,
+            env: s
+                .env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            test_threads: s.threads.unwrap_or(TEST_THREADS),
+            show_output: s.show_output,
         });
     }
     Ok(plan)
@@ -510,7 +574,15 @@ mod tests {
     fn suites_are_unique() {
         let mut seen = BTreeSet::new();
         for s in SUITES {
-            assert!(seen.insert((s.package, s.target, s.filter)), "{s:?}");
+            assert!(seen.insert(s.name()), "{s:?}");
         }
+    }
+
+    #[test]
+    fn suite_names_show_filter_and_environment() {
+        assert_eq!(suite("a", "b", "", false).name(), "a/b");
+        assert_eq!(suite("a", "b", "x", false).name(), "a/b[x]");
+        let s = suite("a", "b", "", false).with_env(&[("K", "v"), ("L", "w")]);
+        assert_eq!(s.name(), "a/b{K=v L=w}");
     }
 }

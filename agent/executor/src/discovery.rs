@@ -135,6 +135,12 @@ impl Discovery {
                 backends,
             })
         });
+        tracing::debug!(
+            network,
+            service,
+            backends = want.as_ref().map_or(0, |w| w.backends.len()),
+            "load balancer service"
+        );
         self.lb.service(key, want);
     }
 
@@ -244,6 +250,7 @@ impl Discovery {
         if g.tasks.get(id) == rec.as_ref() {
             return;
         }
+        tracing::debug!(network, task = id, running = rec.is_some(), "task record");
         let before = g.tasks.get(id).map(|t| t.service.clone());
         if let Some(svc) = &before
             && let Some(set) = g.by_service.get_mut(svc)

@@ -335,6 +335,15 @@ impl Runner {
         ours.then_some(fd)
     }
 
+    /// A pidfd of the task's command, readable as soon as it exits (before its shim has
+    /// recorded the exit code, which takes an fsync). None if the command is not running.
+    pub fn command_pidfd(&self, id: &str) -> Option<std::os::fd::OwnedFd> {
+        let pid = read_pid(&self.dir(id), PID)?;
+        let fd = pidfd_open(pid)?;
+        // The pidfd pins the process: if it is in the task now, it is the task's command.
+        self.pid_in_task(id, pid).then_some(fd)
+    }
+
     /// Whether `pid` is a live process inside the task's namespace (guards against pid reuse).
     fn pid_in_task(&self, id: &str, pid: u32) -> bool {
         use std::os::unix::fs::MetadataExt;

@@ -265,10 +265,17 @@ impl Executor {
         }
         self.watch(id);
         match proc {
-            ProcState::Running { .. } | ProcState::Exiting => {
+            ProcState::Running { .. } => {
                 self.report(&t, TaskState::Running, "started", None, None)
                     .await;
                 self.publish_task(&t, true).await;
+            }
+            ProcState::Exiting => {
+                // The command is gone, its shim is recording the exit: no longer a backend or
+                // a name, at once (the shim's exit brings the final state).
+                self.publish_task(&t, false).await;
+                self.report(&t, TaskState::Running, "started", None, None)
+                    .await;
             }
             ProcState::Exited { .. } => {
                 // It ended while starting: the watch's event reports it.
@@ -464,7 +471,9 @@ impl Executor {
         });
     }
 
-    /// Watches the task's shim: its exit sends an [`Ev::Exited`].
+    /// Watches the task's command and its shim: the first to exit sends an [`Ev::Exited`]. The
+    /// command's exit is seen at once, so its endpoints leave the load balancers and names
+    /// before the shim has recorded the exit code; the next watch then waits for the shim.
     fn watch(&mut self, id: &str) {
         let Some(rt) = self.tasks.get_mut(id) else {
             return;
@@ -483,19 +492,25 @@ impl Executor {
             });
             return;
         };
+        let command = match rt.proc {
+            ProcState::Running { .. } => self.runner.command_pidfd(id),
+            _ => None,
+        };
         rt.watching = true;
+        debug!(task = %id, command = command.is_some(), "watching the task");
         let tx = self.tx.clone();
         let idc = id.to_string();
         tokio::spawn(async move {
-            // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which owns it until it is
-            // dropped: it stays open and the same descriptor all that time.
-            let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            let shim = exited(fd);
+            let what = match command {
+                Some(cmd) => tokio::select! {
+                    r = shim => r.map(|()| "shim"),
+                    r = exited(cmd) => r.map(|()| "command"),
+                },
+                None => shim.await.map(|()| "shim"),
             };
-            match registered {
-                Ok(afd) => {
-                    let _ = afd.readable().await;
-                }
+            match what {
+                Ok(what) => debug!(task = %idc, what, "exited"),
                 Err(e) => {
                     let e = e.to_string();
                     warn!(task = %idc, error = %e, "cannot watch the task's shim; looking again in a second");
@@ -543,6 +558,7 @@ impl Executor {
             };
             match self.gossip.publish_endpoint(ep).await {
                 Ok(()) => {
+                    debug!(task = %l.id, network = %net, enabled, "endpoint published");
                     if let Some(r) = self.tasks.get_mut(&t.meta.id) {
                         r.published.insert(net.clone(), enabled);
                     }
@@ -613,4 +629,15 @@ impl Executor {
             &lbs,
         )
     }
+}
+
+/// Waits until a pidfd is readable: its process has exited.
+async fn exited(fd: std::os::fd::OwnedFd) -> std::io::Result<()> {
+    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which owns it until it is dropped: it
+    // stays open and the same descriptor all that time.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }?;
+    let _ = afd.readable().await?;
+    Ok(())
 }

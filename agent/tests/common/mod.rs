@@ -32,6 +32,30 @@ pub fn skip() -> bool {
     false
 }
 
+/// The agents' load balancer, `--lb ebpf|ipvs|auto`: NETAGENT_LB, or auto (the kernel lab runs
+/// the load-balancing tests once with each).
+pub fn lb_mode() -> String {
+    std::env::var("NETAGENT_LB")
+        .ok()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "auto".into())
+}
+
+/// Agent flags for the kernel lab (NETAGENT_KERNEL_LAB is set there), where a swarm runs on 2
+/// emulated CPUs (qemu TCG): heartbeats and failure detection slow enough that no node is
+/// marked down (and its tasks rescheduled) only because the machine is slow. None elsewhere.
+pub fn kernel_lab_flags() -> Vec<(&'static str, &'static str)> {
+    if std::env::var_os("NETAGENT_KERNEL_LAB").is_none() {
+        return Vec::new();
+    }
+    vec![
+        ("--heartbeat-ms", "3000"),
+        ("--election-timeout-ms", "3000"),
+        ("--gossip-interval-ms", "250"),
+        ("--gossip-failure-timeout-ms", "6000"),
+    ]
+}
+
 pub struct Swarm {
     pub lab: Lab,
     pub agents: Vec<Proc>,
@@ -46,8 +70,24 @@ pub fn sock(lab: &Lab, i: usize) -> String {
 }
 
 pub fn agent_spec(lab: &Lab, i: usize) -> ProcSpec {
+    agent_spec_with(lab, i, &[])
+}
+
+/// [`agent_spec`] with some flags' values replaced (or added): `("--restart-delay-ms", "60000")`.
+pub fn agent_spec_with(lab: &Lab, i: usize, flags: &[(&str, &str)]) -> ProcSpec {
+    let mut args = agent_args(lab, i);
+    for (flag, value) in flags {
+        match args.iter().position(|a| a == flag) {
+            Some(at) => args[at + 1] = value.to_string(),
+            None => args.extend([flag.to_string(), value.to_string()]),
+        }
+    }
+    ProcSpec::new("netagent", NETAGENT).args(args)
+}
+
+fn agent_args(lab: &Lab, i: usize) -> Vec<String> {
     let node = lab.node(i);
-    ProcSpec::new("netagent", NETAGENT).args([
+    vec![
         "--hostname".to_string(),
         node.name().to_string(),
         "--advertise-addr".into(),
@@ -89,11 +129,11 @@ pub fn agent_spec(lab: &Lab, i: usize) -> ProcSpec {
         "--bpf-dir".into(),
         node.dir().join("bpf").display().to_string(),
         "--lb".into(),
-        std::env::var("NETAGENT_LB").unwrap_or_else(|_| "auto".into()),
+        lb_mode(),
         "--log-level".into(),
         std::env::var("AGENT_LOG")
             .unwrap_or_else(|_| "info,openraft=warn,h2=warn,tower=warn,hyper=warn".into()),
-    ])
+    ]
 }
 
 /// The node's resolv.conf for its agent (`<node dir>/resolv.conf`), written with a search domain
@@ -109,12 +149,17 @@ pub fn lab_resolv_conf(lab: &Lab, i: usize) -> String {
 impl Swarm {
     /// A lab of `n` nodes, each running an agent that is in no swarm yet.
     pub fn agents(n: usize) -> Swarm {
+        Swarm::agents_with(n, &[])
+    }
+
+    /// [`Swarm::agents`], the agents started with some flags changed (see [`agent_spec_with`]).
+    pub fn agents_with(n: usize, flags: &[(&str, &str)]) -> Swarm {
         let lab = Lab::new(n).expect("lab");
         let mut agents = Vec::new();
         for i in 1..=n {
             agents.push(
                 lab.node(i)
-                    .spawn(agent_spec(&lab, i))
+                    .spawn(agent_spec_with(&lab, i, flags))
                     .expect("spawn netagent"),
             );
         }
@@ -129,7 +174,12 @@ impl Swarm {
 
     /// `managers` managers (node1 initialises) and `workers` workers after them, all Ready.
     pub fn start(managers: usize, workers: usize) -> Swarm {
-        let s = Swarm::agents(managers + workers);
+        Swarm::start_with(managers, workers, &[])
+    }
+
+    /// [`Swarm::start`], the agents started with some flags changed (see [`agent_spec_with`]).
+    pub fn start_with(managers: usize, workers: usize, flags: &[(&str, &str)]) -> Swarm {
+        let s = Swarm::agents_with(managers + workers, flags);
         s.form(managers, workers);
         s
     }

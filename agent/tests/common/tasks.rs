@@ -103,6 +103,18 @@ impl Swarm {
             .success()
     }
 
+    /// The pid of the task's command (not its shim), as its agent's shim recorded it.
+    pub fn task_command_pid(&self, t: &TaskNs) -> Option<i32> {
+        let file = self
+            .lab
+            .node(t.node)
+            .dir()
+            .join("state/executor/tasks")
+            .join(&t.id)
+            .join("pid");
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
     /// Pids of the processes inside a task's namespace.
     pub fn task_pids(&self, t: &TaskNs) -> Vec<i32> {
         netns::NetNs::open(&t.ns)

@@ -6,7 +6,8 @@
   client.py hold HOST PORT K        keeps connections to K distinct backends open, then obeys
                                     stdin: "check" (a line on each), "new N" (N new
                                     connections), "loop" (a connection every 20 ms until
-                                    "stop"), "quit"
+                                    "stop": [ms since the loop's start, backend or FAIL],
+                                    and the start as Unix time in ms), "quit"
 Each prints one JSON object per result line."""
 import json
 import select
@@ -34,8 +35,12 @@ def line_conn(host, port):
     s = socket.create_connection((host, port), timeout=2)
     f = s.makefile("rb")
     s.sendall(b"hello\n")
-    backend = f.readline().decode().split()[0]
-    return s, f, backend
+    words = f.readline().decode().split()
+    if not words:
+        # Accepted, then closed without a word: a backend going away (a stopping task).
+        s.close()
+        raise OSError("closed without an answer")
+    return s, f, words[0]
 
 
 def ask(s, f):
@@ -119,6 +124,8 @@ def hold(host, port, k):
             print(json.dumps({"new": backends, "fail": fail}), flush=True)
         elif cmd[0] == "loop":
             start = time.monotonic()
+            # Wall-clock start, so the test can place its own actions on the loop's time line.
+            start_wall_ms = time.time() * 1000
             events = []
             while True:
                 r, _, _ = select.select([sys.stdin], [], [], 0.02)
@@ -132,7 +139,7 @@ def hold(host, port, k):
                     events.append([t, b])
                 except OSError as e:
                     events.append([t, "FAIL " + str(e)])
-            print(json.dumps({"loop": events}), flush=True)
+            print(json.dumps({"loop": events, "start_ms": start_wall_ms}), flush=True)
         elif cmd[0] == "quit":
             break
 

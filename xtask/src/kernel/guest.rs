@@ -32,7 +32,6 @@ pub struct Spec<'a> {
     pub run_dir: &'a Path,
     pub timeout: Duration,
     pub preload: &'a [&'a str],
-    pub test_threads: u32,
 }
 
 pub struct SuiteResult {
@@ -92,6 +91,7 @@ fn run_script(spec: &Spec) -> String {
         };
         if k.starts_with("NETAGENT_") && k != "NETAGENT_KERNEL_LAB_TIMEOUT"
             || k == "RUST_LOG"
+            || k == "AGENT_LOG"
             || k == "RUST_BACKTRACE"
         {
             env.push(format!("{k}={v}"));
@@ -110,13 +110,22 @@ fn run_script(spec: &Spec) -> String {
             "-C".into(),
             quote(&p.cwd.to_string_lossy()),
         ];
-        words.extend(env.iter().map(|e| quote(e)));
+        // The suite's own environment wins over what the host passes.
+        words.extend(
+            env.iter()
+                .filter(|e| !p.env.iter().any(|(k, _)| e.starts_with(&format!("{k}="))))
+                .map(|e| quote(e)),
+        );
+        words.extend(p.env.iter().map(|(k, v)| quote(&format!("{k}={v}"))));
         words.push(quote(&format!(
             "CARGO_MANIFEST_DIR={}",
             p.cwd.to_string_lossy()
         )));
         words.push(quote(&p.exe.to_string_lossy()));
-        words.push(format!("--test-threads={}", spec.test_threads));
+        words.push(format!("--test-threads={}", p.test_threads));
+        if p.show_output {
+            words.push("--show-output".into());
+        }
         if p.include_ignored {
             words.push("--include-ignored".into());
         }
