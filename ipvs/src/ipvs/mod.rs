@@ -198,6 +198,9 @@ impl IpvsLb {
             None => diff::diff(&st.view, &plan),
             Some(vips) => diff::diff(&st.view.restrict(&net.subnet, vips), &plan),
         };
+        if !ops.is_empty() {
+            tracing::debug!(ns = %st.kernel.name(), ops = ?ops, "ipvs: writes");
+        }
         let done = execute(st, ops);
         if done.is_err() {
             st.stale = true;
