@@ -184,11 +184,16 @@ fn main() {
     });
     let client = NetNs::open(lab.node(4).ns().name()).unwrap();
     let sbox3 = NetNs::open(&format!("{}ingress_sbox", prefix(3))).unwrap();
+    let node3 = NetNs::open(lab.node(3).ns().name()).unwrap();
+    let mesh3 = SocketAddr::from((lab.node(3).addr(), 8080));
     // Warm up ARP and conntrack.
-    let _ = rate(&client, SocketAddr::from((lab.node(3).addr(), 8080)));
+    let _ = rate(&client, mesh3);
     let (direct, df) = rate(&sbox3, SocketAddr::from((TASK, 80)));
-    let (mesh, mf) = rate(&client, SocketAddr::from((lab.node(3).addr(), 8080)));
+    let (mesh, mf) = rate(&client, mesh3);
     let (local, lf) = rate(&client, SocketAddr::from((lab.node(1).addr(), 8080)));
+    // Where the mesh's cost goes: the same path entered further in.
+    let (via_gw, gf) = rate(&node3, SocketAddr::from((SBOX_GW, 8080)));
+    let (node_dnat, nf) = rate(&node3, mesh3);
     println!(
         "ingress bench ({THREADS} connections, {SECONDS} s each, one request per connection):"
     );
@@ -202,6 +207,22 @@ fn main() {
         "  through the mesh via node1 (the task's node):             {local:>8.0} req/s ({lf} failed)"
     );
     println!("  mesh / direct: {:.2}x", mesh / direct.max(1.0));
+    println!("  decomposition (each row adds one stage of the mesh path to the one above):");
+    println!(
+        "    sbox -> task (overlay only):                           {direct:>8.0} req/s  1.00x"
+    );
+    println!(
+        "    node3 -> sbox's gwbridge address (+ veth/bridge hop, sbox DNAT): {via_gw:>8.0} req/s  {:.2}x ({gf} failed)",
+        via_gw / direct.max(1.0)
+    );
+    println!(
+        "    node3 -> its own address (+ node DNAT, output path):   {node_dnat:>8.0} req/s  {:.2}x ({nf} failed)",
+        node_dnat / direct.max(1.0)
+    );
+    println!(
+        "    client -> node3 (+ underlay hop, prerouting DNAT):     {mesh:>8.0} req/s  {:.2}x",
+        mesh / direct.max(1.0)
+    );
     stop.store(true, Ordering::Relaxed);
     let _ = server.join();
 }
