@@ -517,7 +517,10 @@ fn encrypted_ingress_in_the_kernel_lab() {
         got[1].len(),
         got[2].len()
     );
-    assert!(failed.is_empty(), "requests through node3 failed: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "requests through node3 failed: {failed:?}"
+    );
     assert!(!got[0].is_empty(), "ESP between node2 and node3");
     assert!(
         got[1].is_empty(),
