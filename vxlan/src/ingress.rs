@@ -112,6 +112,11 @@ pub struct Ingress {
     writes: u64,
 }
 
+/// Logs one kernel write of the mesh (what an agent restart that should write nothing did).
+fn wrote(ns: &NetNs, op: &str) {
+    tracing::debug!(ns = %ns.name(), op, "ingress write");
+}
+
 fn tag_of(body: &str) -> String {
     format!("netagent {:016x}", crate::spec::fnv(&[body.as_bytes()]))
 }
@@ -189,6 +194,7 @@ fn ensure_table(ns: &NetNs, body: Option<(String, usize)>) -> Result<u64> {
         if !ok {
             return Err(nft_err(&format!("delete table ip {TABLE}"), ns, err));
         }
+        wrote(ns, "delete table");
         return Ok(1);
     };
     let tag = tag_of(&body);
@@ -207,6 +213,7 @@ fn ensure_table(ns: &NetNs, body: Option<(String, usize)>) -> Result<u64> {
             format!("{err}\n{script}"),
         ));
     }
+    wrote(ns, &format!("replace table ({tag}, {rules} rules)"));
     Ok(1)
 }
 
@@ -327,7 +334,11 @@ pub fn mark_of(sbox: Ipv4Addr) -> u32 {
 }
 
 fn sysctl(ns: &NetNs, key: &str, value: &str) -> Result<u64> {
-    Ok(u64::from(crate::nft::ensure_sysctl(ns, key, value)?))
+    let w = crate::nft::ensure_sysctl(ns, key, value)?;
+    if w {
+        wrote(ns, &format!("sysctl {key}={value}"));
+    }
+    Ok(u64::from(w))
 }
 
 /// The rules (fwmark, table) at [`RULE_PRIORITY`] in a namespace.
@@ -393,11 +404,14 @@ impl Ingress {
             NetNs::open(&name)?
         } else {
             self.writes += 1;
-            NetNs::create(&name)?
+            let ns = NetNs::create(&name)?;
+            wrote(&ns, "create the sbox namespace");
+            ns
         };
         let lo = run_ok(&ns, "ip", &["-j", "link", "show", "lo"])?;
         if !lo.contains("\"UP\"") {
             run_ok(&ns, "ip", &["link", "set", "lo", "up"])?;
+            wrote(&ns, "lo up");
             self.writes += 1;
         }
         self.writes += sysctl(&ns, "net/ipv4/ip_forward", "1")?;
@@ -468,6 +482,7 @@ impl Ingress {
                     &["route", "flush", "table", &table.to_string()],
                     None,
                 )?;
+                wrote(&ns, &format!("remove rule and table {table}"));
                 self.writes += 2;
             }
         }
@@ -499,6 +514,7 @@ impl Ingress {
                         &table,
                     ],
                 )?;
+                wrote(&ns, &format!("route via {sbox} in table {table}"));
                 self.writes += 1;
             }
             if !have.contains(&(id, id)) {
@@ -516,6 +532,7 @@ impl Ingress {
                         &table,
                     ],
                 )?;
+                wrote(&ns, &format!("rule fwmark {id:#x}"));
                 self.writes += 1;
             }
         }

@@ -154,17 +154,21 @@ impl Discovery {
         }
     }
 
-    /// A network present on this node (with its name), or gone (None).
-    pub fn network(&mut self, id: &str, name: Option<&str>) {
-        match name {
-            Some(name) => {
+    /// A network present on this node (with its name, and whether it is the ingress network),
+    /// or gone (None). The ingress network is left out of service discovery as Docker leaves
+    /// it: its addresses have no names and no name answers them, so it counts as absent here
+    /// (which also keeps its services' VIPs out of the load balancer: the routing mesh
+    /// balances published ports itself).
+    pub fn network(&mut self, id: &str, present: Option<(&str, bool)>) {
+        match present {
+            Some((name, false)) => {
                 self.given.entry(id.to_string()).or_default();
                 self.send(vec![dns::Change::PutNetwork {
                     id: id.to_string(),
                     name: name.to_string(),
                 }]);
             }
-            None => {
+            Some((_, true)) | None => {
                 if self.given.remove(id).is_some() {
                     self.send(vec![dns::Change::RemoveNetwork { id: id.to_string() }]);
                 }
@@ -337,7 +341,7 @@ mod tests {
     fn deltas_only_for_what_changed() {
         let r = dns::Resolver::new(dns::Config::default()).unwrap();
         let mut d = Discovery::new(Some(r.clone()), Balancer::new(None, Default::default()));
-        d.network("net", Some("web"));
+        d.network("net", Some(("web", false)));
         let rec = TaskRec {
             service: "svc".into(),
             addr: "10.0.1.5".parse().unwrap(),
@@ -361,5 +365,29 @@ mod tests {
         assert_eq!(tasks, 0, "a resync without the task removes it");
         d.network("net", None);
         assert!(r.resolve(&scope, "web").is_none());
+    }
+
+    #[test]
+    fn the_ingress_network_has_no_names() {
+        let r = dns::Resolver::new(dns::Config::default()).unwrap();
+        let mut d = Discovery::new(Some(r.clone()), Balancer::new(None, Default::default()));
+        d.network("ing", Some(("ingress", true)));
+        let svc = SvcRec {
+            name: "web".into(),
+            vip: Some("10.0.0.2".parse().unwrap()),
+            aliases: vec![],
+        };
+        d.service("ing", "svc", Some(svc));
+        let rec = TaskRec {
+            service: "svc".into(),
+            addr: "10.0.0.5".parse().unwrap(),
+            name: "web.1.t1".into(),
+        };
+        d.task("ing", "t1", Some(rec));
+        let scope = vec!["ing".to_string()];
+        for name in ["web", "tasks.web", "web.1.t1"] {
+            assert!(r.resolve(&scope, name).is_none(), "{name}");
+        }
+        assert_eq!(r.counts(), (0, 0, 0));
     }
 }

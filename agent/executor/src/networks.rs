@@ -171,14 +171,14 @@ impl Executor {
                 lb_published: None,
             },
         );
-        let name = self
+        let (name, ingress) = self
             .a
             .networks
             .iter()
             .find(|n| n.meta.id == id)
-            .map(|n| n.spec.name.clone())
-            .unwrap_or_else(|| id.to_string());
-        self.disc.network(id, Some(&name));
+            .map(|n| (n.spec.name.clone(), n.spec.ingress))
+            .unwrap_or_else(|| (id.to_string(), false));
+        self.disc.network(id, Some((&name, ingress)));
         self.sync_records(id);
     }
 

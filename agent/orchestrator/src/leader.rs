@@ -280,7 +280,12 @@ impl Leader {
                 }
                 match n {
                     Some(n) => {
-                        if o.is_none() {
+                        // New, or its attachments are not what this leader decided (its write
+                        // lost to a concurrent patch, e.g. the node's session recording it
+                        // ready, and the store's version was put back): decide them again.
+                        let lost =
+                            mark && o.as_ref().is_some_and(|o| o.attachments != n.attachments);
+                        if o.is_none() || lost {
                             self.dirty_nodes.insert(id.clone());
                         }
                         self.state.nodes.insert(id, n);

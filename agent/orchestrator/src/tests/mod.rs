@@ -747,3 +747,43 @@ fn publishing_services_get_ingress_attachments_and_every_node_an_ingress_address
         );
     }
 }
+
+/// The leader's write of a node's ingress address loses to a concurrent patch of the node (its
+/// session recording it ready): the store's version, without the address, is put back on the
+/// leader, which then allocates the address again instead of leaving the node without its
+/// ingress-sbox.
+#[test]
+fn a_node_attachment_lost_to_a_concurrent_write_is_decided_again() {
+    use model::service::{PortConfig, Protocol, PublishMode};
+    let mut w = World::new(2, Mode::Incremental);
+    let mut ingress = network(&w.state, "ingress", None);
+    ingress.spec.ingress = true;
+    w.state.networks.insert(ingress.meta.id.clone(), ingress);
+    let mut svc = service(&w.state, "pub", replicas(1), &[]);
+    svc.spec.endpoint.ports = vec![PortConfig {
+        published: 8080,
+        target: 80,
+        protocol: Protocol::Tcp,
+        mode: PublishMode::Ingress,
+    }];
+    crate::ports::PublishedPorts::from_state(&w.state)
+        .allocate(&w.state, &mut svc)
+        .unwrap();
+    w.state.services.insert(svc.meta.id.clone(), svc);
+    w.settle();
+    let has = |n: &Node| n.attachments.iter().any(|a| a.network_id == "net-ingress");
+    assert!(w.state.nodes.values().all(has));
+    let mut stale = w.state.nodes["id2"].clone();
+    stale.attachments.clear();
+    let leader = w.leader.as_mut().expect("incremental");
+    leader.refresh(Kind::Node, "id2", Some(model::Object::Node(stale)));
+    let changes = leader.pass(w.now);
+    let again = changes.put.iter().any(|o| match o {
+        model::Object::Node(n) => n.meta.id == "id2" && has(n),
+        _ => false,
+    });
+    assert!(
+        again,
+        "the node's ingress address is allocated again: {changes:?}"
+    );
+}
