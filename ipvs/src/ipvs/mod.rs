@@ -70,6 +70,10 @@ pub struct IpvsLb {
     raw: Desired,
     admitted: Admitted,
     nets: BTreeMap<String, NetState>,
+    /// Whether a full `sync` has run since `open`. Before it (an agent that just restarted and
+    /// is still receiving its desired state), reconciles add and update what is admitted and
+    /// remove nothing they do not know about: the first full sync prunes.
+    synced: bool,
     /// Kernel counters as last read, so the reported totals never go down (see [`Totals`]).
     totals: Totals,
 }
@@ -122,6 +126,7 @@ impl IpvsLb {
             raw: Desired::default(),
             admitted: Admitted::default(),
             nets: BTreeMap::new(),
+            synced: false,
             totals: Totals::default(),
         })
     }
@@ -191,6 +196,16 @@ impl IpvsLb {
         }
         if !st.view.table_is_current(&net.subnet, net.addr) {
             only = None;
+        }
+        let known: BTreeSet<Ipv4Addr>;
+        if only.is_none() && !self.synced {
+            known = self
+                .admitted
+                .vips
+                .get(&net.id)
+                .map(|v| v.keys().copied().collect())
+                .unwrap_or_default();
+            only = Some(&known);
         }
         st.net = net.clone();
         let plan = NetPlan::new(net, &self.admitted, self.timeouts, only);
@@ -330,6 +345,7 @@ impl LoadBalancer for IpvsLb {
         let (admitted, refused) = plan::admit(desired, &self.admitted);
         self.raw = desired.clone();
         self.admitted = admitted;
+        self.synced = true;
         let targets = self
             .nets
             .keys()
