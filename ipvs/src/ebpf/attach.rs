@@ -119,6 +119,9 @@ pub(crate) fn check_pin_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The hooks whose programs bump the counters map (the forward translation).
+const COUNTING_HOOKS: [&str; 3] = ["connect4", "sendmsg4", "connect6"];
+
 fn link_pin(dir: &Path, hook: &str) -> PathBuf {
     dir.join(format!("link_{hook}"))
 }
@@ -192,7 +195,10 @@ pub(crate) fn load(pin_dir: &Path, cgroup: &Path) -> Result<Loaded> {
                 Ok(link) => {
                     // The pin keeps the link (and the program attached); this is one more fd.
                     let link = FdLink::from(link);
-                    if current_layout(&link, cnt_id, &mut progs) {
+                    // Only the hooks that count use the counters map: the others (reverse
+                    // translation) have nothing to show their layout by, and are adopted.
+                    if !COUNTING_HOOKS.contains(&hook) || current_layout(&link, cnt_id, &mut progs)
+                    {
                         // Adopted: nothing to do.
                         continue;
                     }
