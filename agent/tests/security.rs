@@ -483,6 +483,10 @@ fn certificates_renew_before_they_expire() {
     s.restart(3);
     s.restart(2);
     s.wait("node2 and node3 Ready again after restarting", all_ready);
+    // node2 reads its own replica, which may still be catching up after its restart.
+    s.wait("node2's replica holds node3", || {
+        s.node_as_seen_by(2, "node3").is_some()
+    });
     s.ctl(
         2,
         &["node", "update", "--label-add", "renewed=yes", "node3"],
