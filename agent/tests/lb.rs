@@ -176,12 +176,15 @@ fn vips_balance_tcp_and_udp_on_every_node() {
         let r = client(&s, c, &["http", &vip, "80", "300"]);
         println!("node{}: 300 requests to http://{vip}/: {r}", c.node);
         assert_eq!(r["fail"], 0, "no request failed from node{}: {r}", c.node);
-        // Each request is a connection this node's load balancer gave a task (IPVS publishes
-        // its counts every 2 s: waited for).
+        // eBPF: each request is a connection this node's load balancer gave a task. IPVS counts
+        // its connection entries (published every 2 s: waited for), and with Docker's
+        // conn_reuse_mode=0 a new connection on a recently used source port reuses an entry
+        // without counting (seen: 282 of 310 on one node): there the counter must move.
         let ok = r["ok"].as_f64().unwrap_or_default();
+        let want = if common::lb_mode() == "ipvs" { 1.0 } else { ok };
         s.wait(
             &format!("node{}'s balanced_total counts the requests", c.node),
-            || balanced(c.node) - before >= ok,
+            || balanced(c.node) - before >= want,
         );
         println!(
             "node{}: netagent_lb_balanced_total {before} -> {}",
