@@ -103,6 +103,7 @@ impl Metrics {
         dns(&mut reg);
         lb(&mut reg);
         tasks(&mut reg);
+        reg.register_collector(Box::new(Process));
         Metrics {
             registry: Mutex::new(reg),
             store,
@@ -643,5 +644,38 @@ impl Collector for Tasks {
             ConstGauge::new(n).encode(fam.encode_family(&[("state", state)])?)?;
         }
         Ok(())
+    }
+}
+
+/// The agent's own memory (from /proc/self/status), so a bound can be checked from outside.
+#[derive(Debug)]
+struct Process;
+
+impl Process {
+    /// A `/proc/self/status` field in kB, as bytes.
+    fn status_bytes(status: &str, field: &str) -> i64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+impl Collector for Process {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        gauge(
+            &mut e,
+            "process_resident_memory_bytes",
+            "The agent's resident memory (VmRSS)",
+            Self::status_bytes(&status, "VmRSS"),
+        )?;
+        gauge(
+            &mut e,
+            "process_resident_memory_peak_bytes",
+            "The agent's peak resident memory since it started (VmHWM)",
+            Self::status_bytes(&status, "VmHWM"),
+        )
     }
 }

@@ -215,6 +215,46 @@ fn refusals_change_nothing() {
     // The manager is alive and well, with its term untouched.
     s.ctl(1, &["node", "update", "--label-add", "still=ok", "node1"]);
 
+    // Join attempts from one address are limited (20 at once, then one every 2 s); another
+    // address is not slowed (node2 joins below).
+    let codes = in_node(&s, 1, || {
+        rt().block_on(async {
+            let anon = pki::tls::anonymous_client_config(&ca_pem).unwrap();
+            let ch =
+                netagent::rpc::transport::channel(&addr, anon, Duration::from_secs(5)).unwrap();
+            let mut codes = Vec::new();
+            for _ in 0..30 {
+                let st = CaClient::new(ch.clone())
+                    .join(netagent::rpc::messages::JoinRequest {
+                        token: wrong.clone(),
+                        csr_pem: String::new(),
+                        want_manager: false,
+                        hostname: "flood".into(),
+                        advertise_addr: "10.0.0.9".into(),
+                        data_path_addr: "10.0.0.9".into(),
+                        description: Default::default(),
+                    })
+                    .await
+                    .unwrap_err();
+                codes.push(st.code());
+            }
+            codes
+        })
+    });
+    let limited = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::ResourceExhausted)
+        .count();
+    let checked = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::PermissionDenied)
+        .count();
+    // (one more may pass for each 2 s the loop took)
+    assert!(
+        (20..=25).contains(&checked) && limited == 30 - checked,
+        "{codes:?}"
+    );
+
     // A rotated token replaces the old one.
     let rotated = s
         .ctl(1, &["swarm", "join-token", "--rotate", "-q", "worker"])
@@ -354,6 +394,14 @@ fn demoted_and_removed_nodes_lose_the_cluster_port() {
         .ctl(1, &["swarm", "join-token", "-q", "worker"])
         .trim()
         .to_string();
+    let rss = |s: &Swarm| {
+        let m = s.metrics(1);
+        (
+            metric(&m, "netagent_process_resident_memory_bytes", &[]),
+            metric(&m, "netagent_process_resident_memory_peak_bytes", &[]),
+        )
+    };
+    let (rss_before, _) = rss(&s);
     let (big, junk_sent) = in_node(&s, 4, || {
         rt().block_on(async {
             let anon = pki::tls::anonymous_client_config(&ca_pem).unwrap();
@@ -394,6 +442,19 @@ fn demoted_and_removed_nodes_lose_the_cluster_port() {
     );
     assert_eq!(junk_sent, 1000);
     s.ctl(1, &["node", "update", "--label-add", "after=junk", "node1"]);
+    // Memory stays bounded: the 100 MiB message was never buffered.
+    let (rss_after, peak) = rss(&s);
+    println!(
+        "manager memory: {:.1} MiB before, {:.1} MiB after, peak {:.1} MiB",
+        rss_before / 1048576.0,
+        rss_after / 1048576.0,
+        peak / 1048576.0
+    );
+    assert!(rss_before > 0.0 && peak > 0.0);
+    assert!(
+        peak < rss_before + 64.0 * 1048576.0,
+        "the manager's memory grew by more than 64 MiB: {rss_before} -> peak {peak}"
+    );
     let nodes = s.ctl(1, &["node", "ls"]);
     assert!(!nodes.contains("big"), "{nodes}");
     // Counted.

@@ -14,6 +14,7 @@
 //! builder, no protoc); messages are in [`messages`].
 
 pub mod codec;
+pub mod limit;
 pub mod messages;
 pub mod transport;
 

@@ -16,6 +16,8 @@ use crate::services::authz::{Needs, authorize};
 
 pub struct CaService {
     pub member: Arc<Member>,
+    /// Join attempts per source address.
+    pub join_limit: crate::rpc::limit::SourceLimit,
 }
 
 fn pki_role(r: Role) -> pki::Role {
@@ -37,7 +39,17 @@ impl CaService {
 #[tonic::async_trait]
 impl CaRpc for CaService {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let peer_ip = req.remote_addr().map(|a| a.ip().to_string());
+        let peer = req.remote_addr().map(|a| a.ip());
+        if let Some(ip) = peer
+            && !self.join_limit.admit(ip)
+        {
+            tracing::info!(%ip, "join refused: too many attempts from this address");
+            crate::metrics::cluster_port_refused("ca", tonic::Code::ResourceExhausted);
+            return Err(Status::resource_exhausted(
+                "too many join attempts from this address; wait a few seconds and try again",
+            ));
+        }
+        let peer_ip = peer.map(|ip| ip.to_string());
         let req = req.into_inner();
         let (cluster, ca) = self.ca()?;
         let given =

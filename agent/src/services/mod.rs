@@ -43,6 +43,7 @@ pub async fn serve(
         .add_service(
             CaServer::new(ca::CaService {
                 member: member.clone(),
+                join_limit: crate::rpc::limit::joins(),
             })
             .max_decoding_message_size(MAX_CA_MESSAGE),
         )
