@@ -51,13 +51,25 @@ pub(crate) fn create_link(nl: &mut Nl, req: Req, name: &str) -> Result<Link> {
 
 /// Makes the IPv4 addresses of link `index` exactly `want`.
 pub(crate) fn ensure_addrs(nl: &mut Nl, index: u32, dev: &str, want: &[Addr]) -> Result<()> {
+    ensure_addrs_keeping(nl, index, dev, want, |_| false)
+}
+
+/// Makes the IPv4 addresses of link `index` `want`, plus those others that `keep` says belong
+/// to someone else.
+pub(crate) fn ensure_addrs_keeping(
+    nl: &mut Nl,
+    index: u32,
+    dev: &str,
+    want: &[Addr],
+    keep: impl Fn(&Addr) -> bool,
+) -> Result<()> {
     let have: Vec<Addr> = kernel::addrs(nl)?
         .into_iter()
         .filter(|a| a.index == index)
         .collect();
     let mut reqs = Vec::new();
     for a in &have {
-        if !want.contains(a) {
+        if !want.contains(a) && !keep(a) {
             reqs.push(kernel::del_addr(a, dev));
         }
     }
@@ -177,7 +189,10 @@ pub(crate) fn ensure_veth(host_nl: &mut Nl, counter: &Arc<Counter>, w: &VethWant
     if w.isolated && host.isolated != Some(true) {
         host_nl.request(kernel::set_isolated(&host))?;
     }
-    ensure_addrs(
+    // The endpoint's own address; /32s next to it are the load balancer's (IPVS puts the VIPs
+    // of a network on its load-balancer endpoint) and are not this reconcile's to remove.
+    let own_prefix = w.prefix;
+    ensure_addrs_keeping(
         &mut task_nl,
         tl.index,
         w.ifname,
@@ -186,6 +201,7 @@ pub(crate) fn ensure_veth(host_nl: &mut Nl, counter: &Arc<Counter>, w: &VethWant
             addr: w.addr,
             prefix: w.prefix,
         }],
+        |a| a.prefix == 32 && own_prefix != 32,
     )?;
     match w.route {
         RouteWant::Leave => {}

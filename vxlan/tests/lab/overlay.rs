@@ -158,6 +158,13 @@ fn two_networks_on_three_nodes() {
         "no VNI {VNI_B} packet 1 -> 3: {pkts:?}"
     );
 
+    // A /32 next to an endpoint's address is someone else's (IPVS puts a network's VIPs on its
+    // load-balancer endpoint): a reconcile leaves it where it is.
+    ip(
+        &tasks.a[0].0,
+        &["addr", "add", "192.0.2.77/32", "dev", "eth0"],
+    );
+
     // A second reconcile of unchanged desired state writes nothing.
     for (k, dp) in dps.iter_mut().enumerate() {
         let w = dp.writes();
@@ -171,6 +178,9 @@ fn two_networks_on_three_nodes() {
         assert_eq!(ch, vxlan::PeerChanges::default());
         assert_eq!(dp.writes(), w, "node {}: unchanged peer set wrote", k + 1);
     }
+
+    let eth0 = ip(&tasks.a[0].0, &["addr", "show", "eth0"]);
+    assert!(eth0.contains("192.0.2.77/32"), "{eth0}");
 
     // A peer that moves to another VTEP: its FDB entry is rewritten in place (one write);
     // pointed at the wrong node it is unreachable, pointed back it is reachable again.
