@@ -10,6 +10,7 @@ mod network;
 mod node;
 mod service;
 mod swarm;
+mod swarm_ca;
 pub mod table;
 
 use std::path::PathBuf;
