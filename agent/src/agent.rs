@@ -461,7 +461,10 @@ impl Agent {
                 data_path_addr: data_path.clone(),
                 attachments: Vec::new(),
                 cert_expires_at,
-                tls_info: None,
+                tls_info: Some(crate::ca_rotation::tls_info_of(
+                    ca.cert_pem(),
+                    ca.cert_pem(),
+                )),
             };
             store
                 .propose(Batch::new(vec![

@@ -65,6 +65,17 @@ pub fn start(c: &Cluster, force_rotate: u64) -> Result<serde_json::Value> {
     }))
 }
 
+/// The TLS state of a node that trusts `trust_pem` and holds a certificate issued by the root
+/// `issuer_pem` (what a node created by `swarm init` or a join will report).
+pub fn tls_info_of(trust_pem: &str, issuer_pem: &str) -> model::node::TlsInfo {
+    let issuer = pki::tls::issuer_info_of_ca(issuer_pem).unwrap_or_default();
+    model::node::TlsInfo {
+        trust_root: trust_pem.to_string(),
+        cert_issuer_subject: issuer.subject,
+        cert_issuer_public_key: issuer.public_key,
+    }
+}
+
 /// How far a rotation has come: nodes in the store, those whose certificate the new root
 /// issued, those that trust the new root alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

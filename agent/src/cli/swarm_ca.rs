@@ -90,7 +90,10 @@ pub async fn run(client: &Client, rotate: bool, detach: bool, quiet: bool) -> Re
     loop {
         let (s, nodes) = read(client).await?;
         let p = progress(&s, &nodes);
-        if !quiet && last != Some(p) {
+        let changed = last.is_none_or(|l| {
+            (l.certificates, l.trust, l.nodes) != (p.certificates, p.trust, p.nodes)
+        });
+        if !quiet && changed {
             println!(
                 "rotated TLS certificates: {}/{} nodes",
                 p.certificates, p.nodes

@@ -125,6 +125,9 @@ pub enum SessionUp {
         description: NodeDescription,
         advertise_addr: String,
         data_path_addr: String,
+        /// The node's TLS state (see `Tls`), recorded with the rest.
+        #[serde(default)]
+        tls: Option<model::node::TlsInfo>,
     },
     Heartbeat,
     /// What the node's executor observed of its tasks (latest per task). Sent again until the

@@ -109,7 +109,12 @@ impl CaRpc for CaService {
             data_path_addr: req.data_path_addr.clone(),
             attachments: Vec::new(),
             cert_expires_at: crate::certs::expires_at(&cert_pem),
-            tls_info: None,
+            // What the node will report: it trusts what it is sent, its certificate is the
+            // signer's (recorded now so that its first session changes nothing).
+            tls_info: Some(crate::ca_rotation::tls_info_of(
+                &cluster.trust_pem(),
+                cluster.issuer_pem(),
+            )),
         };
         self.member
             .write(Batch::one(Change::Create(Object::Node(node))))

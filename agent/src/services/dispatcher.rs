@@ -140,6 +140,7 @@ fn session_stream(
                     description,
                     advertise_addr,
                     data_path_addr,
+                    tls,
                 } => {
                     // Record what the node says it is, and that it is up.
                     let mut patch = serde_json::json!({
@@ -153,11 +154,16 @@ fn session_stream(
                     if let Some(ip) = &peer_ip {
                         patch["status"]["addr"] = serde_json::json!(ip);
                     }
+                    let tls_known = tls.is_none() || node.tls_info == tls;
+                    if let Some(t) = tls.filter(|_| !tls_known) {
+                        patch["tls_info"] = serde_json::json!(t);
+                    }
                     let unchanged = node.description == description
                         && node.advertise_addr == advertise_addr
                         && node.data_path_addr == data_path_addr
                         && node.status.state == NodeState::Ready
-                        && peer_ip.as_ref().is_none_or(|ip| *ip == node.status.addr);
+                        && peer_ip.as_ref().is_none_or(|ip| *ip == node.status.addr)
+                        && tls_known;
                     // Recorded before the Welcome, so a node that sees its session open (a
                     // `swarm join` waiting for it) is Ready in `node ls` too.
                     if !unchanged {
