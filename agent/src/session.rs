@@ -60,7 +60,7 @@ async fn session(
             description: crate::sysinfo::describe(&agent.cfg),
             advertise_addr: state.advertise_addr.clone(),
             data_path_addr: state.data_path_addr.clone(),
-            tls: Some(crate::certs::tls_info(member)),
+            tls: Some(Box::new(crate::certs::tls_info(member))),
         })
         .await;
     let mut client = DispatcherClient::new(channel);

@@ -127,7 +127,7 @@ pub enum SessionUp {
         data_path_addr: String,
         /// The node's TLS state (see `Tls`), recorded with the rest.
         #[serde(default)]
-        tls: Option<model::node::TlsInfo>,
+        tls: Option<Box<model::node::TlsInfo>>,
     },
     Heartbeat,
     /// What the node's executor observed of its tasks (latest per task). Sent again until the

@@ -154,6 +154,7 @@ fn session_stream(
                     if let Some(ip) = &peer_ip {
                         patch["status"]["addr"] = serde_json::json!(ip);
                     }
+                    let tls = tls.map(|t| *t);
                     let tls_known = tls.is_none() || node.tls_info == tls;
                     if let Some(t) = tls.filter(|_| !tls_known) {
                         patch["tls_info"] = serde_json::json!(t);
