@@ -185,6 +185,9 @@ async fn renew(agent: &Agent, member: &Member) -> Result<()> {
             .cert
             .replace(&member.trust.pem(), &keys)
             .map_err(|e| Failure::internal(format!("the renewed certificate is unusable: {e}")))?;
+        // New connections from here on present it: after a CA rotation the managers close the
+        // ones set up with a certificate of the old CA.
+        member.reset_channels();
         Saved {
             node: member.node_state(),
             ca_pem: member.trust.pem(),

@@ -159,6 +159,15 @@ impl Member {
         Ok(c)
     }
 
+    /// Forgets the cached channels: the next calls connect again, presenting the certificate
+    /// held now (after a renewal; calls in flight finish on their connection).
+    pub fn reset_channels(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// The manager parts, or the error docker gives on a worker.
     /// The cluster addresses of the voting managers (empty on a worker), as joiners and
     /// sessions are told them.

@@ -144,6 +144,10 @@ pub fn server_config_with(trust: &Arc<Trust>, cert: Arc<NodeCert>) -> Result<Arc
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(trust.client_verifier())
         .with_cert_resolver(cert);
+    // No session resumption: a resumed session would bring back the client certificate verified
+    // under an earlier trust (before a CA rotation completed) without checking it again.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -380,6 +384,10 @@ mod tests {
                 .is_err()
         );
         assert!(trust.replace("garbage").is_err());
+        assert_eq!(trust.generation(), 1);
+        assert!(!trust.accepts(&old_chain));
+        assert!(trust.accepts(&chain(rot.ca.cert_pem(), &new_keys).unwrap()));
+        assert!(!trust.accepts(&[]));
         assert_eq!(trust.digests(), vec![rot.ca.digest()]);
 
         // Which root issued which certificate.

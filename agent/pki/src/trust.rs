@@ -6,6 +6,7 @@
 //! certificate from the new CA it holds the new root alone, and a certificate from the old CA
 //! fails the handshake from then on.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::client::WebPkiServerVerifier;
@@ -135,6 +136,8 @@ struct State {
 /// apply from the next handshake on.
 pub struct Trust {
     state: RwLock<State>,
+    /// Raised by every change: connections verified under an older trust check again.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Trust {
@@ -170,6 +173,7 @@ impl Trust {
     pub fn new(roots_pem: &str) -> Result<Arc<Trust>> {
         Ok(Arc::new(Trust {
             state: RwLock::new(build(roots_pem)?),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -181,7 +185,24 @@ impl Trust {
         }
         let next = build(roots_pem)?;
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = next;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(true)
+    }
+
+    /// How many times the trust changed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether a client certificate chain (the node certificate first, as presented) is trusted
+    /// now: for connections set up under an earlier trust.
+    pub fn accepts(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((leaf, rest)) = chain.split_first() else {
+            return false;
+        };
+        self.client()
+            .verify_client_cert(leaf, rest, UnixTime::now())
+            .is_ok()
     }
 
     /// The trusted roots, PEM, as given.
