@@ -225,8 +225,8 @@ impl Agent {
         let unusable =
             |e: pki::Error| Failure::internal(format!("the node's certificates are unusable: {e}"));
         let cert = pki::tls::NodeCert::new(&saved.ca_pem, &saved.keys).map_err(unusable)?;
-        let client_tls =
-            pki::tls::client_config_with(&saved.ca_pem, cert.clone()).map_err(unusable)?;
+        let trust = pki::tls::Trust::new(&saved.ca_pem).map_err(unusable)?;
+        let client_tls = pki::tls::client_config_with(&trust, cert.clone()).map_err(unusable)?;
         let addr = cfg.cluster_addr(&saved.node.advertise_addr);
         // Managers probe each other at least every second (quorum decisions must not trail a
         // dead manager by three dispatcher periods of 5 s).
@@ -264,7 +264,7 @@ impl Agent {
         };
         let member = Arc::new(Member::new(
             saved.node.clone(),
-            saved.ca_pem.clone(),
+            trust.clone(),
             cert.clone(),
             client_tls,
             manager,
@@ -284,7 +284,7 @@ impl Agent {
                 }
             };
             let server_tls =
-                pki::tls::server_config_with(&saved.ca_pem, cert.clone()).map_err(unusable)?;
+                pki::tls::server_config_with(&trust, cert.clone()).map_err(unusable)?;
             member.spawn(crate::services::serve(
                 self.clone(),
                 member.clone(),
@@ -436,6 +436,8 @@ impl Agent {
                 },
                 data_key_rotated_at: None,
                 removed_nodes: Vec::new(),
+                root_rotation: None,
+                ca_force_rotate: 0,
             };
             let node = Node {
                 meta: Meta::with_id(node_id.clone()),
@@ -459,6 +461,10 @@ impl Agent {
                 data_path_addr: data_path.clone(),
                 attachments: Vec::new(),
                 cert_expires_at,
+                tls_info: Some(crate::ca_rotation::tls_info_of(
+                    ca.cert_pem(),
+                    ca.cert_pem(),
+                )),
             };
             store
                 .propose(Batch::new(vec![
@@ -568,9 +574,10 @@ impl Agent {
             })?
             .into_inner();
         // The CA we keep must be the one the token pins.
-        let ca_der = pki::tls::cert_der_from_pem(&resp.ca_pem)
+        // (During a CA rotation the answer holds both roots, the one the token pins first.)
+        let roots = pki::tls::certs_der_from_pem(&resp.ca_pem)
             .map_err(|e| Failure::internal(e.to_string()))?;
-        if pki::ca_digest(&ca_der) != token.ca_digest {
+        if !roots.iter().any(|r| pki::ca_digest(r) == token.ca_digest) {
             return Err(Failure::forbidden(
                 "the manager sent a CA certificate that does not match the digest in the join token; refusing to join",
             ));

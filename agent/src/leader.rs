@@ -1,6 +1,7 @@
 //! Leader-only loops. They start when this manager becomes leader and stop when it is not any
 //! more (`Store::leader_watch`): node status (Ready / Down from dispatcher heartbeats), role
-//! reconciliation (a demoted manager leaves Raft) and the orchestrator (replicas, task
+//! reconciliation (a demoted manager leaves Raft), data-path key rotation, the completion of a CA
+//! rotation (`crate::ca_rotation`) and the orchestrator (replicas, task
 //! allocation, scheduling: `orchestrator::Leader`), fed by the store's change feed.
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
             node_status(&member, since, period).await;
             reconcile_roles(&member).await;
             rotate_data_keys(&member).await;
+            crate::ca_rotation::reconcile(&member).await;
         }
         drop(_stop);
         // Allocations are decided by the next leader, from its own view; nodes' sessions go to it.

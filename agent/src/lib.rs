@@ -39,6 +39,7 @@
 pub mod agent;
 pub mod api;
 pub mod assign;
+pub mod ca_rotation;
 pub mod certs;
 pub mod cli;
 pub mod config;

@@ -43,7 +43,10 @@ pub struct Manager {
 
 pub struct Member {
     pub state: Mutex<NodeState>,
-    pub ca_pem: String,
+    /// The roots this node trusts on the cluster port (replaced in place by a CA rotation).
+    pub trust: Arc<pki::tls::Trust>,
+    /// Wakes the renewal loop at once (a CA rotation: renew from the new root now).
+    pub renew_now: tokio::sync::Notify,
     /// The node certificate TLS presents (client and, on managers, server); renewed in place.
     pub cert: Arc<pki::tls::NodeCert>,
     pub client_tls: Arc<ClientConfig>,
@@ -85,7 +88,7 @@ impl Member {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         state: NodeState,
-        ca_pem: String,
+        trust: Arc<pki::tls::Trust>,
         cert: Arc<pki::tls::NodeCert>,
         client_tls: Arc<ClientConfig>,
         manager: Option<Manager>,
@@ -95,7 +98,8 @@ impl Member {
     ) -> Member {
         Member {
             state: Mutex::new(state),
-            ca_pem,
+            trust,
+            renew_now: tokio::sync::Notify::new(),
             cert,
             client_tls,
             manager,
@@ -153,6 +157,15 @@ impl Member {
             .map_err(|s| Failure::from_status(&s))?;
         map.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// Forgets the cached channels: the next calls connect again, presenting the certificate
+    /// held now (after a renewal; calls in flight finish on their connection).
+    pub fn reset_channels(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// The manager parts, or the error docker gives on a worker.

@@ -60,6 +60,7 @@ async fn session(
             description: crate::sysinfo::describe(&agent.cfg),
             advertise_addr: state.advertise_addr.clone(),
             data_path_addr: state.data_path_addr.clone(),
+            tls: Some(Box::new(crate::certs::tls_info(member))),
         })
         .await;
     let mut client = DispatcherClient::new(channel);
@@ -72,6 +73,7 @@ async fn session(
     })?;
     tracing::debug!(manager = %addr, "dispatcher session open");
     let mut inbound = resp.into_inner();
+    let mut tls = TlsCache::default();
     let mut ticker = tokio::time::interval(*member.heartbeat.borrow());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -85,6 +87,10 @@ async fn session(
                 if send_status(member, &tx).await.is_err() {
                     return Err(None);
                 }
+                // So does the node's TLS state until its object shows it.
+                if send_tls(member, &tx, &mut tls).await.is_err() {
+                    return Err(None);
+                }
             }
             _ = member.task_status_notify.notified() => {
                 if send_status(member, &tx).await.is_err() {
@@ -93,6 +99,9 @@ async fn session(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(SessionDown::Welcome { heartbeat_ms, managers, cluster })) => {
+                    if let Some(ca) = cluster.as_ref().and_then(|c| c.ca.as_ref()) {
+                        crate::certs::apply_ca(agent, member, ca);
+                    }
                     if cluster.is_some() {
                         member.cluster_info.send_if_modified(|c| {
                             let changed = *c != cluster;
@@ -109,6 +118,9 @@ async fn session(
                 }
                 Ok(Some(SessionDown::Heartbeat { node, managers, cluster })) => {
                     remember_managers(agent, member, managers);
+                    if let Some(ca) = cluster.as_ref().and_then(|c| c.ca.as_ref()) {
+                        crate::certs::apply_ca(agent, member, ca);
+                    }
                     if cluster.is_some() {
                         member.cluster_info.send_if_modified(|c| {
                             let changed = *c != cluster;
@@ -204,6 +216,38 @@ async fn send_status(member: &Member, tx: &tokio::sync::mpsc::Sender<SessionUp>)
     tx.send(SessionUp::TaskStatus { updates })
         .await
         .map_err(|_| ())
+}
+
+/// The node's TLS state, computed again only when its certificate or trust changed.
+#[derive(Default)]
+struct TlsCache {
+    key: (String, String),
+    info: Option<model::node::TlsInfo>,
+}
+
+/// Sends the node's TLS state unless its object (as the leader last sent it) shows it.
+async fn send_tls(
+    member: &Member,
+    tx: &tokio::sync::mpsc::Sender<SessionUp>,
+    cache: &mut TlsCache,
+) -> Result<(), ()> {
+    let key = (member.cert.keys().cert_pem, member.trust.pem());
+    if cache.info.is_none() || cache.key != key {
+        cache.info = Some(crate::certs::tls_info(member));
+        cache.key = key;
+    }
+    let Some(info) = cache.info.clone() else {
+        return Ok(());
+    };
+    let recorded = member
+        .node_obj
+        .borrow()
+        .as_ref()
+        .is_some_and(|n| n.tls_info.as_ref() == Some(&info));
+    if recorded {
+        return Ok(());
+    }
+    tx.send(SessionUp::Tls { info }).await.map_err(|_| ())
 }
 
 fn remember_managers(agent: &Agent, member: &Member, managers: Vec<String>) {

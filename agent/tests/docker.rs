@@ -609,6 +609,22 @@ fn docker_cli_makes_and_changes_the_swarm() {
     let out = docker(&s, 1, &["swarm", "unlock-key"]);
     assert!(!out.status.success(), "autolock is off: no key");
 
+    // `docker swarm ca --rotate` (ForceRotate through /swarm/update) moves both nodes to a new
+    // root; docker and netctl show the same root after.
+    let root = dk(&s, 1, &["swarm", "ca"]);
+    assert_eq!(root.trim(), s.ctl(1, &["swarm", "ca"]).trim());
+    dk(&s, 1, &["swarm", "ca", "--rotate"]);
+    s.wait("the rotation completes", || {
+        let now = s.ctl(1, &["swarm", "ca"]);
+        now != root
+            && !s
+                .ctl(1, &["swarm", "inspect"])
+                .contains(r#""RootRotationInProgress": true"#)
+    });
+    let rotated_root = dk(&s, 1, &["swarm", "ca"]);
+    assert_ne!(rotated_root, root);
+    assert_eq!(rotated_root.trim(), s.ctl(1, &["swarm", "ca"]).trim());
+
     // A worker refuses manager commands as docker does; leave.
     let out = docker(&s, 2, &["node", "ls"]);
     assert!(

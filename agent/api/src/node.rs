@@ -71,6 +71,9 @@ pub struct Description {
         skip_serializing_if = "String::is_empty"
     )]
     pub certificate_expiry: String,
+    /// docker's TLSInfo: the roots the node trusts and the issuer of its certificate.
+    #[serde(rename = "TLSInfo", default)]
+    pub tls_info: crate::swarm::TlsInfo,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +217,15 @@ pub fn node(n: &model::Node, manager_status: Option<ManagerStatus>) -> Node {
             certificate_expiry: n
                 .cert_expires_at
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+            tls_info: n
+                .tls_info
+                .as_ref()
+                .map(|t| crate::swarm::TlsInfo {
+                    trust_root: t.trust_root.clone(),
+                    cert_issuer_subject: t.cert_issuer_subject.clone(),
+                    cert_issuer_public_key: t.cert_issuer_public_key.clone(),
+                })
                 .unwrap_or_default(),
         },
         status: Status {

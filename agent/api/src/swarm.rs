@@ -27,6 +27,14 @@ pub struct ClusterInfo {
     pub tls_info: TlsInfo,
     #[serde(rename = "RootRotationInProgress", default)]
     pub root_rotation_in_progress: bool,
+    /// netagent's own: during a CA rotation, the new root (`TrustRoot`) and its subject and key,
+    /// which node certificates are issued from now. Docker clients drop it.
+    #[serde(
+        rename = "RootRotation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_rotation: Option<TlsInfo>,
     #[serde(
         rename = "DefaultAddrPool",
         default,
@@ -39,7 +47,8 @@ pub struct ClusterInfo {
     pub data_path_port: u32,
 }
 
-/// docker's TLSInfo: the root of trust (the CA certificate, PEM).
+/// docker's TLSInfo: the root of trust (the CA certificate, PEM) and the subject and public key
+/// (DER, base64) of the root that issues certificates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsInfo {
     #[serde(
@@ -266,7 +275,8 @@ pub struct UnlockKey {
 /// Nanoseconds in a millisecond.
 const MS: u64 = 1_000_000;
 
-/// The cluster as docker shows it, from the stored object. `trust_root` is the CA certificate.
+/// The cluster as docker shows it, from the stored object. `trust_root` is the CA certificate;
+/// the issuer's subject and key are the daemon's to fill (this crate parses no certificate).
 pub fn cluster_info(c: &model::Cluster, election_tick: u64, heartbeat_tick: u64) -> ClusterInfo {
     ClusterInfo {
         id: c.meta.id.clone(),
@@ -288,6 +298,7 @@ pub fn cluster_info(c: &model::Cluster, election_tick: u64, heartbeat_tick: u64)
             },
             ca_config: CaConfig {
                 node_cert_expiry: c.settings.node_cert_expiry_ms * MS,
+                force_rotate: c.ca_force_rotate,
                 ..Default::default()
             },
             encryption_config: EncryptionConfig {
@@ -300,7 +311,11 @@ pub fn cluster_info(c: &model::Cluster, election_tick: u64, heartbeat_tick: u64)
             trust_root: c.ca_cert_pem.clone(),
             ..Default::default()
         },
-        root_rotation_in_progress: false,
+        root_rotation_in_progress: c.root_rotation.is_some(),
+        root_rotation: c.root_rotation.as_ref().map(|r| TlsInfo {
+            trust_root: r.ca_cert_pem.clone(),
+            ..Default::default()
+        }),
         default_addr_pool: c.default_addr_pools.clone(),
         subnet_size: u32::from(c.subnet_size),
         data_path_port: u32::from(c.data_path_port),
@@ -338,8 +353,10 @@ pub fn settings_update(
     if wanted.raft != current.raft && wanted.raft != RaftConfig::default() {
         return refuse("the Raft settings (they are netagent's flags)");
     }
+    // ForceRotate starts a CA rotation (the daemon's `/swarm/update`), not a setting.
     let ca_rest = |c: &CaConfig| CaConfig {
         node_cert_expiry: 0,
+        force_rotate: 0,
         ..c.clone()
     };
     if ca_rest(&wanted.ca_config) != ca_rest(&current.ca_config)
@@ -404,6 +421,8 @@ mod tests {
             settings: Default::default(),
             data_key_rotated_at: None,
             removed_nodes: Vec::new(),
+            root_rotation: None,
+            ca_force_rotate: 0,
         }
     }
 

@@ -30,6 +30,66 @@ pub struct Cluster {
     /// cluster port refuses them on every service, whatever their expiry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_nodes: Vec<String>,
+    /// A CA rotation in progress (`swarm ca --rotate`; swarmkit's RootRotation): the CA issues
+    /// from the new root while `ca_cert_pem` stays the old one until every node holds a
+    /// certificate of the new root; then the new root replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_rotation: Option<RootRotation>,
+    /// docker's `CAConfig.ForceRotate`: a rotation starts whenever `/swarm/update` brings a
+    /// value other than this one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ca_force_rotate: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The new root of a CA rotation in progress.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootRotation {
+    /// PEM of the new root CA certificate.
+    pub ca_cert_pem: String,
+    /// PEM of its key (the store is only on managers, as the current CA key).
+    pub ca_key_pem: String,
+    /// PEM of the new root's key certified by the old root: appended to the certificates the CA
+    /// issues during the rotation, so peers still trusting only the old root accept them.
+    pub cross_signed_pem: String,
+    pub started_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for RootRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key: debug output ends up in logs.
+        f.debug_struct("RootRotation")
+            .field("started_at", &self.started_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// The roots every node trusts now (PEM): the root, and during a rotation the new one after
+    /// it.
+    pub fn trust_pem(&self) -> String {
+        match &self.root_rotation {
+            None => self.ca_cert_pem.clone(),
+            Some(r) => {
+                let mut s = self.ca_cert_pem.trim_end().to_string();
+                s.push('\n');
+                s.push_str(r.ca_cert_pem.trim_end());
+                s.push('\n');
+                s
+            }
+        }
+    }
+
+    /// The root the CA issues node certificates from now (PEM).
+    pub fn issuer_pem(&self) -> &str {
+        match &self.root_rotation {
+            None => &self.ca_cert_pem,
+            Some(r) => &r.ca_cert_pem,
+        }
+    }
 }
 
 /// Subsystem of the data-path (IPsec) keys.

@@ -100,4 +100,20 @@ pub struct Node {
     /// When the node certificate the CA last signed for this node expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// What the node reports of its TLS state (docker's TLSInfo): the roots it trusts and who
+    /// issued the certificate it presents. A CA rotation completes when every node's issuer is
+    /// the new root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_info: Option<TlsInfo>,
+}
+
+/// A node's TLS state as it reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TlsInfo {
+    /// The root certificates the node trusts (PEM, as the cluster sent them).
+    pub trust_root: String,
+    /// The subject of the root that issued the node's certificate (DER, base64).
+    pub cert_issuer_subject: String,
+    /// That root's public key (DER SubjectPublicKeyInfo, base64).
+    pub cert_issuer_public_key: String,
 }

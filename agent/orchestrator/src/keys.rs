@@ -95,6 +95,8 @@ mod tests {
             },
             data_key_rotated_at: None,
             removed_nodes: Vec::new(),
+            root_rotation: None,
+            ca_force_rotate: 0,
         }
     }
 

@@ -28,6 +28,18 @@ pub struct Ca {
     cert_pem: String,
     key_pem: String,
     cert_der: Vec<u8>,
+    /// Certificates appended to every certificate this CA signs (PEM): during a CA rotation,
+    /// the new root cross-signed by the old one, so that peers still trusting only the old root
+    /// accept the new certificates.
+    intermediates_pem: String,
+}
+
+/// A CA rotation's material: the new root and the new root's key certified by the old root.
+#[derive(Clone)]
+pub struct Rotation {
+    pub ca: Ca,
+    /// PEM of the cross-signed certificate: subject and key of the new root, issued by the old.
+    pub cross_signed_pem: String,
 }
 
 impl std::fmt::Debug for Ca {
@@ -42,10 +54,47 @@ impl Ca {
     /// A new self-signed root CA for the cluster `cluster_id`.
     pub fn generate(cluster_id: &str) -> Result<Ca> {
         let key = KeyPair::generate()?;
+        let params = Self::root_params(cluster_id, None)?;
+        let cert = params.self_signed(&key)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            intermediates_pem: String::new(),
+        })
+    }
+
+    /// A CA rotation away from this root (as swarmkit does it): a new self-signed root with a
+    /// fresh key and its own name, and the same root certificate signed by this one.
+    pub fn rotate(&self, cluster_id: &str) -> Result<Rotation> {
+        let key = KeyPair::generate()?;
+        let tag = format!(
+            "rotation {}",
+            OffsetDateTime::now_utc().unix_timestamp_nanos()
+        );
+        let params = Self::root_params(cluster_id, Some(&tag))?;
+        let cert = params.self_signed(&key)?;
+        let cross = params.signed_by(&key, &self.issuer()?)?;
+        Ok(Rotation {
+            ca: Ca {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                cert_der: cert.der().to_vec(),
+                intermediates_pem: String::new(),
+            },
+            cross_signed_pem: cross.pem(),
+        })
+    }
+
+    fn root_params(cluster_id: &str, tag: Option<&str>) -> Result<CertificateParams> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "swarm-ca");
         dn.push(DnType::OrganizationName, cluster_id);
+        if let Some(tag) = tag {
+            // A name of its own: the cross-signed certificate must not look self-issued.
+            dn.push(DnType::OrganizationalUnitName, tag);
+        }
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
@@ -56,12 +105,7 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + CA_VALIDITY;
-        let cert = params.self_signed(&key)?;
-        Ok(Ca {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            cert_der: cert.der().to_vec(),
-        })
+        Ok(params)
     }
 
     /// The CA kept in the store.
@@ -75,7 +119,30 @@ impl Ca {
             cert_pem: cert_pem.to_string(),
             key_pem: key_pem.to_string(),
             cert_der,
+            intermediates_pem: String::new(),
         })
+    }
+
+    /// This CA, appending `pem` (certificates) to every certificate it signs.
+    pub fn with_intermediates(mut self, pem: &str) -> Result<Ca> {
+        if !pem.trim().is_empty() {
+            crate::trust::certs_der_from_pem(pem)?;
+        }
+        self.intermediates_pem = pem.trim().to_string();
+        Ok(self)
+    }
+
+    fn chain(&self, leaf_pem: String) -> String {
+        if self.intermediates_pem.is_empty() {
+            return leaf_pem;
+        }
+        let mut out = leaf_pem;
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&self.intermediates_pem);
+        out.push('\n');
+        out
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -134,7 +201,7 @@ impl Ca {
     ) -> Result<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         let cert = Self::node_params(id, validity)?.signed_by(&csr.public_key, &self.issuer()?)?;
-        Ok(cert.pem())
+        Ok(self.chain(cert.pem()))
     }
 
     /// A fresh key and certificate for `id` (the first manager at `swarm init`).
@@ -142,7 +209,7 @@ impl Ca {
         let key = KeyPair::generate()?;
         let cert = Self::node_params(id, validity)?.signed_by(&key, &self.issuer()?)?;
         Ok(NodeKeys {
-            cert_pem: cert.pem(),
+            cert_pem: self.chain(cert.pem()),
             key_pem: key.serialize_pem(),
         })
     }

@@ -13,8 +13,9 @@ mod ca;
 mod identity;
 pub mod tls;
 mod token;
+mod trust;
 
-pub use ca::{Ca, NODE_CERT_BACKDATE_SECS, NodeKeys, new_csr};
+pub use ca::{Ca, NODE_CERT_BACKDATE_SECS, NodeKeys, Rotation, new_csr};
 pub use identity::{Identity, Role, validity};
 pub use token::{JoinToken, ca_digest};
 

@@ -5,6 +5,8 @@
 //!   connect: only the join service accepts such a connection; every other service checks the
 //!   verified peer certificate and its role ([`crate::Identity`]).
 //! - [`client_config`]: a member's side, presenting its node certificate.
+//! - Trust ([`Trust`]) and the node certificate ([`NodeCert`]) are both replaceable in place: a
+//!   CA rotation changes them without a restart.
 //! - [`pinned_client_config`]: a joining node's side, without a certificate, trusting a manager
 //!   only if the CA in its chain has the digest from the join token.
 
@@ -15,11 +17,13 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
+pub use crate::trust::{
+    IssuerInfo, Trust, base64, certs_der_from_pem, issuer_info_of_ca, issuer_of, pem_of,
+};
 use crate::{Error, MANAGER_SERVER_NAME, NodeKeys, Result};
 
 fn provider() -> Arc<CryptoProvider> {
@@ -48,17 +52,17 @@ fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>> {
     })
 }
 
-fn roots(ca_pem: &str) -> Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from(cert_der_from_pem(ca_pem)?))?;
-    Ok(roots)
-}
-
+/// What a node presents: its certificate with the intermediates that came with it (during a
+/// CA rotation, the cross-signed new root), then the roots it trusts (a joining node pins one
+/// of them by the token's digest).
 fn chain(ca_pem: &str, keys: &NodeKeys) -> Result<Vec<CertificateDer<'static>>> {
-    Ok(vec![
-        CertificateDer::from(cert_der_from_pem(&keys.cert_pem)?),
-        CertificateDer::from(cert_der_from_pem(ca_pem)?),
-    ])
+    let mut chain = certs_der_from_pem(&keys.cert_pem)?;
+    for root in certs_der_from_pem(ca_pem)? {
+        if !chain.contains(&root) {
+            chain.push(root);
+        }
+    }
+    Ok(chain)
 }
 
 /// The node's certificate and key as TLS presents them, replaceable while configurations and
@@ -128,36 +132,39 @@ impl ResolvesClientCert for NodeCert {
     }
 }
 
-/// The manager's TLS server configuration (ALPN h2 for gRPC).
+/// The manager's TLS server configuration (ALPN h2 for gRPC), trusting the root(s) in `ca_pem`.
 pub fn server_config(ca_pem: &str, keys: &NodeKeys) -> Result<Arc<ServerConfig>> {
-    server_config_with(ca_pem, NodeCert::new(ca_pem, keys)?)
+    server_config_with(&Trust::new(ca_pem)?, NodeCert::new(ca_pem, keys)?)
 }
 
-/// [`server_config`] presenting whatever `cert` holds at each handshake.
-pub fn server_config_with(ca_pem: &str, cert: Arc<NodeCert>) -> Result<Arc<ServerConfig>> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| Error::Tls(rustls::Error::General(e.to_string())))?;
+/// [`server_config`] presenting whatever `cert` holds and trusting whatever `trust` holds at
+/// each handshake.
+pub fn server_config_with(trust: &Arc<Trust>, cert: Arc<NodeCert>) -> Result<Arc<ServerConfig>> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(trust.client_verifier())
         .with_cert_resolver(cert);
+    // No session resumption: a resumed session would bring back the client certificate verified
+    // under an earlier trust (before a CA rotation completed) without checking it again.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// A member's TLS client configuration: trusts the cluster CA, presents the node certificate.
+/// A member's TLS client configuration: trusts the cluster CA (the root(s) in `ca_pem`),
+/// presents the node certificate.
 pub fn client_config(ca_pem: &str, keys: &NodeKeys) -> Result<Arc<ClientConfig>> {
-    client_config_with(ca_pem, NodeCert::new(ca_pem, keys)?)
+    client_config_with(&Trust::new(ca_pem)?, NodeCert::new(ca_pem, keys)?)
 }
 
-/// [`client_config`] presenting whatever `cert` holds at each handshake.
-pub fn client_config_with(ca_pem: &str, cert: Arc<NodeCert>) -> Result<Arc<ClientConfig>> {
+/// [`client_config`] presenting whatever `cert` holds and trusting whatever `trust` holds at
+/// each handshake.
+pub fn client_config_with(trust: &Arc<Trust>, cert: Arc<NodeCert>) -> Result<Arc<ClientConfig>> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots(ca_pem)?)
+        .dangerous()
+        .with_custom_certificate_verifier(trust.server_verifier())
         .with_client_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
@@ -183,7 +190,8 @@ pub fn pinned_client_config(ca_digest: &str) -> Result<Arc<ClientConfig>> {
 pub fn anonymous_client_config(ca_pem: &str) -> Result<Arc<ClientConfig>> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots(ca_pem)?)
+        .dangerous()
+        .with_custom_certificate_verifier(Trust::new(ca_pem)?.server_verifier())
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
@@ -220,7 +228,9 @@ impl ServerCertVerifier for PinnedCa {
         )
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        // The other certificates may link the server's certificate to the pinned root (during a
+        // CA rotation: the new root cross-signed by the old one).
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -280,7 +290,8 @@ mod tests {
 
         // A renewed certificate replaces the presented one in place.
         let cert = NodeCert::new(ca.cert_pem(), &keys).unwrap();
-        let _server = server_config_with(ca.cert_pem(), cert.clone()).unwrap();
+        let _server =
+            server_config_with(&Trust::new(ca.cert_pem()).unwrap(), cert.clone()).unwrap();
         let before = cert.get().cert[0].clone();
         let renewed = ca.issue(&id, hour).unwrap();
         cert.replace(ca.cert_pem(), &renewed).unwrap();
@@ -297,5 +308,110 @@ mod tests {
         };
         assert!(cert.replace(ca.cert_pem(), &broken).is_err());
         assert_eq!(cert.keys(), renewed);
+    }
+
+    /// A CA rotation: certificates of the new CA carry the new root cross-signed by the old
+    /// one, so they are accepted by peers trusting the old root only, both roots, or the new
+    /// root only; a certificate of the old CA is refused once the new root alone is trusted.
+    #[test]
+    fn rotation_cross_signs_the_new_root() {
+        use rustls::client::danger::ServerCertVerifier;
+        let hour = std::time::Duration::from_secs(3600);
+        let id = Identity {
+            node_id: "n".into(),
+            role: Role::Manager,
+            cluster_id: "c".into(),
+        };
+        let old = Ca::generate("c").unwrap();
+        let rot = old.rotate("c").unwrap();
+        assert_ne!(rot.ca.digest(), old.digest());
+        let signer = Ca::from_pem(rot.ca.cert_pem(), rot.ca.key_pem())
+            .unwrap()
+            .with_intermediates(&rot.cross_signed_pem)
+            .unwrap();
+        let old_keys = old.issue(&id, hour).unwrap();
+        let new_keys = signer.issue(&id, hour).unwrap();
+        let (csr, _) = crate::new_csr().unwrap();
+        let signed = signer.sign_csr(&csr, &id, hour).unwrap();
+        assert_eq!(
+            certs_der_from_pem(&signed).unwrap().len(),
+            2,
+            "leaf + cross-signed"
+        );
+        assert_eq!(Identity::from_pem(&signed).unwrap(), id);
+
+        let both = format!("{}{}", old.cert_pem(), rot.ca.cert_pem());
+        let accepts = |roots: &str, keys: &NodeKeys| {
+            let trust = Trust::new(roots).unwrap();
+            let chain = chain(roots, keys).unwrap();
+            let now = UnixTime::now();
+            let client = trust
+                .client_verifier()
+                .verify_client_cert(&chain[0], &chain[1..], now)
+                .is_ok();
+            let server = trust
+                .server_verifier()
+                .verify_server_cert(&chain[0], &chain[1..], &manager_server_name(), &[], now)
+                .is_ok();
+            assert_eq!(client, server, "client and server verification agree");
+            client
+        };
+        // The new certificate, presented with the roots of a peer that trusts only the old
+        // one: the cross-signed certificate links it.
+        assert!(accepts(old.cert_pem(), &new_keys));
+        assert!(accepts(&both, &new_keys));
+        assert!(accepts(rot.ca.cert_pem(), &new_keys));
+        assert!(accepts(&both, &old_keys));
+        assert!(
+            !accepts(rot.ca.cert_pem(), &old_keys),
+            "the old CA is refused after"
+        );
+        // Replaced in place: the same verifier refuses from the next handshake on.
+        let trust = Trust::new(&both).unwrap();
+        let verifier = trust.client_verifier();
+        let old_chain = chain(old.cert_pem(), &old_keys).unwrap();
+        let now = UnixTime::now();
+        assert!(
+            verifier
+                .verify_client_cert(&old_chain[0], &old_chain[1..], now)
+                .is_ok()
+        );
+        assert!(trust.replace(rot.ca.cert_pem()).unwrap());
+        assert!(!trust.replace(rot.ca.cert_pem()).unwrap(), "unchanged");
+        assert!(
+            verifier
+                .verify_client_cert(&old_chain[0], &old_chain[1..], now)
+                .is_err()
+        );
+        assert!(trust.replace("garbage").is_err());
+        assert_eq!(trust.generation(), 1);
+        assert!(!trust.accepts(&old_chain));
+        assert!(trust.accepts(&chain(rot.ca.cert_pem(), &new_keys).unwrap()));
+        assert!(!trust.accepts(&[]));
+        assert_eq!(trust.digests(), vec![rot.ca.digest()]);
+
+        // Which root issued which certificate.
+        let (i, info) = issuer_of(&new_keys.cert_pem, &both).unwrap();
+        assert_eq!(i, 1);
+        assert_eq!(info, issuer_info_of_ca(rot.ca.cert_pem()).unwrap());
+        assert_eq!(issuer_of(&old_keys.cert_pem, &both).unwrap().0, 0);
+        assert!(issuer_of(&old_keys.cert_pem, rot.ca.cert_pem()).is_none());
+
+        // A joining node pinning the old root (its token predates the rotation) accepts a
+        // manager holding a new certificate.
+        let pinned = PinnedCa {
+            digest: old.digest(),
+            provider: provider(),
+        };
+        let presented = chain(&both, &new_keys).unwrap();
+        pinned
+            .verify_server_cert(
+                &presented[0],
+                &presented[1..],
+                &manager_server_name(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap();
     }
 }

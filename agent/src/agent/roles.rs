@@ -207,7 +207,7 @@ impl Agent {
         let _ = std::fs::remove_dir_all(self.cfg.raft_dir());
         let saved = Saved {
             node,
-            ca_pem: member.ca_pem.clone(),
+            ca_pem: member.trust.pem(),
             keys: NodeKeys {
                 cert_pem: renewed.cert_pem,
                 key_pem: key,

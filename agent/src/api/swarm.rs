@@ -22,12 +22,33 @@ pub async fn inspect(State(agent): State<Arc<Agent>>) -> Result<Json<Swarm>> {
     let c = member.cluster()?;
     let (election, heartbeat) = super::system::raft_ticks(&agent);
     Ok(Json(Swarm {
-        cluster: ::api::swarm::cluster_info(&c, election, heartbeat),
+        cluster: shown(&c, election, heartbeat),
         join_tokens: ::api::swarm::JoinTokens {
             worker: c.join_tokens.worker.clone(),
             manager: c.join_tokens.manager.clone(),
         },
     }))
+}
+
+/// The cluster as `GET /swarm` and `/info` show it: docker's fields, with the subject and key of
+/// the root CA (and of the new root during a rotation).
+pub(crate) fn shown(
+    c: &model::Cluster,
+    election: u64,
+    heartbeat: u64,
+) -> ::api::swarm::ClusterInfo {
+    let mut info = ::api::swarm::cluster_info(c, election, heartbeat);
+    let fill = |t: &mut ::api::swarm::TlsInfo| {
+        if let Ok(i) = pki::tls::issuer_info_of_ca(&t.trust_root) {
+            t.cert_issuer_subject = i.subject;
+            t.cert_issuer_public_key = i.public_key;
+        }
+    };
+    fill(&mut info.tls_info);
+    if let Some(r) = info.root_rotation.as_mut() {
+        fill(r);
+    }
+    info
 }
 
 fn refuse_availability(a: &str) -> Result<()> {
@@ -188,6 +209,17 @@ pub async fn update(
         patch.insert(
             "settings".into(),
             serde_json::to_value(&settings).map_err(|e| Failure::internal(e.to_string()))?,
+        );
+    }
+    if spec.ca_config.force_rotate != c.ca_force_rotate {
+        // docker's `swarm ca --rotate`: a new root CA, moved to without downtime.
+        let start = crate::ca_rotation::start(&c, spec.ca_config.force_rotate)?;
+        if let serde_json::Value::Object(m) = start {
+            patch.extend(m);
+        }
+        tracing::info!(
+            replacing = c.root_rotation.is_some(),
+            "CA rotation started: a new root CA, cross-signed by the current one"
         );
     }
     let digest = || {

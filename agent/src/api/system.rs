@@ -150,6 +150,7 @@ fn swarm_info(agent: &Agent) -> SwarmInfo {
             spec: Default::default(),
             tls_info: Default::default(),
             root_rotation_in_progress: false,
+            root_rotation: None,
             default_addr_pool: c.default_addr_pools.clone(),
             subnet_size: u32::from(c.subnet_size),
             data_path_port: u32::from(c.data_path_port),
@@ -188,7 +189,7 @@ fn manager_view(agent: &Agent, member: &Member, info: &mut SwarmInfo) {
     match member.cluster() {
         Ok(c) => {
             let (election, heartbeat) = raft_ticks(agent);
-            info.cluster = Some(::api::swarm::cluster_info(&c, election, heartbeat));
+            info.cluster = Some(super::swarm::shown(&c, election, heartbeat));
         }
         Err(e) if info.error.is_empty() => info.error = e.message,
         Err(_) => {}

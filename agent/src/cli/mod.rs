@@ -10,6 +10,7 @@ mod network;
 mod node;
 mod service;
 mod swarm;
+mod swarm_ca;
 pub mod table;
 
 use std::path::PathBuf;
@@ -143,6 +144,12 @@ async fn info(client: &Client, format: &str) -> Result<()> {
         );
         println!(" Managers: {} ({reachable} reachable)", s.managers);
         println!(" Is Leader: {leader}");
+        if let Some(c) = &s.cluster {
+            println!(
+                " Root Rotation In Progress: {}",
+                c.root_rotation_in_progress
+            );
+        }
     }
     println!(" Node Address: {}", s.node_addr);
     println!(" Manager Addresses:");

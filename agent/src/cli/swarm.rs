@@ -89,6 +89,18 @@ pub enum SwarmCmd {
         #[arg(long, short = 'f')]
         force: bool,
     },
+    /// Display and rotate the root CA.
+    Ca {
+        /// Rotate the swarm CA: a new root, every node moved to it without downtime.
+        #[arg(long)]
+        rotate: bool,
+        /// Exit immediately instead of waiting for the rotation to complete.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Suppress progress output.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
     /// Display the cluster's settings.
     Inspect,
 }
@@ -296,6 +308,11 @@ pub async fn run(client: &Client, cmd: SwarmCmd) -> Result<()> {
                 .await?;
             println!("Swarm updated.");
         }
+        SwarmCmd::Ca {
+            rotate,
+            detach,
+            quiet,
+        } => super::swarm_ca::run(client, rotate, detach, quiet).await?,
         SwarmCmd::Inspect => {
             // The cluster's settings, not its join tokens (`swarm join-token` shows those).
             let s = swarm(client).await?;

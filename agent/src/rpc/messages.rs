@@ -125,6 +125,9 @@ pub enum SessionUp {
         description: NodeDescription,
         advertise_addr: String,
         data_path_addr: String,
+        /// The node's TLS state (see `Tls`), recorded with the rest.
+        #[serde(default)]
+        tls: Option<Box<model::node::TlsInfo>>,
     },
     Heartbeat,
     /// What the node's executor observed of its tasks (latest per task). Sent again until the
@@ -132,6 +135,21 @@ pub enum SessionUp {
     TaskStatus {
         updates: Vec<(String, model::task::TaskStatus)>,
     },
+    /// The node's TLS state (the roots it trusts, who issued its certificate). Sent again until
+    /// the node's object shows it recorded: a CA rotation completes on these.
+    Tls {
+        info: model::node::TlsInfo,
+    },
+}
+
+/// The cluster's CA as every node needs it: what to trust and which root issues certificates
+/// now (during a rotation the new one, which nodes renew from at once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaInfo {
+    /// The roots to trust (PEM; during a rotation the old root, then the new one).
+    pub trust_pem: String,
+    /// The root node certificates are issued from now (PEM).
+    pub issuer_pem: String,
 }
 
 /// The cluster settings every node needs (workers have no store): no secrets but the network
@@ -145,6 +163,9 @@ pub struct ClusterInfo {
     pub heartbeat_period_ms: u64,
     /// Gossip and IPsec keys, Lamport-tagged.
     pub network_keys: Vec<model::cluster::EncryptionKey>,
+    /// The CA's roots (None from a leader of an older version).
+    #[serde(default)]
+    pub ca: Option<CaInfo>,
 }
 
 impl From<&model::Cluster> for ClusterInfo {
@@ -163,6 +184,10 @@ impl From<&model::Cluster> for ClusterInfo {
                 .filter(|k| k.subsystem != model::cluster::IPSEC)
                 .cloned()
                 .collect(),
+            ca: Some(CaInfo {
+                trust_pem: c.trust_pem(),
+                issuer_pem: c.issuer_pem().to_string(),
+            }),
         }
     }
 }

@@ -19,7 +19,8 @@ use tonic::{Request, Status};
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
-) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>> {
+    trust: Arc<pki::tls::Trust>,
+) -> ReceiverStream<Result<Guarded, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls);
     let pending = Pending::default();
@@ -46,11 +47,12 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let trust = trust.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let _ = tx.send(Ok(Guarded::new(tls, trust))).await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(%peer, error = %e, "cluster port: TLS handshake refused")
@@ -61,6 +63,116 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// An accepted TLS connection whose client certificate is checked again when the trust changes
+/// (a CA rotation completing): once it is no longer trusted the connection fails on its next
+/// read, and the peer has to connect again, through a new handshake. A connection set up with a
+/// certificate of the old CA does not outlive the rotation.
+pub struct Guarded {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    trust: Arc<pki::tls::Trust>,
+    seen: u64,
+    chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    revoked: bool,
+}
+
+impl Guarded {
+    fn new(inner: tokio_rustls::server::TlsStream<TcpStream>, trust: Arc<pki::tls::Trust>) -> Self {
+        let chain = inner.get_ref().1.peer_certificates().map(|c| c.to_vec());
+        Guarded {
+            seen: trust.generation(),
+            inner,
+            trust,
+            chain,
+            revoked: false,
+        }
+    }
+
+    fn check(&mut self) -> std::io::Result<()> {
+        let generation = self.trust.generation();
+        if generation != self.seen {
+            self.seen = generation;
+            if let Some(chain) = &self.chain
+                && !self.trust.accepts(chain)
+            {
+                self.revoked = true;
+                let who = chain
+                    .first()
+                    .and_then(|c| Identity::from_der(c).ok())
+                    .map(|id| id.node_id)
+                    .unwrap_or_default();
+                let peer = self.inner.get_ref().0.peer_addr().ok();
+                tracing::info!(node = %who, ?peer, "cluster port: closing a connection whose certificate is no longer trusted (CA rotated)");
+                crate::metrics::cluster_port_refused("handshake", tonic::Code::Unauthenticated);
+            }
+        }
+        if self.revoked {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the peer's certificate is no longer trusted (the cluster's CA was rotated)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl tokio::io::AsyncRead for Guarded {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check() {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Guarded {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Guarded {
+    type ConnectInfo = <tokio_rustls::server::TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
 }
 
 /// How long a client may take to complete its TLS handshake.

@@ -28,9 +28,11 @@ fn pki_role(r: Role) -> pki::Role {
 }
 
 impl CaService {
+    /// The cluster and the CA that signs now: during a CA rotation the new root, whose
+    /// certificates carry the cross-signed new root so peers trusting the old root accept them.
     fn ca(&self) -> Result<(model::Cluster, Ca), Status> {
         let cluster = self.member.cluster().map_err(|f| f.to_status())?;
-        let ca = Ca::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem)
+        let ca = crate::ca_rotation::signer(&cluster)
             .map_err(|e| Status::internal(format!("the cluster CA is unusable: {e}")))?;
         Ok((cluster, ca))
     }
@@ -54,7 +56,8 @@ impl CaRpc for CaService {
         let (cluster, ca) = self.ca()?;
         let given =
             JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if given.ca_digest != ca.digest() {
+        // The token pins the swarm's root (during a rotation still the old one).
+        if given.ca_digest != crate::ca_rotation::root_digest(&cluster) {
             return Err(Status::permission_denied(
                 "the join token is for a different swarm (its CA digest does not match this swarm's CA)",
             ));
@@ -118,6 +121,12 @@ impl CaRpc for CaService {
             data_path_addr: req.data_path_addr.clone(),
             attachments: Vec::new(),
             cert_expires_at: crate::certs::expires_at(&cert_pem),
+            // What the node will report: it trusts what it is sent, its certificate is the
+            // signer's (recorded now so that its first session changes nothing).
+            tls_info: Some(crate::ca_rotation::tls_info_of(
+                &cluster.trust_pem(),
+                cluster.issuer_pem(),
+            )),
         };
         self.member
             .write(Batch::one(Change::Create(Object::Node(node))))
@@ -126,10 +135,10 @@ impl CaRpc for CaService {
         tracing::info!(node = %node_id, hostname = %req.hostname, ?role, "node joined");
         Ok(Response::new(JoinResponse {
             node_id,
+            ca_pem: cluster.trust_pem(),
             cluster_id: cluster.meta.id,
             role,
             cert_pem,
-            ca_pem: cluster.ca_cert_pem,
             managers: self.member.manager_addrs(),
         }))
     }

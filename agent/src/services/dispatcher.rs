@@ -98,6 +98,7 @@ fn session_stream(
         let mut notify: Option<Arc<tokio::sync::Notify>> = None;
         let mut revision = 0u64;
         let recording = Arc::new(AtomicBool::new(false));
+        let recording_tls = Arc::new(AtomicBool::new(false));
         let mut welcomed = false;
         loop {
             let wake = async {
@@ -139,6 +140,7 @@ fn session_stream(
                     description,
                     advertise_addr,
                     data_path_addr,
+                    tls,
                 } => {
                     // Record what the node says it is, and that it is up.
                     let mut patch = serde_json::json!({
@@ -152,11 +154,17 @@ fn session_stream(
                     if let Some(ip) = &peer_ip {
                         patch["status"]["addr"] = serde_json::json!(ip);
                     }
+                    let tls = tls.map(|t| *t);
+                    let tls_known = tls.is_none() || node.tls_info == tls;
+                    if let Some(t) = tls.filter(|_| !tls_known) {
+                        patch["tls_info"] = serde_json::json!(t);
+                    }
                     let unchanged = node.description == description
                         && node.advertise_addr == advertise_addr
                         && node.data_path_addr == data_path_addr
                         && node.status.state == NodeState::Ready
-                        && peer_ip.as_ref().is_none_or(|ip| *ip == node.status.addr);
+                        && peer_ip.as_ref().is_none_or(|ip| *ip == node.status.addr)
+                        && tls_known;
                     // Recorded before the Welcome, so a node that sees its session open (a
                     // `swarm join` waiting for it) is Ready in `node ls` too.
                     if !unchanged {
@@ -198,6 +206,17 @@ fn session_stream(
                         managers: member.manager_addrs(),
                         cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
                     }
+                }
+                SessionUp::Tls { info } => {
+                    if !recording_tls.swap(true, Ordering::SeqCst) {
+                        let (member, node_id, recording) =
+                            (member.clone(), node_id.clone(), recording_tls.clone());
+                        tokio::spawn(async move {
+                            record_tls(&member, &node_id, info).await;
+                            recording.store(false, Ordering::SeqCst);
+                        });
+                    }
+                    continue;
                 }
                 SessionUp::TaskStatus { updates } => {
                     if !recording.swap(true, Ordering::SeqCst) {
@@ -292,6 +311,28 @@ async fn send_assignments(
 /// The size of a message on the wire (the session's codec is JSON).
 fn encoded_len(msg: &SessionDown) -> usize {
     serde_json::to_vec(msg).map(|v| v.len()).unwrap_or(0)
+}
+
+/// Records the TLS state a node reports (the node sends it again until its object shows it).
+async fn record_tls(member: &Member, node_id: &str, info: model::node::TlsInfo) {
+    let Ok(Some(node)) = member.node(node_id) else {
+        return;
+    };
+    if node.tls_info.as_ref() == Some(&info) {
+        return;
+    }
+    let Ok(value) = serde_json::to_value(&info) else {
+        return;
+    };
+    let change = Change::Patch {
+        kind: Kind::Node,
+        id: node_id.to_string(),
+        patch: serde_json::json!({ "tls_info": value }),
+        version: None,
+    };
+    if let Err(e) = member.write(Batch::one(change)).await {
+        tracing::info!(node = %node_id, error = %e, "could not record the node's TLS state; the node sends it again");
+    }
 }
 
 /// Records what a node reports of its tasks. A node speaks only for its own tasks, and a task's

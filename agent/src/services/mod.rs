@@ -36,7 +36,7 @@ pub async fn serve(
     tls: Arc<ServerConfig>,
 ) {
     let addr = listener.local_addr().ok();
-    let incoming = crate::rpc::transport::incoming(listener, tls);
+    let incoming = crate::rpc::transport::incoming(listener, tls, member.trust.clone());
     let cancel = member.cancel.clone();
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))

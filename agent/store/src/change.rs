@@ -357,6 +357,8 @@ pub(crate) mod tests_support {
             settings: Default::default(),
             data_key_rotated_at: None,
             removed_nodes: Vec::new(),
+            root_rotation: None,
+            ca_force_rotate: 0,
         })
     }
 }

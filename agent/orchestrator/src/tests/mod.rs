@@ -60,6 +60,7 @@ pub fn node(id: &str, hostname: &str) -> Node {
         data_path_addr: String::new(),
         attachments: vec![],
         cert_expires_at: None,
+        tls_info: None,
     }
 }
 
