@@ -120,10 +120,10 @@ pub const SUITES: &[Suite] = &[
     // An encrypted network end to end through the agents (keys, ESP on the wire, rotation).
     suite("netagent", "encrypted", "", true),
     // Service load balancing through the agents, with each load balancer (`--lb`).
-    // The agent-level lb tests with NETAGENT_LB=ipvs are not in the suite yet: after an agent
-    // restart under TCG the executor gives IPVS its services before gossip has resynced their
-    // backends (connections fail meanwhile), and their counter checks were never green together
-    // there. Run them by hand: NETAGENT_LB=ipvs in a suite entry like the eBPF one below.
+    suite("netagent", "lb", "", false)
+        .with_env(&[("NETAGENT_LB", "ipvs")])
+        .one_at_a_time()
+        .showing_output(),
     suite("netagent", "lb", "", false)
         .with_env(&[("NETAGENT_LB", "ebpf")])
         .one_at_a_time()
