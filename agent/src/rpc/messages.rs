@@ -116,17 +116,25 @@ pub struct PingReply {
 
 // ---- Dispatcher session (any node certificate; the node id is the certificate's) --------------
 
-/// Node -> leader.
+/// Node -> leader. (Short-lived, moved straight to the wire: the variants' sizes do not matter.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
 pub enum SessionUp {
     /// First message: what the node is.
     Hello {
         description: NodeDescription,
         advertise_addr: String,
         data_path_addr: String,
+        /// Why the node is not ready (a broken runtime component); None: it is.
+        #[serde(default)]
+        problem: Option<String>,
     },
-    Heartbeat,
+    /// The node is alive; `problem` says why it is not ready, if it is not.
+    Heartbeat {
+        #[serde(default)]
+        problem: Option<String>,
+    },
     /// What the node's executor observed of its tasks (latest per task). Sent again until the
     /// node's assignments show it recorded.
     TaskStatus {
