@@ -52,9 +52,11 @@
 //!   previous generation: it fetches them and keeps them as its own, so other nodes see no
 //!   change while its agent re-publishes what still runs (a re-publish of an unchanged endpoint
 //!   emits nothing). What the agent does not re-publish goes when it calls
-//!   [`Gossip::release_adopted`] (or after [`Timings::adopt_grace`]): the node raises its
-//!   record's floor to its generation, which voids every older entry of it on every node, in
-//!   every network, whether that node holds the network or not.
+//!   [`Gossip::release_adopted`] (or after [`Timings::adopt_grace`]): the entries it adopted
+//!   are withdrawn at once, and a linger time later (20 gossip rounds, at least 2 s, so that
+//!   the re-published copies have reached every holder first) the node raises its record's
+//!   floor to its generation, which voids every older entry of it on every node, in every
+//!   network, whether that node holds the network or not.
 //!
 //! # What else it keeps
 //!

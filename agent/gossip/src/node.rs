@@ -64,6 +64,9 @@ pub(crate) struct State {
     pub counters: NodeCounters,
     /// Peers asked for our previous generation's entries.
     pub asked: std::collections::HashSet<Arc<str>>,
+    /// A peer's records digest matched ours once: the holders of each network are known, so a
+    /// network nobody else holds can count as fetched.
+    pub records_settled: bool,
 }
 
 impl State {
@@ -101,6 +104,7 @@ impl State {
             closed: false,
             counters: NodeCounters::default(),
             asked: Default::default(),
+            records_settled: false,
         }
     }
 
@@ -220,6 +224,14 @@ impl State {
             .collect()
     }
 
+    /// Whether this node has or expects peers: a live member, another node's record, or a seed
+    /// other than itself.
+    pub fn has_peers(&self) -> bool {
+        !self.reachable_peers().is_empty()
+            || self.store.records.len() > 1
+            || self.seeds.iter().any(|a| *a != self.me.addr)
+    }
+
     /// Reachable peers holding `net`.
     pub fn reachable_holders(&self, net: &str) -> Vec<Arc<str>> {
         self.store
@@ -303,9 +315,21 @@ impl State {
         self.contact_seeds(out);
         // 5. While adopting: every live peer, once, for our previous generation's entries.
         self.ask_for_adoption(out);
-        // Upkeep.
+        // 6. Every probe period: tables still waiting for their first fetch ask again (holders
+        // learnt since, or a holder that did not answer).
+        let every = (self.timings.probe_period().as_millis()
+            / self.timings.gossip_interval.as_millis().max(1))
+        .max(1) as u64;
+        if self.round.is_multiple_of(every) {
+            let waiting = self.store.unsynced();
+            if !waiting.is_empty() {
+                self.fetch(waiting, out);
+            }
+        }
+        // Upkeep. A fetch nobody answered is given up after a few failure timeouts (a slow
+        // peer must not make a restarted node start from a partial table).
         let adopt_due = self.started.elapsed() >= self.timings.adopt_grace;
-        let fetch_timeout = self.timings.failure_timeout.as_micros() as u64;
+        let fetch_timeout = (self.timings.failure_timeout * 4).as_micros() as u64;
         let eff = self.store.upkeep(adopt_due, fetch_timeout);
         out.merge(eff);
     }

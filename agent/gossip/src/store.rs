@@ -84,6 +84,9 @@ pub struct Store {
     adopting: Option<BTreeSet<String>>,
     /// Entries adopted and not yet re-published: (network, id).
     adopted: BTreeSet<(String, String)>,
+    /// A floor rise decided by [`Store::release_adopted`], due at the given time (µs): the
+    /// re-published entries get that long to reach every holder first.
+    floor_due: Option<(u64, u64)>,
     /// Received counts of networks not held (should stay at zero).
     unwanted: HashMap<String, (u64, u64)>,
     pub(crate) items_unwanted: u64,
@@ -116,6 +119,7 @@ impl Store {
             alive: HashMap::new(),
             adopting: Some(BTreeSet::new()),
             adopted: BTreeSet::new(),
+            floor_due: None,
             unwanted: HashMap::new(),
             items_unwanted: 0,
             tombstone_ttl_us,
@@ -292,7 +296,11 @@ impl Store {
     }
 
     /// The agent has re-published what it runs: the previous generation's entries it did not
-    /// re-publish go, everywhere (the record's floor rises to this generation).
+    /// re-publish go, everywhere. Those this node knows of are withdrawn at once (tombstones,
+    /// pushed like any withdrawal); the record's floor rises to this generation only after the
+    /// linger time, as a catch-all for entries of the previous generation it never fetched. The
+    /// delay matters: a peer that learnt the floor before the re-published (re-stamped) copy of
+    /// an entry still running would remove it and add it back a moment later.
     pub fn release_adopted(&mut self) -> Effects {
         let mut eff = Effects::default();
         let Some(nets) = self.adopting.take() else {
@@ -305,13 +313,7 @@ impl Store {
                 self.write(net, id, None, &mut eff);
             }
         }
-        self.floor = self.floor.max(self.generation);
-        let floor = self.floor;
-        let live = live!(self);
-        for t in self.tables.values_mut() {
-            eff.changed |= t.void_below(&self.me, floor, &live);
-        }
-        self.update_record(true, &mut eff);
+        self.floor_due = Some((self.generation, now_us() + self.linger_us));
         for net in nets {
             self.maybe_release(&net, &mut eff);
         }
@@ -320,6 +322,18 @@ impl Store {
             "released the previous generation's entries"
         );
         eff
+    }
+
+    /// Raises the record's floor to `floor`: every older entry of ours is void on every node.
+    fn raise_floor(&mut self, floor: u64, eff: &mut Effects) {
+        self.floor = self.floor.max(floor);
+        let floor = self.floor;
+        let live = live!(self);
+        for t in self.tables.values_mut() {
+            eff.changed |= t.void_below(&self.me, floor, &live);
+        }
+        self.update_record(true, eff);
+        debug!(floor, "raised the floor of our entries");
     }
 
     pub fn adopting(&self) -> bool {
@@ -345,6 +359,7 @@ impl Store {
     pub fn leave(&mut self) -> Effects {
         let mut eff = Effects::default();
         self.left = true;
+        self.floor_due = None;
         self.floor = self.next_version();
         self.update_record(true, &mut eff);
         eff
@@ -561,6 +576,15 @@ impl Store {
     }
 
     /// A network's whole table arrived (or nobody had it): subscribers get their snapshot.
+    /// Held networks whose table has not been fetched yet.
+    pub fn unsynced(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .filter(|(_, t)| !t.synced)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     pub fn mark_synced(&mut self, net: &str) {
         if let Some(t) = self.tables.get_mut(net) {
             t.mark_synced();
@@ -627,6 +651,12 @@ impl Store {
             let e = self.release_adopted();
             eff.pushes.extend(e.pushes);
             eff.changed |= e.changed;
+        }
+        if let Some((floor, at)) = self.floor_due
+            && now >= at
+        {
+            self.floor_due = None;
+            self.raise_floor(floor, &mut eff);
         }
         let nets: Vec<String> = self.tables.keys().cloned().collect();
         for net in nets {
@@ -696,5 +726,109 @@ impl Store {
             .iter()
             .map(|i| i.id.len() + 16 + i.value.as_ref().map(EpValue::wire_len).unwrap_or(0))
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(id: &str, last: u8) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            network: "net1".into(),
+            ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, last)),
+            mac: [2, 0x42, 10, 0, 0, last],
+            task: format!("task-{id}"),
+            service: "web".into(),
+            name: format!("web.{last}"),
+            aliases: vec![],
+            disabled: false,
+        }
+    }
+
+    fn store(node: &str, linger_us: u64) -> Store {
+        let addr = "192.0.2.1:7946".parse().unwrap();
+        Store::new(node.into(), now_us(), addr, 60_000_000, linger_us)
+    }
+
+    /// Delivers what `eff` pushes to `to`: records, and the deltas when `deltas`.
+    fn deliver(eff: &Effects, to: &mut Store, deltas: bool) {
+        let mut e = Effects::default();
+        for job in &eff.pushes {
+            for r in &job.records {
+                to.merge_record(r.clone(), &mut e);
+            }
+            if let (Some(net), true) = (&job.net, deltas) {
+                for d in &job.deltas {
+                    to.merge_delta(net, d, &mut e);
+                }
+            }
+        }
+    }
+
+    fn ids(s: &Store) -> Vec<String> {
+        let mut v: Vec<String> = s
+            .endpoints("net1")
+            .into_iter()
+            .map(|e| e.endpoint.id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The race a restart used to lose: a peer learns the released generation's record before
+    /// the re-published copy of an entry still running. The entry must not go from the peer;
+    /// the one not re-published goes at once, and the floor rises only after the linger time.
+    #[test]
+    fn a_peer_keeps_a_republished_entry_whatever_arrives_first() {
+        let mut peer = store("n1", 1_000);
+        peer.subscribe("net1");
+        let mut old = store("n3", 1_000);
+        let mut eff = old.publish(&ep("keep", 31));
+        let e2 = old.publish(&ep("gone", 32));
+        eff.pushes.extend(e2.pushes);
+        let mut e = Effects::default();
+        peer.merge_record(old.record().clone(), &mut e);
+        deliver(&eff, &mut peer, true);
+        assert_eq!(ids(&peer), ["gone", "keep"]);
+
+        // A new generation of n3 adopts both (its record, then its part fetched from the peer).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut new = store("n3", 1_000);
+        let mut e = Effects::default();
+        new.merge_record(old.record().clone(), &mut e);
+        let part = peer.delta_for("net1", &Arc::from("n3"), 0).expect("part");
+        new.merge_delta("net1", &part, &mut e);
+        assert!(new.adopting());
+        assert_eq!(ids(&new), ["gone", "keep"]);
+
+        // It re-publishes "keep" (a new version) and releases; the peer gets only the records.
+        let republished = new.publish(&ep("keep", 31));
+        let released = new.release_adopted();
+        let mut e = Effects::default();
+        peer.merge_record(new.record().clone(), &mut e);
+        deliver(&released, &mut peer, false);
+        assert_eq!(
+            ids(&peer),
+            ["gone", "keep"],
+            "the record alone removes nothing"
+        );
+        deliver(&released, &mut peer, true);
+        assert_eq!(
+            ids(&peer),
+            ["keep"],
+            "the one not re-published is withdrawn at once"
+        );
+        assert!(new.record().floor < new.generation, "the floor waits");
+
+        // The re-published copy arrives, then the floor: "keep" stays.
+        deliver(&republished, &mut peer, true);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let raised = new.upkeep(false, u64::MAX);
+        assert_eq!(new.record().floor, new.generation);
+        deliver(&raised, &mut peer, true);
+        assert_eq!(ids(&peer), ["keep"]);
+        assert_eq!(ids(&new), ["keep"]);
     }
 }

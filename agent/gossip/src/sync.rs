@@ -90,7 +90,9 @@ impl State {
             records: None,
             nets: Vec::new(),
         };
-        if records != self.records_digest() {
+        if records == self.records_digest() {
+            self.records_settled = true;
+        } else {
             ack.records = Some(
                 self.store
                     .records
@@ -121,6 +123,10 @@ impl State {
     fn on_synack(&mut self, from: &Id, ack: SynAck, out: &mut Out) {
         let mut records = Vec::new();
         let mut want_records = Vec::new();
+        if ack.records.is_none() {
+            // The peer's records digest matched ours.
+            self.records_settled = true;
+        }
         if let Some(theirs) = ack.records {
             let theirs: HashMap<Arc<str>, (u64, u64)> = theirs
                 .into_iter()
@@ -327,8 +333,10 @@ impl State {
         }
     }
 
-    /// Asks live holders of newly held networks for their whole tables; with no live holder
-    /// known, the (empty) table counts as fetched.
+    /// Asks live holders of newly held networks for their whole tables. With no live holder
+    /// known, the (empty) table counts as fetched once this node knows every node's record (a
+    /// peer's records digest matched ours) or has no peer at all; until then it waits, and
+    /// [`State::tick`] asks again.
     pub fn fetch(&mut self, nets: Vec<String>, out: &mut Out) {
         for net in nets {
             if !self.store.tables.contains_key(&net) {
@@ -336,7 +344,9 @@ impl State {
             }
             let mut holders = self.reachable_holders(&net);
             if holders.is_empty() {
-                self.store.mark_synced(&net);
+                if self.records_settled || !self.has_peers() {
+                    self.store.mark_synced(&net);
+                }
                 continue;
             }
             use rand::seq::SliceRandom;
