@@ -199,6 +199,11 @@ pub async fn run(agent: Arc<Agent>, member: Arc<Member>) -> anyhow::Result<()> {
             state.advertise_addr
         )
     })?;
+    // What an earlier run of the runtime (one that failed) left is let go: its gossip socket
+    // is released once nothing holds it.
+    member.gossip.set(None);
+    member.resolver.set(None);
+    member.lb.set(None);
     let now = Instant::now();
     let mut rt = Runtime {
         agent,
@@ -217,13 +222,20 @@ pub async fn run(agent: Arc<Agent>, member: Arc<Member>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running executor, as the runtime watches it.
+/// A running executor, as the runtime watches it. Dropped (the runtime itself failed), it
+/// aborts the executor: a restarted runtime never runs two.
 struct Exec {
     task: tokio::task::JoinHandle<()>,
     health: watch::Receiver<executor::node::Health>,
     passes: mpsc::Receiver<executor::node::PassTime>,
     writes: Arc<std::sync::atomic::AtomicU64>,
     started: Instant,
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 enum Wake {
@@ -474,9 +486,9 @@ impl Runtime {
     }
 
     async fn stop_executor(&mut self) {
-        if let Some(e) = self.exec.take() {
+        if let Some(mut e) = self.exec.take() {
             e.task.abort();
-            let _ = e.task.await;
+            let _ = (&mut e.task).await;
         }
         self.exec_at = Instant::now();
     }

@@ -1,7 +1,8 @@
-//! The node runtime is supervised: a node whose executor keeps failing says so (`node ls`
-//! STATUS Unknown, `node inspect` Status.Message with the reason), keeps its tasks, gets no new
-//! ones, and recovers by itself once the cause is gone. The failure is injected with
-//! `NETAGENT_FAULT_EXECUTOR`: while the file it names exists, every executor pass fails.
+//! The node runtime is supervised: a node whose executor keeps failing (or panics) says so
+//! (`node ls` STATUS Unknown, `node inspect` Status.Message with the reason), keeps its tasks,
+//! gets no new ones, and recovers by itself once the cause is gone. The failure is injected with
+//! `NETAGENT_FAULT_EXECUTOR`: while the file it names exists, every executor pass fails (panics
+//! when the file says `panic`).
 
 mod common;
 
@@ -121,4 +122,39 @@ fn a_failing_executor_takes_its_node_out_of_scheduling_until_it_recovers() {
             .iter()
             .all(|svc| nodes_running(&s, svc) == all)
     });
+
+    // A panicking executor: the panic is caught, the node says so, and the executor is started
+    // again (with backoff) until it runs; the node's tasks keep running throughout.
+    let ids = s.running(1, "before");
+    let kept = s
+        .task_namespaces(3)
+        .into_iter()
+        .find(|t| ids.contains_key(&t.id))
+        .expect("node3's task of `before`");
+    let pids = s.task_pids(&kept);
+    assert!(!pids.is_empty());
+    std::fs::write(&arm, "panic").expect("arm the executor panic");
+    s.create_service(&["--name", "late", "--mode", "global", "--", "sleep", "3600"]);
+    s.wait("node3 not ready: its executor panicked", || {
+        s.node_as_seen_by(1, "node3").is_some_and(|n| {
+            state(&n) == "unknown"
+                && n["Status"]["Message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("executor: panicked: injected panic"))
+        })
+    });
+    std::fs::remove_file(&arm).expect("disarm");
+    s.wait("node3 ready and running `late` after the panics", || {
+        s.node_as_seen_by(1, "node3")
+            .is_some_and(|n| state(&n) == "ready")
+            && nodes_running(&s, "late") == all
+    });
+    assert_eq!(s.task_pids(&kept), pids, "node3's task kept running");
+    assert!(
+        metric(
+            &s.metrics(3),
+            "netagent_runtime_failures_total",
+            &[("component", "executor")]
+        ) >= 2.0
+    );
 }

@@ -68,8 +68,8 @@ pub struct Config {
     /// A bpffs directory for the fast path's pins (so a restart adopts them); None: the
     /// process holds its attachments.
     pub bpf_dir: Option<PathBuf>,
-    /// Fault injection (tests): while this file exists, every executor pass fails (the agent
-    /// sets it from `NETAGENT_FAULT_EXECUTOR`).
+    /// Fault injection (tests): while this file exists, every executor pass fails, or panics
+    /// when the file says `panic` (the agent sets it from `NETAGENT_FAULT_EXECUTOR`).
     pub fault_file: Option<PathBuf>,
 }
 
@@ -385,11 +385,18 @@ impl Executor {
         }
     }
 
-    /// The injected fault, while its file exists.
+    /// The injected fault, while its file exists (a file saying `panic` makes the executor
+    /// panic instead, as a bug would).
     fn injected_fault(&self) -> Result<(), Error> {
-        match &self.config.fault_file {
-            Some(f) if f.exists() => Err(Error::Injected(f.clone())),
-            _ => Ok(()),
+        let Some(f) = &self.config.fault_file else {
+            return Ok(());
+        };
+        match std::fs::read_to_string(f) {
+            Ok(what) if what.trim() == "panic" => {
+                panic!("injected panic ({} says so)", f.display())
+            }
+            Ok(_) => Err(Error::Injected(f.clone())),
+            Err(_) => Ok(()),
         }
     }
 
