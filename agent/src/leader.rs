@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::Kind;
-use model::node::{NodeState, Role};
+use model::node::Role;
 use store::{Batch, Change};
 
 use crate::member::Member;
@@ -24,7 +24,7 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
             r = leader.wait_for(|l| *l) => if r.is_err() { return },
         }
         tracing::info!("became leader: starting leader-only loops");
-        let since = Instant::now();
+        let mut since = Instant::now();
         let orchestrator = tokio::spawn(orchestrate(member.clone(), config.clone()));
         let _stop = AbortOnDrop(orchestrator);
         loop {
@@ -40,6 +40,13 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
                     break;
                 }
                 _ = tokio::time::sleep(period.min(Duration::from_secs(1))) => {}
+            }
+            // Without quorum the nodes' sessions may have gone (a follower that was the leader,
+            // the leader's own peers down): once it is back, nodes get the same time to find the
+            // leader as after an election before a silent one is marked down (otherwise nodes
+            // whose agents return with the quorum would have their tasks replaced).
+            if !member.quorum().is_ok_and(|q| q.has_quorum()) {
+                since = Instant::now();
             }
             node_status(&member, since, period).await;
             reconcile_roles(&member).await;
@@ -289,9 +296,7 @@ async fn node_status(member: &Member, since: Instant, period: Duration) {
         else {
             continue;
         };
-        if state != NodeState::Down {
-            tracing::info!(node = %node.meta.id, ?state, %message, "node status");
-        }
+        tracing::info!(node = %node.meta.id, ?state, %message, "node status");
         let p = crate::sessions::status_patch(state, &message);
         if let Err(e) = member.write(patch(&node.meta.id, p)).await {
             tracing::info!(node = %node.meta.id, error = %e, "could not update the node's status");
