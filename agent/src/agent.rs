@@ -305,9 +305,21 @@ impl Agent {
                 member.spawn(ensure_voter(member.clone()));
             }
         }
-        member.spawn(crate::session::run(self.clone(), member.clone()));
+        // The session, gossip and the executor restart when they fail or panic, and the node
+        // reports itself not ready meanwhile (`supervisor`).
+        let (agent, m) = (self.clone(), member.clone());
+        member.spawn(crate::supervisor::supervise(
+            member.clone(),
+            crate::supervisor::SESSION,
+            move || crate::session::run(agent.clone(), m.clone()),
+        ));
         member.spawn(crate::certs::renew_loop(self.clone(), member.clone()));
-        member.spawn(crate::node_runtime::run(self.clone(), member.clone()));
+        let (agent, m) = (self.clone(), member.clone());
+        member.spawn(crate::supervisor::supervise(
+            member.clone(),
+            crate::supervisor::RUNTIME,
+            move || crate::node_runtime::run(agent.clone(), m.clone()),
+        ));
         self.set_member(Some(member.clone()));
         Ok(member)
     }

@@ -162,6 +162,7 @@ impl Index {
                 }
             }
             self.wake(node);
+            self.prune(node);
         }
         if let Some((Some(node), nets, svc)) = &new_key {
             let n = self.node(node);
@@ -349,9 +350,28 @@ impl Index {
         if !now.is_empty() {
             self.attached.insert(id.to_string(), now);
         }
+        if new.is_none() {
+            self.prune(id);
+            return;
+        }
         let n = self.node(id);
         n.pending.attachments = true;
         self.wake(id);
+    }
+
+    /// Forgets a node that left the cluster once nothing of it is indexed any more (its tasks
+    /// are deleted after it); its session, if one is still open, is woken and finds nothing.
+    fn prune(&mut self, node: &str) {
+        if self.node_list.contains_key(node) {
+            return;
+        }
+        let idle = self
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.tasks.is_empty() && n.networks.is_empty());
+        if idle && let Some(n) = self.nodes.remove(node) {
+            n.notify.notify_one();
+        }
     }
 
     /// A network changed: the ingress network's id is followed, and the publishing services
@@ -479,6 +499,17 @@ impl Assigner {
         self.lock().node(node).notify.clone()
     }
 
+    /// A node's session ended: a node that left the cluster is forgotten.
+    pub fn session_ended(&self, node: &str) {
+        self.lock().prune(node);
+    }
+
+    /// How many nodes the index holds (the cluster's, and departed ones until their tasks
+    /// are gone).
+    pub fn tracked_nodes(&self) -> usize {
+        self.lock().nodes.len()
+    }
+
     /// The whole set for `node`, as revision 1 of a new session (and nothing pending after it).
     pub fn full(&self, store: &store::Store, node: &str) -> Option<Assignments> {
         let cluster: model::Cluster = store
@@ -540,7 +571,8 @@ impl Assigner {
         revision: u64,
     ) -> Option<AssignmentsDelta> {
         let mut idx = self.lock();
-        let pending = std::mem::take(&mut idx.node(node).pending);
+        // A node that left has nothing to be sent (and is not indexed again).
+        let pending = std::mem::take(&mut idx.nodes.get_mut(node)?.pending);
         if pending.is_empty() {
             return None;
         }
@@ -618,5 +650,79 @@ impl Assigner {
         }
         drop(idx);
         (!d.is_empty()).then_some(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::node::{Availability, NodeSpec, NodeStatus, Role};
+    use model::task::{TaskState, TaskStatus};
+    use model::{Meta, Object};
+    use store::Applied;
+
+    fn node(id: &str) -> Object {
+        Object::Node(Node {
+            meta: Meta::with_id(id.to_string()),
+            spec: NodeSpec {
+                role: Role::Worker,
+                availability: Availability::Active,
+                labels: Default::default(),
+            },
+            role: Role::Worker,
+            description: Default::default(),
+            status: NodeStatus {
+                state: NodeState::Ready,
+                ..Default::default()
+            },
+            manager_status: None,
+            advertise_addr: String::new(),
+            data_path_addr: String::new(),
+            attachments: Vec::new(),
+            cert_expires_at: None,
+            tls_info: None,
+        })
+    }
+
+    fn task(id: &str, node: &str) -> Object {
+        Object::Task(Task {
+            meta: Meta::with_id(id.to_string()),
+            service_id: "svc".into(),
+            slot: 1,
+            node_id: Some(node.into()),
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::Running,
+                timestamp: chrono::Utc::now(),
+                message: String::new(),
+                err: None,
+                exit_code: None,
+            },
+            spec: Default::default(),
+            networks: Vec::new(),
+        })
+    }
+
+    /// A node that left is forgotten once its tasks are gone, and a session of a node the
+    /// cluster does not hold leaves nothing behind: the index is as large as the cluster.
+    #[test]
+    fn departed_nodes_are_pruned() {
+        let a = Assigner::new(&ClusterState::default());
+        a.observe(&Applied::Put(node("n1")));
+        a.observe(&Applied::Put(node("n2")));
+        a.observe(&Applied::Put(task("t1", "n2")));
+        assert_eq!(a.tracked_nodes(), 2);
+        a.observe(&Applied::Deleted(node("n2")));
+        assert_eq!(a.tracked_nodes(), 2, "kept while a task of it is indexed");
+        a.observe(&Applied::Deleted(task("t1", "n2")));
+        assert_eq!(a.tracked_nodes(), 1);
+        // A session opened for a node about to go, ended after it went.
+        let _ = a.notifier("n3");
+        assert_eq!(a.tracked_nodes(), 2);
+        a.session_ended("n3");
+        assert_eq!(a.tracked_nodes(), 1);
+        // The cluster's own nodes stay when their sessions end.
+        a.session_ended("n1");
+        assert_eq!(a.tracked_nodes(), 1);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::Kind;
-use model::node::{NodeState, Role};
+use model::node::Role;
 use store::{Batch, Change};
 
 use crate::member::Member;
@@ -25,7 +25,7 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
             r = leader.wait_for(|l| *l) => if r.is_err() { return },
         }
         tracing::info!("became leader: starting leader-only loops");
-        let since = Instant::now();
+        let mut since = Instant::now();
         let orchestrator = tokio::spawn(orchestrate(member.clone(), config.clone()));
         let _stop = AbortOnDrop(orchestrator);
         loop {
@@ -42,6 +42,13 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
                 }
                 _ = tokio::time::sleep(period.min(Duration::from_secs(1))) => {}
             }
+            // Without quorum the nodes' sessions may have gone (a follower that was the leader,
+            // the leader's own peers down): once it is back, nodes get the same time to find the
+            // leader as after an election before a silent one is marked down (otherwise nodes
+            // whose agents return with the quorum would have their tasks replaced).
+            if !member.quorum().is_ok_and(|q| q.has_quorum()) {
+                since = Instant::now();
+            }
             node_status(&member, since, period).await;
             reconcile_roles(&member).await;
             rotate_data_keys(&member).await;
@@ -50,6 +57,7 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
         drop(_stop);
         // Allocations are decided by the next leader, from its own view; nodes' sessions go to it.
         *m.leader.lock().await = None;
+        m.sessions.clear();
         if let Some(a) = m.assigner.lock().unwrap_or_else(|e| e.into_inner()).take() {
             a.close();
         }
@@ -266,34 +274,33 @@ fn patch(id: &str, patch: serde_json::Value) -> Batch {
     })
 }
 
-/// Ready while heartbeats arrive, Down once they stop for three periods. Right after an election
-/// nobody is marked down until the nodes had time to find the new leader and open a session
-/// (five periods, at least 2 s): a restarted leader must not reschedule healthy nodes' tasks.
+/// Ready while heartbeats arrive, Unknown with the node's reason while it reports a broken
+/// runtime (see `crate::sessions`), Down once heartbeats stop for three periods. Right after an
+/// election nobody is marked down until the nodes had time to find the new leader and open a
+/// session (five periods, at least 2 s): a restarted leader must not reschedule healthy nodes'
+/// tasks. Sessions of nodes no longer in the store are forgotten.
 async fn node_status(member: &Member, since: Instant, period: Duration) {
     let Some(m) = &member.manager else { return };
     let grace = (period * 3).max(Duration::from_millis(600));
     let settle = (period * 5).max(Duration::from_secs(2));
     let Ok(nodes) = member.nodes() else { return };
-    let seen: std::collections::HashMap<String, Instant> =
-        m.sessions.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for node in nodes {
-        let alive = seen
-            .get(&node.meta.id)
-            .is_some_and(|t| t.elapsed() <= grace);
-        let change = match (alive, node.status.state) {
-            (true, s) if s != NodeState::Ready => {
-                Some(serde_json::json!({"status": {"state": "ready", "message": ""}}))
-            }
-            (false, NodeState::Ready | NodeState::Unknown) if since.elapsed() > settle => {
-                Some(serde_json::json!({
-                    "status": {"state": "down", "message": "heartbeat failure"}
-                }))
-            }
-            _ => None,
+    let existing: std::collections::HashSet<&str> =
+        nodes.iter().map(|n| n.meta.id.as_str()).collect();
+    let pruned = m.sessions.prune(&existing);
+    if pruned > 0 {
+        tracing::debug!(pruned, "forgot the dispatcher sessions of departed nodes");
+    }
+    for node in &nodes {
+        let heard = m.sessions.get(&node.meta.id);
+        let current = (node.status.state, node.status.message.as_str());
+        let Some((state, message)) =
+            crate::sessions::status_of(heard.as_ref(), current, grace, since.elapsed() > settle)
+        else {
+            continue;
         };
-        if let Some(p) = change
-            && let Err(e) = member.write(patch(&node.meta.id, p)).await
-        {
+        tracing::info!(node = %node.meta.id, ?state, %message, "node status");
+        let p = crate::sessions::status_patch(state, &message);
+        if let Err(e) = member.write(patch(&node.meta.id, p)).await {
             tracing::info!(node = %node.meta.id, error = %e, "could not update the node's status");
         }
     }

@@ -56,7 +56,9 @@ pub mod raft_net;
 pub mod rpc;
 pub mod services;
 pub mod session;
+pub mod sessions;
 pub mod state;
+pub mod supervisor;
 pub mod sysinfo;
 
 /// The git commit the binaries were built from ("unknown" outside a git checkout); see build.rs.

@@ -27,8 +27,9 @@ pub struct Manager {
     pub store: Store,
     /// When each other manager (by raft id) last answered a ping.
     pub peers: Mutex<HashMap<u64, Instant>>,
-    /// The dispatcher's sessions: node id -> last heartbeat (meaningful on the leader).
-    pub sessions: Mutex<HashMap<String, Instant>>,
+    /// The dispatcher's sessions: when each node was last heard and what it said of its own
+    /// health (meaningful on the leader).
+    pub sessions: crate::sessions::Sessions,
     /// How long another manager may leave pings unanswered before it counts as unreachable.
     pub grace: Duration,
     /// The leader's orchestrator and IPAM while this manager leads (None otherwise, and until it
@@ -39,6 +40,25 @@ pub struct Manager {
     /// the same read of the store, fed by the same change feed); the dispatcher's sessions send
     /// from it.
     pub assigner: Mutex<Option<Arc<crate::assign::Assigner>>>,
+}
+
+/// A component the node's runtime starts, and may replace when it restarts it.
+pub struct Slot<T>(std::sync::RwLock<Option<T>>);
+
+impl<T> Default for Slot<T> {
+    fn default() -> Slot<T> {
+        Slot(std::sync::RwLock::new(None))
+    }
+}
+
+impl<T: Clone> Slot<T> {
+    pub fn get(&self) -> Option<T> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, v: Option<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = v;
+    }
 }
 
 pub struct Member {
@@ -67,12 +87,14 @@ pub struct Member {
     /// them: what per-node components read on workers and managers alike.
     pub cluster_info: watch::Sender<Option<crate::rpc::messages::ClusterInfo>>,
     pub cluster_port_addr: String,
-    /// This node's gossip (7946), once the node's runtime has started it.
-    pub gossip: std::sync::OnceLock<Arc<gossip::Gossip>>,
-    /// This node's DNS resolver for its tasks, once the node's runtime has started it.
-    pub resolver: std::sync::OnceLock<Arc<dns::Resolver>>,
-    /// Reads this node's load-balancer counters, once the node's runtime has started it.
-    pub lb: std::sync::OnceLock<executor::LbCounters>,
+    /// This node's gossip (7946) while the node's runtime has one running.
+    pub gossip: Slot<Arc<gossip::Gossip>>,
+    /// This node's DNS resolver for its tasks, while the node's runtime has one.
+    pub resolver: Slot<Arc<dns::Resolver>>,
+    /// Reads this node's load-balancer counters, while the node's runtime has an executor.
+    pub lb: Slot<executor::LbCounters>,
+    /// Which of the node's runtime components are broken (the node reports itself not ready).
+    pub health: crate::supervisor::RuntimeHealth,
     /// The node's assignments as the dispatcher last sent them (the executor's input).
     pub assignments: watch::Sender<Option<model::Assignments>>,
     /// Task status the executor reported and the leader has not recorded yet.
@@ -111,9 +133,10 @@ impl Member {
             session_open: watch::channel(false).0,
             cluster_info: watch::channel(None).0,
             cluster_port_addr,
-            gossip: std::sync::OnceLock::new(),
-            resolver: std::sync::OnceLock::new(),
-            lb: std::sync::OnceLock::new(),
+            gossip: Slot::default(),
+            resolver: Slot::default(),
+            lb: Slot::default(),
+            health: Default::default(),
             assignments: watch::channel(None).0,
             task_status: Mutex::new(Default::default()),
             task_status_notify: tokio::sync::Notify::new(),
@@ -345,6 +368,7 @@ impl Member {
                     Ok(r) => r.map_err(|e| match e {
                         ProposeError::Conflict(c) => Err(Failure::from(c)),
                         ProposeError::NotLeader { .. } => Ok(()),
+                        ProposeError::Busy { .. } => Err(Failure::unavailable(e.to_string())),
                         ProposeError::Raft(msg) => {
                             Err(Failure::unavailable(format!("the write failed: {msg}")))
                         }

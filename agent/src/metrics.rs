@@ -63,6 +63,8 @@ pub struct ExecutorMetrics {
     pub reconcile_seconds: Histogram,
     /// Task states this node's executor reported ("starting", "running", "failed", ...).
     pub task_reports: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Failures of the node runtime's supervised components (gossip, executor, session).
+    pub runtime_failures: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +171,7 @@ fn executor(reg: &mut Registry) -> ExecutorMetrics {
         reconcile_passes: Family::default(),
         reconcile_seconds: Histogram::new(seconds_buckets()),
         task_reports: Family::default(),
+        runtime_failures: Family::default(),
     };
     reg.register(
         "executor_reconcile_passes",
@@ -184,6 +187,11 @@ fn executor(reg: &mut Registry) -> ExecutorMetrics {
         "executor_task_reports",
         "Task states this node's executor reported, by state",
         m.task_reports.clone(),
+    );
+    reg.register(
+        "runtime_failures",
+        "Failures (errors, panics, failing passes) of this node's supervised runtime components, by component",
+        m.runtime_failures.clone(),
     );
     reg.register_collector(Box::new(KernelWrites));
     m
@@ -285,7 +293,7 @@ impl Collector for Dns {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let r = agent()
             .and_then(|a| a.member())
-            .and_then(|m| m.resolver.get().cloned());
+            .and_then(|m| m.resolver.get());
         let Some(r) = r else {
             return Ok(());
         };
@@ -326,10 +334,7 @@ struct Lb;
 
 impl Collector for Lb {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
-        let Some(lb) = agent()
-            .and_then(|a| a.member())
-            .and_then(|m| m.lb.get().cloned())
-        else {
+        let Some(lb) = agent().and_then(|a| a.member()).and_then(|m| m.lb.get()) else {
             return Ok(());
         };
         let c = match lb.read() {
@@ -394,6 +399,15 @@ pub fn executor_pass(full: bool, took: Duration, ok: bool) {
         ])
         .inc();
     m.reconcile_seconds.observe(took.as_secs_f64());
+}
+
+/// Records a failure of a supervised runtime component (see `crate::supervisor`).
+pub fn runtime_failure(component: &'static str) {
+    global()
+        .executor
+        .runtime_failures
+        .get_or_create(&[("component", component)])
+        .inc();
 }
 
 /// Records a task state this node's executor reported.
@@ -526,7 +540,7 @@ impl Collector for Gossip {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let g = agent()
             .and_then(|a| a.member())
-            .and_then(|m| m.gossip.get().cloned());
+            .and_then(|m| m.gossip.get());
         let Some(g) = g else {
             return Ok(());
         };

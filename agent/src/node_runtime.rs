@@ -1,19 +1,22 @@
 //! The per-node components every member runs, managers and workers alike: gossip on 7946 and
 //! the executor. They start once the dispatcher session delivered the cluster's settings (gossip
 //! keys, data-path port) and stop with the membership; tasks keep running across an agent
-//! restart and are adopted by the next executor.
+//! restart and are adopted by the next executor. Each is supervised: started again with
+//! backoff when it fails, and reported (the node is then not ready) while it is broken.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use executor::node::StatusReport;
 use gossip::{Gossip, Key, Keyring, Timings};
 use model::cluster::EncryptionKey;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::agent::Agent;
 use crate::config::Config;
 use crate::member::Member;
+use crate::supervisor::{Backoff, EXECUTOR, GOSSIP, STABLE};
 
 /// The gossip keyring from the cluster's keys: the newest key is accepted first and used for
 /// sending only once it is no longer the newest (so every node knows a key before anyone sends
@@ -88,6 +91,7 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
             .max(Duration::from_secs(1)),
         fast_path: cfg.fast_path,
         bpf_dir: fast_bpf_dir,
+        fault_file: std::env::var_os(executor::node::FAULT_ENV).map(std::path::PathBuf::from),
     })
 }
 
@@ -170,25 +174,24 @@ fn resolver(cfg: &Config) -> anyhow::Result<Arc<dns::Resolver>> {
     Ok(dns::Resolver::new(dc)?)
 }
 
-pub async fn run(agent: Arc<Agent>, member: Arc<Member>) {
-    if let Err(e) = run_inner(&agent, &member).await {
-        tracing::error!(error = %e, "the node's gossip and executor could not start; tasks will not run on this node");
-    }
-}
-
-async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<()> {
-    let cfg = &agent.cfg;
+/// The node's runtime: gossip and the executor, each started again with backoff when it fails
+/// (gossip: it cannot start, or one of its loops ended; executor: it cannot start, its task
+/// ended or panicked). While one is broken, or the executor's full passes keep failing, the
+/// member's [`RuntimeHealth`](crate::supervisor::RuntimeHealth) says why and the node reports
+/// itself not ready. Runs under [`crate::supervisor::supervise`] (an error or a panic here
+/// starts the whole runtime again).
+pub async fn run(agent: Arc<Agent>, member: Arc<Member>) -> anyhow::Result<()> {
     // The cluster's settings arrive with the dispatcher's Welcome.
     let mut info_rx = member.cluster_info.subscribe();
-    let info = loop {
-        if let Some(i) = info_rx.borrow_and_update().clone() {
-            break i;
+    loop {
+        if info_rx.borrow_and_update().is_some() {
+            break;
         }
         tokio::select! {
             _ = member.cancel.cancelled() => return Ok(()),
             r = info_rx.changed() => if r.is_err() { return Ok(()) },
         }
-    };
+    }
     let state = member.node_state();
     let advertise: IpAddr = state.advertise_addr.parse().map_err(|_| {
         anyhow::anyhow!(
@@ -196,94 +199,320 @@ async fn run_inner(agent: &Arc<Agent>, member: &Arc<Member>) -> anyhow::Result<(
             state.advertise_addr
         )
     })?;
-    let keys = keyring(&info.network_keys)
-        .ok_or_else(|| anyhow::anyhow!("the cluster has no gossip keys"))?;
-    let mut current_keys = keys.clone();
-    let mut gcfg = gossip::Config::new(state.node_id.clone(), advertise, keys);
-    gcfg.cluster_id = info.id.clone();
-    gcfg.bind = SocketAddr::new(advertise, cfg.gossip_port);
-    gcfg.seeds = seeds(member, cfg, advertise);
-    gcfg.vtep = state.data_path_addr.parse().ok();
-    let interval = Duration::from_millis(cfg.gossip_interval_ms);
-    gcfg.timings = Timings {
-        gossip_interval: interval,
-        failure_timeout: Duration::from_millis(cfg.gossip_failure_timeout_ms),
-        rejoin_interval: (interval * 8).max(Duration::from_millis(500)),
-        ..Timings::default()
+    // What an earlier run of the runtime (one that failed) left is let go: its gossip socket
+    // is released once nothing holds it.
+    member.gossip.set(None);
+    member.resolver.set(None);
+    member.lb.set(None);
+    let now = Instant::now();
+    let mut rt = Runtime {
+        agent,
+        member,
+        advertise,
+        gossip: None,
+        keys: None,
+        exec: None,
+        gossip_backoff: Backoff::default(),
+        exec_backoff: Backoff::default(),
+        gossip_at: now,
+        gossip_started: now,
+        exec_at: now,
     };
-    // A role change restarts the membership: the previous one's gossip socket may be released
-    // a moment after this one starts.
-    let mut tries = 0;
-    let gossip = loop {
-        match Gossip::start(gcfg.clone()).await {
-            Ok(g) => break Arc::new(g),
-            Err(gossip::Error::Bind { source, .. })
-                if source.kind() == std::io::ErrorKind::AddrInUse && tries < 50 =>
-            {
-                tries += 1;
-                tokio::select! {
-                    _ = member.cancel.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let _ = member.gossip.set(gossip.clone());
-    tracing::info!(addr = %gossip.addr(), "gossip started");
+    rt.run().await;
+    Ok(())
+}
 
-    let resolver = resolver(cfg)?;
-    let _ = member.resolver.set(resolver.clone());
-    let lb = load_balancer(cfg)?;
-    let (status_tx, mut status_rx) = mpsc::channel(256);
-    let exec = executor::node::spawn(
-        executor_config(cfg, member)?,
-        gossip.clone(),
-        member.assignments.subscribe(),
-        status_tx,
-        Some(resolver),
-        Some(lb),
-    )?;
-    let writes = exec.writes.clone();
-    if let Some(lb) = exec.lb.clone() {
-        let _ = member.lb.set(lb);
+/// A running executor, as the runtime watches it. Dropped (the runtime itself failed), it
+/// aborts the executor: a restarted runtime never runs two.
+struct Exec {
+    task: tokio::task::JoinHandle<()>,
+    health: watch::Receiver<executor::node::Health>,
+    passes: mpsc::Receiver<executor::node::PassTime>,
+    writes: Arc<std::sync::atomic::AtomicU64>,
+    started: Instant,
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        self.task.abort();
     }
-    let mut passes = exec.pass_times;
-    let mut sync = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = member.cancel.cancelled() => break,
-            Some((task, status)) = status_rx.recv() => {
-                crate::metrics::task_report(status.state);
-                member.task_status.lock().unwrap_or_else(|e| e.into_inner()).insert(task, status);
-                member.task_status_notify.notify_one();
+}
+
+enum Wake {
+    Stop,
+    ExecEnded(Result<(), tokio::task::JoinError>),
+    ExecHealth(executor::node::Health),
+    ExecPass(executor::node::PassTime),
+    Status(executor::node::StatusReport),
+    Tick,
+    Due,
+}
+
+/// The next thing a running executor says (never, without one).
+async fn exec_event(exec: &mut Option<Exec>) -> Wake {
+    let Some(e) = exec else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        r = &mut e.task => Wake::ExecEnded(r),
+        Ok(()) = e.health.changed() => Wake::ExecHealth(e.health.borrow_and_update().clone()),
+        Some(p) = e.passes.recv() => Wake::ExecPass(p),
+    }
+}
+
+struct Runtime {
+    agent: Arc<Agent>,
+    member: Arc<Member>,
+    advertise: IpAddr,
+    gossip: Option<Arc<Gossip>>,
+    /// The gossip keys the running gossip has.
+    keys: Option<Keyring>,
+    exec: Option<Exec>,
+    gossip_backoff: Backoff,
+    exec_backoff: Backoff,
+    /// When to (re)start gossip / the executor if it is not running.
+    gossip_at: Instant,
+    gossip_started: Instant,
+    exec_at: Instant,
+}
+
+impl Runtime {
+    async fn run(&mut self) {
+        let (status_tx, mut status_rx) = mpsc::channel(256);
+        let mut sync = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            if self.gossip.is_none() && Instant::now() >= self.gossip_at {
+                self.start_gossip().await;
             }
-            Some((full, took, ok)) = passes.recv() => crate::metrics::executor_pass(full, took, ok),
-            _ = sync.tick() => {
-                member.dataplane_writes.store(writes.load(std::sync::atomic::Ordering::Relaxed), std::sync::atomic::Ordering::Relaxed);
-                gossip.set_seeds(seeds(member, cfg, advertise));
-                let keys = member.cluster_info.borrow().as_ref().and_then(|i| keyring(&i.network_keys));
-                if let Some(k) = keys
-                    && k != current_keys
+            if self.exec.is_none()
+                && Instant::now() >= self.exec_at
+                && let Some(g) = self.gossip.clone()
+            {
+                self.start_executor(g, &status_tx);
+            }
+            let due = [
+                self.gossip.is_none().then_some(self.gossip_at),
+                self.exec.is_none().then_some(self.exec_at),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let wake = tokio::select! {
+                _ = self.member.cancel.cancelled() => Wake::Stop,
+                w = exec_event(&mut self.exec) => w,
+                Some(s) = status_rx.recv() => Wake::Status(s),
+                _ = sync.tick() => Wake::Tick,
+                _ = tokio::time::sleep_until(due.into()) => Wake::Due,
+            };
+            match wake {
+                Wake::Stop => break,
+                Wake::ExecEnded(r) => self.executor_ended(r),
+                Wake::ExecHealth(h) => self.executor_health(h),
+                Wake::ExecPass((full, took, ok)) => crate::metrics::executor_pass(full, took, ok),
+                Wake::Status((task, status)) => {
+                    crate::metrics::task_report(status.state);
+                    self.member
+                        .task_status
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(task, status);
+                    self.member.task_status_notify.notify_one();
+                }
+                Wake::Tick => self.tick().await,
+                Wake::Due => {}
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Starts gossip (a role change restarts the membership: the previous one's socket may be
+    /// released a moment after this one starts, hence the retries on "address in use").
+    async fn start_gossip(&mut self) {
+        let member = &self.member;
+        let cfg = &self.agent.cfg;
+        let state = member.node_state();
+        let info = member.cluster_info.borrow().clone();
+        let Some(keys) = info.as_ref().and_then(|i| keyring(&i.network_keys)) else {
+            self.gossip_failed("the cluster has no gossip keys".into());
+            return;
+        };
+        let mut gcfg = gossip::Config::new(state.node_id.clone(), self.advertise, keys.clone());
+        gcfg.cluster_id = info.map(|i| i.id).unwrap_or_default();
+        gcfg.bind = SocketAddr::new(self.advertise, cfg.gossip_port);
+        gcfg.seeds = seeds(member, cfg, self.advertise);
+        gcfg.vtep = state.data_path_addr.parse().ok();
+        let interval = Duration::from_millis(cfg.gossip_interval_ms);
+        gcfg.timings = Timings {
+            gossip_interval: interval,
+            failure_timeout: Duration::from_millis(cfg.gossip_failure_timeout_ms),
+            rejoin_interval: (interval * 8).max(Duration::from_millis(500)),
+            ..Timings::default()
+        };
+        let mut tries = 0;
+        let started = loop {
+            match Gossip::start(gcfg.clone()).await {
+                Err(gossip::Error::Bind { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse && tries < 50 =>
                 {
-                    match gossip.set_keyring(k.clone()) {
-                        Ok(()) => current_keys = k,
-                        Err(e) => tracing::warn!(error = %e, "could not update the gossip keys"),
+                    tries += 1;
+                    tokio::select! {
+                        _ = member.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                 }
+                r => break r,
+            }
+        };
+        match started {
+            Ok(g) => {
+                let g = Arc::new(g);
+                tracing::info!(addr = %g.addr(), "gossip started");
+                member.gossip.set(Some(g.clone()));
+                member.health.clear(GOSSIP);
+                self.gossip = Some(g);
+                self.keys = Some(keys);
+                self.gossip_started = Instant::now();
+            }
+            Err(e) => self.gossip_failed(format!("cannot start: {e}")),
+        }
+    }
+
+    fn gossip_failed(&mut self, why: String) {
+        self.member.health.set(GOSSIP, why);
+        self.gossip_at = Instant::now() + self.gossip_backoff.next_delay();
+    }
+
+    /// Starts the executor (with a fresh resolver and load-balancer handle, as an agent
+    /// restart would: it adopts what the previous one left and writes nothing that is right).
+    fn start_executor(&mut self, gossip: Arc<Gossip>, status: &mpsc::Sender<StatusReport>) {
+        let member = &self.member;
+        let cfg = &self.agent.cfg;
+        let started = (|| {
+            let resolver = resolver(cfg)?;
+            let lb = load_balancer(cfg)?;
+            let h = executor::node::spawn(
+                executor_config(cfg, member)?,
+                gossip,
+                member.assignments.subscribe(),
+                status.clone(),
+                Some(resolver.clone()),
+                Some(lb),
+            )?;
+            anyhow::Ok((h, resolver))
+        })();
+        match started {
+            Ok((h, resolver)) => {
+                member.resolver.set(Some(resolver));
+                member.lb.set(h.lb.clone());
+                self.exec = Some(Exec {
+                    task: h.task,
+                    health: h.health,
+                    passes: h.pass_times,
+                    writes: h.writes,
+                    started: Instant::now(),
+                });
+            }
+            Err(e) => {
+                member
+                    .health
+                    .set(EXECUTOR, format!("cannot start: {e:#} (restarting)"));
+                self.exec_at = Instant::now() + self.exec_backoff.next_delay();
             }
         }
     }
-    exec.task.abort();
-    let _ = exec.task.await;
-    if let Ok(g) = Arc::try_unwrap(gossip) {
-        if member.leaving.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = g.shutdown().await;
-        } else {
-            g.stop().await;
+
+    fn executor_ended(&mut self, r: Result<(), tokio::task::JoinError>) {
+        let Some(exec) = self.exec.take() else { return };
+        if exec.started.elapsed() >= STABLE {
+            self.exec_backoff.reset();
+        }
+        let why = match r {
+            Ok(()) => "it stopped unexpectedly".to_string(),
+            Err(e) => crate::supervisor::panic_message(e),
+        };
+        self.member
+            .health
+            .set(EXECUTOR, format!("{why} (restarting)"));
+        self.exec_at = Instant::now() + self.exec_backoff.next_delay();
+    }
+
+    /// The executor's passes: failing (not ready, why), or succeeding again (ready).
+    fn executor_health(&mut self, h: executor::node::Health) {
+        match h.failing {
+            Some(why) => self.member.health.set(EXECUTOR, why),
+            None if h.synced => self.member.health.clear(EXECUTOR),
+            None => {}
         }
     }
-    Ok(())
+
+    /// Once a second: gossip's seeds and keys follow the cluster, the kernel-write counter is
+    /// published, and gossip that stopped working is started again (with the executor, which
+    /// holds it).
+    async fn tick(&mut self) {
+        let member = &self.member;
+        if let Some(e) = &self.exec {
+            member.dataplane_writes.store(
+                e.writes.load(std::sync::atomic::Ordering::Relaxed),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        let Some(g) = self.gossip.clone() else { return };
+        if let Some(why) = g.stalled() {
+            if self.gossip_started.elapsed() >= STABLE {
+                self.gossip_backoff.reset();
+            }
+            drop(g);
+            self.stop_executor().await;
+            self.member.gossip.set(None);
+            self.gossip = None;
+            self.gossip_failed(format!("{why} (restarting)"));
+            return;
+        }
+        g.set_seeds(seeds(member, &self.agent.cfg, self.advertise));
+        let keys = member
+            .cluster_info
+            .borrow()
+            .as_ref()
+            .and_then(|i| keyring(&i.network_keys));
+        if let Some(k) = keys
+            && Some(&k) != self.keys.as_ref()
+        {
+            match g.set_keyring(k.clone()) {
+                Ok(()) => self.keys = Some(k),
+                Err(e) => tracing::warn!(error = %e, "could not update the gossip keys"),
+            }
+        }
+    }
+
+    async fn stop_executor(&mut self) {
+        if let Some(mut e) = self.exec.take() {
+            e.task.abort();
+            let _ = (&mut e.task).await;
+        }
+        self.exec_at = Instant::now();
+    }
+
+    /// The membership stops: the executor first (tasks keep running), then gossip — leaving
+    /// gracefully when the node leaves the swarm, else silently (peers keep its endpoints for
+    /// the next run).
+    async fn stop(&mut self) {
+        self.stop_executor().await;
+        self.member.gossip.set(None);
+        if let Some(g) = self.gossip.take()
+            && let Ok(g) = Arc::try_unwrap(g)
+        {
+            if self
+                .member
+                .leaving
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let _ = g.shutdown().await;
+            } else {
+                g.stop().await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,13 +16,15 @@ use crate::rpc::generated::dispatcher_client::DispatcherClient;
 use crate::rpc::messages::{SessionDown, SessionUp};
 use crate::services::LEADER_HINT;
 
-pub async fn run(agent: Arc<Agent>, member: Arc<Member>) {
+/// The session, for as long as the membership lasts (reconnecting as needed); supervised (see
+/// `crate::supervisor`), so it returns only when the member stops.
+pub async fn run(agent: Arc<Agent>, member: Arc<Member>) -> anyhow::Result<()> {
     let mut hint: Option<String> = None;
     let mut turn = 0usize;
     let changing = Arc::new(AtomicBool::new(false));
     loop {
         if member.cancel.is_cancelled() {
-            return;
+            return Ok(());
         }
         let target = hint.take().or_else(|| member.leader_addr()).or_else(|| {
             let managers = member.node_state().managers;
@@ -39,7 +41,7 @@ pub async fn run(agent: Arc<Agent>, member: Arc<Member>) {
         let pause = (*member.heartbeat.borrow() / 2)
             .clamp(Duration::from_millis(50), Duration::from_millis(500));
         tokio::select! {
-            _ = member.cancel.cancelled() => return,
+            _ = member.cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep(pause) => {}
         }
     }
@@ -61,8 +63,11 @@ async fn session(
             advertise_addr: state.advertise_addr.clone(),
             data_path_addr: state.data_path_addr.clone(),
             tls: Some(Box::new(crate::certs::tls_info(member))),
+            problem: member.health.problem(),
         })
         .await;
+    let mut health = member.health.subscribe();
+    health.mark_unchanged();
     let mut client = DispatcherClient::new(channel);
     let resp = client.session(ReceiverStream::new(rx)).await.map_err(|s| {
         tracing::debug!(manager = %addr, error = %s.message(), "dispatcher session refused");
@@ -80,7 +85,8 @@ async fn session(
         tokio::select! {
             _ = member.cancel.cancelled() => return Ok(()),
             _ = ticker.tick() => {
-                if tx.send(SessionUp::Heartbeat).await.is_err() {
+                let problem = member.health.problem();
+                if tx.send(SessionUp::Heartbeat { problem }).await.is_err() {
                     return Err(None);
                 }
                 // Unrecorded task status goes again with every heartbeat.
@@ -89,6 +95,13 @@ async fn session(
                 }
                 // So does the node's TLS state until its object shows it.
                 if send_tls(member, &tx, &mut tls).await.is_err() {
+                    return Err(None);
+                }
+            }
+            // The node's health changed: the leader hears it now, not at the next beat.
+            Ok(()) = health.changed() => {
+                let problem = member.health.problem();
+                if tx.send(SessionUp::Heartbeat { problem }).await.is_err() {
                     return Err(None);
                 }
             }

@@ -148,7 +148,9 @@ fn refusals_change_nothing() {
                 .await
                 .unwrap_err();
             let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tx.send(SessionUp::Heartbeat).await.unwrap();
+            tx.send(SessionUp::Heartbeat { problem: None })
+                .await
+                .unwrap();
             let session = DispatcherClient::new(ch)
                 .session(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
@@ -366,7 +368,9 @@ fn demoted_and_removed_nodes_lose_the_cluster_port() {
             let tls = pki::tls::client_config(&ca_pem, &worker_keys).unwrap();
             let ch = netagent::rpc::transport::channel(&addr, tls, Duration::from_secs(5)).unwrap();
             let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tx.send(SessionUp::Heartbeat).await.unwrap();
+            tx.send(SessionUp::Heartbeat { problem: None })
+                .await
+                .unwrap();
             let session = DispatcherClient::new(ch.clone())
                 .session(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await

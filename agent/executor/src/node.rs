@@ -10,7 +10,8 @@
 //!   version changed are looked at), gossip events of a network it has endpoints on (that
 //!   network's peers), a task's shim exiting (a pidfd per task; no polling of task files), a
 //!   background stop finishing. Each is handled with targeted kernel operations;
-//! - a failure schedules a full pass again after [`Config::retry`].
+//! - a failure schedules a full pass again after [`Config::retry`]; full passes that keep
+//!   failing make the executor say so ([`Health`]), and the node reports itself not ready.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -67,6 +68,25 @@ pub struct Config {
     /// A bpffs directory for the fast path's pins (so a restart adopts them); None: the
     /// process holds its attachments.
     pub bpf_dir: Option<PathBuf>,
+    /// Fault injection (tests): while this file exists, every executor pass fails, or panics
+    /// when the file says `panic` (the agent sets it from `NETAGENT_FAULT_EXECUTOR`).
+    pub fault_file: Option<PathBuf>,
+}
+
+/// Environment variable naming the file whose presence makes the executor's passes fail.
+pub const FAULT_ENV: &str = "NETAGENT_FAULT_EXECUTOR";
+
+/// Full passes failing in a row before the executor reports itself failing (one failure that
+/// the next pass repairs is no reason to take the node out of scheduling).
+pub const FAILING_AFTER: u32 = 2;
+
+/// The executor's health, for the node runtime's supervisor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Whether a full pass has succeeded since this executor started.
+    pub synced: bool,
+    /// Why full passes keep failing ([`FAILING_AFTER`] in a row); None once one succeeds.
+    pub failing: Option<String>,
 }
 
 /// A task status report for the dispatcher.
@@ -84,6 +104,8 @@ pub struct Handle {
     pub pass_times: mpsc::Receiver<PassTime>,
     /// Reads the load balancer's counters (None without one).
     pub lb: Option<crate::LbCounters>,
+    /// Whether full passes succeed (see [`Health`]).
+    pub health: watch::Receiver<Health>,
 }
 
 /// One executor pass: (full, duration, succeeded).
@@ -125,6 +147,7 @@ pub fn spawn(
     .with_fast_path(config.fast_path, config.bpf_dir.clone());
     let balancer = Balancer::new(lb, writes.clone());
     let lb = balancer.counters();
+    let (health_tx, health) = watch::channel(Health::default());
     let mut exec = Executor {
         runner: Arc::new(runner),
         plane,
@@ -147,6 +170,8 @@ pub fn spawn(
         ingress: Default::default(),
         passes: passes.clone(),
         pass_times: pass_times_tx,
+        health: health_tx,
+        failures: 0,
         config,
     };
     let task = tokio::spawn(async move { exec.run(assignments, rx).await });
@@ -156,6 +181,7 @@ pub fn spawn(
         passes,
         pass_times,
         lb,
+        health,
     })
 }
 
@@ -192,6 +218,9 @@ pub(crate) struct Executor {
     pub(crate) ingress: crate::ingress::IngressRt,
     passes: Arc<(AtomicU64, AtomicU64)>,
     pass_times: mpsc::Sender<PassTime>,
+    health: watch::Sender<Health>,
+    /// Full passes failed in a row.
+    failures: u32,
 }
 
 /// What the dispatcher wants of one task, reduced to what the executor acts on.
@@ -300,9 +329,11 @@ impl Executor {
     }
 
     /// Schedules a full pass after the retry delay (after a failure).
+    /// The delay grows with the full passes failed in a row: `retry`, twice, four times.
     pub(crate) fn retry_later(&mut self, what: &str, e: &dyn std::fmt::Display) {
-        warn!(error = %e, "{what} failed; a full pass follows in {:?}", self.config.retry);
-        let at = Instant::now() + self.config.retry;
+        let delay = self.config.retry * (1 << self.failures.saturating_sub(1).min(2));
+        warn!(error = %e, "{what} failed; a full pass follows in {delay:?}");
+        let at = Instant::now() + delay;
         self.full_at = Some(self.full_at.map_or(at, |t| t.min(at)));
     }
 
@@ -329,8 +360,43 @@ impl Executor {
                     self.gossip.release_adopted().await;
                 }
                 self.synced = true;
+                self.failures = 0;
+                self.health.send_if_modified(|h| {
+                    let was = h.clone();
+                    *h = Health {
+                        synced: true,
+                        failing: None,
+                    };
+                    was != *h
+                });
             }
-            Err(e) => self.retry_later("a full executor pass", &e),
+            Err(e) => {
+                self.failures += 1;
+                if self.failures >= FAILING_AFTER {
+                    let why = Some(format!("full passes failing: {e}"));
+                    self.health.send_if_modified(|h| {
+                        let news = h.failing != why;
+                        h.failing = why;
+                        news
+                    });
+                }
+                self.retry_later("a full executor pass", &e)
+            }
+        }
+    }
+
+    /// The injected fault, while its file exists (a file saying `panic` makes the executor
+    /// panic instead, as a bug would).
+    fn injected_fault(&self) -> Result<(), Error> {
+        let Some(f) = &self.config.fault_file else {
+            return Ok(());
+        };
+        match std::fs::read_to_string(f) {
+            Ok(what) if what.trim() == "panic" => {
+                panic!("injected panic ({} says so)", f.display())
+            }
+            Ok(_) => Err(Error::Injected(f.clone())),
+            Err(_) => Ok(()),
         }
     }
 
@@ -338,6 +404,11 @@ impl Executor {
         if !self.synced {
             self.a = a;
             self.full_at.get_or_insert(Instant::now());
+            return;
+        }
+        if let Err(e) = self.injected_fault() {
+            self.a = a;
+            self.retry_later("an executor pass", &e);
             return;
         }
         self.passes
@@ -421,6 +492,7 @@ impl Executor {
     /// (what is right is left alone), every network's subscription and peers, every task's
     /// lifecycle and gossip entries. What the incremental handlers keep up afterwards.
     async fn full_pass(&mut self) -> Result<(), Error> {
+        self.injected_fault()?;
         self.publish_vtep().await;
         let gw = self.gwbridge()?;
         self.gw = Some(gw.clone());
@@ -606,6 +678,8 @@ pub enum Error {
     Ipam(#[from] ipam::Error),
     #[error("overlay data plane: {0}")]
     Dataplane(String),
+    #[error("injected failure ({} exists)", .0.display())]
+    Injected(PathBuf),
     #[error("{what}: {source}")]
     Io {
         what: String,

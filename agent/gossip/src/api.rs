@@ -459,6 +459,22 @@ impl Gossip {
         self.inner.lock().counters.dropped_entries as usize
     }
 
+    /// Why this node's gossip stopped working, if it did: one of its loops (listener, receiver,
+    /// timers, ticks, pushes) ended (its socket failed, or it panicked) while the node was not
+    /// stopped. Its owner then starts a new one (as an agent restart would).
+    pub fn stalled(&self) -> Option<String> {
+        const LOOPS: [&str; 5] = ["stream listener", "receiver", "timers", "ticks", "pushes"];
+        if self.inner.lock().closed {
+            return None;
+        }
+        let tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let ended = tasks.iter().position(|t| t.is_finished())?;
+        Some(format!(
+            "its {} loop ended",
+            LOOPS.get(ended).copied().unwrap_or("internal")
+        ))
+    }
+
     /// Stops without leaving (the agent restarts; its data plane stays): peers keep this node's
     /// entries, flagged silent, and the next generation adopts them.
     pub async fn stop(self) {

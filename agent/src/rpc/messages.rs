@@ -116,9 +116,10 @@ pub struct PingReply {
 
 // ---- Dispatcher session (any node certificate; the node id is the certificate's) --------------
 
-/// Node -> leader.
+/// Node -> leader. (Short-lived, moved straight to the wire: the variants' sizes do not matter.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
 pub enum SessionUp {
     /// First message: what the node is.
     Hello {
@@ -128,8 +129,15 @@ pub enum SessionUp {
         /// The node's TLS state (see `Tls`), recorded with the rest.
         #[serde(default)]
         tls: Option<Box<model::node::TlsInfo>>,
+        /// Why the node is not ready (a broken runtime component); None: it is.
+        #[serde(default)]
+        problem: Option<String>,
     },
-    Heartbeat,
+    /// The node is alive; `problem` says why it is not ready, if it is not.
+    Heartbeat {
+        #[serde(default)]
+        problem: Option<String>,
+    },
     /// What the node's executor observed of its tasks (latest per task). Sent again until the
     /// node's assignments show it recorded.
     TaskStatus {
@@ -137,9 +145,7 @@ pub enum SessionUp {
     },
     /// The node's TLS state (the roots it trusts, who issued its certificate). Sent again until
     /// the node's object shows it recorded: a CA rotation completes on these.
-    Tls {
-        info: model::node::TlsInfo,
-    },
+    Tls { info: model::node::TlsInfo },
 }
 
 /// The cluster's CA as every node needs it: what to trust and which root issues certificates

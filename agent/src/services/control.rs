@@ -85,6 +85,7 @@ impl Control for ControlService {
             }),
             Err(ProposeError::Conflict(c)) => Err(WireError::Conflict(c)),
             Err(ProposeError::Raft(m)) => Err(WireError::Other(m)),
+            Err(e @ ProposeError::Busy { .. }) => Err(WireError::Other(e.to_string())),
         };
         Ok(Response::new(reply))
     }

@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::Stream;
 use model::node::NodeState;
@@ -80,12 +80,13 @@ fn session_stream(
 ) -> Pin<Box<dyn Stream<Item = Result<SessionDown, Status>> + Send>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SessionDown, Status>>(16);
     tokio::spawn(async move {
-        let touch = |member: &Member| {
+        let _ended = SessionEnded {
+            member: member.clone(),
+            node: node_id.clone(),
+        };
+        let touch = |member: &Member, problem: Option<String>| {
             if let Some(m) = &member.manager {
-                m.sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(node_id.clone(), Instant::now());
+                m.sessions.heard(&node_id, problem);
             }
         };
         let silence = Duration::from_millis(period * 3).max(Duration::from_millis(600));
@@ -134,22 +135,34 @@ fn session_stream(
                     .await;
                 return;
             }
-            touch(&member);
+            match &msg {
+                SessionUp::Hello { problem, .. } | SessionUp::Heartbeat { problem } => {
+                    touch(&member, problem.clone())
+                }
+                SessionUp::TaskStatus { .. } | SessionUp::Tls { .. } => {}
+            }
             let reply = match msg {
                 SessionUp::Hello {
                     description,
                     advertise_addr,
                     data_path_addr,
                     tls,
+                    problem,
                 } => {
-                    // Record what the node says it is, and that it is up.
+                    // Record what the node says it is, and that it is up (ready, or not
+                    // ready and why).
                     let mut patch = serde_json::json!({
                         "description": description,
                         "advertise_addr": advertise_addr,
                         "data_path_addr": data_path_addr,
                     });
-                    if node.status.state != NodeState::Ready {
-                        patch["status"] = serde_json::json!({"state": "ready", "message": ""});
+                    let (state, message) = match problem {
+                        None => (NodeState::Ready, String::new()),
+                        Some(why) => (NodeState::Unknown, why),
+                    };
+                    let status_same = node.status.state == state && node.status.message == message;
+                    if !status_same {
+                        patch = merge(patch, crate::sessions::status_patch(state, &message));
                     }
                     if let Some(ip) = &peer_ip {
                         patch["status"]["addr"] = serde_json::json!(ip);
@@ -162,7 +175,7 @@ fn session_stream(
                     let unchanged = node.description == description
                         && node.advertise_addr == advertise_addr
                         && node.data_path_addr == data_path_addr
-                        && node.status.state == NodeState::Ready
+                        && status_same
                         && peer_ip.as_ref().is_none_or(|ip| *ip == node.status.addr)
                         && tls_known;
                     // Recorded before the Welcome, so a node that sees its session open (a
@@ -187,7 +200,7 @@ fn session_stream(
                         cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
                     }
                 }
-                SessionUp::Heartbeat => {
+                SessionUp::Heartbeat { .. } => {
                     let node = member.node(&node_id).ok().flatten();
                     let revoked = member
                         .cluster()
@@ -254,6 +267,25 @@ fn session_stream(
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// When a session ends, the assignment index forgets its node if the node left the cluster.
+struct SessionEnded {
+    member: Arc<Member>,
+    node: String,
+}
+
+impl Drop for SessionEnded {
+    fn drop(&mut self) {
+        let assigner = self
+            .member
+            .manager
+            .as_ref()
+            .and_then(|m| m.assigner.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        if let Some(a) = assigner {
+            a.session_ended(&self.node);
+        }
+    }
+}
+
 /// Sends the node what it must know: the whole set at the start of the session (or when the
 /// leader's index was rebuilt), otherwise the delta the index has for it, if any.
 async fn send_assignments(
@@ -306,6 +338,14 @@ async fn send_assignments(
     let msg = SessionDown::AssignmentsDelta(Box::new(delta));
     crate::metrics::assignments_sent(node_id, false, encoded_len(&msg));
     tx.send(Ok(msg)).await.map_err(|_| ())
+}
+
+/// `a` with `b`'s top-level fields added.
+fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
 }
 
 /// The size of a message on the wire (the session's codec is JSON).

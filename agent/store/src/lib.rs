@@ -103,6 +103,12 @@ pub enum ProposeError {
     Conflict(#[from] Conflict),
     #[error("the write did not complete: {0}")]
     Raft(String),
+    /// Back-pressure: more proposals are waiting for Raft than [`MAX_PENDING`], and none made
+    /// room within [`PENDING_WAIT`].
+    #[error(
+        "too many pending writes ({pending} are waiting for Raft on the leader); retry in a moment"
+    )]
+    Busy { pending: usize },
 }
 
 fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
@@ -143,7 +149,7 @@ pub struct Store {
     raft: Raft,
     sm: StateMachine,
     log_db: Arc<Database>,
-    proposals: tokio::sync::mpsc::UnboundedSender<Pending>,
+    proposals: Proposals,
     events: broadcast::Sender<Arc<Event>>,
     applied: watch::Receiver<u64>,
 }
@@ -158,10 +164,46 @@ type Pending = (
 const IN_FLIGHT: usize = 1;
 /// Batches gathered into one Raft entry at most.
 const MAX_GATHER: usize = 512;
+/// Proposals waiting for Raft at most (four entries' worth): beyond, proposers wait for room.
+pub const MAX_PENDING: usize = 4 * MAX_GATHER;
+/// How long a proposer waits for room before it is refused with [`ProposeError::Busy`].
+pub const PENDING_WAIT: Duration = Duration::from_secs(5);
+
+/// The bounded queue of proposals into Raft: a full queue makes proposers wait (back-pressure),
+/// and refuses them with [`ProposeError::Busy`] when no room is made within the wait.
+#[derive(Clone)]
+struct Proposals {
+    tx: tokio::sync::mpsc::Sender<Pending>,
+    wait: Duration,
+}
+
+impl Proposals {
+    fn new(capacity: usize, wait: Duration) -> (Proposals, tokio::sync::mpsc::Receiver<Pending>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        (Proposals { tx, wait }, rx)
+    }
+
+    async fn submit(&self, p: Pending) -> Result<(), ProposeError> {
+        let shut = || ProposeError::Raft("the store is shut down".into());
+        match self.tx.try_send(p) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(shut()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(p)) => {
+                match tokio::time::timeout(self.wait, self.tx.send(p)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(shut()),
+                    Err(_) => Err(ProposeError::Busy {
+                        pending: self.tx.max_capacity() - self.tx.capacity(),
+                    }),
+                }
+            }
+        }
+    }
+}
 
 /// Gathers concurrently proposed batches into Raft entries: whatever is queued while earlier
 /// entries are being written goes into the next one. Ends when the store is dropped.
-async fn proposer(raft: Raft, mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+async fn proposer(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Pending>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -267,7 +309,7 @@ impl Store {
         let raft = Raft::new(id, raft_config, network, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
+        let (proposals, queue) = Proposals::new(MAX_PENDING, PENDING_WAIT);
         tokio::spawn(proposer(raft.clone(), queue));
         tokio::spawn(stop_when_failed(raft.clone(), sm_handle.health.watch()));
         Ok(Store {
@@ -340,9 +382,7 @@ impl Store {
             return Err(self.not_leader());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.proposals
-            .send((batch, tx))
-            .map_err(|_| ProposeError::Raft("the store is shut down".into()))?;
+        self.proposals.submit((batch, tx)).await?;
         let outcome = rx
             .await
             .map_err(|_| ProposeError::Raft("the store is shut down".into()))??;

@@ -313,3 +313,44 @@ async fn a_failed_state_machine_write_fails_closed_and_a_restart_recovers() {
         s.shutdown().await;
     }
 }
+
+fn pending() -> (
+    Pending,
+    tokio::sync::oneshot::Receiver<Result<Outcome, ProposeError>>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ((Batch::new(Vec::new()), tx), rx)
+}
+
+/// The queue into Raft is bounded: a proposer waits while it is full, gets in when room is
+/// made, and is refused with a clear "too many pending writes" when none is made in time.
+#[tokio::test]
+async fn proposals_apply_back_pressure() {
+    let wait = Duration::from_millis(200);
+    let (q, mut rx) = Proposals::new(2, wait);
+    q.submit(pending().0).await.unwrap();
+    q.submit(pending().0).await.unwrap();
+    // Full: refused after the wait, saying how many wait.
+    let started = std::time::Instant::now();
+    let err = q.submit(pending().0).await.unwrap_err();
+    assert!(started.elapsed() >= wait, "it waited for room first");
+    assert!(matches!(err, ProposeError::Busy { pending: 2 }), "{err:?}");
+    assert!(err.to_string().contains("too many pending writes"), "{err}");
+    // Full, but the proposer makes room meanwhile: the waiting proposal gets in.
+    let (q2, _) = Proposals::new(2, Duration::from_secs(60));
+    let q2 = Proposals {
+        tx: q.tx.clone(),
+        ..q2
+    };
+    let waiting = tokio::spawn(async move { q2.submit(pending().0).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "it waits while the queue is full");
+    rx.recv().await.unwrap();
+    waiting.await.unwrap().unwrap();
+    // Closed: the store is shut down.
+    drop(rx);
+    assert!(matches!(
+        q.submit(pending().0).await,
+        Err(ProposeError::Raft(m)) if m.contains("shut down")
+    ));
+}

@@ -1,0 +1,188 @@
+//! The leader's record of the dispatcher sessions: when each node was last heard, and what it
+//! said of its own health with its last heartbeat. The leader's node-status loop turns it into
+//! each node's status (`status_of`): Ready; Unknown with the node's reason while one of its
+//! runtime components is broken (it keeps its tasks and gets no new ones); Down after three
+//! silent heartbeat periods. Entries of nodes that left the store are pruned, so the record
+//! stays as large as the cluster.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use model::node::NodeState;
+
+/// What a node said last.
+#[derive(Debug, Clone)]
+pub struct Heard {
+    pub at: Instant,
+    /// Why the node is not ready (None: it is).
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Sessions {
+    heard: Mutex<HashMap<String, Heard>>,
+}
+
+impl Sessions {
+    /// Records a message from `node` (a heartbeat or its hello), with its health.
+    pub fn heard(&self, node: &str, problem: Option<String>) {
+        self.lock().insert(
+            node.to_string(),
+            Heard {
+                at: Instant::now(),
+                problem,
+            },
+        );
+    }
+
+    pub fn get(&self, node: &str) -> Option<Heard> {
+        self.lock().get(node).cloned()
+    }
+
+    /// Forgets the nodes not in `existing` (removed, or left); returns how many went.
+    pub fn prune(&self, existing: &HashSet<&str>) -> usize {
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|id, _| existing.contains(id.as_str()));
+        before - map.len()
+    }
+
+    /// Forgets every session (leadership moved: the next term starts from what it hears).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Heard>> {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The status a node should have, given what it said last (`None`: nothing yet this term),
+/// its current state, how long heartbeats may stop (`grace`) and whether the leader has
+/// settled (nodes had time to find it after an election). None: leave the status as it is.
+pub fn status_of(
+    heard: Option<&Heard>,
+    current: (NodeState, &str),
+    grace: Duration,
+    settled: bool,
+) -> Option<(NodeState, String)> {
+    let alive = heard.filter(|h| h.at.elapsed() <= grace);
+    let want = match alive {
+        Some(h) => match &h.problem {
+            None => (NodeState::Ready, String::new()),
+            Some(why) => (NodeState::Unknown, why.clone()),
+        },
+        None => match current.0 {
+            NodeState::Ready | NodeState::Unknown if settled => {
+                (NodeState::Down, "heartbeat failure".to_string())
+            }
+            _ => return None,
+        },
+    };
+    (want.0 != current.0 || want.1 != current.1).then_some(want)
+}
+
+/// The JSON patch of a node's status.
+pub fn status_patch(state: NodeState, message: &str) -> serde_json::Value {
+    serde_json::json!({"status": {"state": state, "message": message}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn departed_nodes_are_pruned() {
+        let s = Sessions::default();
+        for n in ["a", "b", "c"] {
+            s.heard(n, None);
+        }
+        let existing: HashSet<&str> = ["a", "c"].into();
+        assert_eq!(s.prune(&existing), 1);
+        assert_eq!(s.len(), 2);
+        assert!(s.get("b").is_none());
+        assert!(s.get("a").is_some());
+        s.clear();
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn status_follows_what_the_node_said() {
+        let grace = Duration::from_secs(60);
+        let ok = Heard {
+            at: Instant::now(),
+            problem: None,
+        };
+        let broken = Heard {
+            at: Instant::now(),
+            problem: Some("node runtime not ready: executor: x".into()),
+        };
+        // Ready and heard well: nothing to write.
+        assert_eq!(
+            status_of(Some(&ok), (NodeState::Ready, ""), grace, true),
+            None
+        );
+        // A broken runtime: Unknown with the reason (tasks stay, none new).
+        assert_eq!(
+            status_of(Some(&broken), (NodeState::Ready, ""), grace, true),
+            Some((
+                NodeState::Unknown,
+                "node runtime not ready: executor: x".into()
+            ))
+        );
+        // Recovered.
+        assert_eq!(
+            status_of(
+                Some(&ok),
+                (NodeState::Unknown, "node runtime not ready: executor: x"),
+                grace,
+                true
+            ),
+            Some((NodeState::Ready, String::new()))
+        );
+        // Back from down.
+        assert_eq!(
+            status_of(
+                Some(&ok),
+                (NodeState::Down, "heartbeat failure"),
+                grace,
+                true
+            ),
+            Some((NodeState::Ready, String::new()))
+        );
+        // Silent: down once settled, whether it was ready or not ready.
+        for st in [NodeState::Ready, NodeState::Unknown] {
+            assert_eq!(
+                status_of(None, (st, ""), grace, true),
+                Some((NodeState::Down, "heartbeat failure".into()))
+            );
+            assert_eq!(status_of(None, (st, ""), grace, false), None);
+        }
+        let old = Heard {
+            at: Instant::now() - Duration::from_secs(5),
+            problem: None,
+        };
+        assert_eq!(
+            status_of(
+                Some(&old),
+                (NodeState::Ready, ""),
+                Duration::from_secs(1),
+                true
+            ),
+            Some((NodeState::Down, "heartbeat failure".into()))
+        );
+        assert_eq!(
+            status_of(None, (NodeState::Down, "heartbeat failure"), grace, true),
+            None
+        );
+    }
+}
