@@ -40,8 +40,8 @@ enum Cmd {
     /// Fuzz the parsers of untrusted bytes (cargo-fuzz, nightly): each target of fuzz/ (or the
     /// one named) for N seconds; prints execs/s and crashes, fails on a crash.
     Fuzz {
-        /// One target (gossip_datagram, gossip_stream, dns_query, dns_upstream, join_request,
-        /// cluster_rpc, api_bodies); all when left out.
+        /// One target (gossip_datagram, gossip_stream, gossip_message, dns_query, dns_upstream,
+        /// join_request, cluster_rpc, api_bodies); all when left out.
         target: Option<String>,
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]

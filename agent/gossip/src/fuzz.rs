@@ -196,8 +196,9 @@ mod tests {
         }
     }
 
-    /// Sealed datagrams (fragments for a message past the MTU) of each body.
-    fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    /// Each body's encoded message (what `message` takes) and its sealed datagrams (fragments
+    /// for a message past the MTU).
+    fn seeds() -> Vec<(&'static str, Vec<u8>, Vec<Vec<u8>>)> {
         let bodies = [
             (
                 "syn",
@@ -235,7 +236,8 @@ mod tests {
                     body,
                 };
                 let bytes = codec::encode(&msg).unwrap();
-                (name, wire::seal_message(&keyring(), 1400, &bytes).unwrap())
+                let sealed = wire::seal_message(&keyring(), 1400, &bytes).unwrap();
+                (name, bytes, sealed)
             })
             .collect()
     }
@@ -243,11 +245,16 @@ mod tests {
     #[test]
     #[ignore = "writes the seed corpus under fuzz/corpus/"]
     fn write_seed_corpus() {
-        for target in ["gossip_datagram", "gossip_stream"] {
+        for target in ["gossip_datagram", "gossip_stream", "gossip_message"] {
             std::fs::create_dir_all(fuzz_dir().join("corpus").join(target)).unwrap();
         }
-        for (name, datagrams) in seeds() {
+        for (name, message, datagrams) in seeds() {
             let dir = fuzz_dir().join("corpus");
+            std::fs::write(
+                dir.join("gossip_message").join(format!("seed-{name}")),
+                message,
+            )
+            .unwrap();
             // One file per datagram (a fragment alone goes no further than the reassembler).
             for (i, d) in datagrams.iter().enumerate() {
                 std::fs::write(
@@ -269,7 +276,8 @@ mod tests {
 
     #[test]
     fn seeds_decode() {
-        for (name, datagrams) in seeds() {
+        for (name, message_bytes, datagrams) in seeds() {
+            assert!(message(&message_bytes), "{name}");
             if datagrams.len() == 1 {
                 assert!(datagram(&datagrams[0]), "{name}");
             }
@@ -293,6 +301,9 @@ mod tests {
         }
         for bytes in inputs("gossip_stream") {
             stream(&bytes);
+        }
+        for bytes in inputs("gossip_message") {
+            message(&bytes);
         }
     }
 
