@@ -196,9 +196,12 @@ mod tests {
         }
     }
 
+    /// A seed's name, its encoded message and that message's sealed datagrams.
+    type Seed = (&'static str, Vec<u8>, Vec<Vec<u8>>);
+
     /// Each body's encoded message (what `message` takes) and its sealed datagrams (fragments
     /// for a message past the MTU).
-    fn seeds() -> Vec<(&'static str, Vec<u8>, Vec<Vec<u8>>)> {
+    fn seeds() -> Vec<Seed> {
         let bodies = [
             (
                 "syn",
