@@ -44,6 +44,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fuzz;
 pub mod ingress;
 pub mod leader;
 pub mod member;

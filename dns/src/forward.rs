@@ -42,7 +42,7 @@ struct Pooled {
 }
 
 /// Why one upstream gave no usable answer.
-enum Failure {
+pub(crate) enum Failure {
     Timeout,
     Failed,
 }
@@ -203,14 +203,14 @@ impl Forwarder {
     }
 }
 
-fn rcode(bytes: &[u8]) -> Option<ResponseCode> {
+pub(crate) fn rcode(bytes: &[u8]) -> Option<ResponseCode> {
     let mut dec = BinDecoder::new(bytes);
     Header::read(&mut dec).ok().map(|h| h.response_code)
 }
 
 /// Accepts an upstream answer only if it is a response to our query (same id, same question)
 /// and not SERVFAIL/REFUSED (those move on to the next upstream, as Docker does).
-fn check_answer(bytes: Vec<u8>, id: u16, query: &Query) -> Result<Vec<u8>, Failure> {
+pub(crate) fn check_answer(bytes: Vec<u8>, id: u16, query: &Query) -> Result<Vec<u8>, Failure> {
     let mut dec = BinDecoder::new(&bytes);
     let header = Header::read(&mut dec).map_err(|_| Failure::Failed)?;
     if header.id != id || header.message_type != MessageType::Response {

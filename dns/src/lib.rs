@@ -12,6 +12,7 @@
 //! a task per datagram and per connection without bound, and logs two `info!` lines per query.
 
 mod forward;
+pub mod fuzz;
 mod handler;
 mod ids;
 mod lookup;

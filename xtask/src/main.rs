@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod kernel;
 mod setup;
 mod test;
@@ -20,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the build and the tests need (apt packages, rust-src, bpf-linker). Idempotent.
+    /// Install what the build and the tests need (apt packages, rust-src, bpf-linker,
+    /// cargo-fuzz). Idempotent.
     Setup,
     /// Build the eBPF load-balancer programs (crate `ebpf`) for bpfel-unknown-none, as
     /// ebpf/objects/build.rs does, and print where the object is.
@@ -34,6 +36,16 @@ enum Cmd {
     TestKernel {
         /// Only run kernel-lab tests whose name contains one of these.
         filters: Vec<String>,
+    },
+    /// Fuzz the parsers of untrusted bytes (cargo-fuzz, nightly): each target of fuzz/ (or the
+    /// one named) for N seconds; prints execs/s and crashes, fails on a crash.
+    Fuzz {
+        /// One target (gossip_datagram, gossip_stream, gossip_message, dns_query, dns_upstream,
+        /// join_request, cluster_rpc, api_bodies); all when left out.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// System benchmarks (all, or the named ones: see xtask/src/bench.rs).
     Bench { names: Vec<String> },
@@ -62,6 +74,7 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => ebpf::build(),
         Cmd::TestKernel { filters } => kernel::run(&filters),
         Cmd::Bench { names } => bench::run(&names),
+        Cmd::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Cmd::Lab {
             cmd: LabCmd::Clean { all },
         } => {

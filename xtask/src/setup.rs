@@ -165,7 +165,8 @@ fn rust_components() -> Result<()> {
             "nightly",
         ]))?;
     }
-    bpf_linker()
+    bpf_linker()?;
+    crate::fuzz::install_cargo_fuzz()
 }
 
 /// The version of bpf-linker the eBPF programs (crate `ebpf`) are built with.

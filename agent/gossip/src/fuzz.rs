@@ -128,6 +128,188 @@ mod tests {
         }
     }
 
+    fn fuzz_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+    }
+
+    fn inputs(target: &str) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for dir in ["corpus", "regressions"] {
+            let Ok(entries) = std::fs::read_dir(fuzz_dir().join(dir).join(target)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                out.push(std::fs::read(e.path()).expect("readable input"));
+            }
+        }
+        out
+    }
+
+    fn from() -> crate::membership::Id {
+        crate::membership::Id {
+            node: "n".into(),
+            generation: 1,
+            bump: 0,
+            addr: "198.18.0.1:7946".parse().unwrap(),
+        }
+    }
+
+    fn record(node: &str) -> codec::Record {
+        codec::Record {
+            node: node.into(),
+            generation: 3,
+            version: 7,
+            addr: "198.18.0.2:7946".parse().unwrap(),
+            vtep: Some("198.18.0.2".parse().unwrap()),
+            networks: vec![codec::NetInterest {
+                net: "net1".into(),
+                publishes: true,
+            }],
+            left: false,
+            floor: 0,
+        }
+    }
+
+    fn table(items: usize) -> codec::TableDelta {
+        codec::TableDelta {
+            net: "net1".into(),
+            owners: vec![codec::OwnerDelta {
+                owner: "n".into(),
+                since: 0,
+                max: items as u64,
+                items: (0..items)
+                    .map(|i| codec::WireItem {
+                        id: format!("ep{i}"),
+                        version: i as u64 + 1,
+                        value: Some(codec::EpValue {
+                            ip: std::net::IpAddr::from([10, 0, (i / 250) as u8, (i % 250) as u8]),
+                            mac: [2, 0x42, 10, 0, 0, i as u8],
+                            task: format!("task{i}"),
+                            service: "svc".into(),
+                            name: format!("web.{i}.task{i}"),
+                            aliases: vec!["web".into()],
+                            disabled: false,
+                        }),
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    /// A seed's name, its encoded message and that message's sealed datagrams.
+    type Seed = (&'static str, Vec<u8>, Vec<Vec<u8>>);
+
+    /// Each body's encoded message (what `message` takes) and its sealed datagrams (fragments
+    /// for a message past the MTU).
+    fn seeds() -> Vec<Seed> {
+        let bodies = [
+            (
+                "syn",
+                Body::Syn(codec::Syn {
+                    records: 2,
+                    nets: vec![codec::NetHash {
+                        net: "net1".into(),
+                        hash: 42,
+                    }],
+                }),
+            ),
+            (
+                "delta",
+                Body::Delta(codec::Delta {
+                    records: vec![record("n2")],
+                    tables: vec![table(3)],
+                    ..Default::default()
+                }),
+            ),
+            (
+                "push_big",
+                Body::Push(codec::Push {
+                    origin: "n".into(),
+                    records: vec![record("n"), record("n3")],
+                    tables: vec![table(60)],
+                }),
+            ),
+        ];
+        bodies
+            .into_iter()
+            .map(|(name, body)| {
+                let msg = codec::Message {
+                    cluster: 1,
+                    from: from(),
+                    body,
+                };
+                let bytes = codec::encode(&msg).unwrap();
+                let sealed = wire::seal_message(&keyring(), 1400, &bytes).unwrap();
+                (name, bytes, sealed)
+            })
+            .collect()
+    }
+
+    #[test]
+    #[ignore = "writes the seed corpus under fuzz/corpus/"]
+    fn write_seed_corpus() {
+        for target in ["gossip_datagram", "gossip_stream", "gossip_message"] {
+            std::fs::create_dir_all(fuzz_dir().join("corpus").join(target)).unwrap();
+        }
+        for (name, message, datagrams) in seeds() {
+            let dir = fuzz_dir().join("corpus");
+            std::fs::write(
+                dir.join("gossip_message").join(format!("seed-{name}")),
+                message,
+            )
+            .unwrap();
+            // One file per datagram (a fragment alone goes no further than the reassembler).
+            for (i, d) in datagrams.iter().enumerate() {
+                std::fs::write(
+                    dir.join("gossip_datagram").join(format!("seed-{name}-{i}")),
+                    d,
+                )
+                .unwrap();
+            }
+            // A stream carries every datagram of the message as frames.
+            let mut s = crate::stream::MAGIC.to_vec();
+            s.extend_from_slice(&7946u16.to_be_bytes());
+            for d in &datagrams {
+                s.extend_from_slice(&u16::try_from(d.len()).unwrap().to_be_bytes());
+                s.extend_from_slice(d);
+            }
+            std::fs::write(dir.join("gossip_stream").join(format!("seed-{name}")), s).unwrap();
+        }
+    }
+
+    #[test]
+    fn seeds_decode() {
+        for (name, message_bytes, datagrams) in seeds() {
+            assert!(message(&message_bytes), "{name}");
+            if datagrams.len() == 1 {
+                assert!(datagram(&datagrams[0]), "{name}");
+            }
+            let mut s = crate::stream::MAGIC.to_vec();
+            s.extend_from_slice(&7946u16.to_be_bytes());
+            for d in &datagrams {
+                s.extend_from_slice(&u16::try_from(d.len()).unwrap().to_be_bytes());
+                s.extend_from_slice(d);
+            }
+            // Each frame is opened alone (a fresh reassembler per frame, as `stream` does).
+            let n = stream(&s);
+            assert_eq!(n, usize::from(datagrams.len() == 1), "{name}");
+        }
+    }
+
+    /// The corpora and every crash the fuzzers found: decoded without a panic.
+    #[test]
+    fn corpus_and_regressions_never_panic() {
+        for bytes in inputs("gossip_datagram") {
+            datagram(&bytes);
+        }
+        for bytes in inputs("gossip_stream") {
+            stream(&bytes);
+        }
+        for bytes in inputs("gossip_message") {
+            message(&bytes);
+        }
+    }
+
     #[test]
     fn a_sealed_message_decodes() {
         let msg = codec::Message {

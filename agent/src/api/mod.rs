@@ -36,6 +36,7 @@
 //! without quorum it fails at once with the quorum message. Routes that act on this node only
 //! are listed in `is_local`; reads a worker answers from its own assignments in `worker_reads`.
 
+pub mod fuzz;
 mod ingress;
 mod logs;
 mod networks;
@@ -99,15 +100,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| Failure::bad_request(format!("cannot read the request body: {e}")))?;
-        let text = if bytes.iter().all(u8::is_ascii_whitespace) {
-            &b"{}"[..]
-        } else {
-            &bytes[..]
-        };
-        serde_json::from_slice(text)
-            .map(ApiJson)
-            .map_err(|e| Failure::bad_request(format!("malformed request body: {e}")))
+        parse_body(&bytes).map(ApiJson)
     }
+}
+
+/// Decodes a request body as every handler does: empty (or blank) means `{}`.
+pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    let text = if bytes.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        bytes
+    };
+    serde_json::from_slice(text)
+        .map_err(|e| Failure::bad_request(format!("malformed request body: {e}")))
 }
 
 /// The API's routes, without the version prefix (see [`app`]).

@@ -102,7 +102,7 @@ fn duplicate(state: &ClusterState, name: &str, except: Option<&str>) -> Result<(
 }
 
 /// The spec as stored: converted, constraints checked, networks resolved.
-fn model_spec(
+pub(crate) fn model_spec(
     state: &ClusterState,
     spec: &ServiceSpec,
 ) -> Result<(model::service::ServiceSpec, Vec<String>)> {

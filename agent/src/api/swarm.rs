@@ -51,7 +51,7 @@ pub(crate) fn shown(
     info
 }
 
-fn refuse_availability(a: &str) -> Result<()> {
+pub(crate) fn refuse_availability(a: &str) -> Result<()> {
     if !a.is_empty() && a != "active" {
         return Err(Failure::bad_request(format!(
             "joining with availability {a:?} is not supported: join active, then `node update --availability {a}`"

@@ -40,10 +40,15 @@ impl<U: DeserializeOwned> Decoder for JsonDecoder<U> {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         // from_slice is much faster than from_reader on large messages.
         let bytes = src.copy_to_bytes(src.remaining());
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))
+        decode(&bytes).map(Some)
     }
+}
+
+/// Decodes one message's bytes (what is left of a gRPC frame after its 5-byte header) as the
+/// services do: the one decoding step of the cluster port, also driven by `crate::fuzz`.
+pub fn decode<U: DeserializeOwned>(bytes: &[u8]) -> Result<U, Status> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Status::invalid_argument(format!("malformed message: {e}")))
 }
 
 impl<T, U> Codec for JsonCodec<T, U>

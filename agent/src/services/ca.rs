@@ -54,40 +54,7 @@ impl CaRpc for CaService {
         let peer_ip = peer.map(|ip| ip.to_string());
         let req = req.into_inner();
         let (cluster, ca) = self.ca()?;
-        let given =
-            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // The token pins the swarm's root (during a rotation still the old one).
-        if given.ca_digest != crate::ca_rotation::root_digest(&cluster) {
-            return Err(Status::permission_denied(
-                "the join token is for a different swarm (its CA digest does not match this swarm's CA)",
-            ));
-        }
-        let worker = JoinToken::parse(&cluster.join_tokens.worker)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let manager = JoinToken::parse(&cluster.join_tokens.manager)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let role = if given.same_secret(&manager) {
-            Role::Manager
-        } else if given.same_secret(&worker) {
-            Role::Worker
-        } else {
-            return Err(Status::permission_denied(
-                "invalid join token: it is neither the current worker nor the current manager token of this swarm (was it rotated?); get one with `netctl swarm join-token worker|manager` on a manager",
-            ));
-        };
-        if req.want_manager && role != Role::Manager {
-            return Err(Status::permission_denied(
-                "the token is a worker token, which never makes a node a manager; to join as a manager use the manager token (`netctl swarm join-token manager`)",
-            ));
-        }
-        if req.hostname.is_empty() || req.hostname.len() > 253 {
-            return Err(Status::invalid_argument("invalid hostname"));
-        }
-        for a in [&req.advertise_addr, &req.data_path_addr] {
-            if a.parse::<std::net::IpAddr>().is_err() {
-                return Err(Status::invalid_argument(format!("invalid address {a:?}")));
-            }
-        }
+        let role = admit(&req, &cluster)?;
         let node_id = model::new_id();
         let cert_pem = ca
             .sign_csr(
@@ -192,8 +159,48 @@ impl CaRpc for CaService {
     }
 }
 
+/// Checks a join request against the cluster's CA and join tokens: the role its token gives, or
+/// why it is refused. No store, no I/O: `crate::fuzz` drives it with arbitrary requests.
+pub(crate) fn admit(req: &JoinRequest, cluster: &model::Cluster) -> Result<Role, Status> {
+    let given =
+        JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // The token pins the swarm's root (during a rotation still the old one).
+    if given.ca_digest != crate::ca_rotation::root_digest(cluster) {
+        return Err(Status::permission_denied(
+            "the join token is for a different swarm (its CA digest does not match this swarm's CA)",
+        ));
+    }
+    let worker = JoinToken::parse(&cluster.join_tokens.worker)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let manager = JoinToken::parse(&cluster.join_tokens.manager)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let role = if given.same_secret(&manager) {
+        Role::Manager
+    } else if given.same_secret(&worker) {
+        Role::Worker
+    } else {
+        return Err(Status::permission_denied(
+            "invalid join token: it is neither the current worker nor the current manager token of this swarm (was it rotated?); get one with `netctl swarm join-token worker|manager` on a manager",
+        ));
+    };
+    if req.want_manager && role != Role::Manager {
+        return Err(Status::permission_denied(
+            "the token is a worker token, which never makes a node a manager; to join as a manager use the manager token (`netctl swarm join-token manager`)",
+        ));
+    }
+    if req.hostname.is_empty() || req.hostname.len() > 253 {
+        return Err(Status::invalid_argument("invalid hostname"));
+    }
+    for a in [&req.advertise_addr, &req.data_path_addr] {
+        if a.parse::<std::net::IpAddr>().is_err() {
+            return Err(Status::invalid_argument(format!("invalid address {a:?}")));
+        }
+    }
+    Ok(role)
+}
+
 /// How long the node certificates the CA signs now live (the cluster's setting).
-fn validity(cluster: &model::Cluster) -> std::time::Duration {
+pub(crate) fn validity(cluster: &model::Cluster) -> std::time::Duration {
     let ms = match cluster.settings.node_cert_expiry_ms {
         0 => model::cluster::DEFAULT_NODE_CERT_EXPIRY_MS,
         ms => ms,

@@ -2,7 +2,7 @@
 //! services and who may call them).
 
 mod authz;
-mod ca;
+pub(crate) mod ca;
 mod control;
 mod dispatcher;
 mod raft;

@@ -54,12 +54,13 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{broadcast, watch};
 
 pub use change::{
-    Applied, Batch, Change, Conflict, Event, Outcome, Outcomes, Proposal, apply_batch, merge_patch,
+    Applied, Batch, Change, Conflict, Event, Outcome, Outcomes, Proposal, View, apply_batch,
+    merge_patch,
 };
 pub use health::FAULT_ENV;
 pub use log_store::LogStore;
 pub use recover::force_new_cluster;
-pub use state_machine::StateMachine;
+pub use state_machine::{StateMachine, decode_snapshot};
 
 /// Raft member ids.
 pub type NodeId = u64;

@@ -37,6 +37,12 @@ struct SnapshotData {
     objects: Vec<Object>,
 }
 
+/// Decodes the data of a snapshot a leader sent (`InstallSnapshot`): its objects, in order.
+/// The one decoding step of an installed snapshot (fuzzed through the agent's `fuzz` module).
+pub fn decode_snapshot(data: &[u8]) -> Result<Vec<Object>, StorageError<u64>> {
+    dec::<SnapshotData>(data).map(|s| s.objects)
+}
+
 /// The state in memory.
 #[derive(Default)]
 pub(crate) struct Mem {
@@ -455,10 +461,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
         let data = snapshot.into_inner();
-        let parsed: SnapshotData = dec(&data)?;
-        let mut rows = Vec::with_capacity(parsed.objects.len());
+        let parsed = decode_snapshot(&data)?;
+        let mut rows = Vec::with_capacity(parsed.len());
         let mut objects = BTreeMap::new();
-        for obj in parsed.objects {
+        for obj in parsed {
             let key = object_key(obj.kind(), obj.id());
             rows.push((key.clone(), enc(&obj)?));
             objects.insert(key, obj);
