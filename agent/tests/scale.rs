@@ -92,6 +92,15 @@ fn two_thousand_services_converge_and_a_scale_costs_only_its_change() {
     });
     println!("every node converged after {:?}", t0.elapsed());
 
+    // Knowing every endpoint comes before programming the last of them: let every node's
+    // kernel writes settle first.
+    s.wait_long("every node's kernel writes steady", || {
+        let a = counters(&s);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let b = counters(&s);
+        (1..=NODES).all(|i| a[&i].1 == b[&i].1)
+    });
+
     // An agent restart changes nothing in the kernel, on its node or any other.
     let before_restart = counters(&s);
     s.kill(5);

@@ -414,12 +414,13 @@ fn plan(filters: &[String]) -> Result<Vec<Planned>> {
 /// `cargo test --no-run -p PKG --test T...`; returns (package, target, executable, package dir).
 fn build(pkg: &str, targets: &BTreeSet<&str>) -> Result<Vec<(String, String, PathBuf, PathBuf)>> {
     let mut cmd = cargo();
+    // The whole workspace selected, as `cargo xtask test` builds it: with `-p PKG` alone cargo
+    // unifies dependency features differently and rebuilds ~100 crates a second time.
     cmd.args([
         "test",
         "--no-run",
         "--message-format=json-render-diagnostics",
-        "-p",
-        pkg,
+        "--workspace",
     ]);
     for t in targets {
         cmd.args(["--test", t]);
@@ -444,7 +445,10 @@ fn build(pkg: &str, targets: &BTreeSet<&str>) -> Result<Vec<(String, String, Pat
         let is_test = msg["target"]["kind"]
             .as_array()
             .is_some_and(|k| k.iter().any(|k| k == "test"));
-        if !is_test || !targets.contains(name) {
+        let of_pkg = msg["package_id"]
+            .as_str()
+            .is_some_and(|id| package_name(id) == pkg);
+        if !is_test || !of_pkg || !targets.contains(name) {
             continue;
         }
         let cwd = Path::new(manifest)
@@ -454,6 +458,22 @@ fn build(pkg: &str, targets: &BTreeSet<&str>) -> Result<Vec<(String, String, Pat
         found.push((pkg.to_string(), name.to_string(), PathBuf::from(exe), cwd));
     }
     Ok(found)
+}
+
+/// The package name in a cargo package id: `path+file:///w/vxlan#0.1.0` (the directory is the
+/// name), `path+file:///w/agent#netagent@0.1.0`, or the old `name 0.1.0 (path+file://...)`.
+fn package_name(id: &str) -> &str {
+    if let Some((_, frag)) = id.split_once('#') {
+        match frag.split_once('@') {
+            Some((name, _)) => name,
+            None => id
+                .split_once('#')
+                .map(|(url, _)| url.rsplit('/').next().unwrap_or(url))
+                .unwrap_or(id),
+        }
+    } else {
+        id.split(' ').next().unwrap_or(id)
+    }
 }
 
 /// The tests in a libtest binary (run on the host with `--list`; nothing executes).
@@ -576,6 +596,19 @@ mod tests {
         for s in SUITES {
             assert!(seen.insert(s.name()), "{s:?}");
         }
+    }
+
+    #[test]
+    fn package_names_from_ids() {
+        assert_eq!(package_name("path+file:///work/main/vxlan#0.1.0"), "vxlan");
+        assert_eq!(
+            package_name("path+file:///work/main/agent#netagent@0.1.0"),
+            "netagent"
+        );
+        assert_eq!(
+            package_name("lab 0.1.0 (path+file:///work/main/tests/netns)"),
+            "lab"
+        );
     }
 
     #[test]
