@@ -175,9 +175,18 @@ impl Setup {
     /// nftables table (without its counters' values), the addresses.
     fn kernel_state(&self) -> String {
         let n = self.lb_node();
-        let ipvs: Vec<String> = n
-            .run_ok(&["ipvsadm", "-Ln"])
-            .unwrap()
+        // ipvsadm's listing of an unchanged table once printed one fwmark service three times
+        // (kernel lab, a busy host): read it until two listings agree.
+        let list = || n.run_ok(&["ipvsadm", "-Ln"]).unwrap();
+        let mut listing = list();
+        for _ in 0..5 {
+            let again = list();
+            if again == listing {
+                break;
+            }
+            listing = again;
+        }
+        let ipvs: Vec<String> = listing
             .lines()
             .map(|l| match l.strip_prefix("  -> ") {
                 Some(d) if !d.starts_with("RemoteAddress") => {
