@@ -116,7 +116,7 @@ pub const SUITES: &[Suite] = &[
     suite("vxlan", "esp", "", true),
     // The eBPF socket load balancer under Debian's 6.1 kernel, and IPVS (not on the host).
     suite("ipvs", "ebpf", "", false),
-    suite("ipvs", "ipvs", "", true),
+    suite("ipvs", "ipvs", "", true).showing_output(),
     // An encrypted network end to end through the agents (keys, ESP on the wire, rotation).
     suite("netagent", "encrypted", "", true),
     // Service load balancing through the agents, with each load balancer (`--lb`).
