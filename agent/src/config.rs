@@ -27,6 +27,7 @@
 //! lb = "auto"                      # service VIPs: "ebpf", "ipvs" or "auto" (eBPF if the kernel can)
 //! bpf_dir = "/sys/fs/bpf/netagent" # where the eBPF load balancer pins its maps (a bpffs)
 //! fast_path = true                 # the eBPF overlay fast path (false: --no-fast-path)
+//! ingress_snat = false             # Docker's mesh: tasks see the node, not the client
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -143,6 +144,11 @@ pub struct Args {
     /// used by default where the kernel can run it: Linux >= 6.6 with TCX).
     #[arg(long)]
     pub no_fast_path: bool,
+    /// Docker's routing mesh on this node: connections through its published ports reach the
+    /// task from this node's ingress address (SNAT), so replies come back through it whatever
+    /// the routing, and the task no longer sees the client's address.
+    #[arg(long)]
+    pub ingress_snat: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -173,6 +179,7 @@ struct FileConfig {
     lb: Option<String>,
     bpf_dir: Option<PathBuf>,
     fast_path: Option<bool>,
+    ingress_snat: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +220,8 @@ pub struct Config {
     pub bpf_dir: PathBuf,
     /// Whether the eBPF overlay fast path is wanted (`--no-fast-path`: false).
     pub fast_path: bool,
+    /// Whether the node's ingress sbox SNATs mesh connections (`--ingress-snat`).
+    pub ingress_snat: bool,
 }
 
 impl Config {
@@ -340,6 +349,7 @@ impl Config {
                 .or(file.bpf_dir)
                 .unwrap_or_else(|| "/sys/fs/bpf/netagent".into()),
             fast_path: !args.no_fast_path && file.fast_path.unwrap_or(true),
+            ingress_snat: args.ingress_snat || file.ingress_snat.unwrap_or(false),
         })
     }
 

@@ -91,6 +91,7 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
             .max(Duration::from_secs(1)),
         fast_path: cfg.fast_path,
         bpf_dir: fast_bpf_dir,
+        ingress_snat: cfg.ingress_snat,
         fault_file: std::env::var_os(executor::node::FAULT_ENV).map(std::path::PathBuf::from),
     })
 }

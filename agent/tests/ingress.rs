@@ -170,7 +170,7 @@ fn published_port_answers_on_every_node_with_the_client_address() {
         return;
     }
     let before = host_snapshot();
-    let s = swarm_with_client();
+    let mut s = swarm_with_client();
     let client = s.lab.node(4).addr();
 
     // The ingress network swarm init made: first pool subnet, VNI 4096; a user's first 4097.
@@ -326,6 +326,35 @@ fn published_port_answers_on_every_node_with_the_client_address() {
             "after the restarts, node{i}: {failed:?} {tasks:?}"
         );
     }
+
+    // Docker's behaviour as an option: node3's agent started again with --ingress-snat. Through
+    // node3 the tasks see node3's ingress address; through node1 still the client.
+    s.agents[2].stop(Duration::from_secs(10));
+    let spec = common::agent_spec(&s.lab, 3).arg("--ingress-snat");
+    s.agents[2] = s.lab.node(3).spawn(spec).expect("spawn netagent");
+    s.wait("agent 3 API with --ingress-snat", || {
+        s.netctl(3, &["info"]).status.success()
+    });
+    let mut seen = BTreeSet::new();
+    s.wait("node3 SNATs mesh connections", || {
+        let (tasks, peers, failed) = load(&s, s.lab.node(3).addr(), 8080, 10);
+        seen = peers.clone();
+        failed.is_empty()
+            && tasks.len() == 2
+            && peers.len() == 1
+            && peers.iter().all(|p| p.starts_with("[::ffff:10.0.0."))
+    });
+    assert!(
+        !seen.contains(&format!("[::ffff:{client}]")),
+        "through node3 the tasks no longer see the client: {seen:?}"
+    );
+    let (_, peers, failed) = load(&s, s.lab.node(1).addr(), 8080, 10);
+    assert!(failed.is_empty(), "through node1: {failed:?}");
+    assert_eq!(
+        peers,
+        BTreeSet::from([format!("[::ffff:{client}]")]),
+        "node1 does not SNAT"
+    );
 
     // A port published from 30000-32767 when omitted, answering too; removed again.
     s.ctl(

@@ -39,12 +39,6 @@ fn proto(p: Protocol) -> Proto {
     }
 }
 
-/// Docker's behaviour (the sbox SNATs, tasks see it rather than the client), for operators who
-/// need it: `NETAGENT_INGRESS_SNAT=1` in the agent's environment.
-fn snat() -> bool {
-    std::env::var("NETAGENT_INGRESS_SNAT").is_ok_and(|v| v == "1" || v == "true")
-}
-
 /// The sbox's address on docker_gwbridge: the subnet's last host (task addresses are handed
 /// out from the bottom).
 fn sbox_gw_addr(gw: &vxlan::GwBridge) -> Ipv4Addr {
@@ -168,7 +162,7 @@ impl Executor {
                     gw_addr: sbox_gw_addr(gw),
                     ingress_addr: addr,
                     ports,
-                    snat: snat(),
+                    snat: self.config.ingress_snat,
                 });
             }
         }

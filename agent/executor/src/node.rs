@@ -68,6 +68,9 @@ pub struct Config {
     /// A bpffs directory for the fast path's pins (so a restart adopts them); None: the
     /// process holds its attachments.
     pub bpf_dir: Option<PathBuf>,
+    /// Docker's routing mesh: the ingress sbox SNATs connections to its ingress address (tasks
+    /// see the node rather than the client). Off: only destinations are rewritten.
+    pub ingress_snat: bool,
     /// Fault injection (tests): while this file exists, every executor pass fails, or panics
     /// when the file says `panic` (the agent sets it from `NETAGENT_FAULT_EXECUTOR`).
     pub fault_file: Option<PathBuf>,
