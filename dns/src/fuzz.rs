@@ -169,29 +169,17 @@ pub fn tcp_stream(mut bytes: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
     use hickory_proto::rr::rdata::A;
     use hickory_proto::rr::{Name, RData, Record, RecordType};
 
     use super::*;
 
-    fn fuzz_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-    }
-
     fn inputs(target: &str) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for dir in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(fuzz_dir().join(dir).join(target)) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                out.push(std::fs::read(e.path()).expect("readable input"));
-            }
-        }
-        out
+        lab::fuzzing::inputs(target)
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect()
     }
 
     fn ask(name: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
@@ -273,9 +261,7 @@ mod tests {
     #[ignore = "writes the seed corpus under fuzz/corpus/"]
     fn write_seed_corpus() {
         for (target, name, bytes) in seeds() {
-            let dir = fuzz_dir().join("corpus").join(target);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+            lab::fuzzing::write_seed(target, name, &bytes);
         }
     }
 
@@ -293,24 +279,16 @@ mod tests {
 
     #[test]
     fn arbitrary_bytes_never_panic() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let base = answer(3);
-        for len in 0..3000usize {
-            let mut bytes: Vec<u8> = (0..len % 600)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+        for (i, mut bytes) in lab::fuzzing::junk(0x9e37_79b9_7f4a_7c15, 3000, 600).enumerate() {
             query(&bytes);
             upstream_answer(&bytes);
             tcp_stream(&bytes);
             // Mutations of a valid answer reach past the header checks.
             let mut a = base.clone();
-            let at = (x as usize) % a.len();
-            a[at] ^= x.to_le_bytes()[1];
+            let x = bytes.first().copied().unwrap_or(0x5a) as usize * 131 + i;
+            let at = x % a.len();
+            a[at] ^= bytes.get(1).copied().unwrap_or(0xa5) | 1;
             bytes.truncate(8);
             a.extend_from_slice(&bytes);
             upstream_answer(&a);

@@ -106,16 +106,7 @@ mod tests {
 
     #[test]
     fn arbitrary_bytes_never_panic() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for len in 0..3000usize {
-            let bytes: Vec<u8> = (0..len % 700)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+        for bytes in lab::fuzzing::junk(0x9e37_79b9_7f4a_7c15, 3000, 700) {
             datagram(&bytes);
             message(&bytes);
             swim_packet(&bytes);
@@ -128,21 +119,13 @@ mod tests {
         }
     }
 
-    fn fuzz_dir() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
-    }
+    use lab::fuzzing::write_seed;
 
     fn inputs(target: &str) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for dir in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(fuzz_dir().join(dir).join(target)) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                out.push(std::fs::read(e.path()).expect("readable input"));
-            }
-        }
-        out
+        lab::fuzzing::inputs(target)
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect()
     }
 
     fn from() -> crate::membership::Id {
@@ -248,23 +231,11 @@ mod tests {
     #[test]
     #[ignore = "writes the seed corpus under fuzz/corpus/"]
     fn write_seed_corpus() {
-        for target in ["gossip_datagram", "gossip_stream", "gossip_message"] {
-            std::fs::create_dir_all(fuzz_dir().join("corpus").join(target)).unwrap();
-        }
         for (name, message, datagrams) in seeds() {
-            let dir = fuzz_dir().join("corpus");
-            std::fs::write(
-                dir.join("gossip_message").join(format!("seed-{name}")),
-                message,
-            )
-            .unwrap();
+            write_seed("gossip_message", &name, &message);
             // One file per datagram (a fragment alone goes no further than the reassembler).
             for (i, d) in datagrams.iter().enumerate() {
-                std::fs::write(
-                    dir.join("gossip_datagram").join(format!("seed-{name}-{i}")),
-                    d,
-                )
-                .unwrap();
+                write_seed("gossip_datagram", &format!("{name}-{i}"), d);
             }
             // A stream carries every datagram of the message as frames.
             let mut s = crate::stream::MAGIC.to_vec();
@@ -273,7 +244,7 @@ mod tests {
                 s.extend_from_slice(&u16::try_from(d.len()).unwrap().to_be_bytes());
                 s.extend_from_slice(d);
             }
-            std::fs::write(dir.join("gossip_stream").join(format!("seed-{name}")), s).unwrap();
+            write_seed("gossip_stream", &name, &s);
         }
     }
 

@@ -1,8 +1,6 @@
 //! The fuzz entry points over arbitrary bytes, the checked-in corpora and the regression inputs
 //! (`fuzz/corpus/<target>/`, `fuzz/regressions/<target>/`), and the seed corpus writer.
 
-use std::path::{Path, PathBuf};
-
 use model::node::{Availability, NodeDescription, NodeSpec, NodeStatus, Role};
 use model::{Kind, Meta, Node, Object};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
@@ -10,24 +8,7 @@ use store::{Batch, Change, Proposal};
 
 use super::*;
 
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-/// Every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`.
-fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for dir in ["corpus", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(fuzz_dir().join(dir).join(target)) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let bytes = std::fs::read(e.path()).expect("readable input");
-            out.push((e.path(), bytes));
-        }
-    }
-    out
-}
+use lab::fuzzing::inputs;
 
 fn split(input: &[u8]) -> (u8, &[u8]) {
     match input.split_first() {
@@ -56,16 +37,7 @@ fn the_fuzz_ca_loads_and_a_real_join_is_signed() {
 
 #[test]
 fn arbitrary_bytes_never_panic() {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for len in 0..2000usize {
-        let bytes: Vec<u8> = (0..len % 300)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+    for bytes in lab::fuzzing::junk(0x2545_f491_4f6c_dd1d, 2000, 300) {
         join_request(&bytes);
         let (which, rest) = split(&bytes);
         cluster_rpc(which, rest);
@@ -392,8 +364,6 @@ fn seeds_decode() {
 #[ignore = "writes the seed corpus under fuzz/corpus/"]
 fn write_seed_corpus() {
     for (target, name, bytes) in seeds() {
-        let dir = fuzz_dir().join("corpus").join(target);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+        lab::fuzzing::write_seed(target, name, &bytes);
     }
 }
