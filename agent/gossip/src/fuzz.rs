@@ -232,7 +232,7 @@ mod tests {
     #[ignore = "writes the seed corpus under fuzz/corpus/"]
     fn write_seed_corpus() {
         for (name, message, datagrams) in seeds() {
-            write_seed("gossip_message", &name, &message);
+            write_seed("gossip_message", name, &message);
             // One file per datagram (a fragment alone goes no further than the reassembler).
             for (i, d) in datagrams.iter().enumerate() {
                 write_seed("gossip_datagram", &format!("{name}-{i}"), d);
