@@ -244,7 +244,7 @@ mod tests {
                 s.extend_from_slice(&u16::try_from(d.len()).unwrap().to_be_bytes());
                 s.extend_from_slice(d);
             }
-            write_seed("gossip_stream", &name, &s);
+            write_seed("gossip_stream", name, &s);
         }
     }
 
