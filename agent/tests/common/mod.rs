@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod allocations;
 pub mod bulk;
 pub mod tasks;
 
