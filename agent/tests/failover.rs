@@ -246,6 +246,7 @@ fn leader_killed_during_concurrent_creates() {
         outcomes.lock().unwrap().lost.push(name);
     };
 
+    let mut stalled_at = None;
     let mut killed_at = None;
     let mut new_leader_at = None;
     std::thread::scope(|scope| {
@@ -267,25 +268,55 @@ fn leader_killed_during_concurrent_creates() {
                 }
             });
         }
-        s.wait("40 creates acknowledged", || {
-            acked.load(Ordering::SeqCst) >= 40
+        let acks = || acked.load(Ordering::SeqCst);
+        let all_done = || done.load(Ordering::SeqCst) == ops.len();
+        s.wait("30 creates acknowledged", || acks() >= 30);
+
+        // A stalled leader: frozen (SIGSTOP) amid its decisions and writes, deposed while it
+        // sleeps, thawed: what it decided as leader must not be written under the next one.
+        let stalled = s.leader(&managers).expect("a leader");
+        alive[stalled - 1].store(false, Ordering::SeqCst);
+        s.pause(stalled);
+        stalled_at = Some((started.elapsed(), acks()));
+        eprintln!(
+            "froze the leader node{stalled} after {} acknowledged creates",
+            acks()
+        );
+        let others: Vec<usize> = managers.iter().copied().filter(|&m| m != stalled).collect();
+        s.wait("a leader other than the frozen one", || {
+            s.leader(&others).is_some_and(|l| l != stalled)
         });
-        let old = s.leader(&managers).expect("a leader");
+        let before = acks();
+        s.wait("creates acknowledged by the next leader", || {
+            acks() >= before + 15 || all_done()
+        });
+        s.resume(stalled);
+        alive[stalled - 1].store(true, Ordering::SeqCst);
+        let before = acks();
+        s.wait("the managers agree on a leader", || {
+            agreed_leader(&s, &managers).is_some()
+        });
+        s.wait("creates acknowledged with the thawed manager back", || {
+            acks() >= before + 10 || all_done()
+        });
+
+        // The leader killed (SIGKILL).
+        let old = agreed_leader(&s, &managers).expect("a leader");
         alive[old - 1].store(false, Ordering::SeqCst);
         s.kill(old);
-        killed_at = Some((started.elapsed(), acked.load(Ordering::SeqCst)));
+        killed_at = Some((started.elapsed(), acks()));
         eprintln!(
             "killed the leader node{old} after {} acknowledged creates",
-            acked.load(Ordering::SeqCst)
+            acks()
         );
         let others: Vec<usize> = managers.iter().copied().filter(|&m| m != old).collect();
         s.wait("a new leader", || {
             s.leader(&others).is_some_and(|l| l != old)
         });
         new_leader_at = Some(started.elapsed());
-        let before = acked.load(Ordering::SeqCst);
+        let before = acks();
         s.wait("creates acknowledged by the new leader", || {
-            acked.load(Ordering::SeqCst) >= before + 20 || done.load(Ordering::SeqCst) == ops.len()
+            acks() >= before + 20 || all_done()
         });
         s.restart(old);
         alive[old - 1].store(true, Ordering::SeqCst);
@@ -368,7 +399,8 @@ fn leader_killed_during_concurrent_creates() {
         .map(|t| t.addresses.len())
         .sum();
     eprintln!(
-        "timings: swarm formed {formed:?}, leader killed at {:?}, new leader at {:?}, creates done {creates_done:?}, checked {:?}; {} networks, {} services, {} task addresses",
+        "timings: swarm formed {formed:?}, leader frozen at {:?}, leader killed at {:?}, new leader at {:?}, creates done {creates_done:?}, checked {:?}; {} networks, {} services, {} task addresses",
+        stalled_at,
         killed_at,
         new_leader_at,
         started.elapsed(),
@@ -376,4 +408,11 @@ fn leader_killed_during_concurrent_creates() {
         a.services.len(),
         task_addrs
     );
+}
+
+/// The leader every manager of `managers` names, if they all answer and agree.
+fn agreed_leader(s: &Swarm, managers: &[usize]) -> Option<usize> {
+    let named: Vec<Option<usize>> = managers.iter().map(|&m| s.leader(&[m])).collect();
+    let first = named[0]?;
+    named.iter().all(|l| *l == Some(first)).then_some(first)
 }
