@@ -106,7 +106,7 @@ pub enum Conflict {
         actual: u64,
     },
     #[error(
-        "decided by the leader of term {decided}, which was deposed before writing it (term {written}): leadership moved; retry"
+        "this change was decided by the leader of term {decided}, deposed before it was written (refused in term {written}); an earlier try of it may have been applied: check, then retry"
     )]
     Deposed { decided: u64, written: u64 },
     #[error("{kind} {id}: invalid change: {reason}")]
