@@ -107,6 +107,7 @@ impl From<store::Conflict> for Failure {
         match e {
             store::Conflict::NotFound { .. } => Failure::not_found(e.to_string()),
             store::Conflict::Invalid { .. } => Failure::bad_request(e.to_string()),
+            store::Conflict::Deposed { .. } => Failure::unavailable(e.to_string()),
             _ => Failure::conflict(e.to_string()),
         }
     }

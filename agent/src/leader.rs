@@ -134,8 +134,14 @@ async fn orchestrate(member: Arc<Member>, config: orchestrator::Config) {
     loop {
         // Subscribe first: nothing applied after the snapshot is missed.
         let mut events = store.subscribe();
-        if let Err(e) = store.read_barrier().await {
+        // The term this leader decides in: leader in it before and after the barrier (a node
+        // leads at most once per term), so the barrier and the snapshot are of that term.
+        let term = store.term();
+        let barrier = store.read_barrier().await;
+        if let Err(e) = &barrier {
             tracing::debug!(error = %e, "orchestrator: no read barrier yet");
+        }
+        if barrier.is_err() || store.term() != term || !store.is_leader() {
             tokio::select! {
                 _ = member.cancel.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
@@ -159,9 +165,13 @@ async fn orchestrate(member: Arc<Member>, config: orchestrator::Config) {
         {
             old.close();
         }
-        *m.leader.lock().await = Some(orchestrator::Leader::new(state, config.clone()));
+        *m.leader.lock().await = Some(crate::orchestration::Deciding {
+            leader: orchestrator::Leader::new(state, config.clone()),
+            term,
+        });
         tracing::info!(
             index = seen,
+            term,
             "orchestrator: state read, deciding incrementally"
         );
         if !run_passes(&member, &assigner, &mut events, seen).await {
@@ -184,12 +194,16 @@ async fn run_passes(
         return false;
     };
     loop {
-        let (changes, next) = {
+        let (changes, next, term) = {
             let mut guard = m.leader.lock().await;
-            let Some(l) = guard.as_mut() else {
+            let Some(d) = guard.as_mut() else {
                 return true;
             };
-            (l.pass(chrono::Utc::now()), l.next_timer())
+            (
+                d.leader.pass(chrono::Utc::now()),
+                d.leader.next_timer(),
+                d.term,
+            )
         };
         if !changes.is_empty() {
             tracing::debug!(
@@ -197,10 +211,11 @@ async fn run_passes(
                 delete = changes.delete.len(),
                 "orchestrator pass"
             );
-            if let Err(e) = member.write(crate::orchestration::batch(&changes)).await {
+            let batch = crate::orchestration::batch(&changes).decided_in(term);
+            if let Err(e) = member.write(batch).await {
                 tracing::debug!(error = %e, "orchestrator: the pass's writes did not apply; deciding again");
-                if let Some(l) = m.leader.lock().await.as_mut() {
-                    crate::orchestration::refresh(member, l, &changes);
+                if let Some(d) = m.leader.lock().await.as_mut() {
+                    crate::orchestration::refresh(member, &mut d.leader, &changes);
                 }
             }
             continue;
@@ -215,7 +230,7 @@ async fn run_passes(
             _ = tokio::time::sleep(wait) => continue,
         };
         let mut guard = m.leader.lock().await;
-        let Some(l) = guard.as_mut() else {
+        let Some(crate::orchestration::Deciding { leader: l, .. }) = guard.as_mut() else {
             return true;
         };
         let mut next_ev = Some(first);

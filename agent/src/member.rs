@@ -32,10 +32,10 @@ pub struct Manager {
     pub sessions: crate::sessions::Sessions,
     /// How long another manager may leave pings unanswered before it counts as unreachable.
     pub grace: Duration,
-    /// The leader's orchestrator and IPAM while this manager leads (None otherwise, and until it
-    /// is built after a read barrier): the one allocation path, held across decide-and-write
-    /// (see `crate::orchestration`).
-    pub leader: tokio::sync::Mutex<Option<orchestrator::Leader>>,
+    /// The leader's orchestrator and IPAM while this manager leads, with the term it decides in
+    /// (None otherwise, and until it is built after a read barrier): the one allocation path,
+    /// held across decide-and-write (see `crate::orchestration`).
+    pub leader: tokio::sync::Mutex<Option<crate::orchestration::Deciding>>,
     /// The per-node assignment index while this manager leads (built with the orchestrator from
     /// the same read of the store, fed by the same change feed); the dispatcher's sessions send
     /// from it.

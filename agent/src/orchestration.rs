@@ -16,19 +16,36 @@ use tokio::sync::MutexGuard;
 use crate::error::{Failure, Result};
 use crate::member::Member;
 
+/// The leader's orchestrator and the Raft term it decides in: built from a read barrier of that
+/// term, and what it decides is written as batches of that term ([`store::Batch::term`]),
+/// which apply only in a log entry of the same term. A leader deposed between deciding and
+/// writing (frozen, cut off, its write retried or forwarded) cannot write its decision under the
+/// next leader, who decided from its own view meanwhile.
+pub struct Deciding {
+    pub leader: Leader,
+    pub term: u64,
+}
+
 /// The leader's orchestrator, locked.
-pub struct LeaderGuard<'a>(MutexGuard<'a, Option<Leader>>);
+pub struct LeaderGuard<'a>(MutexGuard<'a, Option<Deciding>>);
+
+impl LeaderGuard<'_> {
+    /// The term this leader decides in.
+    pub fn term(&self) -> u64 {
+        self.0.as_ref().expect("checked when locked").term
+    }
+}
 
 impl std::ops::Deref for LeaderGuard<'_> {
     type Target = Leader;
     fn deref(&self) -> &Leader {
-        self.0.as_ref().expect("checked when locked")
+        &self.0.as_ref().expect("checked when locked").leader
     }
 }
 
 impl std::ops::DerefMut for LeaderGuard<'_> {
     fn deref_mut(&mut self) -> &mut Leader {
-        self.0.as_mut().expect("checked when locked")
+        &mut self.0.as_mut().expect("checked when locked").leader
     }
 }
 
@@ -52,14 +69,15 @@ pub async fn leader(member: &Member) -> Result<LeaderGuard<'_>> {
     }
 }
 
-/// Writes what the leader decided (already recorded on it with [`Leader::record`]); if the write
-/// fails, the leader takes back what the store has for every object of it.
+/// Writes what the leader decided (already recorded on it with [`Leader::record`]), as a batch
+/// of its term; if the write fails, the leader takes back what the store has for every object
+/// of it.
 pub async fn write_decided(
     member: &Member,
-    leader: &mut Leader,
+    leader: &mut LeaderGuard<'_>,
     changes: &Changes,
 ) -> Result<Vec<Option<Object>>> {
-    let r = member.write(batch(changes)).await;
+    let r = member.write(batch(changes).decided_in(leader.term())).await;
     if r.is_err() {
         refresh(member, leader, changes);
     }

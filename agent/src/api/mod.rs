@@ -300,8 +300,7 @@ async fn gate(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
     }
     if req.headers().contains_key(FORWARDED) {
         if !store.is_leader() {
-            return Failure::unavailable("leadership moved while the request was forwarded; retry")
-                .into_response();
+            return Failure::unavailable(NOT_RUN_HERE).into_response();
         }
         return next.run(req).await;
     }
@@ -316,6 +315,10 @@ async fn gate(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Resp
         Err(f) => f.into_response(),
     }
 }
+
+/// A forwarded request's answer from a manager that is not the leader any more: it did not run
+/// there, so the forwarding manager may send it to the new leader.
+const NOT_RUN_HERE: &str = "leadership moved while the request was forwarded; retry";
 
 /// Sends the request to the leader over the cluster port and relays its answer.
 async fn forward(member: &crate::member::Member, req: Request) -> Result<Response, Failure> {
@@ -342,7 +345,10 @@ async fn forward(member: &crate::member::Member, req: Request) -> Result<Respons
         match client.forward(fwd).await {
             Ok(r) => {
                 let r = r.into_inner();
-                if r.status == 503 && r.body.contains("leadership moved") {
+                // Only this answer proves the request did not run: anything else (a write
+                // refused or timed out after the leader decided) may have been applied, and a
+                // second try would answer for the first (a create "already exists").
+                if r.status == 503 && r.body.contains(NOT_RUN_HERE) {
                     last = Some(Failure::unavailable("leadership moved; retry"));
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     continue;
@@ -356,6 +362,18 @@ async fn forward(member: &crate::member::Member, req: Request) -> Result<Respons
                 return resp
                     .body(Body::from(r.body))
                     .map_err(|e| Failure::internal(e.to_string()));
+            }
+            // The leader took the request and did not answer in time: it may still apply it.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                return Err(Failure::unavailable(format!(
+                    "the leader did not answer ({}): the request may or may not have been applied; check, then retry",
+                    s.message()
+                )));
             }
             Err(s) => {
                 last = Some(Failure::from_status(&s));

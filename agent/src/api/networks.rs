@@ -409,11 +409,13 @@ pub async fn remove(State(agent): State<Arc<Agent>>, Path(reference): Path<Strin
             attached.join(", ")
         )));
     }
+    // Of this leader's term: no service may have been attached meanwhile by another leader.
     let batch = Batch::one(Change::Delete {
         kind: Kind::Network,
         id: n.meta.id.clone(),
         version: Some(n.meta.version),
-    });
+    })
+    .decided_in(leader.term());
     let changes = orchestrator::Changes {
         put: vec![],
         delete: vec![(Kind::Network, n.meta.id.clone())],

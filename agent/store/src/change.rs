@@ -36,6 +36,13 @@ pub struct Batch {
     /// When the proposer made the batch: becomes `updated_at` (and `created_at` of creations),
     /// so every replica applies the same bytes.
     pub at: DateTime<Utc>,
+    /// The Raft term of the leader that decided the batch from its own view (allocations):
+    /// the batch applies only in a log entry of that term, so a leader deposed between deciding
+    /// and writing (its write retried, or forwarded to the next leader) cannot write its
+    /// decision under another leader, who may have decided otherwise meanwhile. None: applies
+    /// in any term (writes that decide nothing from the leader's view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 impl Batch {
@@ -43,11 +50,30 @@ impl Batch {
         Batch {
             changes,
             at: Utc::now(),
+            term: None,
         }
     }
 
     pub fn one(change: Change) -> Batch {
         Batch::new(vec![change])
+    }
+
+    /// The batch as decided by the leader of `term` (see [`Batch::term`]).
+    pub fn decided_in(mut self, term: u64) -> Batch {
+        self.term = Some(term);
+        self
+    }
+}
+
+/// Refuses a batch decided by the leader of another term than the entry's (see
+/// [`Batch::term`]).
+pub fn check_term(batch: &Batch, entry_term: u64) -> Result<(), Conflict> {
+    match batch.term {
+        Some(decided) if decided != entry_term => Err(Conflict::Deposed {
+            decided,
+            written: entry_term,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -79,6 +105,10 @@ pub enum Conflict {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "this change was decided by the leader of term {decided}, deposed before it was written (refused in term {written}); an earlier try of it may have been applied: check, then retry"
+    )]
+    Deposed { decided: u64, written: u64 },
     #[error("{kind} {id}: invalid change: {reason}")]
     Invalid {
         kind: Kind,
@@ -275,6 +305,26 @@ mod tests {
             &serde_json::json!({"a": {"b": null, "e": 3}, "d": [2]}),
         );
         assert_eq!(v, serde_json::json!({"a": {"c": 2, "e": 3}, "d": [2]}));
+    }
+
+    #[test]
+    fn a_batch_decided_in_a_term_applies_only_in_that_term() {
+        let b = Batch::one(Change::Create(sample()));
+        assert_eq!(check_term(&b, 7), Ok(()), "no term: any entry");
+        let b = b.decided_in(6);
+        assert_eq!(check_term(&b, 6), Ok(()));
+        assert_eq!(
+            check_term(&b, 7),
+            Err(Conflict::Deposed {
+                decided: 6,
+                written: 7
+            })
+        );
+        // Stored logs written before the field existed still read.
+        let old = r#"{"changes":[],"at":"2026-01-01T00:00:00Z"}"#;
+        assert_eq!(serde_json::from_str::<Batch>(old).unwrap().term, None);
+        let json = serde_json::to_string(&Batch::new(vec![])).unwrap();
+        assert!(!json.contains("term"), "{json}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ use tokio::sync::{broadcast, watch};
 
 pub use change::{
     Applied, Batch, Change, Conflict, Event, Outcome, Outcomes, Proposal, View, apply_batch,
-    merge_patch,
+    check_term, merge_patch,
 };
 pub use health::FAULT_ENV;
 pub use log_store::LogStore;
@@ -461,6 +461,11 @@ impl Store {
     /// The current leader as this replica knows it.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// The current Raft term, as this replica knows it.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
     }
 
     pub fn is_leader(&self) -> bool {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
 use crate::TypeConfig;
-use crate::change::{Applied, Event, Outcome, Outcomes, View, apply_batch};
+use crate::change::{Applied, Event, Outcome, Outcomes, View, apply_batch, check_term};
 use crate::db::{OBJECTS, SM_META, SNAPSHOT, dec, enc, get_json, object_key, sto};
 use crate::health::{FAULT_ENV, Fault, Health};
 
@@ -384,7 +384,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(proposal) => {
                         let mut each = Vec::with_capacity(proposal.batches.len());
                         for batch in &proposal.batches {
-                            match apply_batch(&mut *mem, batch, index) {
+                            let term = entry.log_id.leader_id.get_term();
+                            match check_term(batch, term)
+                                .and_then(|()| apply_batch(&mut *mem, batch, index))
+                            {
                                 Err(conflict) => each.push(Outcome {
                                     objects: Vec::new(),
                                     conflict: Some(conflict),

@@ -235,6 +235,24 @@ async fn replicates_snapshots_compacts_and_recovers() {
     assert_eq!(s2.list(Kind::Cluster).unwrap().len(), 51);
     let (_, voters) = s2.members();
     assert_eq!(voters.into_iter().collect::<Vec<_>>(), vec![2]);
+
+    // A batch decided by the leader of another term is refused where it is applied (the
+    // decider was deposed before writing it); one decided in this term applies.
+    let term = s2.term();
+    for other in [term - 1, term + 1] {
+        let err = s2
+            .propose(Batch::one(Change::Create(cluster_with_port(8))).decided_in(other))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ProposeError::Conflict(Conflict::Deposed { .. })),
+            "{err}"
+        );
+    }
+    s2.propose(Batch::one(Change::Create(cluster_with_port(9))).decided_in(term))
+        .await
+        .unwrap();
+    assert_eq!(s2.list(Kind::Cluster).unwrap().len(), 52);
     s2.shutdown().await;
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod allocations;
 pub mod bulk;
 pub mod tasks;
 
@@ -313,6 +314,17 @@ impl Swarm {
 
     pub fn kill(&self, i: usize) {
         self.agents[i - 1].kill();
+    }
+
+    /// Freezes node `i`'s agent (SIGSTOP): alive, holding its sockets and its in-flight
+    /// requests, silent, as a stalled or cut-off process is. [`Swarm::resume`] thaws it.
+    pub fn pause(&self, i: usize) {
+        self.agents[i - 1].signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Thaws an agent frozen by [`Swarm::pause`] (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.agents[i - 1].signal(nix::sys::signal::Signal::SIGCONT);
     }
 
     pub fn restart(&self, i: usize) {
