@@ -1,9 +1,13 @@
 //! `cargo xtask bench scale` (issue 18): does a change cost the same with 10 and with 2,000
 //! services in the store? On a 10-node lab swarm (1 manager, 9 workers), one network:
 //! 1. with 10 services, then with 2,000 (one `sleep` task each): the time from `service scale`
-//!    of one service (+5 tasks) until the new tasks run and every node serves their endpoints,
-//!    and the dispatcher bytes that one change cost;
-//! 2. idle CPU per agent over BENCH_IDLE_SECS (60) and leader/worker RSS, at both sizes.
+//!    of one service (+5 tasks) until every node's resolver answers `tasks.SERVICE` with the 6
+//!    running tasks, and the dispatcher bytes that one change cost. Each node is watched from a
+//!    task of a global `probe` service there with `dig` (an O(1) question per poll, so the
+//!    watching costs the same at both sizes; listing every task or scraping /metrics would not);
+//! 2. idle CPU per agent over BENCH_IDLE_SECS (60) and leader/worker RSS, at both sizes, with
+//!    the production dispatcher heartbeat (5 s; the lab's 200 ms is 25 times as many
+//!    heartbeats) and the lab's gossip interval (100 ms, production 250 ms).
 //!
 //! Needs root. Knobs: BENCH_SERVICES (2000), BENCH_IDLE_SECS (60), BENCH_RUNS (3).
 
@@ -13,6 +17,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::bulk::{create_range, running_tasks};
+use common::tasks::TaskNs;
 use common::{Swarm, metric};
 
 const NODES: usize = 10;
@@ -66,23 +71,67 @@ fn sent_bytes(s: &Swarm) -> f64 {
         .sum()
 }
 
-/// Scales `target` 1 -> 6 and back, `runs` times: (median seconds until 5 new tasks run and
-/// every node serves them, median dispatcher bytes of the scale-up).
-fn scale_time(s: &Swarm, n: usize, target: &str, runs: usize) -> (f64, f64) {
+/// How many addresses `tasks.SERVICE` has for a task (0 when the query fails).
+fn answers(s: &Swarm, t: &TaskNs, service: &str) -> usize {
+    let name = format!("tasks.{service}");
+    let out = s.in_task(
+        t,
+        &["dig", "@127.0.0.11", "+short", "+time=1", "+tries=1", &name],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.parse::<std::net::Ipv4Addr>().is_ok())
+        .count()
+}
+
+/// From `t0`, the time until every probe (one per node, watched in parallel) sees `want`
+/// addresses for `tasks.SERVICE`.
+fn every_node_answers(
+    s: &Swarm,
+    probes: &[TaskNs],
+    service: &str,
+    want: usize,
+    t0: Instant,
+) -> f64 {
+    std::thread::scope(|sc| {
+        let watchers: Vec<_> = probes
+            .iter()
+            .map(|p| {
+                sc.spawn(move || {
+                    loop {
+                        if answers(s, p, service) == want {
+                            return t0.elapsed().as_secs_f64();
+                        }
+                        assert!(
+                            t0.elapsed() < Duration::from_secs(600),
+                            "node{} never answered {want} tasks of {service}",
+                            p.node
+                        );
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+            })
+            .collect();
+        watchers
+            .into_iter()
+            .map(|w| w.join().expect("watcher"))
+            .fold(0.0, f64::max)
+    })
+}
+
+/// Scales `target` 1 -> 6 and back, `runs` times: (median seconds until every node answers the
+/// 6 tasks, median dispatcher bytes of the scale-up).
+fn scale_time(s: &Swarm, probes: &[TaskNs], target: &str, runs: usize) -> (f64, f64) {
     let mut times = Vec::new();
     let mut bytes = Vec::new();
     for _ in 0..runs {
         let b0 = sent_bytes(s);
         let t0 = Instant::now();
         s.ctl(1, &["service", "scale", "--detach", &format!("{target}=6")]);
-        s.wait_long("the new tasks run", || running_tasks(s) == n + 5);
-        s.wait_long("every node serves them", || every_node_knows(s, n + 5));
-        times.push(t0.elapsed().as_secs_f64());
+        times.push(every_node_answers(s, probes, target, 6, t0));
         bytes.push(sent_bytes(s) - b0);
         s.ctl(1, &["service", "scale", "--detach", &format!("{target}=1")]);
-        s.wait_long("back to one task", || {
-            running_tasks(s) == n && every_node_knows(s, n)
-        });
+        every_node_answers(s, probes, target, 1, Instant::now());
     }
     times.sort_by(f64::total_cmp);
     bytes.sort_by(f64::total_cmp);
@@ -132,17 +181,42 @@ fn main() {
             "big",
         ],
     );
+    // One probe task per node, to ask each node's resolver.
+    s.ctl(
+        1,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "probe",
+            "--mode",
+            "global",
+            "--network",
+            "big",
+            "--",
+            "sleep",
+            "86400",
+        ],
+    );
+    let probes = s.task_nss("probe", NODES);
     let mut rows = Vec::new();
     let mut have = 0;
     for n in [10, big] {
         create_range(&s, have..n, "big");
         have = n;
-        s.wait_long(&format!("{n} tasks running"), || running_tasks(&s) == n);
-        s.wait_long("every node serves every endpoint", || {
-            every_node_knows(&s, n)
+        s.wait_long(&format!("{n} tasks running"), || {
+            running_tasks(&s) == n + NODES
         });
-        let (t, bytes) = scale_time(&s, n, "s0003", runs);
+        s.wait_long("every node serves every endpoint", || {
+            every_node_knows(&s, n + NODES)
+        });
+        eprintln!("bench scale: measuring one scale with {n} services");
+        let (t, bytes) = scale_time(&s, &probes, "s0003", runs);
+        s.ctl(1, &["swarm", "update", "--dispatcher-heartbeat", "5s"]);
+        std::thread::sleep(Duration::from_secs(2));
         let (cpu_max, cpu_mean, rss_leader, rss_worker) = idle(&s, secs);
+        s.ctl(1, &["swarm", "update", "--dispatcher-heartbeat", "200ms"]);
         println!(
             "{n:>5} services: scale +5 in {t:.2} s (median of {runs}), {bytes:.0} dispatcher bytes for it; \
              idle CPU per agent over {secs} s: max {cpu_max:.2} %, mean {cpu_mean:.2} % of a core; \

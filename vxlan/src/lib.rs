@@ -44,12 +44,14 @@ mod kernel;
 mod links;
 pub mod nft;
 mod nl;
+mod peers;
 mod sandbox;
 mod spec;
 
 mod xfrm;
 
 use links::*;
+use peers::apply_peers;
 pub use sandbox::fast_path_status;
 use sandbox::*;
 
@@ -127,11 +129,18 @@ struct Sbox {
     nl: Nl,
     /// The fast path's map and attachments, opened with the first sync.
     fp: Option<fastpath::Sandbox>,
+    /// The peer entries this process left on `vxlan0` (None: read them from the kernel).
+    peers: Option<peers::Programmed>,
 }
 
 impl Sbox {
     fn new(ns: NetNs, nl: Nl) -> Sbox {
-        Sbox { ns, nl, fp: None }
+        Sbox {
+            ns,
+            nl,
+            fp: None,
+            peers: None,
+        }
     }
 }
 

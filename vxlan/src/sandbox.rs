@@ -1,5 +1,5 @@
 //! The per-network sandbox below the [`crate::Dataplane`] API: its reconcile (bridge, VXLAN
-//! device, FDB and neighbour entries of the peers), VNI hand-over, removal, the fast path's
+//! device, then the peers' entries: [`crate::peers`]), VNI hand-over, removal, the fast path's
 //! map sync, and the parallel helpers they use.
 
 use super::*;
@@ -177,6 +177,9 @@ pub(crate) fn reconcile_sandbox(ctx: &Ctx, node_nl: &mut Nl, net: &mut Net) -> R
             prefix: net.spec.subnet.prefix_len(),
         }],
     )?;
+    // A reconcile reads the peers' entries back from the kernel (it repairs drift); a change
+    // of the peer set alone ([`crate::Dataplane::set_peers`]) is written by difference.
+    sbox.peers = None;
     match &net.peers {
         Some(peers) => apply_peers(sbox, vx.index, peers),
         None => Ok(PeerChanges::default()),
@@ -233,79 +236,6 @@ pub(crate) fn free_vni(ctx: &Ctx, node_nl: &mut Nl, vni: u32, own: &str) -> Resu
         port: ctx.port,
         holder,
     })
-}
-
-/// Makes the neighbour and FDB entries on `vxlan0` exactly the peers.
-pub(crate) fn apply_peers(
-    sbox: &mut Sbox,
-    vx: u32,
-    peers: &BTreeMap<Ipv4Addr, Peer>,
-) -> Result<PeerChanges> {
-    let neigh: BTreeMap<Ipv4Addr, (Option<Mac>, bool)> = kernel::neighbours(&mut sbox.nl, false)?
-        .into_iter()
-        .filter(|n| n.ifindex == vx)
-        .filter_map(|n| n.dst.map(|ip| (ip, (n.mac, n.permanent))))
-        .collect();
-    let mut fdb: BTreeMap<Mac, Vec<Option<Ipv4Addr>>> = BTreeMap::new();
-    for n in kernel::neighbours(&mut sbox.nl, true)? {
-        if n.ifindex == vx
-            && n.own
-            && let Some(mac) = n.mac
-        {
-            fdb.entry(mac).or_default().push(n.dst);
-        }
-    }
-    // One FDB entry per MAC; should two peers claim a MAC, the one with the lower IP wins.
-    let mut want_fdb: BTreeMap<Mac, Ipv4Addr> = BTreeMap::new();
-    for p in peers.values() {
-        want_fdb.entry(p.mac).or_insert(p.vtep);
-    }
-    let mut changes = PeerChanges::default();
-    let mut reqs = Vec::new();
-    let mut dels = Vec::new();
-    let mut fdb_done = BTreeSet::new();
-    for p in peers.values() {
-        let n = neigh.get(&p.ip);
-        let neigh_ok = matches!(n, Some((Some(m), true)) if *m == p.mac);
-        let vtep = want_fdb[&p.mac];
-        let have = fdb.get(&p.mac).map(Vec::as_slice).unwrap_or(&[]);
-        let fdb_ok = have == [Some(vtep)];
-        if !neigh_ok {
-            reqs.push(kernel::set_neigh(vx, p.ip, p.mac));
-        }
-        if !fdb_ok && fdb_done.insert(p.mac) {
-            // NLM_F_REPLACE rewrites an entry's (first) destination in place; extra
-            // destinations (appended by someone else) go.
-            let extra = have.len().saturating_sub(1);
-            for d in have.iter().flatten().filter(|d| **d != vtep).take(extra) {
-                dels.push(kernel::del_fdb(vx, p.mac, *d));
-            }
-            reqs.push(kernel::set_fdb(vx, p.mac, vtep));
-        }
-        if n.is_none() && have.is_empty() {
-            changes.added += 1;
-        } else if !neigh_ok || !fdb_ok {
-            changes.updated += 1;
-        }
-    }
-    for (ip, (mac, _)) in &neigh {
-        if !peers.contains_key(ip) {
-            changes.removed += 1;
-            dels.push(kernel::del_neigh(vx, *ip, mac.unwrap_or(Mac([0; 6]))));
-        }
-    }
-    for (mac, dsts) in &fdb {
-        if !want_fdb.contains_key(mac) {
-            for d in dsts.iter().flatten() {
-                dels.push(kernel::del_fdb(vx, *mac, *d));
-            }
-        }
-    }
-    dels.extend(reqs);
-    if !dels.is_empty() {
-        batch_ignoring(&mut sbox.nl, dels, &[libc::ENOENT, libc::ESRCH])?;
-    }
-    Ok(changes)
 }
 
 /// Removes a sandbox: its links first (the VNI is free at once and task interfaces go now,

@@ -240,7 +240,63 @@ fn leftovers_are_adopted_or_replaced() {
             "permanent",
         ],
     );
+    // set_peers writes changes of the peer set only (by difference with what this process
+    // programmed, without reading the tables back); a reconcile reads them and repairs.
+    let before = dp1.writes();
     let ch = dp1.set_peers(NET, &peers).unwrap();
-    assert_eq!(ch.updated, 1, "{ch:?}");
+    assert_eq!(ch, vxlan::PeerChanges::default());
+    assert_eq!(dp1.writes(), before, "an unchanged peer set wrote");
+    dp1.ensure_network(&net).unwrap();
+    assert_eq!(dp1.writes(), before + 1, "the changed neighbour rewritten");
     assert!(reaches(&t1, addr2));
+}
+
+/// Peer changes written by difference (no read-back) leave the kernel exactly as a full
+/// reconcile wants it: after a series of additions, moves to another VTEP, MAC changes and
+/// removals, a fresh process reading the tables finds nothing to write.
+#[test]
+fn peer_changes_by_difference_match_a_full_read() {
+    need_root!();
+    let lab = Lab::new(1).unwrap();
+    let net = network(NET, 4600, "10.61.0.0/24");
+    let vtep = |i: u8| Ipv4Addr::new(198, 18, 9, i);
+    let addr = |i: u8| Ipv4Addr::new(10, 61, 0, i);
+    let (_t, path) = task(&lab, "p1");
+    let local = endpoint(NET, &path, "eth0", addr(200));
+    let mut dp = dataplane(&lab, 1, 4789);
+    dp.ensure_network(&net).unwrap();
+    dp.ensure_endpoint(&local).unwrap();
+    let mut peers: Vec<vxlan::Peer> = (2..60).map(|i| peer(addr(i), vtep(i % 5 + 1))).collect();
+    let ch = dp.set_peers(NET, &peers).unwrap();
+    assert_eq!(ch.added, 58, "{ch:?}");
+    // One change at a time, as gossip brings them: each writes only itself.
+    let steps: Vec<Box<dyn Fn(&mut Vec<vxlan::Peer>)>> = vec![
+        Box::new(|p| p.push(peer(addr(100), vtep(2)))),
+        Box::new(|p| p[3].vtep = vtep(9)),
+        Box::new(|p| p[4].mac = vxlan::Mac([2, 0, 0, 0, 0, 0x44])),
+        Box::new(|p| {
+            p.remove(5);
+        }),
+        Box::new(|p| p.retain(|x| x.ip != addr(100))),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        step(&mut peers);
+        let before = dp.writes();
+        let ch = dp.set_peers(NET, &peers).unwrap();
+        let wrote = dp.writes() - before;
+        assert!(
+            (1..=3).contains(&wrote),
+            "step {i}: {wrote} writes for one change ({ch:?})"
+        );
+    }
+    drop(dp);
+    let mut fresh = dataplane(&lab, 1, 4789);
+    fresh.ensure_network(&net).unwrap();
+    fresh.set_peers(NET, &peers).unwrap();
+    fresh.ensure_endpoint(&local).unwrap();
+    assert_eq!(
+        fresh.writes(),
+        0,
+        "the kernel differs from what the deltas meant"
+    );
 }

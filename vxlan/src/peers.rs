@@ -1,0 +1,165 @@
+//! The peers of a sandbox: a neighbour entry (IP -> MAC) and an FDB entry (MAC -> VTEP) on
+//! `vxlan0` per remote endpoint.
+//!
+//! A full apply reads both tables back from the kernel and writes the difference (a new
+//! process, a reconcile, a repair). What it leaves is remembered ([`Programmed`]), so that the
+//! next change of the peer set is written by difference against that memory, without dumping
+//! tables that hold every endpoint of the network: the cost of a change is the change, not the
+//! network's size (issue 18). A failed write forgets the memory; the next apply reads again.
+
+use super::*;
+
+/// The neighbour and FDB entries this process left on a sandbox's `vxlan0` (index `vx`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Programmed {
+    vx: u32,
+    neigh: BTreeMap<Ipv4Addr, Mac>,
+    fdb: BTreeMap<Mac, Ipv4Addr>,
+}
+
+impl Programmed {
+    /// What the kernel holds once `peers` are applied on `vx`: one FDB entry per MAC (should
+    /// two peers claim a MAC, the one with the lower IP wins).
+    fn of(vx: u32, peers: &BTreeMap<Ipv4Addr, Peer>) -> Programmed {
+        let mut fdb = BTreeMap::new();
+        for p in peers.values() {
+            fdb.entry(p.mac).or_insert(p.vtep);
+        }
+        Programmed {
+            vx,
+            neigh: peers.values().map(|p| (p.ip, p.mac)).collect(),
+            fdb,
+        }
+    }
+}
+
+/// Makes the neighbour and FDB entries on `vxlan0` exactly the peers: by difference with what
+/// this process last programmed there when it knows it, else from the kernel's tables.
+pub(crate) fn apply_peers(
+    sbox: &mut Sbox,
+    vx: u32,
+    peers: &BTreeMap<Ipv4Addr, Peer>,
+) -> Result<PeerChanges> {
+    let known = sbox.peers.take().filter(|p| p.vx == vx);
+    let result = match known {
+        Some(have) => apply_delta(sbox, &have, vx, peers),
+        None => apply_full(sbox, vx, peers),
+    };
+    if result.is_ok() {
+        sbox.peers = Some(Programmed::of(vx, peers));
+    }
+    result
+}
+
+/// Writes the difference between `have` (what this process programmed) and `peers`.
+fn apply_delta(
+    sbox: &mut Sbox,
+    have: &Programmed,
+    vx: u32,
+    peers: &BTreeMap<Ipv4Addr, Peer>,
+) -> Result<PeerChanges> {
+    let want = Programmed::of(vx, peers);
+    let mut changes = PeerChanges::default();
+    let mut reqs = Vec::new();
+    let mut dels = Vec::new();
+    for p in peers.values() {
+        let neigh_ok = have.neigh.get(&p.ip) == Some(&p.mac);
+        let vtep = want.fdb[&p.mac];
+        let fdb_ok = have.fdb.get(&p.mac) == Some(&vtep);
+        if !neigh_ok {
+            reqs.push(kernel::set_neigh(vx, p.ip, p.mac));
+        }
+        if !neigh_ok && !have.neigh.contains_key(&p.ip) && !have.fdb.contains_key(&p.mac) {
+            changes.added += 1;
+        } else if !neigh_ok || !fdb_ok {
+            changes.updated += 1;
+        }
+    }
+    for (mac, vtep) in &want.fdb {
+        if have.fdb.get(mac) != Some(vtep) {
+            // NLM_F_REPLACE rewrites the entry's destination in place.
+            reqs.push(kernel::set_fdb(vx, *mac, *vtep));
+        }
+    }
+    for (ip, mac) in &have.neigh {
+        if !want.neigh.contains_key(ip) {
+            changes.removed += 1;
+            dels.push(kernel::del_neigh(vx, *ip, *mac));
+        }
+    }
+    for (mac, vtep) in &have.fdb {
+        if !want.fdb.contains_key(mac) {
+            dels.push(kernel::del_fdb(vx, *mac, *vtep));
+        }
+    }
+    dels.extend(reqs);
+    if !dels.is_empty() {
+        batch_ignoring(&mut sbox.nl, dels, &[libc::ENOENT, libc::ESRCH])?;
+    }
+    Ok(changes)
+}
+
+/// Reads `vxlan0`'s neighbour and FDB tables and writes what differs from `peers`.
+fn apply_full(sbox: &mut Sbox, vx: u32, peers: &BTreeMap<Ipv4Addr, Peer>) -> Result<PeerChanges> {
+    let neigh: BTreeMap<Ipv4Addr, (Option<Mac>, bool)> = kernel::neighbours(&mut sbox.nl, false)?
+        .into_iter()
+        .filter(|n| n.ifindex == vx)
+        .filter_map(|n| n.dst.map(|ip| (ip, (n.mac, n.permanent))))
+        .collect();
+    let mut fdb: BTreeMap<Mac, Vec<Option<Ipv4Addr>>> = BTreeMap::new();
+    for n in kernel::neighbours(&mut sbox.nl, true)? {
+        if n.ifindex == vx
+            && n.own
+            && let Some(mac) = n.mac
+        {
+            fdb.entry(mac).or_default().push(n.dst);
+        }
+    }
+    let want_fdb = Programmed::of(vx, peers).fdb;
+    let mut changes = PeerChanges::default();
+    let mut reqs = Vec::new();
+    let mut dels = Vec::new();
+    let mut fdb_done = BTreeSet::new();
+    for p in peers.values() {
+        let n = neigh.get(&p.ip);
+        let neigh_ok = matches!(n, Some((Some(m), true)) if *m == p.mac);
+        let vtep = want_fdb[&p.mac];
+        let have = fdb.get(&p.mac).map(Vec::as_slice).unwrap_or(&[]);
+        let fdb_ok = have == [Some(vtep)];
+        if !neigh_ok {
+            reqs.push(kernel::set_neigh(vx, p.ip, p.mac));
+        }
+        if !fdb_ok && fdb_done.insert(p.mac) {
+            // NLM_F_REPLACE rewrites an entry's (first) destination in place; extra
+            // destinations (appended by someone else) go.
+            let extra = have.len().saturating_sub(1);
+            for d in have.iter().flatten().filter(|d| **d != vtep).take(extra) {
+                dels.push(kernel::del_fdb(vx, p.mac, *d));
+            }
+            reqs.push(kernel::set_fdb(vx, p.mac, vtep));
+        }
+        if n.is_none() && have.is_empty() {
+            changes.added += 1;
+        } else if !neigh_ok || !fdb_ok {
+            changes.updated += 1;
+        }
+    }
+    for (ip, (mac, _)) in &neigh {
+        if !peers.contains_key(ip) {
+            changes.removed += 1;
+            dels.push(kernel::del_neigh(vx, *ip, mac.unwrap_or(Mac([0; 6]))));
+        }
+    }
+    for (mac, dsts) in &fdb {
+        if !want_fdb.contains_key(mac) {
+            for d in dsts.iter().flatten() {
+                dels.push(kernel::del_fdb(vx, *mac, *d));
+            }
+        }
+    }
+    dels.extend(reqs);
+    if !dels.is_empty() {
+        batch_ignoring(&mut sbox.nl, dels, &[libc::ENOENT, libc::ESRCH])?;
+    }
+    Ok(changes)
+}
