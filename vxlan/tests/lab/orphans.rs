@@ -270,7 +270,7 @@ fn peer_changes_by_difference_match_a_full_read() {
     let ch = dp.set_peers(NET, &peers).unwrap();
     assert_eq!(ch.added, 58, "{ch:?}");
     // One change at a time, as gossip brings them: each writes only itself.
-    type Step = Box<dyn Fn(&mut Vec<vxlan::Peer>)>;
+    type Step<'a> = Box<dyn Fn(&mut Vec<vxlan::Peer>) + 'a>;
     let steps: Vec<Step> = vec![
         Box::new(|p| p.push(peer(addr(100), vtep(2)))),
         Box::new(|p| p[3].vtep = vtep(9)),
