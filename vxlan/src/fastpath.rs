@@ -426,6 +426,29 @@ impl Sandbox {
     }
 }
 
+/// The map `have` with its remote entries replaced by `peers` (via `vx`); local entries stay
+/// (a MAC that is both stays local, as in [`wanted`]).
+pub(crate) fn with_peers(
+    have: &BTreeMap<MacKey, Target>,
+    vx: u32,
+    peers: impl IntoIterator<Item = Mac>,
+) -> BTreeMap<MacKey, Target> {
+    let remote = Target {
+        ifindex: vx,
+        kind: KIND_REMOTE,
+    };
+    let mut want: BTreeMap<MacKey, Target> = peers
+        .into_iter()
+        .map(|m| (MacKey::new(m.0), remote))
+        .collect();
+    for (k, v) in have {
+        if v.kind == KIND_LOCAL {
+            want.insert(*k, *v);
+        }
+    }
+    want
+}
+
 /// The wanted map of a sandbox: remote endpoints (`peers`: MAC; `None` while they are not known
 /// yet, when the remote entries the map holds stay) via `vx`, local endpoints (`local`: veth name
 /// -> the task's MAC) on their veths. Entries an earlier process made for veths that still exist
@@ -588,5 +611,38 @@ mod tests {
             }
         );
         assert_eq!(want.len(), 3);
+    }
+
+    #[test]
+    fn with_peers_replaces_remote_entries_and_keeps_local_ones() {
+        let (a, b, c, d) = (
+            Mac([2, 0x42, 10, 0, 0, 2]),
+            Mac([2, 0x42, 10, 0, 0, 3]),
+            Mac([2, 0x42, 10, 0, 0, 4]),
+            Mac([2, 0x42, 10, 0, 0, 5]),
+        );
+        let local = Target {
+            ifindex: 7,
+            kind: KIND_LOCAL,
+        };
+        let remote = |i| Target {
+            ifindex: i,
+            kind: KIND_REMOTE,
+        };
+        let have = BTreeMap::from([
+            (MacKey::new(a.0), local),
+            (MacKey::new(b.0), remote(3)),
+            (MacKey::new(c.0), remote(3)),
+        ]);
+        // c goes, d comes, a stays local even if a peer claims its MAC; a new vxlan0 index.
+        let want = with_peers(&have, 4, [b, d, a]);
+        assert_eq!(
+            want,
+            BTreeMap::from([
+                (MacKey::new(a.0), local),
+                (MacKey::new(b.0), remote(4)),
+                (MacKey::new(d.0), remote(4)),
+            ])
+        );
     }
 }

@@ -581,7 +581,7 @@ impl Dataplane {
             if let Some(vx) = vx.filter(|l| l.is("vxlan")) {
                 let peers = net.peers.as_ref().expect("set above");
                 let changes = apply_peers(sbox, vx.index, peers)?;
-                sync_fast_path(&self.ctx, net)?;
+                sync_fast_path_peers(&self.ctx, net, vx.index)?;
                 return Ok(changes);
             }
         }

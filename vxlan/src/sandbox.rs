@@ -303,6 +303,26 @@ pub(crate) fn sync_fast_path(ctx: &Ctx, net: &mut Net) -> Result<()> {
     Ok(())
 }
 
+/// After a change of the peer set alone: the fast path's remote entries follow the peers; its
+/// local entries and attachments stay as the last full sync left them (local endpoints change
+/// through [`sync_fast_path`]), so no link is dumped. Before a first full sync, does one.
+pub(crate) fn sync_fast_path_peers(ctx: &Ctx, net: &mut Net, vx: u32) -> Result<()> {
+    if !ctx.fast.is_active() {
+        return Ok(());
+    }
+    let Some(fp) = net.sbox.as_mut().and_then(|s| s.fp.as_mut()) else {
+        return sync_fast_path(ctx, net);
+    };
+    let Some(peers) = &net.peers else {
+        return Ok(());
+    };
+    let want = fastpath::with_peers(fp.entries(), vx, peers.values().map(|p| p.mac));
+    if let Err(e) = fp.sync(&want) {
+        tracing::warn!(network = %net.spec.id, error = %e, "overlay fast path not updated; frames it does not know take the sandbox bridge");
+    }
+    Ok(())
+}
+
 pub(crate) fn sync_fast_path_inner(ctx: &Ctx, net: &mut Net) -> Result<()> {
     let Net {
         sbox, peers, local, ..
