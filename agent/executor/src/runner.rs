@@ -364,7 +364,7 @@ impl Runner {
             ProcState::Exiting => None,
             ProcState::Exited { code } => return Some(code),
             _ => {
-                self.kill_all(id);
+                let _ = self.kill_all(id);
                 return None;
             }
         };
@@ -378,7 +378,7 @@ impl Runner {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.kill_all(id);
+        let _ = self.kill_all(id);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
             if let ProcState::Exited { code } = self.state(id) {
@@ -389,27 +389,41 @@ impl Runner {
         Some(137)
     }
 
-    /// SIGKILL to every process of the task (its cgroup and its namespace).
-    fn kill_all(&self, id: &str) {
-        if let Some(cg) = self.cgroup(id) {
-            let _ = fs::write(cg.join("cgroup.kill"), "1");
+    /// SIGKILL to every process of the task: its cgroup (`cgroup.kill`, one write however many
+    /// processes the node runs); without one (or a kernel older than 5.14), every process in
+    /// its namespace, found by scanning /proc. Returns whether the cgroup took it.
+    fn kill_all(&self, id: &str) -> bool {
+        if let Some(cg) = self.cgroup(id)
+            && fs::write(cg.join("cgroup.kill"), "1").is_ok()
+        {
+            return true;
         }
         if let Ok(ns) = NetNs::open(&self.netns_name(id)) {
             for pid in netns::pids_in(&ns).unwrap_or_default() {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
+        false
+    }
+
+    /// Whether processes of the task remain: in its cgroup when it was killed through it, else
+    /// in its namespace.
+    fn any_left(&self, id: &str, by_cgroup: bool) -> bool {
+        if by_cgroup && let Some(cg) = self.cgroup(id) {
+            return fs::read_to_string(cg.join("cgroup.procs"))
+                .is_ok_and(|procs| !procs.trim().is_empty());
+        }
+        NetNs::open(&self.netns_name(id))
+            .is_ok_and(|ns| !netns::pids_in(&ns).unwrap_or_default().is_empty())
     }
 
     /// Removes everything of the task: processes, namespace, cgroup, directory.
     pub fn remove(&self, id: &str) -> Result<()> {
         check_id(id)?;
-        self.kill_all(id);
+        let by_cgroup = self.kill_all(id);
         let deadline = Instant::now() + Duration::from_secs(5);
-        if let Ok(ns) = NetNs::open(&self.netns_name(id)) {
-            while !netns::pids_in(&ns).unwrap_or_default().is_empty() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        while self.any_left(id, by_cgroup) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
         self.reap(id);
         self.shims
