@@ -41,24 +41,25 @@ pub(crate) fn apply_peers(
     peers: &BTreeMap<Ipv4Addr, Peer>,
 ) -> Result<PeerChanges> {
     let known = sbox.peers.take().filter(|p| p.vx == vx);
+    let want = Programmed::of(vx, peers);
     let result = match known {
-        Some(have) => apply_delta(sbox, &have, vx, peers),
-        None => apply_full(sbox, vx, peers),
+        Some(have) => apply_delta(sbox, &have, &want, peers),
+        None => apply_full(sbox, &want, peers),
     };
     if result.is_ok() {
-        sbox.peers = Some(Programmed::of(vx, peers));
+        sbox.peers = Some(want);
     }
     result
 }
 
-/// Writes the difference between `have` (what this process programmed) and `peers`.
+/// Writes the difference between `have` (what this process programmed) and `want` (`peers`).
 fn apply_delta(
     sbox: &mut Sbox,
     have: &Programmed,
-    vx: u32,
+    want: &Programmed,
     peers: &BTreeMap<Ipv4Addr, Peer>,
 ) -> Result<PeerChanges> {
-    let want = Programmed::of(vx, peers);
+    let vx = want.vx;
     let mut changes = PeerChanges::default();
     let mut reqs = Vec::new();
     let mut dels = Vec::new();
@@ -100,7 +101,12 @@ fn apply_delta(
 }
 
 /// Reads `vxlan0`'s neighbour and FDB tables and writes what differs from `peers`.
-fn apply_full(sbox: &mut Sbox, vx: u32, peers: &BTreeMap<Ipv4Addr, Peer>) -> Result<PeerChanges> {
+fn apply_full(
+    sbox: &mut Sbox,
+    want: &Programmed,
+    peers: &BTreeMap<Ipv4Addr, Peer>,
+) -> Result<PeerChanges> {
+    let vx = want.vx;
     let neigh: BTreeMap<Ipv4Addr, (Option<Mac>, bool)> = kernel::neighbours(&mut sbox.nl, false)?
         .into_iter()
         .filter(|n| n.ifindex == vx)
@@ -115,7 +121,7 @@ fn apply_full(sbox: &mut Sbox, vx: u32, peers: &BTreeMap<Ipv4Addr, Peer>) -> Res
             fdb.entry(mac).or_default().push(n.dst);
         }
     }
-    let want_fdb = Programmed::of(vx, peers).fdb;
+    let want_fdb = &want.fdb;
     let mut changes = PeerChanges::default();
     let mut reqs = Vec::new();
     let mut dels = Vec::new();
