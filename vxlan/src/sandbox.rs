@@ -298,9 +298,15 @@ pub(crate) fn sync_fast_path(ctx: &Ctx, net: &mut Net) -> Result<()> {
         return Ok(());
     }
     if let Err(e) = sync_fast_path_inner(ctx, net) {
-        tracing::warn!(network = %net.spec.id, error = %e, "overlay fast path not updated; frames it does not know take the sandbox bridge");
+        fast_path_not_updated(net, &e);
     }
     Ok(())
+}
+
+/// A fast path that could not be updated is logged, not returned: frames it does not take go
+/// through the bridge, so the network keeps working.
+fn fast_path_not_updated(net: &Net, e: &Error) {
+    tracing::warn!(network = %net.spec.id, error = %e, "overlay fast path not updated; frames it does not know take the sandbox bridge");
 }
 
 /// After a change of the peer set alone: the fast path's remote entries follow the peers; its
@@ -318,7 +324,7 @@ pub(crate) fn sync_fast_path_peers(ctx: &Ctx, net: &mut Net, vx: u32) -> Result<
     };
     let want = fastpath::with_peers(fp.entries(), vx, peers.values().map(|p| p.mac));
     if let Err(e) = fp.sync(&want) {
-        tracing::warn!(network = %net.spec.id, error = %e, "overlay fast path not updated; frames it does not know take the sandbox bridge");
+        fast_path_not_updated(net, &e);
     }
     Ok(())
 }
