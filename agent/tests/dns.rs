@@ -19,8 +19,12 @@ fn dig(s: &Swarm, t: &TaskNs, args: &[&str]) -> String {
 }
 
 fn short(s: &Swarm, t: &TaskNs, name: &str) -> BTreeSet<String> {
-    dig(s, t, &["+short", name])
-        .lines()
+    answers(&dig(s, t, &["+short", name]))
+}
+
+/// The lines of a `dig +short` output.
+fn answers(out: &str) -> BTreeSet<String> {
+    out.lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect()
@@ -419,12 +423,7 @@ fn answers_continue_through_an_agent_restart_and_junk() {
                 n += 1;
                 let sent = t0.elapsed();
                 let out = dig(&s, on2, &["+short", "tasks.web"]);
-                let got: BTreeSet<String> = out
-                    .lines()
-                    .map(|l| l.trim().to_string())
-                    .filter(|l| !l.is_empty())
-                    .collect();
-                if got != expected {
+                if answers(&out) != expected {
                     bad.push(format!("sent at {sent:?}: {out:?}"));
                 }
                 slowest = slowest.max(t0.elapsed() - sent);
