@@ -95,8 +95,9 @@ pub struct Member {
     pub lb: Slot<executor::LbCounters>,
     /// Which of the node's runtime components are broken (the node reports itself not ready).
     pub health: crate::supervisor::RuntimeHealth,
-    /// The node's assignments as the dispatcher last sent them (the executor's input).
-    pub assignments: watch::Sender<Option<model::Assignments>>,
+    /// The node's assignments as the dispatcher sent them: the current set, and each change for
+    /// the executor.
+    pub assignments: executor::feed::AssignmentFeed,
     /// Task status the executor reported and the leader has not recorded yet.
     pub task_status: Mutex<std::collections::BTreeMap<String, model::task::TaskStatus>>,
     pub task_status_notify: tokio::sync::Notify,
@@ -137,7 +138,7 @@ impl Member {
             resolver: Slot::default(),
             lb: Slot::default(),
             health: Default::default(),
-            assignments: watch::channel(None).0,
+            assignments: Default::default(),
             task_status: Mutex::new(Default::default()),
             task_status_notify: tokio::sync::Notify::new(),
             dataplane_writes: Default::default(),

@@ -170,9 +170,10 @@ async fn session(
                 }
                 Ok(Some(SessionDown::AssignmentsDelta(d))) => {
                     crate::metrics::assignments_received(false);
-                    if !accept_delta(member, &d) {
+                    let revision = d.revision;
+                    if !accept_delta(member, *d) {
                         // Out of sequence (cannot happen on one ordered stream): start over.
-                        tracing::warn!(revision = d.revision, "assignments delta out of sequence; reconnecting for a full set");
+                        tracing::warn!(revision, "assignments delta out of sequence; reconnecting for a full set");
                         return Err(None);
                     }
                 }
@@ -190,18 +191,13 @@ async fn session(
 /// status it shows recorded.
 fn accept_assignments(member: &Member, a: model::Assignments) {
     forget_recorded(member, &a.tasks, true);
-    member.assignments.send_replace(Some(a));
+    member.assignments.replace(a);
 }
 
 /// Applies a delta of the assignments; false if it does not follow what the node has.
-fn accept_delta(member: &Member, d: &model::assignment::AssignmentsDelta) -> bool {
+fn accept_delta(member: &Member, d: model::assignment::AssignmentsDelta) -> bool {
     forget_recorded(member, &d.tasks, false);
-    let mut applied = false;
-    member.assignments.send_if_modified(|cur| {
-        applied = cur.as_mut().is_some_and(|a| a.apply(d));
-        applied
-    });
-    applied
+    member.assignments.apply(d)
 }
 
 /// Drops the task status the leader has recorded (the tasks show it). With `all`, `tasks` is the

@@ -504,8 +504,13 @@ impl Dataplane {
                 route: RouteWant::Leave,
             },
         )?;
+        // The fast path learns this endpoint alone (no dump of the sandbox's links).
+        let link = kernel::link_by_name(&mut sbox.nl, &host_name)?;
         net.local.insert(host_name, ep.mac());
-        sync_fast_path(ctx, net)
+        match link {
+            Some(l) => sync_fast_path_local(ctx, net, &l, ep.mac()),
+            None => sync_fast_path(ctx, net),
+        }
     }
 
     /// Removes a task's endpoint (both ends of its veth); removing the network's last endpoint

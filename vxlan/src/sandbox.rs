@@ -309,6 +309,27 @@ fn fast_path_not_updated(net: &Net, e: &Error) {
     tracing::warn!(network = %net.spec.id, error = %e, "overlay fast path not updated; frames it does not know take the sandbox bridge");
 }
 
+/// After one local endpoint was added (its veth `veth`, its task's MAC): that veth attached and
+/// its entry written, nothing dumped. Before a first full sync, does one.
+pub(crate) fn sync_fast_path_local(ctx: &Ctx, net: &mut Net, veth: &Link, mac: Mac) -> Result<()> {
+    if !ctx.fast.is_active() {
+        return Ok(());
+    }
+    let Some(sbox) = net.sbox.as_mut() else {
+        return Ok(());
+    };
+    let ns = &sbox.ns;
+    match sbox.fp.as_mut() {
+        Some(fp) if fp.serves(VXLAN) => {
+            if let Err(e) = fp.add_local(ns, veth, mac) {
+                fast_path_not_updated(net, &e);
+            }
+            Ok(())
+        }
+        _ => sync_fast_path(ctx, net),
+    }
+}
+
 /// After a change of the peer set alone: the fast path's remote entries follow the peers; its
 /// local entries and attachments stay as the last full sync left them (local endpoints change
 /// through [`sync_fast_path`]), so no link is dumped. Before a first full sync, does one.

@@ -2,6 +2,7 @@
 //! services on them) and the gossip endpoint tables into running processes and kernel state, and
 //! reports task status.
 //!
+//! - [`feed`]: the node's assignments from the dispatcher session: the whole set, then deltas.
 //! - [`node`]: the loop: a full pass at start (and after a failure), then events (assignment
 //!   changes, gossip, task exits) handled one task or network at a time.
 //! - `tasks`: a task's life (namespace, endpoints, start, watch, stop, removal, its gossip
@@ -14,6 +15,7 @@
 
 mod balancer;
 mod discovery;
+pub mod feed;
 mod ingress;
 mod ipsec;
 mod networks;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use gossip::Gossip;
+use model::assignment::AssignmentsDelta;
 use model::task::{TaskState, TaskStatus};
 use model::{Assignments, Task};
 use tokio::sync::{mpsc, watch};
@@ -30,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::balancer::Balancer;
 use crate::discovery::Discovery;
+use crate::feed::{FeedReceiver, Received};
 use crate::networks::NetRt;
 use crate::plane::Plane;
 use crate::runner::{ProcState, Runner, RunnerConfig};
@@ -131,7 +133,7 @@ pub(crate) enum Ev {
 pub fn spawn(
     config: Config,
     gossip: Arc<Gossip>,
-    assignments: watch::Receiver<Option<Assignments>>,
+    assignments: FeedReceiver,
     status: mpsc::Sender<StatusReport>,
     resolver: Option<Arc<dns::Resolver>>,
     lb: Option<Box<dyn ipvs::LoadBalancer>>,
@@ -258,32 +260,101 @@ fn changed<T: PartialEq>(old: &[T], new: &[T], id: impl Fn(&T) -> &str) -> BTree
         .collect()
 }
 
+/// Ids of the objects a delta changes in `old`: those it puts that differ (or are new) and
+/// those it removes that are there. Only the delta's objects are looked at.
+fn changed_by<T: PartialEq>(
+    old: &[T],
+    put: &[T],
+    removed: &[String],
+    id: impl Fn(&T) -> &str,
+) -> BTreeSet<String> {
+    let find = |k: &str| old.iter().find(|x| id(x) == k);
+    let put = put
+        .iter()
+        .filter(|x| find(id(x)) != Some(*x))
+        .map(|x| id(x).to_string());
+    let gone = removed
+        .iter()
+        .filter(|k| find(k).is_some())
+        .map(|k| k.to_string());
+    put.chain(gone).collect()
+}
+
+/// What the executor receives: a whole set, or a delta of the set it has.
+enum Update<'a> {
+    Full(Assignments),
+    Delta(&'a AssignmentsDelta),
+}
+
+/// What changed in the assignments, as an incremental pass acts on it.
+struct Changes {
+    tasks: BTreeSet<String>,
+    nets: BTreeSet<String>,
+    port_changed: bool,
+    attachments_changed: bool,
+    services: BTreeSet<String>,
+    /// The node list before, when it changed.
+    nodes_before: Option<Vec<(String, bool)>>,
+    keys_changed: bool,
+}
+
+impl Changes {
+    /// Between two whole sets: every object compared.
+    fn between(old: &Assignments, new: &Assignments) -> Changes {
+        Changes {
+            tasks: changed(&old.tasks, &new.tasks, |t| &t.meta.id),
+            nets: changed(&old.networks, &new.networks, |n| &n.meta.id),
+            port_changed: new.data_path_port != old.data_path_port,
+            attachments_changed: new.attachments != old.attachments,
+            services: changed(&old.services, &new.services, |s| &s.meta.id),
+            nodes_before: (new.nodes != old.nodes).then(|| old.nodes.clone()),
+            keys_changed: new.ipsec_keys != old.ipsec_keys,
+        }
+    }
+
+    /// What `d` changes in `old`: only what the delta carries is compared.
+    fn of(old: &Assignments, d: &AssignmentsDelta) -> Changes {
+        Changes {
+            tasks: changed_by(&old.tasks, &d.tasks, &d.removed_tasks, |t| &t.meta.id),
+            nets: changed_by(&old.networks, &d.networks, &d.removed_networks, |n| {
+                &n.meta.id
+            }),
+            port_changed: d.data_path_port.is_some_and(|p| p != old.data_path_port),
+            attachments_changed: d
+                .attachments
+                .as_ref()
+                .is_some_and(|a| *a != old.attachments),
+            services: changed_by(&old.services, &d.services, &d.removed_services, |s| {
+                &s.meta.id
+            }),
+            nodes_before: d
+                .nodes
+                .as_ref()
+                .filter(|n| **n != old.nodes)
+                .map(|_| old.nodes.clone()),
+            keys_changed: d.ipsec_keys.as_ref().is_some_and(|k| *k != old.ipsec_keys),
+        }
+    }
+}
+
 impl Executor {
-    async fn run(
-        &mut self,
-        mut assignments: watch::Receiver<Option<Assignments>>,
-        mut events: mpsc::UnboundedReceiver<Ev>,
-    ) {
+    async fn run(&mut self, mut feed: FeedReceiver, mut events: mpsc::UnboundedReceiver<Ev>) {
         let mut gossip_changes = self.gossip.changes();
         let mut have = false;
-        if let Some(a) = assignments.borrow_and_update().clone() {
-            have = true;
-            self.a = a;
-        }
         loop {
             if have {
                 self.work().await;
             }
             let sleep = self.next_wake();
             tokio::select! {
-                r = assignments.changed() => {
-                    if r.is_err() {
-                        break;
-                    }
-                    let next = assignments.borrow_and_update().clone();
-                    if let Some(a) = next {
-                        have = true;
-                        self.on_assignments(a).await;
+                got = feed.recv() => {
+                    match got {
+                        None => break,
+                        Some(Received::Full(a)) => {
+                            have = true;
+                            self.on_assignments(Update::Full(a)).await;
+                        }
+                        Some(Received::Delta(d)) => self.on_assignments(Update::Delta(&d)).await,
                     }
                 }
                 Some(ev) = events.recv() => {
@@ -403,34 +474,59 @@ impl Executor {
         }
     }
 
-    async fn on_assignments(&mut self, a: Assignments) {
-        if !self.synced {
-            self.a = a;
-            self.full_at.get_or_insert(Instant::now());
-            return;
-        }
-        if let Err(e) = self.injected_fault() {
-            self.a = a;
-            self.retry_later("an executor pass", &e);
+    async fn on_assignments(&mut self, u: Update<'_>) {
+        // Before the first full pass, or while a fault is injected, the set is only kept: a
+        // full pass acts on it.
+        let fault = if self.synced {
+            self.injected_fault().err()
+        } else {
+            None
+        };
+        if !self.synced || fault.is_some() {
+            match u {
+                Update::Full(a) => self.a = a,
+                Update::Delta(d) => {
+                    self.a.apply(d);
+                }
+            }
+            match fault {
+                Some(e) => self.retry_later("an executor pass", &e),
+                None => {
+                    self.full_at.get_or_insert(Instant::now());
+                }
+            }
             return;
         }
         self.passes
             .1
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
-        self.incremental_pass(a).await;
+        let changes = match u {
+            Update::Full(a) => {
+                let c = Changes::between(&self.a, &a);
+                self.a = a;
+                c
+            }
+            Update::Delta(d) => {
+                let c = Changes::of(&self.a, d);
+                self.a.apply(d);
+                c
+            }
+        };
+        self.incremental_pass(changes).await;
         let _ = self.pass_times.try_send((false, started.elapsed(), true));
     }
 
-    async fn incremental_pass(&mut self, a: Assignments) {
-        let tasks = changed(&self.a.tasks, &a.tasks, |t| &t.meta.id);
-        let nets = changed(&self.a.networks, &a.networks, |n| &n.meta.id);
-        let port_changed = a.data_path_port != self.a.data_path_port;
-        let attachments_changed = a.attachments != self.a.attachments;
-        let services = changed(&self.a.services, &a.services, |s| &s.meta.id);
-        let nodes_before = (a.nodes != self.a.nodes).then(|| self.a.nodes.clone());
-        let keys_changed = a.ipsec_keys != self.a.ipsec_keys;
-        self.a = a;
+    async fn incremental_pass(&mut self, c: Changes) {
+        let Changes {
+            tasks,
+            nets,
+            port_changed,
+            attachments_changed,
+            services,
+            nodes_before,
+            keys_changed,
+        } = c;
         if keys_changed && let Err(e) = self.sync_ipsec_keys().await {
             self.retry_later("data-path keys", &e);
         }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
+use executor::feed::AssignmentFeed;
 use executor::node::{self, Config, StatusReport};
 use gossip::{Gossip, Key, Keyring, Timings};
 use lab::Lab;
@@ -16,7 +17,7 @@ use model::network::{Network, NetworkSpec, SubnetAllocation};
 use model::service::{EndpointSpec, Service, ServiceMode, ServiceSpec, TaskTemplate};
 use model::task::{NetworkAttachment, Task, TaskState, TaskStatus};
 use model::{Assignments, Meta};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -100,7 +101,7 @@ fn assignments(revision: u64, tasks: Vec<Task>) -> Assignments {
 
 struct NodeRun {
     gossip: Arc<Gossip>,
-    tx: watch::Sender<Option<Assignments>>,
+    tx: AssignmentFeed,
     status: mpsc::Receiver<StatusReport>,
     handle: node::Handle,
 }
@@ -153,9 +154,17 @@ async fn start(lab: &Lab, i: usize) -> NodeRun {
     )];
     cfg.timings = Timings::fast();
     let gossip = Arc::new(Gossip::start_with_sockets(cfg, socket).await.unwrap());
-    let (tx, rx) = watch::channel(None);
+    let tx = AssignmentFeed::default();
     let (stx, status) = mpsc::channel(64);
-    let handle = node::spawn(config(lab, i), gossip.clone(), rx, stx, None, None).unwrap();
+    let handle = node::spawn(
+        config(lab, i),
+        gossip.clone(),
+        tx.subscribe(),
+        stx,
+        None,
+        None,
+    )
+    .unwrap();
     NodeRun {
         gossip,
         tx,
@@ -195,8 +204,8 @@ async fn tasks_run_reach_each_other_stop_and_vanish() {
     let mut n2 = start(&lab, 2).await;
     let t1 = task("t1aaaaaaaaaaaaaaaaaaaaaaa", 1, "n1", "10.0.1.3");
     let t2 = task("t2aaaaaaaaaaaaaaaaaaaaaaa", 2, "n2", "10.0.1.4");
-    n1.tx.send(Some(assignments(1, vec![t1.clone()]))).unwrap();
-    n2.tx.send(Some(assignments(1, vec![t2.clone()]))).unwrap();
+    n1.tx.replace(assignments(1, vec![t1.clone()]));
+    n2.tx.replace(assignments(1, vec![t2.clone()]));
     wait_status(&mut n1, &t1.meta.id, TaskState::Running).await;
     wait_status(&mut n2, &t2.meta.id, TaskState::Running).await;
 
@@ -217,7 +226,7 @@ async fn tasks_run_reach_each_other_stop_and_vanish() {
     // Nothing changed: a new revision of the same assignments writes nothing.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = n1.handle.writes.load(Ordering::Relaxed);
-    n1.tx.send(Some(assignments(2, vec![t1.clone()]))).unwrap();
+    n1.tx.replace(assignments(2, vec![t1.clone()]));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         n1.handle.writes.load(Ordering::Relaxed),
@@ -228,12 +237,10 @@ async fn tasks_run_reach_each_other_stop_and_vanish() {
     // Shut t2 down: it stops, reports it, and once unassigned everything of it goes.
     let mut down = t2.clone();
     down.desired_state = TaskState::Shutdown;
-    n2.tx
-        .send(Some(assignments(3, vec![down.clone()])))
-        .unwrap();
+    n2.tx.replace(assignments(3, vec![down.clone()]));
     wait_status(&mut n2, &t2.meta.id, TaskState::Shutdown).await;
     down.status.state = TaskState::Shutdown;
-    n2.tx.send(Some(assignments(4, vec![]))).unwrap();
+    n2.tx.replace(assignments(4, vec![]));
     let name2 = format!("{}-n2-t-{}", lab.prefix(), t2.meta.id);
     lab.wait_until("t2's namespace is removed", LONG, || !netns::exists(&name2))
         .unwrap();
@@ -258,7 +265,7 @@ async fn a_restarted_executor_adopts_its_tasks_and_changes_nothing() {
     let t1 = task("t3aaaaaaaaaaaaaaaaaaaaaaa", 1, "n1", "10.0.1.5");
     let first = {
         let mut n1 = start(&lab, 1).await;
-        n1.tx.send(Some(assignments(1, vec![t1.clone()]))).unwrap();
+        n1.tx.replace(assignments(1, vec![t1.clone()]));
         wait_status(&mut n1, &t1.meta.id, TaskState::Running).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         n1.handle.task.abort();
@@ -282,7 +289,7 @@ async fn a_restarted_executor_adopts_its_tasks_and_changes_nothing() {
     let mut again = t1.clone();
     again.status.state = TaskState::Running;
     let n1 = start(&lab, 1).await;
-    n1.tx.send(Some(assignments(2, vec![again]))).unwrap();
+    n1.tx.replace(assignments(2, vec![again]));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         n1.handle.writes.load(Ordering::Relaxed),
