@@ -384,24 +384,50 @@ impl Sandbox {
             .copied()
             .collect();
         for k in stale {
-            match self.map.remove(&k) {
-                Ok(()) => {}
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => {
-                    return Err(fp_err(
-                        format!("delete {} from the MAC map", Mac(k.mac)),
-                        &self.ns_name,
-                    )(chain(&e)));
-                }
-            }
-            self.counter.add(1);
-            self.have.remove(&k);
+            self.delete(k)?;
         }
         for (k, v) in want {
             self.put(*k, *v)?;
         }
+        Ok(())
+    }
+
+    /// A remote MAC reached through `vx` (None: no longer a peer). A local entry stays (a MAC
+    /// that is both stays local, as in [`wanted`]).
+    pub(crate) fn set_remote(&mut self, mac: Mac, vx: Option<u32>) -> Result<()> {
+        let k = MacKey::new(mac.0);
+        match self.have.get(&k) {
+            Some(t) if t.kind == KIND_LOCAL => Ok(()),
+            Some(_) if vx.is_none() => self.delete(k),
+            _ => match vx {
+                Some(ifindex) => self.put(
+                    k,
+                    Target {
+                        ifindex,
+                        kind: KIND_REMOTE,
+                    },
+                ),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Removes one entry of the map.
+    fn delete(&mut self, k: MacKey) -> Result<()> {
+        match self.map.remove(&k) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(fp_err(
+                    format!("delete {} from the MAC map", Mac(k.mac)),
+                    &self.ns_name,
+                )(chain(&e)));
+            }
+        }
+        self.counter.add(1);
+        self.have.remove(&k);
         Ok(())
     }
 

@@ -169,3 +169,77 @@ fn apply_full(
     }
     Ok(changes)
 }
+
+/// After the peers of some addresses (`ips`) changed in `peers`: writes what those addresses
+/// and their MACs need, by difference with what this process programmed. Only the changed
+/// entries are looked at (a MAC's FDB entry looks for the other peers with that MAC, without
+/// allocating). Without that memory (a new process, a failed write), a full apply.
+pub(crate) fn apply_updates(
+    sbox: &mut Sbox,
+    vx: u32,
+    peers: &BTreeMap<Ipv4Addr, Peer>,
+    ips: &BTreeSet<Ipv4Addr>,
+) -> Result<(PeerChanges, BTreeSet<Mac>)> {
+    let Some(mut have) = sbox.peers.take().filter(|p| p.vx == vx) else {
+        let want = Programmed::of(vx, peers);
+        let changes = apply_full(sbox, &want, peers)?;
+        let macs = want.fdb.keys().copied().collect();
+        sbox.peers = Some(want);
+        return Ok((changes, macs));
+    };
+    let mut changes = PeerChanges::default();
+    let mut reqs = Vec::new();
+    let mut dels = Vec::new();
+    let mut macs = BTreeSet::new();
+    for ip in ips {
+        let old = have.neigh.get(ip).copied();
+        let new = peers.get(ip).map(|p| p.mac);
+        macs.extend(old);
+        macs.extend(new);
+        match (old, new) {
+            (Some(o), None) => {
+                changes.removed += 1;
+                dels.push(kernel::del_neigh(vx, *ip, o));
+                have.neigh.remove(ip);
+            }
+            (old, Some(n)) => {
+                let vtep_moved = peers
+                    .get(ip)
+                    .is_some_and(|p| have.fdb.get(&p.mac) != Some(&p.vtep));
+                if old.is_none() && !have.fdb.contains_key(&n) {
+                    changes.added += 1;
+                } else if old != Some(n) || vtep_moved {
+                    changes.updated += 1;
+                }
+                if old != Some(n) {
+                    reqs.push(kernel::set_neigh(vx, *ip, n));
+                    have.neigh.insert(*ip, n);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    for mac in &macs {
+        // One FDB entry per MAC: the peer with the lowest address that has it.
+        let want = peers.values().find(|p| p.mac == *mac).map(|p| p.vtep);
+        let old = have.fdb.get(mac).copied();
+        match (old, want) {
+            (Some(o), None) => {
+                dels.push(kernel::del_fdb(vx, *mac, o));
+                have.fdb.remove(mac);
+            }
+            (o, Some(w)) if o != Some(w) => {
+                reqs.push(kernel::set_fdb(vx, *mac, w));
+                have.fdb.insert(*mac, w);
+            }
+            _ => {}
+        }
+    }
+    dels.extend(reqs);
+    if !dels.is_empty() {
+        // On failure the memory stays taken: the next apply reads the kernel.
+        batch_ignoring(&mut sbox.nl, dels, &[libc::ENOENT, libc::ESRCH])?;
+    }
+    sbox.peers = Some(have);
+    Ok((changes, macs))
+}

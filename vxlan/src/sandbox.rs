@@ -330,6 +330,33 @@ pub(crate) fn sync_fast_path_local(ctx: &Ctx, net: &mut Net, veth: &Link, mac: M
     }
 }
 
+/// After the peers with some MACs changed: those MACs' remote entries follow the peers, nothing
+/// else is looked at. Before a first full sync, does one.
+pub(crate) fn sync_fast_path_macs(
+    ctx: &Ctx,
+    net: &mut Net,
+    vx: u32,
+    macs: &BTreeSet<Mac>,
+) -> Result<()> {
+    if !ctx.fast.is_active() {
+        return Ok(());
+    }
+    let Some(fp) = net.sbox.as_mut().and_then(|s| s.fp.as_mut()) else {
+        return sync_fast_path(ctx, net);
+    };
+    let Some(peers) = &net.peers else {
+        return Ok(());
+    };
+    for mac in macs {
+        let remote = peers.values().any(|p| p.mac == *mac).then_some(vx);
+        if let Err(e) = fp.set_remote(*mac, remote) {
+            fast_path_not_updated(net, &e);
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// After a change of the peer set alone: the fast path's remote entries follow the peers; its
 /// local entries and attachments stay as the last full sync left them (local endpoints change
 /// through [`sync_fast_path`]), so no link is dumped. Before a first full sync, does one.

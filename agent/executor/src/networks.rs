@@ -3,7 +3,7 @@
 //! load-balancer endpoint on each (a namespace `<prefix>lb-<network>` on the network's bridge
 //! with the node's own address on the network, published so other nodes reach it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
@@ -28,8 +28,8 @@ pub(crate) struct NetRt {
     sub: Option<JoinHandle<()>>,
     /// The network's endpoint table (every node's, this one's included), by endpoint id.
     pub entries: BTreeMap<String, gossip::Entry>,
-    /// The peers last given to the data plane, once given.
-    pub peers: Option<Vec<Peer>>,
+    /// The peers last given to the data plane (by address), once given.
+    pub peers: Option<BTreeMap<Ipv4Addr, Peer>>,
     /// This node's load-balancer endpoint, once made: its namespace and address.
     pub lb: Option<(PathBuf, Ipv4Addr)>,
     /// Whether this node's load-balancer endpoint is published on gossip (and with which address).
@@ -86,24 +86,43 @@ pub(crate) fn peers_of(me: &str, n: &NetRt, vteps: &BTreeMap<String, IpAddr>) ->
     let mut peers: Vec<Peer> = n
         .entries
         .values()
-        .filter(|e| e.owner != me)
-        .filter_map(|e| {
-            let IpAddr::V4(ip) = e.endpoint.ip else {
-                return None;
-            };
-            let Some(IpAddr::V4(vtep)) = vteps.get(&e.owner) else {
-                return None;
-            };
-            Some(Peer {
-                ip,
-                mac: vxlan::Mac(e.endpoint.mac),
-                vtep: *vtep,
-            })
-        })
+        .filter_map(|e| peer_of(me, e, vteps))
         .collect();
     peers.sort();
     peers.dedup_by_key(|p| p.ip);
     peers
+}
+
+/// The peer an endpoint entry makes: none for this node's own endpoints, IPv6 ones, or an
+/// owner whose VTEP is not known.
+fn peer_of(me: &str, e: &gossip::Entry, vteps: &BTreeMap<String, IpAddr>) -> Option<Peer> {
+    if e.owner == me {
+        return None;
+    }
+    let IpAddr::V4(ip) = e.endpoint.ip else {
+        return None;
+    };
+    let Some(IpAddr::V4(vtep)) = vteps.get(&e.owner) else {
+        return None;
+    };
+    Some(Peer {
+        ip,
+        mac: vxlan::Mac(e.endpoint.mac),
+        vtep: *vtep,
+    })
+}
+
+/// The peer at one address, as [`peers_of`] would have it (the least of the entries there).
+fn peer_at(me: &str, n: &NetRt, vteps: &BTreeMap<String, IpAddr>, ip: Ipv4Addr) -> Option<Peer> {
+    n.entries
+        .values()
+        .filter(|e| e.endpoint.ip == IpAddr::V4(ip))
+        .filter_map(|e| peer_of(me, e, vteps))
+        .min()
+}
+
+fn by_ip(peers: Vec<Peer>) -> BTreeMap<Ipv4Addr, Peer> {
+    peers.into_iter().map(|p| (p.ip, p)).collect()
 }
 
 impl Executor {
@@ -392,7 +411,10 @@ impl Executor {
             return Ok(());
         };
         let peers = peers_of(&me, n, &vteps);
-        if n.peers.as_ref() == Some(&peers) {
+        if n.peers
+            .as_ref()
+            .is_some_and(|have| have.values().eq(peers.iter()))
+        {
             return Ok(());
         }
         let port = self.a.data_path_port;
@@ -403,7 +425,47 @@ impl Executor {
             .await?;
         debug!(network = %id, ?changes, "peers");
         if let Some(n) = self.nets.get_mut(id) {
-            n.peers = Some(peers);
+            n.peers = Some(by_ip(peers));
+        }
+        Ok(())
+    }
+
+    /// After a change of the endpoint table at some addresses: gives the data plane the peers
+    /// there, and nothing else (the whole set first, if it has none yet). What it costs is the
+    /// change, whatever the size of the network.
+    async fn sync_peers_at(&mut self, id: &str, ips: BTreeSet<Ipv4Addr>) -> Result<(), Error> {
+        if !self.gossip_ready() {
+            return Ok(());
+        }
+        let Some(n) = self.nets.get(id) else {
+            return Ok(());
+        };
+        let Some(have) = &n.peers else {
+            return self.sync_peers(id).await;
+        };
+        let vteps = self.gossip.vteps();
+        let changes: Vec<(Ipv4Addr, Option<Peer>)> = ips
+            .into_iter()
+            .map(|ip| (ip, peer_at(&self.config.node_id, n, &vteps, ip)))
+            .filter(|(ip, want)| have.get(ip) != want.as_ref())
+            .collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let port = self.a.data_path_port;
+        let (net, c) = (id.to_string(), changes.clone());
+        let changed = self
+            .plane
+            .call(port, move |dp| dp.update_peers(&net, &c))
+            .await?;
+        debug!(network = %id, ?changed, "peers");
+        if let Some(have) = self.nets.get_mut(id).and_then(|n| n.peers.as_mut()) {
+            for (ip, want) in changes {
+                match want {
+                    Some(p) => have.insert(ip, p),
+                    None => have.remove(&ip),
+                };
+            }
         }
         Ok(())
     }
@@ -413,29 +475,42 @@ impl Executor {
         let Some(n) = self.nets.get_mut(id) else {
             return;
         };
-        match ev {
+        let v4 = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        };
+        // The addresses whose peer may have changed (None: the whole table).
+        let touched: Option<BTreeSet<Ipv4Addr>> = match ev {
             gossip::Event::Resync(all) => {
                 n.entries = all
                     .into_iter()
                     .map(|e| (e.endpoint.id.clone(), e))
                     .collect();
                 self.sync_records(id);
+                None
             }
             gossip::Event::Added(e) | gossip::Event::Updated(e) => {
-                n.entries.insert(e.endpoint.id.clone(), e.clone());
+                let old = n.entries.insert(e.endpoint.id.clone(), e.clone());
                 if !e.endpoint.task.is_empty() {
                     let rec = discovery::task_record(&e, self.owner_counts(&e));
                     self.disc.task(id, &e.endpoint.task, rec);
                 }
+                let old = old.and_then(|o| v4(o.endpoint.ip));
+                Some(old.into_iter().chain(v4(e.endpoint.ip)).collect())
             }
             gossip::Event::Removed(e) => {
                 n.entries.remove(&e.endpoint.id);
                 if !e.endpoint.task.is_empty() {
                     self.disc.task(id, &e.endpoint.task, None);
                 }
+                Some(v4(e.endpoint.ip).into_iter().collect())
             }
-        }
-        if let Err(e) = self.sync_peers(id).await {
+        };
+        let r = match touched {
+            Some(ips) => self.sync_peers_at(id, ips).await,
+            None => self.sync_peers(id).await,
+        };
+        if let Err(e) = r {
             self.retry_later(&format!("peers of network {id}"), &e);
         }
         if self.ingress_attached().as_deref() == Some(id) {
@@ -588,7 +663,7 @@ impl Executor {
             if let Some(n) = self.nets.get_mut(&id) {
                 n.known = true;
                 n.lb = lb;
-                n.peers = Some(peers_of(&me, n, &vteps));
+                n.peers = Some(by_ip(peers_of(&me, n, &vteps)));
             }
         }
         self.vteps = vteps;

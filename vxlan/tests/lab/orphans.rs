@@ -252,11 +252,23 @@ fn leftovers_are_adopted_or_replaced() {
 }
 
 /// Peer changes written by difference (no read-back) leave the kernel exactly as a full
-/// reconcile wants it: after a series of additions, moves to another VTEP, MAC changes and
-/// removals, a fresh process reading the tables finds nothing to write.
+/// reconcile wants it: after a series of additions, moves to another VTEP, MAC changes, a MAC
+/// two peers share and removals, a fresh process reading the tables finds nothing to write.
 #[test]
 fn peer_changes_by_difference_match_a_full_read() {
     need_root!();
+    changes_by_difference(false);
+}
+
+/// The same changes given one address at a time ([`vxlan::Dataplane::update_peers`], as gossip
+/// brings them) leave the same kernel state.
+#[test]
+fn peer_updates_by_address_match_a_full_read() {
+    need_root!();
+    changes_by_difference(true);
+}
+
+fn changes_by_difference(by_address: bool) {
     let lab = Lab::new(1).unwrap();
     let net = network(NET, 4600, "10.61.0.0/24");
     let vtep = |i: u8| Ipv4Addr::new(198, 18, 9, i);
@@ -269,6 +281,7 @@ fn peer_changes_by_difference_match_a_full_read() {
     let mut peers: Vec<vxlan::Peer> = (2..60).map(|i| peer(addr(i), vtep(i % 5 + 1))).collect();
     let ch = dp.set_peers(NET, &peers).unwrap();
     assert_eq!(ch.added, 58, "{ch:?}");
+    let shared = peers[6].mac;
     // One change at a time, as gossip brings them: each writes only itself.
     type Step<'a> = Box<dyn Fn(&mut Vec<vxlan::Peer>) + 'a>;
     let steps: Vec<Step> = vec![
@@ -279,28 +292,52 @@ fn peer_changes_by_difference_match_a_full_read() {
             p.remove(5);
         }),
         Box::new(|p| p.retain(|x| x.ip != addr(100))),
+        // A second peer with peer 6's MAC on another VTEP: the FDB entry stays with the lower
+        // address until that one goes.
+        Box::new(move |p| {
+            p.push(vxlan::Peer {
+                ip: addr(101),
+                mac: shared,
+                vtep: vtep(8),
+            })
+        }),
+        Box::new(move |p| p.retain(|x| !(x.mac == shared && x.ip != addr(101)))),
     ];
     // A MAC change is at most a neighbour, an FDB deletion and an FDB entry; with the fast path
     // also the MAC map's old key deleted and the new one written.
     let most = if dp.fast_path().is_active() { 5 } else { 3 };
     for (i, step) in steps.iter().enumerate() {
+        let before_set = peers.clone();
         step(&mut peers);
         let before = dp.writes();
-        let ch = dp.set_peers(NET, &peers).unwrap();
+        let ch = if by_address {
+            let old: std::collections::BTreeMap<_, _> =
+                before_set.iter().map(|p| (p.ip, *p)).collect();
+            let new: std::collections::BTreeMap<_, _> = peers.iter().map(|p| (p.ip, *p)).collect();
+            let changes: Vec<_> = old
+                .keys()
+                .chain(new.keys())
+                .filter(|ip| old.get(ip) != new.get(ip))
+                .map(|ip| (*ip, new.get(ip).copied()))
+                .collect();
+            dp.update_peers(NET, &changes).unwrap()
+        } else {
+            dp.set_peers(NET, &peers).unwrap()
+        };
         let wrote = dp.writes() - before;
         assert!(
             (1..=most).contains(&wrote),
             "step {i}: {wrote} writes for one change ({ch:?})"
         );
+        // After each step, a fresh process reading the tables finds nothing to write.
+        let mut fresh = dataplane(&lab, 1, 4789);
+        fresh.ensure_network(&net).unwrap();
+        fresh.set_peers(NET, &peers).unwrap();
+        fresh.ensure_endpoint(&local).unwrap();
+        assert_eq!(
+            fresh.writes(),
+            0,
+            "step {i}: the kernel differs from what the deltas meant"
+        );
     }
-    drop(dp);
-    let mut fresh = dataplane(&lab, 1, 4789);
-    fresh.ensure_network(&net).unwrap();
-    fresh.set_peers(NET, &peers).unwrap();
-    fresh.ensure_endpoint(&local).unwrap();
-    assert_eq!(
-        fresh.writes(),
-        0,
-        "the kernel differs from what the deltas meant"
-    );
 }
