@@ -12,7 +12,8 @@
 //! The agents run with production gossip and Raft timings (gossip every 250 ms, where the lab's
 //! tests use 100 ms). Each scale prints when the first, the median and the last node answered.
 //!
-//! Needs root. Knobs: BENCH_SERVICES (2000), BENCH_IDLE_SECS (60), BENCH_RUNS (3).
+//! Needs root. Knobs: BENCH_SERVICES (2000), BENCH_IDLE_SECS (60), BENCH_RUNS (3),
+//! BENCH_LAB_TIMINGS (set: the lab tests' faster gossip and Raft timings instead).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -188,7 +189,12 @@ fn main() {
     let runs = env_usize("BENCH_RUNS", 3).max(1);
     // Production timings (the lab's defaults gossip 2.5 times as often, for quick tests): idle
     // CPU is a production figure.
-    let s = Swarm::start_with(1, NODES - 1, PRODUCTION_TIMINGS);
+    let lab_timings = std::env::var_os("BENCH_LAB_TIMINGS").is_some();
+    let s = Swarm::start_with(
+        1,
+        NODES - 1,
+        if lab_timings { &[] } else { PRODUCTION_TIMINGS },
+    );
     s.ctl(
         1,
         &[
