@@ -137,6 +137,12 @@ fn every_node_answers(
 fn scale_time(s: &Swarm, probes: &[TaskNs], target: &str, runs: usize) -> (f64, f64) {
     let mut times = Vec::new();
     let mut bytes = Vec::new();
+    // One cycle first, not measured: the first scale after the services were created is the
+    // slowest at either size.
+    s.ctl(1, &["service", "scale", "--detach", &format!("{target}=6")]);
+    every_node_answers(s, probes, target, 6, Instant::now());
+    s.ctl(1, &["service", "scale", "--detach", &format!("{target}=1")]);
+    every_node_answers(s, probes, target, 1, Instant::now());
     for _ in 0..runs {
         let b0 = sent_bytes(s);
         let t0 = Instant::now();

@@ -608,23 +608,7 @@ impl Dataplane {
             };
             ips.insert(*ip);
         }
-        let name = self.ctx.sandbox_name(network_id);
-        if net.sbox.is_none() && !netns::exists(&name) {
-            return Ok(PeerChanges::default());
-        }
-        if let Some(sbox) = net.sbox.as_mut()
-            && netns::exists(&name)
-        {
-            let vx = kernel::link_by_name(&mut sbox.nl, VXLAN)?;
-            if let Some(vx) = vx.filter(|l| l.is("vxlan")) {
-                let peers = net.peers.as_ref().expect("set above");
-                let (changed, macs) = peers::apply_updates(sbox, vx.index, peers, &ips)?;
-                sync_fast_path_macs(&self.ctx, net, vx.index, &macs)?;
-                return Ok(changed);
-            }
-        }
-        // The sandbox is not open yet or lost its device: a full reconcile repairs it.
-        Ok(self.open_sandbox(network_id, false, true)?.1)
+        self.write_peers(network_id, Some(&ips))
     }
 
     fn set_peers_inner(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
@@ -636,7 +620,19 @@ impl Dataplane {
                 op: "set_peers",
             })?;
         net.peers = Some(peer_map(&self.ctx, peers));
+        self.write_peers(network_id, None)
+    }
+
+    /// Programs the network's peers as now known: those at `at` (and their MACs), or all.
+    fn write_peers(
+        &mut self,
+        network_id: &str,
+        at: Option<&BTreeSet<Ipv4Addr>>,
+    ) -> Result<PeerChanges> {
         let name = self.ctx.sandbox_name(network_id);
+        let Some(net) = self.nets.get_mut(network_id) else {
+            return Ok(PeerChanges::default());
+        };
         if net.sbox.is_none() && !netns::exists(&name) {
             return Ok(PeerChanges::default());
         }
@@ -645,9 +641,19 @@ impl Dataplane {
         {
             let vx = kernel::link_by_name(&mut sbox.nl, VXLAN)?;
             if let Some(vx) = vx.filter(|l| l.is("vxlan")) {
-                let peers = net.peers.as_ref().expect("set above");
-                let changes = apply_peers(sbox, vx.index, peers)?;
-                sync_fast_path_peers(&self.ctx, net, vx.index)?;
+                let peers = net.peers.as_ref().expect("set by the caller");
+                let changes = match at {
+                    Some(ips) => {
+                        let (changes, macs) = peers::apply_updates(sbox, vx.index, peers, ips)?;
+                        sync_fast_path_peers(&self.ctx, net, vx.index, Some(&macs))?;
+                        changes
+                    }
+                    None => {
+                        let changes = apply_peers(sbox, vx.index, peers)?;
+                        sync_fast_path_peers(&self.ctx, net, vx.index, None)?;
+                        changes
+                    }
+                };
                 return Ok(changes);
             }
         }

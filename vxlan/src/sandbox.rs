@@ -330,13 +330,15 @@ pub(crate) fn sync_fast_path_local(ctx: &Ctx, net: &mut Net, veth: &Link, mac: M
     }
 }
 
-/// After the peers with some MACs changed: those MACs' remote entries follow the peers, nothing
-/// else is looked at. Before a first full sync, does one.
-pub(crate) fn sync_fast_path_macs(
+/// After a change of the peers alone: the fast path's remote entries follow them, for the MACs
+/// `macs` (those of the changed peers) or for all. Its local entries and attachments stay as the
+/// last full sync left them (local endpoints change through [`sync_fast_path`] and
+/// [`sync_fast_path_local`]), so no link is dumped. Before a first full sync, does one.
+pub(crate) fn sync_fast_path_peers(
     ctx: &Ctx,
     net: &mut Net,
     vx: u32,
-    macs: &BTreeSet<Mac>,
+    macs: Option<&BTreeSet<Mac>>,
 ) -> Result<()> {
     if !ctx.fast.is_active() {
         return Ok(());
@@ -347,31 +349,18 @@ pub(crate) fn sync_fast_path_macs(
     let Some(peers) = &net.peers else {
         return Ok(());
     };
-    for mac in macs {
-        let remote = peers.values().any(|p| p.mac == *mac).then_some(vx);
-        if let Err(e) = fp.set_remote(*mac, remote) {
-            fast_path_not_updated(net, &e);
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// After a change of the peer set alone: the fast path's remote entries follow the peers; its
-/// local entries and attachments stay as the last full sync left them (local endpoints change
-/// through [`sync_fast_path`]), so no link is dumped. Before a first full sync, does one.
-pub(crate) fn sync_fast_path_peers(ctx: &Ctx, net: &mut Net, vx: u32) -> Result<()> {
-    if !ctx.fast.is_active() {
-        return Ok(());
-    }
-    let Some(fp) = net.sbox.as_mut().and_then(|s| s.fp.as_mut()) else {
-        return sync_fast_path(ctx, net);
+    let r = match macs {
+        Some(macs) => macs.iter().try_for_each(|mac| {
+            let remote = peers.values().any(|p| p.mac == *mac).then_some(vx);
+            fp.set_remote(*mac, remote)
+        }),
+        None => fp.sync(&fastpath::with_peers(
+            fp.entries(),
+            vx,
+            peers.values().map(|p| p.mac),
+        )),
     };
-    let Some(peers) = &net.peers else {
-        return Ok(());
-    };
-    let want = fastpath::with_peers(fp.entries(), vx, peers.values().map(|p| p.mac));
-    if let Err(e) = fp.sync(&want) {
+    if let Err(e) = r {
         fast_path_not_updated(net, &e);
     }
     Ok(())
