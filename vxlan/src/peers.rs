@@ -1,5 +1,6 @@
 //! The peers of a sandbox: a neighbour entry (IP -> MAC) and an FDB entry (MAC -> VTEP) on
-//! `vxlan0` per remote endpoint.
+//! `vxlan0` per remote endpoint, given whole ([`Dataplane::set_peers`]) or by address
+//! ([`Dataplane::update_peers`]).
 //!
 //! A full apply reads both tables back from the kernel and writes the difference (a new
 //! process, a reconcile, a repair). What it leaves is remembered ([`Programmed`]), so that the
@@ -8,6 +9,114 @@
 //! network's size (issue 18). A failed write forgets the memory; the next apply reads again.
 
 use super::*;
+
+impl Dataplane {
+    /// Sets the full set of remote endpoints of a network and programs only the difference
+    /// (neighbour IP -> MAC and FDB MAC -> VTEP on `vxlan0`). Peers on this node's own VTEP
+    /// are skipped. Without a sandbox on this node the set is kept for when one is made.
+    pub fn set_peers(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
+        let changes = self.set_peers_inner(network_id, peers)?;
+        if self.nets.get(network_id).is_some_and(|n| n.spec.encrypted) {
+            self.sync_ipsec(false)?;
+        }
+        Ok(changes)
+    }
+
+    /// Changes the remote endpoints of some addresses: `Some(peer)` is the endpoint at that
+    /// address now, `None` that there is none. Only those addresses and their MACs are written
+    /// and looked at, so one gossip change costs the same in a network of 10 or 2,000
+    /// endpoints. Before [`Dataplane::set_peers`] gave a whole set, the changes are that set.
+    pub fn update_peers(
+        &mut self,
+        network_id: &str,
+        changes: &[(Ipv4Addr, Option<Peer>)],
+    ) -> Result<PeerChanges> {
+        let changed = self.update_peers_inner(network_id, changes)?;
+        if self.nets.get(network_id).is_some_and(|n| n.spec.encrypted) {
+            self.sync_ipsec(false)?;
+        }
+        Ok(changed)
+    }
+
+    fn update_peers_inner(
+        &mut self,
+        network_id: &str,
+        changes: &[(Ipv4Addr, Option<Peer>)],
+    ) -> Result<PeerChanges> {
+        let vtep = self.ctx.vtep;
+        let net = self
+            .nets
+            .get_mut(network_id)
+            .ok_or_else(|| Error::UnknownNetwork {
+                id: network_id.to_string(),
+                op: "update_peers",
+            })?;
+        let Some(peers) = net.peers.as_mut() else {
+            let whole: Vec<Peer> = changes.iter().filter_map(|(_, p)| *p).collect();
+            return self.set_peers_inner(network_id, &whole);
+        };
+        let mut ips = BTreeSet::new();
+        for (ip, p) in changes {
+            // Peers on this node's own VTEP are local, as in a whole set.
+            match p.filter(|p| p.vtep != vtep && p.ip == *ip) {
+                Some(p) => peers.insert(*ip, p),
+                None => peers.remove(ip),
+            };
+            ips.insert(*ip);
+        }
+        self.write_peers(network_id, Some(&ips))
+    }
+
+    fn set_peers_inner(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
+        let net = self
+            .nets
+            .get_mut(network_id)
+            .ok_or_else(|| Error::UnknownNetwork {
+                id: network_id.to_string(),
+                op: "set_peers",
+            })?;
+        net.peers = Some(peer_map(&self.ctx, peers));
+        self.write_peers(network_id, None)
+    }
+
+    /// Programs the network's peers as now known: those at `at` (and their MACs), or all.
+    fn write_peers(
+        &mut self,
+        network_id: &str,
+        at: Option<&BTreeSet<Ipv4Addr>>,
+    ) -> Result<PeerChanges> {
+        let name = self.ctx.sandbox_name(network_id);
+        let Some(net) = self.nets.get_mut(network_id) else {
+            return Ok(PeerChanges::default());
+        };
+        if net.sbox.is_none() && !netns::exists(&name) {
+            return Ok(PeerChanges::default());
+        }
+        if let Some(sbox) = net.sbox.as_mut()
+            && netns::exists(&name)
+        {
+            let vx = kernel::link_by_name(&mut sbox.nl, VXLAN)?;
+            if let Some(vx) = vx.filter(|l| l.is("vxlan")) {
+                let peers = net.peers.as_ref().expect("set by the caller");
+                let changes = match at {
+                    Some(ips) => {
+                        let (changes, macs) = peers::apply_updates(sbox, vx.index, peers, ips)?;
+                        sync_fast_path_peers(&self.ctx, net, vx.index, Some(&macs))?;
+                        changes
+                    }
+                    None => {
+                        let changes = apply_peers(sbox, vx.index, peers)?;
+                        sync_fast_path_peers(&self.ctx, net, vx.index, None)?;
+                        changes
+                    }
+                };
+                return Ok(changes);
+            }
+        }
+        // The sandbox is not open yet or lost its device: a full reconcile repairs it.
+        Ok(self.open_sandbox(network_id, false, true)?.1)
+    }
+}
 
 /// The neighbour and FDB entries this process left on a sandbox's `vxlan0` (index `vx`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
