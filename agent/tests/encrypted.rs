@@ -191,7 +191,20 @@ impl Capture {
             .lab
             .underlay()
             .command("tcpdump")
-            .args(["-Z", "root", "-i", "any", "-n", "-U", "-s", "128", "-w"])
+            // Immediate mode: without it libpcap hands packets over in blocks (1 s timeout), and
+            // a block not yet handed over when the capture stops is lost.
+            .args([
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-i",
+                "any",
+                "-n",
+                "-U",
+                "-s",
+                "128",
+                "-w",
+            ])
             .arg(&file)
             .arg("ip proto 50 or udp")
             .stdout(std::process::Stdio::null())
@@ -208,7 +221,19 @@ impl Capture {
 
     /// Stops the capture; the packets matching `filter`, one line each.
     fn stop(mut self, filters: &[&str]) -> Vec<Vec<String>> {
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Until the file has stopped growing (under TCG tcpdump can lag the traffic), at most
+        // 10 s: each packet is written as it is captured (-U).
+        let size = || std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0);
+        let t = std::time::Instant::now();
+        let mut last = size();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let now = size();
+            if now == last || t.elapsed() > std::time::Duration::from_secs(10) {
+                break;
+            }
+            last = now;
+        }
         // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();

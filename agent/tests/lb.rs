@@ -167,14 +167,16 @@ fn vips_balance_tcp_and_udp_on_every_node() {
         "node4 runs no web task: {web:?}"
     );
 
+    // Under TCG (the kernel lab) fewer: a multiple of 3 still shows round robin exactly.
+    let requests = if common::in_kernel_lab() { "90" } else { "300" };
     for c in &clients {
         s.wait(&format!("the VIP answers on node{}", c.node), || {
             client(&s, c, &["http", &vip, "80", "10"])["ok"] == 10
         });
         let balanced = |n| metric(&s.metrics(n), "netagent_lb_balanced_total", &[]);
         let before = balanced(c.node);
-        let r = client(&s, c, &["http", &vip, "80", "300"]);
-        println!("node{}: 300 requests to http://{vip}/: {r}", c.node);
+        let r = client(&s, c, &["http", &vip, "80", requests]);
+        println!("node{}: {requests} requests to http://{vip}/: {r}", c.node);
         assert_eq!(r["fail"], 0, "no request failed from node{}: {r}", c.node);
         // eBPF: each request is a connection this node's load balancer gave a task. IPVS counts
         // its connection entries (published every 2 s: waited for), and with Docker's

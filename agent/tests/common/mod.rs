@@ -42,11 +42,16 @@ pub fn lb_mode() -> String {
         .unwrap_or_else(|| "auto".into())
 }
 
+/// Whether this runs in the kernel lab's guest (qemu TCG: everything is ~10x slower).
+pub fn in_kernel_lab() -> bool {
+    std::env::var_os("NETAGENT_KERNEL_LAB").is_some()
+}
+
 /// Agent flags for the kernel lab (NETAGENT_KERNEL_LAB is set there), where a swarm runs on 2
 /// emulated CPUs (qemu TCG): heartbeats and failure detection slow enough that no node is
 /// marked down (and its tasks rescheduled) only because the machine is slow. None elsewhere.
 pub fn kernel_lab_flags() -> Vec<(&'static str, &'static str)> {
-    if std::env::var_os("NETAGENT_KERNEL_LAB").is_none() {
+    if !in_kernel_lab() {
         return Vec::new();
     }
     vec![
