@@ -7,6 +7,10 @@
 //!    on each path (goal: overlay p50 within 15 % of the underlay's).
 //!    `bridge_nf`: the bridge path with br_netfilter's bridge-nf-call-iptables 1 vs netagent's 0
 //!    in the sandboxes.
+//!    `offloads`: with the fast path on, each offload setting netagent could change on its own
+//!    interfaces against the kernel's defaults, interleaved: GRO on the task veths, GRO on the
+//!    nodes' underlay interfaces, TSO/GSO off on the task veths (what segmentation offload
+//!    buys).
 //! 2. iperf3 over an encrypted network against the same network unencrypted, same nodes, same
 //!    run (where the kernel has ESP and GCM; elsewhere the kernel lab reports it:
 //!    `cargo xtask test-kernel encrypted_and_plain_iperf3`). Docker collapses (moby#33133);
@@ -27,8 +31,8 @@ mod iperf;
 
 use vxlan::{Config, Dataplane, DesiredState, Endpoint, Network, NetworkState, Peer};
 
-const IPERF_SECONDS: &str = "4";
-const ROUNDS: usize = 3;
+const IPERF_SECONDS: &str = "3";
+const ROUNDS: usize = 5;
 const NETWORKS: usize = 100;
 const PEERS_PER_NETWORK: usize = 10;
 
@@ -96,6 +100,12 @@ fn iperf(client: Command) -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// The median of the per-round ratios a[i] / b[i]: runs of one round are back to back, so a
+/// drift of the machine's speed over the whole run (seen: 20 -> 6 Gbit/s) cancels out.
+fn paired(a: &[f64], b: &[f64]) -> f64 {
+    median(a.iter().zip(b).map(|(x, y)| x / y).collect())
 }
 
 /// One overlay network between the two nodes, on data planes with the fast path on or off (own
@@ -247,9 +257,11 @@ fn throughput() {
             plain.label
         );
         println!(
-            "    ratio overlay/underlay       : on {:.3}, off {:.3}  (goal >= 0.90 on){}",
+            "    ratio overlay/underlay       : on {:.3}, off {:.3} (medians); per round: on {:.3}, off {:.3}  (goal >= 0.90 on){}",
             fm / u,
             bm / u,
+            paired(&f, &under),
+            paired(&b, &under),
             if fast_on {
                 ""
             } else {
@@ -356,6 +368,96 @@ fn bridge_nf() {
     println!("    1 : {n:6.2} Gbit/s  {on:.2?}");
     println!("    0 : {f:6.2} Gbit/s  {off:.2?}  (netagent's setting)");
     println!("    ratio 0/1 : {:.3}", f / n);
+}
+
+/// `ethtool -K DEV FEATURE on|off` inside a namespace.
+fn ethtool(ns: &NetNs, dev: &str, settings: &[&str]) {
+    let out = ns
+        .command("ethtool")
+        .args(["-K", dev])
+        .args(settings)
+        .output()
+        .expect("ethtool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "ethtool -K {dev} {settings:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Offload settings on the fast path, each against the kernel's defaults in the same run.
+fn offloads() {
+    let lab = Lab::new(2).unwrap();
+    let o = overlay(&lab, 3, true, "o");
+    let tasks = [&o.client, &o.server];
+    let nodes = [lab.node(1).ns(), lab.node(2).ns()];
+    // What, where, the features it turns on (and back off after), in that order.
+    struct Setting<'a> {
+        what: &'static str,
+        nss: &'a [&'a NetNs],
+        dev: &'static str,
+        set: &'static [&'static str],
+        reset: &'static [&'static str],
+    }
+    let settings = [
+        Setting {
+            what: "GRO on, task veths",
+            nss: &tasks,
+            dev: "eth0",
+            set: &["gro", "on"],
+            reset: &["gro", "off"],
+        },
+        Setting {
+            what: "GRO on, underlay",
+            nss: &nodes,
+            dev: lab::NODE_IFACE,
+            set: &["gro", "on"],
+            reset: &["gro", "off"],
+        },
+        Setting {
+            what: "TSO/GSO off, task veths",
+            nss: &tasks,
+            dev: "eth0",
+            set: &["tso", "off", "gso", "off"],
+            reset: &["tso", "on", "gso", "on"],
+        },
+    ];
+    let cmd = || {
+        let mut c = o.client.command("iperf3");
+        c.args(["-c", &o.server_addr.to_string(), "-t", IPERF_SECONDS, "-J"])
+            .stderr(Stdio::null());
+        c
+    };
+    println!(
+        "offloads on the fast path (fast path: {}), {ROUNDS} rounds interleaved, medians:",
+        o._dps[0].fast_path()
+    );
+    for Setting {
+        what,
+        nss,
+        dev,
+        set,
+        reset,
+    } in settings
+    {
+        let (mut base, mut with) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            base.push(iperf(cmd()));
+            for ns in nss {
+                ethtool(ns, dev, set);
+            }
+            with.push(iperf(cmd()));
+            for ns in nss {
+                ethtool(ns, dev, reset);
+            }
+        }
+        let (b, w) = (median(base.clone()), median(with.clone()));
+        println!(
+            "    {what:<24}: {w:6.2} Gbit/s {with:.2?} vs defaults {b:6.2} {base:.2?}: ratio {:.3}, per round {:.3}",
+            w / b,
+            paired(&with, &base)
+        );
+    }
 }
 
 fn encrypted() {
@@ -498,6 +600,9 @@ fn main() {
     }
     if want("bridge_nf") {
         bridge_nf();
+    }
+    if want("offloads") {
+        offloads();
     }
     if want("encrypted") {
         encrypted();

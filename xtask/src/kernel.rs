@@ -318,6 +318,16 @@ pub fn run(filters: &[String]) -> Result<()> {
             .find(|l| l.starts_with("test result:"))
             .unwrap_or("");
         eprintln!("  {:<36} {:>7}  {status}  {result_line}", p.name, time);
+        let mut times = test_times(&r.output);
+        times.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if !times.is_empty() {
+            let slowest: Vec<String> = times
+                .iter()
+                .take(3)
+                .map(|(t, s)| format!("{t} {s:.0}s"))
+                .collect();
+            eprintln!("    slowest: {}", slowest.join(", "));
+        }
         if r.rc != Some(0) {
             let names = failed_tests(&r.output);
             if names.is_empty() {
@@ -547,6 +557,19 @@ fn list_tests(exe: &Path, include_ignored: bool) -> Result<Vec<String>> {
 }
 
 /// Names of failed tests in libtest output (the "failures:" list at the end).
+/// Each finished test's time, from libtest's `--report-time` lines
+/// (`test a::b ... ok <12.345s>`).
+fn test_times(output: &str) -> Vec<(String, f64)> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("test ")?.split_once(" ... ")?;
+            let secs = rest.split_once('<')?.1.strip_suffix("s>")?.parse().ok()?;
+            Some((name.to_string(), secs))
+        })
+        .collect()
+}
+
 fn failed_tests(output: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut in_list = false;
@@ -626,6 +649,16 @@ fn tail(path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_times_are_read_from_report_time_lines() {
+        let out = "running 2 tests\ntest a ... ok <1.500s>\ntest b::c ... FAILED <20.250s>\n\
+                   test d has been running for over 60 seconds\ntest e ... ok\n";
+        assert_eq!(
+            test_times(out),
+            [("a".to_string(), 1.5), ("b::c".to_string(), 20.25)]
+        );
+    }
 
     #[test]
     fn failed_tests_are_read_from_libtest_output() {

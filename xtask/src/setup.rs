@@ -17,6 +17,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "iperf3",
+    // bench overlay: offload settings (GRO, TSO/GSO) measured on and off.
+    "ethtool",
     "qemu-system-x86",
     "busybox-static",
     "ipvsadm",

@@ -117,12 +117,17 @@ fn run_script(spec: &Spec) -> String {
                 .map(|e| quote(e)),
         );
         words.extend(p.env.iter().map(|(k, v)| quote(&format!("{k}={v}"))));
+        words.push("RUSTC_BOOTSTRAP=1".into());
         words.push(quote(&format!(
             "CARGO_MANIFEST_DIR={}",
             p.cwd.to_string_lossy()
         )));
         words.push(quote(&p.exe.to_string_lossy()));
         words.push(format!("--test-threads={}", p.test_threads));
+        // Each test's time in its result line (libtest's flag is unstable: RUSTC_BOOTSTRAP
+        // above lets a stable-built binary take it).
+        words.push("-Zunstable-options".into());
+        words.push("--report-time".into());
         if p.show_output {
             words.push("--show-output".into());
         }
