@@ -1,9 +1,9 @@
 //! `cargo xtask test`: everything CI runs, stopping at the first failure.
 //!
-//! Once every test binary is built, the kernel lab (a qemu TCG guest, ~15 min) runs alongside
-//! the host's unit, doc and namespace tests, which mostly wait on agents and leave the CPU
-//! idle: the whole run takes the longer of the two, not their sum. Its output goes to a file
-//! and is printed once it ends.
+//! Once every test binary is built and the unit and doc tests passed, the kernel lab (a qemu
+//! TCG guest, ~15 min) runs alongside the host's namespace tests, which mostly wait on agents
+//! and leave the CPU idle: the whole run takes the longer of the two, not their sum. Its
+//! output goes to a file and is printed once it ends.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,13 +28,17 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // Every test binary built first (the kernel lab's suites are among them): the kernel lab
-    // starts at once, its own cargo calls build nothing and never wait on the host tests'
-    // cargo for its lock. Then, alongside it: unit tests, doc tests, the namespace tests
-    // (integration tests against the host kernel).
+    // Every test binary built first (the kernel lab's suites are among them): the kernel lab's
+    // own cargo calls then build nothing and never wait on the host tests' cargo for its lock.
     exec(cargo().args(["test", "--workspace", "--no-run"]))?;
+    // Unit and doc tests on a quiet machine (a minute): some race real threads against each
+    // other, and the guest takes both cores.
+    exec(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
+    exec(cargo().args(["test", "--workspace", "--doc"]))?;
+    // Then the kernel lab, and alongside it the namespace tests (integration tests against the
+    // host kernel).
     let kernel = KernelLab::start()?;
-    if let Err(e) = host_tests() {
+    if let Err(e) = host_namespace_tests() {
         kernel.kill();
         return Err(e);
     }
@@ -43,10 +47,8 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Unit and doc tests, then the namespace tests on this host's kernel.
-fn host_tests() -> Result<()> {
-    exec(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
-    exec(cargo().args(["test", "--workspace", "--doc"]))?;
+/// The namespace tests on this host's kernel.
+fn host_namespace_tests() -> Result<()> {
     // The scale test's 2,000 services take tens of minutes of kernel work on a 2-core machine
     // (a namespace, veth and cgroup per task); CI runs it with fewer so the suite stays within
     // its time budget. `cargo xtask bench scale` and a plain `cargo test -p netagent --test
