@@ -181,6 +181,18 @@ pub const SUITES: &[Suite] = &[
         .on_request(),
 ];
 
+/// The test targets of the suites a plain run (CI) runs, as `--test` arguments take them.
+pub fn default_targets() -> BTreeSet<&'static str> {
+    SUITES
+        .iter()
+        .filter(|s| !s.on_request)
+        .map(|s| s.target)
+        .collect()
+}
+
+/// What `run` prints once the guest is about to boot: everything is built by then.
+pub const BOOTING: &str = "test-kernel: booting";
+
 /// Modules loaded when the guest boots (their dependencies come along). Anything else the tests
 /// need is loaded on demand by the kernel through the guest's `modprobe`.
 pub const PRELOAD_MODULES: &[&str] = &[
@@ -271,7 +283,7 @@ pub fn run(filters: &[String]) -> Result<()> {
 
     let run_dir = new_run_dir()?;
     eprintln!(
-        "test-kernel: {} test(s) in {} suite(s) under Debian {} ({}), logs in {}",
+        "{BOOTING}: {} test(s) in {} suite(s) under Debian {} ({}), logs in {}",
         plan.iter().map(|p| p.tests.len()).sum::<usize>(),
         plan.len(),
         kernel.release,

@@ -1,9 +1,9 @@
 //! `cargo xtask test`: everything CI runs, stopping at the first failure.
 //!
-//! Once every test binary is built and the unit and doc tests passed, the kernel lab (a qemu
-//! TCG guest, ~15 min) runs alongside the host's namespace tests, which mostly wait on agents
-//! and leave the CPU idle: the whole run takes the longer of the two, not their sum. Its
-//! output goes to a file and is printed once it ends.
+//! Once its test binaries are built, the kernel lab (a qemu TCG guest, ~15 min) runs alongside
+//! everything else: the other builds, the unit and doc tests and the host's namespace tests,
+//! which mostly wait on agents and leave the CPU idle. The whole run takes about the longer of
+//! the two, not their sum. Its output goes to a file and is printed once it ends.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,17 +28,18 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // Every test binary built first (the kernel lab's suites are among them): the kernel lab's
-    // own cargo calls then build nothing and never wait on the host tests' cargo for its lock.
-    exec(cargo().args(["test", "--workspace", "--no-run"]))?;
-    // Unit and doc tests on a quiet machine (a minute): some race real threads against each
-    // other, and the guest takes both cores.
-    exec(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
-    exec(cargo().args(["test", "--workspace", "--doc"]))?;
-    // Then the kernel lab, and alongside it the namespace tests (integration tests against the
-    // host kernel).
-    let kernel = KernelLab::start()?;
-    if let Err(e) = host_namespace_tests() {
+    // The kernel lab's test binaries first: it starts as soon as they are built (its own cargo
+    // calls build nothing then), and everything else (the other test binaries, unit, doc and
+    // namespace tests) runs alongside it. The host's cargo waits until the lab's are done, so
+    // neither waits on the other for cargo's lock while building.
+    let mut kernel_build = cargo();
+    kernel_build.args(["test", "--workspace", "--no-run"]);
+    for t in crate::kernel::default_targets() {
+        kernel_build.args(["--test", t]);
+    }
+    exec(&mut kernel_build)?;
+    let mut kernel = KernelLab::start()?;
+    if let Err(e) = kernel.wait_until_booting().and_then(|()| host_tests()) {
         kernel.kill();
         return Err(e);
     }
@@ -47,8 +48,10 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// The namespace tests on this host's kernel.
-fn host_namespace_tests() -> Result<()> {
+/// Unit and doc tests, then the namespace tests on this host's kernel.
+fn host_tests() -> Result<()> {
+    exec(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
+    exec(cargo().args(["test", "--workspace", "--doc"]))?;
     // The scale test's 2,000 services take tens of minutes of kernel work on a 2-core machine
     // (a namespace, veth and cgroup per task); CI runs it with fewer so the suite stays within
     // its time budget. `cargo xtask bench scale` and a plain `cargo test -p netagent --test
@@ -104,6 +107,28 @@ impl KernelLab {
             log.display()
         );
         Ok(KernelLab { child, log })
+    }
+
+    /// Waits until it is about to boot its guest (its builds and preparation are done), or has
+    /// ended (`finish` then reports why).
+    fn wait_until_booting(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains(crate::kernel::BOOTING) {
+                return Ok(());
+            }
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if started.elapsed() > std::time::Duration::from_secs(15 * 60) {
+                bail!(
+                    "the kernel lab did not reach its guest's boot in 15 min (see {})",
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
     }
 
     /// Stops it and its guest (the host tests failed: CI stops at the first failure).
