@@ -336,7 +336,11 @@ fn an_agent_restart_changes_nothing() {
         "the worker counted the writes that built its data plane",
         || writes(2) > 0,
     );
-    // Restart the worker's agent (SIGTERM, then start again with the same state).
+    // Restart the worker's agent (SIGTERM, then start again with the same state). The restart
+    // must fit in the dispatcher's grace (3 heartbeats), as in production (5 s heartbeats): with
+    // the lab's 200 ms, a loaded CI machine took 0.6 s to bring the agent back, the leader marked
+    // node2 down and moved its task, and the restart then had a real change to make.
+    s.ctl(1, &["swarm", "update", "--dispatcher-heartbeat", "2s"]);
     let worker = 2;
     s.agents[worker - 1].stop(Duration::from_secs(10));
     s.restart(worker);

@@ -119,8 +119,8 @@ pub type PassTime = (bool, Duration, bool);
 /// What wakes the executor besides new assignments.
 #[derive(Debug)]
 pub(crate) enum Ev {
-    /// A task's shim (or its start) ended: look at the task again.
-    Exited(String),
+    /// Look at a task again: its shim or command ended, or its start is still under way.
+    Look(String),
     /// A background stop finished, with the exit code if the task had been running.
     Stopped(String, Option<i32>),
     /// A change in a network's endpoint table.
@@ -560,7 +560,7 @@ impl Executor {
             return;
         }
         match ev {
-            Ev::Exited(id) => {
+            Ev::Look(id) => {
                 if self.tasks.contains_key(&id) {
                     let idc = id.clone();
                     let st = self.blocking(move |r| r.state(&idc)).await;

@@ -279,7 +279,7 @@ impl Executor {
             }
             ProcState::Exited { .. } => {
                 // It ended while starting: the watch's event reports it.
-                let _ = self.tx.send(Ev::Exited(id.to_string()));
+                let _ = self.tx.send(Ev::Look(id.to_string()));
             }
             _ => {
                 self.report(&t, TaskState::Preparing, "preparing", None, None)
@@ -471,7 +471,7 @@ impl Executor {
         });
     }
 
-    /// Watches the task's command and its shim: the first to exit sends an [`Ev::Exited`]. The
+    /// Watches the task's command and its shim: the first to exit sends an [`Ev::Look`]. The
     /// command's exit is seen at once, so its endpoints leave the load balancers and names
     /// before the shim has recorded the exit code; the next watch then waits for the shim.
     fn watch(&mut self, id: &str) {
@@ -481,15 +481,17 @@ impl Executor {
         if rt.watching || !rt.proc.is_live() {
             return;
         }
+        if rt.proc == ProcState::Starting {
+            // The shim has not started the command yet (a slow machine: the start outlasted
+            // `wait_started`). Its exit alone would leave the task "starting" for good: look
+            // again in a moment, until the command runs or the start has failed.
+            self.look_again(id, std::time::Duration::from_millis(200));
+            return;
+        }
         let Some(fd) = self.runner.pidfd(id) else {
             // No shim to watch (it ended between the look and now, or is still being set up):
             // look again in a moment.
-            let tx = self.tx.clone();
-            let idc = id.to_string();
-            tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                let _ = tx.send(Ev::Exited(idc));
-            });
+            self.look_again(id, std::time::Duration::from_millis(100));
             return;
         };
         let command = match rt.proc {
@@ -517,7 +519,17 @@ impl Executor {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
-            let _ = tx.send(Ev::Exited(idc));
+            let _ = tx.send(Ev::Look(idc));
+        });
+    }
+
+    /// Has the task's process state read and the task reconciled again after `after`.
+    fn look_again(&self, id: &str, after: std::time::Duration) {
+        let tx = self.tx.clone();
+        let idc = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(Ev::Look(idc));
         });
     }
 

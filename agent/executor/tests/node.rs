@@ -129,6 +129,10 @@ fn config(lab: &Lab, i: usize) -> Config {
 }
 
 async fn start(lab: &Lab, i: usize) -> NodeRun {
+    start_with(lab, i, config(lab, i)).await
+}
+
+async fn start_with(lab: &Lab, i: usize, config: Config) -> NodeRun {
     let n = lab.node(i);
     let addr = SocketAddr::new(IpAddr::V4(n.addr()), gossip::DEFAULT_PORT);
     // A gossip instance shut down a moment ago may still hold the port while its tasks wind down.
@@ -157,7 +161,7 @@ async fn start(lab: &Lab, i: usize) -> NodeRun {
     let tx = AssignmentFeed::default();
     let (stx, status) = mpsc::channel(64);
     let handle = node::spawn(
-        config(lab, i),
+        config,
         gossip.clone(),
         tx.subscribe(),
         stx,
@@ -305,4 +309,28 @@ async fn a_restarted_executor_adopts_its_tasks_and_changes_nothing() {
     )
     .unwrap();
     assert_eq!(pid, first, "the task kept running, not restarted");
+}
+
+/// A shim slower to start the command than the executor waits for at the start (5 s; a loaded
+/// machine took longer): the task is reported starting, then running once the command runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_slow_to_start_is_reported_running_once_it_runs() {
+    let lab = Lab::new(1).unwrap();
+    let mut cfg = config(&lab, 1);
+    let shim = cfg.shim.remove(0);
+    cfg.shim = vec![
+        "sh".into(),
+        "-c".into(),
+        "sleep 7; exec \"$0\" \"$@\"".into(),
+        shim,
+    ];
+    let mut n1 = start_with(&lab, 1, cfg).await;
+    let t = task("t4aaaaaaaaaaaaaaaaaaaaaaa", 1, "n1", "10.0.1.6");
+    n1.tx.replace(assignments(1, vec![t.clone()]));
+    wait_status(&mut n1, &t.meta.id, TaskState::Starting).await;
+    wait_status(&mut n1, &t.meta.id, TaskState::Running).await;
+    assert!(
+        pings(&task_ns(&lab, 1, &t.meta.id), "10.0.1.6"),
+        "the task's namespace has its address"
+    );
 }
