@@ -305,8 +305,9 @@ async fn node_status(member: &Member, since: Instant, period: Duration) {
     if pruned > 0 {
         tracing::debug!(pruned, "forgot the dispatcher sessions of departed nodes");
     }
+    let own = member.node_id();
     for node in &nodes {
-        let heard = m.sessions.get(&node.meta.id);
+        let heard = crate::sessions::as_of_now(m.sessions.get(&node.meta.id), node.meta.id == own);
         let current = (node.status.state, node.status.message.as_str());
         let Some((state, message)) =
             crate::sessions::status_of(heard.as_ref(), current, grace, since.elapsed() > settle)

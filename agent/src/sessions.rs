@@ -2,7 +2,7 @@
 //! said of its own health with its last heartbeat. The leader's node-status loop turns it into
 //! each node's status (`status_of`): Ready; Unknown with the node's reason while one of its
 //! runtime components is broken (it keeps its tasks and gets no new ones); Down after three
-//! silent heartbeat periods. Entries of nodes that left the store are pruned, so the record
+//! silent heartbeat periods (never the leader's own node, which is alive). Entries of nodes that left the store are pruned, so the record
 //! stays as large as the cluster.
 
 use std::collections::{HashMap, HashSet};
@@ -89,6 +89,17 @@ pub fn status_of(
         },
     };
     (want.0 != current.0 || want.1 != current.1).then_some(want)
+}
+
+/// What the leader goes by for a node: what it said last; for the leader's own node (`own`),
+/// as said now. That node is alive, this runs in its agent; its heartbeats go through the same
+/// dispatcher as anyone's and a loaded machine delays them, while what they carry (its health)
+/// still counts.
+pub fn as_of_now(heard: Option<Heard>, own: bool) -> Option<Heard> {
+    heard.map(|h| Heard {
+        at: if own { Instant::now() } else { h.at },
+        ..h
+    })
 }
 
 /// The JSON patch of a node's status.
@@ -183,6 +194,31 @@ mod tests {
         assert_eq!(
             status_of(None, (NodeState::Down, "heartbeat failure"), grace, true),
             None
+        );
+        // The leader's own node stays up however late its heartbeats; its health still counts.
+        let late = Duration::from_secs(1);
+        let own = as_of_now(Some(old.clone()), true);
+        assert_eq!(
+            status_of(own.as_ref(), (NodeState::Ready, ""), late, true),
+            None
+        );
+        let other = as_of_now(Some(old), false);
+        assert_eq!(
+            status_of(other.as_ref(), (NodeState::Ready, ""), late, true),
+            Some((NodeState::Down, "heartbeat failure".into()))
+        );
+        let own_broken = Heard {
+            at: Instant::now() - Duration::from_secs(5),
+            problem: Some("executor: x".into()),
+        };
+        assert_eq!(
+            status_of(
+                as_of_now(Some(own_broken), true).as_ref(),
+                (NodeState::Ready, ""),
+                late,
+                true
+            ),
+            Some((NodeState::Unknown, "executor: x".into()))
         );
     }
 }
