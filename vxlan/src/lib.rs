@@ -154,6 +154,18 @@ struct Net {
     local: BTreeMap<String, Mac>,
 }
 
+/// A network `ensure_network` made known, or the error naming the operation `op` that needed it.
+fn known_net<'a>(
+    nets: &'a mut BTreeMap<String, Net>,
+    id: &str,
+    op: &'static str,
+) -> Result<&'a mut Net> {
+    nets.get_mut(id).ok_or_else(|| Error::UnknownNetwork {
+        id: id.to_string(),
+        op,
+    })
+}
+
 /// What every operation needs besides the per-network state.
 struct Ctx {
     node: NetNs,
@@ -403,10 +415,7 @@ impl Dataplane {
     ) -> Result<(bool, PeerChanges)> {
         let name = self.ctx.sandbox_name(id);
         let ctx = &self.ctx;
-        let net = self.nets.get_mut(id).ok_or_else(|| Error::UnknownNetwork {
-            id: id.to_string(),
-            op: "using its sandbox",
-        })?;
+        let net = known_net(&mut self.nets, id, "using its sandbox")?;
         let exists = netns::exists(&name);
         if net.sbox.is_some() && exists {
             let changes = if verify {
@@ -459,13 +468,7 @@ impl Dataplane {
     pub fn ensure_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
         check_id(&ep.network)?;
         check_ifname(&ep.ifname)?;
-        let spec = self
-            .nets
-            .get(&ep.network)
-            .ok_or_else(|| Error::UnknownNetwork {
-                id: ep.network.clone(),
-                op: "ensure_endpoint",
-            })?
+        let spec = known_net(&mut self.nets, &ep.network, "ensure_endpoint")?
             .spec
             .clone();
         let what = format!("endpoint {} of network {}", ep.ifname, spec.id);

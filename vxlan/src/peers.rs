@@ -16,9 +16,7 @@ impl Dataplane {
     /// are skipped. Without a sandbox on this node the set is kept for when one is made.
     pub fn set_peers(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
         let changes = self.set_peers_inner(network_id, peers)?;
-        if self.nets.get(network_id).is_some_and(|n| n.spec.encrypted) {
-            self.sync_ipsec(false)?;
-        }
+        self.ipsec_after_peers(network_id)?;
         Ok(changes)
     }
 
@@ -32,10 +30,16 @@ impl Dataplane {
         changes: &[(Ipv4Addr, Option<Peer>)],
     ) -> Result<PeerChanges> {
         let changed = self.update_peers_inner(network_id, changes)?;
+        self.ipsec_after_peers(network_id)?;
+        Ok(changed)
+    }
+
+    /// An encrypted network's peers changed: its IPsec states and policies follow them.
+    fn ipsec_after_peers(&mut self, network_id: &str) -> Result<()> {
         if self.nets.get(network_id).is_some_and(|n| n.spec.encrypted) {
             self.sync_ipsec(false)?;
         }
-        Ok(changed)
+        Ok(())
     }
 
     fn update_peers_inner(
@@ -44,13 +48,7 @@ impl Dataplane {
         changes: &[(Ipv4Addr, Option<Peer>)],
     ) -> Result<PeerChanges> {
         let vtep = self.ctx.vtep;
-        let net = self
-            .nets
-            .get_mut(network_id)
-            .ok_or_else(|| Error::UnknownNetwork {
-                id: network_id.to_string(),
-                op: "update_peers",
-            })?;
+        let net = known_net(&mut self.nets, network_id, "update_peers")?;
         let Some(peers) = net.peers.as_mut() else {
             let whole: Vec<Peer> = changes.iter().filter_map(|(_, p)| *p).collect();
             return self.set_peers_inner(network_id, &whole);
@@ -68,13 +66,7 @@ impl Dataplane {
     }
 
     fn set_peers_inner(&mut self, network_id: &str, peers: &[Peer]) -> Result<PeerChanges> {
-        let net = self
-            .nets
-            .get_mut(network_id)
-            .ok_or_else(|| Error::UnknownNetwork {
-                id: network_id.to_string(),
-                op: "set_peers",
-            })?;
+        let net = known_net(&mut self.nets, network_id, "set_peers")?;
         net.peers = Some(peer_map(&self.ctx, peers));
         self.write_peers(network_id, None)
     }
@@ -89,11 +81,12 @@ impl Dataplane {
         let Some(net) = self.nets.get_mut(network_id) else {
             return Ok(PeerChanges::default());
         };
-        if net.sbox.is_none() && !netns::exists(&name) {
+        let exists = netns::exists(&name);
+        if net.sbox.is_none() && !exists {
             return Ok(PeerChanges::default());
         }
         if let Some(sbox) = net.sbox.as_mut()
-            && netns::exists(&name)
+            && exists
         {
             let vx = kernel::link_by_name(&mut sbox.nl, VXLAN)?;
             if let Some(vx) = vx.filter(|l| l.is("vxlan")) {
