@@ -80,6 +80,15 @@ impl Drop for Killed {
     }
 }
 
+/// An iperf3 client in `ns` to `to` with `streams` parallel streams, JSON output.
+fn iperf_client(ns: &NetNs, to: Ipv4Addr, streams: usize) -> Command {
+    let mut c = ns.command("iperf3");
+    c.args(["-c", &to.to_string(), "-t", IPERF_SECONDS, "-J"])
+        .args(["-P", &streams.to_string()])
+        .stderr(Stdio::null());
+    c
+}
+
 /// Runs an iperf3 client and returns the received throughput in Gbit/s.
 fn iperf(client: Command) -> f64 {
     let mut client = client;
@@ -224,13 +233,6 @@ fn throughput() {
             &lab.node(2).addr().to_string(),
         ]))
         .unwrap();
-    let client = |ns: &NetNs, to: Ipv4Addr, streams: usize| {
-        let mut c = ns.command("iperf3");
-        c.args(["-c", &to.to_string(), "-t", IPERF_SECONDS, "-J"])
-            .args(["-P", &streams.to_string()])
-            .stderr(Stdio::null());
-        c
-    };
     let under_ns = lab.node(1).ns();
     let under_to = lab.node(2).addr();
     let fast_on = fast._dps[0].fast_path().is_active();
@@ -241,9 +243,13 @@ fn throughput() {
     for streams in [1, 8] {
         let (mut under, mut f, mut b) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            under.push(iperf(client(under_ns, under_to, streams)));
-            f.push(iperf(client(&fast.client, fast.server_addr, streams)));
-            b.push(iperf(client(&plain.client, plain.server_addr, streams)));
+            under.push(iperf(iperf_client(under_ns, under_to, streams)));
+            f.push(iperf(iperf_client(&fast.client, fast.server_addr, streams)));
+            b.push(iperf(iperf_client(
+                &plain.client,
+                plain.server_addr,
+                streams,
+            )));
         }
         let (u, fm, bm) = (median(under.clone()), median(f.clone()), median(b.clone()));
         println!("  {streams} stream(s):");
@@ -350,12 +356,7 @@ fn bridge_nf() {
             ns.run(|| std::fs::write(KEY, v)).unwrap().unwrap();
         }
     };
-    let cmd = || {
-        let mut c = o.client.command("iperf3");
-        c.args(["-c", &o.server_addr.to_string(), "-t", IPERF_SECONDS, "-J"])
-            .stderr(Stdio::null());
-        c
-    };
+    let cmd = || iperf_client(&o.client, o.server_addr, 1);
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         set("1");
@@ -422,12 +423,7 @@ fn offloads() {
             reset: &["tso", "on", "gso", "on"],
         },
     ];
-    let cmd = || {
-        let mut c = o.client.command("iperf3");
-        c.args(["-c", &o.server_addr.to_string(), "-t", IPERF_SECONDS, "-J"])
-            .stderr(Stdio::null());
-        c
-    };
+    let cmd = || iperf_client(&o.client, o.server_addr, 1);
     println!(
         "offloads on the fast path (fast path: {}), {ROUNDS} rounds interleaved, medians:",
         o._dps[0].fast_path()

@@ -568,7 +568,6 @@ fn list_tests(exe: &Path, include_ignored: bool) -> Result<Vec<String>> {
     Ok(all.into_iter().filter(|t| !ignored.contains(t)).collect())
 }
 
-/// Names of failed tests in libtest output (the "failures:" list at the end).
 /// Each finished test's time, from libtest's `--report-time` lines
 /// (`test a::b ... ok <12.345s>`).
 fn test_times(output: &str) -> Vec<(String, f64)> {
@@ -582,6 +581,7 @@ fn test_times(output: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// Names of failed tests in libtest output (the "failures:" list at the end).
 fn failed_tests(output: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut in_list = false;
