@@ -16,7 +16,11 @@ macro_rules! figure {
 mod common;
 
 use common::*;
+use lab::capture::Capture;
 use serde_json::Value;
+
+/// What the encrypted tests capture on the underlay: ESP and any UDP (VXLAN among it).
+const UNDERLAY: &str = "ip proto 50 or udp";
 
 /// The kernel-lab tests run one at a time: two swarms of three agents in the guest's two TCG
 /// vCPUs slow a rotation past the end of the ping loop that should show its SPIs.
@@ -178,90 +182,6 @@ fn encrypted_network_on_a_kernel_without_esp() {
     assert!(err.contains("invalid duration"), "{err}");
 }
 
-/// A capture on the lab's underlay bridge (`tcpdump -w`), read back with a filter.
-struct Capture {
-    child: std::process::Child,
-    file: std::path::PathBuf,
-}
-
-impl Capture {
-    fn start(s: &Swarm, name: &str) -> Capture {
-        let file = s.lab.dir().join(format!("{name}.pcap"));
-        let child = s
-            .lab
-            .underlay()
-            .command("tcpdump")
-            // Immediate mode: without it libpcap hands packets over in blocks (1 s timeout), and
-            // a block not yet handed over when the capture stops is lost.
-            .args([
-                "-Z",
-                "root",
-                "--immediate-mode",
-                "-i",
-                "any",
-                "-n",
-                "-U",
-                "-s",
-                "128",
-                "-w",
-            ])
-            .arg(&file)
-            .arg("ip proto 50 or udp")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tcpdump");
-        let t = std::time::Instant::now();
-        while !file.exists() && t.elapsed() < std::time::Duration::from_secs(5) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        Capture { child, file }
-    }
-
-    /// Stops the capture; the packets matching `filter`, one line each.
-    fn stop(mut self, filters: &[&str]) -> Vec<Vec<String>> {
-        // Until the file has stopped growing (under TCG tcpdump can lag the traffic), at most
-        // 10 s: each packet is written as it is captured (-U).
-        let size = || std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0);
-        let t = std::time::Instant::now();
-        let mut last = size();
-        loop {
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            let now = size();
-            if now == last || t.elapsed() > std::time::Duration::from_secs(10) {
-                break;
-            }
-            last = now;
-        }
-        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        filters
-            .iter()
-            .map(|f| {
-                let out = std::process::Command::new("tcpdump")
-                    .args(["-n", "-r"])
-                    .arg(&self.file)
-                    .arg(f)
-                    .output()
-                    .expect("tcpdump -r");
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(str::to_string)
-                    .collect()
-            })
-            .collect()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A BPF filter for VXLAN frames of `vni` on UDP `port`.
 fn vxlan_of(port: u16, vni: u32) -> String {
     format!(
@@ -359,12 +279,12 @@ fn encrypted_network_end_to_end_in_the_kernel_lab() {
         s.task_pings(&secret[0].0, secret[1].1) && s.task_pings(&secret[0].0, secret[2].1)
     });
 
-    let cap = Capture::start(&s, "e2e");
+    let cap = Capture::start(&s.lab, "any", "e2e", UNDERLAY);
     for j in 1..3 {
         assert!(s.task_pings(&secret[0].0, secret[j].1));
         assert!(s.task_pings(&plain[0].0, plain[j].1));
     }
-    let got = cap.stop(&[
+    let got = cap.stop_matching(&[
         "ip proto 50",
         &vxlan_of(4789, vni_secret),
         &vxlan_of(4789, vni_plain),
@@ -391,7 +311,7 @@ fn encrypted_network_end_to_end_in_the_kernel_lab() {
 
     // Forced rotations under a ping loop: nothing lost, new SPIs on the wire. The loop lasts
     // 20 s: under TCG the second rotation's forward SA has taken over 4 s to be used.
-    let cap = Capture::start(&s, "rotation");
+    let cap = Capture::start(&s.lab, "any", "rotation", UNDERLAY);
     let count = 400;
     let (from, to) = (secret[0].0.clone(), secret[1].1);
     let pinger = {
@@ -409,7 +329,7 @@ fn encrypted_network_end_to_end_in_the_kernel_lab() {
     }
     let out = pinger.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let got = cap.stop(&[&format!(
+    let got = cap.stop_matching(&[&format!(
         "ip proto 50 and src {} and dst {}",
         s.lab.node(1).addr(),
         s.lab.node(2).addr()
@@ -536,11 +456,11 @@ fn encrypted_ingress_in_the_kernel_lab() {
         through_node3().is_ok()
     });
 
-    let cap = Capture::start(&s, "ingress");
+    let cap = Capture::start(&s.lab, "any", "ingress", UNDERLAY);
     let count = 20;
     let failed: Vec<String> = (0..count).filter_map(|_| through_node3().err()).collect();
     let (n2, n3) = (s.lab.node(2).addr(), s.lab.node(3).addr());
-    let got = cap.stop(&[
+    let got = cap.stop_matching(&[
         &format!("ip proto 50 and host {n2} and host {n3}"),
         &vxlan_of(4789, vni),
         "udp port 4789",

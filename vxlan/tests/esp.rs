@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use common::*;
 use lab::Lab;
+use lab::capture::Capture;
 use netns::NetNs;
 use vxlan::ipsec::{self, NO_ESP, spi};
 use vxlan::{Dataplane, DesiredState, IpsecKeys, NetworkState};

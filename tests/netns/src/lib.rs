@@ -10,6 +10,7 @@
 //! Processes start inside a node with `setns` (see [`netns::NetNs::command`]), never with
 //! `ip netns exec`, so /sys and the cgroup2 mount stay the host's.
 
+pub mod capture;
 pub mod fuzzing;
 mod proc;
 mod snapshot;

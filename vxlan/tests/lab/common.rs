@@ -3,8 +3,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use lab::Lab;
 use netns::NetNs;
@@ -143,107 +142,6 @@ pub fn namespaces(prefix: &str) -> Vec<String> {
         .into_iter()
         .filter(|n| n.starts_with(prefix))
         .collect()
-}
-
-/// A tcpdump on the lab's underlay bridge writing a pcap file; `stop` returns its packets.
-pub struct Capture {
-    child: Child,
-    file: PathBuf,
-}
-
-impl Capture {
-    /// Captures on the underlay bridge port `iface` (`p<i>` is node i's link).
-    pub fn start(lab: &Lab, iface: &str, name: &str, filter: &str) -> Capture {
-        let file = lab.dir().join(format!("{name}.pcap"));
-        let child = lab
-            .underlay()
-            .command("tcpdump")
-            .args([
-                "-Z",
-                "root",
-                "--immediate-mode",
-                "-i",
-                iface,
-                "-n",
-                "-U",
-                "-s",
-                "256",
-                "-w",
-            ])
-            .arg(&file)
-            .arg(filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Wait until tcpdump has created its file (it listens by then).
-        let start = Instant::now();
-        while !file.exists() && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        Capture { child, file }
-    }
-
-    pub fn stop(mut self) -> Vec<Vec<u8>> {
-        std::thread::sleep(Duration::from_millis(200));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = self.child.wait();
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut stderr);
-        }
-        let data = std::fs::read(&self.file)
-            .unwrap_or_else(|e| panic!("{}: {e}; tcpdump said: {stderr}", self.file.display()));
-        let pkts = pcap_packets(&data);
-        if pkts.is_empty() {
-            eprintln!("tcpdump captured nothing: {stderr}");
-        }
-        pkts
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The packets of a classic pcap file (either byte order, Ethernet link type).
-pub fn pcap_packets(data: &[u8]) -> Vec<Vec<u8>> {
-    assert!(data.len() >= 24, "pcap file too short");
-    let magic = u32::from_le_bytes(data[0..4].try_into().unwrap());
-    let le = match magic {
-        0xa1b2c3d4 | 0xa1b23c4d => true,
-        0xd4c3b2a1 | 0x4d3cb2a1 => false,
-        m => panic!("not a pcap file (magic {m:#x})"),
-    };
-    let u32_at = |off: usize| {
-        let b: [u8; 4] = data[off..off + 4].try_into().unwrap();
-        if le {
-            u32::from_le_bytes(b)
-        } else {
-            u32::from_be_bytes(b)
-        }
-    };
-    assert_eq!(u32_at(20), 1, "link type must be Ethernet");
-    let mut off = 24;
-    let mut out = Vec::new();
-    while off + 16 <= data.len() {
-        let incl = u32_at(off + 8) as usize;
-        let start = off + 16;
-        if start + incl > data.len() {
-            break;
-        }
-        out.push(data[start..start + incl].to_vec());
-        off = start + incl;
-    }
-    out
 }
 
 /// A decoded VXLAN packet: outer addresses, UDP destination port, VNI, inner frame.

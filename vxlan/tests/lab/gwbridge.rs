@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use crate::common::*;
+use lab::capture::Capture;
 use lab::{Lab, host_snapshot};
 use vxlan::{DesiredState, GatewayEndpoint, GwBridge, NetworkState};
 

@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 
 use crate::common::*;
+use lab::capture::Capture;
 use lab::{Lab, LabBuilder};
 use netns::NetNs;
 use vxlan::{DesiredState, Network, NetworkState};
