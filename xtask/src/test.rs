@@ -1,7 +1,7 @@
 //! `cargo xtask test`: everything CI runs, stopping at the first failure.
 //!
 //! Once its test binaries are built, the kernel lab (a qemu TCG guest, ~15 min) runs alongside
-//! everything else: the other builds, the unit and doc tests and the host's namespace tests,
+//! everything else: clippy, the other builds, the unit and doc tests and the host's namespace tests,
 //! which mostly wait on agents and leave the CPU idle. The whole run takes about the longer of
 //! the two, not their sum. Its output goes to a file and is printed once it ends.
 
@@ -20,18 +20,10 @@ pub fn run() -> Result<()> {
         eprintln!("test: removed {removed} namespace(s) left by crashed lab runs");
     }
     exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    exec(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
     // The kernel lab's test binaries first: it starts as soon as they are built (its own cargo
-    // calls build nothing then), and everything else (the other test binaries, unit, doc and
-    // namespace tests) runs alongside it. The host's cargo waits until the lab's are done, so
-    // neither waits on the other for cargo's lock while building.
+    // calls build nothing then), and everything else (clippy, the other test binaries, unit,
+    // doc and namespace tests) runs alongside it. The host's cargo waits until the lab's are
+    // done, so neither waits on the other for cargo's lock while building.
     let mut kernel_build = cargo();
     kernel_build.args(["test", "--workspace", "--no-run"]);
     for t in crate::kernel::default_targets() {
@@ -48,8 +40,16 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Unit and doc tests, then the namespace tests on this host's kernel.
+/// Clippy, unit and doc tests, then the namespace tests on this host's kernel.
 fn host_tests() -> Result<()> {
+    exec(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     exec(cargo().args(["test", "--workspace", "--lib", "--bins"]))?;
     exec(cargo().args(["test", "--workspace", "--doc"]))?;
     // The scale test's 2,000 services take tens of minutes of kernel work on a 2-core machine

@@ -42,10 +42,7 @@ pub fn lb_mode() -> String {
         .unwrap_or_else(|| "auto".into())
 }
 
-/// Whether this runs in the kernel lab's guest (qemu TCG: everything is ~10x slower).
-pub fn in_kernel_lab() -> bool {
-    std::env::var_os("NETAGENT_KERNEL_LAB").is_some()
-}
+pub use lab::in_kernel_lab;
 
 /// Agent flags for the kernel lab (NETAGENT_KERNEL_LAB is set there), where a swarm runs on 2
 /// emulated CPUs (qemu TCG): heartbeats and failure detection slow enough that no node is

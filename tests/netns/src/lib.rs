@@ -29,6 +29,12 @@ pub use netns::NetNs;
 pub use proc::{Proc, ProcSpec};
 pub use snapshot::host_snapshot;
 
+/// Whether this runs in the kernel lab's guest (qemu TCG: everything is ~10x slower; tests
+/// there send fewer requests where the count proves nothing more).
+pub fn in_kernel_lab() -> bool {
+    std::env::var_os("NETAGENT_KERNEL_LAB").is_some()
+}
+
 /// Every lab namespace name starts with this; the pid of the creating process follows.
 pub const LAB_PREFIX: &str = "nalab-";
 /// The underlay network: 198.18.0.0/15 (RFC 2544, reserved for benchmarking).
