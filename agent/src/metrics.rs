@@ -47,6 +47,8 @@ pub struct DispatcherMetrics {
     pub sent_bytes: Family<[(&'static str, String); 1], Counter>,
     /// Assignment messages this node received, by kind (full, delta).
     pub received: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Heartbeats this node sent to the leader.
+    pub heartbeats: Counter,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +234,7 @@ fn dispatcher(reg: &mut Registry) -> DispatcherMetrics {
         sent: Family::default(),
         sent_bytes: Family::default(),
         received: Family::default(),
+        heartbeats: Counter::default(),
     };
     reg.register(
         "dispatcher_assignments_sent",
@@ -247,6 +250,11 @@ fn dispatcher(reg: &mut Registry) -> DispatcherMetrics {
         "dispatcher_assignments_received",
         "Assignment messages this node received, by kind (full set, delta)",
         m.received.clone(),
+    );
+    reg.register(
+        "dispatcher_heartbeats_sent",
+        "Heartbeats this node sent to the leader (one per dispatcher heartbeat period)",
+        m.heartbeats.clone(),
     );
     m
 }
@@ -264,6 +272,11 @@ pub fn assignments_sent(node: &str, full: bool, bytes: usize) {
 }
 
 /// Records an assignment message this node received.
+/// Records a heartbeat this node sent.
+pub fn heartbeat_sent() {
+    global().dispatcher.heartbeats.inc();
+}
+
 pub fn assignments_received(full: bool) {
     let kind = if full { "full" } else { "delta" };
     global()

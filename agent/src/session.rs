@@ -89,6 +89,7 @@ async fn session(
                 if tx.send(SessionUp::Heartbeat { problem }).await.is_err() {
                     return Err(None);
                 }
+                crate::metrics::heartbeat_sent();
                 // Unrecorded task status goes again with every heartbeat.
                 if send_status(member, &tx).await.is_err() {
                     return Err(None);
@@ -122,10 +123,7 @@ async fn session(
                             changed
                         });
                     }
-                    let period = Duration::from_millis(heartbeat_ms.max(10));
-                    member.heartbeat.send_replace(period);
-                    ticker = tokio::time::interval(period);
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    keep_period(member, &mut ticker, heartbeat_ms);
                     remember_managers(agent, member, managers);
                     member.session_open.send_replace(true);
                 }
@@ -134,21 +132,27 @@ async fn session(
                     if let Some(ca) = cluster.as_ref().and_then(|c| c.ca.as_ref()) {
                         crate::certs::apply_ca(agent, member, ca);
                     }
-                    if cluster.is_some() {
+                    if let Some(c) = &cluster {
+                        // `swarm update --dispatcher-heartbeat` reaches connected nodes here.
+                        keep_period(member, &mut ticker, c.heartbeat_period_ms);
                         member.cluster_info.send_if_modified(|c| {
                             let changed = *c != cluster;
                             *c = cluster;
                             changed
                         });
                     }
+                    // The node's object comes when it changed; a role change that failed is
+                    // tried again on every beat, from the object last received.
                     if let Some(node) = node {
-                        let node = *node;
+                        member.node_obj.send_replace(Some(*node));
+                    }
+                    let current = member.node_obj.borrow().clone();
+                    if let Some(node) = current {
                         let target = match (member.role(), node.spec.role, node.role) {
                             (Role::Worker, Role::Manager, _) => Some(Role::Manager),
                             (Role::Manager, Role::Worker, Role::Worker) => Some(Role::Worker),
                             _ => None,
                         };
-                        member.node_obj.send_replace(Some(node));
                         if let Some(target) = target
                             && !changing.swap(true, Ordering::SeqCst)
                         {
@@ -274,4 +278,15 @@ fn remember_managers(agent: &Agent, member: &Member, managers: Vec<String>) {
     {
         tracing::warn!(error = %e, "cannot save the managers' addresses");
     }
+}
+
+/// Beats every `ms` (at least 10 ms) from now on, if that is a change.
+fn keep_period(member: &Member, ticker: &mut tokio::time::Interval, ms: u64) {
+    let period = Duration::from_millis(ms.max(10));
+    if ticker.period() == period {
+        return;
+    }
+    member.heartbeat.send_replace(period);
+    *ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 }

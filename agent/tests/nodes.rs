@@ -276,3 +276,46 @@ fn demoting_the_leader_hands_over_leadership() {
     let err = s.ctl_err(rest[0], &["node", "demote", &format!("node{}", rest[0])]);
     assert!(err.contains("last manager"), "{err}");
 }
+
+/// `swarm update --dispatcher-heartbeat` reaches nodes whose sessions are open: the worker beats
+/// at the new period from its next beat on, without reconnecting.
+#[test]
+fn a_new_heartbeat_period_reaches_connected_nodes() {
+    if skip() {
+        return;
+    }
+    let s = Swarm::start(1, 1);
+    let beats = |i: usize| {
+        metric(
+            &s.metrics(i),
+            "netagent_dispatcher_heartbeats_sent_total",
+            &[],
+        )
+    };
+    let over = |secs: u64| {
+        let before = beats(2);
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        beats(2) - before
+    };
+    // The lab's 200 ms: about 15 beats in 3 s.
+    let fast = over(3);
+    assert!(fast >= 5.0, "{fast} beats in 3 s at 200 ms");
+    s.ctl(1, &["swarm", "update", "--dispatcher-heartbeat", "2s"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    // 2 s: 2 or 3 beats in 5 s.
+    let slow = over(5);
+    assert!(slow <= 4.0, "{slow} beats in 5 s after the change to 2 s");
+    s.wait("the worker is still ready", || {
+        s.nodes(1)
+            .is_some_and(|n| n.iter().all(|n| state(n) == "ready"))
+    });
+    let sessions = metric(
+        &s.metrics(2),
+        "netagent_dispatcher_assignments_received_total",
+        &[("kind", "full")],
+    );
+    assert_eq!(
+        sessions, 1.0,
+        "one session: the period changed without a reconnect"
+    );
+}

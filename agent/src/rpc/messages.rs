@@ -209,8 +209,9 @@ pub enum SessionDown {
         managers: Vec<String>,
         cluster: Option<ClusterInfo>,
     },
-    /// Answer to each heartbeat: the node's object as stored (role and availability changes
-    /// reach the node this way), the managers and the cluster's settings now.
+    /// Answer to each heartbeat: the managers, and the node's object as stored (role and
+    /// availability changes reach the node this way) and the cluster's settings (the heartbeat
+    /// period among them), each only when it changed since the session last sent it.
     Heartbeat {
         node: Option<Box<Node>>,
         managers: Vec<String>,

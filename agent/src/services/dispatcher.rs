@@ -89,7 +89,7 @@ fn session_stream(
                 m.sessions.heard(&node_id, problem);
             }
         };
-        let silence = Duration::from_millis(period * 3).max(Duration::from_millis(600));
+        let mut told = super::told::Told::welcomed(None, period);
         let Ok(store) = member.store().cloned() else {
             return;
         };
@@ -120,7 +120,7 @@ fn session_stream(
                     }
                     continue;
                 }
-                m = tokio::time::timeout(silence, inbound.message()) => m,
+                m = tokio::time::timeout(told.silence(), inbound.message()) => m,
             };
             let msg = match msg {
                 Err(_) | Ok(Ok(None)) | Ok(Err(_)) => return, // silent, closed or broken
@@ -194,10 +194,12 @@ fn session_stream(
                         }
                     }
                     welcomed = true;
+                    let cluster = member.cluster().ok().as_ref().map(ClusterInfo::from);
+                    told = super::told::Told::welcomed(cluster.clone(), period);
                     SessionDown::Welcome {
                         heartbeat_ms: period,
                         managers: member.manager_addrs(),
-                        cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
+                        cluster,
                     }
                 }
                 SessionUp::Heartbeat { .. } => {
@@ -214,10 +216,13 @@ fn session_stream(
                             .await;
                         return;
                     }
+                    told.beat();
+                    let (node, cluster) =
+                        told.reply(node, member.cluster().ok().as_ref().map(ClusterInfo::from));
                     SessionDown::Heartbeat {
                         node: node.map(Box::new),
                         managers: member.manager_addrs(),
-                        cluster: member.cluster().ok().as_ref().map(ClusterInfo::from),
+                        cluster,
                     }
                 }
                 SessionUp::Tls { info } => {

@@ -6,6 +6,7 @@ pub(crate) mod ca;
 mod control;
 mod dispatcher;
 mod raft;
+mod told;
 
 pub use control::FORWARDED;
 pub use dispatcher::LEADER_HINT;
