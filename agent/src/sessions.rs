@@ -17,6 +17,9 @@ pub struct Heard {
     pub at: Instant,
     /// Why the node is not ready (None: it is).
     pub problem: Option<String>,
+    /// How long the node may stay silent after this, at the period it was told (during a
+    /// change of the heartbeat period, the slower of the two).
+    pub grace: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -25,13 +28,15 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Records a message from `node` (a heartbeat or its hello), with its health.
-    pub fn heard(&self, node: &str, problem: Option<String>) {
+    /// Records a message from `node` (a heartbeat or its hello), with its health and how long
+    /// it may be silent now.
+    pub fn heard(&self, node: &str, problem: Option<String>, grace: Duration) {
         self.lock().insert(
             node.to_string(),
             Heard {
                 at: Instant::now(),
                 problem,
+                grace,
             },
         );
     }
@@ -67,15 +72,17 @@ impl Sessions {
 }
 
 /// The status a node should have, given what it said last (`None`: nothing yet this term),
-/// its current state, how long heartbeats may stop (`grace`) and whether the leader has
-/// settled (nodes had time to find it after an election). None: leave the status as it is.
+/// its current state, how long heartbeats may stop (`grace` at the cluster's period now, or the
+/// node's own grace if longer: a node told a shorter period beats at the old one until it has
+/// heard) and whether the leader has settled (nodes had time to find it after an election).
+/// None: leave the status as it is.
 pub fn status_of(
     heard: Option<&Heard>,
     current: (NodeState, &str),
     grace: Duration,
     settled: bool,
 ) -> Option<(NodeState, String)> {
-    let alive = heard.filter(|h| h.at.elapsed() <= grace);
+    let alive = heard.filter(|h| h.at.elapsed() <= grace.max(h.grace));
     let want = match alive {
         Some(h) => match &h.problem {
             None => (NodeState::Ready, String::new()),
@@ -115,7 +122,7 @@ mod tests {
     fn departed_nodes_are_pruned() {
         let s = Sessions::default();
         for n in ["a", "b", "c"] {
-            s.heard(n, None);
+            s.heard(n, None, Duration::from_secs(1));
         }
         let existing: HashSet<&str> = ["a", "c"].into();
         assert_eq!(s.prune(&existing), 1);
@@ -132,10 +139,12 @@ mod tests {
         let ok = Heard {
             at: Instant::now(),
             problem: None,
+            grace: Duration::ZERO,
         };
         let broken = Heard {
             at: Instant::now(),
             problem: Some("node runtime not ready: executor: x".into()),
+            grace: Duration::ZERO,
         };
         // Ready and heard well: nothing to write.
         assert_eq!(
@@ -181,6 +190,7 @@ mod tests {
         let old = Heard {
             at: Instant::now() - Duration::from_secs(5),
             problem: None,
+            grace: Duration::ZERO,
         };
         assert_eq!(
             status_of(
@@ -193,6 +203,21 @@ mod tests {
         );
         assert_eq!(
             status_of(None, (NodeState::Down, "heartbeat failure"), grace, true),
+            None
+        );
+        // A node told a slower period than the cluster's now (a change under way) has its own.
+        let told_slow = Heard {
+            at: Instant::now() - Duration::from_secs(5),
+            problem: None,
+            grace: Duration::from_secs(15),
+        };
+        assert_eq!(
+            status_of(
+                Some(&told_slow),
+                (NodeState::Ready, ""),
+                Duration::from_millis(600),
+                true
+            ),
             None
         );
         // The leader's own node stays up however late its heartbeats; its health still counts.
@@ -210,6 +235,7 @@ mod tests {
         let own_broken = Heard {
             at: Instant::now() - Duration::from_secs(5),
             problem: Some("executor: x".into()),
+            grace: Duration::ZERO,
         };
         assert_eq!(
             status_of(

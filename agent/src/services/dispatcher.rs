@@ -84,9 +84,9 @@ fn session_stream(
             member: member.clone(),
             node: node_id.clone(),
         };
-        let touch = |member: &Member, problem: Option<String>| {
+        let touch = |member: &Member, problem: Option<String>, grace: Duration| {
             if let Some(m) = &member.manager {
-                m.sessions.heard(&node_id, problem);
+                m.sessions.heard(&node_id, problem, grace);
             }
         };
         let mut told = super::told::Told::welcomed(None, period);
@@ -137,7 +137,7 @@ fn session_stream(
             }
             match &msg {
                 SessionUp::Hello { problem, .. } | SessionUp::Heartbeat { problem } => {
-                    touch(&member, problem.clone())
+                    touch(&member, problem.clone(), told.silence())
                 }
                 SessionUp::TaskStatus { .. } | SessionUp::Tls { .. } => {}
             }
