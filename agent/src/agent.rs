@@ -231,7 +231,7 @@ impl Agent {
         // Managers probe each other at least every second (quorum decisions must not trail a
         // dead manager by three dispatcher periods of 5 s).
         let probe = self.heartbeat().min(Duration::from_secs(1));
-        let grace = (probe * 3).max(Duration::from_millis(600));
+        let grace = crate::sessions::grace(probe);
         let rpc_timeout = Duration::from_secs(10);
         let manager = if saved.node.role == Role::Manager {
             std::fs::create_dir_all(cfg.raft_dir())

@@ -296,7 +296,7 @@ fn patch(id: &str, patch: serde_json::Value) -> Batch {
 /// tasks. Sessions of nodes no longer in the store are forgotten.
 async fn node_status(member: &Member, since: Instant, period: Duration) {
     let Some(m) = &member.manager else { return };
-    let grace = (period * 3).max(Duration::from_millis(600));
+    let grace = crate::sessions::grace(period);
     let settle = (period * 5).max(Duration::from_secs(2));
     let Ok(nodes) = member.nodes() else { return };
     let existing: std::collections::HashSet<&str> =

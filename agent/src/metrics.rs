@@ -271,12 +271,12 @@ pub fn assignments_sent(node: &str, full: bool, bytes: usize) {
         .inc_by(bytes as u64);
 }
 
-/// Records an assignment message this node received.
 /// Records a heartbeat this node sent.
 pub fn heartbeat_sent() {
     global().dispatcher.heartbeats.inc();
 }
 
+/// Records an assignment message this node received.
 pub fn assignments_received(full: bool) {
     let kind = if full { "full" } else { "delta" };
     global()

@@ -146,26 +146,25 @@ async fn session(
                     if let Some(node) = node {
                         member.node_obj.send_replace(Some(*node));
                     }
-                    let current = member.node_obj.borrow().clone();
-                    if let Some(node) = current {
-                        let target = match (member.role(), node.spec.role, node.role) {
+                    let target = member.node_obj.borrow().as_ref().and_then(|node| {
+                        match (member.role(), node.spec.role, node.role) {
                             (Role::Worker, Role::Manager, _) => Some(Role::Manager),
                             (Role::Manager, Role::Worker, Role::Worker) => Some(Role::Worker),
                             _ => None,
-                        };
-                        if let Some(target) = target
-                            && !changing.swap(true, Ordering::SeqCst)
-                        {
-                            let agent = agent.clone();
-                            let changing = changing.clone();
-                            // Detached: the change stops this very session.
-                            tokio::spawn(async move {
-                                if let Err(e) = agent.change_role(target).await {
-                                    tracing::warn!(error = %e, "role change failed; retrying on a later heartbeat");
-                                }
-                                changing.store(false, Ordering::SeqCst);
-                            });
                         }
+                    });
+                    if let Some(target) = target
+                        && !changing.swap(true, Ordering::SeqCst)
+                    {
+                        let agent = agent.clone();
+                        let changing = changing.clone();
+                        // Detached: the change stops this very session.
+                        tokio::spawn(async move {
+                            if let Err(e) = agent.change_role(target).await {
+                                tracing::warn!(error = %e, "role change failed; retrying on a later heartbeat");
+                            }
+                            changing.store(false, Ordering::SeqCst);
+                        });
                     }
                 }
                 Ok(Some(SessionDown::Assignments(a))) => {

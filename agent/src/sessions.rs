@@ -2,8 +2,8 @@
 //! said of its own health with its last heartbeat. The leader's node-status loop turns it into
 //! each node's status (`status_of`): Ready; Unknown with the node's reason while one of its
 //! runtime components is broken (it keeps its tasks and gets no new ones); Down after three
-//! silent heartbeat periods (never the leader's own node, which is alive). Entries of nodes that left the store are pruned, so the record
-//! stays as large as the cluster.
+//! silent heartbeat periods (never the leader's own node, which is alive). Entries of nodes
+//! that left the store are pruned, so the record stays as large as the cluster.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -96,6 +96,11 @@ pub fn status_of(
         },
     };
     (want.0 != current.0 || want.1 != current.1).then_some(want)
+}
+
+/// How long a node beating every `period` may stay silent: three beats, at least 600 ms.
+pub fn grace(period: Duration) -> Duration {
+    (period * 3).max(Duration::from_millis(600))
 }
 
 /// What the leader goes by for a node: what it said last; for the leader's own node (`own`),

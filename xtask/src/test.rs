@@ -1,9 +1,9 @@
 //! `cargo xtask test`: everything CI runs, stopping at the first failure.
 //!
 //! Once its test binaries are built, the kernel lab (a qemu TCG guest, ~15 min) runs alongside
-//! everything else: clippy, the other builds, the unit and doc tests and the host's namespace tests,
-//! which mostly wait on agents and leave the CPU idle. The whole run takes about the longer of
-//! the two, not their sum. Its output goes to a file and is printed once it ends.
+//! everything else: clippy, the other builds, the unit and doc tests and the host's namespace
+//! tests, which mostly wait on agents and leave the CPU idle. The whole run takes about the
+//! longer of the two, not their sum. Its output goes to a file and is printed once it ends.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -32,11 +32,10 @@ impl Told {
         }
     }
 
-    /// How long the node may stay silent before the session ends: three beats at the slower
-    /// of the periods it may be using, at least 600 ms.
+    /// How long the node may stay silent before the session ends: its grace at the slower of
+    /// the periods it may be using.
     pub(super) fn silence(&self) -> Duration {
-        Duration::from_millis(self.period.max(self.before).saturating_mul(3))
-            .max(Duration::from_millis(600))
+        crate::sessions::grace(Duration::from_millis(self.period.max(self.before)))
     }
 
     /// A heartbeat arrived.
