@@ -213,6 +213,7 @@ pub async fn run(agent: Arc<Agent>, member: Arc<Member>) -> anyhow::Result<()> {
         gossip: None,
         keys: None,
         exec: None,
+        writes_before: 0,
         gossip_backoff: Backoff::default(),
         exec_backoff: Backoff::default(),
         gossip_at: now,
@@ -269,6 +270,9 @@ struct Runtime {
     /// The gossip keys the running gossip has.
     keys: Option<Keyring>,
     exec: Option<Exec>,
+    /// Kernel writes of the executors this membership ran before the current one: the
+    /// published counter goes on from there when an executor is restarted.
+    writes_before: u64,
     gossip_backoff: Backoff,
     exec_backoff: Backoff,
     /// When to (re)start gossip / the executor if it is not running.
@@ -423,8 +427,21 @@ impl Runtime {
         }
     }
 
+    /// Takes the executor out (it stops when dropped), counting its kernel writes into what
+    /// the next one's add to.
+    fn retire_executor(&mut self) -> Option<Exec> {
+        let exec = self.exec.take()?;
+        self.writes_before += exec.writes.load(std::sync::atomic::Ordering::Relaxed);
+        self.member
+            .dataplane_writes
+            .store(self.writes_before, std::sync::atomic::Ordering::Relaxed);
+        Some(exec)
+    }
+
     fn executor_ended(&mut self, r: Result<(), tokio::task::JoinError>) {
-        let Some(exec) = self.exec.take() else { return };
+        let Some(exec) = self.retire_executor() else {
+            return;
+        };
         if exec.started.elapsed() >= STABLE {
             self.exec_backoff.reset();
         }
@@ -454,7 +471,7 @@ impl Runtime {
         let member = &self.member;
         if let Some(e) = &self.exec {
             member.dataplane_writes.store(
-                e.writes.load(std::sync::atomic::Ordering::Relaxed),
+                self.writes_before + e.writes.load(std::sync::atomic::Ordering::Relaxed),
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
@@ -487,7 +504,7 @@ impl Runtime {
     }
 
     async fn stop_executor(&mut self) {
-        if let Some(mut e) = self.exec.take() {
+        if let Some(mut e) = self.retire_executor() {
             e.task.abort();
             let _ = (&mut e.task).await;
         }

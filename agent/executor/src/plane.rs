@@ -76,9 +76,7 @@ impl Plane {
                     bpf_dir: me.bpf_dir.clone(),
                 })
                 .map_err(|e| Error::Dataplane(e.to_string()))?;
-                let base = me.writes.load(Ordering::Relaxed);
-                let writes = me.writes.clone();
-                dp.on_write(move |n| writes.store(base + n, Ordering::Relaxed));
+                dp.on_write(adding_to(me.writes.clone()));
                 *guard = Some((port, dp));
             }
             let (_, dp) = guard.as_mut().expect("made above");
@@ -86,5 +84,35 @@ impl Plane {
         })
         .await
         .map_err(|e| Error::Dataplane(format!("a data plane call panicked: {e}")))?
+    }
+}
+
+/// A data plane's write hook (it is given the plane's running total) that adds each new write
+/// to `writes`. The counter is shared with the load balancer, which adds its own: storing a
+/// total would drop what the balancer added in between (the node's counter went backwards).
+fn adding_to(writes: Arc<AtomicU64>) -> impl FnMut(u64) + Send + 'static {
+    let mut reported = 0;
+    move |n| {
+        writes.fetch_add(n.saturating_sub(reported), Ordering::Relaxed);
+        reported = reported.max(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_plane_and_balancer_writes_add_up() {
+        let writes = Arc::new(AtomicU64::new(7)); // an earlier data plane's
+        let mut hook = adding_to(writes.clone());
+        hook(1);
+        hook(2);
+        writes.fetch_add(50, Ordering::Relaxed); // the balancer's
+        hook(3);
+        // Reports from two threads may arrive out of order: each write counts once.
+        hook(5);
+        hook(4);
+        assert_eq!(writes.load(Ordering::Relaxed), 7 + 50 + 5);
     }
 }
