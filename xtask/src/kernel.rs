@@ -159,7 +159,12 @@ pub const SUITES: &[Suite] = &[
     // restarted) checks the process's recovery, not the kernel, and takes 170 s of TCG: it runs
     // on the host in every test run, here on request (`vxlan/lab::crash`).
     suite("vxlan", "lab", "", false).with_tests_on_request(&["crash::"]),
-    suite("vxlan", "esp", "", true),
+    // Its iperf3 figure (encrypted vs plain, relative only under TCG) runs on request
+    // (`cargo xtask test-kernel encrypted_and_plain_iperf3`): once, with the host tests loading
+    // the machine alongside, the guest locked up in it (iperf3 and ksoftirqd in soft lockup
+    // for 10 minutes) and would have held the run to its 40-minute timeout. ESP on the wire,
+    // rotation and fail-closed still run here every time.
+    suite("vxlan", "esp", "", true).with_tests_on_request(&["encrypted_and_plain_iperf3"]),
     // The eBPF socket load balancer under Debian's 6.1 kernel, and IPVS (not on the host).
     // Under 6.1 what matters is that the programs load, attach, balance and stay pinned; the
     // tests of the balancer's own bookkeeping (changes one by one, refusals, shrinking: about

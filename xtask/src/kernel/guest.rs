@@ -250,8 +250,11 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
         .arg("-initrd")
         .arg(spec.initrd)
         // Speculation mitigations halve the speed of every exec under TCG and change nothing
-        // the lab tests.
-        .args(["-append", "console=ttyS0 panic=-1 quiet mitigations=off"])
+        // the lab tests. loglevel=5: a soft lockup or RCU stall prints its stack on the console.
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet loglevel=5 mitigations=off",
+        ])
         .arg("-virtfs")
         .arg(virtfs(Path::new("/"), "hostroot", true))
         .arg("-virtfs")
