@@ -213,7 +213,6 @@ pub async fn run(agent: Arc<Agent>, member: Arc<Member>) -> anyhow::Result<()> {
         gossip: None,
         keys: None,
         exec: None,
-        writes_before: 0,
         gossip_backoff: Backoff::default(),
         exec_backoff: Backoff::default(),
         gossip_at: now,
@@ -230,7 +229,6 @@ struct Exec {
     task: tokio::task::JoinHandle<()>,
     health: watch::Receiver<executor::node::Health>,
     passes: mpsc::Receiver<executor::node::PassTime>,
-    writes: Arc<std::sync::atomic::AtomicU64>,
     started: Instant,
 }
 
@@ -270,9 +268,6 @@ struct Runtime {
     /// The gossip keys the running gossip has.
     keys: Option<Keyring>,
     exec: Option<Exec>,
-    /// Kernel writes of the executors this membership ran before the current one: the
-    /// published counter goes on from there when an executor is restarted.
-    writes_before: u64,
     gossip_backoff: Backoff,
     exec_backoff: Backoff,
     /// When to (re)start gossip / the executor if it is not running.
@@ -403,6 +398,8 @@ impl Runtime {
                 status.clone(),
                 Some(resolver.clone()),
                 Some(lb),
+                // One counter for the node: it goes on across an executor restart.
+                member.dataplane_writes.clone(),
             )?;
             anyhow::Ok((h, resolver))
         })();
@@ -414,7 +411,6 @@ impl Runtime {
                     task: h.task,
                     health: h.health,
                     passes: h.pass_times,
-                    writes: h.writes,
                     started: Instant::now(),
                 });
             }
@@ -427,21 +423,8 @@ impl Runtime {
         }
     }
 
-    /// Takes the executor out (it stops when dropped), counting its kernel writes into what
-    /// the next one's add to.
-    fn retire_executor(&mut self) -> Option<Exec> {
-        let exec = self.exec.take()?;
-        self.writes_before += exec.writes.load(std::sync::atomic::Ordering::Relaxed);
-        self.member
-            .dataplane_writes
-            .store(self.writes_before, std::sync::atomic::Ordering::Relaxed);
-        Some(exec)
-    }
-
     fn executor_ended(&mut self, r: Result<(), tokio::task::JoinError>) {
-        let Some(exec) = self.retire_executor() else {
-            return;
-        };
+        let Some(exec) = self.exec.take() else { return };
         if exec.started.elapsed() >= STABLE {
             self.exec_backoff.reset();
         }
@@ -464,17 +447,10 @@ impl Runtime {
         }
     }
 
-    /// Once a second: gossip's seeds and keys follow the cluster, the kernel-write counter is
-    /// published, and gossip that stopped working is started again (with the executor, which
-    /// holds it).
+    /// Once a second: gossip's seeds and keys follow the cluster, and gossip that stopped
+    /// working is started again (with the executor, which holds it).
     async fn tick(&mut self) {
         let member = &self.member;
-        if let Some(e) = &self.exec {
-            member.dataplane_writes.store(
-                self.writes_before + e.writes.load(std::sync::atomic::Ordering::Relaxed),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
         let Some(g) = self.gossip.clone() else { return };
         if let Some(why) = g.stalled() {
             if self.gossip_started.elapsed() >= STABLE {
@@ -504,7 +480,7 @@ impl Runtime {
     }
 
     async fn stop_executor(&mut self) {
-        if let Some(mut e) = self.retire_executor() {
+        if let Some(mut e) = self.exec.take() {
             e.task.abort();
             let _ = (&mut e.task).await;
         }

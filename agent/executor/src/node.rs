@@ -100,7 +100,8 @@ pub type StatusReport = (String, TaskStatus);
 /// A running executor.
 pub struct Handle {
     pub task: tokio::task::JoinHandle<()>,
-    /// Mutating kernel requests made by the data plane so far (netlink, namespaces, nftables).
+    /// Mutating kernel requests of the data plane and the load balancer (netlink, namespaces,
+    /// nftables, maps): the counter given to [`spawn`], which this executor adds to.
     pub writes: Arc<AtomicU64>,
     /// Executor passes: (full, incremental) so far.
     pub passes: Arc<(AtomicU64, AtomicU64)>,
@@ -130,6 +131,7 @@ pub(crate) enum Ev {
 /// Starts the executor loop. It runs until `assignments` closes. With a `resolver`, every task
 /// gets it at 127.0.0.11:53 in its namespace, serving the names of its networks; with a load
 /// balancer `lb`, every service VIP on this node's networks is balanced over its running tasks.
+/// Its kernel writes are added to `writes` (the node's counter, which outlives an executor).
 pub fn spawn(
     config: Config,
     gossip: Arc<Gossip>,
@@ -137,9 +139,9 @@ pub fn spawn(
     status: mpsc::Sender<StatusReport>,
     resolver: Option<Arc<dns::Resolver>>,
     lb: Option<Box<dyn ipvs::LoadBalancer>>,
+    writes: Arc<AtomicU64>,
 ) -> Result<Handle, crate::runner::Error> {
     let runner = Runner::new(runner_config(&config))?;
-    let writes = Arc::new(AtomicU64::new(0));
     let passes = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let (pass_times_tx, pass_times) = mpsc::channel(64);
     let (tx, rx) = mpsc::unbounded_channel();

@@ -160,7 +160,16 @@ async fn start_with(lab: &Lab, i: usize, config: Config) -> NodeRun {
     let gossip = Arc::new(Gossip::start_with_sockets(cfg, socket).await.unwrap());
     let tx = AssignmentFeed::default();
     let (stx, status) = mpsc::channel(64);
-    let handle = node::spawn(config, gossip.clone(), tx.subscribe(), stx, None, None).unwrap();
+    let handle = node::spawn(
+        config,
+        gossip.clone(),
+        tx.subscribe(),
+        stx,
+        None,
+        None,
+        Default::default(),
+    )
+    .unwrap();
     NodeRun {
         gossip,
         tx,
