@@ -9,6 +9,9 @@
 //!    the production dispatcher heartbeat (5 s; the lab's 200 ms is 25 times as many
 //!    heartbeats).
 //!
+//! Between a scale-down and the next scale-up the bench waits 2 s, so that the nodes have removed
+//! the 5 tasks: each measured scale is one change, not one overlapping the previous one's cleanup.
+//!
 //! The agents run with production gossip and Raft timings (gossip every 250 ms, where the lab's
 //! tests use 100 ms). Each scale prints when the first, the median and the last node answered.
 //!
@@ -25,6 +28,8 @@ use common::tasks::TaskNs;
 use common::{Swarm, metric};
 
 const NODES: usize = 10;
+/// Between a scale-down and the next measured scale-up.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// The agents' defaults the lab overrides for speed.
 const PRODUCTION_TIMINGS: &[(&str, &str)] = &[
@@ -143,6 +148,7 @@ fn scale_time(s: &Swarm, probes: &[TaskNs], target: &str, runs: usize) -> (f64, 
     every_node_answers(s, probes, target, 6, Instant::now());
     s.ctl(1, &["service", "scale", "--detach", &format!("{target}=1")]);
     every_node_answers(s, probes, target, 1, Instant::now());
+    std::thread::sleep(SETTLE);
     for _ in 0..runs {
         let b0 = sent_bytes(s);
         let t0 = Instant::now();
@@ -158,6 +164,10 @@ fn scale_time(s: &Swarm, probes: &[TaskNs], target: &str, runs: usize) -> (f64, 
         bytes.push(sent_bytes(s) - b0);
         s.ctl(1, &["service", "scale", "--detach", &format!("{target}=1")]);
         every_node_answers(s, probes, target, 1, Instant::now());
+        // The names go before the tasks do: let the nodes finish removing the 5 tasks, so the
+        // next measured scale is one change, not that one overlapping the previous one's
+        // cleanup on the same nodes.
+        std::thread::sleep(SETTLE);
     }
     times.sort_by(f64::total_cmp);
     bytes.sort_by(f64::total_cmp);

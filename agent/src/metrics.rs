@@ -643,22 +643,27 @@ impl Collector for Tasks {
         let Some(member) = agent().and_then(|a| a.member()) else {
             return Ok(());
         };
-        let tasks: Vec<model::Task> = if member.role() == Role::Manager {
-            match crate::orchestration::snapshot(&member) {
-                Ok(s) => s.tasks.into_values().collect(),
-                Err(_) => return Ok(()),
-            }
-        } else {
-            member
-                .assignments
-                .borrow()
-                .as_ref()
-                .map(|a| a.tasks.clone())
-                .unwrap_or_default()
-        };
+        // A manager counts its replica's tasks where they are (a scrape copies nothing).
         let mut counts = std::collections::BTreeMap::new();
-        for t in &tasks {
+        let mut count = |t: &model::Task| {
             *counts.entry(t.status.state.as_str()).or_insert(0i64) += 1;
+        };
+        if member.role() == Role::Manager {
+            let Ok(store) = member.store() else {
+                return Ok(());
+            };
+            let counted = store.scan(model::Kind::Task, |objects| {
+                for o in objects {
+                    if let model::Object::Task(t) = o {
+                        count(t);
+                    }
+                }
+            });
+            if counted.is_err() {
+                return Ok(());
+            }
+        } else if let Some(a) = member.assignments.borrow().as_ref() {
+            a.tasks.iter().for_each(&mut count);
         }
         let g = ConstGauge::new(0i64);
         let mut fam = e.encode_descriptor(

@@ -538,6 +538,22 @@ impl Dataplane {
             }
         };
         let veth = veth_name(EP_TAG, netns, ifname);
+        // The delta: this process made the endpoint and knows others stay in the sandbox (its
+        // own record of them), so one lookup and one deletion, whatever the sandbox holds.
+        // Otherwise (a new process, or the last endpoint it knows) the sandbox is read whole.
+        let known = self.nets.get(network_id).and_then(|n| {
+            let mac = *n.local.get(&veth)?;
+            n.local.keys().any(|v| *v != veth).then_some(mac)
+        });
+        if let Some(mac) = known {
+            if let Some(l) = kernel::link_by_name(&mut sbox.nl, &veth)? {
+                delete_link(&mut sbox.nl, &l)?;
+            }
+            let n = self.nets.get_mut(network_id).expect("known above");
+            n.local.remove(&veth);
+            n.sbox = Some(sbox);
+            return sync_fast_path_removed(&self.ctx, n, &veth, mac);
+        }
         let links = kernel::links(&mut sbox.nl)?;
         if let Some(l) = links.iter().find(|l| l.name == veth) {
             delete_link(&mut sbox.nl, l)?;

@@ -330,6 +330,28 @@ pub(crate) fn sync_fast_path_local(ctx: &Ctx, net: &mut Net, veth: &Link, mac: M
     }
 }
 
+/// After one local endpoint was removed (its veth `veth`, its task's MAC `mac`): its entry and
+/// link gone, nothing dumped. A MAC that is also a remote peer's (an address that moved to
+/// another node) or a fast path not fully synced yet takes a full sync.
+pub(crate) fn sync_fast_path_removed(ctx: &Ctx, net: &mut Net, veth: &str, mac: Mac) -> Result<()> {
+    if !ctx.fast.is_active() {
+        return Ok(());
+    }
+    let remote = net
+        .peers
+        .as_ref()
+        .is_some_and(|p| p.values().any(|p| p.mac == mac));
+    match net.sbox.as_mut().and_then(|s| s.fp.as_mut()) {
+        Some(fp) if fp.serves(VXLAN) && !remote => {
+            if let Err(e) = fp.remove_local(veth, mac) {
+                fast_path_not_updated(net, &e);
+            }
+            Ok(())
+        }
+        _ => sync_fast_path(ctx, net),
+    }
+}
+
 /// After a change of the peers alone: the fast path's remote entries follow them, for the MACs
 /// `macs` (those of the changed peers) or for all. Its local entries and attachments stay as the
 /// last full sync left them (local endpoints change through [`sync_fast_path`] and

@@ -344,14 +344,18 @@ impl Executor {
             .returns
             .retain(|id, _| self.tasks.contains_key(id));
         let desired = self.ingress_desired();
-        let locals: Vec<LocalTask> = self
-            .tasks
-            .values()
-            .filter(|r| r.endpoints_ok)
-            .filter_map(|r| r.local.clone())
-            .collect();
-        for l in &locals {
-            self.ensure_task_return(l).await?;
+        // Return paths exist only on the ingress network: without it (most changes of a
+        // swarm that publishes nothing) this walks no task.
+        if self.a.networks.iter().any(|n| n.spec.ingress) {
+            let locals: Vec<LocalTask> = self
+                .tasks
+                .values()
+                .filter(|r| r.endpoints_ok)
+                .filter_map(|r| r.local.clone())
+                .collect();
+            for l in &locals {
+                self.ensure_task_return(l).await?;
+            }
         }
         if self.ingress.applied.as_ref() == Some(&desired) {
             return Ok(());

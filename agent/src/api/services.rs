@@ -39,8 +39,16 @@ pub fn service_not_found(reference: &str) -> Failure {
 
 /// A service by id, name or unique id prefix.
 pub fn find<'a>(state: &'a ClusterState, reference: &str) -> Result<&'a Service> {
+    find_among(state.services.values(), reference)
+}
+
+/// The service `reference` names (id, name, or unique id prefix) among `services`.
+fn find_among<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    reference: &str,
+) -> Result<&'a Service> {
     resolve(
-        state.services.values(),
+        services,
         reference,
         |s| &s.meta.id,
         |s| &s.spec.name,
@@ -213,6 +221,7 @@ pub async fn update(
         if spec == current.spec {
             return Ok(Json(UpdateResponse { warnings }));
         }
+        let name = current.spec.name.clone();
         let mut service = current.clone();
         service.spec = spec;
         publish(&leader, &mut service)?;
@@ -227,7 +236,9 @@ pub async fn update(
             delete: vec![],
         };
         leader.record(&changes);
-        match orchestration::write_decided(&m, &mut leader, &changes).await {
+        let written = orchestration::write_decided(&m, &mut leader, &changes).await;
+        tracing::debug!(service = %name, ok = written.is_ok(), "service updated");
+        match written {
             Ok(_) => return Ok(Json(UpdateResponse { warnings })),
             Err(f) if is_version_conflict(&f) && attempts < 5 && version.is_none() => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -349,7 +360,14 @@ pub async fn inspect(
     Path(reference): Path<String>,
 ) -> Result<Json<WireService>> {
     let m = member(&agent)?;
-    let state = orchestration::snapshot(&m)?;
-    let s = find(&state, &reference)?;
-    Ok(Json(::api::service::service(s, None)))
+    // One service read from the replica: `service scale` and `update` start here, so with
+    // thousands of services this must not copy them all.
+    let s = m.store()?.scan(Kind::Service, |objects| {
+        let services = objects.filter_map(|o| match o {
+            Object::Service(s) => Some(s),
+            _ => None,
+        });
+        find_among(services, &reference).map(|s| ::api::service::service(s, None))
+    })??;
+    Ok(Json(s))
 }

@@ -340,6 +340,14 @@ async fn send_assignments(
         return Ok(());
     };
     *revision = delta.revision;
+    tracing::debug!(
+        node = node_id,
+        revision = delta.revision,
+        tasks = delta.tasks.len(),
+        removed_tasks = delta.removed_tasks.len(),
+        services = delta.services.len(),
+        "assignments delta"
+    );
     let msg = SessionDown::AssignmentsDelta(Box::new(delta));
     crate::metrics::assignments_sent(node_id, false, encoded_len(&msg));
     tx.send(Ok(msg)).await.map_err(|_| ())

@@ -424,6 +424,17 @@ impl Store {
         Ok(self.sm.list(kind))
     }
 
+    /// `f` over the objects of a kind in the local replica, ordered by id, without copying
+    /// them: what a lookup by name or a count costs is a walk, not a copy of the store. `f`
+    /// runs under the replica's read lock: keep it short, never await in it.
+    pub fn scan<R>(
+        &self,
+        kind: Kind,
+        f: impl FnOnce(&mut dyn Iterator<Item = &Object>) -> R,
+    ) -> Result<R, Error> {
+        Ok(self.sm.scan(kind, f))
+    }
+
     /// The change feed: every applied entry from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()

@@ -309,6 +309,20 @@ impl StateMachine {
             .collect()
     }
 
+    /// `f` over the objects of a kind, in memory, ordered by id, without copying them (the
+    /// replica's read lock is held while `f` runs: keep it short and never await in it).
+    pub(crate) fn scan<R>(
+        &self,
+        kind: Kind,
+        f: impl FnOnce(&mut dyn Iterator<Item = &Object>) -> R,
+    ) -> R {
+        let lo = format!("{kind}/");
+        let hi = format!("{kind}0"); // '0' follows '/'
+        let mem = self.mem();
+        let mut objects = mem.objects.range(lo..hi).map(|(_, o)| o);
+        f(&mut objects)
+    }
+
     /// Every stored object (for tests and diagnostics).
     pub fn dump(&self) -> Vec<Object> {
         self.mem().objects.values().cloned().collect()
