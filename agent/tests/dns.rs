@@ -310,6 +310,23 @@ fn forwarding_failover_servfail_and_an_upstream_inside_an_overlay_subnet() {
             && rc.contains("ndots:0"),
         "{rc}"
     );
+    // The task's mount namespace (its own resolv.conf) keeps no copy of the node's named
+    // network namespaces: a copy would keep a removed task's namespace alive.
+    for t in &clients {
+        let pid = s.task_command_pid(t).expect("the task's pid");
+        let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let held: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with("/run/netns/"))
+            .collect();
+        assert!(held.is_empty(), "task on node{} holds {held:?}", t.node);
+        assert!(
+            info.lines()
+                .any(|l| l.split(' ').nth(4) == Some("/etc/resolv.conf")),
+            "the task's resolv.conf is not its own: {info}"
+        );
+    }
     // node2: no upstream answers -> SERVFAIL.
     let out = dig(&s, on(2), &["ext.lab.test"]);
     assert!(out.contains("status: SERVFAIL"), "{out}");

@@ -42,6 +42,19 @@ pub fn find<'a>(state: &'a ClusterState, reference: &str) -> Result<&'a Service>
     find_among(state.services.values(), reference)
 }
 
+/// The service `reference` names, read from the replica without copying the others: `service
+/// scale` and `update` start here (and `service ps` filters by it), so with thousands of
+/// services this costs a walk, not a copy of the store.
+pub fn lookup(m: &crate::member::Member, reference: &str) -> Result<Service> {
+    m.store()?.scan(Kind::Service, |objects| {
+        let services = objects.filter_map(|o| match o {
+            Object::Service(s) => Some(s),
+            _ => None,
+        });
+        find_among(services, reference).cloned()
+    })?
+}
+
 /// The service `reference` names (id, name, or unique id prefix) among `services`.
 fn find_among<'a>(
     services: impl IntoIterator<Item = &'a Service>,
@@ -360,14 +373,6 @@ pub async fn inspect(
     Path(reference): Path<String>,
 ) -> Result<Json<WireService>> {
     let m = member(&agent)?;
-    // One service read from the replica: `service scale` and `update` start here, so with
-    // thousands of services this must not copy them all.
-    let s = m.store()?.scan(Kind::Service, |objects| {
-        let services = objects.filter_map(|o| match o {
-            Object::Service(s) => Some(s),
-            _ => None,
-        });
-        find_among(services, &reference).map(|s| ::api::service::service(s, None))
-    })??;
-    Ok(Json(s))
+    let s = lookup(&m, &reference)?;
+    Ok(Json(::api::service::service(&s, None)))
 }
