@@ -9,6 +9,8 @@
 //!    the production dispatcher heartbeat (5 s; the lab's 200 ms is 25 times as many
 //!    heartbeats).
 //!
+//! Before each size is measured the bench waits for a quiet machine (load average below 1.5):
+//! a task start is kernel work, and an earlier lab's namespaces being torn down slow it.
 //! Between a scale-down and the next scale-up the bench waits 2 s, so that the nodes have removed
 //! the 5 tasks: each measured scale is one change, not one overlapping the previous one's cleanup.
 //!
@@ -85,6 +87,30 @@ fn sent_bytes(s: &Swarm) -> f64 {
             _ => 0.0,
         })
         .sum()
+}
+
+/// The 1-minute load average.
+fn load() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (up to 10 minutes) for the machine to be quiet before a measurement: a task start is
+/// kernel work (namespaces, veths, mounts), and the kernel tearing down an earlier lab's
+/// thousands of namespaces holds the locks it needs; a scale measured then times that teardown
+/// (0.25 s and 0.46 s for the same 10-service scale, a few minutes apart).
+fn wait_quiet() {
+    let t0 = Instant::now();
+    while load() > 1.5 && t0.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    eprintln!(
+        "bench scale: load {:.2} after waiting {:.0} s for a quiet machine",
+        load(),
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 /// How many addresses `tasks.SERVICE` has for a task (0 when the query fails).
@@ -254,6 +280,7 @@ fn main() {
         s.wait_long("every node serves every endpoint", || {
             every_node_knows(&s, n + NODES)
         });
+        wait_quiet();
         eprintln!("bench scale: measuring one scale with {n} services");
         let (t, bytes) = scale_time(&s, &probes, "s0003", runs);
         s.ctl(1, &["swarm", "update", "--dispatcher-heartbeat", "5s"]);
