@@ -86,12 +86,93 @@ pub struct NetNs {
     file: File,
 }
 
+/// Makes `/run/netns` a mount point of its own, shared, as `ip netns add` does (nothing changes
+/// where iproute2 or an earlier call did it). A process that copies the mount tree (a task's
+/// shim, for its own `/etc/resolv.conf`) then drops every namespace's bind mount from its copy
+/// with one lazy unmount of the directory ([`detach_run_dir`]).
+fn ensure_run_dir_mount() -> nix::Result<()> {
+    static DONE: std::sync::OnceLock<nix::Result<()>> = std::sync::OnceLock::new();
+    *DONE.get_or_init(|| {
+        let mounted = fs::read_to_string("/proc/self/mountinfo")
+            .map(|m| {
+                m.lines()
+                    .any(|l| l.split(' ').nth(4) == Some(NETNS_RUN_DIR))
+            })
+            .unwrap_or(false);
+        if !mounted {
+            mount(
+                Some(NETNS_RUN_DIR),
+                NETNS_RUN_DIR,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+            mount(
+                None::<&str>,
+                NETNS_RUN_DIR,
+                None::<&str>,
+                MsFlags::MS_SHARED | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// In a private copy of the mount tree (after `unshare(CLONE_NEWNS)` and making `/` private):
+/// drops the copies of every named namespace's bind mount, so that this mount namespace keeps
+/// none of them alive. One lazy unmount of `/run/netns` when it is a mount point (see
+/// [`NetNs::create`]), else one per namespace. Best effort: a mount that will not go stays.
+pub fn detach_run_dir() {
+    if umount2(NETNS_RUN_DIR, MntFlags::MNT_DETACH).is_ok() {
+        return;
+    }
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let dir = format!("{NETNS_RUN_DIR}/");
+    for line in info.lines() {
+        // Field 5 is the mount point, with spaces and the like escaped as octal.
+        let Some(point) = line.split(' ').nth(4) else {
+            continue;
+        };
+        if point.starts_with(&dir) {
+            let _ = umount2(unescape(point).as_str(), MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a space) decoded.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = (b[i] == b'\\' && i + 3 < b.len())
+            .then(|| &b[i + 1..=i + 3])
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                u8::try_from(v).ok()
+            });
+        if let Some(c) = code {
+            out.push(c);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl NetNs {
     /// Creates the named namespace `/run/netns/NAME` (like `ip netns add`). Fails with
     /// [`Error::Exists`] if the name is taken.
     pub fn create(name: &str) -> Result<NetNs> {
         validate_name(name)?;
         fs::create_dir_all(NETNS_RUN_DIR).map_err(io_err("create /run/netns", name))?;
+        ensure_run_dir_mount().map_err(sys("mount /run/netns on itself", name))?;
         let path = Path::new(NETNS_RUN_DIR).join(name);
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(_) => {}
@@ -319,6 +400,18 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        use super::unescape;
+        assert_eq!(unescape("/run/netns/a"), "/run/netns/a");
+        assert_eq!(unescape("/run/netns/a\\040b"), "/run/netns/a b");
+        assert_eq!(unescape("/x\\134y"), "/x\\y");
+        // Not an escape (too short, not octal, over a byte): kept as written.
+        assert_eq!(unescape("/x\\04"), "/x\\04");
+        assert_eq!(unescape("/x\\09a"), "/x\\09a");
+        assert_eq!(unescape("/x\\777"), "/x\\777");
+    }
+
     use super::*;
 
     #[test]

@@ -17,7 +17,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
 use serde::{Deserialize, Serialize};
 
@@ -117,7 +117,10 @@ fn run_inner(dir: &Path) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|e| format!("make / private: {e}"))?;
-    detach_netns_mounts();
+    // The task's copy of the mount tree keeps no named network namespace alive (a copy kept
+    // a removed task's namespace until every task started after it ended, and a node's mount
+    // copies grew with the square of its tasks).
+    netns::detach_run_dir();
     let resolv = dir.join(RESOLV);
     if resolv.exists() && Path::new("/etc/resolv.conf").exists() {
         mount(
@@ -302,66 +305,5 @@ pub fn detach(cmd: &mut Command) {
                 .map(|_| ())
                 .map_err(std::io::Error::from)
         });
-    }
-}
-
-/// Drops, from the task's own mount namespace, its copies of the named network namespaces'
-/// bind mounts (`/run/netns/*`: every task's and sandbox's on the node). A copy keeps its
-/// namespace alive: without this, a removed task's namespace lived on until every task started
-/// after it had ended, and a node's mount copies grew with the square of its tasks. Unmounting
-/// a copy here touches nothing outside the task. Best effort: a mount that will not go stays.
-fn detach_netns_mounts() {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let dir = format!("{}/", netns::NETNS_RUN_DIR);
-    for line in info.lines() {
-        // Field 5 is the mount point, with spaces and the like escaped as octal.
-        let Some(point) = line.split(' ').nth(4) else {
-            continue;
-        };
-        if point.starts_with(&dir) {
-            let _ = umount2(unescape(point).as_str(), MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-/// A mountinfo path with its octal escapes (`\040` for a space) decoded.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let code = (b[i] == b'\\' && i + 3 < b.len())
-            .then(|| &b[i + 1..=i + 3])
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .and_then(|d| {
-                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
-                u8::try_from(v).ok()
-            });
-        if let Some(c) = code {
-            out.push(c);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unescape;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape("/run/netns/a"), "/run/netns/a");
-        assert_eq!(unescape("/run/netns/a\\040b"), "/run/netns/a b");
-        assert_eq!(unescape("/x\\134y"), "/x\\y");
-        // Not an escape (too short, not octal, over a byte): kept as written.
-        assert_eq!(unescape("/x\\04"), "/x\\04");
-        assert_eq!(unescape("/x\\09a"), "/x\\09a");
-        assert_eq!(unescape("/x\\777"), "/x\\777");
     }
 }
