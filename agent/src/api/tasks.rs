@@ -70,12 +70,7 @@ pub async fn list(
             service_of.insert(t.service_id.clone(), s);
         }
     }
-    let networks: BTreeMap<String, model::Network> = store
-        .list(Kind::Network)?
-        .into_iter()
-        .filter_map(|o| model::Network::try_from(o).ok())
-        .map(|n| (n.meta.id.clone(), n))
-        .collect();
+    let networks = networks_by_id(store)?;
     let hostnames: BTreeMap<String, String> = m
         .nodes()?
         .into_iter()
@@ -132,11 +127,16 @@ pub async fn inspect(
         )
         .cloned()
     })??;
-    let networks: BTreeMap<String, model::Network> = store
+    let networks = networks_by_id(store)?;
+    Ok(Json(::api::task::task(&t, |id| networks.get(id))))
+}
+
+/// The replica's networks by id (few: read whole), for the tasks' attachments.
+fn networks_by_id(store: &store::Store) -> Result<BTreeMap<String, model::Network>> {
+    Ok(store
         .list(Kind::Network)?
         .into_iter()
         .filter_map(|o| model::Network::try_from(o).ok())
         .map(|n| (n.meta.id.clone(), n))
-        .collect();
-    Ok(Json(::api::task::task(&t, |id| networks.get(id))))
+        .collect())
 }
