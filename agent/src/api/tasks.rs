@@ -51,7 +51,9 @@ pub async fn list(
             .filter(|t| {
                 (services.is_empty() || services.contains(&t.service_id))
                     && (nodes.is_empty()
-                        || nodes.contains(t.node_id.as_ref().unwrap_or(&String::new())))
+                        || nodes
+                            .iter()
+                            .any(|n| Some(n.as_str()) == t.node_id.as_deref()))
                     && f.matches("desired-state", |d| {
                         desired_state_matches(d, t.desired_state).unwrap_or(false)
                     })
