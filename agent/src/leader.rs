@@ -26,6 +26,7 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
         }
         tracing::info!("became leader: starting leader-only loops");
         let mut since = Instant::now();
+        let mut stalls = crate::sessions::Stalls::default();
         let orchestrator = tokio::spawn(orchestrate(member.clone(), config.clone()));
         let _stop = AbortOnDrop(orchestrator);
         loop {
@@ -33,6 +34,8 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
                 .cluster()
                 .map(|c| Duration::from_millis(c.settings.heartbeat_period_ms))
                 .unwrap_or(Duration::from_secs(5));
+            let nap = period.min(Duration::from_secs(1));
+            stalls.sleeping(nap);
             tokio::select! {
                 _ = member.cancel.cancelled() => return,
                 r = leader.wait_for(|l| !*l) => {
@@ -40,8 +43,9 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
                     tracing::info!("lost leadership: stopping leader-only loops");
                     break;
                 }
-                _ = tokio::time::sleep(period.min(Duration::from_secs(1))) => {}
+                _ = tokio::time::sleep(nap) => {}
             }
+            let stalled = stalls.woke();
             // Without quorum the nodes' sessions may have gone (a follower that was the leader,
             // the leader's own peers down): once it is back, nodes get the same time to find the
             // leader as after an election before a silent one is marked down (otherwise nodes
@@ -49,7 +53,7 @@ pub async fn run(member: Arc<Member>, config: orchestrator::Config) {
             if !member.quorum().is_ok_and(|q| q.has_quorum()) {
                 since = Instant::now();
             }
-            node_status(&member, since, period).await;
+            node_status(&member, since, period, stalled).await;
             reconcile_roles(&member).await;
             rotate_data_keys(&member).await;
             crate::ca_rotation::reconcile(&member).await;
@@ -293,10 +297,12 @@ fn patch(id: &str, patch: serde_json::Value) -> Batch {
 /// runtime (see `crate::sessions`), Down once heartbeats stop for three periods. Right after an
 /// election nobody is marked down until the nodes had time to find the new leader and open a
 /// session (five periods, at least 2 s): a restarted leader must not reschedule healthy nodes'
-/// tasks. Sessions of nodes no longer in the store are forgotten.
-async fn node_status(member: &Member, since: Instant, period: Duration) {
+/// tasks. Time the leader itself did not run (`stalled`, see `sessions::Stalls`) is added to
+/// the grace: a stopped or starved leader read no heartbeat then, and must not mark the nodes
+/// that sent them down. Sessions of nodes no longer in the store are forgotten.
+async fn node_status(member: &Member, since: Instant, period: Duration, stalled: Duration) {
     let Some(m) = &member.manager else { return };
-    let grace = crate::sessions::grace(period);
+    let grace = crate::sessions::grace(period) + stalled;
     let settle = (period * 5).max(Duration::from_secs(2));
     let Ok(nodes) = member.nodes() else { return };
     let existing: std::collections::HashSet<&str> =

@@ -98,6 +98,48 @@ pub fn status_of(
     (want.0 != current.0 || want.1 != current.1).then_some(want)
 }
 
+/// How late the leader's status loop woke, as time the nodes are not blamed for: while the
+/// leader's process did not run (stopped, or starved of CPU on a loaded machine) it read no
+/// heartbeat, and the beats that arrived meanwhile wait in its sockets. Each round's allowance
+/// is the longer of this wake's lateness and the previous one's, because the beats queued
+/// during a stall may be read only after the round that first follows it.
+#[derive(Debug)]
+pub struct Stalls {
+    asleep: Instant,
+    nap: Duration,
+    previous: Duration,
+}
+
+impl Default for Stalls {
+    fn default() -> Self {
+        Stalls {
+            asleep: Instant::now(),
+            nap: Duration::ZERO,
+            previous: Duration::ZERO,
+        }
+    }
+}
+
+impl Stalls {
+    /// The loop is about to sleep for `nap`.
+    pub fn sleeping(&mut self, nap: Duration) {
+        self.asleep = Instant::now();
+        self.nap = nap;
+    }
+
+    /// The loop woke: the time to add to every node's grace this round.
+    pub fn woke(&mut self) -> Duration {
+        self.woke_after(self.asleep.elapsed())
+    }
+
+    fn woke_after(&mut self, slept: Duration) -> Duration {
+        let late = slept.saturating_sub(self.nap);
+        let allowance = late.max(self.previous);
+        self.previous = late;
+        allowance
+    }
+}
+
 /// How long a node beating every `period` may stay silent: three beats, at least 600 ms.
 pub fn grace(period: Duration) -> Duration {
     (period * 3).max(Duration::from_millis(600))
@@ -136,6 +178,32 @@ mod tests {
         assert!(s.get("a").is_some());
         s.clear();
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_stalled_leader_allows_for_its_own_lateness_for_two_rounds() {
+        let mut s = Stalls::default();
+        let nap = Duration::from_millis(200);
+        s.sleeping(nap);
+        assert_eq!(s.woke_after(nap), Duration::ZERO);
+        // Stopped for 2 s: this round and the next allow for it, then nothing.
+        s.sleeping(nap);
+        assert_eq!(
+            s.woke_after(Duration::from_millis(2200)),
+            Duration::from_secs(2)
+        );
+        s.sleeping(nap);
+        assert_eq!(
+            s.woke_after(Duration::from_millis(250)),
+            Duration::from_secs(2)
+        );
+        s.sleeping(nap);
+        assert_eq!(
+            s.woke_after(Duration::from_millis(200)),
+            Duration::from_millis(50)
+        );
+        s.sleeping(nap);
+        assert_eq!(s.woke_after(Duration::from_millis(190)), Duration::ZERO);
     }
 
     #[test]

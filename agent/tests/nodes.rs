@@ -332,3 +332,52 @@ fn a_new_heartbeat_period_reaches_connected_nodes() {
         "one session: the period changed without a reconnect"
     );
 }
+
+/// A leader whose process does not run for a while (stopped here; a machine starved of CPU
+/// does the same to it) reads no heartbeat meanwhile: the nodes kept beating, and once it runs
+/// again it must not mark them down (it did: every worker went down for a moment, and a down
+/// node's tasks are replaced). A node that really went silent still goes down.
+#[test]
+fn a_stalled_leader_marks_no_node_down() {
+    if skip() {
+        return;
+    }
+    use nix::sys::signal::Signal;
+    use std::time::{Duration, Instant};
+    let s = Swarm::start(1, 2);
+    let no_node_down = |what: &str| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            let nodes = s.nodes(1).unwrap_or_default();
+            assert_eq!(nodes.len(), 3, "{nodes:?}");
+            assert!(
+                nodes.iter().all(|n| state(n) == "ready"),
+                "{what}: a node is not ready: {:?}",
+                nodes.iter().map(state).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    no_node_down("before");
+    for round in 1..=3 {
+        s.agents[0].signal(Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_secs(2));
+        s.agents[0].signal(Signal::SIGCONT);
+        no_node_down(&format!("after the leader's stop {round}"));
+    }
+    // A worker that stops beating is marked down (3 periods of 200 ms, then the loop's round).
+    s.agents[2].signal(Signal::SIGSTOP);
+    let t = Instant::now();
+    let down = loop {
+        let nodes = s.nodes(1).unwrap_or_default();
+        if nodes.iter().any(|n| state(n) == "down") {
+            break true;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    s.agents[2].signal(Signal::SIGCONT);
+    assert!(down, "a stopped worker was not marked down within 10 s");
+}
