@@ -505,7 +505,9 @@ fn ingress_mtus(s: &Swarm, i: usize, subnet_prefix: &str) -> Vec<(String, u32)> 
     out
 }
 
-/// Requests through every node in a loop while `f` runs: (failed, total).
+/// Requests through every node in a loop while `f` runs: (failed, total). Prints, per node,
+/// when requests failed (seconds after `f` began: the first and last failure), so a report of
+/// lost requests says how long the port was down and where.
 fn under_load(s: &Swarm, port: u16, f: impl FnOnce()) -> (usize, usize) {
     /// Stops the loop also when `f` panics (else the scope would wait for it forever).
     struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
@@ -515,22 +517,45 @@ fn under_load(s: &Swarm, port: u16, f: impl FnOnce()) -> (usize, usize) {
         }
     }
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let t0 = std::time::Instant::now();
     std::thread::scope(|sc| {
         let looper = sc.spawn(|| {
             let (mut failed, mut total) = (0, 0);
+            let mut spans: [Option<(f64, f64, usize)>; 3] = [None; 3];
+            let mut slowest = 0f64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for i in 1..=3 {
                     total += 1;
-                    if who(s, s.lab.node(i).addr(), port).is_err() {
+                    let asked = std::time::Instant::now();
+                    let answer = who(s, s.lab.node(i).addr(), port);
+                    slowest = slowest.max(asked.elapsed().as_secs_f64());
+                    if answer.is_err() {
                         failed += 1;
+                        let at = t0.elapsed().as_secs_f64();
+                        let span = spans[i - 1].get_or_insert((at, at, 0));
+                        span.1 = at;
+                        span.2 += 1;
                     }
                 }
             }
+            for (i, span) in spans.iter().enumerate() {
+                if let Some((first, last, n)) = span {
+                    eprintln!(
+                        "  through node{}: {n} failed, from {first:.2} s to {last:.2} s",
+                        i + 1
+                    );
+                }
+            }
+            eprintln!("  the slowest request took {slowest:.2} s");
             (failed, total)
         });
         {
             let _stop = Stop(&stop);
             f();
+            eprintln!(
+                "  the change and its convergence took {:.2} s",
+                t0.elapsed().as_secs_f64()
+            );
         }
         looper.join().unwrap()
     })
