@@ -18,7 +18,7 @@
 //! services can cause). Each scale prints when the first, the median and the last node answered.
 //!
 //! Needs root. Knobs: BENCH_SERVICES (2000), BENCH_IDLE_SECS (60), BENCH_RUNS (3),
-//! BENCH_LAB_TIMINGS (set: the lab tests' faster gossip and Raft timings instead).
+//! BENCH_LAB_TIMINGS (set: the lab tests' faster gossip, Raft and heartbeat timings instead).
 
 #[path = "../tests/common/mod.rs"]
 mod common;

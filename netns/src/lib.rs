@@ -400,9 +400,10 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn mountinfo_escapes_are_decoded() {
-        use super::unescape;
         assert_eq!(unescape("/run/netns/a"), "/run/netns/a");
         assert_eq!(unescape("/run/netns/a\\040b"), "/run/netns/a b");
         assert_eq!(unescape("/x\\134y"), "/x\\y");
@@ -411,8 +412,6 @@ mod tests {
         assert_eq!(unescape("/x\\09a"), "/x\\09a");
         assert_eq!(unescape("/x\\777"), "/x\\777");
     }
-
-    use super::*;
 
     #[test]
     fn names_are_validated() {

@@ -219,9 +219,8 @@ impl Executor {
             return Ok(());
         }
         let step = std::time::Instant::now();
-        let mut steps = [0u128; 5];
         let local = self.prepare(&t).await?;
-        steps[0] = step.elapsed().as_micros();
+        let prepared = step.elapsed().as_micros();
         if !rt.endpoints_ok {
             if let Err(e) = self.ensure_endpoints(&local).await {
                 self.encrypted_setup_failed(&t, &e).await;
@@ -231,12 +230,12 @@ impl Executor {
                 r.endpoints_ok = true;
             }
         }
-        steps[1] = step.elapsed().as_micros();
+        let endpoints = step.elapsed().as_micros();
         self.ensure_task_return(&local).await?;
-        steps[2] = step.elapsed().as_micros();
+        let return_path = step.elapsed().as_micros();
         let mut proc = rt.proc;
         let parked = self.ensure_listener(id, &local, proc).await?;
-        steps[3] = step.elapsed().as_micros();
+        let listener = step.elapsed().as_micros();
         if proc == ProcState::NotStarted {
             self.report(&t, TaskState::Preparing, "preparing", None, None)
                 .await;
@@ -268,10 +267,9 @@ impl Executor {
             if let Some(r) = self.tasks.get_mut(id) {
                 r.proc = proc;
             }
-            steps[4] = step.elapsed().as_micros();
             // Where a task start's time goes (µs since the start of `prepare`, cumulative).
-            debug!(task = %id, prepared = steps[0], endpoints = steps[1], return_path = steps[2],
-                listener = steps[3], started = steps[4], "task start steps");
+            let started = step.elapsed().as_micros();
+            debug!(task = %id, prepared, endpoints, return_path, listener, started, "task start steps");
         }
         self.watch(id);
         match proc {
