@@ -1,6 +1,8 @@
 //! `cargo xtask bench ingress`: requests/s through the routing mesh to a task on another node
-//! vs straight to that task over the same overlay, same run. A request is a TCP connection that
-//! reads one line and closes. Lab: 3 nodes with an ingress overlay and an ingress-sbox each, the
+//! vs straight to that task over the same overlay, same run. A request is one line sent and one
+//! line answered; measured twice: each request on a new TCP connection (every hop's conntrack and
+//! NAT set up and torn down per request), and requests on kept-alive connections as wrk sends
+//! them (the per-packet cost of the extra hops only). Lab: 3 nodes with an ingress overlay and an ingress-sbox each, the
 //! task on node 1, a client namespace on the underlay (node 4). Mesh: client -> node 3's address
 //! -> node 3's sbox -> VXLAN -> task. Direct: node 3's sbox namespace -> VXLAN -> task.
 
@@ -53,8 +55,32 @@ fn gw_ep(path: &std::path::Path, ifname: &str, address: Ipv4Addr) -> GatewayEndp
     }
 }
 
-/// Requests/s from `ns` to `to` with THREADS connections in a loop for SECONDS.
-fn rate(ns: &NetNs, to: SocketAddr) -> (f64, u64) {
+/// How the client sends its requests.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// A new connection per request.
+    Connect,
+    /// One connection per client thread, kept for all its requests (as wrk does).
+    KeepAlive,
+}
+
+/// One request on `c`: a line out, a line back. `last` asks the server to close after its answer,
+/// so the server, not the client, holds the TIME_WAIT (a client closing 5,000 connections a
+/// second runs out of ports).
+fn request(c: &mut BufReader<TcpStream>, last: bool) -> std::io::Result<bool> {
+    c.get_mut().write_all(if last { b"c\n" } else { b"k\n" })?;
+    let mut line = String::new();
+    c.read_line(&mut line)?;
+    if last {
+        // Wait for the server's close.
+        let mut rest = String::new();
+        c.read_line(&mut rest)?;
+    }
+    Ok(!line.is_empty())
+}
+
+/// Requests/s from `ns` to `to` with THREADS client threads in a loop for SECONDS.
+fn rate(ns: &NetNs, to: SocketAddr, mode: Mode) -> (f64, u64) {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -64,13 +90,29 @@ fn rate(ns: &NetNs, to: SocketAddr) -> (f64, u64) {
             let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
             sc.spawn(move || {
                 ns.run(|| {
+                    let connect = || {
+                        let c = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+                        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        c.set_nodelay(true)?;
+                        Ok::<_, std::io::Error>(BufReader::new(c))
+                    };
+                    let mut kept = None;
                     while !stop.load(Ordering::Relaxed) {
-                        let ok = TcpStream::connect_timeout(&to, Duration::from_secs(2))
-                            .and_then(|c| {
-                                let mut line = String::new();
-                                BufReader::new(c).read_line(&mut line).map(|_| line)
-                            })
-                            .is_ok_and(|l| !l.is_empty());
+                        let ok = match mode {
+                            Mode::Connect => connect().and_then(|mut c| request(&mut c, true)),
+                            Mode::KeepAlive => {
+                                let c = match kept.take() {
+                                    Some(c) => Ok(c),
+                                    None => connect(),
+                                };
+                                c.and_then(|mut c| {
+                                    let ok = request(&mut c, false)?;
+                                    kept = Some(c);
+                                    Ok(ok)
+                                })
+                            }
+                        }
+                        .unwrap_or(false);
                         if ok {
                             done.fetch_add(1, Ordering::Relaxed);
                         } else {
@@ -169,26 +211,34 @@ fn main() {
     let listener = task
         .run(|| TcpListener::bind(("0.0.0.0", 80)).unwrap())
         .unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let server = std::thread::spawn(move || {
-        while !s2.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut c, peer)) => {
-                    let _ = c.set_nonblocking(false);
-                    let _ = writeln!(c, "peer={}", peer.ip());
+    let listener = Arc::new(listener);
+    // Blocking workers, each serving one connection to its end: enough for every client thread
+    // to hold a kept-alive connection. They are left blocked in accept when the bench ends.
+    for _ in 0..2 * THREADS {
+        let listener = listener.clone();
+        std::thread::spawn(move || {
+            while let Ok((c, peer)) = listener.accept() {
+                let _ = c.set_nodelay(true);
+                let mut w = match c.try_clone() {
+                    Ok(w) => w,
+                    Err(_) => continue,
+                };
+                let reply = format!("peer={}\n", peer.ip());
+                for line in BufReader::new(c).lines() {
+                    let Ok(line) = line else { break };
+                    if w.write_all(reply.as_bytes()).is_err() || line == "c" {
+                        break;
+                    }
                 }
-                Err(_) => std::thread::sleep(Duration::from_micros(200)),
             }
-        }
-    });
+        });
+    }
     let client = NetNs::open(lab.node(4).ns().name()).unwrap();
     let sbox3 = NetNs::open(&format!("{}ingress_sbox", prefix(3))).unwrap();
     let node3 = NetNs::open(lab.node(3).ns().name()).unwrap();
     let mesh3 = SocketAddr::from((lab.node(3).addr(), 8080));
     // Warm up ARP and conntrack.
-    let _ = rate(&client, mesh3);
+    let _ = rate(&client, mesh3, Mode::Connect);
     // The paths, entered further and further out; measured in turns, ROUNDS times, and the
     // median of each kept, so a busy machine's swings hit every path alike.
     let paths: [(&str, &NetNs, SocketAddr); 5] = [
@@ -218,11 +268,22 @@ fn main() {
             SocketAddr::from((lab.node(1).addr(), 8080)),
         ),
     ];
+    for (mode, label) in [
+        (Mode::Connect, "a new connection per request"),
+        (Mode::KeepAlive, "kept-alive connections, as wrk"),
+    ] {
+        measure(&paths, mode, label);
+    }
+}
+
+/// Every path measured in turns, ROUNDS times; prints each path's median and its ratio to the
+/// first (direct) path.
+fn measure(paths: &[(&str, &NetNs, SocketAddr)], mode: Mode, label: &str) {
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     let mut failed = vec![0u64; paths.len()];
     for _ in 0..ROUNDS {
         for (i, (_, ns, to)) in paths.iter().enumerate() {
-            let (r, f) = rate(ns, *to);
+            let (r, f) = rate(ns, *to, mode);
             runs[i].push(r);
             failed[i] += f;
         }
@@ -234,8 +295,8 @@ fn main() {
     };
     let direct = median(&runs[0]).max(1.0);
     println!(
-        "ingress bench ({THREADS} connections, {SECONDS} s per run, {ROUNDS} rounds in turns, \
-         median; one request per connection):"
+        "ingress bench, {label} ({THREADS} client threads, {SECONDS} s per run, {ROUNDS} rounds \
+         in turns, median):"
     );
     for (i, (name, _, _)) in paths.iter().enumerate() {
         let m = median(&runs[i]);
@@ -247,7 +308,8 @@ fn main() {
             failed[i]
         );
     }
-    println!("  mesh / direct: {:.2}x", median(&runs[3]) / direct);
-    stop.store(true, Ordering::Relaxed);
-    let _ = server.join();
+    println!(
+        "  mesh / direct ({label}): {:.2}x",
+        median(&runs[3]) / direct
+    );
 }
