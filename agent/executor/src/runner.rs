@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use netns::NetNs;
@@ -83,6 +84,9 @@ pub struct Runner {
     config: RunnerConfig,
     /// Shims this agent started, reaped when they exit (adopted shims are reaped by init).
     shims: Mutex<HashMap<String, Child>>,
+    /// The mount namespace task shims copy ([`shim::mount_template`]), made at the first task
+    /// start (once `/run/netns` exists); None when it could not be made.
+    template: OnceLock<Option<OwnedFd>>,
 }
 
 fn check_id(id: &str) -> Result<()> {
@@ -112,9 +116,17 @@ impl Runner {
                 source,
             })?;
         }
+        let mut config = config;
+        // Shims leave the agent's working directory when they enter the mount template.
+        config.dir = std::path::absolute(&config.dir).map_err(|source| Error::Io {
+            what: format!("resolve {}", config.dir.display()),
+            task: "-".into(),
+            source,
+        })?;
         Ok(Runner {
             config,
             shims: Mutex::new(HashMap::new()),
+            template: OnceLock::new(),
         })
     }
 
@@ -199,6 +211,18 @@ impl Runner {
         }
         shim::write_atomic(&dir, RESOLV, &self.config.resolv_conf)
             .map_err(self.io("write resolv.conf", id))?;
+        let template = self
+            .template
+            .get_or_init(|| {
+                shim::mount_template()
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "no mount template: task starts copy the node's mount table")
+                    })
+                    .ok()
+            })
+            .as_ref();
+        let mut fds = parked.to_vec();
+        fds.extend(template.map(|t| t.as_fd()));
         let spec = ShimSpec {
             argv: argv.to_vec(),
             env: env.to_vec(),
@@ -206,6 +230,7 @@ impl Runner {
             cgroup,
             workdir: dir.join("work"),
             parked: parked.len(),
+            mount_template: template.is_some(),
         };
         let json = serde_json::to_string_pretty(&spec).expect("a spec serializes");
         shim::write_atomic(&dir, SPEC, &json).map_err(self.io("write the task spec", id))?;
@@ -226,7 +251,7 @@ impl Runner {
             .stdout(log.try_clone().map_err(self.io("dup", id))?)
             .stderr(log);
         shim::detach(&mut cmd);
-        shim::pass_fds(&mut cmd, parked);
+        shim::pass_fds(&mut cmd, &fds);
         let child = cmd
             .spawn()
             .map_err(self.io(format!("start the shim {}", program.to_string_lossy()), id))?;

@@ -165,3 +165,90 @@ fn an_exit_being_recorded_is_never_reported_as_a_kill() {
         r.remove(&id).unwrap();
     }
 }
+
+/// Unmounts what a test mounted on the machine's mount table, also when the test fails.
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn a_task_copies_the_mount_template_without_named_namespaces_and_sees_later_mounts() {
+    use nix::mount::{MsFlags, mount};
+    let lab = Lab::new(1).unwrap();
+    // A shared mount point, as on a systemd host (this machine's / is private): a mount made
+    // under it after the template exists must still reach tasks started later.
+    let shared = lab.node(1).dir().join("shared");
+    std::fs::create_dir_all(shared.join("late")).unwrap();
+    let mut unmount = Unmount(Vec::new());
+    mount(
+        Some(&shared),
+        &shared,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    unmount.0.push(shared.clone());
+    mount(
+        None::<&str>,
+        &shared,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    let r = runner(&lab);
+    let named = |from: usize| {
+        (from..from + 20)
+            .map(|i| netns::NetNs::create(&format!("{}-x{i}", lab.prefix())).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let _before = named(0);
+    // The first start makes the template.
+    r.start("t0", &["true".into()], &[]).unwrap();
+    wait_state(&r, "t0", |s| matches!(s, ProcState::Exited { .. }));
+    let late = shared.join("late");
+    mount(
+        Some("tmpfs"),
+        &late,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    unmount.0.push(late.clone());
+    std::fs::write(late.join("file"), "mounted after the template\n").unwrap();
+    let _after = named(20);
+    let script = format!(
+        "echo netns-mounts=$(grep -c ' /run/netns' /proc/self/mountinfo); cat {}/file; \
+         cat /etc/resolv.conf",
+        late.display()
+    );
+    r.start("t1", &["sh".into(), "-c".into(), script], &[])
+        .unwrap();
+    assert_eq!(
+        wait_state(&r, "t1", |s| matches!(s, ProcState::Exited { .. })),
+        ProcState::Exited { code: 0 }
+    );
+    let out = r.output_tail("t1", 4000);
+    assert!(out.contains("netns-mounts=0"), "{out}");
+    assert!(out.contains("mounted after the template"), "{out}");
+    assert!(out.contains("nameserver 127.0.0.11"), "{out}");
+    let spec = std::fs::read_to_string(r.dir("t1").join("spec.json")).unwrap();
+    assert!(spec.contains("\"mount_template\": true"), "{spec}");
+    let shim_log = std::fs::read_to_string(r.dir("t1").join("shim.log")).unwrap_or_default();
+    assert!(!shim_log.contains("mount template"), "{shim_log}");
+    // The node's table is untouched: its named namespaces are all still mounted.
+    let node = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = format!("/run/netns/{}-x", lab.prefix());
+    assert_eq!(node.matches(&prefix).count(), 40, "{node}");
+    for id in ["t0", "t1"] {
+        r.remove(id).unwrap();
+    }
+}
