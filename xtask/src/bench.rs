@@ -57,6 +57,12 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "service create -> reachable (10 replicas, 5 nodes) p50/p99; agent RSS",
     ),
     (
+        "task-start",
+        "executor",
+        "task_start",
+        "task start -> running with few vs 2,000 named network namespaces on the machine",
+    ),
+    (
         "scale",
         "netagent",
         "scale",
