@@ -294,11 +294,15 @@ pub fn mount_template() -> std::io::Result<OwnedFd> {
     // Close-on-exec: a shim another thread starts meanwhile must not hold the write end.
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: between fork and its death the child calls only async-signal-safe system calls
-    // (prctl, unshare, mount, umount2, write, pause) on memory it does not allocate or free.
+    // (prctl, stat, unshare, mount, umount2, open, setns, write, pause) on memory it does not
+    // allocate or free.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+            let mut root: libc::stat = std::mem::zeroed();
+            let mut ns_root: libc::stat = std::mem::zeroed();
+            let made = libc::stat(c"/".as_ptr(), &mut root) == 0
+                && libc::unshare(libc::CLONE_NEWNS) == 0
                 && libc::mount(
                     std::ptr::null(),
                     c"/".as_ptr(),
@@ -306,11 +310,26 @@ pub fn mount_template() -> std::io::Result<OwnedFd> {
                     libc::MS_REC | libc::MS_SLAVE,
                     std::ptr::null(),
                 ) == 0;
-            if ok {
+            if made {
                 // Not a mount point (no named namespace yet): shims detach what they copy.
                 libc::umount2(c"/run/netns".as_ptr(), libc::MNT_DETACH);
             }
-            let byte = u8::from(ok);
+            // Entering a mount namespace moves to its root: a shim that entered the template
+            // from a chroot would leave the chroot. Enter it here once and compare roots.
+            let ns = libc::open(
+                c"/proc/self/ns/mnt".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            let same_root = made
+                && ns >= 0
+                && libc::setns(ns, libc::CLONE_NEWNS) == 0
+                && libc::stat(c"/".as_ptr(), &mut ns_root) == 0
+                && (ns_root.st_dev, ns_root.st_ino) == (root.st_dev, root.st_ino);
+            let byte: u8 = match (made, same_root) {
+                (false, _) => 0,
+                (true, false) => 2,
+                (true, true) => 1,
+            };
             libc::write(ready_w.as_raw_fd(), (&raw const byte).cast(), 1);
             loop {
                 libc::pause();
@@ -324,6 +343,10 @@ pub fn mount_template() -> std::io::Result<OwnedFd> {
                 Ok(1) if byte[0] == 1 => {
                     File::open(format!("/proc/{child}/ns/mnt")).map(OwnedFd::from)
                 }
+                Ok(1) if byte[0] == 2 => Err(std::io::Error::other(
+                    "the agent's root is not its mount namespace's root (a chroot): a shim \
+                     entering a template would leave it",
+                )),
                 Ok(_) => Err(std::io::Error::other(
                     "could not make a private mount namespace (unshare or mount failed)",
                 )),
