@@ -1,10 +1,11 @@
 //! `cargo xtask bench ingress`: requests/s through the routing mesh to a task on another node
 //! vs straight to that task over the same overlay, same run. A request is one line sent and one
-//! line answered; measured twice: each request on a new TCP connection (every hop's conntrack and
-//! NAT set up and torn down per request), and requests on kept-alive connections as wrk sends
-//! them (the per-packet cost of the extra hops only). Lab: 3 nodes with an ingress overlay and an ingress-sbox each, the
-//! task on node 1, a client namespace on the underlay (node 4). Mesh: client -> node 3's address
-//! -> node 3's sbox -> VXLAN -> task. Direct: node 3's sbox namespace -> VXLAN -> task.
+//! line answered; measured twice: each request on a new TCP connection (every hop's conntrack
+//! and NAT set up and torn down per request), and requests on kept-alive connections as wrk
+//! sends them (the per-packet cost of the extra hops only). Lab: 3 nodes with an ingress
+//! overlay and an ingress-sbox each, the task on node 1, a client namespace on the underlay
+//! (node 4). Mesh: client -> node 3's address -> node 3's sbox -> VXLAN -> task. Direct: node 3's
+//! sbox namespace -> VXLAN -> task.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -56,7 +57,7 @@ fn gw_ep(path: &std::path::Path, ifname: &str, address: Ipv4Addr) -> GatewayEndp
 }
 
 /// How the client sends its requests.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Mode {
     /// A new connection per request.
     Connect,
@@ -100,12 +101,9 @@ fn rate(ns: &NetNs, to: SocketAddr, mode: Mode) -> (f64, u64) {
                     while !stop.load(Ordering::Relaxed) {
                         let ok = match mode {
                             Mode::Connect => connect().and_then(|mut c| request(&mut c, true)),
+                            // A failed connection is dropped; the next request opens one.
                             Mode::KeepAlive => {
-                                let c = match kept.take() {
-                                    Some(c) => Ok(c),
-                                    None => connect(),
-                                };
-                                c.and_then(|mut c| {
+                                kept.take().map_or_else(connect, Ok).and_then(|mut c| {
                                     let ok = request(&mut c, false)?;
                                     kept = Some(c);
                                     Ok(ok)

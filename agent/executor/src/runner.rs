@@ -117,7 +117,8 @@ impl Runner {
             })?;
         }
         let mut config = config;
-        // Shims leave the agent's working directory when they enter the mount template.
+        // Shims leave the agent's working directory when they enter the mount template: the
+        // task directory they get (and every path in their spec) is absolute.
         config.dir = std::path::absolute(&config.dir).map_err(|source| Error::Io {
             what: format!("resolve {}", config.dir.display()),
             task: "-".into(),

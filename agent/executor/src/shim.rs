@@ -69,8 +69,6 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &str) -> std::io::Result<(
 /// The shim's main: runs the task described in `dir` and returns the shim's own exit status
 /// (0 once the task's exit code is recorded). Call it from a single-threaded process.
 pub fn run(dir: &Path) -> i32 {
-    // Entering the mount template moves the working directory to its root.
-    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     match run_inner(dir) {
         Ok(()) => 0,
         Err(e) => {
