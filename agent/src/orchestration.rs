@@ -98,19 +98,29 @@ pub fn refresh(member: &Member, leader: &mut Leader, changes: &Changes) {
     }
 }
 
-/// What this node can show of the cluster: a manager's whole replica; on a worker, the objects
-/// of its assignments (its tasks, the networks and services they use) and its own node.
-pub fn visible(member: &Member) -> Result<ClusterState> {
+/// What this node can show of the cluster, of the given kinds: a manager's replica; on a
+/// worker, the objects of its assignments (its tasks, the networks and services they use) and
+/// its own node. A reader names the kinds it shows, so that one which needs no tasks does not
+/// copy the thousands a large swarm holds.
+pub fn visible(member: &Member, kinds: &[Kind]) -> Result<ClusterState> {
     if member.manager.is_some() {
-        return snapshot(member);
+        return snapshot_of(member, kinds);
     }
     let mut objects = Vec::new();
     if let Some(a) = member.assignments.borrow().as_ref() {
-        objects.extend(a.networks.iter().cloned().map(Object::Network));
-        objects.extend(a.services.iter().cloned().map(Object::Service));
-        objects.extend(a.tasks.iter().cloned().map(Object::Task));
+        if kinds.contains(&Kind::Network) {
+            objects.extend(a.networks.iter().cloned().map(Object::Network));
+        }
+        if kinds.contains(&Kind::Service) {
+            objects.extend(a.services.iter().cloned().map(Object::Service));
+        }
+        if kinds.contains(&Kind::Task) {
+            objects.extend(a.tasks.iter().cloned().map(Object::Task));
+        }
     }
-    if let Some(n) = member.node_obj.borrow().as_ref() {
+    if kinds.contains(&Kind::Node)
+        && let Some(n) = member.node_obj.borrow().as_ref()
+    {
         objects.push(Object::Node(n.clone()));
     }
     Ok(ClusterState::from_objects(objects))
@@ -118,10 +128,15 @@ pub fn visible(member: &Member) -> Result<ClusterState> {
 
 /// Every object of this manager's replica.
 pub fn snapshot(member: &Member) -> Result<ClusterState> {
+    snapshot_of(member, &Kind::ALL)
+}
+
+/// The objects of the given kinds in this manager's replica.
+pub fn snapshot_of(member: &Member, kinds: &[Kind]) -> Result<ClusterState> {
     let store = member.store()?;
     let mut objects = Vec::new();
-    for kind in Kind::ALL {
-        objects.extend(store.list(kind)?);
+    for kind in kinds {
+        objects.extend(store.list(*kind)?);
     }
     Ok(ClusterState::from_objects(objects))
 }

@@ -168,6 +168,7 @@ pub fn spawn(
         vtep_published: false,
         vteps: BTreeMap::new(),
         gw: None,
+        gw_used: None,
         disc: Discovery::new(resolver, balancer),
         listeners: HashMap::new(),
         started: Instant::now(),
@@ -211,6 +212,9 @@ pub(crate) struct Executor {
     /// The VTEPs peers were last computed with.
     pub(crate) vteps: BTreeMap<String, IpAddr>,
     pub(crate) gw: Option<vxlan::GwBridge>,
+    /// The tasks' addresses on the gateway bridge, read from their directories once (at the
+    /// first allocation) and kept in step with allocations and removals after that.
+    pub(crate) gw_used: Option<BTreeSet<Ipv4Addr>>,
     /// What the node's DNS resolver has been given.
     pub(crate) disc: Discovery,
     /// Each task's DNS listener (127.0.0.11:53 in its namespace).

@@ -1,7 +1,7 @@
 //! A task's life on this node, handled one task at a time: namespace and addresses, endpoints,
 //! start, the watch on its shim, stop, status reports, its gossip entries, and removal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -43,6 +43,16 @@ impl Default for TaskRt {
             watching: false,
         }
     }
+}
+
+/// The file in a task's directory that keeps its address on the gateway bridge.
+const GATEWAY: &str = "gateway";
+
+/// A task's saved gateway-bridge address, if it has one.
+fn read_gateway(dir: &std::path::Path) -> Option<Ipv4Addr> {
+    fs::read_to_string(dir.join(GATEWAY))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 fn ipv4_of(addr: &model::ipnet::IpNet) -> Option<Ipv4Addr> {
@@ -136,7 +146,7 @@ impl Executor {
                 Some(g) => g.clone(),
                 None => crate::tasks::gwbridge(&self.config)?,
             };
-            Some(self.gateway_addr(&t.meta.id, &gw)?)
+            Some(self.gateway_addr(&t.meta.id, &gw).await?)
         };
         let l = LocalTask {
             id: t.meta.id.clone(),
@@ -450,6 +460,11 @@ impl Executor {
         self.listeners.remove(id);
         let idc = id.to_string();
         self.blocking(move |r| r.remove(&idc)).await?;
+        if let (Some(used), Some(addr)) =
+            (&mut self.gw_used, rt.local.as_ref().and_then(|l| l.gateway))
+        {
+            used.remove(&addr);
+        }
         self.tasks.remove(id);
         self.forget_reported(id);
         debug!(task = %id, "task removed");
@@ -588,35 +603,46 @@ impl Executor {
         }
     }
 
-    /// A task's address on the gateway bridge, kept in its directory so it never changes.
-    fn gateway_addr(&self, task: &str, gw: &GwBridge) -> Result<Ipv4Addr, Error> {
-        let dir = self.runner.dir(task);
-        if let Some(a) = fs::read_to_string(dir.join("gateway"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        {
+    /// A task's address on the gateway bridge, kept in its directory so it never changes. The
+    /// addresses in use are read from the task directories once; after that an allocation
+    /// costs the same however many tasks the node runs (it read every task's file each time).
+    async fn gateway_addr(&mut self, task: &str, gw: &GwBridge) -> Result<Ipv4Addr, Error> {
+        let id = task.to_string();
+        let load = self.gw_used.is_none();
+        let (own, all) = self
+            .blocking(move |r| {
+                let all = load.then(|| {
+                    r.list()
+                        .iter()
+                        .filter_map(|t| read_gateway(&r.dir(t)))
+                        .collect::<BTreeSet<Ipv4Addr>>()
+                });
+                (read_gateway(&r.dir(&id)), all)
+            })
+            .await;
+        let used = match all {
+            Some(all) => self.gw_used.insert(all),
+            None => self.gw_used.get_or_insert_default(),
+        };
+        if let Some(a) = own {
+            used.insert(a);
             return Ok(a);
         }
         let subnet = ipam::ipnet::IpNet::V4(gw.subnet);
-        let used: std::collections::BTreeSet<IpAddr> = self
-            .tasks
-            .values()
-            .filter_map(|r| r.local.as_ref()?.gateway.map(IpAddr::V4))
-            .chain(self.runner.list().into_iter().filter_map(|id| {
-                fs::read_to_string(self.runner.dir(&id).join("gateway"))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-            }))
-            .collect();
         let request = ipam::SubnetRequest::new(subnet).with_gateway(IpAddr::V4(gw.gateway()));
-        let used: Vec<IpAddr> = used.into_iter().collect();
+        let taken: Vec<IpAddr> = used.iter().copied().map(IpAddr::V4).collect();
         let mut space =
-            ipam::Subnets::rebuild(ipam::PoolConfig::local_default(), &[request], &used)?;
+            ipam::Subnets::rebuild(ipam::PoolConfig::local_default(), &[request], &taken)?;
         let IpAddr::V4(addr) = space.allocate_address(subnet)? else {
             unreachable!("an IPv4 subnet hands out IPv4 addresses")
         };
-        crate::shim::write_atomic(&dir, "gateway", &format!("{addr}\n"))
+        let dir = self.runner.dir(task);
+        self.blocking(move |_| crate::shim::write_atomic(&dir, GATEWAY, &format!("{addr}\n")))
+            .await
             .map_err(io("save the task's gateway address"))?;
+        if let Some(used) = &mut self.gw_used {
+            used.insert(addr);
+        }
         Ok(addr)
     }
 

@@ -335,3 +335,84 @@ async fn a_task_slow_to_start_is_reported_running_once_it_runs() {
         "the task's namespace has its address"
     );
 }
+
+/// A task's saved address on docker_gwbridge, and whether its namespace has it.
+fn gateway_of(lab: &Lab, id: &str) -> String {
+    let file = lab
+        .node(1)
+        .dir()
+        .join("state/tasks")
+        .join(id)
+        .join("gateway");
+    let addr = std::fs::read_to_string(file).unwrap().trim().to_string();
+    let out = task_ns(lab, 1, id)
+        .command("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!(" {addr}/")),
+        "task {id} has its gateway address {addr}: {shown}"
+    );
+    addr
+}
+
+async fn stop_gossip(run: NodeRun) {
+    run.handle.task.abort();
+    let _ = run.handle.task.await;
+    Arc::try_unwrap(run.gossip)
+        .ok()
+        .expect("only the test holds gossip now")
+        .shutdown()
+        .await
+        .unwrap();
+}
+
+/// Addresses on docker_gwbridge: each task on a node has its own; a removed task's is handed
+/// out again; an executor started anew (as after an agent restart) never hands out one that a
+/// running task holds (it reads them from the task directories once, then keeps them itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_addresses_are_unique_freed_and_known_after_a_restart() {
+    let lab = Lab::new(1).unwrap();
+    let ta = task("t5aaaaaaaaaaaaaaaaaaaaaaa", 1, "n1", "10.0.1.7");
+    let tb = task("t6aaaaaaaaaaaaaaaaaaaaaaa", 2, "n1", "10.0.1.8");
+    let tc = task("t7aaaaaaaaaaaaaaaaaaaaaaa", 3, "n1", "10.0.1.9");
+    let td = task("t8aaaaaaaaaaaaaaaaaaaaaaa", 4, "n1", "10.0.1.10");
+    let mut n1 = start(&lab, 1).await;
+    n1.tx.replace(assignments(1, vec![ta.clone(), tb.clone()]));
+    wait_status(&mut n1, &ta.meta.id, TaskState::Running).await;
+    wait_status(&mut n1, &tb.meta.id, TaskState::Running).await;
+    let (a, b) = (gateway_of(&lab, &ta.meta.id), gateway_of(&lab, &tb.meta.id));
+    assert_ne!(a, b, "two tasks, two addresses");
+
+    // tb goes: its address is free for the next task.
+    let mut down = tb.clone();
+    down.desired_state = TaskState::Shutdown;
+    n1.tx.replace(assignments(2, vec![ta.clone(), down]));
+    wait_status(&mut n1, &tb.meta.id, TaskState::Shutdown).await;
+    n1.tx.replace(assignments(3, vec![ta.clone()]));
+    let dir_b = lab.node(1).dir().join("state/tasks").join(&tb.meta.id);
+    lab.wait_until("tb's directory is removed", LONG, || !dir_b.exists())
+        .unwrap();
+    n1.tx.replace(assignments(4, vec![ta.clone(), tc.clone()]));
+    wait_status(&mut n1, &tc.meta.id, TaskState::Running).await;
+    let c = gateway_of(&lab, &tc.meta.id);
+    assert_eq!(c, b, "the lowest free address is tb's, free again");
+    stop_gossip(n1).await;
+
+    // A new executor: ta and tc keep theirs, td gets a third.
+    let mut n1 = start(&lab, 1).await;
+    let running = |t: &Task| {
+        let mut t = t.clone();
+        t.status.state = TaskState::Running;
+        t
+    };
+    n1.tx
+        .replace(assignments(5, vec![running(&ta), running(&tc), td.clone()]));
+    wait_status(&mut n1, &td.meta.id, TaskState::Running).await;
+    let d = gateway_of(&lab, &td.meta.id);
+    assert_eq!(gateway_of(&lab, &ta.meta.id), a, "ta kept its address");
+    assert_eq!(gateway_of(&lab, &tc.meta.id), c, "tc kept its address");
+    assert!(d != a && d != c, "td got an address nobody holds: {d}");
+}

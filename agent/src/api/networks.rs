@@ -239,6 +239,10 @@ pub fn network_view(m: &Member, state: &ClusterState, n: &Network) -> NetworkRes
     ::api::network::resource(n, view)
 }
 
+/// What a network's view shows besides the networks: node names and service names (never the
+/// tasks, which outnumber everything else in a large swarm).
+const SHOWN: &[Kind] = &[Kind::Network, Kind::Node, Kind::Service];
+
 /// `GET /networks?filters=`: sorted by name, as docker lists them (on a worker, its tasks'
 /// networks).
 pub async fn list(
@@ -247,7 +251,7 @@ pub async fn list(
 ) -> Result<Json<Vec<NetworkResource>>> {
     let f = q.filters(::api::network::LIST_FILTERS)?;
     let m = member(&agent)?;
-    let state = orchestration::visible(&m)?;
+    let state = orchestration::visible(&m, SHOWN)?;
     let mut nets: Vec<&Network> = state.networks.values().collect();
     nets.sort_by(|a, b| {
         a.spec
@@ -272,7 +276,7 @@ pub async fn inspect(
     ApiQuery(q): ApiQuery<::api::query::InspectQuery>,
 ) -> Result<Json<NetworkResource>> {
     let m = member(&agent)?;
-    let state = orchestration::visible(&m)?;
+    let state = orchestration::visible(&m, SHOWN)?;
     let n = find(&state, &reference).map_err(|e| match e.code {
         Code::NotFound if m.manager.is_none() => Failure::not_found(format!(
             "network {reference} not found on this worker: a worker knows only the networks its tasks use; ask a manager for the others"

@@ -7,7 +7,7 @@
 //! creates or replaces the tasks; removal deletes the service object and the leader loop stops
 //! and removes its tasks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ::api::service::{
@@ -281,11 +281,11 @@ fn is_live(t: &Task) -> bool {
 }
 
 /// Running and desired task counts, as docker's `service ls` REPLICAS.
-pub fn service_status(state: &ClusterState, s: &Service) -> ServiceStatus {
-    let live: Vec<&Task> = state.tasks_of(&s.meta.id).filter(|t| is_live(t)).collect();
+pub fn service_status(state: &ClusterState, tasks: &[&Task], s: &Service) -> ServiceStatus {
+    let live: Vec<&Task> = tasks.iter().copied().filter(|t| is_live(t)).collect();
     let running = |t: &&&Task| t.status.state == TaskState::Running;
-    let completed = state
-        .tasks_of(&s.meta.id)
+    let completed = tasks
+        .iter()
         .filter(|t| t.status.state == TaskState::Complete)
         .count() as u64;
     match s.spec.mode {
@@ -347,7 +347,17 @@ pub async fn list(
     }
     let status = bool_value(q.status.as_deref());
     let m = member(&agent)?;
-    let state = orchestration::snapshot(&m)?;
+    // Tasks and nodes only for the status (the tasks outnumber everything else).
+    let kinds: &[Kind] = if status {
+        &[Kind::Service, Kind::Task, Kind::Node]
+    } else {
+        &[Kind::Service]
+    };
+    let state = orchestration::snapshot_of(&m, kinds)?;
+    let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks.values() {
+        by_service.entry(t.service_id.as_str()).or_default().push(t);
+    }
     let mut services: Vec<&Service> = state
         .services
         .values()
@@ -362,7 +372,10 @@ pub async fn list(
     Ok(Json(
         services
             .into_iter()
-            .map(|s| ::api::service::service(s, status.then(|| service_status(&state, s))))
+            .map(|s| {
+                let tasks = by_service.get(s.meta.id.as_str()).map_or(&[][..], |t| t);
+                ::api::service::service(s, status.then(|| service_status(&state, tasks, s)))
+            })
             .collect(),
     ))
 }
