@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -245,21 +246,29 @@ impl Runner {
             .shim
             .split_first()
             .expect("a shim command is configured");
+        // The shim's descriptors go over a socket on its standard input, and it gets a process
+        // group of its own (signals to the agent's group do not reach it): nothing runs
+        // between fork and exec, so std spawns it with posix_spawn (a vfork), without a copy of
+        // the agent's address space.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(self.io("make the shim's descriptor socket", id))?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .arg(&dir)
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(log.try_clone().map_err(self.io("dup", id))?)
-            .stderr(log);
-        shim::detach(&mut cmd);
-        shim::pass_fds(&mut cmd, &fds);
+            .stderr(log)
+            .process_group(0);
         let child = cmd
             .spawn()
             .map_err(self.io(format!("start the shim {}", program.to_string_lossy()), id))?;
+        drop(cmd);
         self.shims
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string(), child);
+        // A shim that does not get them ends with an error (exit 127) once this end closes.
+        shim::send_fds(&ours, &fds).map_err(self.io("send the shim its descriptors", id))?;
         Ok(())
     }
 

@@ -1,5 +1,5 @@
 //! The task shim: a small process between the agent and a task's command. The agent starts it
-//! detached (own session); it joins the task's cgroup and network namespace, gives the task its own
+//! in a process group of its own; it joins the task's cgroup and network namespace, gives the task its own
 //! mount namespace with the task's /etc/resolv.conf, runs the command, waits for it and records the
 //! exit code in the task directory. So tasks survive agent restarts and their exit codes are
 //! never lost, and the agent needs no parent-child link to adopt them.
@@ -33,12 +33,12 @@ pub struct ShimSpec {
     pub cgroup: Option<PathBuf>,
     /// The working directory of the command.
     pub workdir: PathBuf,
-    /// How many descriptors, from [`FIRST_PARKED_FD`] on, the shim keeps open for the agent
-    /// (the task's DNS sockets) and does not pass to the command.
+    /// How many descriptors the agent sends the shim (see [`send_fds`]) for it to keep open, from
+    /// [`FIRST_PARKED_FD`] on, for the agent (the task's DNS sockets); never passed to the command.
     #[serde(default)]
     pub parked: usize,
-    /// The agent passed a [`mount_template`] as the descriptor after the parked ones: the
-    /// task's mount namespace is copied from it rather than from the node's.
+    /// The agent sends a [`mount_template`] as the descriptor after the parked ones: the task's
+    /// mount namespace is copied from it rather than from the node's.
     #[serde(default)]
     pub mount_template: bool,
 }
@@ -93,14 +93,9 @@ fn run_inner(dir: &Path) -> Result<(), String> {
     if spec.argv.is_empty() {
         return Err("the task has no command".into());
     }
-    // The parked descriptors stay with the shim: the command must not inherit them.
-    for i in 0..spec.parked {
-        let fd = FIRST_PARKED_FD + i as i32;
-        // SAFETY: fcntl on a descriptor number only changes its flags; an invalid one fails.
-        unsafe {
-            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-    }
+    // The parked descriptors (and the template) stay with the shim: close-on-exec, so the
+    // command does not inherit them.
+    receive_fds(spec.parked + usize::from(spec.mount_template))?;
     if let Some(cg) = &spec.cgroup {
         fs::write(cg.join("cgroup.procs"), "0")
             .map_err(|e| format!("join cgroup {}: {e}", cg.display()))?;
@@ -112,7 +107,7 @@ fn run_inner(dir: &Path) -> Result<(), String> {
     write_atomic(dir, SHIM_PID, &format!("{}\n", std::process::id()))
         .map_err(|e| format!("write the shim's pid file: {e}"))?;
     if spec.mount_template {
-        // SAFETY: the agent passed the template at this number (see `Runner::start_with`);
+        // SAFETY: `receive_fds` put the template at this number (see `Runner::start_with`);
         // nothing else in the shim owns it, and it is closed once entered.
         let template = unsafe { OwnedFd::from_raw_fd(FIRST_PARKED_FD + spec.parked as i32) };
         if let Err(e) = setns(&template, CloneFlags::CLONE_NEWNS) {
@@ -357,43 +352,96 @@ pub fn mount_template() -> std::io::Result<OwnedFd> {
     }
 }
 
-/// Makes `fds` the started process's descriptors 3, 4, ... (inherited across exec).
-pub fn pass_fds(cmd: &mut Command, fds: &[std::os::fd::BorrowedFd<'_>]) {
+/// Sends `fds` to a shim just started with `socket`'s peer as its standard input, in one
+/// message (SCM_RIGHTS). Passing them over a socket instead of arranging descriptor numbers
+/// between fork and exec lets the agent start a shim without copying its own address space
+/// (`posix_spawn`, a vfork), which with a fork cost the agent a copy of its page tables and a
+/// write fault on each of its pages after every task start.
+pub fn send_fds(
+    socket: &std::os::unix::net::UnixStream,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
     if fds.is_empty() {
-        return;
+        return Ok(());
     }
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    // SAFETY: between fork and exec only fcntl(2) and dup2(2) run, both async-signal-safe, on
-    // descriptors the parent keeps open until spawn returns; no memory is allocated.
-    unsafe {
-        cmd.pre_exec(move || {
-            // First move every source above the target range, so none is overwritten early.
-            let mut high = [0i32; 8];
-            for (i, fd) in raw.iter().enumerate().take(high.len()) {
-                let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
-                if h < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                high[i] = h;
-            }
-            for (i, h) in high.iter().enumerate().take(raw.len().min(8)) {
-                if libc::dup2(*h, FIRST_PARKED_FD + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    let byte = [0u8];
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[std::io::IoSlice::new(&byte)],
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
 }
 
-/// Sets the shim's session so signals to the agent's process group do not reach it.
-pub fn detach(cmd: &mut Command) {
-    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
+/// In the shim: takes the `n` descriptors the agent sends on standard input ([`send_fds`]) and
+/// puts them at [`FIRST_PARKED_FD`], ... (close-on-exec); standard input becomes /dev/null.
+fn receive_fds(n: usize) -> Result<(), String> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    if n > 0 {
+        let mut byte = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE((n * std::mem::size_of::<i32>()) as u32) };
+        let mut cmsgs = vec![0u8; space as usize];
+        let msg = recvmsg::<()>(0, &mut iov, Some(&mut cmsgs), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(|e| format!("receive the agent's descriptors: {e}"))?;
+        let mut got: Vec<OwnedFd> = Vec::new();
+        for c in msg
+            .cmsgs()
+            .map_err(|e| format!("read the agent's descriptors: {e}"))?
+        {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the kernel just installed these descriptors in this process.
+                got.extend(
+                    fds.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        if got.len() != n {
+            return Err(format!(
+                "the agent sent {} descriptors where the spec says {n}",
+                got.len()
+            ));
+        }
+        // A received number may be one of the targets: all go above the range first.
+        let high: Vec<OwnedFd> = got
+            .into_iter()
+            .map(|fd| {
+                // SAFETY: fcntl duplicates a descriptor this process owns.
+                let h = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 64) };
+                if h < 0 {
+                    return Err(format!(
+                        "move a descriptor: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                // SAFETY: h was just made by fcntl and nothing else owns it.
+                Ok(unsafe { OwnedFd::from_raw_fd(h) })
+            })
+            .collect::<Result<_, String>>()?;
+        for (i, h) in high.iter().enumerate() {
+            // SAFETY: dup3 onto a number this process keeps for exactly this descriptor.
+            if unsafe { libc::dup3(h.as_raw_fd(), FIRST_PARKED_FD + i as i32, libc::O_CLOEXEC) } < 0
+            {
+                return Err(format!(
+                    "place a descriptor: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
     }
+    let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    // SAFETY: dup2 onto standard input, which this process owns.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(format!(
+            "make /dev/null the standard input: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
