@@ -19,6 +19,15 @@ use nix::sched::{CloneFlags, setns, unshare};
 /// Where named network namespaces are bind-mounted (as iproute2 does).
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
+/// br_netfilter's switches (under /proc/sys) that send a namespace's bridged frames through its
+/// IP, IPv6 and ARP hooks; absent while the module is not loaded. Namespaces that only bridge
+/// (netagent's sandboxes, the lab's underlay) set them to 0.
+pub const BRIDGE_NF_CALL: &[&str] = &[
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
+    "net/bridge/bridge-nf-call-arptables",
+];
+
 /// Errors of namespace operations. Each names the namespace and the operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -82,11 +82,6 @@ pub const BRIDGE: &str = "br0";
 /// The VXLAN device inside a sandbox.
 pub const VXLAN: &str = "vxlan0";
 const SANDBOX_TAG: &str = "1-";
-const BRIDGE_NF: &[&str] = &[
-    "net/bridge/bridge-nf-call-iptables",
-    "net/bridge/bridge-nf-call-ip6tables",
-    "net/bridge/bridge-nf-call-arptables",
-];
 const EP_TAG: &str = "ve";
 const GW_TAG: &str = "gw";
 
@@ -453,7 +448,7 @@ impl Dataplane {
         };
         // The sandbox only bridges overlay traffic: where br_netfilter is loaded, keep its
         // frames out of the IP hooks (a few percent of throughput, nothing to filter there).
-        let wrote = nft::ensure_sysctls_if_present(&ns, BRIDGE_NF, "0")?;
+        let wrote = nft::ensure_sysctls_if_present(&ns, netns::BRIDGE_NF_CALL, "0")?;
         ctx.counter.add(wrote);
         let nl = Nl::open(&ns, ctx.counter.clone())?;
         net.sbox = Some(Sbox::new(ns, nl));

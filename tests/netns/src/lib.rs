@@ -304,12 +304,8 @@ impl Lab {
     /// switch adds, charged twice as often to paths with more underlay crossings). Cuts use a
     /// bridge-family table, which does not need them.
     fn switch_off_bridge_netfilter(&self) -> Result<()> {
-        for key in [
-            "bridge-nf-call-iptables",
-            "bridge-nf-call-ip6tables",
-            "bridge-nf-call-arptables",
-        ] {
-            let path = format!("/proc/sys/net/bridge/{key}");
+        for key in netns::BRIDGE_NF_CALL {
+            let path = format!("/proc/sys/{key}");
             self.underlay
                 .run(|| match fs::write(&path, "0") {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
