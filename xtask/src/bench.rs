@@ -60,7 +60,7 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "task-start",
         "executor",
         "task_start",
-        "task start -> running with few vs 2,000 named network namespaces on the machine",
+        "task start (overlay endpoint, process) with few vs 2,000 namespaces and endpoints on the machine",
     ),
     (
         "scale",
