@@ -3,6 +3,9 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+/// The most ports a Linux bridge takes (BR_MAX_PORTS less port 0, which is never used).
+pub const BRIDGE_MAX_PORTS: usize = 1023;
+
 /// Errors of the overlay data plane.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -55,6 +58,14 @@ pub enum Error {
          task {path:?} to it"
     )]
     NoGwBridge { path: PathBuf },
+
+    /// The network's bridge on this node has as many ports as a Linux bridge takes.
+    #[error(
+        "the bridge of network {network} on this node has as many ports as a Linux bridge \
+         takes ({BRIDGE_MAX_PORTS}, one of them the VXLAN device's): attach the task on another \
+         node, or to another network"
+    )]
+    BridgeFull { network: String },
 
     /// The kernel refused a netlink request.
     #[error("{op} in network namespace {ns:?} failed: {detail}")]

@@ -62,7 +62,7 @@ use std::sync::Arc;
 
 use netns::NetNs;
 
-pub use error::{Error, Result};
+pub use error::{BRIDGE_MAX_PORTS, Error, Result};
 pub use fastpath::{FastPathStats, FastPathStatus};
 pub use ipnet::Ipv4Net;
 pub use ipsec::{IpsecKey, IpsecKeys};
@@ -486,6 +486,16 @@ impl Dataplane {
             errno: libc::ENODEV,
         })?;
         let host_name = veth_name(EP_TAG, &ep.netns, &ep.ifname);
+        // A bridge full of ports answers EXFULL ("Exchange full"): say which limit it is.
+        let full = |e: Error| match e {
+            Error::Netlink {
+                errno: libc::EXFULL,
+                ..
+            } => Error::BridgeFull {
+                network: spec.id.clone(),
+            },
+            e => e,
+        };
         ensure_veth(
             &mut sbox.nl,
             &ctx.counter,
@@ -501,7 +511,8 @@ impl Dataplane {
                 prefix: spec.subnet.prefix_len(),
                 route: RouteWant::Leave,
             },
-        )?;
+        )
+        .map_err(full)?;
         // The fast path learns this endpoint alone (no dump of the sandbox's links).
         let link = kernel::link_by_name(&mut sbox.nl, &host_name)?;
         net.local.insert(host_name, ep.mac());

@@ -783,6 +783,9 @@ pub enum Error {
     Ipam(#[from] ipam::Error),
     #[error("overlay data plane: {0}")]
     Dataplane(String),
+    /// No more endpoints fit on a network on this node (see [`vxlan::Error::BridgeFull`]).
+    #[error("{0}")]
+    NetworkFull(String),
     #[error("injected failure ({} exists)", .0.display())]
     Injected(PathBuf),
     #[error("{what}: {source}")]

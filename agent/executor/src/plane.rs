@@ -80,7 +80,10 @@ impl Plane {
                 *guard = Some((port, dp));
             }
             let (_, dp) = guard.as_mut().expect("made above");
-            f(dp).map_err(|e| Error::Dataplane(e.to_string()))
+            f(dp).map_err(|e| match e {
+                vxlan::Error::BridgeFull { .. } => Error::NetworkFull(e.to_string()),
+                e => Error::Dataplane(e.to_string()),
+            })
         })
         .await
         .map_err(|e| Error::Dataplane(format!("a data plane call panicked: {e}")))?

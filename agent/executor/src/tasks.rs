@@ -233,6 +233,13 @@ impl Executor {
         let prepared = step.elapsed().as_micros();
         if !rt.endpoints_ok {
             if let Err(e) = self.ensure_endpoints(&local).await {
+                if let Error::NetworkFull(why) = e {
+                    // Trying again changes nothing: the task is refused, and the
+                    // orchestrator places its replacement.
+                    self.report(&t, TaskState::Rejected, "rejected", Some(why), None)
+                        .await;
+                    return Ok(());
+                }
                 self.encrypted_setup_failed(&t, &e).await;
                 return Err(e);
             }

@@ -273,14 +273,7 @@ async fn a_restarted_executor_adopts_its_tasks_and_changes_nothing() {
         n1.tx.replace(assignments(1, vec![t1.clone()]));
         wait_status(&mut n1, &t1.meta.id, TaskState::Running).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        n1.handle.task.abort();
-        let _ = n1.handle.task.await;
-        Arc::try_unwrap(n1.gossip)
-            .ok()
-            .expect("only the test holds gossip now")
-            .shutdown()
-            .await
-            .unwrap();
+        stop(n1).await;
         std::fs::read_to_string(
             lab.node(1)
                 .dir()
@@ -358,7 +351,8 @@ fn gateway_of(lab: &Lab, id: &str) -> String {
     addr
 }
 
-async fn stop_gossip(run: NodeRun) {
+/// Stops a node's executor and gossip (as an agent restart does; its tasks go on).
+async fn stop(run: NodeRun) {
     run.handle.task.abort();
     let _ = run.handle.task.await;
     Arc::try_unwrap(run.gossip)
@@ -399,7 +393,7 @@ async fn gateway_addresses_are_unique_freed_and_known_after_a_restart() {
     wait_status(&mut n1, &tc.meta.id, TaskState::Running).await;
     let c = gateway_of(&lab, &tc.meta.id);
     assert_eq!(c, b, "the lowest free address is tb's, free again");
-    stop_gossip(n1).await;
+    stop(n1).await;
 
     // A new executor: ta and tc keep theirs, td gets a third.
     let mut n1 = start(&lab, 1).await;

@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod gwbridge;
 mod ingress;
+mod limits;
 mod mtu;
 mod orphans;
 mod overlay;
