@@ -15,6 +15,7 @@
 
 mod balancer;
 mod discovery;
+mod error;
 pub mod feed;
 mod ingress;
 mod ipsec;

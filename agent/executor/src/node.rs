@@ -31,6 +31,8 @@ use tracing::{debug, info, warn};
 
 use crate::balancer::Balancer;
 use crate::discovery::Discovery;
+pub use crate::error::Error;
+pub(crate) use crate::error::io;
 use crate::feed::{FeedReceiver, Received};
 use crate::networks::NetRt;
 use crate::plane::Plane;
@@ -772,31 +774,4 @@ pub fn teardown(config: &Config) -> Result<(), Error> {
     crate::networks::remove_lb_namespaces(config).map_err(|e| Error::Dataplane(e.to_string()))?;
     let _ = std::fs::remove_file(config.state_dir.join("gwbridge.json"));
     Ok(())
-}
-
-/// Why an executor step failed (it is retried).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Runner(#[from] crate::runner::Error),
-    #[error("gateway bridge addressing: {0}")]
-    Ipam(#[from] ipam::Error),
-    #[error("overlay data plane: {0}")]
-    Dataplane(String),
-    /// No more endpoints fit on a network on this node (see [`vxlan::Error::BridgeFull`]).
-    #[error("{0}")]
-    NetworkFull(String),
-    #[error("injected failure ({} exists)", .0.display())]
-    Injected(PathBuf),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Io { what, source }
 }
