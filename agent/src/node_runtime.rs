@@ -75,6 +75,12 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
         },
         false => None,
     };
+    // The mesh's shortcut pins there too. With the fast path off it stays named, so a shortcut
+    // an earlier run left is removed.
+    let mesh_bpf_dir = match (cfg.fast_path, &fast_bpf_dir) {
+        (true, None) => None,
+        _ => Some(cfg.bpf_dir.join("mesh")),
+    };
     Ok(executor::node::Config {
         node_id: state.node_id.clone(),
         state_dir: cfg.state_dir.join("executor"),
@@ -91,6 +97,7 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
             .max(Duration::from_secs(1)),
         fast_path: cfg.fast_path,
         bpf_dir: fast_bpf_dir,
+        mesh_bpf_dir,
         ingress_snat: cfg.ingress_snat,
         fault_file: std::env::var_os(executor::node::FAULT_ENV).map(std::path::PathBuf::from),
     })

@@ -10,7 +10,7 @@ fn on_path(program: &str) -> bool {
 }
 
 /// The objects `src/lib.rs` embeds.
-const OBJECTS: [&str; 2] = ["netagent-lb", "netagent-fastpath"];
+const OBJECTS: [&str; 3] = ["netagent-lb", "netagent-fastpath", "netagent-mesh"];
 
 /// Whether cargo runs clippy (it sets RUSTC_WORKSPACE_WRAPPER to clippy-driver for build
 /// scripts too).

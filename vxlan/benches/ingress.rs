@@ -4,8 +4,11 @@
 //! and NAT set up and torn down per request), and requests on kept-alive connections as wrk
 //! sends them (the per-packet cost of the extra hops only). Lab: 3 nodes with an ingress
 //! overlay and an ingress-sbox each, the task on node 1, a client namespace on the underlay
-//! (node 4). Mesh: client -> node 3's address -> node 3's sbox -> VXLAN -> task. Direct: node 3's
-//! sbox namespace -> VXLAN -> task.
+//! (node 4). Mesh: client -> node 3's address -> node 3's sbox -> VXLAN -> task, with node 3's eBPF
+//! shortcut (the default: past node 3's stack into the sbox, `vxlan::meshpath`) and through node
+//! 3's nftables DNAT and docker_gwbridge (the shortcut off), in turns. Direct: node 3's sbox
+//! namespace -> VXLAN -> task. Host mode: the same client to a port node 1 publishes in host mode,
+//! DNATed there straight to the task (the task reached from outside without the mesh).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use lab::Lab;
 use netns::NetNs;
 use vxlan::ingress::{
-    Ingress, IngressState, MeshPort, Proto, SBOX_GW_IF, SBOX_INGRESS_IF, Sbox, TaskReturn,
+    HostPort, Ingress, IngressState, MeshPort, Proto, SBOX_GW_IF, SBOX_INGRESS_IF, Sbox, TaskReturn,
 };
 use vxlan::{
     Config, Dataplane, DesiredState, Endpoint, GatewayEndpoint, GwBridge, Network, NetworkState,
@@ -29,6 +32,8 @@ const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
 const SBOX_GW: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
 const TASK_GW: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
 const SECONDS: u64 = 3;
+/// Node 1's host-mode port for the task.
+const HOST_PORT: u16 = 9090;
 const THREADS: usize = 8;
 const ROUNDS: usize = 3;
 
@@ -149,6 +154,7 @@ fn main() {
         internal: false,
         encrypted: false,
     };
+    let mut states = Vec::new();
     for i in 1..=3 {
         let node = NetNs::open(lab.node(i).ns().name()).unwrap();
         let mut m = Ingress::new(NetNs::open(lab.node(i).ns().name()).unwrap(), prefix(i));
@@ -178,7 +184,7 @@ fn main() {
             gateway_endpoints: gws,
         })
         .unwrap();
-        m.apply(&IngressState {
+        let state = IngressState {
             sbox: Some(Sbox {
                 gw_addr: SBOX_GW,
                 ingress_addr: sbox_ip(i),
@@ -190,9 +196,20 @@ fn main() {
                 }],
                 snat: false,
             }),
-            host_ports: vec![],
-        })
-        .unwrap();
+            // Node 1 also publishes the task's port 80 in host mode: the client straight to the
+            // task, without the mesh.
+            host_ports: match i {
+                1 => vec![HostPort {
+                    proto: Proto::Tcp,
+                    published: HOST_PORT,
+                    target: 80,
+                    task: TASK_GW,
+                }],
+                _ => vec![],
+            },
+        };
+        m.apply(&state).unwrap();
+        states.push(state);
         if i == 1 {
             m.ensure_task_return(&TaskReturn {
                 netns: task_path.clone(),
@@ -235,53 +252,99 @@ fn main() {
     let sbox3 = NetNs::open(&format!("{}ingress_sbox", prefix(3))).unwrap();
     let node3 = NetNs::open(lab.node(3).ns().name()).unwrap();
     let mesh3 = SocketAddr::from((lab.node(3).addr(), 8080));
+    // Node 3's eBPF shortcut (client -> sbox past node 3's stack), switched on and off between
+    // runs; where the kernel cannot run it, its path is measured without.
+    let can_shortcut = vxlan::fast_path_status(true).is_active();
+    if !can_shortcut {
+        println!("  (the mesh shortcut needs TCX: its path runs through nftables here)");
+    }
+    let shortcut = |on: bool| {
+        let node = lab.node(3);
+        Ingress::new(NetNs::open(node.ns().name()).unwrap(), prefix(3))
+            .with_shortcut(
+                node.bpffs().unwrap().join("mesh"),
+                (on && can_shortcut).then(|| node.addr()),
+            )
+            .apply(&states[2])
+            .unwrap();
+    };
     // Warm up ARP and conntrack.
     let _ = rate(&client, mesh3, Mode::Connect);
     // The paths, entered further and further out; measured in turns, ROUNDS times, and the
     // median of each kept, so a busy machine's swings hit every path alike.
-    let paths: [(&str, &NetNs, SocketAddr); 5] = [
-        (
-            "direct: node3's sbox -> task (the overlay only)",
-            &sbox3,
-            SocketAddr::from((TASK, 80)),
-        ),
-        (
-            "node3 -> sbox's gwbridge address (+ veth hop, sbox DNAT)",
-            &node3,
-            SocketAddr::from((SBOX_GW, 8080)),
-        ),
-        (
-            "node3 -> its own address (+ node DNAT, output hook)",
-            &node3,
-            mesh3,
-        ),
-        (
-            "mesh: client -> node3 (+ underlay hop, prerouting DNAT)",
-            &client,
-            mesh3,
-        ),
-        (
-            "mesh: client -> node1 (the task's own node)",
-            &client,
-            SocketAddr::from((lab.node(1).addr(), 8080)),
-        ),
+    let paths: [Path; 7] = [
+        Path {
+            name: "direct: node3's sbox -> task (the overlay only)",
+            from: &sbox3,
+            to: SocketAddr::from((TASK, 80)),
+            shortcut: false,
+        },
+        Path {
+            name: "node3 -> sbox's gwbridge address (+ veth hop, sbox DNAT)",
+            from: &node3,
+            to: SocketAddr::from((SBOX_GW, 8080)),
+            shortcut: false,
+        },
+        Path {
+            name: "node3 -> its own address (+ node DNAT, output hook)",
+            from: &node3,
+            to: mesh3,
+            shortcut: false,
+        },
+        Path {
+            name: "mesh: client -> node3 (+ underlay hop, prerouting DNAT)",
+            from: &client,
+            to: mesh3,
+            shortcut: false,
+        },
+        Path {
+            name: "mesh: client -> node3, eBPF shortcut (the default)",
+            from: &client,
+            to: mesh3,
+            shortcut: true,
+        },
+        Path {
+            name: "host mode: client -> node1:9090 -> task (no mesh)",
+            from: &client,
+            to: SocketAddr::from((lab.node(1).addr(), HOST_PORT)),
+            shortcut: false,
+        },
+        Path {
+            name: "mesh: client -> node1 (the task's own node)",
+            from: &client,
+            to: SocketAddr::from((lab.node(1).addr(), 8080)),
+            shortcut: false,
+        },
     ];
     for (mode, label) in [
         (Mode::Connect, "a new connection per request"),
         (Mode::KeepAlive, "kept-alive connections, as wrk"),
     ] {
-        measure(&paths, mode, label);
+        measure(&paths, mode, label, &shortcut);
     }
+}
+
+/// One path of the bench: from a namespace to an address, with node 3's shortcut on or off.
+struct Path<'a> {
+    name: &'static str,
+    from: &'a NetNs,
+    to: SocketAddr,
+    shortcut: bool,
 }
 
 /// Every path measured in turns, ROUNDS times; prints each path's median and its ratio to the
 /// first (direct) path.
-fn measure(paths: &[(&str, &NetNs, SocketAddr)], mode: Mode, label: &str) {
+fn measure(paths: &[Path], mode: Mode, label: &str, shortcut: &dyn Fn(bool)) {
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     let mut failed = vec![0u64; paths.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, ns, to)) in paths.iter().enumerate() {
-            let (r, f) = rate(ns, *to, mode);
+    for round in 0..ROUNDS {
+        // Each round starts one path further: a drift over the run (connections per request fill
+        // every namespace's conntrack with TIME_WAIT entries) does not always hit the same path.
+        for k in 0..paths.len() {
+            let i = (k + round) % paths.len();
+            let p = &paths[i];
+            shortcut(p.shortcut);
+            let (r, f) = rate(p.from, p.to, mode);
             runs[i].push(r);
             failed[i] += f;
         }
@@ -296,8 +359,8 @@ fn measure(paths: &[(&str, &NetNs, SocketAddr)], mode: Mode, label: &str) {
         "ingress bench, {label} ({THREADS} client threads, {SECONDS} s per run, {ROUNDS} rounds \
          in turns, median):"
     );
-    for (i, (name, _, _)) in paths.iter().enumerate() {
-        let m = median(&runs[i]);
+    for (i, p) in paths.iter().enumerate() {
+        let (name, m) = (p.name, median(&runs[i]));
         let all: Vec<String> = runs[i].iter().map(|r| format!("{r:.0}")).collect();
         println!(
             "  {name:<58} {m:>7.0} req/s  {:.2}x  (runs {}; {} failed)",
@@ -307,7 +370,14 @@ fn measure(paths: &[(&str, &NetNs, SocketAddr)], mode: Mode, label: &str) {
         );
     }
     println!(
-        "  mesh / direct ({label}): {:.2}x",
+        "  mesh / direct ({label}): {:.2}x with the eBPF shortcut, {:.2}x through nftables",
+        median(&runs[4]) / direct,
         median(&runs[3]) / direct
+    );
+    println!(
+        "  mesh / host mode, same client ({label}): {:.2}x with the eBPF shortcut, {:.2}x through \
+         nftables",
+        median(&runs[4]) / median(&runs[5]).max(1.0),
+        median(&runs[3]) / median(&runs[5]).max(1.0)
     );
 }

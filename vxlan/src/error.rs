@@ -111,6 +111,18 @@ pub enum Error {
         ns: String,
         detail: String,
     },
+
+    /// The routing mesh's eBPF shortcut could not be loaded, attached or updated (the mesh
+    /// keeps working through the node's nftables path).
+    #[error(
+        "routing mesh shortcut: {what} in network namespace {ns:?}: {detail} (run the agent \
+         with --no-fast-path to use the node's nftables path only)"
+    )]
+    MeshPath {
+        what: String,
+        ns: String,
+        detail: String,
+    },
 }
 
 impl Error {

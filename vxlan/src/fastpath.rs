@@ -18,11 +18,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+use aya::programs::links::FdLink;
 use aya::util::KernelVersion;
-use aya::{Ebpf, EbpfLoader};
 use ebpf_common::fastpath::{
     KIND_LOCAL, KIND_REMOTE, MAC_MAP, MacKey, PROG_VETH, PROG_VXLAN, STATS_LEN, STATS_MAP, Target,
 };
@@ -31,6 +30,7 @@ use netns::NetNs;
 use crate::kernel::Link;
 use crate::nl::Counter;
 use crate::spec::Mac;
+use crate::tcx::{attach, chain, link_pin, load_programs, program, runs};
 use crate::{Error, Result};
 
 /// The object built from crate `ebpf` by build.rs.
@@ -76,18 +76,6 @@ pub struct FastPathStats {
     pub passed: u64,
 }
 
-/// An error with its sources, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
-
 fn fp_err<W: Into<String>>(what: W, ns: &str) -> impl FnOnce(String) -> Error + use<W> {
     let (what, ns) = (what.into(), ns.to_string());
     move |detail| Error::FastPath { what, ns, detail }
@@ -106,16 +94,6 @@ pub(crate) fn probe() -> std::result::Result<(), String> {
             .map_err(|e| format!("tc program {name}: {}", chain(&e)))?;
     }
     Ok(())
-}
-
-fn program<'a>(
-    bpf: &'a mut Ebpf,
-    name: &str,
-) -> std::result::Result<&'a mut SchedClassifier, String> {
-    bpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("{name}: {}", chain(&e)))
 }
 
 /// What a device of a sandbox runs: vxlan0 or a task veth.
@@ -160,10 +138,6 @@ impl std::fmt::Debug for Sandbox {
             .field("entries", &self.have.len())
             .finish()
     }
-}
-
-fn link_pin(dir: &Path, dev: &str) -> PathBuf {
-    dir.join(format!("link_{dev}"))
 }
 
 /// The directory of a sandbox's pins.
@@ -368,13 +342,8 @@ impl Sandbox {
             self.bpf = Some(bpf);
         }
         let bpf = self.bpf.as_mut().expect("loaded above");
-        for name in [PROG_VXLAN, PROG_VETH] {
-            let p = program(bpf, name).map_err(fp_err("the object", &self.ns_name))?;
-            if p.fd().is_err() {
-                p.load()
-                    .map_err(|e| fp_err(format!("load {name}"), &self.ns_name)(chain(&e)))?;
-            }
-        }
+        load_programs(bpf, &[PROG_VXLAN, PROG_VETH])
+            .map_err(fp_err("load the programs", &self.ns_name))?;
         let pin = self.pin.clone();
         let results = ns
             .run(|| {
@@ -580,69 +549,7 @@ pub(crate) fn wanted(
 
 /// Loads the object, its maps pinned in `pin` (reused when already there).
 fn load(pin: Option<&Path>) -> std::result::Result<Ebpf, String> {
-    let mut loader = EbpfLoader::new();
-    let paths = pin.map(|d| (d.join(MAC_MAP), d.join(STATS_MAP)));
-    if let Some(d) = pin {
-        std::fs::create_dir_all(d)
-            .map_err(|e| format!("create pin directory {}: {e}", d.display()))?;
-    }
-    if let Some((m, s)) = &paths {
-        loader.map_pin_path(MAC_MAP, m).map_pin_path(STATS_MAP, s);
-    }
-    loader.load(OBJECT).map_err(|e| chain(&e))
-}
-
-/// Whether `dev` (in the calling thread's namespace) runs `prog` on this sandbox's map.
-fn runs(dev: &str, prog: &str, map_id: u32) -> std::result::Result<bool, String> {
-    let (_, progs) =
-        SchedClassifier::query_tcx(dev, TcAttachType::Ingress).map_err(|e| chain(&e))?;
-    for p in progs {
-        if p.name_as_str() == Some(prog)
-            && p.map_ids()
-                .map_err(|e| chain(&e))?
-                .is_some_and(|ids| ids.contains(&map_id))
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// Attaches `p` to `dev`'s TCX ingress (in the calling thread's namespace), after whatever runs
-/// there already; the link is pinned in `pin`, else returned for this process to hold.
-fn attach(
-    p: &mut SchedClassifier,
-    dev: &str,
-    pin: Option<&Path>,
-) -> std::result::Result<Option<FdLink>, String> {
-    let id = p
-        .attach_with_options(
-            dev,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .map_err(|e| chain(&e))?;
-    let link = p.take_link(id).map_err(|e| chain(&e))?;
-    let fd: FdLink = link
-        .try_into()
-        .map_err(|e| format!("not a TCX link: {}", chain(&e)))?;
-    match pin {
-        Some(dir) => {
-            let path = link_pin(dir, dev);
-            // A pin of an earlier device of the same name holds a defunct link.
-            if path.exists() {
-                if let Ok(old) = PinnedLink::from_pin(&path) {
-                    let _ = old.unpin();
-                } else {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-            fd.pin(&path)
-                .map_err(|e| format!("pin the link at {}: {}", path.display(), chain(&e)))?;
-            Ok(None)
-        }
-        None => Ok(Some(fd)),
-    }
+    crate::tcx::load(OBJECT, pin, &[MAC_MAP, STATS_MAP])
 }
 
 #[cfg(test)]

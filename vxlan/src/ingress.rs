@@ -110,6 +110,9 @@ pub struct Ingress {
     node: NetNs,
     sbox: String,
     writes: u64,
+    /// Where the eBPF shortcut is pinned, and the node address it serves (`None`: the
+    /// shortcut is off, and one left by an earlier run goes).
+    shortcut: Option<(PathBuf, Option<Ipv4Addr>)>,
 }
 
 /// Logs one kernel write of the mesh (what an agent restart that should write nothing did).
@@ -162,7 +165,7 @@ fn run(
     ))
 }
 
-fn run_ok(ns: &NetNs, program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run_ok(ns: &NetNs, program: &str, args: &[&str]) -> Result<String> {
     let (ok, out, err) = run(ns, program, args, None)?;
     if !ok {
         return Err(nft_err(&format!("{program} {}", args.join(" ")), ns, err));
@@ -373,6 +376,7 @@ impl Ingress {
             node,
             sbox: format!("{}{SBOX}", prefix.into()),
             writes: 0,
+            shortcut: None,
         }
     }
 
@@ -383,6 +387,50 @@ impl Ingress {
             node,
             sbox: sbox.into(),
             writes: 0,
+            shortcut: None,
+        }
+    }
+
+    /// Uses the eBPF shortcut (`crate::meshpath`) for connections to `addr` (the node's
+    /// address; `None`: off, and a shortcut an earlier run left goes), pinned in `pin_dir` (a
+    /// bpffs directory of its own). Needs TCX, as the overlay fast path does.
+    pub fn with_shortcut(mut self, pin_dir: PathBuf, addr: Option<Ipv4Addr>) -> Ingress {
+        self.shortcut = Some((pin_dir, addr));
+        self
+    }
+
+    /// What the shortcut sent past the node's stack (`None`: it is not in place).
+    pub fn shortcut_stats(&self) -> Result<Option<crate::MeshPathStats>> {
+        match &self.shortcut {
+            Some((dir, _)) => crate::meshpath::stats(&self.node, dir),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes the shortcut match `sbox` (after the tables, so a port it sends into the sbox is
+    /// balanced there already). A failure is logged, not returned: the shortcut goes, and the
+    /// published ports keep answering through the node's nftables path.
+    fn sync_shortcut(&mut self, sbox: Option<&Sbox>) {
+        let Some((dir, addr)) = self.shortcut.clone() else {
+            return;
+        };
+        let want = match (sbox, addr) {
+            (Some(s), Some(a)) => crate::meshpath::want_of(&self.node, &self.sbox, a, s),
+            _ => Ok(None),
+        };
+        match want.and_then(|w| crate::meshpath::sync(&self.node, &dir, w.as_ref())) {
+            Ok(n) => {
+                if n > 0 {
+                    wrote(&self.node, &format!("mesh shortcut ({n} writes)"));
+                }
+                self.writes += n;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the routing mesh's shortcut is off on this node: published ports take the node's nftables path");
+                if let Ok(n) = crate::meshpath::sync(&self.node, &dir, None) {
+                    self.writes += n;
+                }
+            }
         }
     }
 
@@ -432,11 +480,13 @@ impl Ingress {
             self.writes += sysctl(&self.node, "net/ipv4/ip_forward", "1")?;
         }
         self.writes += ensure_table(&self.node, node_body(desired))?;
+        self.sync_shortcut(desired.sbox.as_ref());
         Ok(())
     }
 
     /// Removes the ingress-sbox namespace (its endpoints go with it).
     pub fn remove_sbox(&mut self) -> Result<()> {
+        self.sync_shortcut(None);
         let name = self.sbox_name();
         if netns::exists(&name) {
             netns::delete(&name)?;

@@ -42,11 +42,13 @@ pub mod ipsec;
 pub mod ipsec_nft;
 mod kernel;
 mod links;
+mod meshpath;
 pub mod nft;
 mod nl;
 mod peers;
 mod sandbox;
 mod spec;
+mod tcx;
 
 mod xfrm;
 
@@ -66,6 +68,7 @@ pub use error::{BRIDGE_MAX_PORTS, Error, Result};
 pub use fastpath::{FastPathStats, FastPathStatus};
 pub use ipnet::Ipv4Net;
 pub use ipsec::{IpsecKey, IpsecKeys};
+pub use meshpath::MeshPathStats;
 pub use spec::{
     DEFAULT_GWBRIDGE, DEFAULT_PORT, DesiredState, Endpoint, GatewayEndpoint, GwBridge, Keep, Mac,
     Network, NetworkState, Peer, PeerChanges, Removed, VNI_MAX, VXLAN_OVERHEAD,
@@ -83,7 +86,7 @@ pub const BRIDGE: &str = "br0";
 pub const VXLAN: &str = "vxlan0";
 const SANDBOX_TAG: &str = "1-";
 const EP_TAG: &str = "ve";
-const GW_TAG: &str = "gw";
+pub(crate) const GW_TAG: &str = "gw";
 
 /// How to build a [`Dataplane`].
 #[derive(Debug)]

@@ -380,10 +380,17 @@ impl Executor {
             .ingress_attached()
             .map(|id| lb_netns_name(&self.config.netns_prefix, &id));
         let d = desired.clone();
+        let shortcut = self.config.mesh_bpf_dir.clone().map(|dir| {
+            let on = self.config.fast_path && vxlan::fast_path_status(true).is_active();
+            (dir, on.then_some(self.config.vtep))
+        });
         let writes = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
             let ns = crate::plane::node_netns(node.as_ref())
                 .map_err(|e| Error::Dataplane(e.to_string()))?;
             let mut m = Ingress::with_sbox(ns, sbox.unwrap_or_default());
+            if let Some((dir, addr)) = shortcut {
+                m = m.with_shortcut(dir, addr);
+            }
             if d.sbox.is_some() {
                 m.ensure_sbox_ns()
                     .map_err(|e| Error::Dataplane(format!("ingress-sbox: {e}")))?;

@@ -72,6 +72,10 @@ pub struct Config {
     /// A bpffs directory for the fast path's pins (so a restart adopts them); None: the
     /// process holds its attachments.
     pub bpf_dir: Option<PathBuf>,
+    /// A bpffs directory for the routing mesh's eBPF shortcut (on with the fast path, at the
+    /// node's `vtep` address; `vxlan::ingress::Ingress::with_shortcut`). None: no shortcut,
+    /// published ports take the node's nftables path only.
+    pub mesh_bpf_dir: Option<PathBuf>,
     /// Docker's routing mesh: the ingress sbox SNATs connections to its ingress address (tasks
     /// see the node rather than the client). Off: only destinations are rewritten.
     pub ingress_snat: bool,
@@ -771,6 +775,15 @@ pub fn teardown(config: &Config) -> Result<(), Error> {
     .map_err(|e| Error::Dataplane(e.to_string()))?;
     dp.apply(&vxlan::DesiredState::default())
         .map_err(|e| Error::Dataplane(e.to_string()))?;
+    if let Some(dir) = &config.mesh_bpf_dir {
+        // The mesh's node table and shortcut (the sbox goes with the load-balancer namespaces).
+        let node = crate::plane::node_netns(config.node_netns.as_ref())
+            .map_err(|e| Error::Dataplane(e.to_string()))?;
+        vxlan::ingress::Ingress::new(node, config.netns_prefix.clone())
+            .with_shortcut(dir.clone(), None)
+            .apply(&vxlan::ingress::IngressState::default())
+            .map_err(|e| Error::Dataplane(e.to_string()))?;
+    }
     crate::networks::remove_lb_namespaces(config).map_err(|e| Error::Dataplane(e.to_string()))?;
     let _ = std::fs::remove_file(config.state_dir.join("gwbridge.json"));
     Ok(())

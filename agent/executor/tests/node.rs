@@ -123,6 +123,7 @@ fn config(lab: &Lab, i: usize) -> Config {
         gossip_settle: Duration::from_secs(1),
         fast_path: true,
         bpf_dir: Some(n.bpffs().unwrap().join("fastpath")),
+        mesh_bpf_dir: Some(n.bpffs().unwrap().join("mesh")),
         ingress_snat: false,
         fault_file: None,
     }

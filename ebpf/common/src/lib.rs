@@ -15,6 +15,7 @@
 //!   a map pinned by an older layout is never reused by mistake.
 #![no_std]
 pub mod fastpath;
+pub mod mesh;
 
 /// Name of the service map (and of its pin in the pin directory).
 pub const SVC_MAP: &str = "NA_LB_SVC";

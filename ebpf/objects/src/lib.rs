@@ -8,3 +8,7 @@ pub static LB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 /// The overlay fast path: tc programs on vxlan0 and the tasks' veths.
 pub static FASTPATH: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-fastpath"));
+
+/// The routing mesh's shortcut: tc programs on the node's underlay interface and the
+/// ingress-sbox's host-side veth.
+pub static MESH: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-mesh"));

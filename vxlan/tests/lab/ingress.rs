@@ -244,11 +244,20 @@ fn node_state(
     }
 }
 
+/// Whether the mesh runs with its eBPF shortcut: with the fast path (`NETAGENT_FAST_PATH=1`),
+/// where the kernel has TCX.
+fn shortcut() -> bool {
+    std::env::var_os("NETAGENT_FAST_PATH").is_some_and(|v| v == "1")
+        && vxlan::fast_path_status(true).is_active()
+}
+
 fn mesh(lab: &Lab, i: usize) -> Ingress {
-    Ingress::new(
-        NetNs::open(lab.node(i).ns().name()).unwrap(),
-        node_prefix(lab, i),
-    )
+    let node = lab.node(i);
+    let m = Ingress::new(NetNs::open(node.ns().name()).unwrap(), node_prefix(lab, i));
+    match shortcut() {
+        true => m.with_shortcut(node.bpffs().unwrap().join("mesh"), Some(node.addr())),
+        false => m,
+    }
 }
 
 /// Brings node `i` to `n`; returns the writes of the data plane and the mesh.
@@ -358,6 +367,20 @@ fn routing_mesh_keeps_the_client_address() {
         );
     }
 
+    // With the shortcut, the requests above went past every node's stack both ways.
+    for i in 1..=3 {
+        let stats = mesh(&lab, i).shortcut_stats().unwrap();
+        match shortcut() {
+            true => {
+                let s = stats.unwrap_or_else(|| panic!("node {i} has no shortcut"));
+                assert!(s.to_sbox >= count as u64, "node {i}: {s:?}");
+                assert!(s.to_client >= count as u64, "node {i}: {s:?}");
+                assert_eq!(s.neigh_failed, 0, "node {i}: {s:?}");
+            }
+            false => assert_eq!(stats, None, "node {i}"),
+        }
+    }
+
     // An established connection through node 3 lives by conntrack: the entry's timeout is the
     // namespace's established timeout (set to 7200 s in node 3's sbox to tell it from any
     // default), not IPVS' 900 s.
@@ -386,28 +409,34 @@ fn routing_mesh_keeps_the_client_address() {
     let timeout: u64 = entry.split_whitespace().nth(4).unwrap().parse().unwrap();
     eprintln!("sbox conntrack entry: {entry}");
     assert!((7190..=7200).contains(&timeout), "{entry}");
-    let node_est: u64 = lab
-        .node(3)
-        .run_ok(&["sysctl", "-n", &key.replace('/', ".")])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     let node_entries = conntrack(&NetNs::open(lab.node(3).ns().name()).unwrap());
     let node_entry = node_entries
         .iter()
-        .find(|l| l.contains(&format!("sport={local} ")) && l.contains("ESTABLISHED"))
-        .unwrap_or_else(|| panic!("no node conntrack entry: {node_entries:?}"));
-    let t: u64 = node_entry
-        .split_whitespace()
-        .nth(4)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        t + 10 >= node_est && t <= node_est,
-        "{node_entry} vs {node_est}"
-    );
+        .find(|l| l.contains(&format!("sport={local} ")) && l.contains("ESTABLISHED"));
+    if shortcut() {
+        // The shortcut sends the connection past node 3's stack: only the sbox tracks it.
+        assert!(node_entry.is_none(), "{node_entry:?}");
+    } else {
+        let node_est: u64 = lab
+            .node(3)
+            .run_ok(&["sysctl", "-n", &key.replace('/', ".")])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let node_entry =
+            node_entry.unwrap_or_else(|| panic!("no node conntrack entry: {node_entries:?}"));
+        let t: u64 = node_entry
+            .split_whitespace()
+            .nth(4)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            t + 10 >= node_est && t <= node_est,
+            "{node_entry} vs {node_est}"
+        );
+    }
     drop(held);
 
     // mode=host: node 1 publishes 9090 straight to its task; node 2 does not open it.
@@ -458,6 +487,11 @@ fn routing_mesh_keeps_the_client_address() {
             "{}ingress_sbox",
             node_prefix(&lab, i)
         )));
+        assert_eq!(
+            m.shortcut_stats().unwrap(),
+            None,
+            "node {i} keeps its shortcut"
+        );
     }
     for (t, path) in &tasks {
         let mut m = mesh(&lab, *t);

@@ -1,0 +1,103 @@
+//! Map keys and values of the routing mesh's shortcut (tc programs in `ebpf/src/mesh.rs`, loaded
+//! per node by `vxlan::meshpath`).
+//!
+//! One [`PORT_MAP`] per node: `(node address, published port, protocol)` -> the ingress-sbox's
+//! host-side veth on docker_gwbridge and the interface that holds the address. A connection to
+//! that address and port arriving on that interface goes straight into the sbox, unchanged
+//! (`bpf_redirect_peer`); the sbox balances it as before, and its answers, whose source is then
+//! that same address and port, go straight out of the interface (`bpf_redirect_neigh`). The
+//! node's own stack (its nftables DNAT, docker_gwbridge, its conntrack) sees neither direction.
+//!
+//! Addresses and ports are in network byte order, as they are in the packet.
+
+/// Name of the port map (and of its pin).
+pub const PORT_MAP: &str = "NA_MESH_PORT";
+/// Name of the per-CPU counters (and of its pin): [`Stat`] indexes it.
+pub const STATS_MAP: &str = "NA_MESH_STATS";
+/// Capacity of the port map: node addresses times published ports.
+pub const PORT_MAX_ENTRIES: u32 = 1 << 14;
+/// The program on the ingress of the interface holding the node's address.
+pub const PROG_IN: &str = "na_mesh_in";
+/// The program on the ingress of the sbox's host-side veth (what the sbox sends).
+pub const PROG_OUT: &str = "na_mesh_out";
+
+/// IP protocol numbers, as the key holds them.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Counters, one slot each in [`STATS_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// A client's packet into the sbox.
+    ToSbox = 0,
+    /// The sbox's answer out of the node's interface.
+    ToClient = 1,
+    /// An answer the neighbour table could not send (dropped by the kernel).
+    NeighFailed = 2,
+}
+
+/// Number of slots in [`STATS_MAP`].
+pub const STATS_LEN: u32 = 3;
+
+/// A published port on one of the node's addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    /// The node's address, network byte order (`u32::from_ne_bytes(octets)`).
+    pub addr: u32,
+    /// The published port, network byte order.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Where a published port's packets go, both ways.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortTarget {
+    /// The sbox's host-side veth on docker_gwbridge (its peer is the sbox's interface).
+    pub sbox: u32,
+    /// The interface that holds the address (where clients' packets arrive, answers leave).
+    pub out: u32,
+}
+
+impl PortKey {
+    pub const fn new(addr: [u8; 4], port: u16, proto: u8) -> PortKey {
+        PortKey {
+            addr: u32::from_ne_bytes(addr),
+            port: port.to_be(),
+            proto,
+            pad: 0,
+        }
+    }
+}
+
+// SAFETY: plain #[repr(C)] integers with explicit padding: every bit pattern is valid and there
+// are no implicit padding bytes.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortKey {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortTarget {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<PortKey>(), 8);
+        assert_eq!(core::mem::size_of::<PortTarget>(), 8);
+        assert!(PORT_MAP.len() < 16 && STATS_MAP.len() < 16);
+        assert!(PROG_IN.len() < 16 && PROG_OUT.len() < 16);
+    }
+
+    #[test]
+    fn keys_hold_network_byte_order() {
+        let k = PortKey::new([10, 0, 0, 1], 8080, PROTO_TCP);
+        assert_eq!(k.addr.to_ne_bytes(), [10, 0, 0, 1]);
+        assert_eq!(k.port.to_ne_bytes(), 8080u16.to_be_bytes());
+    }
+}
