@@ -320,7 +320,7 @@ fn main() {
         (Mode::Connect, "a new connection per request"),
         (Mode::KeepAlive, "kept-alive connections, as wrk"),
     ] {
-        measure(&paths, mode, label, &shortcut);
+        measure(&paths, mode, label, &shortcut, &task);
     }
 }
 
@@ -332,11 +332,36 @@ struct Path<'a> {
     shortcut: bool,
 }
 
+/// SYNs the task's TIME_WAIT sockets refused for an older timestamp (`TcpExt PAWSTimewait` in
+/// `ns`): the client then sends its SYN again a second later.
+fn paws_rejects(ns: &NetNs) -> u64 {
+    let text = ns
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/netstat"))
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with("TcpExt:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    match rows.as_slice() {
+        [names, values, ..] => names
+            .iter()
+            .position(|n| *n == "PAWSTimewait")
+            .and_then(|i| values.get(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Every path measured in turns, ROUNDS times; prints each path's median and its ratio to the
 /// first (direct) path.
-fn measure(paths: &[Path], mode: Mode, label: &str, shortcut: &dyn Fn(bool)) {
+fn measure(paths: &[Path], mode: Mode, label: &str, shortcut: &dyn Fn(bool), task: &NetNs) {
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     let mut failed = vec![0u64; paths.len()];
+    let mut ct = vec![0u64; paths.len()];
     for round in 0..ROUNDS {
         // Each round starts one path further: a drift over the run (connections per request fill
         // every namespace's conntrack with TIME_WAIT entries) does not always hit the same path.
@@ -344,7 +369,9 @@ fn measure(paths: &[Path], mode: Mode, label: &str, shortcut: &dyn Fn(bool)) {
             let i = (k + round) % paths.len();
             let p = &paths[i];
             shortcut(p.shortcut);
+            let before = paws_rejects(task);
             let (r, f) = rate(p.from, p.to, mode);
+            ct[i] += paws_rejects(task) - before;
             runs[i].push(r);
             failed[i] += f;
         }
@@ -363,10 +390,12 @@ fn measure(paths: &[Path], mode: Mode, label: &str, shortcut: &dyn Fn(bool)) {
         let (name, m) = (p.name, median(&runs[i]));
         let all: Vec<String> = runs[i].iter().map(|r| format!("{r:.0}")).collect();
         println!(
-            "  {name:<58} {m:>7.0} req/s  {:.2}x  (runs {}; {} failed)",
+            "  {name:<58} {m:>7.0} req/s  {:.2}x  (runs {}; {} failed; {} SYNs refused by the \
+             task's TIME_WAIT for an older timestamp)",
             m / direct,
             all.join(", "),
-            failed[i]
+            failed[i],
+            ct[i]
         );
     }
     println!(

@@ -43,7 +43,7 @@ pub(crate) fn load(
         std::fs::create_dir_all(d)
             .map_err(|e| format!("create pin directory {}: {e}", d.display()))?;
         for m in maps {
-            loader.map_pin_path(*m, d.join(m));
+            loader.map_pin_path(m, d.join(m));
         }
     }
     loader.load(object).map_err(|e| chain(&e))

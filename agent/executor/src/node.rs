@@ -72,10 +72,13 @@ pub struct Config {
     /// A bpffs directory for the fast path's pins (so a restart adopts them); None: the
     /// process holds its attachments.
     pub bpf_dir: Option<PathBuf>,
-    /// A bpffs directory for the routing mesh's eBPF shortcut (on with the fast path, at the
-    /// node's `vtep` address; `vxlan::ingress::Ingress::with_shortcut`). None: no shortcut,
-    /// published ports take the node's nftables path only.
+    /// A bpffs directory for the routing mesh's eBPF shortcut (`vxlan::ingress::Ingress::
+    /// with_shortcut`, at the node's `vtep` address). None: no shortcut, published ports take
+    /// the node's nftables path only.
     pub mesh_bpf_dir: Option<PathBuf>,
+    /// Whether the shortcut is wanted (`--mesh-shortcut`, experimental; with the fast path only).
+    /// Off: one an earlier run left in `mesh_bpf_dir` is removed.
+    pub mesh_shortcut: bool,
     /// Docker's routing mesh: the ingress sbox SNATs connections to its ingress address (tasks
     /// see the node rather than the client). Off: only destinations are rewritten.
     pub ingress_snat: bool,
