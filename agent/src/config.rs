@@ -26,8 +26,7 @@
 //! metrics_addr = "127.0.0.1:9323"  # also serve GET /metrics on TCP (always on the API socket)
 //! lb = "auto"                      # service VIPs: "ebpf", "ipvs" or "auto" (eBPF if the kernel can)
 //! bpf_dir = "/sys/fs/bpf/netagent" # where the eBPF load balancer pins its maps (a bpffs)
-//! fast_path = true                 # the eBPF overlay fast path (false: --no-fast-path)
-//! mesh_shortcut = false            # the routing mesh's eBPF shortcut (experimental, needs the fast path)
+//! fast_path = true                 # the eBPF overlay fast path and mesh shortcut (false: --no-fast-path)
 //! ingress_snat = false             # Docker's mesh: tasks see the node, not the client
 //! ```
 
@@ -141,8 +140,9 @@ pub struct Args {
     /// restarted agent adopts them.
     #[arg(long)]
     pub bpf_dir: Option<PathBuf>,
-    /// Leave every overlay frame to the sandbox bridges instead of the eBPF fast path (used by
-    /// default where the kernel can run it: Linux >= 6.6 with TCX).
+    /// Leave every overlay frame to the sandbox bridges instead of the eBPF fast path, and
+    /// published ports to the node's nftables path instead of the routing mesh's eBPF shortcut
+    /// (both used by default where the kernel can run them: Linux >= 6.6 with TCX).
     #[arg(long)]
     pub no_fast_path: bool,
     /// Docker's routing mesh on this node: connections through its published ports reach the
@@ -150,11 +150,6 @@ pub struct Args {
     /// the routing, and the task no longer sees the client's address.
     #[arg(long)]
     pub ingress_snat: bool,
-    /// Experimental: take connections to this node's data-path address on published ports past
-    /// its own stack with tc programs (needs the fast path). Faster on kept-alive connections;
-    /// under a high rate of new connections some SYNs meet a task's TIME_WAIT and wait a second.
-    #[arg(long)]
-    pub mesh_shortcut: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -186,7 +181,6 @@ struct FileConfig {
     bpf_dir: Option<PathBuf>,
     fast_path: Option<bool>,
     ingress_snat: Option<bool>,
-    mesh_shortcut: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,8 +223,6 @@ pub struct Config {
     pub fast_path: bool,
     /// Whether the node's ingress sbox SNATs mesh connections (`--ingress-snat`).
     pub ingress_snat: bool,
-    /// Whether the routing mesh's eBPF shortcut is wanted (`--mesh-shortcut`).
-    pub mesh_shortcut: bool,
 }
 
 impl Config {
@@ -359,7 +351,6 @@ impl Config {
                 .unwrap_or_else(|| "/sys/fs/bpf/netagent".into()),
             fast_path: !args.no_fast_path && file.fast_path.unwrap_or(true),
             ingress_snat: args.ingress_snat || file.ingress_snat.unwrap_or(false),
-            mesh_shortcut: args.mesh_shortcut || file.mesh_shortcut.unwrap_or(false),
         })
     }
 

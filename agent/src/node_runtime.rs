@@ -75,8 +75,8 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
         },
         false => None,
     };
-    // The mesh's shortcut pins there too. Without it (or the fast path) the directory stays
-    // named, so a shortcut an earlier run left is removed.
+    // The mesh's shortcut pins there too. With the fast path off it stays named, so a shortcut
+    // an earlier run left is removed.
     let mesh_bpf_dir = match (cfg.fast_path, &fast_bpf_dir) {
         (true, None) => None,
         _ => Some(cfg.bpf_dir.join("mesh")),
@@ -98,7 +98,6 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
         fast_path: cfg.fast_path,
         bpf_dir: fast_bpf_dir,
         mesh_bpf_dir,
-        mesh_shortcut: cfg.mesh_shortcut,
         ingress_snat: cfg.ingress_snat,
         fault_file: std::env::var_os(executor::node::FAULT_ENV).map(std::path::PathBuf::from),
     })

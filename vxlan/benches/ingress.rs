@@ -261,10 +261,7 @@ fn main() {
     let shortcut = |on: bool| {
         let node = lab.node(3);
         Ingress::new(NetNs::open(node.ns().name()).unwrap(), prefix(3))
-            .with_shortcut(
-                node.bpffs().unwrap().join("mesh"),
-                (on && can_shortcut).then(|| node.addr()),
-            )
+            .with_shortcut(node.bpffs().unwrap().join("mesh"), on && can_shortcut)
             .apply(&states[2])
             .unwrap();
     };

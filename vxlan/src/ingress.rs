@@ -110,9 +110,9 @@ pub struct Ingress {
     node: NetNs,
     sbox: String,
     writes: u64,
-    /// Where the eBPF shortcut is pinned, and the node address it serves (`None`: the
-    /// shortcut is off, and one left by an earlier run goes).
-    shortcut: Option<(PathBuf, Option<Ipv4Addr>)>,
+    /// Where the eBPF shortcut is pinned, and whether it is on (off: one an earlier run left
+    /// goes).
+    shortcut: Option<(PathBuf, bool)>,
 }
 
 /// Logs one kernel write of the mesh (what an agent restart that should write nothing did).
@@ -391,11 +391,11 @@ impl Ingress {
         }
     }
 
-    /// Uses the eBPF shortcut (`crate::meshpath`) for connections to `addr` (the node's
-    /// address; `None`: off, and a shortcut an earlier run left goes), pinned in `pin_dir` (a
+    /// Uses the eBPF shortcut (`crate::meshpath`) for clients' connections to the node's
+    /// addresses (`on` false: none, and one an earlier run left goes), pinned in `pin_dir` (a
     /// bpffs directory of its own). Needs TCX, as the overlay fast path does.
-    pub fn with_shortcut(mut self, pin_dir: PathBuf, addr: Option<Ipv4Addr>) -> Ingress {
-        self.shortcut = Some((pin_dir, addr));
+    pub fn with_shortcut(mut self, pin_dir: PathBuf, on: bool) -> Ingress {
+        self.shortcut = Some((pin_dir, on));
         self
     }
 
@@ -411,11 +411,11 @@ impl Ingress {
     /// balanced there already). A failure is logged, not returned: the shortcut goes, and the
     /// published ports keep answering through the node's nftables path.
     fn sync_shortcut(&mut self, sbox: Option<&Sbox>) {
-        let Some((dir, addr)) = self.shortcut.clone() else {
+        let Some((dir, on)) = self.shortcut.clone() else {
             return;
         };
-        let want = match (sbox, addr) {
-            (Some(s), Some(a)) => crate::meshpath::want_of(&self.node, &self.sbox, a, s),
+        let want = match (sbox, on) {
+            (Some(s), true) => crate::meshpath::want_of(&self.node, &self.sbox, s),
             _ => Ok(None),
         };
         match want.and_then(|w| crate::meshpath::sync(&self.node, &dir, w.as_ref())) {

@@ -1,22 +1,27 @@
-//! The routing mesh's shortcut: tc programs (crate `ebpf`, binary `netagent-mesh`) on the
-//! interface that holds the node's address and on the ingress-sbox's host-side veth, with one
-//! port map per node (`ebpf_common::mesh`).
+//! The routing mesh's shortcut: tc programs (crate `ebpf`, binary `netagent-mesh`) on every
+//! interface that holds a node address and on the ingress-sbox's host-side veth, with a port map
+//! and a flow map per node (`ebpf_common::mesh`).
 //!
-//! - A client's packet for a published port of that address goes straight into the sbox
-//!   (`bpf_redirect_peer`), unchanged: the sbox's table balances it by port whatever the
-//!   destination address, as it does the node's DNATed packets.
-//! - The sbox's answer, whose source is then the node's address and the published port, leaves
-//!   straight by that interface (`bpf_redirect_neigh`).
+//! - A client's packet for a published port of a node address gets the sbox's docker_gwbridge
+//!   address as destination, exactly as the node's nftables DNAT would give it, and goes
+//!   straight into the sbox (`bpf_redirect_peer`). The sbox's conntrack therefore sees the same
+//!   connection whichever way a packet came: a client whose port the sbox saw through nftables
+//!   a moment ago (before the shortcut was attached, or to the node's own address from the node)
+//!   is not a second connection that clashes with the first (which would make the sbox remap
+//!   the client's port, and the task's TIME_WAIT refuse the remapped SYNs).
+//! - The flow map remembers the node address and interface of each client's connection; the
+//!   sbox's answer gets that address back as source and leaves by that interface
+//!   (`bpf_redirect_neigh`).
 //!
 //! So the node's own stack (its nftables DNAT, docker_gwbridge, a second conntrack entry) is not
 //! on the path; the sbox's conntrack still holds the connection. Only ports with running tasks
-//! are in the map (a port without backends is refused by the sbox through the node's path).
-//! Other addresses of the node, the node's own connections (output hook), fragments and IP
-//! options take the nftables path, which stays in place.
+//! are in the port map (a port without backends is refused by the sbox through the node's
+//! path). The node's own connections (output hook), fragments and IP options take the nftables
+//! path, which stays in place and gives the sbox the same tuples.
 //!
 //! Everything is pinned under one directory per node (a bpffs), so the maps and links outlive the
 //! process that made them: the data plane's handles are short-lived, and a restarted agent adopts
-//! them and writes nothing.
+//! them (flows included) and writes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -24,7 +29,8 @@ use std::path::Path;
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use ebpf_common::mesh::{
-    PORT_MAP, PROG_IN, PROG_OUT, PROTO_TCP, PROTO_UDP, PortKey, PortTarget, STATS_LEN, STATS_MAP,
+    FLOW_MAP, PORT_MAP, PROG_IN, PROG_OUT, PROTO_TCP, PROTO_UDP, PortKey, PortTarget, STATS_LEN,
+    STATS_MAP,
 };
 use netns::NetNs;
 
@@ -39,8 +45,8 @@ static OBJECT: &[u8] = ebpf_objects::MESH;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Want {
     pub entries: BTreeMap<PortKey, PortTarget>,
-    /// The interface holding the node's address (runs [`PROG_IN`]).
-    pub underlay: String,
+    /// The interfaces holding the node's addresses (run [`PROG_IN`]).
+    pub underlays: Vec<String>,
     /// The sbox's host-side veth (runs [`PROG_OUT`]).
     pub sbox_veth: String,
 }
@@ -52,8 +58,10 @@ pub struct MeshPathStats {
     pub to_sbox: u64,
     /// The sbox's answers straight out of the node's interface.
     pub to_client: u64,
-    /// Answers the kernel could not send by its neighbour table (left to the node's stack).
+    /// Answers the kernel could not send by its neighbour table (dropped).
     pub neigh_failed: u64,
+    /// Packets whose address rewrite failed (dropped).
+    pub rewrite_failed: u64,
 }
 
 fn err<W: Into<String>>(what: W, ns: &NetNs) -> impl FnOnce(String) -> Error + use<W> {
@@ -64,14 +72,10 @@ fn err<W: Into<String>>(what: W, ns: &NetNs) -> impl FnOnce(String) -> Error + u
 type PortMap = HashMap<MapData, PortKey, PortTarget>;
 
 /// What the shortcut of the node namespace `node` should hold for the sbox `sbox` in namespace
-/// `sbox_ns`: every published port with running tasks on the node's address `addr`. `None` when
-/// there is nothing to shortcut: no such port, no interface holding `addr`, or no sbox veth yet.
-pub(crate) fn want_of(
-    node: &NetNs,
-    sbox_ns: &str,
-    addr: Ipv4Addr,
-    sbox: &Sbox,
-) -> Result<Option<Want>> {
+/// `sbox_ns`: every published port with running tasks on every address of the node's interfaces
+/// (not loopback, not bridges such as docker_gwbridge). `None` when there is nothing to
+/// shortcut: no such port or address, or no sbox veth yet.
+pub(crate) fn want_of(node: &NetNs, sbox_ns: &str, sbox: &Sbox) -> Result<Option<Want>> {
     let ports: BTreeSet<(Proto, u16)> = sbox
         .ports
         .iter()
@@ -86,55 +90,73 @@ pub(crate) fn want_of(
         &Path::new(netns::NETNS_RUN_DIR).join(sbox_ns),
         SBOX_GW_IF,
     );
-    let out = crate::ingress::run_ok(node, "ip", &["-j", "addr", "show"])?;
+    let out = crate::ingress::run_ok(node, "ip", &["-j", "-d", "addr", "show"])?;
     let links: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     let links = links.as_array().cloned().unwrap_or_default();
-    let index = |l: &serde_json::Value| l["ifindex"].as_u64().and_then(|i| u32::try_from(i).ok());
-    let underlay = links.iter().find(|l| {
-        l["addr_info"].as_array().is_some_and(|a| {
-            a.iter()
-                .any(|i| i["family"] == "inet" && i["local"] == addr.to_string().as_str())
-        })
-    });
-    let sbox_link = links.iter().find(|l| l["ifname"] == veth.as_str());
-    let (Some(u), Some(v)) = (underlay, sbox_link) else {
-        return Ok(None);
-    };
-    let (Some(u_index), Some(v_index), Some(u_name)) = (index(u), index(v), u["ifname"].as_str())
+    let Some(sbox_index) = links
+        .iter()
+        .find(|l| l["ifname"] == veth.as_str())
+        .and_then(|l| l["ifindex"].as_u64())
+        .and_then(|i| u32::try_from(i).ok())
     else {
         return Ok(None);
     };
     let target = PortTarget {
-        sbox: v_index,
-        out: u_index,
+        sbox: sbox_index,
+        sbox_addr: u32::from_ne_bytes(sbox.gw_addr.octets()),
     };
-    let entries = ports
-        .into_iter()
-        .map(|(proto, port)| {
-            let proto = match proto {
-                Proto::Tcp => PROTO_TCP,
-                Proto::Udp => PROTO_UDP,
-            };
-            (PortKey::new(addr.octets(), port, proto), target)
-        })
-        .collect();
+    let mut entries = BTreeMap::new();
+    let mut underlays = Vec::new();
+    for l in &links {
+        let (Some(name), kind) = (l["ifname"].as_str(), l["linkinfo"]["info_kind"].as_str()) else {
+            continue;
+        };
+        if name == "lo" || kind == Some("bridge") {
+            continue;
+        }
+        let addrs: Vec<Ipv4Addr> = l["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["family"] == "inet" && i["scope"] == "global")
+            .filter_map(|i| i["local"].as_str()?.parse().ok())
+            .collect();
+        if addrs.is_empty() {
+            continue;
+        }
+        underlays.push(name.to_string());
+        for a in addrs {
+            for (proto, port) in &ports {
+                let proto = match proto {
+                    Proto::Tcp => PROTO_TCP,
+                    Proto::Udp => PROTO_UDP,
+                };
+                entries.insert(PortKey::new(a.octets(), *port, proto), target);
+            }
+        }
+    }
+    if entries.is_empty() {
+        return Ok(None);
+    }
     Ok(Some(Want {
         entries,
-        underlay: u_name.to_string(),
+        underlays,
         sbox_veth: veth,
     }))
 }
 
-/// The pinned port map and its id, when there is one.
+/// The pinned port map and the id of the pinned flow map (which both programs use), when
+/// there are.
 fn pinned_map(dir: &Path, ns: &NetNs) -> Result<Option<(PortMap, u32)>> {
-    let path = dir.join(PORT_MAP);
-    if !path.exists() {
+    let (path, flows) = (dir.join(PORT_MAP), dir.join(FLOW_MAP));
+    if !path.exists() || !flows.exists() {
         return Ok(None);
     }
     let m = MapData::from_pin(&path).map_err(|e| err("open the pinned port map", ns)(chain(&e)))?;
-    let id = m
+    let id = MapData::from_pin(&flows)
+        .map_err(|e| err("open the pinned flow map", ns)(chain(&e)))?
         .info()
-        .map_err(|e| err("the port map's id", ns)(chain(&e)))?
+        .map_err(|e| err("the flow map's id", ns)(chain(&e)))?
         .id();
     let map = HashMap::try_from(aya::maps::Map::HashMap(m))
         .map_err(|e| err("the port map", ns)(chain(&e)))?;
@@ -152,7 +174,7 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
     let (mut map, map_id) = match pinned_map(dir, ns)? {
         Some(m) => m,
         None => {
-            let mut b = crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, STATS_MAP])
+            let mut b = crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, FLOW_MAP, STATS_MAP])
                 .map_err(err("load the programs", ns))?;
             writes += 1;
             bpf_ready(&mut b, ns)?;
@@ -163,10 +185,12 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
     };
     // Both programs run before the map points anything into the sbox: an answer that took the
     // node's stack would carry one of the node's own addresses in from docker_gwbridge.
-    let devs = [
-        (want.underlay.as_str(), PROG_IN),
-        (want.sbox_veth.as_str(), PROG_OUT),
-    ];
+    let mut devs: Vec<(&str, &str)> = want
+        .underlays
+        .iter()
+        .map(|u| (u.as_str(), PROG_IN))
+        .collect();
+    devs.push((want.sbox_veth.as_str(), PROG_OUT));
     let live: BTreeSet<String> = devs
         .iter()
         .map(|(d, _)| crate::tcx::link_pin(dir, d))
@@ -194,7 +218,7 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
             continue;
         }
         if bpf.is_none() {
-            let mut b = crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, STATS_MAP])
+            let mut b = crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, FLOW_MAP, STATS_MAP])
                 .map_err(err("load the programs", ns))?;
             bpf_ready(&mut b, ns)?;
             bpf = Some(b);
@@ -281,5 +305,6 @@ pub(crate) fn stats(ns: &NetNs, dir: &Path) -> Result<Option<MeshPathStats>> {
         to_sbox: v[0],
         to_client: v[1],
         neigh_failed: v[2],
+        rewrite_failed: v[3],
     }))
 }

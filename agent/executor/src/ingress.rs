@@ -381,10 +381,8 @@ impl Executor {
             .map(|id| lb_netns_name(&self.config.netns_prefix, &id));
         let d = desired.clone();
         let shortcut = self.config.mesh_bpf_dir.clone().map(|dir| {
-            let on = self.config.mesh_shortcut
-                && self.config.fast_path
-                && vxlan::fast_path_status(true).is_active();
-            (dir, on.then_some(self.config.vtep))
+            let on = self.config.fast_path && vxlan::fast_path_status(true).is_active();
+            (dir, on)
         });
         let writes = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
             let ns = crate::plane::node_netns(node.as_ref())

@@ -73,12 +73,9 @@ pub struct Config {
     /// process holds its attachments.
     pub bpf_dir: Option<PathBuf>,
     /// A bpffs directory for the routing mesh's eBPF shortcut (`vxlan::ingress::Ingress::
-    /// with_shortcut`, at the node's `vtep` address). None: no shortcut, published ports take
-    /// the node's nftables path only.
+    /// with_shortcut`; on with the fast path, off otherwise, when one an earlier run left is
+    /// removed). None: no shortcut, published ports take the node's nftables path only.
     pub mesh_bpf_dir: Option<PathBuf>,
-    /// Whether the shortcut is wanted (`--mesh-shortcut`, experimental; with the fast path only).
-    /// Off: one an earlier run left in `mesh_bpf_dir` is removed.
-    pub mesh_shortcut: bool,
     /// Docker's routing mesh: the ingress sbox SNATs connections to its ingress address (tasks
     /// see the node rather than the client). Off: only destinations are rewritten.
     pub ingress_snat: bool,
@@ -783,7 +780,7 @@ pub fn teardown(config: &Config) -> Result<(), Error> {
         let node = crate::plane::node_netns(config.node_netns.as_ref())
             .map_err(|e| Error::Dataplane(e.to_string()))?;
         vxlan::ingress::Ingress::new(node, config.netns_prefix.clone())
-            .with_shortcut(dir.clone(), None)
+            .with_shortcut(dir.clone(), false)
             .apply(&vxlan::ingress::IngressState::default())
             .map_err(|e| Error::Dataplane(e.to_string()))?;
     }

@@ -124,7 +124,6 @@ fn config(lab: &Lab, i: usize) -> Config {
         fast_path: true,
         bpf_dir: Some(n.bpffs().unwrap().join("fastpath")),
         mesh_bpf_dir: Some(n.bpffs().unwrap().join("mesh")),
-        mesh_shortcut: false,
         ingress_snat: false,
         fault_file: None,
     }

@@ -255,7 +255,7 @@ fn mesh(lab: &Lab, i: usize) -> Ingress {
     let node = lab.node(i);
     let m = Ingress::new(NetNs::open(node.ns().name()).unwrap(), node_prefix(lab, i));
     match shortcut() {
-        true => m.with_shortcut(node.bpffs().unwrap().join("mesh"), Some(node.addr())),
+        true => m.with_shortcut(node.bpffs().unwrap().join("mesh"), true),
         false => m,
     }
 }
@@ -402,6 +402,16 @@ fn routing_mesh_keeps_the_client_address() {
         .unwrap();
     let local = held.local_addr().unwrap().port();
     let entries = conntrack(&sbox3);
+    // The sbox sees the connection as the node's DNAT gives it (to the sbox's docker_gwbridge
+    // address), with or without the shortcut: one client port is one connection either way.
+    let sbox_view = entries
+        .iter()
+        .find(|l| l.contains(&format!("sport={local} ")))
+        .unwrap_or_else(|| panic!("no sbox entry for port {local}: {entries:?}"));
+    assert!(
+        sbox_view.contains(&format!("src={client} dst={SBOX_GW} ")),
+        "{sbox_view}"
+    );
     let entry = entries
         .iter()
         .find(|l| l.contains(&format!("sport={local} ")) && l.contains("ESTABLISHED"))
