@@ -462,6 +462,38 @@ fn routing_mesh_keeps_the_client_address() {
         assert_eq!(converge(&lab, i + 1, n), (0, 0), "node {}", i + 1);
     }
 
+    // A connection made through node 3's nftables path continues once the shortcut is attached
+    // (the sbox sees the same tuple): the client's byte reaches the task, whose close comes back
+    // as an orderly end of stream, not a reset or silence.
+    if shortcut() {
+        let node = lab.node(3);
+        let plain = || {
+            Ingress::new(NetNs::open(node.ns().name()).unwrap(), node_prefix(&lab, 3))
+                .with_shortcut(node.bpffs().unwrap().join("mesh"), false)
+        };
+        plain().apply(&nodes[2].ingress).unwrap();
+        assert_eq!(plain().shortcut_stats().unwrap(), None);
+        let mut c = client_ns
+            .run(|| TcpStream::connect((node.addr(), 8080)).unwrap())
+            .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = String::new();
+        BufReader::new(c.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("task="), "{line}");
+        mesh(&lab, 3).apply(&nodes[2].ingress).unwrap();
+        let before = mesh(&lab, 3).shortcut_stats().unwrap().unwrap();
+        c.write_all(b"x").unwrap();
+        let mut rest = [0u8; 64];
+        let n = c
+            .read(&mut rest)
+            .expect("the task's close, through the shortcut");
+        assert_eq!(n, 0, "{:?}", &rest[..n]);
+        let after = mesh(&lab, 3).shortcut_stats().unwrap().unwrap();
+        assert!(after.to_sbox > before.to_sbox && after.to_client > before.to_client);
+    }
+
     // Docker's SNAT as an option: through node 3 the tasks then see its sbox.
     let snat = node_state(
         &lab,
