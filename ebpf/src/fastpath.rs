@@ -63,10 +63,7 @@ fn lookup(ctx: &TcContext) -> Option<Target> {
 
 #[inline(always)]
 fn count(s: Stat) {
-    if let Some(c) = STATS.get_ptr_mut(s as u32) {
-        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
-        unsafe { *c += 1 };
-    }
+    crate::runtime::bump(&STATS, s as u32);
 }
 
 #[inline(always)]
@@ -91,12 +88,3 @@ fn redirect(ifindex: u32, peer: bool, s: Stat) -> i32 {
     count(s);
     r as i32
 }
-
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 11] = *b"Apache-2.0\0";

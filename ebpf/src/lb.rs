@@ -39,10 +39,7 @@ static CNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_ENTRIES, 0);
 /// One array lookup: O(1) whatever the number of services.
 #[inline(always)]
 fn bump(c: Counter) {
-    if let Some(p) = CNT.get_ptr_mut(c.index()) {
-        // SAFETY: the pointer is this CPU's slot of an array value, valid for the program's run.
-        unsafe { *p += 1 };
-    }
+    crate::runtime::bump(&CNT, c.index());
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -238,12 +235,3 @@ fn reverse<const V6: bool>(ctx: &SockAddrContext) {
         }
     }
 }
-
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 11] = *b"Apache-2.0\0";

@@ -6,6 +6,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod mesh;
+#[cfg(target_arch = "bpf")]
+mod runtime;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
