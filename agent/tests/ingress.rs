@@ -469,7 +469,12 @@ fn published_port_answers_on_every_node_with_the_client_address() {
     let err = s.ctl_err(1, &["network", "rm", "ingress"]);
     assert!(err.contains("ingress recreate"), "{err}");
 
-    // The last publishing service gone: every node's table goes.
+    // The last publishing service gone: every node's table goes, and its eBPF shortcut (the
+    // programs detach with their pins).
+    let mesh_pins = |i: usize| s.lab.node(i).dir().join("bpf").join("mesh");
+    for i in 1..=3 {
+        assert_eq!(mesh_pins(i).exists(), shortcut, "node{i}");
+    }
     s.ctl(1, &["service", "rm", "web"]);
     for i in 1..=3 {
         s.wait(&format!("node{i} has no ingress table"), || {
@@ -479,6 +484,9 @@ fn published_port_answers_on_every_node_with_the_client_address() {
                 .unwrap()
                 .status
                 .success()
+        });
+        s.wait(&format!("node{i} has no mesh shortcut"), || {
+            !mesh_pins(i).exists()
         });
     }
     drop(s);
