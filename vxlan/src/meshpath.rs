@@ -72,8 +72,8 @@ fn err<W: Into<String>>(what: W, ns: &NetNs) -> impl FnOnce(String) -> Error + u
 type PortMap = HashMap<MapData, PortKey, PortTarget>;
 
 /// What the shortcut of the node namespace `node` should hold for the sbox `sbox` in namespace
-/// `sbox_ns`: every published port with running tasks on every address of the node's interfaces
-/// (not loopback, not bridges such as docker_gwbridge). `None` when there is nothing to
+/// `sbox_ns`: every published port with running tasks on every address of the node's Ethernet
+/// interfaces (not bridges such as docker_gwbridge). `None` when there is nothing to
 /// shortcut: no such port or address, or no sbox veth yet.
 pub(crate) fn want_of(node: &NetNs, sbox_ns: &str, sbox: &Sbox) -> Result<Option<Want>> {
     let ports: BTreeSet<(Proto, u16)> = sbox
@@ -111,7 +111,8 @@ pub(crate) fn want_of(node: &NetNs, sbox_ns: &str, sbox: &Sbox) -> Result<Option
         let (Some(name), kind) = (l["ifname"].as_str(), l["linkinfo"]["info_kind"].as_str()) else {
             continue;
         };
-        if name == "lo" || kind == Some("bridge") {
+        // The programs read an Ethernet header: no loopback, no L3 devices (WireGuard, tun).
+        if name == "lo" || kind == Some("bridge") || l["link_type"] != "ether" {
             continue;
         }
         let addrs: Vec<Ipv4Addr> = l["addr_info"]
