@@ -30,7 +30,9 @@ use netns::NetNs;
 use crate::kernel::Link;
 use crate::nl::Counter;
 use crate::spec::Mac;
-use crate::tcx::{attach, chain, link_pin, load_programs, program, runs};
+use crate::tcx::{
+    attach, chain, link_pin, load_programs, program, remove_key, remove_stale_link_pins, runs,
+};
 use crate::{Error, Result};
 
 /// The object built from crate `ebpf` by build.rs.
@@ -240,19 +242,8 @@ impl Sandbox {
     /// Pins of devices no longer there go.
     pub(crate) fn ensure_attached(&mut self, ns: &NetNs, devs: &[(&Link, Hook)]) -> Result<()> {
         if let Some(dir) = &self.pin {
-            let live: BTreeSet<String> = devs
-                .iter()
-                .map(|(l, _)| format!("link_{}", l.name))
-                .collect();
-            if let Ok(rd) = std::fs::read_dir(dir) {
-                for e in rd.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if name.starts_with("link_") && !live.contains(&name) {
-                        let _ = std::fs::remove_file(e.path());
-                        self.counter.add(1);
-                    }
-                }
-            }
+            let gone = remove_stale_link_pins(dir, devs.iter().map(|(l, _)| l.name.as_str()));
+            self.counter.add(gone);
         }
         let live: BTreeSet<&str> = devs.iter().map(|(l, _)| l.name.as_str()).collect();
         self.attached.retain(|name, _| live.contains(name.as_str()));
@@ -402,18 +393,10 @@ impl Sandbox {
 
     /// Removes one entry of the map.
     fn delete(&mut self, k: MacKey) -> Result<()> {
-        match self.map.remove(&k) {
-            Ok(()) => {}
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => {
-                return Err(fp_err(
-                    format!("delete {} from the MAC map", Mac(k.mac)),
-                    &self.ns_name,
-                )(chain(&e)));
-            }
-        }
+        remove_key(&mut self.map, &k).map_err(fp_err(
+            format!("delete {} from the MAC map", Mac(k.mac)),
+            &self.ns_name,
+        ))?;
         self.counter.add(1);
         self.have.remove(&k);
         Ok(())

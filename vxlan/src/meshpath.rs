@@ -35,7 +35,7 @@ use ebpf_common::mesh::{
 use netns::NetNs;
 
 use crate::ingress::{Proto, SBOX_GW_IF, Sbox};
-use crate::tcx::{attach, chain, load_programs, program, runs};
+use crate::tcx::{attach, chain, load_programs, program, remove_key, remove_stale_link_pins, runs};
 use crate::{Error, Result};
 
 /// The object built from crate `ebpf` by ebpf-objects.
@@ -175,11 +175,8 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
     let (mut map, map_id) = match pinned_map(dir, ns)? {
         Some(m) => m,
         None => {
-            let mut b = crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, FLOW_MAP, STATS_MAP])
-                .map_err(err("load the programs", ns))?;
+            bpf = Some(load(dir, ns)?);
             writes += 1;
-            bpf_ready(&mut b, ns)?;
-            bpf = Some(b);
             pinned_map(dir, ns)?
                 .ok_or_else(|| err("the port map", ns)("not pinned after loading".into()))?
         }
@@ -192,21 +189,7 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
         .map(|u| (u.as_str(), PROG_IN))
         .collect();
     devs.push((want.sbox_veth.as_str(), PROG_OUT));
-    let live: BTreeSet<String> = devs
-        .iter()
-        .map(|(d, _)| crate::tcx::link_pin(dir, d))
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("link_") && !live.contains(&e.path().to_string_lossy().into_owned())
-            {
-                let _ = std::fs::remove_file(e.path());
-                writes += 1;
-            }
-        }
-    }
+    writes += remove_stale_link_pins(dir, devs.iter().map(|(d, _)| *d));
     let running = ns
         .run(|| {
             devs.iter()
@@ -219,10 +202,7 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
             continue;
         }
         if bpf.is_none() {
-            let mut b = crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, FLOW_MAP, STATS_MAP])
-                .map_err(err("load the programs", ns))?;
-            bpf_ready(&mut b, ns)?;
-            bpf = Some(b);
+            bpf = Some(load(dir, ns)?);
         }
         let b = bpf.as_mut().expect("loaded above");
         ns.run(|| {
@@ -252,20 +232,16 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
     Ok(writes)
 }
 
-fn bpf_ready(b: &mut aya::Ebpf, ns: &NetNs) -> Result<()> {
-    load_programs(b, &[PROG_IN, PROG_OUT]).map_err(err("load the programs", ns))
+/// Loads the object (its maps pinned in `dir`, reused when there) and both programs.
+fn load(dir: &Path, ns: &NetNs) -> Result<aya::Ebpf> {
+    let mut b = crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, FLOW_MAP, STATS_MAP])
+        .map_err(err("load the programs", ns))?;
+    load_programs(&mut b, &[PROG_IN, PROG_OUT]).map_err(err("load the programs", ns))?;
+    Ok(b)
 }
 
 fn delete(map: &mut PortMap, k: &PortKey, ns: &NetNs) -> Result<()> {
-    match map.remove(k) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(err("delete from the port map", ns)(chain(&e))),
-    }
+    remove_key(map, k).map_err(err("delete from the port map", ns))
 }
 
 /// Removes the shortcut: its entries first (so nothing is sent into the sbox whose answers would

@@ -3,8 +3,10 @@
 //! program in it, asking a device whether it runs a program on a given map, and attaching one as
 //! a TCX link, pinned or held.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use aya::maps::{HashMap, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
 use aya::{Ebpf, EbpfLoader};
@@ -81,6 +83,39 @@ pub(crate) fn runs(dev: &str, prog: &str, map_id: u32) -> std::result::Result<bo
 /// The pin of the link on device `dev` in a pin directory.
 pub(crate) fn link_pin(dir: &Path, dev: &str) -> PathBuf {
     dir.join(format!("link_{dev}"))
+}
+
+/// Removes the link pins in `dir` of devices not in `live` (their links detach); returns how
+/// many went.
+pub(crate) fn remove_stale_link_pins<'a>(
+    dir: &Path,
+    live: impl IntoIterator<Item = &'a str>,
+) -> u64 {
+    let live: BTreeSet<String> = live.into_iter().map(|d| format!("link_{d}")).collect();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("link_") && !live.contains(&name) {
+            let _ = std::fs::remove_file(e.path());
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Removes `k` from a hash map; a key that is not there is fine.
+pub(crate) fn remove_key<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    k: &K,
+) -> std::result::Result<(), String> {
+    match map.remove(k) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(chain(&e)),
+    }
 }
 
 /// Attaches `p` to `dev`'s TCX ingress (in the calling thread's namespace), after whatever runs
