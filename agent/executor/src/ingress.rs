@@ -388,8 +388,8 @@ impl Executor {
             let ns = crate::plane::node_netns(node.as_ref())
                 .map_err(|e| Error::Dataplane(e.to_string()))?;
             let mut m = Ingress::with_sbox(ns, sbox.unwrap_or_default());
-            if let Some((dir, addr)) = shortcut {
-                m = m.with_shortcut(dir, addr);
+            if let Some((dir, on)) = shortcut {
+                m = m.with_shortcut(dir, on);
             }
             if d.sbox.is_some() {
                 m.ensure_sbox_ns()
