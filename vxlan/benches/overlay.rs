@@ -3,8 +3,10 @@
 //! 1. iperf3 TCP throughput task -> task across two lab nodes over the overlay with the eBPF
 //!    fast path on and off (two networks side by side), against the same two node namespaces
 //!    directly over the underlay, interleaved in the same run, 1 and 8 streams; prints each and
-//!    the ratios (goal >= 0.90 with the fast path), first on the lab's veth underlay as it comes
-//!    (GRO off), then with GRO on the underlay interfaces as a NIC has it by default; then a TCP
+//!    the ratios (goal >= 0.90 with the fast path), with cubic (pinned, see `CC`) first on the
+//!    lab's veth underlay as it comes (GRO off), then with GRO on the underlay interfaces as a
+//!    NIC has it by default, then with the machine's own default congestion control where it is
+//!    not cubic (GRO off); then a TCP
 //!    ping-pong's p50/p99 round trip on each path (goal: overlay p50 within 15 % of the
 //!    underlay's), GRO off again.
 //!    `bridge_nf`: the bridge path with br_netfilter's bridge-nf-call-iptables 1 vs netagent's 0
@@ -82,13 +84,30 @@ impl Drop for Killed {
     }
 }
 
-/// An iperf3 client in `ns` to `to` with `streams` parallel streams, JSON output.
-fn iperf_client(ns: &NetNs, to: Ipv4Addr, streams: usize) -> Command {
+/// TCP congestion control of every iperf3 run unless a row says otherwise: Linux's default.
+/// A machine's own default can pace a single stream below what the CPU allows (BBR on the
+/// development machine held the underlay at 14-16 Gbit/s where cubic reached 44, and the
+/// overlay at 12-15 against 21), which hides the overlay's cost per packet; so the runs pin it,
+/// and `throughput` also shows the machine's default where it differs.
+const CC: &str = "cubic";
+
+/// An iperf3 client in `ns` to `to` with `streams` parallel streams and congestion control
+/// `cc`, JSON output.
+fn iperf_client(ns: &NetNs, to: Ipv4Addr, streams: usize, cc: &str) -> Command {
     let mut c = ns.command("iperf3");
     c.args(["-c", &to.to_string(), "-t", IPERF_SECONDS, "-J"])
-        .args(["-P", &streams.to_string()])
+        .args(["-P", &streams.to_string(), "-C", cc])
         .stderr(Stdio::null());
     c
+}
+
+/// The congestion control new TCP sockets in `ns` get.
+fn default_cc(ns: &NetNs) -> String {
+    ns.run(|| std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control"))
+        .unwrap()
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// Runs an iperf3 client and returns the received throughput in Gbit/s.
@@ -242,27 +261,41 @@ fn throughput() {
         "iperf3 TCP, {ROUNDS} rounds of {IPERF_SECONDS} s interleaved, medians (fast path: {}):",
         fast._dps[0].fast_path()
     );
-    for underlay_gro in [false, true] {
+    // Rows: (congestion control, GRO on the underlay). The machine's own default congestion
+    // control, where it is not cubic, is measured once more as it comes.
+    let host_cc = default_cc(&fast.client);
+    let mut rows = vec![(CC.to_string(), false), (CC.to_string(), true)];
+    if host_cc != CC {
+        rows.push((host_cc, false));
+    }
+    for (cc, underlay_gro) in rows {
+        // A NIC has GRO on by default (it aggregates VXLAN's UDP packets before they are
+        // decapsulated); the lab's veth underlay has it off, which only the overlay pays
+        // for: plain TCP crosses a veth as one large GSO packet either way.
+        for i in 1..=2 {
+            let gro = if underlay_gro { "on" } else { "off" };
+            ethtool(lab.node(i).ns(), lab::NODE_IFACE, &["gro", gro]);
+        }
         if underlay_gro {
-            // A NIC has GRO on by default (it aggregates VXLAN's UDP packets before they are
-            // decapsulated); the lab's veth underlay has it off, which only the overlay pays
-            // for: plain TCP crosses a veth as one large GSO packet either way.
-            for i in 1..=2 {
-                ethtool(lab.node(i).ns(), lab::NODE_IFACE, &["gro", "on"]);
-            }
-            println!("  the same with GRO on the underlay interfaces (as on a NIC):");
+            println!("  {cc}, GRO on the underlay interfaces (as on a NIC):");
         } else {
-            println!("  the lab's veth underlay as it comes (GRO off):");
+            println!("  {cc}, the lab's veth underlay as it comes (GRO off):");
         }
         for streams in [1, 8] {
             let (mut under, mut f, mut b) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
-                under.push(iperf(iperf_client(under_ns, under_to, streams)));
-                f.push(iperf(iperf_client(&fast.client, fast.server_addr, streams)));
+                under.push(iperf(iperf_client(under_ns, under_to, streams, &cc)));
+                f.push(iperf(iperf_client(
+                    &fast.client,
+                    fast.server_addr,
+                    streams,
+                    &cc,
+                )));
                 b.push(iperf(iperf_client(
                     &plain.client,
                     plain.server_addr,
                     streams,
+                    &cc,
                 )));
             }
             let (u, fm, bm) = (median(under.clone()), median(f.clone()), median(b.clone()));
@@ -375,7 +408,7 @@ fn bridge_nf() {
             ns.run(|| std::fs::write(KEY, v)).unwrap().unwrap();
         }
     };
-    let cmd = || iperf_client(&o.client, o.server_addr, 1);
+    let cmd = || iperf_client(&o.client, o.server_addr, 1, CC);
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         set("1");
@@ -442,7 +475,7 @@ fn offloads() {
             reset: &["tso", "on", "gso", "on"],
         },
     ];
-    let cmd = || iperf_client(&o.client, o.server_addr, 1);
+    let cmd = || iperf_client(&o.client, o.server_addr, 1, CC);
     println!(
         "offloads on the fast path (fast path: {}), {ROUNDS} rounds interleaved, medians:",
         o._dps[0].fast_path()
