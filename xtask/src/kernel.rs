@@ -1,11 +1,13 @@
 //! `cargo xtask test-kernel [FILTER...]`: the kernel lab.
 //!
 //! This host's kernel lacks IPVS, ESP and GCM, so the namespace tests that need them run inside a
-//! qemu guest (TCG) booting Debian bookworm's stock kernel, whose modules have them:
+//! qemu guest (TCG) booting Debian bookworm's stock kernel, whose modules have them; a few suites
+//! also run under bookworm's 6.12, which has ESP and TCX together (one guest boot per kernel):
 //!
-//! 1. [`debian`]: the newest `linux-image-6.1.0-*-amd64` is fetched with `apt-get download` and
-//!    unpacked with `dpkg-deb -x` (never installed) into `~/.cache/netagent/kernel/`; its modules
-//!    are decompressed if needed and indexed with `depmod -b`.
+//! 1. [`debian`]: the newest `linux-image-6.1.0-*-amd64` (and `linux-image-6.12.*+deb12-amd64`
+//!    when a suite wants it) is fetched with `apt-get download` and unpacked with
+//!    `dpkg-deb -x` (never installed) into `~/.cache/netagent/kernel/`; its modules are
+//!    decompressed if needed and indexed with `depmod -b`.
 //! 2. The suites below are built on the host (`cargo test --no-run`) and their tests listed, so
 //!    that FILTER selects exact test names before anything boots.
 //! 3. [`initramfs`]: a small initramfs (static busybox, kmod with its libraries as the kernel's
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::util::{cargo, have, output, require_root};
+use debian::Series;
 
 /// One kernel-lab suite: a test target run inside the guest.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +57,8 @@ pub struct Suite {
     pub on_request: bool,
     /// Tests (names containing one of these) that run only when a FILTER names them.
     pub tests_on_request: &'static [&'static str],
+    /// The kernel the suite runs under.
+    pub series: Series,
 }
 
 const fn suite(
@@ -72,6 +77,7 @@ const fn suite(
         show_output: false,
         on_request: false,
         tests_on_request: &[],
+        series: Series::V6_1,
     }
 }
 
@@ -113,6 +119,11 @@ impl Suite {
         }
     }
 
+    /// The same suite under another kernel series.
+    const fn under(self, series: Series) -> Suite {
+        Suite { series, ..self }
+    }
+
     /// Whether `test` of this suite runs: FILTERs given, when one is part of
     /// `package/target::test` or `name::test`; none given, unless the suite or the test is on
     /// request.
@@ -132,8 +143,9 @@ impl Suite {
             .any(|f| keys.iter().any(|k| k.contains(f.as_str())))
     }
 
-    /// "package/target", "package/target[filter]", then "{K=V ...}" with an environment: what
-    /// the report shows and a FILTER is matched against (with "::test_name").
+    /// "package/target", "package/target[filter]", then "{K=V ...}" with an environment and
+    /// "@6.12" under a kernel other than 6.1: what the report shows and a FILTER is matched
+    /// against (with "::test_name").
     fn name(&self) -> String {
         let mut name = format!("{}/{}", self.package, self.target);
         if !self.filter.is_empty() {
@@ -142,6 +154,9 @@ impl Suite {
         if !self.env.is_empty() {
             let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             name.push_str(&format!("{{{}}}", env.join(" ")));
+        }
+        if self.series != Series::V6_1 {
+            name.push_str(&format!("@{}", self.series.label()));
         }
         name
     }
@@ -193,6 +208,26 @@ pub const SUITES: &[Suite] = &[
         .one_at_a_time()
         .showing_output()
         .on_request(),
+    // Under 6.12, which has TCX as well as ESP: the overlay fast path carries an encrypted
+    // network's frames (ESP is added on the underlay side of vxlan0), and the agents' encrypted
+    // network and encrypted ingress run with the fast path and the mesh's shortcut, which the
+    // tests then require to be on (NETAGENT_EXPECT_FAST_PATH) instead of taking the fallback.
+    suite("vxlan", "esp", "", true)
+        .with_env(&[
+            ("NETAGENT_FAST_PATH", "1"),
+            ("NETAGENT_EXPECT_FAST_PATH", "1"),
+        ])
+        .with_tests_on_request(&[
+            "encrypted_and_plain_iperf3",
+            "on_a_kernel_without",
+            "cannot_be_installed",
+            "nothing_flows_in_plaintext",
+        ])
+        .under(Series::V6_12),
+    suite("netagent", "encrypted", "", true)
+        .with_env(&[("NETAGENT_EXPECT_FAST_PATH", "1")])
+        .with_tests_on_request(&["on_a_kernel_without"])
+        .under(Series::V6_12),
 ];
 
 /// The test targets of the suites a plain run (CI) runs, as `--test` arguments take them.
@@ -260,6 +295,8 @@ pub struct Planned {
     pub env: Vec<(String, String)>,
     pub test_threads: u32,
     pub show_output: bool,
+    /// The kernel it runs under.
+    pub series: Series,
 }
 
 pub fn run(filters: &[String]) -> Result<()> {
@@ -281,7 +318,6 @@ pub fn run(filters: &[String]) -> Result<()> {
     }
     let started = Instant::now();
 
-    let kernel = debian::kernel().context("could not prepare the Debian kernel")?;
     let plan = plan(filters)?;
     if plan.is_empty() {
         let names: Vec<String> = SUITES.iter().map(Suite::name).collect();
@@ -291,127 +327,177 @@ pub fn run(filters: &[String]) -> Result<()> {
             names.join(", ")
         );
     }
-    let boot_image = kernel.boot_image();
-    let initrd = initramfs::build(&kernel).context("could not build the kernel-lab initramfs")?;
+    // One guest per kernel, every kernel prepared before the first boots (what `BOOTING`
+    // promises: nothing is built or fetched after it).
+    let mut groups: std::collections::BTreeMap<Series, Vec<Planned>> = Default::default();
+    for p in plan {
+        groups.entry(p.series).or_default().push(p);
+    }
+    let mut guests = Vec::new();
+    for (series, plan) in groups {
+        let kernel = debian::kernel(series)
+            .with_context(|| format!("could not prepare Debian's {} kernel", series.label()))?;
+        let boot_image = kernel.boot_image();
+        let initrd =
+            initramfs::build(&kernel).context("could not build the kernel-lab initramfs")?;
+        guests.push(Guest {
+            kernel,
+            boot_image,
+            initrd,
+            plan,
+        });
+    }
     let prepared = started.elapsed();
-
-    let run_dir = new_run_dir()?;
     eprintln!(
-        "{BOOTING}: {} test(s) in {} suite(s) under Debian {} ({}), logs in {}",
-        plan.iter().map(|p| p.tests.len()).sum::<usize>(),
-        plan.len(),
-        kernel.release,
-        kernel.version,
-        run_dir.display()
-    );
-    let timeout = timeout()?;
-    let outcome = guest::run(&guest::Spec {
-        kernel: &kernel,
-        boot_image: &boot_image,
-        initrd: &initrd,
-        plan: &plan,
-        run_dir: &run_dir,
-        timeout,
-        preload: PRELOAD_MODULES,
-    })?;
-
-    // Report.
-    eprintln!();
-    eprintln!("test-kernel: summary (Debian {})", kernel.release);
-    eprintln!(
-        "  prepare (kernel, test build, initramfs): {:.1}s",
+        "test-kernel: prepared (kernels, test build, initramfs) in {:.1}s",
         prepared.as_secs_f64()
     );
-    match outcome.boot {
-        Some(b) => eprintln!("  guest boot to ready: {:.1}s", b.as_secs_f64()),
-        None => eprintln!("  guest boot to ready: never"),
-    }
+    let deadline = Instant::now() + timeout()?;
     let mut failed: Vec<String> = Vec::new();
-    for (p, r) in plan.iter().zip(&outcome.suites) {
-        let time = r
-            .secs
-            .map(|s| format!("{s:.1}s"))
-            .unwrap_or_else(|| "-".into());
-        let status = match r.rc {
-            Some(0) => "ok".to_string(),
-            Some(rc) => format!("FAILED (exit {rc})"),
-            None => "did not finish".to_string(),
-        };
-        let result_line = r
-            .output
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("test result:"))
-            .unwrap_or("");
-        eprintln!("  {:<36} {:>7}  {status}  {result_line}", p.name, time);
-        let mut times = test_times(&r.output);
-        times.sort_by(|a, b| b.1.total_cmp(&a.1));
-        if !times.is_empty() {
-            let slowest: Vec<String> = times
-                .iter()
-                .take(3)
-                .map(|(t, s)| format!("{t} {s:.0}s"))
-                .collect();
-            eprintln!("    slowest: {}", slowest.join(", "));
-        }
-        if r.rc != Some(0) {
-            let names = failed_tests(&r.output);
-            if names.is_empty() {
-                failed.push(format!("{} ({status})", p.name));
-            } else {
-                failed.extend(names.into_iter().map(|t| format!("{}::{t}", p.name)));
-            }
-        }
-        if let Some(logs) = &r.lab_logs {
-            eprintln!("    lab logs of its failed tests: {}", logs.display());
-        }
+    for g in &guests {
+        failed.extend(g.boot_and_report(deadline)?);
     }
-    eprintln!("  total: {:.1}s", started.elapsed().as_secs_f64());
-    if outcome.finished && failed.is_empty() {
+    eprintln!("test-kernel: total {:.1}s", started.elapsed().as_secs_f64());
+    if failed.is_empty() {
         eprintln!("test-kernel: all green");
         return Ok(());
     }
-    eprintln!(
-        "\n--- guest console, last 30 lines of {} ---\n{}",
-        outcome.console.display(),
-        tail(&outcome.console, 30)
-    );
-    if !outcome.finished {
-        let qemu_log = tail(&outcome.qemu_log, 10);
-        if !qemu_log.is_empty() {
-            eprintln!("--- {} ---\n{qemu_log}", outcome.qemu_log.display());
+    bail!("kernel lab: {} failed: {}", failed.len(), failed.join(", "))
+}
+
+/// One kernel, prepared, and the suites that run under it.
+struct Guest {
+    kernel: debian::Kernel,
+    boot_image: PathBuf,
+    initrd: PathBuf,
+    plan: Vec<Planned>,
+}
+
+impl Guest {
+    /// Boots the guest, runs its suites and reports them: the names of failed tests (or suites),
+    /// or an error when the guest itself failed (timed out at `deadline`, stopped early).
+    fn boot_and_report(&self, deadline: Instant) -> Result<Vec<String>> {
+        let Guest {
+            kernel,
+            boot_image,
+            initrd,
+            plan,
+        } = self;
+        let run_dir = new_run_dir()?;
+        eprintln!(
+            "{BOOTING}: {} test(s) in {} suite(s) under Debian {} ({}), logs in {}",
+            plan.iter().map(|p| p.tests.len()).sum::<usize>(),
+            plan.len(),
+            kernel.release,
+            kernel.version,
+            run_dir.display()
+        );
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let booted = Instant::now();
+        let outcome = guest::run(&guest::Spec {
+            kernel,
+            boot_image,
+            initrd,
+            plan,
+            run_dir: &run_dir,
+            timeout,
+            preload: PRELOAD_MODULES,
+        })?;
+
+        eprintln!();
+        eprintln!("test-kernel: summary (Debian {})", kernel.release);
+        match outcome.boot {
+            Some(b) => eprintln!("  guest boot to ready: {:.1}s", b.as_secs_f64()),
+            None => eprintln!("  guest boot to ready: never"),
         }
-    }
-    let failures = if failed.is_empty() {
-        String::new()
-    } else {
-        format!("; failed or unfinished: {}", failed.join(", "))
-    };
-    if outcome.timed_out {
-        bail!(
-            "the kernel-lab guest {} within {timeout:?} and was killed{failures} (logs in {}; \
-             NETAGENT_KERNEL_LAB_TIMEOUT=SECONDS changes the limit)",
-            if outcome.boot.is_none() {
-                "did not boot"
-            } else {
-                "did not finish"
-            },
-            run_dir.display()
+        let mut failed: Vec<String> = Vec::new();
+        for (p, r) in plan.iter().zip(&outcome.suites) {
+            let time = r
+                .secs
+                .map(|s| format!("{s:.1}s"))
+                .unwrap_or_else(|| "-".into());
+            let status = match r.rc {
+                Some(0) => "ok".to_string(),
+                Some(rc) => format!("FAILED (exit {rc})"),
+                None => "did not finish".to_string(),
+            };
+            let result_line = r
+                .output
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("test result:"))
+                .unwrap_or("");
+            eprintln!("  {:<36} {:>7}  {status}  {result_line}", p.name, time);
+            let mut times = test_times(&r.output);
+            times.sort_by(|a, b| b.1.total_cmp(&a.1));
+            if !times.is_empty() {
+                let slowest: Vec<String> = times
+                    .iter()
+                    .take(3)
+                    .map(|(t, s)| format!("{t} {s:.0}s"))
+                    .collect();
+                eprintln!("    slowest: {}", slowest.join(", "));
+            }
+            if r.rc != Some(0) {
+                let names = failed_tests(&r.output);
+                if names.is_empty() {
+                    failed.push(format!("{} ({status})", p.name));
+                } else {
+                    failed.extend(names.into_iter().map(|t| format!("{}::{t}", p.name)));
+                }
+            }
+            if let Some(logs) = &r.lab_logs {
+                eprintln!("    lab logs of its failed tests: {}", logs.display());
+            }
+        }
+        eprintln!("  guest total: {:.1}s", booted.elapsed().as_secs_f64());
+        if outcome.finished && failed.is_empty() {
+            return Ok(failed);
+        }
+        eprintln!(
+            "\n--- guest console, last 30 lines of {} ---\n{}",
+            outcome.console.display(),
+            tail(&outcome.console, 30)
         );
-    }
-    if !outcome.finished {
-        bail!(
-            "the kernel-lab guest stopped before finishing (qemu: {}){failures} (logs in {})",
-            outcome.qemu_status,
-            run_dir.display()
+        if !outcome.finished {
+            let qemu_log = tail(&outcome.qemu_log, 10);
+            if !qemu_log.is_empty() {
+                eprintln!("--- {} ---\n{qemu_log}", outcome.qemu_log.display());
+            }
+        }
+        let failures = if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; failed or unfinished: {}", failed.join(", "))
+        };
+        if outcome.timed_out {
+            bail!(
+                "the kernel-lab guest ({}) {} within {timeout:?} and was killed{failures} (logs \
+                 in {}; NETAGENT_KERNEL_LAB_TIMEOUT=SECONDS changes the limit of the whole run)",
+                kernel.release,
+                if outcome.boot.is_none() {
+                    "did not boot"
+                } else {
+                    "did not finish"
+                },
+                run_dir.display()
+            );
+        }
+        if !outcome.finished {
+            bail!(
+                "the kernel-lab guest ({}) stopped before finishing (qemu: {}){failures} (logs \
+                 in {})",
+                kernel.release,
+                outcome.qemu_status,
+                run_dir.display()
+            );
+        }
+        eprintln!(
+            "  outputs of the failed suites: {}",
+            run_dir.join("results").display()
         );
+        Ok(failed)
     }
-    bail!(
-        "kernel lab: {} failed: {} (outputs in {})",
-        failed.len(),
-        failed.join(", "),
-        run_dir.join("results").display()
-    )
 }
 
 fn timeout() -> Result<Duration> {
@@ -485,6 +571,7 @@ fn plan(filters: &[String]) -> Result<Vec<Planned>> {
                 .collect(),
             test_threads: s.threads.unwrap_or(TEST_THREADS),
             show_output: s.show_output,
+            series: s.series,
         });
     }
     Ok(plan)

@@ -47,6 +47,26 @@ pub use lab::in_kernel_lab;
 /// Agent flags for the kernel lab (NETAGENT_KERNEL_LAB is set there), where a swarm runs on 2
 /// emulated CPUs (qemu TCG): heartbeats and failure detection slow enough that no node is
 /// marked down (and its tasks rescheduled) only because the machine is slow. None elsewhere.
+/// Whether the run requires the overlay fast path (and the mesh's shortcut) to be active
+/// (`NETAGENT_EXPECT_FAST_PATH=1`, set by the kernel lab under a kernel with TCX).
+pub fn expect_fast_path() -> bool {
+    std::env::var_os("NETAGENT_EXPECT_FAST_PATH").is_some_and(|v| v == "1")
+}
+
+/// What `node inspect` says of node `i`'s overlay fast path ("ebpf", or "off (why)").
+pub fn fast_path_of(s: &Swarm, i: usize) -> String {
+    let n: Value = serde_json::from_str(&s.ctl(1, &["node", "inspect", s.lab.node(i).name()]))
+        .expect("node inspect prints JSON");
+    n[0]["Description"]["Engine"]["Plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["Type"] == "OverlayFastPath")
+        .and_then(|p| p["Name"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 pub fn kernel_lab_flags() -> Vec<(&'static str, &'static str)> {
     if !in_kernel_lab() {
         return Vec::new();

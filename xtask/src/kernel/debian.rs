@@ -1,4 +1,5 @@
-//! Debian bookworm's stock kernel: found with apt-cache, fetched with `apt-get download`, unpacked
+//! Debian bookworm's kernels (its own 6.1 and its 6.12, see [`Series`]): found with apt-cache,
+//! fetched with `apt-get download`, unpacked
 //! with `dpkg-deb -x` (never installed) into `~/.cache/netagent/kernel/`, modules indexed with
 //! `depmod -b`. A second run finds everything in the cache and downloads nothing.
 
@@ -9,6 +10,59 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::util::{cache_dir, exec, output};
+
+/// A kernel series of Debian bookworm the lab boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Series {
+    /// bookworm's own kernel (`linux-image-6.1.0-N-amd64`): IPVS, ESP and GCM, no TCX, so the
+    /// overlay fast path and the mesh's shortcut stay off and their fallbacks are tested.
+    V6_1,
+    /// bookworm's 6.12 (`linux-image-6.12.N+deb12-amd64`, the series Debian 13 ships): ESP with
+    /// TCX, so the fast path and the shortcut run together with encryption.
+    V6_12,
+}
+
+impl Series {
+    /// What reports and suite names show.
+    pub fn label(self) -> &'static str {
+        match self {
+            Series::V6_1 => "6.1",
+            Series::V6_12 => "6.12",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Series::V6_1 => "linux-image-6.1.0-",
+            Series::V6_12 => "linux-image-6.12.",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Series::V6_1 => "-amd64",
+            Series::V6_12 => "+deb12-amd64",
+        }
+    }
+
+    /// apt-cache's pattern for the series' packages (the generic flavour only: no cloud, no rt).
+    fn pattern(self) -> &'static str {
+        match self {
+            Series::V6_1 => r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+            Series::V6_12 => r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$",
+        }
+    }
+
+    /// The number that orders the series' packages (the ABI of 6.1.0-N, the patch level of
+    /// 6.12.N), if `package` is one of them.
+    fn number(self, package: &str) -> Option<u32> {
+        package
+            .strip_prefix(self.prefix())?
+            .strip_suffix(self.suffix())?
+            .parse()
+            .ok()
+    }
+}
 
 /// An unpacked Debian kernel package.
 pub struct Kernel {
@@ -69,12 +123,13 @@ fn kernel_cache() -> PathBuf {
     cache_dir().join("kernel")
 }
 
-/// The newest bookworm kernel, unpacked in the cache (fetched first if it is not there). If it
-/// cannot be fetched (offline), the newest kernel unpacked before is used.
-pub fn kernel() -> Result<Kernel> {
+/// The newest bookworm kernel of `series`, unpacked in the cache (fetched first if it is not
+/// there). If it cannot be fetched (offline), the newest one of the series unpacked before is
+/// used.
+pub fn kernel(series: Series) -> Result<Kernel> {
     let cache = kernel_cache();
     fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
-    let fetched = newest_available().and_then(|(package, version)| {
+    let fetched = newest_available(series).and_then(|(package, version)| {
         let release = package
             .strip_prefix("linux-image-")
             .context("unexpected kernel package name")?
@@ -89,13 +144,13 @@ pub fn kernel() -> Result<Kernel> {
         if !kernel.root.join(COMPLETE).exists() {
             let deb = download(&cache, &kernel)?;
             unpack(&deb, &kernel)?;
-            remove_others(&cache, &kernel);
+            remove_others(&cache, &kernel, series);
         }
         Ok(kernel)
     });
     match fetched {
         Ok(k) => Ok(k),
-        Err(e) => match newest_cached(&cache) {
+        Err(e) => match newest_cached(&cache, series) {
             Some(k) => {
                 eprintln!(
                     "test-kernel: {e:#}; using the cached {} {}",
@@ -108,14 +163,18 @@ pub fn kernel() -> Result<Kernel> {
     }
 }
 
-/// Removes the packages and trees of older kernels once a newer one is unpacked.
-fn remove_others(cache: &Path, keep: &Kernel) {
+/// Removes the packages and trees of older kernels of the series once a newer one is unpacked.
+fn remove_others(cache: &Path, keep: &Kernel, series: Series) {
     let Ok(entries) = fs::read_dir(cache) else {
         return;
     };
+    let of_series = |name: &str| {
+        name.split_once('_')
+            .is_some_and(|(package, _)| series.number(package).is_some())
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("linux-image-") && e.path() != keep.root {
+        if of_series(&name) && e.path() != keep.root {
             eprintln!("test-kernel: removing the older {name}");
             let _ = fs::remove_dir_all(e.path());
         }
@@ -123,20 +182,24 @@ fn remove_others(cache: &Path, keep: &Kernel) {
     if let Ok(debs) = fs::read_dir(cache.join("debs")) {
         let current = format!("{}_{}", keep.package, keep.version.replace(':', "%3a"));
         for e in debs.flatten() {
-            if !e.file_name().to_string_lossy().starts_with(&current) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if of_series(&name) && !name.starts_with(&current) {
                 let _ = fs::remove_file(e.path());
             }
         }
     }
 }
 
-/// The `linux-image-6.1.0-N-amd64` package with the highest N that apt knows, and its candidate
-/// version. Runs `apt-get update` only if apt's lists know none.
-fn newest_available() -> Result<(String, String)> {
-    if let Some(found) = newest_in_lists()? {
+/// The series' package with the highest number that apt knows, and its candidate version. Runs
+/// `apt-get update` only if apt's lists know none.
+fn newest_available(series: Series) -> Result<(String, String)> {
+    if let Some(found) = newest_in_lists(series)? {
         return Ok(found);
     }
-    eprintln!("test-kernel: apt knows no linux-image-6.1.0-*-amd64; running apt-get update");
+    eprintln!(
+        "test-kernel: apt knows no {} package; running apt-get update",
+        series.pattern()
+    );
     exec(
         Command::new("apt-get")
             .args(["update", "-q"])
@@ -145,30 +208,23 @@ fn newest_available() -> Result<(String, String)> {
     .context(
         "apt-get update failed: the machine must reach Debian's mirrors to fetch the kernel",
     )?;
-    newest_in_lists()?.context(
-        "apt knows no linux-image-6.1.0-*-amd64 package even after apt-get update: is \
-         bookworm (or bookworm-security) in /etc/apt/sources.list?",
-    )
+    newest_in_lists(series)?.with_context(|| {
+        format!(
+            "apt knows no {} package even after apt-get update: is bookworm (or \
+             bookworm-security) in /etc/apt/sources.list?",
+            series.pattern()
+        )
+    })
 }
 
-fn newest_in_lists() -> Result<Option<(String, String)>> {
-    let found = output(Command::new("apt-cache").args([
-        "search",
-        "--names-only",
-        r"^linux-image-6\.1\.0-[0-9]+-amd64$",
-    ]))
-    .context("apt-cache search failed")?;
+fn newest_in_lists(series: Series) -> Result<Option<(String, String)>> {
+    let found =
+        output(Command::new("apt-cache").args(["search", "--names-only", series.pattern()]))
+            .context("apt-cache search failed")?;
     let newest = found
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|name| {
-            let abi: u32 = name
-                .strip_prefix("linux-image-6.1.0-")?
-                .strip_suffix("-amd64")?
-                .parse()
-                .ok()?;
-            Some((abi, name.to_string()))
-        })
+        .filter_map(|name| Some((series.number(name)?, name.to_string())))
         .max();
     let Some((_, package)) = newest else {
         return Ok(None);
@@ -183,14 +239,15 @@ fn newest_in_lists() -> Result<Option<(String, String)>> {
     Ok(Some((package, version)))
 }
 
-/// The most recently unpacked complete tree in the cache.
-fn newest_cached(cache: &Path) -> Option<Kernel> {
+/// The most recently unpacked complete tree of the series in the cache.
+fn newest_cached(cache: &Path, series: Series) -> Option<Kernel> {
     let mut trees: Vec<(std::time::SystemTime, Kernel)> = fs::read_dir(cache)
         .ok()?
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let (package, version) = name.split_once('_')?;
+            series.number(package)?;
             let release = package.strip_prefix("linux-image-")?.to_string();
             let done = fs::metadata(e.path().join(COMPLETE)).ok()?;
             Some((
@@ -420,6 +477,29 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         if self.0.exists() {
             let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Series;
+
+    #[test]
+    fn packages_are_told_apart_by_series() {
+        assert_eq!(Series::V6_1.number("linux-image-6.1.0-57-amd64"), Some(57));
+        assert_eq!(
+            Series::V6_12.number("linux-image-6.12.100+deb12-amd64"),
+            Some(100)
+        );
+        for (series, other) in [
+            (Series::V6_1, "linux-image-6.12.100+deb12-amd64"),
+            (Series::V6_1, "linux-image-6.1.0-57-cloud-amd64"),
+            (Series::V6_12, "linux-image-6.1.0-57-amd64"),
+            (Series::V6_12, "linux-image-6.12.118+deb12-rt-amd64"),
+            (Series::V6_12, "linux-image-6.12-amd64"),
+        ] {
+            assert_eq!(series.number(other), None, "{series:?} {other}");
         }
     }
 }
