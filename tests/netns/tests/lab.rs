@@ -63,13 +63,20 @@ fn a_panicking_test_leaves_nothing_behind() {
             .node(1)
             .spawn(ProcSpec::new("sleeper", "sleep").arg("600"))
             .unwrap();
-        tx.send((lab.prefix().to_string(), p.pid().unwrap()))
-            .unwrap();
+        tx.send((
+            lab.prefix().to_string(),
+            p.pid().unwrap(),
+            lab.dir().to_path_buf(),
+        ))
+        .unwrap();
         panic!("deliberate panic mid-test");
     })
     .join();
     assert!(result.is_err(), "the thread should have panicked");
-    let (prefix, pid) = rx.recv().unwrap();
+    let (prefix, pid, dir) = rx.recv().unwrap();
+    // A panicking test's lab keeps its logs for the reader; this panic was on purpose.
+    assert!(dir.is_dir(), "the logs of a failed test are kept");
+    std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         lab_namespaces(&prefix).is_empty(),
         "namespaces left after a panic"
