@@ -24,7 +24,7 @@ pub const BENCHES: &[(&str, &str, &str, &str)] = &[
         "overlay",
         "vxlan",
         "overlay",
-        "iperf3 overlay (fast path on/off) vs underlay, 1 and 8 streams, ping-pong p50; encrypted vs plain; reconcile 100 nets/1k peers",
+        "iperf3 overlay (fast path on/off) vs underlay, 1 and 8 streams, cubic pinned and the machine's default; ping-pong p50; encrypted vs plain; reconcile 100 nets/1k peers",
     ),
     (
         "ingress",
