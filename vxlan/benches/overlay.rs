@@ -14,7 +14,7 @@
 //!    `offloads`: with the fast path on, each offload setting netagent could change on its own
 //!    interfaces against the kernel's defaults, interleaved: GRO on the task veths, GRO on the
 //!    nodes' underlay interfaces, TSO/GSO off on the task veths (what segmentation offload
-//!    buys).
+//!    buys), RPS on the sending task's host-side veth (the overlay's work on another CPU).
 //! 2. iperf3 over an encrypted network against the same network unencrypted, same nodes, same
 //!    run (where the kernel has ESP and GCM; elsewhere the kernel lab reports it:
 //!    `cargo xtask test-kernel encrypted_and_plain_iperf3`). Docker collapses (moby#33133);
@@ -444,60 +444,87 @@ fn offloads() {
     let o = overlay(&lab, 3, true, "o");
     let tasks = [&o.client, &o.server];
     let nodes = [lab.node(1).ns(), lab.node(2).ns()];
-    // What, where, the features it turns on (and back off after), in that order.
+    // What, and how to switch it on (true) and back to the default (false).
     struct Setting<'a> {
+        what: &'static str,
+        switch: Box<dyn Fn(bool) + 'a>,
+    }
+    fn features<'a>(
         what: &'static str,
         nss: &'a [&'a NetNs],
         dev: &'static str,
         set: &'static [&'static str],
         reset: &'static [&'static str],
+    ) -> Setting<'a> {
+        Setting {
+            what,
+            switch: Box::new(move |on| {
+                for ns in nss {
+                    ethtool(ns, dev, if on { set } else { reset });
+                }
+            }),
+        }
     }
+    // RPS on the sending task's host-side veth (in node 1's sandbox): the rest of the path
+    // (fast path, encapsulation, and in the lab the receiving node's work too) may then run
+    // on another CPU than the sender's, where the flow's hash puts it.
+    let sandbox = o._dps[0].sandbox_name(&network(3).id);
+    let veth = host_veth(&sandbox);
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(32);
+    let all = format!("{:x}", (1u64 << cpus) - 1);
+    let rps = Setting {
+        what: "RPS, sender's host veth",
+        switch: Box::new(move |on| {
+            let mask = if on { all.as_str() } else { "0" };
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &sandbox, "sh", "-c"])
+                .arg(format!(
+                    "echo {mask} > /sys/class/net/{veth}/queues/rx-0/rps_cpus"
+                ))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "rps_cpus of {veth} in {sandbox}");
+        }),
+    };
     let settings = [
-        Setting {
-            what: "GRO on, task veths",
-            nss: &tasks,
-            dev: "eth0",
-            set: &["gro", "on"],
-            reset: &["gro", "off"],
-        },
-        Setting {
-            what: "GRO on, underlay",
-            nss: &nodes,
-            dev: lab::NODE_IFACE,
-            set: &["gro", "on"],
-            reset: &["gro", "off"],
-        },
-        Setting {
-            what: "TSO/GSO off, task veths",
-            nss: &tasks,
-            dev: "eth0",
-            set: &["tso", "off", "gso", "off"],
-            reset: &["tso", "on", "gso", "on"],
-        },
+        features(
+            "GRO on, task veths",
+            &tasks,
+            "eth0",
+            &["gro", "on"],
+            &["gro", "off"],
+        ),
+        features(
+            "GRO on, underlay",
+            &nodes,
+            lab::NODE_IFACE,
+            &["gro", "on"],
+            &["gro", "off"],
+        ),
+        features(
+            "TSO/GSO off, task veths",
+            &tasks,
+            "eth0",
+            &["tso", "off", "gso", "off"],
+            &["tso", "on", "gso", "on"],
+        ),
+        rps,
     ];
     let cmd = || iperf_client(&o.client, o.server_addr, 1, CC);
     println!(
         "offloads on the fast path (fast path: {}), {ROUNDS} rounds interleaved, medians:",
         o._dps[0].fast_path()
     );
-    for Setting {
-        what,
-        nss,
-        dev,
-        set,
-        reset,
-    } in settings
-    {
+    for Setting { what, switch } in settings {
         let (mut base, mut with) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             base.push(iperf(cmd()));
-            for ns in nss {
-                ethtool(ns, dev, set);
-            }
+            switch(true);
             with.push(iperf(cmd()));
-            for ns in nss {
-                ethtool(ns, dev, reset);
-            }
+            switch(false);
         }
         let (b, w) = (median(base.clone()), median(with.clone()));
         println!(
@@ -506,6 +533,19 @@ fn offloads() {
             paired(&with, &base)
         );
     }
+}
+
+/// The host-side veth of the one task endpoint in sandbox namespace `sandbox`.
+fn host_veth(sandbox: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", sandbox, "-j", "link", "show", "type", "veth"])
+        .output()
+        .unwrap();
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    links[0]["ifname"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no veth in {sandbox}: {links}"))
+        .to_string()
 }
 
 fn encrypted() {
