@@ -57,13 +57,7 @@ pub fn na_mesh_in(ctx: TcContext) -> i32 {
     let Some(t) = (unsafe { PORTS.get(&key).copied() }) else {
         return TC_ACT_OK as i32;
     };
-    let flow = FlowKey {
-        client: h.saddr,
-        client_port: h.sport,
-        port: h.dport,
-        proto: h.proto,
-        pad: [0; 3],
-    };
+    let flow = FlowKey::new(h.saddr, h.sport, h.dport, h.proto);
     let back = FlowTarget {
         node_addr: h.daddr,
         // SAFETY: the context the kernel passed, valid while the program runs.
@@ -92,13 +86,8 @@ pub fn na_mesh_out(ctx: TcContext) -> i32 {
     let Some(h) = headers(&ctx) else {
         return TC_ACT_OK as i32;
     };
-    let flow = FlowKey {
-        client: h.daddr,
-        client_port: h.dport,
-        port: h.sport,
-        proto: h.proto,
-        pad: [0; 3],
-    };
+    // The answer's destination is the client, its source the published port.
+    let flow = FlowKey::new(h.daddr, h.dport, h.sport, h.proto);
     // SAFETY: the value is copied out at once.
     let Some(t) = (unsafe { FLOWS.get(&flow).copied() }) else {
         return TC_ACT_OK as i32;

@@ -109,6 +109,20 @@ impl PortKey {
     }
 }
 
+impl FlowKey {
+    /// The flow of `client`:`client_port` through published `port`, all as the packet carries
+    /// them (network byte order).
+    pub const fn new(client: u32, client_port: u16, port: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            client,
+            client_port,
+            port,
+            proto,
+            pad: [0; 3],
+        }
+    }
+}
+
 // SAFETY: plain #[repr(C)] integers with explicit padding: every bit pattern is valid and there
 // are no implicit padding bytes.
 #[cfg(feature = "user")]
