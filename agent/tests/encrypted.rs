@@ -227,7 +227,7 @@ fn encrypted_network_end_to_end_in_the_kernel_lab() {
         let n = s.ctl(1, &["node", "inspect", s.lab.node(i).name()]);
         assert_eq!(json(&n)[0]["Description"]["EncryptedNetworks"], "supported");
         // Under a kernel with TCX the fast path carries the overlays, encrypted or not.
-        if common::expect_fast_path() {
+        if lab::expect_fast_path() {
             assert_eq!(common::fast_path_of(&s, i), "ebpf", "node{i}");
         }
     }
@@ -463,15 +463,7 @@ fn encrypted_ingress_in_the_kernel_lab() {
     // The client's connections to node3 in node3's conntrack: with the mesh's eBPF shortcut
     // (on where the kernel has TCX) they go past node3's stack into its sbox, so none.
     let client = s.lab.node(1).addr();
-    let node3_tracked = || {
-        s.lab
-            .node(3)
-            .sh("cat /proc/net/nf_conntrack")
-            .expect("node3's conntrack table")
-            .lines()
-            .filter(|l| l.contains(&format!("src={client} ")) && l.contains("dport=8080 "))
-            .count()
-    };
+    let node3_tracked = || node_tracked(&s, 3, client, 8080);
     let tracked = node3_tracked();
     let cap = Capture::start(&s.lab, "any", "ingress", UNDERLAY);
     let count = 20;
@@ -504,7 +496,7 @@ fn encrypted_ingress_in_the_kernel_lab() {
         let states = s.lab.node(i).run_ok(&["ip", "xfrm", "state"]).unwrap();
         assert!(states.contains("proto esp"), "node{i}: {states}");
     }
-    if common::expect_fast_path() {
+    if lab::expect_fast_path() {
         assert_eq!(common::fast_path_of(&s, 3), "ebpf");
         let pins = s.lab.node(3).dir().join("bpf").join("mesh");
         assert!(

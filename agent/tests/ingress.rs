@@ -240,16 +240,7 @@ fn published_port_answers_on_every_node_with_the_client_address() {
         });
     }
 
-    // The connections node i's own conntrack tracks from the client to the published port.
-    let node_tracked = |i: usize| {
-        s.lab
-            .node(i)
-            .sh("cat /proc/net/nf_conntrack")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&format!("src={client} ")) && l.contains("dport=8080 "))
-            .count()
-    };
+    let node_tracked = |i: usize| common::node_tracked(&s, i, client, 8080);
     // With the eBPF shortcut (on where the kernel has TCX, as the fast path), connections
     // through a node go past its own stack straight into its sbox: its conntrack gains none.
     let shortcut = vxlan::fast_path_status(true).is_active();

@@ -166,13 +166,6 @@ fn seen(frames: &[Vec<u8>]) -> Seen {
     s
 }
 
-/// Whether the run requires the fast path to be active (`NETAGENT_EXPECT_FAST_PATH=1`, set by
-/// the kernel lab under a kernel with TCX), so a fallback to the bridge fails the test instead
-/// of passing it without the fast path.
-fn expect_fast_path() -> bool {
-    std::env::var_os("NETAGENT_EXPECT_FAST_PATH").is_some_and(|v| v == "1")
-}
-
 fn esp_only_for_the_encrypted_vni(port: u16) {
     let s = Setup::new(3, port);
     let cap = Capture::start(&s.lab, "p1", &format!("esp{port}"), "udp or ip proto 50");
@@ -189,7 +182,7 @@ fn esp_only_for_the_encrypted_vni(port: u16) {
     // Under a kernel with TCX the overlay fast path carried the encrypted network's frames:
     // straight from the task's veth to vxlan0 and from vxlan0 into the task, with ESP added
     // and removed on the underlay side of vxlan0 (checked on the wire below).
-    if expect_fast_path() {
+    if lab::expect_fast_path() {
         let dp = &s.dps[0];
         assert!(dp.fast_path().is_active(), "{}", dp.fast_path());
         let st = dp

@@ -47,10 +47,16 @@ pub use lab::in_kernel_lab;
 /// Agent flags for the kernel lab (NETAGENT_KERNEL_LAB is set there), where a swarm runs on 2
 /// emulated CPUs (qemu TCG): heartbeats and failure detection slow enough that no node is
 /// marked down (and its tasks rescheduled) only because the machine is slow. None elsewhere.
-/// Whether the run requires the overlay fast path (and the mesh's shortcut) to be active
-/// (`NETAGENT_EXPECT_FAST_PATH=1`, set by the kernel lab under a kernel with TCX).
-pub fn expect_fast_path() -> bool {
-    std::env::var_os("NETAGENT_EXPECT_FAST_PATH").is_some_and(|v| v == "1")
+/// The connections node `i`'s own conntrack tracks from `client` to port `dport` (of the
+/// mesh: none where the eBPF shortcut takes them past the node's stack).
+pub fn node_tracked(s: &Swarm, i: usize, client: std::net::Ipv4Addr, dport: u16) -> usize {
+    s.lab
+        .node(i)
+        .sh("cat /proc/net/nf_conntrack")
+        .unwrap_or_else(|e| panic!("node{i}'s conntrack table: {e}"))
+        .lines()
+        .filter(|l| l.contains(&format!("src={client} ")) && l.contains(&format!("dport={dport} ")))
+        .count()
 }
 
 /// What `node inspect` says of node `i`'s overlay fast path ("ebpf", or "off (why)").

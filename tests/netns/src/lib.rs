@@ -35,6 +35,13 @@ pub fn in_kernel_lab() -> bool {
     std::env::var_os("NETAGENT_KERNEL_LAB").is_some()
 }
 
+/// Whether the run requires the overlay fast path (and the mesh's shortcut) to be active
+/// (`NETAGENT_EXPECT_FAST_PATH=1`, set by the kernel lab under a kernel with TCX), so a
+/// fallback fails a test instead of passing it without them.
+pub fn expect_fast_path() -> bool {
+    std::env::var_os("NETAGENT_EXPECT_FAST_PATH").is_some_and(|v| v == "1")
+}
+
 /// Every lab namespace name starts with this; the pid of the creating process follows.
 pub const LAB_PREFIX: &str = "nalab-";
 /// The underlay network: 198.18.0.0/15 (RFC 2544, reserved for benchmarking).
