@@ -16,7 +16,7 @@ use netlink_sys::protocols::{NETLINK_GENERIC, NETLINK_ROUTE};
 use netns::NetNs;
 
 use super::diff::{DestView, SvcView, View};
-use super::msg::{AF_INET, FAMILY, IpvsMsg, Timeouts};
+use super::msg::{AF_INET, FAMILY, IpvsMsg, Service, Timeouts};
 use super::nl::{NlError, Sock};
 use crate::{Error, Result};
 
@@ -37,6 +37,9 @@ pub(crate) fn resolve_family(ns: &NetNs) -> Result<Option<u16>> {
         Err(e) => Err(e.into_error("resolve the IPVS netlink family", ns.name())),
     }
 }
+
+/// Service dumps read at most per listing (see [`Kernel::fwmark_services`]).
+const DUMPS: usize = 16;
 
 /// Sockets into one load-balancer namespace.
 pub(crate) struct Kernel {
@@ -171,19 +174,43 @@ impl Kernel {
         }
     }
 
-    /// Every IPv4 fwmark service and its destinations (address/port services are not
-    /// netagent's and are left out).
-    pub fn services(&mut self) -> Result<BTreeMap<u32, SvcView>> {
-        let req = self.genl_msg(IpvsMsg::get_services());
-        let list: Vec<GenlMessage<IpvsMsg>> = self.genl.dump(req, "list the IPVS services")?;
-        let mut out = BTreeMap::new();
-        for m in list {
-            let Some(svc) = m.payload.service() else {
-                continue;
-            };
-            if svc.fwmark == 0 || svc.af != AF_INET {
-                continue;
+    /// The IPv4 fwmark services of this namespace (address/port services are not netagent's and
+    /// are left out).
+    ///
+    /// One service dump is not enough: kernels before per-namespace IPVS tables keep one service
+    /// table for all namespaces and resume each datagram of a dump at a position counted over
+    /// all of them, so services added or removed in other namespaces while a dump runs make it
+    /// skip or repeat services of this one (seen in the kernel lab, Debian 6.1: an unchanged
+    /// sync wrote again). The kernel flags nothing (no NLM_F_DUMP_INTR). A dump never lists a
+    /// service this namespace does not hold, and only netagent changes this namespace, so the
+    /// dumps are repeated until one lists exactly the services the earlier ones listed together;
+    /// after [`DUMPS`] their union is taken. A service's figures are from the latest dump that
+    /// listed it.
+    fn fwmark_services(&mut self, what: &str) -> Result<Vec<Service>> {
+        let mut seen: BTreeMap<u32, Service> = BTreeMap::new();
+        for n in 0..DUMPS {
+            let req = self.genl_msg(IpvsMsg::get_services());
+            let list: Vec<GenlMessage<IpvsMsg>> = self.genl.dump(req, what)?;
+            let now: BTreeMap<u32, Service> = list
+                .iter()
+                .filter_map(|m| m.payload.service())
+                .filter(|s| s.fwmark != 0 && s.af == AF_INET)
+                .map(|s| (s.fwmark, s))
+                .collect();
+            let agrees = n > 0 && now.keys().eq(seen.keys());
+            seen.extend(now);
+            if agrees {
+                break;
             }
+        }
+        Ok(seen.into_values().collect())
+    }
+
+    /// Every IPv4 fwmark service and its destinations.
+    pub fn services(&mut self) -> Result<BTreeMap<u32, SvcView>> {
+        let list = self.fwmark_services("list the IPVS services")?;
+        let mut out = BTreeMap::new();
+        for svc in list {
             let req = self.genl_msg(IpvsMsg::get_dests(svc.fwmark));
             let what = format!(
                 "list the destinations of IPVS service fwmark {}",
@@ -215,15 +242,13 @@ impl Kernel {
         Ok(out)
     }
 
-    /// The connections each IPv4 fwmark service scheduled (its stats), by mark: one dump.
+    /// The connections each IPv4 fwmark service scheduled (its stats), by mark.
     pub fn conns(&mut self) -> Result<BTreeMap<u32, u64>> {
-        let req = self.genl_msg(IpvsMsg::get_services());
-        let list: Vec<GenlMessage<IpvsMsg>> =
-            self.genl.dump(req, "read the IPVS service counters")?;
+        // A service the dump skipped would look deleted to the running totals, and its count
+        // would be added twice when it shows again.
+        let list = self.fwmark_services("read the IPVS service counters")?;
         Ok(list
             .iter()
-            .filter_map(|m| m.payload.service())
-            .filter(|s| s.fwmark != 0 && s.af == AF_INET)
             .map(|s| (s.fwmark, s.conns.unwrap_or(0)))
             .collect())
     }
