@@ -335,8 +335,32 @@ impl State {
 
     /// Asks live holders of newly held networks for their whole tables. With no live holder
     /// known, the (empty) table counts as fetched once this node knows every node's record (a
-    /// peer's records digest matched ours) or has no peer at all; until then it waits, and
+    /// peer's records digest matched ours) and has heard of every holder from SWIM (see
+    /// [`State::awaits_holders`]), or has no peer at all; until then it waits, and
     /// [`State::tick`] asks again.
+    /// Whether `net` has holders whose record this node has but SWIM has not listed yet, and
+    /// the table has been held for less than a failure timeout. A restarted node learns the
+    /// records from one peer's digest, often before SWIM's join has listed the other nodes;
+    /// counting the table as fetched then would hand the executor a table without the holders'
+    /// endpoints, and it would remove their peers from the data plane (connections to them
+    /// drop) until gossip filled them in. A live holder is listed within a probe round; one
+    /// SWIM never lists (down since long before this node started) is waited for one failure
+    /// timeout.
+    pub(crate) fn awaits_holders(&self, net: &str) -> bool {
+        let grace = self.timings.failure_timeout.as_micros() as u64;
+        let young = self
+            .store
+            .tables
+            .get(net)
+            .is_some_and(|t| crate::now_us().saturating_sub(t.since_us) < grace);
+        young
+            && self
+                .store
+                .holders(net)
+                .iter()
+                .any(|n| !self.members.contains_key(n))
+    }
+
     pub fn fetch(&mut self, nets: Vec<String>, out: &mut Out) {
         for net in nets {
             if !self.store.tables.contains_key(&net) {
@@ -344,7 +368,7 @@ impl State {
             }
             let mut holders = self.reachable_holders(&net);
             if holders.is_empty() {
-                if self.records_settled || !self.has_peers() {
+                if !self.has_peers() || (self.records_settled && !self.awaits_holders(&net)) {
                     self.store.mark_synced(&net);
                 }
                 continue;
@@ -459,6 +483,7 @@ pub fn split_push(origin: Arc<str>, records: Vec<Record>, tables: Vec<TableDelta
 mod tests {
     use super::*;
     use crate::codec::{EpValue, WireItem};
+    use foca::State as SwimState;
 
     fn item(v: u64) -> WireItem {
         WireItem {
@@ -503,5 +528,91 @@ mod tests {
         assert!(msgs.len() > 2);
         assert!(msgs.last().unwrap().filled == ["n"]);
         assert!(msgs[..msgs.len() - 1].iter().all(|m| m.filled.is_empty()));
+    }
+
+    fn id(node: &str, last: u8) -> Id {
+        Id {
+            node: node.into(),
+            generation: 1,
+            bump: 0,
+            addr: format!("198.18.0.{last}:7946").parse().unwrap(),
+        }
+    }
+
+    /// A restarted node1 whose records have settled, holding net1, which node2's record says
+    /// node2 holds too.
+    fn restarted() -> State {
+        let mut st = State::new(
+            id("node1", 1),
+            1,
+            crate::Timings::fast(),
+            vec![id("node3", 3).addr],
+            1400,
+            9,
+        );
+        let two = id("node2", 2);
+        st.store.records.insert(
+            two.node.clone(),
+            crate::codec::Record {
+                node: two.node.clone(),
+                generation: 1,
+                version: 1,
+                addr: two.addr,
+                vtep: None,
+                networks: vec![crate::codec::NetInterest {
+                    net: "net1".into(),
+                    publishes: true,
+                }],
+                left: false,
+                floor: 0,
+            },
+        );
+        st.records_settled = true;
+        let _ = st.store.subscribe("net1");
+        st
+    }
+
+    fn wants_sent_to(out: &Out, to: &Id) -> bool {
+        out.sends.iter().any(|(a, m)| {
+            *a == to.addr
+                && matches!(&m.body, Body::Delta(d) if d.wants.iter().any(|w| w.net == "net1"))
+        })
+    }
+
+    #[test]
+    fn a_holder_swim_has_not_listed_yet_is_waited_for() {
+        let mut st = restarted();
+        let two = id("node2", 2);
+        let mut out = Out::default();
+        st.fetch(vec!["net1".into()], &mut out);
+        assert!(
+            !st.store.tables["net1"].synced,
+            "no table before node2 answers"
+        );
+        assert!(out.sends.is_empty());
+        // SWIM lists node2: the next round asks it for the table.
+        st.members
+            .insert(two.node.clone(), (two.clone(), SwimState::Alive));
+        let mut out = Out::default();
+        st.fetch(st.store.unsynced(), &mut out);
+        assert!(wants_sent_to(&out, &two));
+        assert!(!st.store.tables["net1"].synced);
+    }
+
+    #[test]
+    fn a_holder_known_down_or_never_listed_is_not_waited_for() {
+        // SWIM says node2 is down: it cannot answer, the table counts as fetched.
+        let mut st = restarted();
+        let two = id("node2", 2);
+        st.members
+            .insert(two.node.clone(), (two.clone(), SwimState::Down));
+        st.fetch(vec!["net1".into()], &mut Out::default());
+        assert!(st.store.tables["net1"].synced);
+        // Never listed: waited for one failure timeout only.
+        let mut st = restarted();
+        let grace = crate::Timings::fast().failure_timeout.as_micros() as u64;
+        st.store.tables.get_mut("net1").unwrap().since_us -= grace + 1;
+        st.fetch(vec!["net1".into()], &mut Out::default());
+        assert!(st.store.tables["net1"].synced);
     }
 }
