@@ -19,6 +19,7 @@
 //! netns_prefix = "netagent-"       # names of the namespaces netagent creates
 //! cgroup_parent = "/sys/fs/cgroup/netagent"   # default: netagent/ under the cgroup2 mount
 //! stop_grace_ms = 10000            # SIGTERM to SIGKILL when a task stops
+//! drain_ms = 2000                  # a serving task leaves the load balancers this long before it stops
 //! restart_delay_ms = 5000          # before a failed task is replaced (leader)
 //! gwbridge = "docker_gwbridge"
 //! resolv_conf = "/etc/resolv.conf"  # the node's resolvers: upstreams of the tasks' DNS
@@ -115,6 +116,10 @@ pub struct Args {
     /// Grace between SIGTERM and SIGKILL when a task stops, in milliseconds.
     #[arg(long)]
     pub stop_grace_ms: Option<u64>,
+    /// How long a serving task is out of the load balancers and names before it is stopped,
+    /// in milliseconds (docker: 2000).
+    #[arg(long)]
+    pub drain_ms: Option<u64>,
     /// Delay before a failed or finished task is replaced, in milliseconds (leader).
     #[arg(long)]
     pub restart_delay_ms: Option<u64>,
@@ -172,6 +177,7 @@ struct FileConfig {
     netns_prefix: Option<String>,
     cgroup_parent: Option<PathBuf>,
     stop_grace_ms: Option<u64>,
+    drain_ms: Option<u64>,
     restart_delay_ms: Option<u64>,
     gwbridge: Option<String>,
     resolv_conf: Option<PathBuf>,
@@ -210,6 +216,7 @@ pub struct Config {
     /// None when the host has no cgroup2 mount.
     pub cgroup_parent: Option<PathBuf>,
     pub stop_grace_ms: u64,
+    pub drain_ms: u64,
     pub restart_delay_ms: u64,
     pub gwbridge: String,
     pub resolv_conf: PathBuf,
@@ -321,6 +328,7 @@ impl Config {
                 .or(file.cgroup_parent)
                 .or_else(|| netns::cgroup2_mount().map(|m| m.join("netagent"))),
             stop_grace_ms: args.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(10_000),
+            drain_ms: args.drain_ms.or(file.drain_ms).unwrap_or(2_000),
             restart_delay_ms: args
                 .restart_delay_ms
                 .or(file.restart_delay_ms)

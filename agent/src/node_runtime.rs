@@ -91,6 +91,7 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
         node_netns: None,
         gwbridge: cfg.gwbridge.clone(),
         stop_grace: Duration::from_millis(cfg.stop_grace_ms),
+        drain: Duration::from_millis(cfg.drain_ms),
         resolv_conf: dns::task_resolv_conf(&cfg.node_resolv_conf()),
         retry: Duration::from_secs(1),
         gossip_settle: Duration::from_millis(cfg.gossip_failure_timeout_ms)

@@ -685,6 +685,47 @@ fn ingress_recreate_keeps_published_ports_answering() {
             "node{i}: {m:?}"
         );
     }
+
+    // A rolling update (docker's default parallelism, 1): one node's task at a time, the port
+    // answered by the other meanwhile.
+    let (failed, total) = under_load(&s, 8080, || {
+        s.ctl(1, &["service", "update", "--env-add", "ROLLED=1", "web"]);
+        converged("updated");
+    });
+    eprintln!("service update (rolling, parallelism 1): {failed} of {total} requests failed");
+    let (code, body) = s.api(1, "GET", "/tasks", "");
+    assert_eq!(code, 200, "{body}");
+    let tasks: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let at = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{v}: {e}"))
+    };
+    let mut rolled: Vec<_> = tasks
+        .iter()
+        .filter(|t| {
+            t["DesiredState"] == "running"
+                && t["Spec"]["ContainerSpec"]["Env"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e == "ROLLED=1"))
+        })
+        .map(|t| {
+            (
+                at(&t["CreatedAt"]),
+                at(&t["Status"]["Timestamp"]),
+                t["Status"]["State"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    rolled.sort();
+    assert_eq!(rolled.len(), 2, "{rolled:?}");
+    assert!(rolled.iter().all(|r| r.2 == "running"), "{rolled:?}");
+    assert!(
+        rolled[1].0 >= rolled[0].1,
+        "the second task was replaced only once the first replacement ran: {rolled:?}"
+    );
     drop(s);
     assert_eq!(
         host_snapshot(),

@@ -586,6 +586,8 @@ fn services_api_validation_update_scale_rm() {
             "z=1",
             "--label-rm",
             "tier",
+            "--update-parallelism",
+            "2",
             "web",
         ],
     );
@@ -598,6 +600,7 @@ fn services_api_validation_update_scale_rm() {
     assert!(tpl["Placement"]["Constraints"].is_null(), "{tpl}");
     assert_eq!(tpl["Networks"][1]["Target"], blue);
     assert_eq!(v["Spec"]["Labels"], serde_json::json!({"z": "1"}));
+    assert_eq!(v["Spec"]["UpdateConfig"]["Parallelism"], 2);
     let vips = v["Endpoint"]["VirtualIPs"].as_array().unwrap();
     assert_eq!(vips.len(), 2, "{v}");
     assert_eq!(vips[0]["Addr"], vip, "the VIP on red is kept");

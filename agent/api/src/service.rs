@@ -58,7 +58,26 @@ pub struct ServiceSpec {
     pub networks: Vec<NetworkAttachmentConfig>,
     #[serde(rename = "EndpointSpec", default)]
     pub endpoint_spec: Option<EndpointSpec>,
-    /// UpdateConfig, RollbackConfig and fields docker does not have: accepted, warned about.
+    /// Absent: docker's defaults (one task at a time).
+    #[serde(
+        rename = "UpdateConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub update_config: Option<UpdateConfig>,
+    /// RollbackConfig and fields docker does not have: accepted, warned about.
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+/// How an update rolls out. netagent keeps the parallelism; the rest is accepted and warned
+/// about when it differs from docker's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks replaced at a time; 0 (or absent): all at once, as docker's API says.
+    #[serde(rename = "Parallelism", default)]
+    pub parallelism: u64,
+    /// Delay, FailureAction, Monitor, MaxFailureRatio, Order.
     #[serde(flatten)]
     pub other: Extra,
 }
@@ -494,9 +513,18 @@ pub fn spec_to_model(
     ignored(
         "",
         &s.other,
-        "netagent replaces tasks one by one and keeps no update or rollback settings",
+        "netagent keeps no rollback settings",
         &mut warnings,
     );
+    let update = match &s.update_config {
+        None => model::service::UpdateConfig::default(),
+        Some(u) => {
+            update_extras_ignored(&u.other, &mut warnings);
+            model::service::UpdateConfig {
+                parallelism: u.parallelism,
+            }
+        }
+    };
     let mode = mode_to_model(&s.mode)?;
     let task = task_spec_to_model(&s.task_template, &mut warnings)?;
     let nets = if s.task_template.networks.is_empty() {
@@ -555,9 +583,45 @@ pub fn spec_to_model(
             task,
             networks,
             endpoint,
+            update,
         },
         warnings,
     ))
+}
+
+/// The UpdateConfig in docker's shape (the fields docker's Go type always has, as the docker
+/// CLI prints them): the old task drains while its replacement starts ("start-first"), and a
+/// replacement that keeps failing holds the update ("pause").
+fn update_config(u: &model::service::UpdateConfig) -> UpdateConfig {
+    let mut other = Extra::new();
+    other.insert("FailureAction".into(), "pause".into());
+    other.insert("MaxFailureRatio".into(), 0.into());
+    other.insert("Order".into(), "start-first".into());
+    UpdateConfig {
+        parallelism: u.parallelism,
+        other,
+    }
+}
+
+/// Warns about the UpdateConfig fields that differ from docker's defaults: netagent moves on as
+/// soon as the replacements run, and holds the update while one keeps failing (docker's
+/// "pause").
+fn update_extras_ignored(other: &Extra, warnings: &mut Vec<String>) {
+    let default = |k: &str, v: &serde_json::Value| match k {
+        "FailureAction" => v == "pause",
+        // The docker CLI's default, and what netagent does (see `update_config`).
+        "Order" => v == "stop-first" || v == "start-first",
+        // The docker CLI fills in its default of 5 s when any --update-* flag is given.
+        "Monitor" => v.as_u64() == Some(5_000_000_000) || crate::is_empty_value(v),
+        _ => crate::is_empty_value(v),
+    };
+    for (k, v) in other {
+        if !default(k, v) {
+            warnings.push(format!(
+                "UpdateConfig.{k} is ignored: netagent replaces Parallelism tasks at a time, the next ones as soon as the replacements run, and holds the update while a replacement fails"
+            ));
+        }
+    }
 }
 
 /// The task spec in docker's shape (`networks`: the service's attachments, or a task's).
@@ -622,6 +686,7 @@ pub fn service(s: &model::Service, status: Option<ServiceStatus>) -> Service {
             },
             networks: Vec::new(),
             endpoint_spec: Some(endpoint_spec.clone()),
+            update_config: Some(update_config(&s.spec.update)),
             other: Extra::new(),
         },
         endpoint: Endpoint {
@@ -681,6 +746,51 @@ mod tests {
         assert_eq!(c.args, ["httpd", "-f", "-p", "80"]);
         assert!(c.command.is_empty());
         assert_eq!(back.spec.mode.replicated.unwrap().replicas, Some(3));
+    }
+
+    #[test]
+    fn update_config_keeps_the_parallelism_and_warns_about_what_differs_from_docker() {
+        let plain: ServiceSpec = serde_json::from_str(DOCKER_CREATE).unwrap();
+        assert_eq!(spec_to_model(&plain).unwrap().0.update.parallelism, 1);
+        // What `docker service create --update-parallelism 2` adds (the CLI's defaults for
+        // the rest): no warning.
+        let with = DOCKER_CREATE.replacen(
+            r#""Name":"web","#,
+            r#""Name":"web","UpdateConfig":{"Parallelism":2,"FailureAction":"pause","Monitor":5000000000,"MaxFailureRatio":0,"Order":"stop-first"},"#,
+            1,
+        );
+        let spec: ServiceSpec = serde_json::from_str(&with).unwrap();
+        let (m, w) = spec_to_model(&spec).unwrap();
+        assert_eq!(m.update.parallelism, 2);
+        assert!(w.is_empty(), "{w:?}");
+        let svc = model::Service {
+            meta: model::Meta::new(),
+            spec: m,
+            virtual_ips: Vec::new(),
+            ports: vec![],
+        };
+        let back = serde_json::to_value(service(&svc, None)).unwrap();
+        assert_eq!(back["Spec"]["UpdateConfig"]["Parallelism"], 2);
+        assert_eq!(back["Spec"]["UpdateConfig"]["Order"], "start-first");
+        // 0 is docker's "all at once"; what netagent does not do is named.
+        let other = with
+            .replace(r#""Parallelism":2"#, r#""Parallelism":0"#)
+            .replace(
+                r#""Order":"stop-first""#,
+                r#""Order":"never","Delay":1000000000"#,
+            );
+        let spec: ServiceSpec = serde_json::from_str(&other).unwrap();
+        let (m, w) = spec_to_model(&spec).unwrap();
+        assert_eq!(m.update.parallelism, 0);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("UpdateConfig.Order is ignored"))
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("UpdateConfig.Delay is ignored"))
+        );
     }
 
     #[test]

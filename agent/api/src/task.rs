@@ -261,6 +261,7 @@ mod tests {
                     aliases: vec![],
                 }],
                 endpoint: Default::default(),
+                update: Default::default(),
             },
             virtual_ips: vec![],
             ports: vec![],

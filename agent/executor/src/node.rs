@@ -59,6 +59,9 @@ pub struct Config {
     pub gwbridge: String,
     /// SIGTERM-to-SIGKILL grace when stopping a task (docker: 10 s).
     pub stop_grace: Duration,
+    /// Between a serving task leaving the load balancers and names (its endpoints published
+    /// disabled) and its stop, so that every node has heard (docker: 2 s).
+    pub drain: Duration,
     /// What tasks see as /etc/resolv.conf (`nameserver 127.0.0.11` and the node's search and
     /// options: `dns::task_resolv_conf`).
     pub resolv_conf: String,

@@ -180,9 +180,18 @@ impl Executor {
                 }
                 return Ok(());
             };
+            // A task that served (a backend, a name) leaves the load balancers and names
+            // first, and is stopped only once the other nodes have heard (docker waits 2 s
+            // too): connections balanced to it meanwhile are still answered.
+            let served = rt.published.values().any(|&on| on);
             self.publish_task(&t, false).await;
             if rt.proc.is_live() {
-                self.stop(id);
+                let drain = if served {
+                    self.config.drain
+                } else {
+                    std::time::Duration::ZERO
+                };
+                self.stop(id, drain);
             } else if rt.stopping {
             } else if !t.status.state.is_terminal() {
                 self.report(&t, TaskState::Shutdown, "shutdown", None, None)
@@ -441,7 +450,7 @@ impl Executor {
             return Ok(());
         }
         if rt.proc.is_live() {
-            self.stop(id);
+            self.stop(id, std::time::Duration::ZERO);
             return Ok(());
         }
         for net in rt.published.keys() {
@@ -483,8 +492,8 @@ impl Executor {
         Ok(())
     }
 
-    /// Stops a task in the background; an [`Ev::Stopped`] follows.
-    fn stop(&mut self, id: &str) {
+    /// Stops a task in the background after `drain`; an [`Ev::Stopped`] follows.
+    fn stop(&mut self, id: &str, drain: std::time::Duration) {
         let Some(rt) = self.tasks.get_mut(id) else {
             return;
         };
@@ -495,9 +504,16 @@ impl Executor {
         let runner = self.runner.clone();
         let tx = self.tx.clone();
         let (idc, grace) = (id.to_string(), self.config.stop_grace);
-        tokio::task::spawn_blocking(move || {
-            let code = runner.stop(&idc, grace);
-            let _ = tx.send(Ev::Stopped(idc, code));
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            let code = tokio::task::spawn_blocking(move || {
+                let code = runner.stop(&idc, grace);
+                let _ = tx.send(Ev::Stopped(idc, code));
+            })
+            .await;
+            if let Err(e) = code {
+                warn!(error = %e, "stopping a task failed");
+            }
         });
     }
 

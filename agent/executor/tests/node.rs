@@ -58,6 +58,7 @@ fn service() -> Service {
             },
             networks: vec![],
             endpoint: EndpointSpec::default(),
+            update: Default::default(),
         },
         virtual_ips: vec![],
         ports: vec![],
@@ -118,6 +119,7 @@ fn config(lab: &Lab, i: usize) -> Config {
         node_netns: Some(n.ns().path().to_path_buf()),
         gwbridge: "docker_gwbridge".into(),
         stop_grace: Duration::from_secs(2),
+        drain: Duration::from_secs(1),
         resolv_conf: "nameserver 127.0.0.11\noptions ndots:0\n".into(),
         retry: Duration::from_millis(200),
         gossip_settle: Duration::from_secs(1),
@@ -240,10 +242,37 @@ async fn tasks_run_reach_each_other_stop_and_vanish() {
         "an unchanged pass writes nothing"
     );
 
-    // Shut t2 down: it stops, reports it, and once unassigned everything of it goes.
+    // Shut t2 down: it leaves the load balancers and names first (its entry disabled on the
+    // other node while its process still runs: the drain), then stops, reports it, and once
+    // unassigned everything of it goes.
+    let pid: i32 = std::fs::read_to_string(
+        lab.node(2)
+            .dir()
+            .join("state/tasks")
+            .join(&t2.meta.id)
+            .join("pid"),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let runs = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(runs());
     let mut down = t2.clone();
     down.desired_state = TaskState::Shutdown;
     n2.tx.replace(assignments(3, vec![down.clone()]));
+    let net = network().meta.id;
+    lab.wait_until("n1 sees t2's endpoint disabled", LONG, || {
+        n1.gossip
+            .endpoints(&net)
+            .iter()
+            .any(|e| e.endpoint.id == t2.meta.id && e.endpoint.disabled)
+    })
+    .unwrap();
+    assert!(
+        runs(),
+        "t2 still runs when the other node hears it is out of the load balancers"
+    );
     wait_status(&mut n2, &t2.meta.id, TaskState::Shutdown).await;
     down.status.state = TaskState::Shutdown;
     n2.tx.replace(assignments(4, vec![]));

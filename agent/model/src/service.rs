@@ -130,6 +130,25 @@ pub struct ServiceSpec {
     pub task: TaskTemplate,
     pub networks: Vec<NetworkAttachmentSpec>,
     pub endpoint: EndpointSpec,
+    /// Absent in services stored before it existed: docker's default then.
+    #[serde(default)]
+    pub update: UpdateConfig,
+}
+
+/// How a change of the task template rolls out over the running tasks (docker's
+/// `UpdateConfig`; of its fields netagent keeps the parallelism).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Running tasks replaced at a time; the next ones once the replacements run. 0: all at
+    /// once.
+    pub parallelism: u64,
+}
+
+impl Default for UpdateConfig {
+    /// Docker's default: one task at a time.
+    fn default() -> Self {
+        UpdateConfig { parallelism: 1 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

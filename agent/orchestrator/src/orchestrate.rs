@@ -1,6 +1,7 @@
 //! Replica orchestration: keeps one running task per slot of a replicated service (one per
 //! eligible node of a global service), replaces tasks that failed, that run on a drained, down or
-//! removed node, or whose spec is outdated, and trims the history `service ps` shows.
+//! removed node, or whose spec is outdated (a rolling update: the service's update parallelism
+//! at a time), and trims the history `service ps` shows.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -60,28 +61,82 @@ fn shut_down(task: &mut Task, now: DateTime<Utc>) {
     }
 }
 
-/// Whether a live task must be replaced: its node cannot keep it, it stopped and the restart
-/// delay has passed, or the service's spec moved on.
-fn must_replace(
+/// Why a live task is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// At once: its node cannot keep it, it stopped and the restart delay has passed, its
+    /// networks changed (one of them may be gone), or it does not run yet.
+    Now,
+    /// It runs with an outdated spec: replaced as the service's update parallelism allows.
+    Outdated,
+}
+
+fn replacement(
     t: &Task,
     service: &Service,
     state: &ClusterState,
     config: &Config,
     now: DateTime<Utc>,
-) -> bool {
+) -> Option<Replace> {
     if let Some(node) = &t.node_id
         && !node_keeps_tasks(state.nodes.get(node))
     {
-        return true;
+        return Some(Replace::Now);
     }
     if t.status.state.is_terminal() && now - t.status.timestamp >= config.restart_delay {
-        return true;
+        return Some(Replace::Now);
     }
     let attached = crate::allocator::task_networks(state, service);
     let wanted: BTreeSet<&str> = attached.iter().map(|n| n.target.as_str()).collect();
     let has: BTreeSet<&str> = t.networks.iter().map(|a| a.network_id.as_str()).collect();
     let allocated = !matches!(t.status.state, TaskState::New | TaskState::Pending);
-    t.spec != service.spec.task || (allocated && wanted != has)
+    if allocated && wanted != has {
+        return Some(Replace::Now);
+    }
+    if t.spec == service.spec.task {
+        return None;
+    }
+    Some(if t.status.state == TaskState::Running {
+        Replace::Outdated
+    } else {
+        Replace::Now
+    })
+}
+
+/// The live tasks of `service` to shut down now: every one that must go at once, and of those
+/// running an outdated spec as many as the update parallelism leaves room for (docker's rolling
+/// update: a replacement counts until it runs, so a replacement that keeps failing holds the
+/// update where it is, as docker's default failure action pauses it). In slot order (node
+/// order for a global service). A shut-down task's replacement is created in the same pass; the
+/// old task drains and stops on its node meanwhile.
+fn to_replace(
+    state: &ClusterState,
+    service: &Service,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut at_once = Vec::new();
+    let mut outdated = Vec::new();
+    let mut in_flight = 0usize;
+    for t in state.tasks_of(&service.meta.id).filter(|t| is_live(t)) {
+        match replacement(t, service, state, config, now) {
+            Some(Replace::Now) => at_once.push(t.meta.id.clone()),
+            Some(Replace::Outdated) => {
+                outdated.push(((t.slot, t.node_id.clone()), t.meta.id.clone()));
+            }
+            None if t.status.state != TaskState::Running => in_flight += 1,
+            None => {}
+        }
+    }
+    // What goes at once is replaced by tasks that do not run yet either.
+    let room = match service.spec.update.parallelism {
+        0 => usize::MAX,
+        p => usize::try_from(p).unwrap_or(usize::MAX),
+    }
+    .saturating_sub(in_flight + at_once.len());
+    outdated.sort();
+    at_once.extend(outdated.into_iter().take(room).map(|(_, id)| id));
+    at_once
 }
 
 pub fn run(state: &mut ClusterState, config: &Config, now: DateTime<Utc>) {
@@ -89,12 +144,7 @@ pub fn run(state: &mut ClusterState, config: &Config, now: DateTime<Utc>) {
     for service in &services {
         let constraints = constraint::parse_all(&service.spec.task.constraints).unwrap_or_default();
         // Replace what must be replaced: the slot (or node) then has no live task.
-        let replace: Vec<String> = state
-            .tasks_of(&service.meta.id)
-            .filter(|t| is_live(t) && must_replace(t, service, state, config, now))
-            .map(|t| t.meta.id.clone())
-            .collect();
-        for id in replace {
+        for id in to_replace(state, service, config, now) {
             shut_down(state.tasks.get_mut(&id).expect("listed above"), now);
         }
         match service.spec.mode {

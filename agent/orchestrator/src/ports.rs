@@ -223,6 +223,7 @@ mod tests {
                     ports,
                     ..Default::default()
                 },
+                update: Default::default(),
             },
             virtual_ips: vec![],
             ports: vec![],

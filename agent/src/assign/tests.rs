@@ -63,6 +63,7 @@ fn service_on(id: &str, nets: &[&str]) -> Object {
                 })
                 .collect(),
             endpoint: Default::default(),
+            update: Default::default(),
         },
         virtual_ips: vec![],
         ports: vec![],

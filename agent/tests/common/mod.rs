@@ -146,6 +146,9 @@ fn agent_args(lab: &Lab, i: usize) -> Vec<String> {
         "1500".into(),
         "--stop-grace-ms".into(),
         "2000".into(),
+        // The lab's gossip is faster than production's (100 ms rounds): half docker's drain.
+        "--drain-ms".into(),
+        "1000".into(),
         "--restart-delay-ms".into(),
         "1000".into(),
         // The node's resolvers are the lab's own (none unless a test writes some): tasks' DNS

@@ -111,6 +111,7 @@ fn service(state: &ClusterState, name: &str, mode: ServiceMode, networks: &[&str
                 })
                 .collect(),
             endpoint: EndpointSpec::default(),
+            update: Default::default(),
         },
         virtual_ips: vec![],
         ports: vec![],
@@ -622,8 +623,11 @@ fn a_forced_update_replaces_every_task_once(mode: Mode) {
         .spec
         .task
         .force_update += 1;
-    w.settle();
-    w.run_assigned();
+    // One at a time (the default parallelism): two rounds of replace-and-run.
+    for _ in 0..2 {
+        w.settle();
+        w.run_assigned();
+    }
     let after: Vec<String> = w.live("s").iter().map(|t| t.meta.id.clone()).collect();
     assert_eq!(after.len(), 2);
     assert!(
@@ -631,6 +635,137 @@ fn a_forced_update_replaces_every_task_once(mode: Mode) {
         "every task is new: {before:?} -> {after:?}"
     );
     assert_eq!(w.settle(), 0, "and then nothing more changes");
+}
+
+impl World {
+    /// The service's live tasks: (running the current spec, running an outdated one, not
+    /// running yet).
+    fn rollout(&self, service: &str) -> (usize, usize, usize) {
+        let spec = &self.state.services[&format!("svc-{service}")].spec.task;
+        let live = self.live(service);
+        let running = |t: &&&Task| t.status.state == TaskState::Running;
+        (
+            live.iter()
+                .filter(|t| running(t) && t.spec == *spec)
+                .count(),
+            live.iter()
+                .filter(|t| running(t) && t.spec != *spec)
+                .count(),
+            live.iter().filter(|t| !running(t)).count(),
+        )
+    }
+
+    fn change_env(&mut self, service: &str, env: &str) {
+        let svc = self
+            .state
+            .services
+            .get_mut(&format!("svc-{service}"))
+            .unwrap();
+        svc.spec.task.env = vec![env.into()];
+    }
+}
+
+fn an_update_rolls_out_parallelism_tasks_at_a_time(mode: Mode) {
+    let mut w = World::new(3, mode);
+    w.add_network("a", None);
+    w.add_service("s", replicas(5), &["a"]);
+    w.settle();
+    w.run_assigned();
+    assert_eq!(w.rollout("s"), (5, 0, 0));
+    w.change_env("s", "V=2");
+    // Parallelism 1: each round replaces one task, the next only once it runs.
+    let mut seen = vec![];
+    for _ in 0..5 {
+        w.settle();
+        let r = w.rollout("s");
+        seen.push(r);
+        assert_eq!(r.2, 1, "one replacement at a time: {seen:?}");
+        assert_eq!(w.settle(), 0, "nothing more before it runs: {seen:?}");
+        w.run_assigned();
+    }
+    assert_eq!(w.rollout("s"), (5, 0, 0), "{seen:?}");
+    assert_eq!(
+        seen.iter().map(|r| r.1).collect::<Vec<_>>(),
+        vec![4, 3, 2, 1, 0]
+    );
+    // Parallelism 2, then 0 (all at once).
+    w.state
+        .services
+        .get_mut("svc-s")
+        .unwrap()
+        .spec
+        .update
+        .parallelism = 2;
+    w.change_env("s", "V=3");
+    w.settle();
+    assert_eq!(w.rollout("s"), (0, 3, 2));
+    w.run_assigned();
+    w.state
+        .services
+        .get_mut("svc-s")
+        .unwrap()
+        .spec
+        .update
+        .parallelism = 0;
+    w.change_env("s", "V=4");
+    w.settle();
+    assert_eq!(w.rollout("s"), (0, 0, 5), "all at once");
+    w.run_assigned();
+    assert_eq!(w.settle(), 0);
+    assert_eq!(w.rollout("s"), (5, 0, 0));
+}
+
+fn a_failing_replacement_holds_the_update(mode: Mode) {
+    let mut w = World::new(2, mode);
+    w.add_service("s", replicas(3), &[]);
+    w.settle();
+    w.run_assigned();
+    w.change_env("s", "BROKEN=1");
+    w.settle();
+    assert_eq!(w.rollout("s"), (0, 2, 1));
+    // The replacement fails (and keeps failing after each restart delay): the two tasks
+    // running the old spec keep running.
+    for _ in 0..3 {
+        for t in w.state.tasks.values_mut() {
+            if t.status.state == TaskState::Assigned {
+                t.status.state = TaskState::Failed;
+                t.status.timestamp = w.now;
+            }
+        }
+        w.settle();
+        w.now += w.config.restart_delay + Duration::seconds(1);
+        w.settle();
+        assert_eq!(w.rollout("s").1, 2, "the update holds");
+    }
+    // Fixed: the update goes on.
+    w.change_env("s", "FIXED=1");
+    for _ in 0..4 {
+        w.settle();
+        w.run_assigned();
+    }
+    assert_eq!(w.rollout("s"), (3, 0, 0));
+}
+
+fn a_network_change_replaces_every_task_at_once(mode: Mode) {
+    let mut w = World::new(2, mode);
+    w.add_network("a", None);
+    w.add_service("s", replicas(3), &[]);
+    w.settle();
+    w.run_assigned();
+    let mut svc = w.state.services["svc-s"].clone();
+    svc.spec.networks.push(NetworkAttachmentSpec {
+        target: "net-a".into(),
+        aliases: vec![],
+    });
+    allocate_vips(&mut ipam_from_state(&w.state), &w.state, &mut svc).unwrap();
+    w.state.services.insert(svc.meta.id.clone(), svc);
+    w.settle();
+    let live = w.live("s");
+    assert_eq!(live.len(), 3);
+    assert!(
+        live.iter().all(|t| t.networks.len() == 1),
+        "a task without the network cannot wait for its turn"
+    );
 }
 
 scenario!(replicas_spread_over_nodes_with_addresses_and_settle);
@@ -645,6 +780,9 @@ scenario!(removed_services_stop_then_vanish_and_free_their_addresses);
 scenario!(networks_get_the_lowest_free_subnet_and_overlaps_are_refused);
 scenario!(joining_a_network_later_replaces_tasks_with_attached_ones);
 scenario!(a_forced_update_replaces_every_task_once);
+scenario!(an_update_rolls_out_parallelism_tasks_at_a_time);
+scenario!(a_failing_replacement_holds_the_update);
+scenario!(a_network_change_replaces_every_task_at_once);
 scenario!(encrypted_networks_only_go_to_nodes_that_can_encrypt);
 
 fn encrypted_networks_only_go_to_nodes_that_can_encrypt(mode: Mode) {

@@ -139,6 +139,10 @@ pub fn pretty(s: &Service, network_names: &HashMap<String, String>) -> String {
     if !constraints.is_empty() {
         line(" Constraints:", &format!("[{}]", constraints.join(" ")));
     }
+    if let Some(u) = &s.spec.update_config {
+        line("UpdateConfig:", "");
+        line(" Parallelism:", &u.parallelism.to_string());
+    }
     line("ContainerSpec:", "");
     let spec = s
         .spec
@@ -353,6 +357,7 @@ mod tests {
                     aliases: vec![],
                 }],
                 endpoint: Default::default(),
+                update: Default::default(),
             },
             virtual_ips: vec![],
             ports: vec![],

@@ -315,6 +315,7 @@ mod tests {
                 },
                 networks: vec![],
                 endpoint: Default::default(),
+                update: Default::default(),
             },
             virtual_ips: vec![],
             ports: vec![],

@@ -5,7 +5,7 @@
 use ::api::network::NetworkResource;
 use ::api::service::{
     ContainerSpec, CreateResponse, Empty, EndpointSpec, Mode, NetworkAttachmentConfig, Placement,
-    Replicated, Service, ServiceSpec, TaskSpec, UpdateResponse,
+    Replicated, Service, ServiceSpec, TaskSpec, UpdateConfig, UpdateResponse,
 };
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
@@ -44,6 +44,9 @@ pub struct CreateArgs {
     /// Service labels (key=value), repeatable.
     #[arg(long, short = 'l')]
     label: Vec<String>,
+    /// Tasks replaced at a time when the service is updated (0: all at once); default 1.
+    #[arg(long = "update-parallelism")]
+    update_parallelism: Option<u64>,
     #[command(flatten)]
     pub wait: WaitArgs,
     /// The command every task runs, and its arguments (after `--` if they look like options).
@@ -99,6 +102,9 @@ pub struct UpdateArgs {
     /// Force update even if no changes require it (every task is replaced).
     #[arg(long)]
     force: bool,
+    /// Tasks replaced at a time, from this update on (0: all at once).
+    #[arg(long = "update-parallelism")]
+    update_parallelism: Option<u64>,
     #[command(flatten)]
     pub wait: WaitArgs,
     service: String,
@@ -233,6 +239,10 @@ pub async fn create(client: &Client, a: CreateArgs) -> Result<()> {
                 .map(|p| super::publish::parse(p))
                 .collect::<Result<_>>()?,
         }),
+        update_config: a.update_parallelism.map(|parallelism| UpdateConfig {
+            parallelism,
+            other: Default::default(),
+        }),
         ..Default::default()
     };
     let created: CreateResponse = client
@@ -310,6 +320,13 @@ async fn apply_update(
     }
     if let Some(mode) = &a.endpoint_mode {
         spec.endpoint_spec.get_or_insert_with(Default::default).mode = mode.clone();
+    }
+    if let Some(p) = a.update_parallelism {
+        // Written with the rest of the update, so it governs this update's roll-out, as with
+        // docker.
+        spec.update_config
+            .get_or_insert_with(Default::default)
+            .parallelism = p;
     }
     super::publish::update(spec, allocated, &a.publish_add, &a.publish_rm)?;
     let tpl = &mut spec.task_template;
