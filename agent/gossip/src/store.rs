@@ -591,6 +591,39 @@ impl Store {
         }
     }
 
+    /// A holder's whole table has been sent (its last message says so): the table counts as
+    /// fetched once all of it is here ([`Store::settle_fill`]).
+    pub fn fill(&mut self, net: &str) {
+        if let Some(t) = self.tables.get_mut(net) {
+            t.fill_arrived = true;
+        }
+        self.settle_fill(net);
+    }
+
+    /// Counts a filled table as fetched when what the holder sent has all arrived: every
+    /// owner's changes contiguous (no piece waits for an earlier one), and a part for every
+    /// node whose record says it has entries there. The pieces of one answer travel as
+    /// separate datagrams and streams, and the last (with the mark) can come first; a table
+    /// handed over without the rest made the executor remove the missing owners' peers and
+    /// backends. What never arrives is given up with the fetch ([`Store::upkeep`]).
+    pub fn settle_fill(&mut self, net: &str) {
+        let Some(t) = self.tables.get(net) else {
+            return;
+        };
+        if t.synced || !t.fill_arrived || !t.contiguous() {
+            return;
+        }
+        let missing = self.records.values().any(|r| {
+            r.node != self.me
+                && !r.left
+                && r.networks.iter().any(|n| n.net == net && n.publishes)
+                && !t.owners.contains_key(&r.node)
+        });
+        if !missing {
+            self.mark_synced(net);
+        }
+    }
+
     /// Failure detection changed its mind about `node`.
     pub fn set_alive(&mut self, node: &Arc<str>, alive: bool) -> bool {
         let before = self.is_alive(node);

@@ -226,9 +226,10 @@ impl State {
             for od in &td.owners {
                 self.store.merge_delta(&td.net, od, &mut out.eff);
             }
+            self.store.settle_fill(&td.net);
         }
         for net in &d.filled {
-            self.store.mark_synced(net);
+            self.store.fill(net);
         }
         // Answer what was asked.
         let records: Vec<Record> = d
@@ -302,6 +303,7 @@ impl State {
                     new.push(od);
                 }
             }
+            self.store.settle_fill(&td.net);
             if !new.is_empty() {
                 out.eff.pushes.push(PushJob {
                     net: Some(td.net),

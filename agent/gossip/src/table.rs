@@ -43,13 +43,36 @@ pub struct OwnerPart {
     pub max: u64,
     /// XOR of `hash(id, version)` over the live items.
     pub hash: u64,
+    /// Deltas merged that did not continue `max` (`(since, max]` with `since` above it: the
+    /// pieces of one answer can arrive out of order, by datagram and by stream). Their items
+    /// are in; `max` passes over them once what lies between arrives.
+    pub(crate) ahead: Vec<(u64, u64)>,
 }
+
+/// Most out-of-order deltas remembered per owner (the oldest are forgotten: anti-entropy
+/// then brings their range again).
+const MAX_AHEAD: usize = 64;
 
 fn item_hash(id: &str, version: u64) -> u64 {
     hash(&[id.as_bytes(), &version.to_be_bytes()])
 }
 
 impl OwnerPart {
+    /// Moves `max` over the out-of-order deltas it now reaches, and forgets those it passed.
+    fn absorb_ahead(&mut self) {
+        loop {
+            let max = self.max;
+            self.ahead.retain(|&(_, m)| m > max);
+            match self.ahead.iter().position(|&(s, _)| s <= max) {
+                Some(i) => {
+                    let (_, m) = self.ahead.swap_remove(i);
+                    self.max = m;
+                }
+                None => break,
+            }
+        }
+    }
+
     fn digest(&self, owner: &str) -> u64 {
         hash(&[
             owner.as_bytes(),
@@ -100,6 +123,9 @@ pub struct Table {
     pub(crate) epoch: u64,
     /// The table was fetched from peers (or there were none): events flow to subscribers.
     pub(crate) synced: bool,
+    /// A holder said its whole table was sent (the `filled` mark on its last message); the
+    /// table counts as fetched once what it sent has all arrived ([`crate::store::Store::fill`]).
+    pub(crate) fill_arrived: bool,
     /// When this node began holding it (µs), for giving up waiting on a fetch.
     pub(crate) since_us: u64,
     pub(crate) items_received: u64,
@@ -118,6 +144,7 @@ impl Table {
             subscribers: 0,
             epoch: 0,
             synced: false,
+            fill_arrived: false,
             since_us: now_us,
             items_received: 0,
             bytes_received: 0,
@@ -214,11 +241,25 @@ impl Table {
             new |= self.merge_item(&delta.owner, &wi.id, item, live);
         }
         let p = self.owners.entry(delta.owner.clone()).or_default();
-        if delta.since <= p.max && delta.max > p.max {
-            p.max = delta.max;
-            new = true;
+        if delta.max > p.max {
+            if delta.since <= p.max {
+                p.max = delta.max;
+                p.absorb_ahead();
+                new = true;
+            } else {
+                if p.ahead.len() >= MAX_AHEAD {
+                    p.ahead.remove(0);
+                }
+                p.ahead.push((delta.since, delta.max));
+            }
         }
         new
+    }
+
+    /// Whether every owner's known changes are contiguous (no delta waits for what lies
+    /// before it).
+    pub fn contiguous(&self) -> bool {
+        self.owners.values().all(|p| p.ahead.is_empty())
     }
 
     fn put(&mut self, owner: &Arc<str>, id: &str, item: Item, live: &dyn Liveness) -> Option<Item> {

@@ -100,3 +100,58 @@ fn a_peer_keeps_a_republished_entry_whatever_arrives_first() {
     assert_eq!(ids(&peer), ["keep"]);
     assert_eq!(ids(&new), ["keep"]);
 }
+
+/// A holder's whole table in pieces that arrive in any order, the `filled` mark first: the
+/// table counts as fetched only once every piece is in and every node whose record says it
+/// has entries there has a part (the executor acts on the table from then on).
+#[test]
+fn a_fill_counts_once_every_piece_and_owner_is_here() {
+    let mut holder = store("h", 1_000);
+    for i in 1..=30 {
+        holder.publish(&ep(&format!("e{i:02}"), i));
+    }
+    let d = holder.delta_for("net1", &"h".into(), 0).unwrap();
+    let max = d.max;
+    let pieces = crate::sync::split_owner(d, 300);
+    assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+
+    let mut fresh = store("n1", 1_000);
+    fresh.subscribe("net1");
+    let mut e = Effects::default();
+    fresh.merge_record(holder.record().clone(), &mut e);
+    // The mark first: nothing of h's part yet.
+    fresh.fill("net1");
+    assert!(!fresh.tables["net1"].synced);
+    // The pieces last to first: each waits for the one before it.
+    for (k, p) in pieces.iter().enumerate().rev() {
+        fresh.merge_delta("net1", p, &mut e);
+        fresh.settle_fill("net1");
+        let t = &fresh.tables["net1"];
+        assert_eq!(t.synced, k == 0, "piece {k} of {}", pieces.len());
+    }
+    assert_eq!(fresh.tables["net1"].owners[&Arc::<str>::from("h")].max, max);
+    assert_eq!(ids(&fresh).len(), 30);
+}
+
+/// A node whose record says it has entries in the network, and no part of it arrived: the
+/// fill waits (for the next fetch's answer, or the fetch timeout).
+#[test]
+fn a_fill_waits_for_an_owner_the_records_name() {
+    let mut holder = store("h", 1_000);
+    holder.publish(&ep("e1", 1));
+    let mut absent = store("x", 1_000);
+    absent.publish(&ep("x1", 9));
+    let mut fresh = store("n1", 1_000);
+    fresh.subscribe("net1");
+    let mut e = Effects::default();
+    fresh.merge_record(holder.record().clone(), &mut e);
+    fresh.merge_record(absent.record().clone(), &mut e);
+    let d = holder.delta_for("net1", &"h".into(), 0).unwrap();
+    fresh.merge_delta("net1", &d, &mut e);
+    fresh.fill("net1");
+    assert!(!fresh.tables["net1"].synced, "x's entries are missing");
+    let d = absent.delta_for("net1", &"x".into(), 0).unwrap();
+    fresh.merge_delta("net1", &d, &mut e);
+    fresh.settle_fill("net1");
+    assert!(fresh.tables["net1"].synced);
+}
