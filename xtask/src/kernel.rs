@@ -152,7 +152,17 @@ pub fn run(filters: &[String]) -> Result<()> {
     let deadline = Instant::now() + timeout()?;
     let mut failed: Vec<String> = Vec::new();
     for g in &guests {
-        failed.extend(g.boot_and_report(deadline)?);
+        match g.boot_and_report(deadline)? {
+            Run::Done(f) => failed.extend(f),
+            Run::Trapped(why) => {
+                // Once: a second trap is reported as the failure it then is.
+                eprintln!("test-kernel: {why}; booting that guest once more");
+                match g.boot_and_report(deadline)? {
+                    Run::Done(f) => failed.extend(f),
+                    Run::Trapped(why) => bail!("{why}, twice in a row"),
+                }
+            }
+        }
     }
     eprintln!("test-kernel: total {:.1}s", started.elapsed().as_secs_f64());
     if failed.is_empty() {
@@ -160,6 +170,26 @@ pub fn run(filters: &[String]) -> Result<()> {
         return Ok(());
     }
     bail!("kernel lab: {} failed: {}", failed.len(), failed.join(", "))
+}
+
+/// How a guest's run ended.
+enum Run {
+    /// The names of the failed tests (or suites); empty when all passed.
+    Done(Vec<String>),
+    /// The guest kernel died of a breakpoint trap in kernel code (why, and where the console
+    /// is): under QEMU's TCG a vCPU can still run the int3 another one planted while patching a
+    /// static key (text_poke_bp) after the patch is done, and the kernel then takes it for a
+    /// bug. Seen twice on the 6.12 guest on 2026-12-04, in __netif_receive_skb_core; the run
+    /// is repeated once.
+    Trapped(String),
+}
+
+/// The mark of [`Run::Trapped`] in a guest's console.
+const TCG_TRAP: &str = "Oops: int3";
+
+/// Whether a guest's console shows the kernel dying of a breakpoint trap ([`Run::Trapped`]).
+fn trapped(console: &str) -> bool {
+    console.lines().any(|l| l.contains(TCG_TRAP)) && console.contains("Kernel panic - not syncing")
 }
 
 /// One kernel, prepared, and the suites that run under it.
@@ -172,8 +202,9 @@ struct Guest {
 
 impl Guest {
     /// Boots the guest, runs its suites and reports them: the names of failed tests (or suites),
-    /// or an error when the guest itself failed (timed out at `deadline`, stopped early).
-    fn boot_and_report(&self, deadline: Instant) -> Result<Vec<String>> {
+    /// a breakpoint trap ([`Run::Trapped`]), or an error when the guest itself failed otherwise
+    /// (timed out at `deadline`, stopped early).
+    fn boot_and_report(&self, deadline: Instant) -> Result<Run> {
         let Guest {
             kernel,
             boot_image,
@@ -249,7 +280,7 @@ impl Guest {
         }
         eprintln!("  guest total: {:.1}s", booted.elapsed().as_secs_f64());
         if outcome.finished && failed.is_empty() {
-            return Ok(failed);
+            return Ok(Run::Done(failed));
         }
         eprintln!(
             "\n--- guest console, last 30 lines of {} ---\n{}",
@@ -280,6 +311,16 @@ impl Guest {
                 run_dir.display()
             );
         }
+        if !outcome.finished && std::fs::read_to_string(&outcome.console).is_ok_and(|c| trapped(&c))
+        {
+            return Ok(Run::Trapped(format!(
+                "the kernel-lab guest ({}) died of a breakpoint trap in kernel code (\"{TCG_TRAP}\", \
+                 most likely QEMU TCG running a static key's patch site mid-patch, not a test's \
+                 failure){failures} (console in {})",
+                kernel.release,
+                outcome.console.display()
+            )));
+        }
         if !outcome.finished {
             bail!(
                 "the kernel-lab guest ({}) stopped before finishing (qemu: {}){failures} (logs \
@@ -293,7 +334,7 @@ impl Guest {
             "  outputs of the failed suites: {}",
             run_dir.join("results").display()
         );
-        Ok(failed)
+        Ok(Run::Done(failed))
     }
 }
 
@@ -577,6 +618,20 @@ mod tests {
                    test result: FAILED. 1 passed; 2 failed";
         assert_eq!(failed_tests(out), ["b::c", "d"]);
         assert!(failed_tests("test result: ok. 3 passed").is_empty());
+    }
+
+    #[test]
+    fn a_breakpoint_trap_is_told_from_other_deaths() {
+        // What the 6.12 guest printed (2026-12-04), shortened.
+        let trap = "[   24.680420] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n\
+                    [   24.680817] RIP: 0010:__netif_receive_skb_core.constprop.0+0x3f/0x1070\n\
+                    [   24.682895] Kernel panic - not syncing: Fatal exception in interrupt\n";
+        assert!(trapped(trap));
+        let bug = "[    9.1] BUG: kernel NULL pointer dereference, address: 0000000000000008\n\
+                   [    9.2] Oops: 0000 [#1] PREEMPT SMP NOPTI\n\
+                   [    9.3] Kernel panic - not syncing: Fatal exception in interrupt\n";
+        assert!(!trapped(bug));
+        assert!(!trapped("kernel-lab: suite x: exit 101\n"));
     }
 
     #[test]
