@@ -316,6 +316,32 @@ fn docker_cli_drives_the_swarm() {
         serde_json::json!(["GREETING=hi"])
     );
     assert_eq!(n[0]["Spec"]["Mode"]["Replicated"]["Replicas"], 2);
+    assert_eq!(
+        n[0]["Spec"]["UpdateConfig"]["Parallelism"], 1,
+        "docker's default"
+    );
+    // The CLI fills in its defaults for the other UpdateConfig fields: taken without a
+    // warning, the parallelism kept.
+    let out = docker(
+        &s,
+        1,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--update-parallelism",
+            "2",
+            "web",
+        ],
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && !said.contains("ignored"), "{said}");
+    let n = json(&s.ctl(1, &["service", "inspect", "web"]));
+    assert_eq!(n[0]["Spec"]["UpdateConfig"]["Parallelism"], 2);
     let rows_ps = parse_json_lines(&s.ctl(1, &["service", "ps", "--format", "json", "web"]));
     assert!(
         rows_ps
