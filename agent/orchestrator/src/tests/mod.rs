@@ -610,131 +610,6 @@ fn joining_a_network_later_replaces_tasks_with_attached_ones(mode: Mode) {
     );
 }
 
-fn a_forced_update_replaces_every_task_once(mode: Mode) {
-    let mut w = World::new(2, mode);
-    w.add_network("a", None);
-    w.add_service("s", replicas(2), &["a"]);
-    w.settle();
-    w.run_assigned();
-    let before: Vec<String> = w.live("s").iter().map(|t| t.meta.id.clone()).collect();
-    w.state
-        .services
-        .get_mut("svc-s")
-        .unwrap()
-        .spec
-        .task
-        .force_update += 1;
-    // One at a time (the default parallelism): two rounds of replace-and-run.
-    for _ in 0..2 {
-        w.settle();
-        w.run_assigned();
-    }
-    let after: Vec<String> = w.live("s").iter().map(|t| t.meta.id.clone()).collect();
-    assert_eq!(after.len(), 2);
-    assert!(
-        after.iter().all(|id| !before.contains(id)),
-        "every task is new: {before:?} -> {after:?}"
-    );
-    assert_eq!(w.settle(), 0, "and then nothing more changes");
-}
-
-impl World {
-    /// The service's live tasks: (running the current spec, running an outdated one, not
-    /// running yet).
-    fn rollout(&self, service: &str) -> (usize, usize, usize) {
-        let spec = &self.state.services[&format!("svc-{service}")].spec.task;
-        let live = self.live(service);
-        let running = |t: &&&Task| t.status.state == TaskState::Running;
-        (
-            live.iter()
-                .filter(|t| running(t) && t.spec == *spec)
-                .count(),
-            live.iter()
-                .filter(|t| running(t) && t.spec != *spec)
-                .count(),
-            live.iter().filter(|t| !running(t)).count(),
-        )
-    }
-
-    /// A new task spec (its environment), to roll out `parallelism` tasks at a time.
-    fn update(&mut self, service: &str, env: &str, parallelism: u64) {
-        let svc = self
-            .state
-            .services
-            .get_mut(&format!("svc-{service}"))
-            .unwrap();
-        svc.spec.task.env = vec![env.into()];
-        svc.spec.update.parallelism = parallelism;
-    }
-}
-
-fn an_update_rolls_out_parallelism_tasks_at_a_time(mode: Mode) {
-    let mut w = World::new(3, mode);
-    w.add_network("a", None);
-    w.add_service("s", replicas(5), &["a"]);
-    w.settle();
-    w.run_assigned();
-    assert_eq!(w.rollout("s"), (5, 0, 0));
-    w.update("s", "V=2", 1);
-    // Parallelism 1: each round replaces one task, the next only once it runs.
-    let mut seen = vec![];
-    for _ in 0..5 {
-        w.settle();
-        let r = w.rollout("s");
-        seen.push(r);
-        assert_eq!(r.2, 1, "one replacement at a time: {seen:?}");
-        assert_eq!(w.settle(), 0, "nothing more before it runs: {seen:?}");
-        w.run_assigned();
-    }
-    assert_eq!(w.rollout("s"), (5, 0, 0), "{seen:?}");
-    assert_eq!(
-        seen.iter().map(|r| r.1).collect::<Vec<_>>(),
-        vec![4, 3, 2, 1, 0]
-    );
-    // Parallelism 2, then 0 (all at once).
-    w.update("s", "V=3", 2);
-    w.settle();
-    assert_eq!(w.rollout("s"), (0, 3, 2));
-    w.run_assigned();
-    w.update("s", "V=4", 0);
-    w.settle();
-    assert_eq!(w.rollout("s"), (0, 0, 5), "all at once");
-    w.run_assigned();
-    assert_eq!(w.settle(), 0);
-    assert_eq!(w.rollout("s"), (5, 0, 0));
-}
-
-fn a_failing_replacement_holds_the_update(mode: Mode) {
-    let mut w = World::new(2, mode);
-    w.add_service("s", replicas(3), &[]);
-    w.settle();
-    w.run_assigned();
-    w.update("s", "BROKEN=1", 1);
-    w.settle();
-    assert_eq!(w.rollout("s"), (0, 2, 1));
-    // The replacement fails (and keeps failing after each restart delay): the two tasks
-    // running the old spec keep running.
-    for _ in 0..3 {
-        for t in w.state.tasks.values_mut() {
-            if t.status.state == TaskState::Assigned {
-                t.status.state = TaskState::Failed;
-                t.status.timestamp = w.now;
-            }
-        }
-        w.settle();
-        w.now += w.config.restart_delay + Duration::seconds(1);
-        w.settle();
-        assert_eq!(w.rollout("s").1, 2, "the update holds");
-    }
-    // Fixed: the update goes on.
-    w.update("s", "FIXED=1", 1);
-    for _ in 0..4 {
-        w.settle();
-        w.run_assigned();
-    }
-    assert_eq!(w.rollout("s"), (3, 0, 0));
-}
-
 scenario!(replicas_spread_over_nodes_with_addresses_and_settle);
 scenario!(scale_down_and_up);
 scenario!(drain_moves_tasks_and_pause_takes_no_new_ones);
@@ -746,9 +621,6 @@ scenario!(failed_tasks_are_replaced_after_the_restart_delay_and_history_is_trimm
 scenario!(removed_services_stop_then_vanish_and_free_their_addresses);
 scenario!(networks_get_the_lowest_free_subnet_and_overlaps_are_refused);
 scenario!(joining_a_network_later_replaces_tasks_with_attached_ones);
-scenario!(a_forced_update_replaces_every_task_once);
-scenario!(an_update_rolls_out_parallelism_tasks_at_a_time);
-scenario!(a_failing_replacement_holds_the_update);
 scenario!(encrypted_networks_only_go_to_nodes_that_can_encrypt);
 
 fn encrypted_networks_only_go_to_nodes_that_can_encrypt(mode: Mode) {
@@ -791,6 +663,7 @@ scenario!(publishing_services_get_ingress_attachments_and_every_node_an_ingress_
 /// the same fixed point as a full pass after each (checked inside `settle`), and addresses stay
 /// unique.
 mod random_operations;
+mod updates;
 
 fn publishing_services_get_ingress_attachments_and_every_node_an_ingress_address(mode: Mode) {
     use model::service::{PortConfig, Protocol, PublishMode};
