@@ -506,12 +506,12 @@ impl Executor {
         let (idc, grace) = (id.to_string(), self.config.stop_grace);
         tokio::spawn(async move {
             tokio::time::sleep(drain).await;
-            let code = tokio::task::spawn_blocking(move || {
+            let joined = tokio::task::spawn_blocking(move || {
                 let code = runner.stop(&idc, grace);
                 let _ = tx.send(Ev::Stopped(idc, code));
             })
             .await;
-            if let Err(e) = code {
+            if let Err(e) = joined {
                 warn!(error = %e, "stopping a task failed");
             }
         });
