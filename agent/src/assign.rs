@@ -81,8 +81,9 @@ struct Index {
     /// The networks each service was indexed under (its own, its VIPs', ingress when it
     /// publishes through the routing mesh).
     service_nets: HashMap<String, BTreeSet<String>>,
-    /// The ingress network (the routing mesh's), if any.
-    ingress: Option<String>,
+    /// The ingress networks (the routing mesh's: the current one, and one being retired while
+    /// its tasks move).
+    ingress: BTreeSet<String>,
     /// The networks of each node's own attachments (its load-balancer and ingress-sbox
     /// endpoints): a node is on them like on its tasks' networks.
     attached: HashMap<String, BTreeSet<String>>,
@@ -374,13 +375,13 @@ impl Index {
         }
     }
 
-    /// A network changed: the ingress network's id is followed, and the publishing services
-    /// are indexed under the new one.
+    /// A network changed: the ingress networks' ids are followed, and the publishing services
+    /// are indexed under them.
     fn network_obj(&mut self, id: &str, new: Option<&Network>) {
-        let ingress = match new {
-            Some(n) if n.spec.ingress => Some(id.to_string()),
-            None if self.ingress.as_deref() == Some(id) => None,
-            _ => self.ingress.clone(),
+        let mut ingress = self.ingress.clone();
+        match new {
+            Some(n) if n.spec.ingress => ingress.insert(id.to_string()),
+            _ => ingress.remove(id),
         };
         if ingress != self.ingress {
             self.ingress = ingress;
@@ -460,7 +461,12 @@ impl Assigner {
     pub fn new(state: &ClusterState) -> Assigner {
         let mut idx = Index::default();
         idx.cluster(state.cluster.as_ref());
-        idx.ingress = orchestrator::allocator::ingress_network(state).map(|n| n.meta.id.clone());
+        idx.ingress = state
+            .networks
+            .values()
+            .filter(|n| n.spec.ingress)
+            .map(|n| n.meta.id.clone())
+            .collect();
         for n in state.nodes.values() {
             idx.node_obj(&n.meta.id, Some(n));
         }

@@ -77,6 +77,7 @@ pub fn initial(pools: &[String], mask: u8, o: &IngressOptions) -> Result<Network
         meta: Meta::new(),
         spec,
         allocation: Some(allocation),
+        retiring: false,
     })
 }
 
@@ -90,6 +91,9 @@ pub struct Recreated {
     pub in_place: bool,
     /// The services whose tasks move to the new network.
     pub moved: Vec<String>,
+    /// The replaced network, kept (renamed `ingress-<id>`) until no task runs on it.
+    #[serde(default)]
+    pub retiring: Option<String>,
 }
 
 #[cfg(test)]

@@ -22,12 +22,15 @@ use std::time::{Duration, Instant};
 use lab::Lab;
 use netns::NetNs;
 use vxlan::ingress::{
-    HostPort, Ingress, IngressState, MeshPort, Proto, SBOX_GW_IF, SBOX_INGRESS_IF, Sbox, TaskReturn,
+    HostPort, Ingress, IngressState, MeshPort, Proto, SBOX_GW_IF, Sbox, TaskReturn,
 };
 use vxlan::{
     Config, Dataplane, DesiredState, Endpoint, GatewayEndpoint, GwBridge, Network, NetworkState,
     Peer,
 };
+
+/// The sbox's interface on the ingress overlay in this bench.
+const SBOX_INGRESS_IF: &str = "eth0";
 
 const NET: &str = "ingressbench000000000001";
 const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
@@ -189,7 +192,6 @@ fn main() {
         let state = IngressState {
             sbox: Some(Sbox {
                 gw_addr: SBOX_GW,
-                ingress_addr: sbox_ip(i),
                 ports: vec![MeshPort {
                     proto: Proto::Tcp,
                     published: 8080,

@@ -36,8 +36,8 @@ use crate::error::{Error, Result};
 pub const TABLE: &str = "netagent_ingress";
 /// The ingress-sbox namespace's name after the data plane's prefix.
 pub const SBOX: &str = "ingress_sbox";
-/// The sbox's interface on the ingress overlay, and on docker_gwbridge.
-pub const SBOX_INGRESS_IF: &str = "eth0";
+/// The sbox's interface on docker_gwbridge (every other one of its interfaces is on an ingress
+/// overlay: one, or two while the agent moves tasks to a new ingress network).
 pub const SBOX_GW_IF: &str = "eth1";
 /// Priority of the policy rules in task namespaces that send replies back via their sbox.
 pub const RULE_PRIORITY: u32 = 3210;
@@ -80,11 +80,10 @@ pub struct HostPort {
 pub struct Sbox {
     /// The sbox's address on docker_gwbridge (where the node sends published ports).
     pub gw_addr: Ipv4Addr,
-    /// The sbox's address on the ingress network (the node's ingress address).
-    pub ingress_addr: Ipv4Addr,
     pub ports: Vec<MeshPort>,
     /// Docker's behaviour: connections leave the sbox with its ingress address as source
-    /// (the task sees the sbox, not the client). Off by default.
+    /// (the task sees the sbox, not the client; the address of the ingress network the task is
+    /// on). Off by default.
     pub snat: bool,
 }
 
@@ -310,8 +309,7 @@ pub(crate) fn sbox_body(s: &Sbox) -> (String, usize) {
     let mut total = n;
     if s.snat {
         body.push_str(&format!(
-            "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{SBOX_INGRESS_IF}\" ct status dnat snat ip to {} comment \"TAG\"\n  }}\n",
-            s.ingress_addr
+            "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname != \"{SBOX_GW_IF}\" ct status dnat masquerade comment \"TAG\"\n  }}\n"
         ));
         total += 1;
     }
@@ -634,7 +632,6 @@ mod tests {
     fn rule_bodies() {
         let sbox = Sbox {
             gw_addr: a("172.18.0.2"),
-            ingress_addr: a("10.0.0.2"),
             ports: vec![
                 MeshPort {
                     proto: Proto::Tcp,
@@ -667,7 +664,10 @@ mod tests {
             ..sbox.clone()
         });
         assert_eq!(n, 3);
-        assert!(body.contains("snat ip to 10.0.0.2"), "{body}");
+        assert!(
+            body.contains("oifname != \"eth1\" ct status dnat masquerade"),
+            "{body}"
+        );
         let state = IngressState {
             sbox: Some(sbox),
             host_ports: vec![

@@ -15,12 +15,16 @@ use std::net::{IpAddr, Ipv4Addr};
 use model::service::{Protocol, PublishMode};
 use vxlan::ingress::{HostPort, Ingress, IngressState, MeshPort, Proto, Sbox, TaskReturn};
 
-use crate::networks::lb_netns_name;
+use crate::networks::sbox_netns_name;
 use crate::node::{Error, Executor};
 use crate::plan::{self, LocalTask};
 
-/// The sbox's interface on docker_gwbridge (its overlay one is the load-balancer `eth0`).
+/// The sbox's interface on docker_gwbridge (its overlay ones are the load-balancer endpoints).
 const SBOX_GW_IF: &str = vxlan::ingress::SBOX_GW_IF;
+
+/// How long a task started here keeps its endpoint on ingress disabled at most, waiting for its
+/// return path to list every node's sbox ([`Executor::return_path_pending`]).
+const RETURN_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the mesh was last given on this node.
 #[derive(Debug, Default)]
@@ -28,8 +32,8 @@ pub(crate) struct IngressRt {
     applied: Option<IngressState>,
     /// Return paths made, per task.
     returns: BTreeMap<String, TaskReturn>,
-    /// The ingress network's spec the local endpoints were last made for.
-    spec: Option<vxlan::Network>,
+    /// The ingress networks' specs the local endpoints were last made for.
+    specs: BTreeMap<String, vxlan::Network>,
 }
 
 fn proto(p: Protocol) -> Proto {
@@ -46,14 +50,16 @@ fn sbox_gw_addr(gw: &vxlan::GwBridge) -> Ipv4Addr {
 }
 
 impl Executor {
-    /// The ingress network, when this node has its address on it (an ingress-sbox).
-    pub(crate) fn ingress_attached(&self) -> Option<String> {
-        let net = self.a.networks.iter().find(|n| n.spec.ingress)?;
+    /// The ingress networks this node has its address on (its ingress-sbox's): the current
+    /// one, and while `ingress recreate --subnet` moves tasks also the one being retired.
+    pub(crate) fn ingress_nets(&self) -> Vec<String> {
         self.a
-            .attachments
+            .networks
             .iter()
-            .any(|a| a.network_id == net.meta.id)
-            .then(|| net.meta.id.clone())
+            .filter(|n| n.spec.ingress)
+            .filter(|n| self.a.attachments.iter().any(|a| a.network_id == n.meta.id))
+            .map(|n| n.meta.id.clone())
+            .collect()
     }
 
     /// The sbox's endpoint on docker_gwbridge (part of the desired plane of a full pass).
@@ -61,10 +67,9 @@ impl Executor {
         &self,
         gw: &vxlan::GwBridge,
     ) -> Option<vxlan::GatewayEndpoint> {
-        let id = self.ingress_attached()?;
-        let (path, _) = self.lb_want(&id)?;
+        let lb = self.ingress_nets().iter().find_map(|id| self.lb_want(id))?;
         Some(vxlan::GatewayEndpoint {
-            netns: path,
+            netns: lb.netns,
             ifname: SBOX_GW_IF.into(),
             address: sbox_gw_addr(gw),
             mac: None,
@@ -73,46 +78,45 @@ impl Executor {
     }
 
     /// Adds the ingress-sbox to a full pass's desired plane: its endpoint on docker_gwbridge, and
-    /// on a node without local tasks on ingress the ingress network itself with the sbox's
-    /// endpoint and peers (the planner only lists networks of local tasks).
+    /// each ingress network without local tasks here with the sbox's endpoint and peers (the
+    /// planner only lists networks of local tasks).
     pub(crate) fn sbox_in_plane(&self, desired: &mut vxlan::DesiredState, gw: &vxlan::GwBridge) {
         let Some(ep) = self.sbox_gateway_endpoint(gw) else {
             return;
         };
         desired.gateway_endpoints.push(ep);
         desired.gwbridge = Some(gw.clone());
-        let Some(id) = self.ingress_attached() else {
-            return;
-        };
-        if desired.networks.iter().any(|n| n.network.id == id) {
-            return;
+        for id in self.ingress_nets() {
+            if desired.networks.iter().any(|n| n.network.id == id) {
+                continue;
+            }
+            let (Some(network), Some(lb), Some(n)) = (
+                self.a
+                    .networks
+                    .iter()
+                    .find(|n| n.meta.id == id)
+                    .and_then(plan::network),
+                self.lb_want(&id),
+                self.nets.get(&id),
+            ) else {
+                continue;
+            };
+            let peers = crate::networks::peers_of(&self.config.node_id, n, &self.gossip.vteps());
+            desired.networks.push(vxlan::NetworkState {
+                network,
+                endpoints: vec![vxlan::Endpoint {
+                    network: id.clone(),
+                    netns: lb.netns,
+                    ifname: lb.ifname,
+                    address: lb.addr,
+                    mac: None,
+                }],
+                peers,
+            });
         }
-        let (Some(network), Some((path, addr)), Some(n)) = (
-            self.a
-                .networks
-                .iter()
-                .find(|n| n.meta.id == id)
-                .and_then(plan::network),
-            self.lb_want(&id),
-            self.nets.get(&id),
-        ) else {
-            return;
-        };
-        let peers = crate::networks::peers_of(&self.config.node_id, n, &self.gossip.vteps());
-        desired.networks.push(vxlan::NetworkState {
-            network,
-            endpoints: vec![vxlan::Endpoint {
-                network: id.clone(),
-                netns: path,
-                ifname: plan::LB_IFNAME.into(),
-                address: addr,
-                mac: None,
-            }],
-            peers,
-        });
     }
 
-    /// Every node's ingress-sbox address, as the ingress gossip table lists them.
+    /// Every node's ingress-sbox address on an ingress network, as its gossip table lists them.
     fn sbox_addrs(&self, ingress: &str) -> Vec<Ipv4Addr> {
         let mut out: BTreeSet<Ipv4Addr> = BTreeSet::new();
         if let Some(n) = self.nets.get(ingress) {
@@ -122,26 +126,29 @@ impl Executor {
                 }
             }
         }
-        if let Some((_, me)) = self.lb_want(ingress) {
-            out.insert(me);
+        if let Some(lb) = self.lb_want(ingress) {
+            out.insert(lb.addr);
         }
         out.into_iter().collect()
     }
 
-    /// The desired mesh of this node.
+    /// The desired mesh of this node. The sbox balances over the service's tasks on every
+    /// ingress network it is on (both while tasks move off a retired one).
     fn ingress_desired(&self) -> IngressState {
         let mut state = IngressState::default();
-        let gw = self.gw.clone();
-        if let (Some(id), Some(gw)) = (self.ingress_attached(), gw.as_ref())
-            && let Some((_, addr)) = self.nets.get(&id).and_then(|n| n.lb.clone())
-        {
-            let entries = self.nets.get(&id).map(|n| &n.entries);
+        let sboxed: Vec<String> = self
+            .ingress_nets()
+            .into_iter()
+            .filter(|id| self.nets.get(id).is_some_and(|n| n.lb.is_some()))
+            .collect();
+        if let (false, Some(gw)) = (sboxed.is_empty(), self.gw.as_ref()) {
             let mut ports = Vec::new();
             for s in &self.a.services {
                 for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
-                    let mut backends: Vec<Ipv4Addr> = entries
-                        .into_iter()
-                        .flat_map(|e| e.values())
+                    let mut backends: Vec<Ipv4Addr> = sboxed
+                        .iter()
+                        .filter_map(|id| self.nets.get(id))
+                        .flat_map(|n| n.entries.values())
                         .filter(|e| e.endpoint.service == s.meta.id && !e.endpoint.disabled)
                         .filter_map(|e| match e.endpoint.ip {
                             IpAddr::V4(ip) => Some(ip),
@@ -160,7 +167,6 @@ impl Executor {
             if !ports.is_empty() {
                 state.sbox = Some(Sbox {
                     gw_addr: sbox_gw_addr(gw),
-                    ingress_addr: addr,
                     ports,
                     snat: self.config.ingress_snat,
                 });
@@ -243,23 +249,98 @@ impl Executor {
         None
     }
 
+    /// Whether a task started here is to keep its endpoint on ingress disabled a while longer:
+    /// its return path does not list every node's sbox yet. The sboxes and the tasks appear
+    /// together after `ingress recreate --subnet` (or a first published port); an sbox that
+    /// balances a connection to the task before the task has a way back to it loses the
+    /// client's SYN (answered through the wrong node), and the client waits a second to send
+    /// it again. Held until the table lists an sbox for every node not down, for at most
+    /// [`RETURN_HOLD`], and never again once enabled.
+    pub(crate) fn return_path_pending(&mut self, l: &LocalTask) -> bool {
+        let Some(net) = l
+            .attachments
+            .iter()
+            .map(|(n, _)| n.clone())
+            .find(|n| self.is_ingress(n))
+        else {
+            return false;
+        };
+        let Some(rt) = self.tasks.get(&l.id) else {
+            return false;
+        };
+        if !rt.started_here || rt.published.get(&net) == Some(&true) {
+            return false;
+        }
+        let owners: BTreeSet<&str> = self
+            .nets
+            .get(&net)
+            .map(|n| {
+                n.entries
+                    .values()
+                    .filter(|e| e.endpoint.task.is_empty())
+                    .map(|e| e.owner.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let every = self
+            .a
+            .nodes
+            .iter()
+            .filter(|(_, down)| !down)
+            .all(|(id, _)| *id == self.config.node_id || owners.contains(id.as_str()));
+        let made =
+            self.ingress.returns.get(&l.id).map(|r| &r.sboxes) == Some(&self.sbox_addrs(&net));
+        let since = rt.held_since;
+        let Some(rt) = self.tasks.get_mut(&l.id) else {
+            return false;
+        };
+        if every && made {
+            rt.held_since = None;
+            return false;
+        }
+        match since {
+            None => {
+                rt.held_since = Some(std::time::Instant::now());
+                tracing::debug!(task = %l.id, "endpoint on ingress held until its return path lists every sbox");
+                self.look_again(&l.id, RETURN_HOLD);
+                true
+            }
+            Some(t) => t.elapsed() < RETURN_HOLD,
+        }
+    }
+
+    /// Tasks whose endpoint on ingress is held: looked at again (published, reported running)
+    /// once their return path is complete (after the sboxes changed).
+    fn release_held(&mut self) {
+        let held: Vec<LocalTask> = self
+            .tasks
+            .values()
+            .filter(|r| r.held_since.is_some() && r.proc.is_live() && !r.stopping)
+            .filter_map(|r| r.local.clone())
+            .collect();
+        for l in held {
+            if !self.return_path_pending(&l) {
+                self.look_again(&l.id, std::time::Duration::ZERO);
+            }
+        }
+    }
+
     /// Makes a local task's return path through the sboxes (before it serves: called when its
     /// endpoints are made, and when the sboxes change).
     pub(crate) async fn ensure_task_return(&mut self, l: &LocalTask) -> Result<(), Error> {
-        let Some(ingress) = self.a.networks.iter().find(|n| n.spec.ingress) else {
-            return Ok(());
-        };
-        let Some(i) = l
+        let Some((i, ingress)) = l
             .attachments
             .iter()
-            .position(|(n, _)| *n == ingress.meta.id)
+            .enumerate()
+            .find(|(_, (n, _))| self.is_ingress(n))
+            .map(|(i, (n, _))| (i, n.clone()))
         else {
             return Ok(());
         };
         let want = TaskReturn {
             netns: l.netns.clone(),
             ifname: plan::ifname(i),
-            sboxes: self.sbox_addrs(&ingress.meta.id.clone()),
+            sboxes: self.sbox_addrs(&ingress),
         };
         if self.ingress.returns.get(&l.id) == Some(&want) {
             return Ok(());
@@ -283,31 +364,28 @@ impl Executor {
         Ok(())
     }
 
-    /// The ingress network changed in place (`ingress recreate --mtu`): its local endpoints (the
+    /// An ingress network changed in place (`ingress recreate --mtu`): its local endpoints (the
     /// sbox's, the tasks') get the new values on their live interfaces; nothing restarts.
     async fn refresh_ingress_endpoints(&mut self) -> Result<(), Error> {
-        let Some(id) = self.ingress_attached() else {
-            self.ingress.spec = None;
-            return Ok(());
-        };
-        let spec = self
-            .a
-            .networks
-            .iter()
-            .find(|n| n.meta.id == id)
-            .and_then(plan::network);
-        if spec == self.ingress.spec {
-            return Ok(());
-        }
-        let first = self.ingress.spec.is_none();
-        if !first {
+        let nets = self.ingress_nets();
+        self.ingress.specs.retain(|id, _| nets.contains(id));
+        for id in nets {
+            let Some(spec) = self.network_spec(&id) else {
+                continue;
+            };
+            let Some(before) = self.ingress.specs.insert(id.clone(), spec.clone()) else {
+                continue;
+            };
+            if before == spec {
+                continue;
+            }
             let mut eps = Vec::new();
-            if let Some((path, addr)) = self.nets.get(&id).and_then(|n| n.lb.clone()) {
+            if let Some(lb) = self.nets.get(&id).and_then(|n| n.lb.clone()) {
                 eps.push(vxlan::Endpoint {
                     network: id.clone(),
-                    netns: path,
-                    ifname: plan::LB_IFNAME.into(),
-                    address: addr,
+                    netns: lb.netns,
+                    ifname: lb.ifname,
+                    address: lb.addr,
                     mac: None,
                 });
             }
@@ -333,7 +411,6 @@ impl Executor {
                 })
                 .await?;
         }
-        self.ingress.spec = spec;
         Ok(())
     }
 
@@ -356,6 +433,7 @@ impl Executor {
             for l in &locals {
                 self.ensure_task_return(l).await?;
             }
+            self.release_held();
         }
         if self.ingress.applied.as_ref() == Some(&desired) {
             return Ok(());
@@ -376,9 +454,7 @@ impl Executor {
                 .await?;
         }
         let node = self.config.node_netns.clone();
-        let sbox = self
-            .ingress_attached()
-            .map(|id| lb_netns_name(&self.config.netns_prefix, &id));
+        let sbox = sbox_netns_name(&self.config.netns_prefix);
         let d = desired.clone();
         let shortcut = self.config.mesh_bpf_dir.clone().map(|dir| {
             let on = self.config.fast_path && vxlan::fast_path_status(true).is_active();
@@ -387,7 +463,7 @@ impl Executor {
         let writes = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
             let ns = crate::plane::node_netns(node.as_ref())
                 .map_err(|e| Error::Dataplane(e.to_string()))?;
-            let mut m = Ingress::with_sbox(ns, sbox.unwrap_or_default());
+            let mut m = Ingress::with_sbox(ns, sbox);
             if let Some((dir, on)) = shortcut {
                 m = m.with_shortcut(dir, on);
             }

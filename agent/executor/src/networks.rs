@@ -1,11 +1,13 @@
 //! The networks this node has endpoints on: their sandboxes (through the `vxlan` crate), the
 //! subscription to each one's gossip endpoint table and the peers it gives, and this node's
 //! load-balancer endpoint on each (a namespace `<prefix>lb-<network>` on the network's bridge
-//! with the node's own address on the network, published so other nodes reach it).
+//! with the node's own address on the network, published so other nodes reach it). An ingress
+//! network's is the ingress-sbox, one namespace `<prefix>lb-ingress` for every ingress network
+//! (two while `ingress recreate --subnet` moves tasks), so its connections outlive a move.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -13,7 +15,7 @@ use vxlan::Peer;
 
 use crate::discovery;
 use crate::node::{Config, Error, Ev, Executor};
-use crate::plan::{self, LB_IFNAME, RemoteEndpoint};
+use crate::plan::{self, LbPlace, RemoteEndpoint};
 
 /// Infix of load-balancer namespaces: `<prefix>lb-<network id[..10]>`.
 const LB_TAG: &str = "lb-";
@@ -30,8 +32,8 @@ pub(crate) struct NetRt {
     pub entries: BTreeMap<String, gossip::Entry>,
     /// The peers last given to the data plane (by address), once given.
     pub peers: Option<BTreeMap<Ipv4Addr, Peer>>,
-    /// This node's load-balancer endpoint, once made: its namespace and address.
-    pub lb: Option<(PathBuf, Ipv4Addr)>,
+    /// This node's load-balancer endpoint, once made: its namespace, interface and address.
+    pub lb: Option<LbPlace>,
     /// Whether this node's load-balancer endpoint is published on gossip (and with which address).
     pub lb_published: Option<Ipv4Addr>,
 }
@@ -64,8 +66,9 @@ pub(crate) fn lb_netns_name(prefix: &str, network: &str) -> String {
     format!("{prefix}{LB_TAG}{short}")
 }
 
-fn lb_netns_path(prefix: &str, network: &str) -> PathBuf {
-    Path::new(netns::NETNS_RUN_DIR).join(lb_netns_name(prefix, network))
+/// The ingress-sbox: the load-balancer namespace of every ingress network on this node.
+pub(crate) fn sbox_netns_name(prefix: &str) -> String {
+    format!("{prefix}{LB_TAG}ingress")
 }
 
 /// Removes every load-balancer namespace this node made (after its endpoints went).
@@ -127,7 +130,7 @@ fn by_ip(peers: Vec<Peer>) -> BTreeMap<Ipv4Addr, Peer> {
 
 impl Executor {
     /// The network's stored object as the data plane wants it.
-    fn network_spec(&self, id: &str) -> Option<vxlan::Network> {
+    pub(crate) fn network_spec(&self, id: &str) -> Option<vxlan::Network> {
         self.a
             .networks
             .iter()
@@ -135,9 +138,27 @@ impl Executor {
             .and_then(plan::network)
     }
 
+    /// Whether a network of the assignments is an ingress network (its load-balancer
+    /// namespace is the ingress-sbox).
+    pub(crate) fn is_ingress(&self, network: &str) -> bool {
+        self.a
+            .networks
+            .iter()
+            .any(|n| n.meta.id == network && n.spec.ingress)
+    }
+
+    /// The name of a network's load-balancer namespace on this node.
+    pub(crate) fn lb_ns_name(&self, network: &str) -> String {
+        if self.is_ingress(network) {
+            sbox_netns_name(&self.config.netns_prefix)
+        } else {
+            lb_netns_name(&self.config.netns_prefix, network)
+        }
+    }
+
     /// This node's load-balancer endpoint on a network: where it lives and its address (None
     /// until the leader gave the node one).
-    pub(crate) fn lb_want(&self, network: &str) -> Option<(PathBuf, Ipv4Addr)> {
+    pub(crate) fn lb_want(&self, network: &str) -> Option<LbPlace> {
         let a = self
             .a
             .attachments
@@ -146,7 +167,12 @@ impl Executor {
         let IpAddr::V4(addr) = a.addresses.first()?.addr() else {
             return None;
         };
-        Some((lb_netns_path(&self.config.netns_prefix, network), addr))
+        let spec = self.network_spec(network)?;
+        Some(LbPlace {
+            netns: Path::new(netns::NETNS_RUN_DIR).join(self.lb_ns_name(network)),
+            ifname: plan::lb_ifname(&spec, self.is_ingress(network)),
+            addr,
+        })
     }
 
     /// Starts following a network's endpoint table (once): waits for the table as the nodes
@@ -298,14 +324,16 @@ impl Executor {
             return self.publish_lb(id).await;
         }
         let port = self.a.data_path_port;
-        if let Some((ns, _)) = have {
+        if let Some(old) = have {
             let net = id.to_string();
             self.plane
-                .call(port, move |dp| dp.remove_endpoint(&net, &ns, LB_IFNAME))
+                .call(port, move |dp| {
+                    dp.remove_endpoint(&net, &old.netns, &old.ifname)
+                })
                 .await?;
         }
-        if let Some((path, addr)) = &want {
-            let name = lb_netns_name(&self.config.netns_prefix, id);
+        if let Some(lb) = &want {
+            let name = self.lb_ns_name(id);
             let existed = netns::exists(&name);
             let nsname = name.clone();
             tokio::task::spawn_blocking(move || netns::NetNs::ensure(&nsname))
@@ -318,9 +346,9 @@ impl Executor {
             }
             let ep = vxlan::Endpoint {
                 network: id.to_string(),
-                netns: path.clone(),
-                ifname: LB_IFNAME.into(),
-                address: *addr,
+                netns: lb.netns.clone(),
+                ifname: lb.ifname.clone(),
+                address: lb.addr,
                 mac: None,
             };
             self.plane
@@ -339,12 +367,12 @@ impl Executor {
     /// the node's address there (None until both exist).
     pub(crate) fn balanced_network(&self, id: &str) -> Option<ipvs::NetworkLb> {
         let n = self.nets.get(id)?;
-        let (netns, addr) = n.lb.clone()?;
+        let lb = n.lb.clone()?;
         Some(ipvs::NetworkLb {
             id: id.to_string(),
-            netns,
-            iface: LB_IFNAME.to_string(),
-            addr,
+            netns: lb.netns,
+            iface: lb.ifname,
+            addr: lb.addr,
             subnet: n.spec.subnet,
         })
     }
@@ -364,7 +392,7 @@ impl Executor {
         let Some(n) = self.nets.get(id) else {
             return Ok(());
         };
-        let want = n.lb.as_ref().map(|(_, a)| *a);
+        let want = n.lb.as_ref().map(|l| l.addr);
         if want == n.lb_published {
             return Ok(());
         }
@@ -513,7 +541,7 @@ impl Executor {
         if let Err(e) = r {
             self.retry_later(&format!("peers of network {id}"), &e);
         }
-        if self.ingress_attached().as_deref() == Some(id) {
+        if self.ingress_nets().iter().any(|n| n == id) {
             self.sync_ingress_or_retry().await;
         }
     }
@@ -535,7 +563,7 @@ impl Executor {
 
     /// Whether any task of this node still has (or is to have) an endpoint on the network.
     fn network_in_use(&self, id: &str) -> bool {
-        self.ingress_attached().as_deref() == Some(id)
+        self.ingress_nets().iter().any(|n| n == id)
             || self.tasks.values().any(|r| {
                 r.local
                     .as_ref()
@@ -572,14 +600,28 @@ impl Executor {
         // Its VIPs leave the load balancer before the namespace they live in goes.
         self.disc.lb_network(id, None);
         let port = self.a.data_path_port;
-        if let Some((ns, _)) = lb.clone() {
+        if let Some(old) = lb.clone() {
             let net = id.to_string();
             self.plane
-                .call(port, move |dp| dp.remove_endpoint(&net, &ns, LB_IFNAME))
+                .call(port, move |dp| {
+                    dp.remove_endpoint(&net, &old.netns, &old.ifname)
+                })
                 .await?;
         }
-        let name = lb_netns_name(&self.config.netns_prefix, id);
-        if netns::exists(&name) {
+        // The namespace goes unless another network's endpoint lives there too (the sbox while
+        // an ingress network is retired).
+        let name = lb
+            .as_ref()
+            .and_then(|l| l.netns.file_name())
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| lb_netns_name(&self.config.netns_prefix, id));
+        let shared = self.nets.iter().any(|(other, n)| {
+            other != id
+                && n.lb
+                    .as_ref()
+                    .is_some_and(|l| l.netns.file_name() == Some(std::ffi::OsStr::new(&name)))
+        });
+        if !shared && netns::exists(&name) {
             let n2 = name.clone();
             tokio::task::spawn_blocking(move || netns::delete(&n2))
                 .await
@@ -610,7 +652,7 @@ impl Executor {
             if self.lb_want(&id).is_none() {
                 continue;
             }
-            let name = lb_netns_name(&self.config.netns_prefix, &id);
+            let name = self.lb_ns_name(&id);
             if netns::exists(&name) {
                 continue;
             }
@@ -631,10 +673,7 @@ impl Executor {
         &mut self,
         used: &std::collections::BTreeSet<String>,
     ) -> Result<(), Error> {
-        let keep: Vec<String> = used
-            .iter()
-            .map(|n| lb_netns_name(&self.config.netns_prefix, n))
-            .collect();
+        let keep: Vec<String> = used.iter().map(|n| self.lb_ns_name(n)).collect();
         let prefix = format!("{}{LB_TAG}", self.config.netns_prefix);
         let stale: Vec<String> = netns::list()
             .unwrap_or_default()

@@ -561,7 +561,7 @@ impl Executor {
         let mut dirty: BTreeSet<String> = nets;
         if attachments_changed {
             dirty.extend(self.nets.keys().cloned());
-            dirty.extend(self.ingress_attached());
+            dirty.extend(self.ingress_nets());
         }
         for id in dirty {
             self.reconcile_network(&id).await;
@@ -645,7 +645,7 @@ impl Executor {
         let used: BTreeSet<String> = local
             .iter()
             .flat_map(|l| l.attachments.iter().map(|(n, _)| n.clone()))
-            .chain(self.ingress_attached())
+            .chain(self.ingress_nets())
             .collect();
         for net in &used {
             self.subscribe(net).await;

@@ -30,6 +30,26 @@ pub struct RemoteEndpoint {
 /// The interface of a node's load-balancer endpoint inside its namespace.
 pub const LB_IFNAME: &str = "eth0";
 
+/// Where this node's load-balancer endpoint on a network lives: its namespace, its interface
+/// there and its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbPlace {
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub addr: Ipv4Addr,
+}
+
+/// The interface of a node's load-balancer endpoint on `network`: `eth0` in the network's own
+/// namespace; in the ingress-sbox, which holds a second ingress network while tasks move to it
+/// (`ingress recreate --subnet`), named by the network's VNI so the two never meet.
+pub fn lb_ifname(network: &vxlan::Network, ingress: bool) -> String {
+    if ingress {
+        format!("ing{}", network.vni)
+    } else {
+        LB_IFNAME.to_string()
+    }
+}
+
 /// Converts a stored network into what the data plane needs (its first IPv4 subnet).
 pub fn network(n: &model::Network) -> Option<vxlan::Network> {
     let (a, subnet, gateway) =
@@ -69,7 +89,7 @@ pub fn desired(
     remote: &BTreeMap<String, Vec<RemoteEndpoint>>,
     vteps: &BTreeMap<String, IpAddr>,
     gwbridge: Option<&GwBridge>,
-    lbs: &BTreeMap<String, (PathBuf, Ipv4Addr)>,
+    lbs: &BTreeMap<String, LbPlace>,
 ) -> DesiredState {
     let mut by_net: BTreeMap<&str, NetworkState> = BTreeMap::new();
     let mut gateway_endpoints = Vec::new();
@@ -105,12 +125,12 @@ pub fn desired(
         }
     }
     for (net, state) in by_net.iter_mut() {
-        if let Some((ns, addr)) = lbs.get(*net) {
+        if let Some(lb) = lbs.get(*net) {
             state.endpoints.push(Endpoint {
                 network: net.to_string(),
-                netns: ns.clone(),
-                ifname: LB_IFNAME.into(),
-                address: *addr,
+                netns: lb.netns.clone(),
+                ifname: lb.ifname.clone(),
+                address: lb.addr,
                 mac: None,
             });
         }
@@ -211,15 +231,14 @@ mod tests {
         let vteps: BTreeMap<String, IpAddr> =
             [("n2".to_string(), "198.18.0.2".parse().unwrap())].into();
         let gw = GwBridge::new("172.18.0.0/16".parse().unwrap());
-        let lbs: BTreeMap<String, (PathBuf, Ipv4Addr)> = [
-            (
-                "a".to_string(),
-                ("/run/netns/lb-a".into(), "10.0.1.9".parse().unwrap()),
-            ),
-            (
-                "c".to_string(),
-                ("/run/netns/lb-c".into(), "10.0.3.9".parse().unwrap()),
-            ),
+        let place = |ns: &str, addr: &str| LbPlace {
+            netns: ns.into(),
+            ifname: LB_IFNAME.into(),
+            addr: addr.parse().unwrap(),
+        };
+        let lbs: BTreeMap<String, LbPlace> = [
+            ("a".to_string(), place("/run/netns/lb-a", "10.0.1.9")),
+            ("c".to_string(), place("/run/netns/lb-c", "10.0.3.9")),
         ]
         .into();
         let d = desired("me", &tasks, &networks, &remote, &vteps, Some(&gw), &lbs);

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 
 use model::Task;
 use model::task::TaskState;
@@ -30,6 +29,11 @@ pub(crate) struct TaskRt {
     pub stopping: bool,
     /// A watch on its shim is under way.
     pub watching: bool,
+    /// This executor started its process (not one adopted after a restart).
+    pub started_here: bool,
+    /// Since when its endpoint on an ingress network is held disabled while its return path
+    /// does not list every node's sbox yet ([`Executor::return_path_pending`]).
+    pub held_since: Option<std::time::Instant>,
 }
 
 impl Default for TaskRt {
@@ -41,6 +45,8 @@ impl Default for TaskRt {
             published: BTreeMap::new(),
             stopping: false,
             watching: false,
+            started_here: false,
+            held_since: None,
         }
     }
 }
@@ -292,6 +298,7 @@ impl Executor {
             }
             if let Some(r) = self.tasks.get_mut(id) {
                 r.proc = proc;
+                r.started_here = true;
             }
             // Where a task start's time goes (µs since the start of `prepare`, cumulative).
             let started = step.elapsed().as_micros();
@@ -300,9 +307,14 @@ impl Executor {
         self.watch(id);
         match proc {
             ProcState::Running { .. } => {
+                self.publish_task(&t, true).await;
+                // Held off the routing mesh a moment (see `return_path_pending`): not running
+                // for the orchestrator yet either, so a rolling update waits for it.
+                if self.tasks.get(id).is_some_and(|r| r.held_since.is_some()) {
+                    return Ok(());
+                }
                 self.report(&t, TaskState::Running, "started", None, None)
                     .await;
-                self.publish_task(&t, true).await;
             }
             ProcState::Exiting => {
                 // The command is gone, its shim is recording the exit: no longer a backend or
@@ -570,7 +582,7 @@ impl Executor {
     }
 
     /// Has the task's process state read and the task reconciled again after `after`.
-    fn look_again(&self, id: &str, after: std::time::Duration) {
+    pub(crate) fn look_again(&self, id: &str, after: std::time::Duration) {
         let tx = self.tx.clone();
         let idc = id.to_string();
         tokio::spawn(async move {
@@ -581,15 +593,17 @@ impl Executor {
 
     /// Publishes the task's endpoints on its networks (enabled while it runs: a disabled entry
     /// is still a peer, but no name or backend).
-    async fn publish_task(&mut self, t: &Task, enabled: bool) {
+    pub(crate) async fn publish_task(&mut self, t: &Task, enabled: bool) {
         let Some(rt) = self.tasks.get(&t.meta.id) else {
             return;
         };
         let Some(l) = rt.local.clone() else { return };
         let published = rt.published.clone();
+        let held = enabled && self.return_path_pending(&l);
         let service = self.a.services.iter().find(|s| s.meta.id == t.service_id);
         let name = task_name(t, &self.a.services);
         for (net, ip) in &l.attachments {
+            let enabled = enabled && !(held && self.is_ingress(net));
             if published.get(net) == Some(&enabled) {
                 continue;
             }
@@ -623,6 +637,12 @@ impl Executor {
                 }
                 Err(e) => warn!(task = %l.id, error = %e, "could not publish an endpoint"),
             }
+        }
+        if enabled
+            && !held
+            && let Some(r) = self.tasks.get_mut(&t.meta.id)
+        {
+            r.held_since = None;
         }
     }
 
@@ -683,7 +703,7 @@ impl Executor {
             .map(|(id, n)| (id.clone(), n.remote()))
             .collect();
         let vteps = self.gossip.vteps();
-        let lbs: BTreeMap<String, (PathBuf, Ipv4Addr)> = self
+        let lbs: BTreeMap<String, plan::LbPlace> = self
             .nets
             .keys()
             .filter_map(|id| Some((id.clone(), self.lb_want(id)?)))

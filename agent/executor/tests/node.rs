@@ -42,6 +42,7 @@ fn network() -> Network {
             ip_range: None,
             vni: 4096,
         }]),
+        retiring: false,
     }
 }
 

@@ -52,4 +52,16 @@ pub struct Network {
     pub spec: NetworkSpec,
     /// Set by the leader's allocator; None until allocated.
     pub allocation: Option<Vec<SubnetAllocation>>,
+    /// An ingress network `ingress recreate --subnet` replaced: no new task attaches to it, the
+    /// tasks on it move to the new one as a rolling update, and the leader removes it once none
+    /// runs there. Until then every ingress-sbox is on both, so published ports keep answering.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retiring: bool,
+}
+
+impl Network {
+    /// The ingress network new tasks attach to (not one being retired).
+    pub fn is_current_ingress(&self) -> bool {
+        self.spec.ingress && !self.retiring
+    }
 }

@@ -391,9 +391,9 @@ pub fn allocate_vips(
     Ok(())
 }
 
-/// The ingress network (the routing mesh's), if there is one.
+/// The ingress network (the routing mesh's) new tasks attach to, if there is one.
 pub fn ingress_network(state: &ClusterState) -> Option<&model::Network> {
-    state.networks.values().find(|n| n.spec.ingress)
+    state.networks.values().find(|n| n.is_current_ingress())
 }
 
 /// The networks a service's tasks are attached to: the service's own, then the ingress network

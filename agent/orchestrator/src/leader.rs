@@ -398,6 +398,12 @@ impl Leader {
                 } else if t.status.state.is_terminal() {
                     let when = t.status.timestamp + self.config.restart_delay;
                     self.timers.insert((when, t.service_id.clone()));
+                } else if t.status.state == model::task::TaskState::Running
+                    && self.config.replacement_settle > chrono::Duration::zero()
+                {
+                    // A rolling update goes on once it has settled.
+                    let when = t.status.timestamp + self.config.replacement_settle;
+                    self.timers.insert((when, t.service_id.clone()));
                 }
             }
         }
@@ -448,11 +454,23 @@ impl Leader {
                     .flatten()
                     .filter_map(|t| self.state.tasks.get(t)),
             );
-            // With published ports, every node has an endpoint on ingress (its ingress-sbox).
-            if self.ports.any()
-                && let Some(ingress) = allocator::ingress_network(&self.state)
-            {
-                wanted.insert(ingress.meta.id.clone());
+            // With published ports, every node has an endpoint on ingress (its ingress-sbox),
+            // and keeps the one it has on an ingress network being retired: its sbox balances
+            // over the tasks still there until they moved.
+            if self.ports.any() {
+                if let Some(ingress) = allocator::ingress_network(&self.state) {
+                    wanted.insert(ingress.meta.id.clone());
+                }
+                for a in &node.attachments {
+                    if self
+                        .state
+                        .networks
+                        .get(&a.network_id)
+                        .is_some_and(|n| n.spec.ingress && n.retiring)
+                    {
+                        wanted.insert(a.network_id.clone());
+                    }
+                }
             }
             if allocator::allocate_node_attachments(&mut self.ipam, &self.state, &mut node, &wanted)
             {
@@ -461,7 +479,32 @@ impl Leader {
         }
         self.record_as(&node_changes, false);
         changes.put.extend(node_changes.put);
+        let retired = self.retired_networks();
+        self.record_as(&retired, false);
+        changes.delete.extend(retired.delete);
         changes
+    }
+
+    /// Ingress networks being retired (`ingress recreate --subnet`) that no task needs any
+    /// more: none attached to them may still run (a task on a down node counts as gone).
+    fn retired_networks(&self) -> Changes {
+        let mut out = Changes::default();
+        for n in self.state.networks.values().filter(|n| n.retiring) {
+            let used = self.state.tasks.values().any(|t| {
+                t.networks.iter().any(|a| a.network_id == n.meta.id)
+                    && !t.status.state.is_terminal()
+                    && t.node_id.as_ref().is_some_and(|id| {
+                        self.state
+                            .nodes
+                            .get(id)
+                            .is_some_and(|n| n.status.state != model::node::NodeState::Down)
+                    })
+            });
+            if !used {
+                out.delete.push((Kind::Network, n.meta.id.clone()));
+            }
+        }
+        out
     }
 
     /// The full rules over the part of the state `services` concern: those services with all

@@ -39,6 +39,11 @@ pub struct Config {
     pub task_history: usize,
     /// Delay before a failed or completed task of a running service is replaced (docker: 5 s).
     pub restart_delay: chrono::Duration,
+    /// How long a rolling update lets a replacement run before it counts as serving and the
+    /// next outdated task is shut down: the time every node needs to hear of the new endpoint
+    /// (gossip) and balance to it. Shut down sooner, the old task leaves the balancers of a node
+    /// that has not heard of its replacement yet, which then has no backend.
+    pub replacement_settle: chrono::Duration,
 }
 
 impl Default for Config {
@@ -46,6 +51,7 @@ impl Default for Config {
         Config {
             task_history: 5,
             restart_delay: chrono::Duration::seconds(5),
+            replacement_settle: chrono::Duration::seconds(1),
         }
     }
 }

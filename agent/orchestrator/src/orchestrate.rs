@@ -67,7 +67,8 @@ enum Replace {
     /// At once: its node cannot keep it, it stopped and the restart delay has passed, its
     /// networks changed (one of them may be gone), or it does not run yet.
     Now,
-    /// It runs with an outdated spec: replaced as the service's update parallelism allows.
+    /// It runs with an outdated spec, or on an ingress network being retired: replaced as the
+    /// service's update parallelism allows.
     Outdated,
 }
 
@@ -91,7 +92,24 @@ fn replacement(
     let has: BTreeSet<&str> = t.networks.iter().map(|a| a.network_id.as_str()).collect();
     let allocated = !matches!(t.status.state, TaskState::New | TaskState::Pending);
     if allocated && wanted != has {
-        return Some(Replace::Now);
+        // Off an ingress network being retired onto the current one (`ingress recreate
+        // --subnet`): rolled like an update, since the old network stays until they moved.
+        let moving = has.difference(&wanted).all(|n| {
+            state
+                .networks
+                .get(*n)
+                .is_some_and(|n| n.spec.ingress && n.retiring)
+        }) && wanted.difference(&has).all(|n| {
+            state
+                .networks
+                .get(*n)
+                .is_some_and(|n| n.is_current_ingress())
+        });
+        return Some(if moving && t.status.state == TaskState::Running {
+            Replace::Outdated
+        } else {
+            Replace::Now
+        });
     }
     if t.spec == service.spec.task {
         return None;
@@ -105,7 +123,7 @@ fn replacement(
 
 /// The live tasks of `service` to shut down now: every one that must go at once, and of those
 /// running an outdated spec as many as the update parallelism leaves room for (docker's rolling
-/// update: a replacement counts until it runs, so a replacement that keeps failing holds the
+/// update: a replacement counts until it has run for `replacement_settle`, so one that keeps failing holds the
 /// update where it is, as docker's default failure action pauses it). In slot order (node
 /// order for a global service). A shut-down task's replacement is created in the same pass; the
 /// old task drains and stops on its node meanwhile.
@@ -125,6 +143,13 @@ fn to_replace(
                 outdated.push(((t.slot, t.node_id.clone()), t.meta.id.clone()));
             }
             None if t.status.state != TaskState::Running => in_flight += 1,
+            // Running, but not long enough for every node to balance to it yet (a timestamp
+            // further ahead than that is a node's clock, not a start).
+            None if (now - t.status.timestamp) < config.replacement_settle
+                && (t.status.timestamp - now) < config.replacement_settle =>
+            {
+                in_flight += 1
+            }
             None => {}
         }
     }

@@ -2,8 +2,10 @@
 //! services publish through it. Docker refuses and makes the operator remove every publishing
 //! service; netagent changes the network in place when its subnet stays (MTU, encryption: the
 //! nodes apply the new values to the live sandboxes and interfaces, nothing restarts), and
-//! otherwise replaces it with a new network and moves the publishing services' tasks to it
-//! (the orchestrator replaces them, as for any change of a service's networks).
+//! otherwise replaces it with a new network and moves the publishing services' tasks to it: the
+//! old network is kept, renamed and marked retiring, the orchestrator rolls the tasks over as
+//! for an update, every ingress-sbox balances over both networks meanwhile, and the leader
+//! removes the old one once no task runs there.
 
 use std::sync::Arc;
 
@@ -28,6 +30,10 @@ pub async fn recreate(
     let mut wanted = spec(&req)?;
     let state = leader.state();
     let old = ingress_network(state).cloned();
+    let moving = state
+        .networks
+        .values()
+        .find(|n| n.spec.ingress && n.retiring);
     let mut moved: Vec<String> = state
         .services
         .values()
@@ -58,6 +64,7 @@ pub async fn recreate(
                     id: old.meta.id.clone(),
                     in_place: true,
                     moved: vec![],
+                    retiring: None,
                 }));
             }
             let id = old.meta.id.clone();
@@ -72,10 +79,23 @@ pub async fn recreate(
                     id,
                     in_place: true,
                     moved: vec![],
+                    retiring: None,
                 },
             )
         }
         old => {
+            if let Some(r) = moving {
+                return Err(Failure::conflict(format!(
+                    "the ingress network is still moving off {} ({}): try again once its tasks moved (`netctl service ps`)",
+                    r.spec.name,
+                    r.allocation
+                        .iter()
+                        .flatten()
+                        .map(|a| a.subnet.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
             let (ipam, state) = leader.ipam_mut();
             let allocation = allocate_network(ipam, &wanted).map_err(|e| {
                 let holder = state
@@ -93,21 +113,30 @@ pub async fn recreate(
                 meta: Meta::new(),
                 spec: wanted,
                 allocation: Some(allocation),
+                retiring: false,
             };
             let id = n.meta.id.clone();
+            // The old network stays, renamed, while its tasks move (the leader removes it
+            // when none runs there): every sbox balances over both meanwhile.
+            let retiring = old.map(|mut o| {
+                o.retiring = true;
+                o.spec.name = format!("{}-{}", crate::ingress::NAME, short(&o.meta.id));
+                o
+            });
+            let answer = Recreated {
+                id,
+                in_place: false,
+                moved,
+                retiring: retiring.as_ref().map(|o| o.meta.id.clone()),
+            };
+            let mut put = vec![Object::Network(n)];
+            put.extend(retiring.map(Object::Network));
             (
                 orchestrator::Changes {
-                    put: vec![Object::Network(n)],
-                    delete: old
-                        .iter()
-                        .map(|o| (model::Kind::Network, o.meta.id.clone()))
-                        .collect(),
+                    put,
+                    delete: vec![],
                 },
-                Recreated {
-                    id,
-                    in_place: false,
-                    moved,
-                },
+                answer,
             )
         }
     };
@@ -115,4 +144,8 @@ pub async fn recreate(
     orchestration::write_decided(&m, &mut leader, &changes).await?;
     tracing::info!(network = %answer.id, in_place = answer.in_place, moved = ?answer.moved, "ingress network recreated");
     Ok(Json(answer))
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
 }

@@ -135,6 +135,7 @@ pub async fn create(
         meta: Meta::new(),
         spec,
         allocation: Some(allocation),
+        retiring: false,
     };
     let id = network.meta.id.clone();
     let changes = orchestrator::Changes {

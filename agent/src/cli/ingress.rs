@@ -1,7 +1,7 @@
 //! `netctl ingress recreate`: the ingress network with new options, while services publish
 //! through it (docker makes you remove them first). In place when the subnet stays (MTU,
 //! encryption); otherwise a new network, the publishing services' tasks moved to it, with
-//! progress like `service update`.
+//! progress like `service update`, until the old network is removed.
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -68,7 +68,33 @@ pub async fn run(client: &Client, cmd: IngressCmd) -> Result<()> {
     for s in &r.moved {
         wait_moved(client, s, &r.id, &a.wait).await?;
     }
+    if let Some(old) = &r.retiring {
+        wait_removed(client, old, &a.wait).await?;
+    }
     Ok(())
+}
+
+/// Waits until the leader removed the old ingress network (no task runs on it any more).
+async fn wait_removed(client: &Client, old: &str, w: &WaitArgs) -> Result<()> {
+    let deadline = w
+        .wait_timeout_ms
+        .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
+    loop {
+        let nets: Vec<serde_json::Value> = client.get("/networks").await?.parse()?;
+        if !nets.iter().any(|n| n["Id"] == old) {
+            if !w.quiet {
+                println!("old ingress network {} removed", short(old));
+            }
+            return Ok(());
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            anyhow::bail!(
+                "the old ingress network {} is still there (a task on it has not stopped yet); the leader removes it once none runs",
+                short(old)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// Waits until every task the service should run is running with an address on the new

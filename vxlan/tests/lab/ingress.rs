@@ -17,9 +17,12 @@ use crate::common::*;
 use lab::{Lab, host_snapshot};
 use netns::NetNs;
 use vxlan::ingress::{
-    HostPort, Ingress, IngressState, MeshPort, Proto, SBOX_GW_IF, SBOX_INGRESS_IF, Sbox, TaskReturn,
+    HostPort, Ingress, IngressState, MeshPort, Proto, SBOX_GW_IF, Sbox, TaskReturn,
 };
 use vxlan::{DesiredState, GatewayEndpoint, GwBridge, NetworkState};
+
+/// The sbox's interface on the ingress overlay in this test (the agent names it by VNI).
+const SBOX_INGRESS_IF: &str = "eth0";
 
 const ING: &str = "ingresstest0000000000001";
 
@@ -212,7 +215,6 @@ fn node_state(
         ingress: IngressState {
             sbox: Some(Sbox {
                 gw_addr: SBOX_GW,
-                ingress_addr: sbox_ip(i),
                 ports: vec![
                     MeshPort {
                         proto: Proto::Tcp,

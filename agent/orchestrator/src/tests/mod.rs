@@ -89,6 +89,7 @@ fn network(state: &ClusterState, name: &str, subnet: Option<&str>) -> Network {
         meta: Meta::with_id(format!("net-{name}")),
         spec,
         allocation,
+        retiring: false,
     }
 }
 
@@ -139,7 +140,12 @@ impl World {
         }
         World {
             state,
-            config: Config::default(),
+            // Tasks run at once here; `a_replacement_settles_before_the_next_goes` checks the
+            // settle time.
+            config: Config {
+                replacement_settle: chrono::Duration::zero(),
+                ..Config::default()
+            },
             now: Utc::now(),
             mode,
             leader: None,

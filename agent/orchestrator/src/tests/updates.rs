@@ -1,5 +1,6 @@
 //! Service updates: a changed task spec replaces every task once, rolling out the service's
-//! update parallelism at a time and holding while a replacement fails.
+//! update parallelism at a time and holding while a replacement fails; the same roll moves
+//! publishing tasks off an ingress network being retired.
 
 use super::*;
 
@@ -128,6 +129,112 @@ fn a_failing_replacement_holds_the_update(mode: Mode) {
     assert_eq!(w.rollout("s"), (3, 0, 0));
 }
 
+/// `ingress recreate --subnet`: the old ingress network stays (retiring) while the publishing
+/// tasks roll over to the new one, one at a time; every node keeps its address on both
+/// meanwhile (its sbox balances over both); the old network goes once no task runs there.
+fn tasks_move_off_a_retiring_ingress_network_one_at_a_time(mode: Mode) {
+    use model::service::{PortConfig, Protocol, PublishMode};
+    let mut w = World::new(3, mode);
+    let mut old = network(&w.state, "ingress", None);
+    old.spec.ingress = true;
+    w.state.networks.insert(old.meta.id.clone(), old);
+    let mut svc = service(&w.state, "pub", replicas(3), &[]);
+    svc.spec.endpoint.ports = vec![PortConfig {
+        published: 8080,
+        target: 80,
+        protocol: Protocol::Tcp,
+        mode: PublishMode::Ingress,
+    }];
+    crate::ports::PublishedPorts::from_state(&w.state)
+        .allocate(&w.state, &mut svc)
+        .unwrap();
+    w.state.services.insert(svc.meta.id.clone(), svc);
+    w.settle();
+    w.run_assigned();
+    w.settle();
+    let on = |w: &World, net: &str| {
+        w.live("pub")
+            .iter()
+            .filter(|t| {
+                t.status.state == TaskState::Running
+                    && t.networks.iter().any(|a| a.network_id == net)
+            })
+            .count()
+    };
+    assert_eq!(on(&w, "net-ingress"), 3);
+    // What the recreate writes: the new network, the old one marked retiring.
+    let mut new = network(&w.state, "ingress2", Some("10.99.0.0/24"));
+    new.spec.ingress = true;
+    w.state.networks.insert(new.meta.id.clone(), new);
+    w.state.networks.get_mut("net-ingress").unwrap().retiring = true;
+    let both = |w: &World| {
+        w.state.nodes.values().all(|n| {
+            ["net-ingress", "net-ingress2"]
+                .iter()
+                .all(|id| n.attachments.iter().any(|a| a.network_id == *id))
+        })
+    };
+    let mut seen = vec![];
+    for round in 0..3 {
+        w.settle();
+        seen.push((on(&w, "net-ingress"), on(&w, "net-ingress2")));
+        assert_eq!(w.rollout("pub").2, 1, "one replacement at a time: {seen:?}");
+        assert_eq!(
+            seen[round],
+            (2 - round, round),
+            "the others keep running on the old network: {seen:?}"
+        );
+        assert!(w.state.networks.contains_key("net-ingress"));
+        assert!(both(&w), "every node on both: {:?}", w.state.nodes);
+        w.run_assigned();
+    }
+    w.settle();
+    assert_eq!(on(&w, "net-ingress2"), 3);
+    assert!(
+        !w.state.networks.contains_key("net-ingress"),
+        "no task runs on the old network: it goes"
+    );
+    for n in w.state.nodes.values() {
+        let nets: Vec<&str> = n
+            .attachments
+            .iter()
+            .map(|a| a.network_id.as_str())
+            .collect();
+        assert_eq!(nets, ["net-ingress2"], "{n:?}");
+    }
+    assert_eq!(w.settle(), 0);
+}
+
+/// A replacement counts as serving only once it has run for the settle time (every node has
+/// heard of it): until then the next outdated task keeps running.
+fn a_replacement_settles_before_the_next_goes(mode: Mode) {
+    let mut w = World::new(2, mode);
+    w.config.replacement_settle = Duration::seconds(1);
+    w.add_service("s", replicas(2), &[]);
+    w.settle();
+    w.run_assigned();
+    w.now += Duration::seconds(2);
+    w.settle();
+    w.update("s", "V=2", 1);
+    w.settle();
+    assert_eq!(w.rollout("s"), (0, 1, 1));
+    w.run_assigned();
+    w.settle();
+    assert_eq!(
+        w.rollout("s"),
+        (1, 1, 0),
+        "the replacement runs, not settled yet"
+    );
+    w.now += Duration::milliseconds(500);
+    w.settle();
+    assert_eq!(w.rollout("s"), (1, 1, 0), "half the settle time");
+    w.now += Duration::milliseconds(600);
+    w.settle();
+    assert_eq!(w.rollout("s"), (1, 0, 1), "settled: the next one goes");
+}
+
 scenario!(a_forced_update_replaces_every_task_once);
+scenario!(a_replacement_settles_before_the_next_goes);
+scenario!(tasks_move_off_a_retiring_ingress_network_one_at_a_time);
 scenario!(an_update_rolls_out_parallelism_tasks_at_a_time);
 scenario!(a_failing_replacement_holds_the_update);
