@@ -100,6 +100,8 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
         bpf_dir: fast_bpf_dir,
         mesh_bpf_dir,
         ingress_snat: cfg.ingress_snat,
+        // The time gossip takes to spread an entry, as the drain's.
+        return_hold: Duration::from_secs(2),
         fault_file: std::env::var_os(executor::node::FAULT_ENV).map(std::path::PathBuf::from),
     })
 }

@@ -22,10 +22,6 @@ use crate::plan::{self, LocalTask};
 /// The sbox's interface on docker_gwbridge (its overlay ones are the load-balancer endpoints).
 const SBOX_GW_IF: &str = vxlan::ingress::SBOX_GW_IF;
 
-/// How long a task started here keeps its endpoint on ingress disabled at most, waiting for its
-/// return path to list every node's sbox ([`Executor::return_path_pending`]).
-const RETURN_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// What the mesh was last given on this node.
 #[derive(Debug, Default)]
 pub(crate) struct IngressRt {
@@ -255,7 +251,7 @@ impl Executor {
     /// balances a connection to the task before the task has a way back to it loses the
     /// client's SYN (answered through the wrong node), and the client waits a second to send
     /// it again. Held until the table lists an sbox for every node not down, for at most
-    /// [`RETURN_HOLD`], and never again once enabled.
+    /// `Config::return_hold`, and never again once enabled.
     pub(crate) fn return_path_pending(&mut self, l: &LocalTask) -> bool {
         let Some(net) = l
             .attachments
@@ -302,10 +298,10 @@ impl Executor {
             None => {
                 rt.held_since = Some(std::time::Instant::now());
                 tracing::debug!(task = %l.id, "endpoint on ingress held until its return path lists every sbox");
-                self.look_again(&l.id, RETURN_HOLD);
+                self.look_again(&l.id, self.config.return_hold);
                 true
             }
-            Some(t) => t.elapsed() < RETURN_HOLD,
+            Some(t) => t.elapsed() < self.config.return_hold,
         }
     }
 

@@ -82,6 +82,9 @@ pub struct Config {
     /// Docker's routing mesh: the ingress sbox SNATs connections to its ingress address (tasks
     /// see the node rather than the client). Off: only destinations are rewritten.
     pub ingress_snat: bool,
+    /// How long a task started here keeps its endpoint on ingress disabled at most while its
+    /// return path does not list every node's sbox (`Executor::return_path_pending`).
+    pub return_hold: Duration,
     /// Fault injection (tests): while this file exists, every executor pass fails, or panics
     /// when the file says `panic` (the agent sets it from `NETAGENT_FAULT_EXECUTOR`).
     pub fault_file: Option<PathBuf>,

@@ -1,6 +1,7 @@
 //! The executor of two nodes, each with its own gossip, driven by hand-made assignments: tasks run,
 //! reach each other over the overlay, report their status, stop and disappear; an unchanged
-//! assignment changes nothing in the kernel; a restarted executor adopts what runs.
+//! assignment changes nothing in the kernel; a restarted executor adopts what runs; a task on
+//! ingress serves once it knows every sbox.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -128,6 +129,7 @@ fn config(lab: &Lab, i: usize) -> Config {
         bpf_dir: Some(n.bpffs().unwrap().join("fastpath")),
         mesh_bpf_dir: Some(n.bpffs().unwrap().join("mesh")),
         ingress_snat: false,
+        return_hold: Duration::from_secs(2),
         fault_file: None,
     }
 }
@@ -440,4 +442,75 @@ async fn gateway_addresses_are_unique_freed_and_known_after_a_restart() {
     assert_eq!(gateway_of(&lab, &ta.meta.id), a, "ta kept its address");
     assert_eq!(gateway_of(&lab, &tc.meta.id), c, "tc kept its address");
     assert!(d != a && d != c, "td got an address nobody holds: {d}");
+}
+
+/// A task started on the ingress network is published there (and reported running) only once
+/// its return path lists every node's sbox: an sbox that balanced a connection to it before
+/// would lose the client's SYN. Here the hold has no time limit that matters (60 s): only n2's
+/// sbox appearing releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_on_ingress_serves_once_it_knows_every_sbox() {
+    use model::service::{PortConfig, Protocol, PublishMode};
+    let lab = Lab::new(2).unwrap();
+    let mut cfg = config(&lab, 1);
+    cfg.return_hold = Duration::from_secs(60);
+    let mut n1 = start_with(&lab, 1, cfg).await;
+    let n2 = start(&lab, 2).await;
+    let mut ingress = network();
+    ingress.meta = Meta::with_id("ingaaaaaaaaaaaaaaaaaaaaaa".into());
+    ingress.spec.name = "ingress".into();
+    ingress.spec.ingress = true;
+    let mut svc = service();
+    svc.ports = vec![PortConfig {
+        published: 8080,
+        target: 80,
+        protocol: Protocol::Tcp,
+        mode: PublishMode::Ingress,
+    }];
+    let mut t = task("t9aaaaaaaaaaaaaaaaaaaaaaa", 1, "n1", "10.0.1.3");
+    t.networks[0].network_id = ingress.meta.id.clone();
+    let on_ingress = |revision: u64, tasks: Vec<Task>, sbox: &str| Assignments {
+        revision,
+        tasks,
+        networks: vec![ingress.clone()],
+        services: vec![svc.clone()],
+        data_path_port: 4789,
+        attachments: vec![NetworkAttachment {
+            network_id: ingress.meta.id.clone(),
+            addresses: vec![format!("{sbox}/24").parse().unwrap()],
+            aliases: vec![],
+        }],
+        nodes: vec![("n1".into(), false), ("n2".into(), false)],
+        ..Default::default()
+    };
+    n1.tx.replace(on_ingress(1, vec![t.clone()], "10.0.1.250"));
+    let net = ingress.meta.id.clone();
+    lab.wait_until("t9 is published disabled (held)", LONG, || {
+        n1.gossip
+            .endpoints(&net)
+            .iter()
+            .any(|e| e.endpoint.id == t.meta.id && e.endpoint.disabled)
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut seen = vec![];
+    while let Ok((id, st)) = n1.status.try_recv() {
+        if id == t.meta.id {
+            seen.push(st.state);
+        }
+    }
+    assert!(
+        !seen.contains(&TaskState::Running),
+        "not running while n2's sbox is unknown: {seen:?}"
+    );
+    // n2 gets its sbox on ingress (an address there, the publishing service): t9 is released.
+    n2.tx.replace(on_ingress(1, vec![], "10.0.1.251"));
+    wait_status(&mut n1, &t.meta.id, TaskState::Running).await;
+    lab.wait_until("n2 sees t9 enabled", LONG, || {
+        n2.gossip
+            .endpoints(&net)
+            .iter()
+            .any(|e| e.endpoint.id == t.meta.id && !e.endpoint.disabled)
+    })
+    .unwrap();
 }
