@@ -383,6 +383,12 @@ pub async fn remove(State(agent): State<Arc<Agent>>, Path(reference): Path<Strin
         .map(|s| s.spec.name.as_str())
         .collect();
     publishing.sort();
+    if n.retiring {
+        return Err(Failure::conflict(format!(
+            "the ingress network {} is being replaced by `netctl ingress recreate`: the leader removes it once no task runs there",
+            n.spec.name
+        )));
+    }
     if !publishing.is_empty() {
         return Err(Failure::conflict(format!(
             "the ingress network {} carries the published ports of service {}: change it in place with `netctl ingress recreate`, or remove their published ports first",

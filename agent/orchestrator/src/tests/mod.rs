@@ -274,6 +274,25 @@ impl World {
         let s = service(&self.state, name, mode, networks);
         self.state.services.insert(s.meta.id.clone(), s);
     }
+
+    /// The ingress network `net-ingress`, and a service publishing 8080 through it.
+    fn add_publishing(&mut self, name: &str, mode: ServiceMode) {
+        use model::service::{PortConfig, Protocol, PublishMode};
+        let mut ingress = network(&self.state, "ingress", None);
+        ingress.spec.ingress = true;
+        self.state.networks.insert(ingress.meta.id.clone(), ingress);
+        let mut svc = service(&self.state, name, mode, &[]);
+        svc.spec.endpoint.ports = vec![PortConfig {
+            published: 8080,
+            target: 80,
+            protocol: Protocol::Tcp,
+            mode: PublishMode::Ingress,
+        }];
+        crate::ports::PublishedPorts::from_state(&self.state)
+            .allocate(&self.state, &mut svc)
+            .unwrap();
+        self.state.services.insert(svc.meta.id.clone(), svc);
+    }
 }
 
 fn replicas(n: u64) -> ServiceMode {
@@ -738,22 +757,8 @@ fn publishing_services_get_ingress_attachments_and_every_node_an_ingress_address
 /// ingress-sbox.
 #[test]
 fn a_node_attachment_lost_to_a_concurrent_write_is_decided_again() {
-    use model::service::{PortConfig, Protocol, PublishMode};
     let mut w = World::new(2, Mode::Incremental);
-    let mut ingress = network(&w.state, "ingress", None);
-    ingress.spec.ingress = true;
-    w.state.networks.insert(ingress.meta.id.clone(), ingress);
-    let mut svc = service(&w.state, "pub", replicas(1), &[]);
-    svc.spec.endpoint.ports = vec![PortConfig {
-        published: 8080,
-        target: 80,
-        protocol: Protocol::Tcp,
-        mode: PublishMode::Ingress,
-    }];
-    crate::ports::PublishedPorts::from_state(&w.state)
-        .allocate(&w.state, &mut svc)
-        .unwrap();
-    w.state.services.insert(svc.meta.id.clone(), svc);
+    w.add_publishing("pub", replicas(1));
     w.settle();
     let has = |n: &Node| n.attachments.iter().any(|a| a.network_id == "net-ingress");
     assert!(w.state.nodes.values().all(has));

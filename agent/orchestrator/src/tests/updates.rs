@@ -133,22 +133,8 @@ fn a_failing_replacement_holds_the_update(mode: Mode) {
 /// tasks roll over to the new one, one at a time; every node keeps its address on both
 /// meanwhile (its sbox balances over both); the old network goes once no task runs there.
 fn tasks_move_off_a_retiring_ingress_network_one_at_a_time(mode: Mode) {
-    use model::service::{PortConfig, Protocol, PublishMode};
     let mut w = World::new(3, mode);
-    let mut old = network(&w.state, "ingress", None);
-    old.spec.ingress = true;
-    w.state.networks.insert(old.meta.id.clone(), old);
-    let mut svc = service(&w.state, "pub", replicas(3), &[]);
-    svc.spec.endpoint.ports = vec![PortConfig {
-        published: 8080,
-        target: 80,
-        protocol: Protocol::Tcp,
-        mode: PublishMode::Ingress,
-    }];
-    crate::ports::PublishedPorts::from_state(&w.state)
-        .allocate(&w.state, &mut svc)
-        .unwrap();
-    w.state.services.insert(svc.meta.id.clone(), svc);
+    w.add_publishing("pub", replicas(3));
     w.settle();
     w.run_assigned();
     w.settle();
