@@ -746,6 +746,57 @@ fn ingress_recreate_keeps_published_ports_answering() {
         rolled[1].0 >= rolled[0].1,
         "the second task was replaced only once the first replacement ran: {rolled:?}"
     );
+
+    // One replica: start-first, the old task serves until its replacement runs.
+    s.ctl(
+        1,
+        &[
+            "service", "create", "--detach", "--name", "solo", "-p", "8081:80", "--", "sh", "-c",
+            WEB,
+        ],
+    );
+    for i in 1..=3 {
+        s.wait(&format!("solo answers through node{i}"), || {
+            who(&s, s.lab.node(i).addr(), 8081).is_ok()
+        });
+    }
+    let inspect: serde_json::Value =
+        serde_json::from_str(&s.ctl(1, &["service", "inspect", "solo"])).unwrap();
+    let id = inspect[0]["ID"].clone();
+    let solo_tasks = || -> Vec<serde_json::Value> {
+        let (code, body) = s.api(1, "GET", "/tasks", "");
+        assert_eq!(code, 200, "{body}");
+        let tasks: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        tasks.into_iter().filter(|t| t["ServiceID"] == id).collect()
+    };
+    // At some moment the old task and its replacement both run and are both wanted running
+    // (stop-first, the old one is wanted shut down before the new one exists).
+    let mut both = false;
+    let (failed, total) = under_load(&s, 8081, || {
+        s.ctl(
+            1,
+            &[
+                "service",
+                "update",
+                "--detach",
+                "--env-add",
+                "ROLLED=1",
+                "solo",
+            ],
+        );
+        s.wait("solo's old task has stopped", || {
+            let tasks = solo_tasks();
+            let running = |t: &&serde_json::Value| {
+                t["DesiredState"] == "running" && t["Status"]["State"] == "running"
+            };
+            both |= tasks.iter().filter(running).count() == 2;
+            tasks
+                .iter()
+                .any(|t| t["DesiredState"] != "running" && t["Status"]["State"] == "shutdown")
+        });
+    });
+    eprintln!("service update of one replica: {failed} of {total} requests failed");
+    assert!(both, "the old task served until its replacement ran");
     drop(s);
     assert_eq!(
         host_snapshot(),

@@ -1,7 +1,7 @@
 //! Replica orchestration: keeps one running task per slot of a replicated service (one per
 //! eligible node of a global service), replaces tasks that failed, that run on a drained, down or
-//! removed node, or whose spec is outdated (a rolling update: the service's update parallelism
-//! at a time), and trims the history `service ps` shows.
+//! removed node, or whose spec is outdated (a rolling update, start-first: the service's update
+//! parallelism at a time), and trims the history `service ps` shows.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -121,60 +121,126 @@ fn replacement(
     })
 }
 
-/// The live tasks of `service` to shut down now: every one that must go at once, and of those
-/// running an outdated spec as many as the update parallelism leaves room for (docker's rolling
-/// update: a replacement counts until it has run for `replacement_settle`, so one that keeps failing holds the
-/// update where it is, as docker's default failure action pauses it). In slot order (node
-/// order for a global service). A shut-down task's replacement is created in the same pass; the
-/// old task drains and stops on its node meanwhile.
+/// Where a task runs for its service: its slot (replicated), or its node (global, slot 0).
+type Place = (u64, String);
+
+fn place_of(t: &Task) -> Place {
+    if t.slot == 0 {
+        (0, t.node_id.clone().unwrap_or_default())
+    } else {
+        (t.slot, String::new())
+    }
+}
+
+/// What a pass does to a service's live tasks: shut some down, start replacements for others.
+#[derive(Debug, Default)]
+struct Rollout {
+    shut: Vec<String>,
+    /// Places whose outdated task keeps running while its replacement starts there.
+    start: Vec<Place>,
+}
+
+/// Whether a running task has run long enough for every node to balance to it (a timestamp
+/// further ahead than the settle time is a node's clock, not a start).
+fn settled(t: &Task, config: &Config, now: DateTime<Utc>) -> bool {
+    t.status.state == TaskState::Running
+        && ((now - t.status.timestamp) >= config.replacement_settle
+            || (t.status.timestamp - now) >= config.replacement_settle)
+}
+
+/// The rolling update of `service` for this pass (docker's, with `--update-order
+/// start-first`): every live task that must go at once is shut down; of those running an
+/// outdated spec, as many as the update parallelism leaves room for get a replacement started
+/// beside them, in slot order (node order for a global service), and each is shut down (and
+/// drains) only once its replacement has run for `replacement_settle`. A replacement counts
+/// against the parallelism until then, so one that keeps failing holds the update where it
+/// is while the old task serves, as docker's default failure action pauses it. A service
+/// publishing host-mode ports cannot run two tasks on one node's port: its old task is shut
+/// down first (stop-first) and the replacement created in the same pass.
 fn to_replace(
     state: &ClusterState,
     service: &Service,
     config: &Config,
     now: DateTime<Utc>,
-) -> Vec<String> {
-    let mut at_once = Vec::new();
+) -> Rollout {
+    let start_first = !service
+        .ports
+        .iter()
+        .any(|p| p.mode == model::service::PublishMode::Host);
+    let mut out = Rollout::default();
     let mut outdated = Vec::new();
     let mut in_flight = 0usize;
+    // Places with a task of the current spec: whether one of them has settled.
+    let mut current: BTreeMap<Place, bool> = BTreeMap::new();
+    let mut emptied = BTreeSet::new();
     for t in state.tasks_of(&service.meta.id).filter(|t| is_live(t)) {
         match replacement(t, service, state, config, now) {
-            Some(Replace::Now) => at_once.push(t.meta.id.clone()),
-            Some(Replace::Outdated) => {
-                outdated.push(((t.slot, t.node_id.clone()), t.meta.id.clone()));
+            Some(Replace::Now) => {
+                out.shut.push(t.meta.id.clone());
+                emptied.insert(place_of(t));
             }
-            None if t.status.state != TaskState::Running => in_flight += 1,
-            // Running, but not long enough for every node to balance to it yet (a timestamp
-            // further ahead than that is a node's clock, not a start).
-            None if (now - t.status.timestamp) < config.replacement_settle
-                && (t.status.timestamp - now) < config.replacement_settle =>
-            {
-                in_flight += 1
+            Some(Replace::Outdated) => outdated.push((place_of(t), t.meta.id.clone())),
+            None => {
+                let done = settled(t, config, now);
+                if !done {
+                    in_flight += 1;
+                }
+                *current.entry(place_of(t)).or_default() |= done;
             }
-            None => {}
         }
     }
-    // What goes at once is replaced by tasks that do not run yet either.
+    // What goes at once from a place left empty is replaced by a task that does not run yet
+    // either (one that goes beside an outdated task is not: that one keeps serving).
+    for (place, _) in &outdated {
+        emptied.remove(place);
+    }
+    emptied.retain(|p| !current.contains_key(p));
     let room = match service.spec.update.parallelism {
         0 => usize::MAX,
         p => usize::try_from(p).unwrap_or(usize::MAX),
     }
-    .saturating_sub(in_flight + at_once.len());
+    .saturating_sub(in_flight + emptied.len());
     outdated.sort();
-    at_once.extend(outdated.into_iter().take(room).map(|(_, id)| id));
-    at_once
+    let mut taken = 0;
+    for (place, id) in outdated {
+        match (start_first, current.get(&place)) {
+            // Its replacement has settled: the old task goes.
+            (true, Some(true)) => out.shut.push(id),
+            // Its replacement is starting (counted in flight), or was just started for another
+            // outdated task of the place.
+            (true, Some(false)) => {}
+            _ if taken < room => {
+                taken += 1;
+                if start_first {
+                    current.insert(place.clone(), false);
+                    out.start.push(place);
+                } else {
+                    out.shut.push(id);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 pub fn run(state: &mut ClusterState, config: &Config, now: DateTime<Utc>) {
     let services: Vec<Service> = state.services.values().cloned().collect();
     for service in &services {
         let constraints = constraint::parse_all(&service.spec.task.constraints).unwrap_or_default();
-        // Replace what must be replaced: the slot (or node) then has no live task.
-        for id in to_replace(state, service, config, now) {
+        let rollout = to_replace(state, service, config, now);
+        for id in rollout.shut {
             shut_down(state.tasks.get_mut(&id).expect("listed above"), now);
         }
+        for (slot, node) in rollout.start {
+            let t = new_task(service, slot, (!node.is_empty()).then_some(node), now);
+            state.tasks.insert(t.meta.id.clone(), t);
+        }
         match service.spec.mode {
-            ServiceMode::Replicated { replicas } => replicated(state, service, replicas, now),
-            ServiceMode::Global => global(state, service, &constraints, now),
+            ServiceMode::Replicated { replicas } => {
+                replicated(state, service, replicas, config, now)
+            }
+            ServiceMode::Global => global(state, service, &constraints, config, now),
         }
     }
     // Tasks of removed services stop; once stopped (or their node is gone or down) they go.
@@ -215,7 +281,39 @@ pub fn run(state: &mut ClusterState, config: &Config, now: DateTime<Utc>) {
     trim_history(state, config.task_history);
 }
 
-fn replicated(state: &mut ClusterState, service: &Service, replicas: u64, now: DateTime<Utc>) {
+/// The live tasks of a place beyond what it may run: one task, or during a rolling update an
+/// outdated one and its replacement.
+fn extra(
+    state: &ClusterState,
+    service: &Service,
+    ids: &[String],
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let (mut current, mut outdated) = (0, 0);
+    let mut out = Vec::new();
+    for id in ids {
+        let t = &state.tasks[id];
+        let kept = if replacement(t, service, state, config, now).is_some() {
+            &mut outdated
+        } else {
+            &mut current
+        };
+        *kept += 1;
+        if *kept > 1 {
+            out.push(id.clone());
+        }
+    }
+    out
+}
+
+fn replicated(
+    state: &mut ClusterState,
+    service: &Service,
+    replicas: u64,
+    config: &Config,
+    now: DateTime<Utc>,
+) {
     let mut live_slots: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for t in state.tasks_of(&service.meta.id).filter(|t| is_live(t)) {
         live_slots
@@ -223,11 +321,16 @@ fn replicated(state: &mut ClusterState, service: &Service, replicas: u64, now: D
             .or_default()
             .push(t.meta.id.clone());
     }
-    // Scale down: slots above the replica count stop; a slot never runs two tasks.
+    // Scale down: slots above the replica count stop; a slot runs one task (two while one
+    // replaces the other).
     for (slot, ids) in &live_slots {
-        let keep = if *slot <= replicas && *slot > 0 { 1 } else { 0 };
-        for id in ids.iter().skip(keep) {
-            shut_down(state.tasks.get_mut(id).expect("listed above"), now);
+        let stop = if *slot <= replicas && *slot > 0 {
+            extra(state, service, ids, config, now)
+        } else {
+            ids.clone()
+        };
+        for id in stop {
+            shut_down(state.tasks.get_mut(&id).expect("listed above"), now);
         }
     }
     for slot in 1..=replicas {
@@ -242,6 +345,7 @@ fn global(
     state: &mut ClusterState,
     service: &Service,
     constraints: &[Constraint],
+    config: &Config,
     now: DateTime<Utc>,
 ) {
     let mut live_nodes: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -262,9 +366,13 @@ fn global(
             .nodes
             .get(node)
             .is_some_and(|n| constraint::node_matches(constraints, n));
-        let keep = usize::from(still_ok);
-        for id in ids.iter().skip(keep) {
-            shut_down(state.tasks.get_mut(id).expect("listed above"), now);
+        let stop = if still_ok {
+            extra(state, service, ids, config, now)
+        } else {
+            ids.clone()
+        };
+        for id in stop {
+            shut_down(state.tasks.get_mut(&id).expect("listed above"), now);
         }
     }
     for node in eligible {

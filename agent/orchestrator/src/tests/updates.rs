@@ -1,6 +1,7 @@
 //! Service updates: a changed task spec replaces every task once, rolling out the service's
-//! update parallelism at a time and holding while a replacement fails; the same roll moves
-//! publishing tasks off an ingress network being retired.
+//! update parallelism at a time, start-first (an old task goes once its replacement runs), and
+//! holding while a replacement fails; the same roll moves publishing tasks off an ingress
+//! network being retired. Host-mode ports roll stop-first.
 
 use super::*;
 
@@ -18,11 +19,13 @@ fn a_forced_update_replaces_every_task_once(mode: Mode) {
         .spec
         .task
         .force_update += 1;
-    // One at a time (the default parallelism): two rounds of replace-and-run.
+    // One at a time (the default parallelism): two rounds of replace-and-run, and the last
+    // old task goes once its replacement runs.
     for _ in 0..2 {
         w.settle();
         w.run_assigned();
     }
+    w.settle();
     let after: Vec<String> = w.live("s").iter().map(|t| t.meta.id.clone()).collect();
     assert_eq!(after.len(), 2);
     assert!(
@@ -70,29 +73,38 @@ fn an_update_rolls_out_parallelism_tasks_at_a_time(mode: Mode) {
     w.run_assigned();
     assert_eq!(w.rollout("s"), (5, 0, 0));
     w.update("s", "V=2", 1);
-    // Parallelism 1: each round replaces one task, the next only once it runs.
+    // Parallelism 1: each round starts one replacement beside its old task, which goes (with
+    // the next replacement started) only once the replacement runs.
     let mut seen = vec![];
     for _ in 0..5 {
         w.settle();
         let r = w.rollout("s");
         seen.push(r);
         assert_eq!(r.2, 1, "one replacement at a time: {seen:?}");
+        assert_eq!(r.0 + r.1, 5, "every slot serves meanwhile: {seen:?}");
         assert_eq!(w.settle(), 0, "nothing more before it runs: {seen:?}");
         w.run_assigned();
     }
+    w.settle();
     assert_eq!(w.rollout("s"), (5, 0, 0), "{seen:?}");
     assert_eq!(
         seen.iter().map(|r| r.1).collect::<Vec<_>>(),
-        vec![4, 3, 2, 1, 0]
+        vec![5, 4, 3, 2, 1]
     );
     // Parallelism 2, then 0 (all at once).
     w.update("s", "V=3", 2);
     w.settle();
-    assert_eq!(w.rollout("s"), (0, 3, 2));
+    assert_eq!(w.rollout("s"), (0, 5, 2));
     w.run_assigned();
     w.update("s", "V=4", 0);
     w.settle();
-    assert_eq!(w.rollout("s"), (0, 0, 5), "all at once");
+    assert_eq!(
+        w.rollout("s"),
+        (0, 5, 5),
+        "all at once: one replacement per slot, beside one old task (a second old one goes)"
+    );
+    w.run_assigned();
+    w.settle();
     w.run_assigned();
     assert_eq!(w.settle(), 0);
     assert_eq!(w.rollout("s"), (5, 0, 0));
@@ -105,8 +117,8 @@ fn a_failing_replacement_holds_the_update(mode: Mode) {
     w.run_assigned();
     w.update("s", "BROKEN=1", 1);
     w.settle();
-    assert_eq!(w.rollout("s"), (0, 2, 1));
-    // The replacement fails (and keeps failing after each restart delay): the two tasks
+    assert_eq!(w.rollout("s"), (0, 3, 1));
+    // The replacement fails (and keeps failing after each restart delay): the three tasks
     // running the old spec keep running.
     for _ in 0..3 {
         for t in w.state.tasks.values_mut() {
@@ -118,11 +130,11 @@ fn a_failing_replacement_holds_the_update(mode: Mode) {
         w.settle();
         w.now += w.config.restart_delay + Duration::seconds(1);
         w.settle();
-        assert_eq!(w.rollout("s").1, 2, "the update holds");
+        assert_eq!(w.rollout("s").1, 3, "the update holds");
     }
     // Fixed: the update goes on.
     w.update("s", "FIXED=1", 1);
-    for _ in 0..4 {
+    for _ in 0..5 {
         w.settle();
         w.run_assigned();
     }
@@ -167,13 +179,17 @@ fn tasks_move_off_a_retiring_ingress_network_one_at_a_time(mode: Mode) {
         assert_eq!(w.rollout("pub").2, 1, "one replacement at a time: {seen:?}");
         assert_eq!(
             seen[round],
-            (2 - round, round),
-            "the others keep running on the old network: {seen:?}"
+            (3 - round, round),
+            "the old task of the slot being moved serves until its replacement runs: {seen:?}"
         );
         assert!(w.state.networks.contains_key("net-ingress"));
         assert!(both(&w), "every node on both: {:?}", w.state.nodes);
         w.run_assigned();
     }
+    // The last old task goes once its replacement runs; the network once that one stopped.
+    w.settle();
+    assert!(w.state.networks.contains_key("net-ingress"));
+    w.run_assigned();
     w.settle();
     assert_eq!(on(&w, "net-ingress2"), 3);
     assert!(
@@ -203,20 +219,53 @@ fn a_replacement_settles_before_the_next_goes(mode: Mode) {
     w.settle();
     w.update("s", "V=2", 1);
     w.settle();
-    assert_eq!(w.rollout("s"), (0, 1, 1));
+    assert_eq!(w.rollout("s"), (0, 2, 1));
     w.run_assigned();
     w.settle();
     assert_eq!(
         w.rollout("s"),
-        (1, 1, 0),
-        "the replacement runs, not settled yet"
+        (1, 2, 0),
+        "the replacement runs, not settled yet: its old task too"
     );
     w.now += Duration::milliseconds(500);
     w.settle();
-    assert_eq!(w.rollout("s"), (1, 1, 0), "half the settle time");
+    assert_eq!(w.rollout("s"), (1, 2, 0), "half the settle time");
     w.now += Duration::milliseconds(600);
     w.settle();
-    assert_eq!(w.rollout("s"), (1, 0, 1), "settled: the next one goes");
+    assert_eq!(
+        w.rollout("s"),
+        (1, 1, 1),
+        "settled: its old task goes, the next replacement starts"
+    );
+}
+
+/// Two tasks cannot hold one node's host-mode port: such a service rolls stop-first, the old
+/// task shut down as its replacement is created.
+fn host_mode_ports_roll_stop_first(mode: Mode) {
+    use model::service::{PortConfig, Protocol, PublishMode};
+    let mut w = World::new(2, mode);
+    w.add_service("h", ServiceMode::Global, &[]);
+    w.state.services.get_mut("svc-h").unwrap().ports = vec![PortConfig {
+        published: 8080,
+        target: 80,
+        protocol: Protocol::Tcp,
+        mode: PublishMode::Host,
+    }];
+    w.settle();
+    w.run_assigned();
+    assert_eq!(w.rollout("h"), (2, 0, 0));
+    w.update("h", "V=2", 1);
+    w.settle();
+    assert_eq!(
+        w.rollout("h"),
+        (0, 1, 1),
+        "one node's task replaced, not beside it"
+    );
+    for _ in 0..2 {
+        w.run_assigned();
+        w.settle();
+    }
+    assert_eq!(w.rollout("h"), (2, 0, 0));
 }
 
 scenario!(a_forced_update_replaces_every_task_once);
@@ -224,3 +273,4 @@ scenario!(a_replacement_settles_before_the_next_goes);
 scenario!(tasks_move_off_a_retiring_ingress_network_one_at_a_time);
 scenario!(an_update_rolls_out_parallelism_tasks_at_a_time);
 scenario!(a_failing_replacement_holds_the_update);
+scenario!(host_mode_ports_roll_stop_first);
