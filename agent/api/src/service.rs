@@ -590,8 +590,9 @@ pub fn spec_to_model(
 }
 
 /// The UpdateConfig in docker's shape (the fields docker's Go type always has, as the docker
-/// CLI prints them): the old task drains while its replacement starts ("start-first"), and a
-/// replacement that keeps failing holds the update ("pause").
+/// CLI prints them): the old task serves until its replacement runs ("start-first"; a service
+/// with host-mode ports rolls stop-first), and a replacement that keeps failing holds the
+/// update ("pause").
 fn update_config(u: &model::service::UpdateConfig) -> UpdateConfig {
     let mut other = Extra::new();
     other.insert("FailureAction".into(), "pause".into());
@@ -604,8 +605,8 @@ fn update_config(u: &model::service::UpdateConfig) -> UpdateConfig {
 }
 
 /// Warns about the UpdateConfig fields that differ from docker's defaults: netagent moves on as
-/// soon as the replacements run, and holds the update while one keeps failing (docker's
-/// "pause").
+/// soon as the replacements have run for the settle time, and holds the update while one keeps
+/// failing (docker's "pause").
 fn update_extras_ignored(other: &Extra, warnings: &mut Vec<String>) {
     let default = |k: &str, v: &serde_json::Value| match k {
         "FailureAction" => v == "pause",
