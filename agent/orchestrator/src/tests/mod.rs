@@ -277,11 +277,16 @@ impl World {
 
     /// The ingress network `net-ingress`, and a service publishing 8080 through it.
     fn add_publishing(&mut self, name: &str, mode: ServiceMode) {
-        use model::service::{PortConfig, Protocol, PublishMode};
         let mut ingress = network(&self.state, "ingress", None);
         ingress.spec.ingress = true;
         self.state.networks.insert(ingress.meta.id.clone(), ingress);
-        let mut svc = service(&self.state, name, mode, &[]);
+        self.add_publishing_service(name, mode, &[]);
+    }
+
+    /// A service on `networks` publishing 8080 through the routing mesh.
+    fn add_publishing_service(&mut self, name: &str, mode: ServiceMode, networks: &[&str]) {
+        use model::service::{PortConfig, Protocol, PublishMode};
+        let mut svc = service(&self.state, name, mode, networks);
         svc.spec.endpoint.ports = vec![PortConfig {
             published: 8080,
             target: 80,
@@ -691,7 +696,6 @@ mod random_operations;
 mod updates;
 
 fn publishing_services_get_ingress_attachments_and_every_node_an_ingress_address(mode: Mode) {
-    use model::service::{PortConfig, Protocol, PublishMode};
     let mut w = World::new(3, mode);
     let mut ingress = network(&w.state, "ingress", None);
     ingress.spec.ingress = true;
@@ -709,17 +713,7 @@ fn publishing_services_get_ingress_attachments_and_every_node_an_ingress_address
         w.state.nodes.values().all(|n| n.attachments.len() <= 1),
         "without published ports no node needs ingress"
     );
-    let mut svc = service(&w.state, "pub", replicas(2), &["web"]);
-    svc.spec.endpoint.ports = vec![PortConfig {
-        published: 8080,
-        target: 80,
-        protocol: Protocol::Tcp,
-        mode: PublishMode::Ingress,
-    }];
-    crate::ports::PublishedPorts::from_state(&w.state)
-        .allocate(&w.state, &mut svc)
-        .unwrap();
-    w.state.services.insert(svc.meta.id.clone(), svc);
+    w.add_publishing_service("pub", replicas(2), &["web"]);
     w.settle();
     for t in w.live("pub") {
         let nets: Vec<&str> = t.networks.iter().map(|a| a.network_id.as_str()).collect();
