@@ -769,6 +769,13 @@ fn ingress_recreate_keeps_published_ports_answering() {
         let tasks: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
         tasks.into_iter().filter(|t| t["ServiceID"] == id).collect()
     };
+    // The status report travels through Raft, the endpoint through gossip: the task may
+    // answer before the store says it runs (a task not running yet is replaced at once).
+    s.wait("the store has solo's task running", || {
+        solo_tasks()
+            .iter()
+            .any(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
+    });
     // At some moment the old task and its replacement both run and are both wanted running
     // (stop-first, the old one is wanted shut down before the new one exists).
     let mut both = false;
