@@ -1,7 +1,8 @@
 //! The demo (`cargo xtask demo` runs this test with its narration shown): a 3-node swarm in
 //! network namespaces, an overlay network, a web service of 3 replicas published on port 8080,
 //! a page fetched from each task across the overlay, the service's name resolved and its VIP
-//! balanced, the published port answering on every node, a drained node, a killed leader.
+//! balanced, the published port answering on every node and through `ingress recreate
+//! --subnet`, a drained node, a killed leader.
 //! Every step is also an assertion.
 
 mod common;
@@ -164,6 +165,40 @@ fn demo() {
         });
         println!("node3$ curl {url} -> {page}");
     }
+
+    say(
+        "ingress recreate --subnet: the routing mesh moves to a new network, its tasks one at a time, while node3 keeps asking node1",
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let url = format!("http://{}:8080/", s.lab.node(1).addr());
+    let (failed, total) = std::thread::scope(|sc| {
+        let looper = sc.spawn(|| {
+            let (mut failed, mut total) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                total += 1;
+                let ok = s
+                    .lab
+                    .node(3)
+                    .run(&["curl", "-s", "-m", "5", &url])
+                    .is_ok_and(|o| {
+                        String::from_utf8_lossy(&o.stdout).starts_with("hello from web.")
+                    });
+                if !ok {
+                    failed += 1;
+                }
+            }
+            (failed, total)
+        });
+        show(&s, 1, &["ingress", "recreate", "--subnet", "10.99.0.0/24"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        looper.join().unwrap()
+    });
+    println!("node3$ curl {url} during the change: {total} requests, {failed} failed");
+    let ing: serde_json::Value =
+        serde_json::from_str(&s.ctl(1, &["network", "inspect", "ingress"])).unwrap();
+    let subnet = ing[0]["IPAM"]["Config"][0]["Subnet"].clone();
+    println!("node1$ netctl network inspect ingress -> subnet {subnet}");
+    assert_eq!(subnet, "10.99.0.0/24", "{ing}");
 
     say("Drain node3: its task is shut down and started elsewhere");
     show(

@@ -135,9 +135,18 @@ async fn wait_moved(client: &Client, service: &str, net: &str, w: &WaitArgs) -> 
             .iter()
             .filter(|t| !is(&t["DesiredState"], "running") && is(&t["Status"]["State"], "running"))
             .count();
+        // Out of the service's places (slots, or nodes for a global service): while a
+        // replacement starts beside its old task, both are live.
+        let places: std::collections::BTreeSet<(u64, String)> = live
+            .iter()
+            .map(|t| match t["Slot"].as_u64().unwrap_or(0) {
+                0 => (0, t["NodeID"].as_str().unwrap_or_default().to_string()),
+                slot => (slot, String::new()),
+            })
+            .collect();
         let line = format!(
             "{service}: {moved}/{} tasks running on the new ingress network",
-            live.len()
+            places.len()
         );
         if !w.quiet && line != last {
             println!("{line}");
