@@ -5,6 +5,7 @@
 
 pub mod allocations;
 pub mod bulk;
+pub mod mesh;
 pub mod tasks;
 
 use std::process::Output;
