@@ -405,14 +405,6 @@ fn encrypted_ingress_in_the_kernel_lab() {
     keyless("network inspect ingress", &ing.to_string());
     let vni = vni_of(&s, "ingress");
 
-    let hostname = |i: usize| -> String {
-        s.nodes(1)
-            .unwrap()
-            .into_iter()
-            .find(|n| n["Status"]["Addr"] == s.lab.node(i).addr().to_string())
-            .map(|n| common::hostname_of(&n))
-            .unwrap_or_else(|| panic!("node{i} listed"))
-    };
     s.ctl(
         1,
         &[
@@ -424,7 +416,7 @@ fn encrypted_ingress_in_the_kernel_lab() {
             "--replicas",
             "1",
             "--constraint",
-            &format!("node.hostname=={}", hostname(2)),
+            &format!("node.hostname=={}", s.hostname(2)),
             "-p",
             "8080:80",
             "--",

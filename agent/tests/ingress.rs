@@ -45,13 +45,7 @@ fn published_port_answers_on_every_node_with_the_client_address() {
         "{front}"
     );
 
-    let node3 = common::hostname_of(
-        &s.nodes(1)
-            .unwrap()
-            .into_iter()
-            .find(|n| n["Status"]["Addr"] == s.lab.node(3).addr().to_string())
-            .expect("node3 listed"),
-    );
+    let node3 = s.hostname(3);
     s.ctl(
         1,
         &[

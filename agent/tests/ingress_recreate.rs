@@ -117,13 +117,7 @@ fn ingress_recreate_keeps_published_ports_answering() {
     }
     let before = host_snapshot();
     let s = swarm_with_client();
-    let node3 = common::hostname_of(
-        &s.nodes(1)
-            .unwrap()
-            .into_iter()
-            .find(|n| n["Status"]["Addr"] == s.lab.node(3).addr().to_string())
-            .expect("node3 listed"),
-    );
+    let node3 = s.hostname(3);
     s.ctl(
         1,
         &[

@@ -223,19 +223,9 @@ fn a_failed_store_write_fails_closed_and_a_restart_recovers() {
         .map(|i| lab.node(i).dir().join("fail-sm-write"))
         .collect();
     let arm = |i: usize| arms[i - 1].clone();
-    let agents = (1..=3)
-        .map(|i| {
-            lab.node(i)
-                .spawn(agent_spec(&lab, i).env("NETAGENT_FAULT_SM_WRITE", arm(i)))
-                .expect("spawn netagent")
-        })
-        .collect();
-    let s = Swarm { lab, agents };
-    for i in 1..=3 {
-        s.wait(&format!("agent {i} API"), || {
-            s.netctl(i, &["info"]).status.success()
-        });
-    }
+    let s = Swarm::agents_in(lab, 3, |lab, i| {
+        agent_spec(lab, i).env("NETAGENT_FAULT_SM_WRITE", arm(i))
+    });
     s.form(3, 0);
     let mut leader = None;
     s.wait("a leader", || {

@@ -25,21 +25,14 @@ fn a_failing_executor_takes_its_node_out_of_scheduling_until_it_recovers() {
     }
     let lab = lab::Lab::new(3).expect("lab");
     let arm = lab.node(3).dir().join("fail-executor");
-    let agents = (1..=3)
-        .map(|i| {
-            let mut spec = agent_spec(&lab, i);
-            if i == 3 {
-                spec = spec.env(executor::node::FAULT_ENV, arm.clone());
-            }
-            lab.node(i).spawn(spec).expect("spawn netagent")
-        })
-        .collect();
-    let s = Swarm { lab, agents };
-    for i in 1..=3 {
-        s.wait(&format!("agent {i} API"), || {
-            s.netctl(i, &["info"]).status.success()
-        });
-    }
+    let s = Swarm::agents_in(lab, 3, |lab, i| {
+        let spec = agent_spec(lab, i);
+        if i == 3 {
+            spec.env(executor::node::FAULT_ENV, arm.clone())
+        } else {
+            spec
+        }
+    });
     s.form(1, 2);
     let all = ["node1", "node2", "node3"];
     s.create_service(&[

@@ -610,16 +610,14 @@ impl Executor {
         }
         // The namespace goes unless another network's endpoint lives there too (the sbox while
         // an ingress network is retired).
+        // Where it was made (the network may have left the assignments already).
         let name = lb
             .as_ref()
             .and_then(|l| l.netns.file_name())
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| lb_netns_name(&self.config.netns_prefix, id));
         let shared = self.nets.iter().any(|(other, n)| {
-            other != id
-                && n.lb
-                    .as_ref()
-                    .is_some_and(|l| l.netns.file_name() == Some(std::ffi::OsStr::new(&name)))
+            other != id && n.lb.as_ref().is_some_and(|l| l.netns.ends_with(&name))
         });
         if !shared && netns::exists(&name) {
             let n2 = name.clone();

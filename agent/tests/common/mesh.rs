@@ -17,20 +17,7 @@ pub const WEB: &str = r#"mkdir -p www/cgi-bin && printf '#!/bin/sh\necho "client
 
 /// A 3-agent swarm in a 4-node lab: node 4 is the client.
 pub fn swarm_with_client() -> Swarm {
-    let lab = Lab::new(4).expect("lab");
-    let agents = (1..=3)
-        .map(|i| {
-            lab.node(i)
-                .spawn(agent_spec(&lab, i))
-                .expect("spawn netagent")
-        })
-        .collect();
-    let s = Swarm { lab, agents };
-    for i in 1..=3 {
-        s.wait(&format!("agent {i} API"), || {
-            s.netctl(i, &["info"]).status.success()
-        });
-    }
+    let s = Swarm::agents_in(Lab::new(4).expect("lab"), 3, agent_spec);
     s.form(1, 2);
     s
 }

@@ -188,14 +188,25 @@ impl Swarm {
     /// [`Swarm::agents`], the agents started with some flags changed (see [`agent_spec_with`]).
     pub fn agents_with(n: usize, flags: &[(&str, &str)]) -> Swarm {
         let lab = Lab::new(n).expect("lab");
-        let mut agents = Vec::new();
-        for i in 1..=n {
-            agents.push(
-                lab.node(i)
-                    .spawn(agent_spec_with(&lab, i, flags))
-                    .expect("spawn netagent"),
-            );
-        }
+        Swarm::agents_in(lab, n, |lab, i| agent_spec_with(lab, i, flags))
+    }
+
+    /// The hostname the swarm lists for lab node `i` (found by its address).
+    pub fn hostname(&self, i: usize) -> String {
+        self.nodes(1)
+            .unwrap()
+            .into_iter()
+            .find(|n| n["Status"]["Addr"] == self.lab.node(i).addr().to_string())
+            .map(|n| hostname_of(&n))
+            .unwrap_or_else(|| panic!("node{i} listed"))
+    }
+
+    /// Agents on nodes 1..=`n` of `lab` (it may have more nodes, such as a client), each started
+    /// as `spec` says, in no swarm yet; returns once every agent's API answers.
+    pub fn agents_in(lab: Lab, n: usize, spec: impl Fn(&Lab, usize) -> ProcSpec) -> Swarm {
+        let agents = (1..=n)
+            .map(|i| lab.node(i).spawn(spec(&lab, i)).expect("spawn netagent"))
+            .collect();
         let s = Swarm { lab, agents };
         for i in 1..=n {
             s.wait(&format!("agent {i} API"), || {

@@ -270,6 +270,17 @@ impl World {
         self.state.networks.insert(n.meta.id.clone(), n);
     }
 
+    /// The task template of service `name`, to change it.
+    fn task_spec(&mut self, name: &str) -> &mut model::service::TaskTemplate {
+        &mut self
+            .state
+            .services
+            .get_mut(&format!("svc-{name}"))
+            .expect("the service exists")
+            .spec
+            .task
+    }
+
     fn add_service(&mut self, name: &str, mode: ServiceMode, networks: &[&str]) {
         let s = service(&self.state, name, mode, networks);
         self.state.services.insert(s.meta.id.clone(), s);
@@ -424,24 +435,12 @@ fn constraints_restrict_placement_and_explain_failure(mode: Mode) {
         .labels
         .insert("zone".into(), "east".into());
     w.add_service("s", replicas(2), &[]);
-    w.state
-        .services
-        .get_mut("svc-s")
-        .unwrap()
-        .spec
-        .task
-        .constraints = vec!["node.labels.zone==east".into()];
+    w.task_spec("s").constraints = vec!["node.labels.zone==east".into()];
     w.settle();
     assert_eq!(w.nodes_of("s"), ["id2", "id2"]);
 
     w.add_service("t", replicas(1), &[]);
-    w.state
-        .services
-        .get_mut("svc-t")
-        .unwrap()
-        .spec
-        .task
-        .constraints = vec!["node.hostname==nowhere".into()];
+    w.task_spec("t").constraints = vec!["node.hostname==nowhere".into()];
     w.state.nodes.get_mut("id1").unwrap().status.state = NodeState::Down;
     w.settle();
     let t = w.live("t")[0];

@@ -12,13 +12,7 @@ fn a_forced_update_replaces_every_task_once(mode: Mode) {
     w.settle();
     w.run_assigned();
     let before: Vec<String> = w.live("s").iter().map(|t| t.meta.id.clone()).collect();
-    w.state
-        .services
-        .get_mut("svc-s")
-        .unwrap()
-        .spec
-        .task
-        .force_update += 1;
+    w.task_spec("s").force_update += 1;
     // One at a time (the default parallelism): two rounds of replace-and-run, and the last
     // old task goes once its replacement runs.
     for _ in 0..2 {
