@@ -6,9 +6,11 @@
 //!    the ratios (goal >= 0.90 with the fast path), with cubic (pinned, see `CC`) first on the
 //!    lab's veth underlay as it comes (GRO off), then with GRO on the underlay interfaces as a
 //!    NIC has it by default, then with the machine's own default congestion control where it is
-//!    not cubic (GRO off); then a TCP
-//!    ping-pong's p50/p99 round trip on each path (goal: overlay p50 within 15 % of the
-//!    underlay's), GRO off again.
+//!    not cubic (GRO off).
+//!    `latency`: a TCP ping-pong's p50/p99 round trip on each path (goal: overlay p50 within
+//!    15 % of the underlay's, the two ends left to the scheduler), then with the ends pinned to
+//!    different CPUs and to one CPU (which shows the overlay's own cost without the VM's
+//!    cross-CPU wakeups).
 //!    `bridge_nf`: the bridge path with br_netfilter's bridge-nf-call-iptables 1 vs netagent's 0
 //!    in the sandboxes.
 //!    `offloads`: with the fast path on, each offload setting netagent could change on its own
@@ -209,14 +211,55 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-/// TCP ping-pong of one byte, `n` round trips on one connection: round-trip times in µs.
-fn ping_pong(client: &NetNs, server: &NetNs, addr: Ipv4Addr, n: usize) -> Vec<f64> {
+/// Where the two ends of a ping-pong run: left to the scheduler, or pinned.
+#[derive(Clone, Copy)]
+enum Placement {
+    Floating,
+    /// Client on CPU 0, server on CPU 1 (as on two machines, every wakeup crosses CPUs).
+    Apart,
+    /// Both on CPU 0: no wakeup crosses CPUs, what is left is the stacks' work and the switch.
+    OneCpu,
+}
+
+impl Placement {
+    fn cpus(self) -> (Option<usize>, Option<usize>) {
+        match self {
+            Placement::Floating => (None, None),
+            Placement::Apart => (Some(0), Some(1)),
+            Placement::OneCpu => (Some(0), Some(0)),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Placement::Floating => "left to the scheduler (the goal's figure)",
+            Placement::Apart => "client on CPU 0, server on CPU 1",
+            Placement::OneCpu => "both on CPU 0 (no cross-CPU wakeups)",
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu` (when given).
+fn pin(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+    }
+}
+
+/// TCP ping-pong of one byte, `n` round trips on one connection, each end on its own thread
+/// placed as `at` says: round-trip times in µs.
+fn ping_pong(client: &NetNs, server: &NetNs, addr: Ipv4Addr, n: usize, at: Placement) -> Vec<f64> {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
-    let at = SocketAddr::from((addr, 5301));
-    let listener = server.run(|| TcpListener::bind(at)).unwrap().unwrap();
+    let at_addr = SocketAddr::from((addr, 5301));
+    let (client_cpu, server_cpu) = at.cpus();
+    let listener = server.run(|| TcpListener::bind(at_addr)).unwrap().unwrap();
+    let c = client.run(|| TcpStream::connect(at_addr)).unwrap().unwrap();
     std::thread::scope(|s| {
         s.spawn(move || {
+            pin(server_cpu);
             let (mut c, _) = listener.accept().unwrap();
             c.set_nodelay(true).unwrap();
             let mut b = [0u8; 1];
@@ -226,20 +269,25 @@ fn ping_pong(client: &NetNs, server: &NetNs, addr: Ipv4Addr, n: usize) -> Vec<f6
                 }
             }
         });
-        let mut c = client.run(|| TcpStream::connect(at)).unwrap().unwrap();
-        c.set_nodelay(true).unwrap();
-        let mut b = [0u8; 1];
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n + 100 {
-            let t = Instant::now();
-            c.write_all(&b).unwrap();
-            c.read_exact(&mut b).unwrap();
-            // The first round trips warm up (ARP, caches).
-            if i >= 100 {
-                out.push(t.elapsed().as_secs_f64() * 1e6);
+        s.spawn(move || {
+            pin(client_cpu);
+            let mut c = c;
+            c.set_nodelay(true).unwrap();
+            let mut b = [0u8; 1];
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n + 100 {
+                let t = Instant::now();
+                c.write_all(&b).unwrap();
+                c.read_exact(&mut b).unwrap();
+                // The first round trips warm up (ARP, caches).
+                if i >= 100 {
+                    out.push(t.elapsed().as_secs_f64() * 1e6);
+                }
             }
-        }
-        out
+            out
+        })
+        .join()
+        .unwrap()
     })
 }
 
@@ -323,7 +371,7 @@ fn throughput() {
             );
         }
     }
-    // Back to the lab's defaults: the round trips below compare with earlier runs.
+    // Back to the lab's defaults.
     for i in 1..=2 {
         ethtool(lab.node(i).ns(), lab::NODE_IFACE, &["gro", "off"]);
     }
@@ -341,48 +389,68 @@ fn throughput() {
             }
         }
     }
+}
+
+/// TCP ping-pong round trips on each path, interleaved in chunks (goal: the overlay's p50 with
+/// the fast path within 15 % of the underlay's). The lab's veth underlay as it comes (GRO off).
+fn latency() {
+    let lab = Lab::new(2).unwrap();
+    let fast = overlay(&lab, 0, true, "f");
+    let plain = overlay(&lab, 1, false, "b");
+    let under_ns = lab.node(1).ns();
+    let under_to = lab.node(2).addr();
     const RTTS: usize = 20_000;
     let under_srv = NetNs::open(lab.node(2).ns().name()).unwrap();
-    let (mut u, mut f, mut b) = (Vec::new(), Vec::new(), Vec::new());
-    // Interleaved in chunks so load changes hit all three alike.
-    for _ in 0..4 {
-        u.extend(ping_pong(under_ns, &under_srv, under_to, RTTS / 4));
-        f.extend(ping_pong(
-            &fast.client,
-            &fast.server,
-            fast.server_addr,
-            RTTS / 4,
-        ));
-        b.extend(ping_pong(
-            &plain.client,
-            &plain.server,
-            plain.server_addr,
-            RTTS / 4,
-        ));
+    println!("TCP ping-pong (1 byte, {RTTS} round trips per path and placement), p50 / p99:");
+    for at in [Placement::Floating, Placement::Apart, Placement::OneCpu] {
+        let (mut u, mut f, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        // Interleaved in chunks so load changes hit all three alike.
+        for _ in 0..4 {
+            u.extend(ping_pong(under_ns, &under_srv, under_to, RTTS / 4, at));
+            f.extend(ping_pong(
+                &fast.client,
+                &fast.server,
+                fast.server_addr,
+                RTTS / 4,
+                at,
+            ));
+            b.extend(ping_pong(
+                &plain.client,
+                &plain.server,
+                plain.server_addr,
+                RTTS / 4,
+                at,
+            ));
+        }
+        let (u50, f50, b50) = (
+            percentile(&u, 0.5),
+            percentile(&f, 0.5),
+            percentile(&b, 0.5),
+        );
+        println!("  {}:", at.label());
+        println!(
+            "    underlay           : {u50:7.1} / {:7.1} µs",
+            percentile(&u, 0.99)
+        );
+        println!(
+            "    overlay fast on    : {f50:7.1} / {:7.1} µs",
+            percentile(&f, 0.99)
+        );
+        println!(
+            "    overlay fast off   : {b50:7.1} / {:7.1} µs",
+            percentile(&b, 0.99)
+        );
+        println!(
+            "    p50 overlay/underlay: on {:.3}, off {:.3}; overlay - underlay: on {:+.1} µs{}",
+            f50 / u50,
+            b50 / u50,
+            f50 - u50,
+            match at {
+                Placement::Floating => "  (goal <= 1.15 on)",
+                _ => "",
+            }
+        );
     }
-    println!("TCP ping-pong (1 byte, {RTTS} round trips each), p50 / p99:");
-    let (u50, f50, b50) = (
-        percentile(&u, 0.5),
-        percentile(&f, 0.5),
-        percentile(&b, 0.5),
-    );
-    println!(
-        "    underlay           : {u50:7.1} / {:7.1} µs",
-        percentile(&u, 0.99)
-    );
-    println!(
-        "    overlay fast on    : {f50:7.1} / {:7.1} µs",
-        percentile(&f, 0.99)
-    );
-    println!(
-        "    overlay fast off   : {b50:7.1} / {:7.1} µs",
-        percentile(&b, 0.99)
-    );
-    println!(
-        "    p50 overlay/underlay: on {:.3}, off {:.3}  (goal <= 1.15 on)",
-        f50 / u50,
-        b50 / u50
-    );
 }
 
 /// br_netfilter's bridge-nf-call-iptables in the sandboxes (the bridge path, fast path off):
@@ -685,6 +753,9 @@ fn main() {
     let want = |name: &str| args.is_empty() || args.iter().any(|a| name.contains(a.as_str()));
     if want("throughput") {
         throughput();
+    }
+    if want("latency") {
+        latency();
     }
     if want("bridge_nf") {
         bridge_nf();
