@@ -103,7 +103,8 @@ fn three_managers_two_workers() {
     ] {
         assert!(pretty.contains(field), "missing {field:?} in\n{pretty}");
     }
-    // "ebpf" where the kernel has TCX (Linux >= 6.6), else "off (why)".
+    // "ebpf" where the kernel can run it (Linux >= 5.10: TCX from 6.6, tc filters before),
+    // else "off (why)".
     let fast = pretty
         .lines()
         .find(|l| l.starts_with("Overlay Fast Path:"))

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::SchedClassifier;
 use aya::programs::links::FdLink;
 use aya::util::KernelVersion;
 use ebpf_common::fastpath::{
@@ -31,7 +32,8 @@ use crate::kernel::Link;
 use crate::nl::Counter;
 use crate::spec::Mac;
 use crate::tcx::{
-    attach, chain, link_pin, load_programs, program, remove_key, remove_stale_link_pins, runs,
+    TcMode, attach, chain, filter_runs, link_pin, load_programs, program, remove_key,
+    remove_stale_link_pins, runs, tc_mode,
 };
 use crate::{Error, Result};
 
@@ -83,11 +85,14 @@ fn fp_err<W: Into<String>>(what: W, ns: &str) -> impl FnOnce(String) -> Error + 
     move |detail| Error::FastPath { what, ns, detail }
 }
 
-/// Whether this kernel can run the fast path: TCX (Linux >= 6.6) and the programs load.
+/// Whether this kernel can run the fast path: `bpf_redirect_peer` (Linux >= 5.10; TCX from 6.6,
+/// cls_bpf filters before) and the programs load.
 pub(crate) fn probe() -> std::result::Result<(), String> {
     let v = KernelVersion::current().map_err(|e| format!("kernel version unknown: {e}"))?;
-    if v < KernelVersion::new(6, 6, 0) {
-        return Err(format!("needs TCX, Linux >= 6.6; this is {v:?}"));
+    if v < KernelVersion::new(5, 10, 0) {
+        return Err(format!(
+            "needs bpf_redirect_peer, Linux >= 5.10; this is {v:?}"
+        ));
     }
     let mut bpf = Ebpf::load(OBJECT).map_err(|e| format!("eBPF maps: {}", chain(&e)))?;
     for name in [PROG_VXLAN, PROG_VETH] {
@@ -302,10 +307,22 @@ impl Sandbox {
             return Ok(());
         }
         let map_id = self.map_id;
+        // Filters: a device runs this sandbox's program when a filter there runs the program
+        // this sandbox pinned (or loaded, without pins).
+        let ids = match tc_mode() {
+            TcMode::Tcx => BTreeMap::new(),
+            TcMode::Filter => self.program_ids(),
+        };
         let running = ns
             .run(|| {
                 todo.iter()
-                    .map(|(dev, _, hook)| runs(dev, hook.program(), map_id))
+                    .map(|(dev, _, hook)| match tc_mode() {
+                        TcMode::Tcx => runs(dev, hook.program(), map_id),
+                        TcMode::Filter => match ids.get(hook.program()) {
+                            Some(id) => filter_runs(dev, hook.program(), *id),
+                            None => Ok(false),
+                        },
+                    })
                     .collect::<Vec<_>>()
             })
             .map_err(|e| fp_err("query tc programs", &self.ns_name)(e.to_string()))?;
@@ -327,20 +344,50 @@ impl Sandbox {
         if need.is_empty() {
             return Ok(());
         }
-        if self.bpf.is_none() {
-            let bpf =
-                load(self.pin.as_deref()).map_err(fp_err("load the programs", &self.ns_name))?;
-            self.bpf = Some(bpf);
-        }
-        let bpf = self.bpf.as_mut().expect("loaded above");
-        load_programs(bpf, &[PROG_VXLAN, PROG_VETH])
-            .map_err(fp_err("load the programs", &self.ns_name))?;
         let pin = self.pin.clone();
+        let pinned_progs = tc_mode() == TcMode::Filter
+            && pin
+                .as_ref()
+                .is_some_and(|d| [PROG_VXLAN, PROG_VETH].iter().all(|p| d.join(p).exists()));
+        let mut from_pins = Vec::new();
+        if pinned_progs {
+            // Filters of this sandbox run its pinned programs, which a later agent finds.
+            let dir = pin.as_deref().expect("pinned above");
+            for name in [PROG_VXLAN, PROG_VETH] {
+                let p = SchedClassifier::from_pin(dir.join(name)).map_err(|e| {
+                    fp_err(format!("open the pinned program {name}"), &self.ns_name)(chain(&e))
+                })?;
+                from_pins.push((name, p));
+            }
+        } else {
+            if self.bpf.is_none() {
+                let bpf = load(self.pin.as_deref())
+                    .map_err(fp_err("load the programs", &self.ns_name))?;
+                self.bpf = Some(bpf);
+            }
+            let bpf = self.bpf.as_mut().expect("loaded above");
+            load_programs(bpf, &[PROG_VXLAN, PROG_VETH])
+                .map_err(fp_err("load the programs", &self.ns_name))?;
+            if let (TcMode::Filter, Some(dir)) = (tc_mode(), pin.as_deref()) {
+                for name in [PROG_VXLAN, PROG_VETH] {
+                    let path = dir.join(name);
+                    let _ = std::fs::remove_file(&path);
+                    program(bpf, name)
+                        .and_then(|p| p.pin(&path).map_err(|e| chain(&e)))
+                        .map_err(fp_err(format!("pin the program {name}"), &self.ns_name))?;
+                    self.counter.add(1);
+                }
+            }
+        }
+        let bpf = &mut self.bpf;
         let results = ns
             .run(|| {
                 need.iter()
                     .map(|(dev, _, hook)| {
-                        let p = program(bpf, hook.program())?;
+                        let p = match from_pins.iter_mut().find(|(n, _)| *n == hook.program()) {
+                            Some((_, p)) => p,
+                            None => program(bpf.as_mut().expect("loaded above"), hook.program())?,
+                        };
                         attach(p, dev, pin.as_deref())
                     })
                     .collect::<Vec<_>>()
@@ -352,6 +399,29 @@ impl Sandbox {
             self.attached.insert(dev, (index, link));
         }
         Ok(())
+    }
+
+    /// The ids of this sandbox's programs by name ([`TcMode::Filter`]): the pinned ones, else
+    /// those this process loaded; none when neither is there.
+    fn program_ids(&mut self) -> BTreeMap<&'static str, u32> {
+        let mut ids = BTreeMap::new();
+        for name in [PROG_VXLAN, PROG_VETH] {
+            let pinned = self
+                .pin
+                .as_ref()
+                .map(|d| d.join(name))
+                .filter(|p| p.exists())
+                .and_then(|p| SchedClassifier::from_pin(p).ok())
+                .and_then(|p| p.info().ok());
+            let loaded = || {
+                let bpf = self.bpf.as_mut()?;
+                program(bpf, name).ok()?.info().ok()
+            };
+            if let Some(info) = pinned.or_else(loaded) {
+                ids.insert(name, info.id());
+            }
+        }
+        ids
     }
 
     /// Makes the map exactly `want`, writing only the difference.

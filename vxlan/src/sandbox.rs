@@ -290,6 +290,12 @@ pub fn fast_path_status(wanted: bool) -> FastPathStatus {
     }
 }
 
+/// Whether this process can run the routing mesh's eBPF shortcut (`meshpath`): the fast path
+/// runs, and as TCX links (Linux >= 6.6); elsewhere the mesh takes the nftables path.
+pub fn mesh_shortcut_supported() -> bool {
+    fast_path_status(true).is_active() && crate::tcx::tc_mode() == crate::tcx::TcMode::Tcx
+}
+
 /// Makes a sandbox's fast path match: programs on `vxlan0` and every task veth, the map holding
 /// the network's remote endpoints and local tasks. A failure is logged, not returned: frames the
 /// fast path does not take go through the bridge, so the network keeps working.

@@ -2,14 +2,43 @@
 //! routing mesh's shortcut, `meshpath`): loading an object with its maps pinned, finding a
 //! program in it, asking a device whether it runs a program on a given map, and attaching one as
 //! a TCX link, pinned or held.
+//!
+//! Kernels before 6.6 have no TCX: there the programs attach as cls_bpf filters (direct action)
+//! on a clsact qdisc ([`TcMode::Filter`]). A filter stays on its device until the device goes or
+//! it is removed, so it needs no pin, and a restarted agent finds it by asking the device
+//! (`tc filter show`). Only the overlay fast path uses filters; the shortcut needs TCX.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+use aya::programs::tc::{NlOptions, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
+
+/// How tc programs attach on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TcMode {
+    /// TCX links (Linux >= 6.6), pinned or held by this process.
+    Tcx,
+    /// cls_bpf filters on a clsact qdisc (older kernels, or `NETAGENT_TC_FILTERS=1`, which the
+    /// tests use to run this mode on a newer kernel).
+    Filter,
+}
+
+/// The mode of this kernel (read once per process).
+pub(crate) fn tc_mode() -> TcMode {
+    static MODE: std::sync::OnceLock<TcMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        let forced = std::env::var_os("NETAGENT_TC_FILTERS").is_some_and(|v| v == "1");
+        match KernelVersion::current() {
+            Ok(v) if v >= KernelVersion::new(6, 6, 0) && !forced => TcMode::Tcx,
+            _ => TcMode::Filter,
+        }
+    })
+}
 
 /// An error with its sources, one line.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
@@ -80,6 +109,50 @@ pub(crate) fn runs(dev: &str, prog: &str, map_id: u32) -> std::result::Result<bo
     Ok(false)
 }
 
+/// Whether a filter on `dev`'s ingress (in the calling thread's namespace) runs the program
+/// `prog` of id `id` ([`TcMode::Filter`]).
+pub(crate) fn filter_runs(dev: &str, prog: &str, id: u32) -> std::result::Result<bool, String> {
+    Ok(filter_programs(dev, prog)?.contains(&id))
+}
+
+/// The ids of the programs named `prog` that filters on `dev`'s ingress run (`tc -j filter
+/// show`, in the calling thread's namespace).
+fn filter_programs(dev: &str, prog: &str) -> std::result::Result<Vec<u32>, String> {
+    let out = std::process::Command::new("tc")
+        .args(["-j", "filter", "show", "dev", dev, "ingress"])
+        .output()
+        .map_err(|e| format!("run tc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "tc filter show dev {dev} ingress: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(parse_filters(&String::from_utf8_lossy(&out.stdout), prog))
+}
+
+/// The program ids of the bpf filters named `prog` in `tc -j filter show`'s output. tc names a
+/// filter's program `<name>` or `<name>:[<id>]`, by its version.
+fn parse_filters(json: &str, prog: &str) -> Vec<u32> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
+    let mut ids = Vec::new();
+    for f in v.as_array().into_iter().flatten() {
+        let o = &f["options"];
+        if f["kind"] != "bpf" {
+            continue;
+        }
+        let name = o["bpf_name"].as_str().unwrap_or_default();
+        let base = name.split(':').next().unwrap_or_default();
+        if base != prog {
+            continue;
+        }
+        if let Some(id) = o["prog"]["id"].as_u64().and_then(|i| u32::try_from(i).ok()) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
 /// The pin of the link on device `dev` in a pin directory.
 pub(crate) fn link_pin(dir: &Path, dev: &str) -> PathBuf {
     dir.join(format!("link_{dev}"))
@@ -118,13 +191,33 @@ pub(crate) fn remove_key<K: aya::Pod, V: aya::Pod>(
     }
 }
 
-/// Attaches `p` to `dev`'s TCX ingress (in the calling thread's namespace), after whatever runs
-/// there already; the link is pinned in `pin`, else returned for this process to hold.
+/// Attaches `p` to `dev`'s ingress (in the calling thread's namespace), after whatever runs
+/// there already: a TCX link, pinned in `pin`, else returned for this process to hold; or in
+/// [`TcMode::Filter`] a filter, which stays on the device without either.
 pub(crate) fn attach(
     p: &mut SchedClassifier,
     dev: &str,
     pin: Option<&Path>,
 ) -> std::result::Result<Option<FdLink>, String> {
+    if tc_mode() == TcMode::Filter {
+        // clsact may be there already (an earlier filter, another tool's).
+        if let Err(e) = aya::programs::tc::qdisc_add_clsact(dev)
+            && !chain(&e).contains("File exists")
+        {
+            return Err(format!("add the clsact qdisc: {}", chain(&e)));
+        }
+        let id = p
+            .attach_with_options(
+                dev,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions::default()),
+            )
+            .map_err(|e| chain(&e))?;
+        let link = p.take_link(id).map_err(|e| chain(&e))?;
+        // Dropping the link would remove the filter: it is to outlive this process.
+        std::mem::forget(link);
+        return Ok(None);
+    }
     let id = p
         .attach_with_options(
             dev,
@@ -152,5 +245,27 @@ pub(crate) fn attach(
             Ok(None)
         }
         None => Ok(Some(fd)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_filters;
+
+    #[test]
+    fn filters_are_found_by_program_name_in_either_spelling() {
+        let json = r#"[{"protocol":"all","pref":49152,"kind":"bpf","chain":0},
+            {"protocol":"all","pref":49152,"kind":"bpf","chain":0,"options":{"handle":"0x1",
+             "bpf_name":"na_fp_veth_in","direct-action":true,"not_in_hw":true,
+             "prog":{"id":42,"name":"na_fp_veth_in","tag":"ab12","jited":1}}},
+            {"protocol":"all","pref":49153,"kind":"bpf","chain":0,"options":{"handle":"0x1",
+             "bpf_name":"na_fp_veth_in:[43]","prog":{"id":43}}},
+            {"protocol":"all","pref":49154,"kind":"bpf","chain":0,"options":{"handle":"0x1",
+             "bpf_name":"other","prog":{"id":44}}},
+            {"protocol":"all","pref":49155,"kind":"u32","chain":0,"options":{}}]"#;
+        assert_eq!(parse_filters(json, "na_fp_veth_in"), vec![42, 43]);
+        assert_eq!(parse_filters(json, "na_fp_vxlan_in"), Vec::<u32>::new());
+        assert_eq!(parse_filters("", "x"), Vec::<u32>::new());
+        assert_eq!(parse_filters("not json", "x"), Vec::<u32>::new());
     }
 }

@@ -155,6 +155,17 @@ fn fast_path_forwards_isolates_and_follows_endpoints() {
     // tcpdump on vxlan0 in the sandbox still sees the traffic that bypasses the bridge.
     let (seen, out) = dump.wait();
     assert!(seen, "tcpdump -i vxlan0 saw too little: {out}");
+    // Before Linux 6.6 (or with NETAGENT_TC_FILTERS=1) the programs are cls_bpf filters, which
+    // `tc filter show` lists; TCX links it does not.
+    let filters = sbox_a
+        .command("tc")
+        .args(["filter", "show", "dev", "vxlan0", "ingress"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&filters.stdout).contains("na_fp_vxlan_in");
+    let want_filters = std::env::var_os("NETAGENT_TC_FILTERS").is_some_and(|v| v == "1")
+        || aya::util::KernelVersion::current().unwrap() < aya::util::KernelVersion::new(6, 6, 0);
+    assert_eq!(listed, want_filters, "tc filter show: {filters:?}");
     let s = dp1.fast_path_stats(NET_A).unwrap().expect("fast path on");
     assert!(
         s.veth_to_remote > 0,

@@ -63,17 +63,34 @@ fn host_tests() -> Result<()> {
     }
     exec(&mut lab_tests)?;
     // The overlay suite once more with the eBPF fast path on (issue 17: every overlay test
-    // passes both ways), from the binary the workspace run built: `cargo test -p vxlan` would
-    // unify features differently and rebuild ~100 crates (2.5 min in CI).
-    let built = crate::kernel::build("vxlan", &["lab"].into())?;
-    let Some((_, _, exe, cwd)) = built.first() else {
-        bail!("cargo built no test binary for vxlan/lab");
+    // passes both ways), then with its programs as tc filters (as kernels before 6.6 run them,
+    // `NETAGENT_TC_FILTERS=1`) together with the fast path's own test; from the binaries the
+    // workspace run built: `cargo test -p vxlan` would unify features differently and rebuild
+    // ~100 crates (2.5 min in CI).
+    let built = crate::kernel::build("vxlan", &["lab", "fastpath"].into())?;
+    let exe = |target: &str| {
+        built
+            .iter()
+            .find(|(_, name, _, _)| name == target)
+            .map(|(_, _, exe, cwd)| (exe.clone(), cwd.clone()))
+            .with_context(|| format!("cargo built no test binary for vxlan/{target}"))
     };
+    let (lab, cwd) = exe("lab")?;
     exec(
-        Command::new(exe)
-            .current_dir(cwd)
+        Command::new(&lab)
+            .current_dir(&cwd)
             .env("NETAGENT_FAST_PATH", "1"),
-    )
+    )?;
+    for target in ["lab", "fastpath"] {
+        let (bin, cwd) = exe(target)?;
+        exec(
+            Command::new(bin)
+                .current_dir(cwd)
+                .env("NETAGENT_FAST_PATH", "1")
+                .env("NETAGENT_TC_FILTERS", "1"),
+        )?;
+    }
+    Ok(())
 }
 
 /// `cargo xtask test-kernel` in the background, in its own process group (qemu with it).

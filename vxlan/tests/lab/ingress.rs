@@ -250,7 +250,7 @@ fn node_state(
 /// where the kernel has TCX.
 fn shortcut() -> bool {
     std::env::var_os("NETAGENT_FAST_PATH").is_some_and(|v| v == "1")
-        && vxlan::fast_path_status(true).is_active()
+        && vxlan::mesh_shortcut_supported()
 }
 
 fn mesh(lab: &Lab, i: usize) -> Ingress {

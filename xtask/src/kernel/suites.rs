@@ -146,6 +146,9 @@ pub const SUITES: &[Suite] = &[
     // on the host in every test run, here on request (`vxlan/lab::crash`); so does the full
     // bridge (1,023 namespaces and endpoints, the kernel's constant: `vxlan/lab::limits`).
     suite("vxlan", "lab", "", false).with_tests_on_request(&["crash::", "limits::"]),
+    // The overlay fast path under 6.1, which has no TCX: its programs attach as cls_bpf
+    // filters (forwarding, isolation, tcpdump on vxlan0, endpoints, an adopting restart).
+    suite("vxlan", "fastpath", "", false),
     // Its iperf3 figure (encrypted vs plain, relative only under TCG) runs on request
     // (`cargo xtask test-kernel encrypted_and_plain_iperf3`): once, with the host tests loading
     // the machine alongside, the guest locked up in it (iperf3 and ksoftirqd in soft lockup
