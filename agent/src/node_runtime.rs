@@ -64,7 +64,8 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
     })?;
     let exe = std::env::current_exe()?;
     // The fast path pins beside the load balancer's, on the same bpffs; without one the
-    // executor holds its attachments (a restart then attaches again).
+    // executor holds its attachments (a restart then attaches again). With the fast path off
+    // the directory stays named when an earlier run made it, so what that run pinned goes.
     let fast_bpf_dir = match cfg.fast_path {
         true => match ensure_bpffs(&cfg.bpf_dir) {
             Ok(()) => Some(cfg.bpf_dir.join("fastpath")),
@@ -73,7 +74,7 @@ pub fn executor_config(cfg: &Config, member: &Member) -> anyhow::Result<executor
                 None
             }
         },
-        false => None,
+        false => Some(cfg.bpf_dir.join("fastpath")).filter(|d| d.exists()),
     };
     // The mesh's shortcut pins there too. With the fast path off it stays named, so a shortcut
     // an earlier run left is removed.

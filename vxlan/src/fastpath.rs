@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::SchedClassifier;
 use aya::programs::links::FdLink;
 use aya::util::KernelVersion;
 use ebpf_common::fastpath::{
@@ -32,8 +31,8 @@ use crate::kernel::Link;
 use crate::nl::Counter;
 use crate::spec::Mac;
 use crate::tcx::{
-    TcMode, attach, chain, filter_runs, link_pin, load_programs, program, remove_key,
-    remove_stale_link_pins, runs, tc_mode,
+    TcMode, attach, chain, filter_runs, link_pin, load_programs, pinned_program, pinned_program_id,
+    program, remove_key, remove_link_pin, remove_stale_link_pins, runs, tc_mode,
 };
 use crate::{Error, Result};
 
@@ -247,7 +246,7 @@ impl Sandbox {
     /// Pins of devices no longer there go.
     pub(crate) fn ensure_attached(&mut self, ns: &NetNs, devs: &[(&Link, Hook)]) -> Result<()> {
         if let Some(dir) = &self.pin {
-            let gone = remove_stale_link_pins(dir, devs.iter().map(|(l, _)| l.name.as_str()));
+            let gone = remove_stale_link_pins(ns, dir, devs.iter().map(|(l, _)| l.name.as_str()));
             self.counter.add(gone);
         }
         let live: BTreeSet<&str> = devs.iter().map(|(l, _)| l.name.as_str()).collect();
@@ -281,7 +280,7 @@ impl Sandbox {
         if let Some(dir) = &self.pin {
             let pin = link_pin(dir, veth);
             if pin.exists() {
-                let _ = std::fs::remove_file(&pin);
+                remove_link_pin(&pin);
                 self.counter.add(1);
             }
         }
@@ -345,18 +344,14 @@ impl Sandbox {
             return Ok(());
         }
         let pin = self.pin.clone();
-        let pinned_progs = tc_mode() == TcMode::Filter
-            && pin
-                .as_ref()
-                .is_some_and(|d| [PROG_VXLAN, PROG_VETH].iter().all(|p| d.join(p).exists()));
+        // With filters and pins, filters run the sandbox's pinned programs, which a later
+        // agent finds by their ids.
         let mut from_pins = Vec::new();
-        if pinned_progs {
-            // Filters of this sandbox run its pinned programs, which a later agent finds.
-            let dir = pin.as_deref().expect("pinned above");
+        if let (TcMode::Filter, Some(dir)) = (tc_mode(), pin.as_deref()) {
             for name in [PROG_VXLAN, PROG_VETH] {
-                let p = SchedClassifier::from_pin(dir.join(name)).map_err(|e| {
-                    fp_err(format!("open the pinned program {name}"), &self.ns_name)(chain(&e))
-                })?;
+                let (p, wrote) = pinned_program(dir, name, || load(Some(dir)))
+                    .map_err(fp_err("pin the programs", &self.ns_name))?;
+                self.counter.add(u64::from(wrote));
                 from_pins.push((name, p));
             }
         } else {
@@ -368,16 +363,6 @@ impl Sandbox {
             let bpf = self.bpf.as_mut().expect("loaded above");
             load_programs(bpf, &[PROG_VXLAN, PROG_VETH])
                 .map_err(fp_err("load the programs", &self.ns_name))?;
-            if let (TcMode::Filter, Some(dir)) = (tc_mode(), pin.as_deref()) {
-                for name in [PROG_VXLAN, PROG_VETH] {
-                    let path = dir.join(name);
-                    let _ = std::fs::remove_file(&path);
-                    program(bpf, name)
-                        .and_then(|p| p.pin(&path).map_err(|e| chain(&e)))
-                        .map_err(fp_err(format!("pin the program {name}"), &self.ns_name))?;
-                    self.counter.add(1);
-                }
-            }
         }
         let bpf = &mut self.bpf;
         let results = ns
@@ -406,19 +391,13 @@ impl Sandbox {
     fn program_ids(&mut self) -> BTreeMap<&'static str, u32> {
         let mut ids = BTreeMap::new();
         for name in [PROG_VXLAN, PROG_VETH] {
-            let pinned = self
-                .pin
-                .as_ref()
-                .map(|d| d.join(name))
-                .filter(|p| p.exists())
-                .and_then(|p| SchedClassifier::from_pin(p).ok())
-                .and_then(|p| p.info().ok());
+            let pinned = self.pin.as_deref().and_then(|d| pinned_program_id(d, name));
             let loaded = || {
                 let bpf = self.bpf.as_mut()?;
-                program(bpf, name).ok()?.info().ok()
+                program(bpf, name).ok()?.info().ok().map(|i| i.id())
             };
-            if let Some(info) = pinned.or_else(loaded) {
-                ids.insert(name, info.id());
+            if let Some(id) = pinned.or_else(loaded) {
+                ids.insert(name, id);
             }
         }
         ids

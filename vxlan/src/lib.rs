@@ -54,8 +54,8 @@ mod xfrm;
 
 use links::*;
 use peers::apply_peers;
+pub use sandbox::fast_path_status;
 use sandbox::*;
-pub use sandbox::{fast_path_status, mesh_shortcut_supported};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

@@ -35,7 +35,10 @@ use ebpf_common::mesh::{
 use netns::NetNs;
 
 use crate::ingress::{Proto, SBOX_GW_IF, Sbox};
-use crate::tcx::{attach, chain, load_programs, program, remove_key, remove_stale_link_pins, runs};
+use crate::tcx::{
+    TcMode, attach, chain, filter_runs, load_programs, pinned_program, pinned_program_id, program,
+    remove_key, remove_link_pins, remove_stale_link_pins, runs, tc_mode,
+};
 use crate::{Error, Result};
 
 /// The object built from crate `ebpf` by ebpf-objects.
@@ -189,16 +192,38 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
         .map(|u| (u.as_str(), PROG_IN))
         .collect();
     devs.push((want.sbox_veth.as_str(), PROG_OUT));
-    writes += remove_stale_link_pins(dir, devs.iter().map(|(d, _)| *d));
+    writes += remove_stale_link_pins(ns, dir, devs.iter().map(|(d, _)| *d));
+    let filters = tc_mode() == TcMode::Filter;
+    let ids: BTreeMap<&str, u32> = [PROG_IN, PROG_OUT]
+        .into_iter()
+        .filter_map(|p| Some((p, pinned_program_id(dir, p)?)))
+        .collect();
     let running = ns
         .run(|| {
             devs.iter()
-                .map(|(d, p)| runs(d, p, map_id))
+                .map(|(d, p)| match (filters, ids.get(p)) {
+                    (false, _) => runs(d, p, map_id),
+                    (true, Some(id)) => filter_runs(d, p, *id),
+                    (true, None) => Ok(false),
+                })
                 .collect::<Vec<_>>()
         })
         .map_err(|e| err("query tc programs", ns)(e.to_string()))?;
     for ((dev, prog), ok) in devs.iter().zip(running) {
         if ok.map_err(err(format!("query the tc programs of {dev}"), ns))? {
+            continue;
+        }
+        if filters {
+            // Filters run the pinned programs, which a restarted agent finds by their ids.
+            let (mut p, wrote) = pinned_program(dir, prog, || {
+                crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, FLOW_MAP, STATS_MAP])
+            })
+            .map_err(err("pin the programs", ns))?;
+            writes += u64::from(wrote);
+            ns.run(|| attach(&mut p, dev, Some(dir)))
+                .map_err(|e| err("attach tc programs", ns)(e.to_string()))?
+                .map_err(err(format!("attach {prog} to {dev}"), ns))?;
+            writes += 1;
             continue;
         }
         if bpf.is_none() {
@@ -245,7 +270,7 @@ fn delete(map: &mut PortMap, k: &PortKey, ns: &NetNs) -> Result<()> {
 }
 
 /// Removes the shortcut: its entries first (so nothing is sent into the sbox whose answers would
-/// no longer be taken out), then the pins, which detach the programs.
+/// no longer be taken out), then the pins, which detach the programs (filters are removed).
 fn remove(ns: &NetNs, dir: &Path) -> Result<u64> {
     if !dir.exists() {
         return Ok(0);
@@ -256,6 +281,8 @@ fn remove(ns: &NetNs, dir: &Path) -> Result<u64> {
             delete(&mut map, k, ns)?;
         }
     }
+    // Filters have no links to unpin: they are removed from their devices first.
+    remove_link_pins(ns, dir);
     std::fs::remove_dir_all(dir)
         .map_err(|e| err(format!("remove the pins in {}", dir.display()), ns)(e.to_string()))?;
     Ok(1)

@@ -290,17 +290,21 @@ pub fn fast_path_status(wanted: bool) -> FastPathStatus {
     }
 }
 
-/// Whether this process can run the routing mesh's eBPF shortcut (`meshpath`): the fast path
-/// runs, and as TCX links (Linux >= 6.6); elsewhere the mesh takes the nftables path.
-pub fn mesh_shortcut_supported() -> bool {
-    fast_path_status(true).is_active() && crate::tcx::tc_mode() == crate::tcx::TcMode::Tcx
-}
-
 /// Makes a sandbox's fast path match: programs on `vxlan0` and every task veth, the map holding
 /// the network's remote endpoints and local tasks. A failure is logged, not returned: frames the
 /// fast path does not take go through the bridge, so the network keeps working.
 pub(crate) fn sync_fast_path(ctx: &Ctx, net: &mut Net) -> Result<()> {
     if !ctx.fast.is_active() {
+        // Switched off (or not possible any more): what an earlier run pinned goes, so no
+        // program keeps redirecting with a map nobody updates.
+        if let (Some(dir), Some(sbox)) = (&ctx.bpf_dir, net.sbox.as_ref()) {
+            let pins = fastpath::pin_dir(dir, sbox.ns.name());
+            if pins.exists() {
+                crate::tcx::remove_link_pins(&sbox.ns, &pins);
+                ctx.counter.add(fastpath::remove_pins(&pins)?);
+                tracing::info!(network = %net.spec.id, "overlay fast path removed from the sandbox ({})", ctx.fast);
+            }
+        }
         return Ok(());
     }
     if let Err(e) = sync_fast_path_inner(ctx, net) {

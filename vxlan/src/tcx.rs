@@ -17,6 +17,19 @@ use aya::programs::tc::{NlOptions, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
+use netns::NetNs;
+
+/// The crate's tc programs (a filter's marker names only its device).
+const PROGRAMS: [&str; 4] = [
+    ebpf_common::fastpath::PROG_VXLAN,
+    ebpf_common::fastpath::PROG_VETH,
+    ebpf_common::mesh::PROG_IN,
+    ebpf_common::mesh::PROG_OUT,
+];
+
+/// The priority of this crate's filters: after those a user set up with lower numbers (tc's own
+/// first choice is 49152), as a TCX link goes after the links already there.
+const FILTER_PRIORITY: u16 = 0xff00;
 
 /// How tc programs attach on this kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,9 +171,11 @@ pub(crate) fn link_pin(dir: &Path, dev: &str) -> PathBuf {
     dir.join(format!("link_{dev}"))
 }
 
-/// Removes the link pins in `dir` of devices not in `live` (their links detach); returns how
-/// many went.
+/// Removes the link pins in `dir` of devices not in `live` (their links detach; in
+/// [`TcMode::Filter`] the pins are markers naming the program, whose filter is removed from the
+/// device in `ns` when it is still there); returns how many went.
 pub(crate) fn remove_stale_link_pins<'a>(
+    ns: &NetNs,
     dir: &Path,
     live: impl IntoIterator<Item = &'a str>,
 ) -> u64 {
@@ -172,11 +187,89 @@ pub(crate) fn remove_stale_link_pins<'a>(
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("link_") && !live.contains(&name) {
-            let _ = std::fs::remove_file(e.path());
+            detach_marked(ns, &e.path());
+            remove_link_pin(&e.path());
             n += 1;
         }
     }
     n
+}
+
+/// Removes every link pin in `dir` (the links detach; filters are removed, as above).
+pub(crate) fn remove_link_pins(ns: &NetNs, dir: &Path) -> u64 {
+    remove_stale_link_pins(ns, dir, [])
+}
+
+/// Removes a link pin: a pinned TCX link (which detaches), or a filter's marker.
+pub(crate) fn remove_link_pin(path: &Path) {
+    if path.is_dir() {
+        let _ = std::fs::remove_dir(path);
+    } else {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// In [`TcMode::Filter`], a link pin is a marker (an empty directory: a bpffs holds no files)
+/// that this crate's filter is on the device named after `link_`: the filters running any of
+/// `PROGRAMS` are removed from it. Nothing when the device is gone (its filters went with it) or
+/// when the pin is a TCX link.
+fn detach_marked(ns: &NetNs, pin: &Path) {
+    if tc_mode() != TcMode::Filter || !pin.is_dir() {
+        return;
+    }
+    let Some(dev) = pin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("link_"))
+    else {
+        return;
+    };
+    let _ = ns.run(|| {
+        for prog in PROGRAMS {
+            match aya::programs::tc::qdisc_detach_program(dev, TcAttachType::Ingress, prog) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::trace!(dev, prog, error = %chain(&e), "no tc filter removed");
+                }
+            }
+        }
+    });
+}
+
+/// In [`TcMode::Filter`] with pins: the program `name` pinned in `dir`, pinned there from `bpf`
+/// first when it is not (a filter runs a program, which a restarted agent finds by the pinned
+/// program's id). Returns it and whether it was pinned now.
+pub(crate) fn pinned_program(
+    dir: &Path,
+    name: &str,
+    bpf: impl FnOnce() -> std::result::Result<Ebpf, String>,
+) -> std::result::Result<(SchedClassifier, bool), String> {
+    let path = dir.join(name);
+    let mut wrote = false;
+    if !path.exists() {
+        let mut b = bpf()?;
+        load_programs(&mut b, &[name])?;
+        program(&mut b, name)?
+            .pin(&path)
+            .map_err(|e| format!("pin the program {name}: {}", chain(&e)))?;
+        wrote = true;
+    }
+    let p = SchedClassifier::from_pin(&path)
+        .map_err(|e| format!("open the pinned program {name}: {}", chain(&e)))?;
+    Ok((p, wrote))
+}
+
+/// The id of the program pinned as `name` in `dir`, when there is one.
+pub(crate) fn pinned_program_id(dir: &Path, name: &str) -> Option<u32> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return None;
+    }
+    SchedClassifier::from_pin(&path)
+        .ok()?
+        .info()
+        .ok()
+        .map(|i| i.id())
 }
 
 /// Removes `k` from a hash map; a key that is not there is fine.
@@ -206,16 +299,36 @@ pub(crate) fn attach(
         {
             return Err(format!("add the clsact qdisc: {}", chain(&e)));
         }
+        // One filter of ours per device: one an earlier process left (without pins nothing
+        // finds it again) goes first.
+        if let Some(name) = p
+            .info()
+            .ok()
+            .and_then(|i| i.name_as_str().map(str::to_string))
+        {
+            let _ = aya::programs::tc::qdisc_detach_program(dev, TcAttachType::Ingress, &name);
+        }
         let id = p
             .attach_with_options(
                 dev,
                 TcAttachType::Ingress,
-                TcAttachOptions::Netlink(NlOptions::default()),
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: FILTER_PRIORITY,
+                    ..NlOptions::default()
+                }),
             )
             .map_err(|e| chain(&e))?;
         let link = p.take_link(id).map_err(|e| chain(&e))?;
         // Dropping the link would remove the filter: it is to outlive this process.
         std::mem::forget(link);
+        if let Some(dir) = pin {
+            let marker = link_pin(dir, dev);
+            if !marker.is_dir() {
+                remove_link_pin(&marker);
+                std::fs::create_dir(&marker)
+                    .map_err(|e| format!("mark {}: {e}", marker.display()))?;
+            }
+        }
         return Ok(None);
     }
     let id = p
@@ -237,7 +350,7 @@ pub(crate) fn attach(
                 if let Ok(old) = PinnedLink::from_pin(&path) {
                     let _ = old.unpin();
                 } else {
-                    let _ = std::fs::remove_file(&path);
+                    remove_link_pin(&path);
                 }
             }
             fd.pin(&path)

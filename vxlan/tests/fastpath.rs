@@ -56,6 +56,26 @@ fn desired(
     state
 }
 
+/// Whether `dev` in `ns` runs a fast-path program: a TCX link or a tc filter.
+fn programs_on(ns: &NetNs, dev: &str) -> bool {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let tcx = ns
+        .run(|| SchedClassifier::query_tcx(dev, TcAttachType::Ingress))
+        .unwrap()
+        .map(|(_, progs)| {
+            progs
+                .iter()
+                .any(|p| p.name_as_str().is_some_and(|n| n.starts_with("na_fp_")))
+        })
+        .unwrap_or(false);
+    let filters = ns
+        .command("tc")
+        .args(["filter", "show", "dev", dev, "ingress"])
+        .output()
+        .unwrap();
+    tcx || String::from_utf8_lossy(&filters.stdout).contains("na_fp_")
+}
+
 fn fast(lab: &Lab, i: usize) -> Option<Dataplane> {
     let dp = dataplane_with(lab, i, 4789, true);
     match dp.fast_path() {
@@ -250,6 +270,34 @@ fn fast_path_forwards_isolates_and_follows_endpoints() {
     assert!(reaches(&a1, a(2)), "a1 -> a2 after the restart");
     let s = again.fast_path_stats(NET_A).unwrap().expect("fast path on");
     assert!(s.veth_to_local > 0, "{s:?}");
+
+    // Switched off (--no-fast-path, the pin directory still named) where it ran: the programs
+    // leave vxlan0 and the task veths, and frames take the bridge; switched on again, back.
+    assert!(programs_on(&sbox_a, "vxlan0"));
+    drop(again);
+    let node = lab.node(1);
+    let mut cfg = vxlan::Config::new(NetNs::open(node.ns().name()).unwrap(), node.addr());
+    cfg.prefix = node_prefix(&lab, 1);
+    cfg.fast_path = false;
+    cfg.bpf_dir = Some(node.bpffs().unwrap().join("fastpath"));
+    let mut off = Dataplane::new(cfg).unwrap();
+    off.apply(&desired(&lab, 1, &tasks2)).unwrap();
+    assert!(off.writes() > 0, "switching off removed nothing");
+    assert!(
+        !programs_on(&sbox_a, "vxlan0"),
+        "vxlan0 still runs the fast path"
+    );
+    assert!(reaches(&a1, a(2)), "a1 -> a2 through the bridge");
+    let pins = lab.node(1).bpffs().unwrap().join("fastpath");
+    let left: Vec<_> = std::fs::read_dir(&pins)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "pins left when off: {left:?}");
+    drop(off);
+    let mut again = fast(&lab, 1).expect("probed above");
+    again.apply(&desired(&lab, 1, &tasks2)).unwrap();
+    assert!(programs_on(&sbox_a, "vxlan0"));
+    assert!(reaches(&a1, a(2)), "a1 -> a2 with the fast path again");
 
     // Removing the networks removes their pins.
     again.apply(&DesiredState::default()).unwrap();

@@ -453,7 +453,7 @@ impl Executor {
         let sbox = sbox_netns_name(&self.config.netns_prefix);
         let d = desired.clone();
         let shortcut = self.config.mesh_bpf_dir.clone().map(|dir| {
-            let on = self.config.fast_path && vxlan::mesh_shortcut_supported();
+            let on = self.config.fast_path && vxlan::fast_path_status(true).is_active();
             (dir, on)
         });
         let writes = tokio::task::spawn_blocking(move || -> Result<u64, Error> {

@@ -36,7 +36,7 @@ pub fn in_kernel_lab() -> bool {
 }
 
 /// Whether the run requires the overlay fast path (and the mesh's shortcut) to be active
-/// (`NETAGENT_EXPECT_FAST_PATH=1`, set by the kernel lab under a kernel with TCX), so a
+/// (`NETAGENT_EXPECT_FAST_PATH=1`, set by the kernel lab where the kernel must run them), so a
 /// fallback fails a test instead of passing it without them.
 pub fn expect_fast_path() -> bool {
     std::env::var_os("NETAGENT_EXPECT_FAST_PATH").is_some_and(|v| v == "1")

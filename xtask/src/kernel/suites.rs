@@ -147,8 +147,14 @@ pub const SUITES: &[Suite] = &[
     // bridge (1,023 namespaces and endpoints, the kernel's constant: `vxlan/lab::limits`).
     suite("vxlan", "lab", "", false).with_tests_on_request(&["crash::", "limits::"]),
     // The overlay fast path under 6.1, which has no TCX: its programs attach as cls_bpf
-    // filters (forwarding, isolation, tcpdump on vxlan0, endpoints, an adopting restart).
+    // filters (forwarding, isolation, tcpdump on vxlan0, endpoints, an adopting restart), as
+    // do the mesh shortcut's (which the ingress test then requires).
     suite("vxlan", "fastpath", "", false),
+    // The mesh's eBPF shortcut under 6.1, as tc filters too.
+    suite("vxlan", "lab", "ingress::", false).with_env(&[
+        ("NETAGENT_FAST_PATH", "1"),
+        ("NETAGENT_EXPECT_FAST_PATH", "1"),
+    ]),
     // Its iperf3 figure (encrypted vs plain, relative only under TCG) runs on request
     // (`cargo xtask test-kernel encrypted_and_plain_iperf3`): once, with the host tests loading
     // the machine alongside, the guest locked up in it (iperf3 and ksoftirqd in soft lockup
