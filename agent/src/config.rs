@@ -147,7 +147,8 @@ pub struct Args {
     pub bpf_dir: Option<PathBuf>,
     /// Leave every overlay frame to the sandbox bridges instead of the eBPF fast path, and
     /// published ports to the node's nftables path instead of the routing mesh's eBPF shortcut
-    /// (both used by default where the kernel can run them: Linux >= 6.6 with TCX).
+    /// (both used by default where the kernel can run them: Linux >= 5.10; TCX links from 6.6,
+    /// tc filters before).
     #[arg(long)]
     pub no_fast_path: bool,
     /// Docker's routing mesh on this node: connections through its published ports reach the

@@ -260,7 +260,9 @@ fn main() {
     // runs; where the kernel cannot run it, its path is measured without.
     let can_shortcut = vxlan::fast_path_status(true).is_active();
     if !can_shortcut {
-        println!("  (the mesh shortcut needs TCX: its path runs through nftables here)");
+        println!(
+            "  (the kernel cannot run the mesh shortcut: its path runs through nftables here)"
+        );
     }
     let shortcut = |on: bool| {
         let node = lab.node(3);

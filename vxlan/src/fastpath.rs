@@ -9,7 +9,8 @@
 //!   before. The map holds only the sandbox's own network's MACs, so a frame for another
 //!   network's MAC is never redirected.
 //!
-//! Attachments are TCX links (Linux >= 6.6). With a pin directory (a bpffs) the maps and links
+//! Attachments are TCX links (Linux >= 6.6), or tc filters before (`crate::tcx`). With a pin
+//! directory (a bpffs) the maps and links (with filters: the programs and a marker per device)
 //! are pinned under `<dir>/<sandbox name>/`, so a restarted agent adopts them and writes nothing;
 //! without one, this process holds the links and a restart attaches again.
 

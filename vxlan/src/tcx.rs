@@ -5,8 +5,9 @@
 //!
 //! Kernels before 6.6 have no TCX: there the programs attach as cls_bpf filters (direct action)
 //! on a clsact qdisc ([`TcMode::Filter`]). A filter stays on its device until the device goes or
-//! it is removed, so it needs no pin, and a restarted agent finds it by asking the device
-//! (`tc filter show`). Only the overlay fast path uses filters; the shortcut needs TCX.
+//! it is removed: it has no link to pin, so the programs are pinned and an empty directory per
+//! device marks the filter (a bpffs holds no files); a restarted agent finds it by asking the
+//! device (`tc filter show`) for the pinned program's id.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
