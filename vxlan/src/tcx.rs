@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{NlOptions, TcAttachOptions};
+use aya::programs::tc::{NlOptions, TcAttachOptions, TcError};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
@@ -173,8 +173,8 @@ pub(crate) fn link_pin(dir: &Path, dev: &str) -> PathBuf {
 }
 
 /// Removes the link pins in `dir` of devices not in `live` (their links detach; in
-/// [`TcMode::Filter`] the pins are markers naming the program, whose filter is removed from the
-/// device in `ns` when it is still there); returns how many went.
+/// [`TcMode::Filter`] the pins are markers, and our filters are removed from the device in `ns`
+/// when it is still there); returns how many went.
 pub(crate) fn remove_stale_link_pins<'a>(
     ns: &NetNs,
     dir: &Path,
@@ -295,10 +295,10 @@ pub(crate) fn attach(
 ) -> std::result::Result<Option<FdLink>, String> {
     if tc_mode() == TcMode::Filter {
         // clsact may be there already (an earlier filter, another tool's).
-        if let Err(e) = aya::programs::tc::qdisc_add_clsact(dev)
-            && !chain(&e).contains("File exists")
-        {
-            return Err(format!("add the clsact qdisc: {}", chain(&e)));
+        match aya::programs::tc::qdisc_add_clsact(dev) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(format!("add the clsact qdisc: {}", chain(&e))),
         }
         // One filter of ours per device: one an earlier process left (without pins nothing
         // finds it again) goes first.
