@@ -228,7 +228,8 @@ fn encrypted_network_end_to_end_in_the_kernel_lab() {
         assert_eq!(json(&n)[0]["Description"]["EncryptedNetworks"], "supported");
         // Under a kernel with TCX the fast path carries the overlays, encrypted or not.
         if lab::expect_fast_path() {
-            assert_eq!(common::fast_path_of(&s, i), "ebpf", "node{i}");
+            let fast = common::fast_path_of(&s, i);
+            assert!(fast.starts_with("ebpf"), "node{i}: {fast}");
         }
     }
     for (net, opt) in [("secret", "encrypted"), ("plain", "x=y")] {
@@ -489,7 +490,8 @@ fn encrypted_ingress_in_the_kernel_lab() {
         assert!(states.contains("proto esp"), "node{i}: {states}");
     }
     if lab::expect_fast_path() {
-        assert_eq!(common::fast_path_of(&s, 3), "ebpf");
+        let fast = common::fast_path_of(&s, 3);
+        assert!(fast.starts_with("ebpf"), "{fast}");
         let pins = s.lab.node(3).dir().join("bpf").join("mesh");
         assert!(
             pins.exists(),

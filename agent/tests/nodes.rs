@@ -103,13 +103,19 @@ fn three_managers_two_workers() {
     ] {
         assert!(pretty.contains(field), "missing {field:?} in\n{pretty}");
     }
-    // "ebpf" where the kernel can run it (Linux >= 5.10: TCX from 6.6, tc filters before),
-    // else "off (why)".
+    // "ebpf" where the kernel can run it (TCX, Linux >= 6.6), "ebpf (tc filters)" before (from
+    // 5.10), else "off (why)".
     let fast = pretty
         .lines()
         .find(|l| l.starts_with("Overlay Fast Path:"))
         .expect("checked above");
     eprintln!("{fast}");
+    // The agent runs with the fast path wanted (the default), in this kernel and environment.
+    assert_eq!(
+        fast.trim_start_matches("Overlay Fast Path:").trim(),
+        vxlan::fast_path_status(true).to_string(),
+        "{pretty}"
+    );
     let worker_pretty = s.ctl(1, &["node", "inspect", "--pretty", "node4"]);
     assert!(
         !worker_pretty.contains("Manager Status:"),

@@ -43,7 +43,8 @@ static OBJECT: &[u8] = ebpf_objects::FASTPATH;
 /// Whether the fast path is used on a node, and why not.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FastPathStatus {
-    /// The tc programs redirect task-to-task frames past the sandbox bridge.
+    /// The tc programs redirect task-to-task frames past the sandbox bridge (shown "ebpf", or
+    /// "ebpf (tc filters)" on a kernel without TCX).
     Ebpf,
     /// Switched off by configuration (`--no-fast-path`).
     Disabled,
@@ -60,7 +61,10 @@ impl FastPathStatus {
 impl std::fmt::Display for FastPathStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FastPathStatus::Ebpf => f.write_str("ebpf"),
+            FastPathStatus::Ebpf => match tc_mode() {
+                TcMode::Tcx => f.write_str("ebpf"),
+                TcMode::Filter => f.write_str("ebpf (tc filters)"),
+            },
             FastPathStatus::Disabled => f.write_str("off (--no-fast-path)"),
             FastPathStatus::Unsupported(why) => write!(f, "off ({why})"),
         }

@@ -106,7 +106,7 @@ pub struct Engine {
     pub engine_version: String,
     /// docker lists the engine's plugins here; netagent adds its load balancer as
     /// `{"Type": "LoadBalancer", "Name": "ebpf"}` (or "ipvs") and its overlay fast path as
-    /// `{"Type": "OverlayFastPath", "Name": "ebpf"}` (or "off (why)").
+    /// `{"Type": "OverlayFastPath", "Name": "ebpf"}` (or "ebpf (tc filters)", "off (why)").
     #[serde(rename = "Plugins", default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<Plugin>,
 }

@@ -52,7 +52,7 @@ pub struct NodeDescription {
     /// How the node balances service VIPs ("ebpf" or "ipvs").
     #[serde(default)]
     pub load_balancer: String,
-    /// The overlay fast path: "ebpf", or "off (why)".
+    /// The overlay fast path: "ebpf" ("ebpf (tc filters)" before Linux 6.6), or "off (why)".
     #[serde(default)]
     pub fast_path: String,
     /// Whether the node's kernel can carry encrypted overlay networks (ESP with

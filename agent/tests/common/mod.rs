@@ -60,7 +60,8 @@ pub fn node_tracked(s: &Swarm, i: usize, client: std::net::Ipv4Addr, dport: u16)
         .count()
 }
 
-/// What `node inspect` says of node `i`'s overlay fast path ("ebpf", or "off (why)").
+/// What `node inspect` says of node `i`'s overlay fast path ("ebpf", "ebpf (tc filters)", or
+/// "off (why)").
 pub fn fast_path_of(s: &Swarm, i: usize) -> String {
     let n: Value = serde_json::from_str(&s.ctl(1, &["node", "inspect", s.lab.node(i).name()]))
         .expect("node inspect prints JSON");
