@@ -32,8 +32,8 @@ use crate::kernel::Link;
 use crate::nl::Counter;
 use crate::spec::Mac;
 use crate::tcx::{
-    TcMode, attach, chain, filter_runs, link_pin, load_programs, pinned_program, pinned_program_id,
-    program, remove_key, remove_link_pin, remove_stale_link_pins, runs, tc_mode,
+    TcMode, attach, chain, link_pin, load_programs, pinned_program_id, pinned_programs, program,
+    remove_key, remove_link_pin, remove_stale_link_pins, runs, tc_mode,
 };
 use crate::{Error, Result};
 
@@ -320,12 +320,9 @@ impl Sandbox {
         let running = ns
             .run(|| {
                 todo.iter()
-                    .map(|(dev, _, hook)| match tc_mode() {
-                        TcMode::Tcx => runs(dev, hook.program(), map_id),
-                        TcMode::Filter => match ids.get(hook.program()) {
-                            Some(id) => filter_runs(dev, hook.program(), *id),
-                            None => Ok(false),
-                        },
+                    .map(|(dev, _, hook)| {
+                        let prog = hook.program();
+                        runs(dev, prog, map_id, ids.get(prog).copied())
                     })
                     .collect::<Vec<_>>()
             })
@@ -353,12 +350,11 @@ impl Sandbox {
         // agent finds by their ids.
         let mut from_pins = Vec::new();
         if let (TcMode::Filter, Some(dir)) = (tc_mode(), pin.as_deref()) {
-            for name in [PROG_VXLAN, PROG_VETH] {
-                let (p, wrote) = pinned_program(dir, name, || load(Some(dir)))
+            let (progs, pinned) =
+                pinned_programs(dir, &[PROG_VXLAN, PROG_VETH], || load(Some(dir)))
                     .map_err(fp_err("pin the programs", &self.ns_name))?;
-                self.counter.add(u64::from(wrote));
-                from_pins.push((name, p));
-            }
+            self.counter.add(pinned);
+            from_pins = progs;
         } else {
             if self.bpf.is_none() {
                 let bpf = load(self.pin.as_deref())

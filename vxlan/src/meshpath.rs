@@ -36,8 +36,8 @@ use netns::NetNs;
 
 use crate::ingress::{Proto, SBOX_GW_IF, Sbox};
 use crate::tcx::{
-    TcMode, attach, chain, filter_runs, load_programs, pinned_program, pinned_program_id, program,
-    remove_key, remove_link_pins, remove_stale_link_pins, runs, tc_mode,
+    TcMode, attach, chain, load_programs, pinned_program_id, pinned_programs, program, remove_key,
+    remove_link_pins, remove_stale_link_pins, runs, tc_mode,
 };
 use crate::{Error, Result};
 
@@ -201,41 +201,38 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
     let running = ns
         .run(|| {
             devs.iter()
-                .map(|(d, p)| match (filters, ids.get(p)) {
-                    (false, _) => runs(d, p, map_id),
-                    (true, Some(id)) => filter_runs(d, p, *id),
-                    (true, None) => Ok(false),
-                })
+                .map(|(d, p)| runs(d, p, map_id, ids.get(p).copied()))
                 .collect::<Vec<_>>()
         })
         .map_err(|e| err("query tc programs", ns)(e.to_string()))?;
+    let mut from_pins = Vec::new();
     for ((dev, prog), ok) in devs.iter().zip(running) {
         if ok.map_err(err(format!("query the tc programs of {dev}"), ns))? {
             continue;
         }
-        if filters {
+        let p = if filters {
             // Filters run the pinned programs, which a restarted agent finds by their ids.
-            let (mut p, wrote) = pinned_program(dir, prog, || {
-                crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, FLOW_MAP, STATS_MAP])
-            })
-            .map_err(err("pin the programs", ns))?;
-            writes += u64::from(wrote);
-            ns.run(|| attach(&mut p, dev, Some(dir)))
-                .map_err(|e| err("attach tc programs", ns)(e.to_string()))?
-                .map_err(err(format!("attach {prog} to {dev}"), ns))?;
-            writes += 1;
-            continue;
-        }
-        if bpf.is_none() {
-            bpf = Some(load(dir, ns)?);
-        }
-        let b = bpf.as_mut().expect("loaded above");
-        ns.run(|| {
-            let p = program(b, prog)?;
-            attach(p, dev, Some(dir))
-        })
-        .map_err(|e| err("attach tc programs", ns)(e.to_string()))?
-        .map_err(err(format!("attach {prog} to {dev}"), ns))?;
+            if from_pins.is_empty() {
+                let (progs, pinned) = pinned_programs(dir, &[PROG_IN, PROG_OUT], || object(dir))
+                    .map_err(err("pin the programs", ns))?;
+                writes += pinned;
+                from_pins = progs;
+            }
+            from_pins
+                .iter_mut()
+                .find(|(n, _)| n == prog)
+                .map(|(_, p)| p)
+                .expect("both programs opened above")
+        } else {
+            if bpf.is_none() {
+                bpf = Some(load(dir, ns)?);
+            }
+            program(bpf.as_mut().expect("loaded above"), prog)
+                .map_err(err(format!("attach {prog} to {dev}"), ns))?
+        };
+        ns.run(|| attach(p, dev, Some(dir)))
+            .map_err(|e| err("attach tc programs", ns)(e.to_string()))?
+            .map_err(err(format!("attach {prog} to {dev}"), ns))?;
         writes += 1;
     }
     let mut have = BTreeMap::new();
@@ -257,10 +254,14 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
     Ok(writes)
 }
 
+/// Loads the object, its maps pinned in `dir` (reused when there).
+fn object(dir: &Path) -> std::result::Result<aya::Ebpf, String> {
+    crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, FLOW_MAP, STATS_MAP])
+}
+
 /// Loads the object (its maps pinned in `dir`, reused when there) and both programs.
 fn load(dir: &Path, ns: &NetNs) -> Result<aya::Ebpf> {
-    let mut b = crate::tcx::load(OBJECT, Some(dir), &[PORT_MAP, FLOW_MAP, STATS_MAP])
-        .map_err(err("load the programs", ns))?;
+    let mut b = object(dir).map_err(err("load the programs", ns))?;
     load_programs(&mut b, &[PROG_IN, PROG_OUT]).map_err(err("load the programs", ns))?;
     Ok(b)
 }

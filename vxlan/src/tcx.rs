@@ -107,8 +107,20 @@ pub(crate) fn load_programs(bpf: &mut Ebpf, names: &[&str]) -> std::result::Resu
 }
 
 /// Whether `dev` (in the calling thread's namespace) runs `prog` on the map `map_id` at its
-/// TCX ingress.
-pub(crate) fn runs(dev: &str, prog: &str, map_id: u32) -> std::result::Result<bool, String> {
+/// ingress: a TCX link; in [`TcMode::Filter`] a filter running the program of id `filter_prog`
+/// (the caller's pinned or loaded one; `None`: it has none, so no filter runs it).
+pub(crate) fn runs(
+    dev: &str,
+    prog: &str,
+    map_id: u32,
+    filter_prog: Option<u32>,
+) -> std::result::Result<bool, String> {
+    if tc_mode() == TcMode::Filter {
+        return match filter_prog {
+            Some(id) => Ok(filter_programs(dev, prog)?.contains(&id)),
+            None => Ok(false),
+        };
+    }
     let (_, progs) =
         SchedClassifier::query_tcx(dev, TcAttachType::Ingress).map_err(|e| chain(&e))?;
     for p in progs {
@@ -121,12 +133,6 @@ pub(crate) fn runs(dev: &str, prog: &str, map_id: u32) -> std::result::Result<bo
         }
     }
     Ok(false)
-}
-
-/// Whether a filter on `dev`'s ingress (in the calling thread's namespace) runs the program
-/// `prog` of id `id` ([`TcMode::Filter`]).
-pub(crate) fn filter_runs(dev: &str, prog: &str, id: u32) -> std::result::Result<bool, String> {
-    Ok(filter_programs(dev, prog)?.contains(&id))
 }
 
 /// The ids of the programs named `prog` that filters on `dev`'s ingress run (`tc -j filter
@@ -237,27 +243,39 @@ fn detach_marked(ns: &NetNs, pin: &Path) {
     });
 }
 
-/// In [`TcMode::Filter`] with pins: the program `name` pinned in `dir`, pinned there from `bpf`
-/// first when it is not (a filter runs a program, which a restarted agent finds by the pinned
-/// program's id). Returns it and whether it was pinned now.
-pub(crate) fn pinned_program(
+/// A program opened from its pin, by name.
+pub(crate) type NamedProgram = (&'static str, SchedClassifier);
+
+/// In [`TcMode::Filter`] with pins: the programs `names` pinned in `dir`, those not pinned yet
+/// pinned there first from `bpf` (loaded once, only then; a filter runs a program, which a
+/// restarted agent finds by the pinned program's id). Returns them in order and how many were
+/// pinned now.
+pub(crate) fn pinned_programs(
     dir: &Path,
-    name: &str,
+    names: &[&'static str],
     bpf: impl FnOnce() -> std::result::Result<Ebpf, String>,
-) -> std::result::Result<(SchedClassifier, bool), String> {
-    let path = dir.join(name);
-    let mut wrote = false;
-    if !path.exists() {
+) -> std::result::Result<(Vec<NamedProgram>, u64), String> {
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !dir.join(n).exists())
+        .collect();
+    if !missing.is_empty() {
         let mut b = bpf()?;
-        load_programs(&mut b, &[name])?;
-        program(&mut b, name)?
-            .pin(&path)
-            .map_err(|e| format!("pin the program {name}: {}", chain(&e)))?;
-        wrote = true;
+        load_programs(&mut b, &missing)?;
+        for name in &missing {
+            program(&mut b, name)?
+                .pin(dir.join(name))
+                .map_err(|e| format!("pin the program {name}: {}", chain(&e)))?;
+        }
     }
-    let p = SchedClassifier::from_pin(&path)
-        .map_err(|e| format!("open the pinned program {name}: {}", chain(&e)))?;
-    Ok((p, wrote))
+    let mut out = Vec::new();
+    for name in names {
+        let p = SchedClassifier::from_pin(dir.join(name))
+            .map_err(|e| format!("open the pinned program {name}: {}", chain(&e)))?;
+        out.push((*name, p));
+    }
+    Ok((out, missing.len() as u64))
 }
 
 /// The id of the program pinned as `name` in `dir`, when there is one.
