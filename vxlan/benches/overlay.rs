@@ -6,11 +6,12 @@
 //!    the ratios (goal >= 0.90 with the fast path), with cubic (pinned, see `CC`) first on the
 //!    lab's veth underlay as it comes (GRO off), then with GRO on the underlay interfaces as a
 //!    NIC has it by default, then with the machine's own default congestion control where it is
-//!    not cubic (GRO off).
+//!    not cubic (GRO off). Each row also measures the kernel's own VXLAN between the same two
+//!    node namespaces with nothing of netagent's (`bare`): the floor under any VXLAN overlay.
 //!    `latency`: a TCP ping-pong's p50/p99 round trip on each path (goal: overlay p50 within
 //!    15 % of the underlay's, the two ends left to the scheduler), then with the ends pinned to
 //!    different CPUs and to one CPU (which shows the overlay's own cost without the VM's
-//!    cross-CPU wakeups).
+//!    cross-CPU wakeups), with the bare VXLAN as well.
 //!    `bridge_nf`: the bridge path with br_netfilter's bridge-nf-call-iptables 1 vs netagent's 0
 //!    in the sandboxes.
 //!    `offloads`: with the fast path on, each offload setting netagent could change on its own
@@ -32,8 +33,12 @@ use std::time::{Duration, Instant};
 
 use lab::{Lab, ProcSpec};
 use netns::NetNs;
+#[path = "overlay/bare.rs"]
+mod bare;
 #[path = "../tests/lab/iperf.rs"]
 mod iperf;
+#[path = "overlay/latency.rs"]
+mod latency;
 
 use vxlan::{Config, Dataplane, DesiredState, Endpoint, Network, NetworkState, Peer};
 
@@ -205,92 +210,6 @@ fn overlay(lab: &Lab, k: usize, fast_path: bool, label: &'static str) -> Overlay
     }
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Where the two ends of a ping-pong run: left to the scheduler, or pinned.
-#[derive(Clone, Copy)]
-enum Placement {
-    Floating,
-    /// Client on CPU 0, server on CPU 1 (as on two machines, every wakeup crosses CPUs).
-    Apart,
-    /// Both on CPU 0: no wakeup crosses CPUs, what is left is the stacks' work and the switch.
-    OneCpu,
-}
-
-impl Placement {
-    fn cpus(self) -> (Option<usize>, Option<usize>) {
-        match self {
-            Placement::Floating => (None, None),
-            Placement::Apart => (Some(0), Some(1)),
-            Placement::OneCpu => (Some(0), Some(0)),
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Placement::Floating => "left to the scheduler (the goal's figure)",
-            Placement::Apart => "client on CPU 0, server on CPU 1",
-            Placement::OneCpu => "both on CPU 0 (no cross-CPU wakeups)",
-        }
-    }
-}
-
-/// Pins the calling thread to `cpu` (when given).
-fn pin(cpu: Option<usize>) {
-    if let Some(cpu) = cpu {
-        let mut set = nix::sched::CpuSet::new();
-        set.set(cpu).unwrap();
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
-    }
-}
-
-/// TCP ping-pong of one byte, `n` round trips on one connection, each end on its own thread
-/// placed as `at` says: round-trip times in µs.
-fn ping_pong(client: &NetNs, server: &NetNs, addr: Ipv4Addr, n: usize, at: Placement) -> Vec<f64> {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
-    let at_addr = SocketAddr::from((addr, 5301));
-    let (client_cpu, server_cpu) = at.cpus();
-    let listener = server.run(|| TcpListener::bind(at_addr)).unwrap().unwrap();
-    let c = client.run(|| TcpStream::connect(at_addr)).unwrap().unwrap();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            pin(server_cpu);
-            let (mut c, _) = listener.accept().unwrap();
-            c.set_nodelay(true).unwrap();
-            let mut b = [0u8; 1];
-            while c.read_exact(&mut b).is_ok() {
-                if c.write_all(&b).is_err() {
-                    break;
-                }
-            }
-        });
-        s.spawn(move || {
-            pin(client_cpu);
-            let mut c = c;
-            c.set_nodelay(true).unwrap();
-            let mut b = [0u8; 1];
-            let mut out = Vec::with_capacity(n);
-            for i in 0..n + 100 {
-                let t = Instant::now();
-                c.write_all(&b).unwrap();
-                c.read_exact(&mut b).unwrap();
-                // The first round trips warm up (ARP, caches).
-                if i >= 100 {
-                    out.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-            }
-            out
-        })
-        .join()
-        .unwrap()
-    })
-}
-
 fn throughput() {
     let lab = Lab::new(2).unwrap();
     let fast = overlay(&lab, 0, true, "f");
@@ -302,6 +221,7 @@ fn throughput() {
             &lab.node(2).addr().to_string(),
         ]))
         .unwrap();
+    bare::create(&lab);
     let under_ns = lab.node(1).ns();
     let under_to = lab.node(2).addr();
     let fast_on = fast._dps[0].fast_path().is_active();
@@ -330,9 +250,10 @@ fn throughput() {
             println!("  {cc}, the lab's veth underlay as it comes (GRO off):");
         }
         for streams in [1, 8] {
-            let (mut under, mut f, mut b) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut under, mut f, mut b, mut k) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
                 under.push(iperf(iperf_client(under_ns, under_to, streams, &cc)));
+                k.push(iperf(iperf_client(under_ns, bare::addr(2), streams, &cc)));
                 f.push(iperf(iperf_client(
                     &fast.client,
                     fast.server_addr,
@@ -346,7 +267,12 @@ fn throughput() {
                     &cc,
                 )));
             }
-            let (u, fm, bm) = (median(under.clone()), median(f.clone()), median(b.clone()));
+            let (u, fm, bm, km) = (
+                median(under.clone()),
+                median(f.clone()),
+                median(b.clone()),
+                median(k.clone()),
+            );
             println!("  {streams} stream(s):");
             println!("    underlay  node1 -> node2       : {u:6.2} Gbit/s  {under:.2?}");
             println!(
@@ -357,6 +283,7 @@ fn throughput() {
                 "    overlay   fast path off ({}) : {bm:6.2} Gbit/s  {b:.2?}",
                 plain.label
             );
+            println!("    bare kernel VXLAN node1 -> node2: {km:6.2} Gbit/s  {k:.2?}");
             println!(
                 "    ratio overlay/underlay       : on {:.3}, off {:.3} (medians); per round: on {:.3}, off {:.3}  (goal >= 0.90 on){}",
                 fm / u,
@@ -368,6 +295,12 @@ fn throughput() {
                 } else {
                     "  [fast path unavailable]"
                 }
+            );
+            println!(
+                "    ratio bare VXLAN/underlay    : {:.3}; overlay/bare VXLAN: on {:.3}, off {:.3} (per round)",
+                paired(&k, &under),
+                paired(&f, &k),
+                paired(&b, &k)
             );
         }
     }
@@ -388,68 +321,6 @@ fn throughput() {
                 );
             }
         }
-    }
-}
-
-/// TCP ping-pong round trips on each path, interleaved in chunks (goal: the overlay's p50 with
-/// the fast path within 15 % of the underlay's). The lab's veth underlay as it comes (GRO off).
-fn latency() {
-    let lab = Lab::new(2).unwrap();
-    let fast = overlay(&lab, 0, true, "f");
-    let plain = overlay(&lab, 1, false, "b");
-    let under_ns = lab.node(1).ns();
-    let under_to = lab.node(2).addr();
-    const RTTS: usize = 20_000;
-    let under_srv = NetNs::open(lab.node(2).ns().name()).unwrap();
-    println!("TCP ping-pong (1 byte, {RTTS} round trips per path and placement), p50 / p99:");
-    for at in [Placement::Floating, Placement::Apart, Placement::OneCpu] {
-        let (mut u, mut f, mut b) = (Vec::new(), Vec::new(), Vec::new());
-        // Interleaved in chunks so load changes hit all three alike.
-        for _ in 0..4 {
-            u.extend(ping_pong(under_ns, &under_srv, under_to, RTTS / 4, at));
-            f.extend(ping_pong(
-                &fast.client,
-                &fast.server,
-                fast.server_addr,
-                RTTS / 4,
-                at,
-            ));
-            b.extend(ping_pong(
-                &plain.client,
-                &plain.server,
-                plain.server_addr,
-                RTTS / 4,
-                at,
-            ));
-        }
-        let (u50, f50, b50) = (
-            percentile(&u, 0.5),
-            percentile(&f, 0.5),
-            percentile(&b, 0.5),
-        );
-        println!("  {}:", at.label());
-        println!(
-            "    underlay           : {u50:7.1} / {:7.1} µs",
-            percentile(&u, 0.99)
-        );
-        println!(
-            "    overlay fast on    : {f50:7.1} / {:7.1} µs",
-            percentile(&f, 0.99)
-        );
-        println!(
-            "    overlay fast off   : {b50:7.1} / {:7.1} µs",
-            percentile(&b, 0.99)
-        );
-        println!(
-            "    p50 overlay/underlay: on {:.3}, off {:.3}; overlay - underlay: on {:+.1} µs{}",
-            f50 / u50,
-            b50 / u50,
-            f50 - u50,
-            match at {
-                Placement::Floating => "  (goal <= 1.15 on)",
-                _ => "",
-            }
-        );
     }
 }
 
@@ -755,7 +626,7 @@ fn main() {
         throughput();
     }
     if want("latency") {
-        latency();
+        latency::latency();
     }
     if want("bridge_nf") {
         bridge_nf();
