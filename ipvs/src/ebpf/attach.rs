@@ -41,16 +41,7 @@ pub(crate) struct Loaded {
 }
 
 /// An error with its sources, one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
+pub(crate) use ebpf_objects::chain;
 
 fn other(what: impl Into<String>) -> impl FnOnce(String) -> Error {
     let what = what.into();
