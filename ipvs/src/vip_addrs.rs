@@ -13,24 +13,16 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use netns::NetNs;
+use nlsock::{NETLINK_ROUTE, Sock};
 
 use crate::{Error, Result};
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-/// Requests per datagram (their acknowledgements must fit the receive buffer).
-const BATCH: usize = 64;
-const RECV_BUF: usize = 1 << 20;
 /// The local routing table.
 const RT_TABLE_LOCAL: u8 = 255;
 /// netagent's route protocol number (free in iproute2's rt_protos): marks VIP routes as ours.
@@ -38,11 +30,9 @@ pub const RTPROT_NETAGENT: u8 = 78;
 
 /// One interface in one namespace, holding VIPs.
 pub struct VipAddrs {
-    sock: Socket,
+    sock: Sock,
     what: String,
     index: u32,
-    seq: u32,
-    buf: Vec<u8>,
 }
 
 impl VipAddrs {
@@ -53,28 +43,21 @@ impl VipAddrs {
             .map_err(|e| Error::Other(format!("load-balancer namespace of {what}: {e}")))?;
         let name = std::ffi::CString::new(iface)
             .map_err(|_| Error::Other(format!("interface name {iface:?} has a NUL byte")))?;
-        let opened = ns
-            .run(|| -> io::Result<(Socket, u32)> {
+        let index = ns
+            .run(|| -> io::Result<u32> {
                 // SAFETY: a valid NUL-terminated string.
                 let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
                 if index == 0 {
                     return Err(io::Error::last_os_error());
                 }
-                let mut s = Socket::new(NETLINK_ROUTE)?;
-                s.bind_auto()?;
-                s.connect(&SocketAddr::new(0, 0))?;
-                let _ = s.set_cap_ack(true);
-                let _ = s.set_rx_buf_sz(4 << 20);
-                Ok((s, index))
+                Ok(index)
             })
             .map_err(|e| Error::Other(format!("enter the namespace of {what}: {e}")))?
             .map_err(|e| Error::Io(format!("open {what}"), e))?;
         Ok(VipAddrs {
-            sock: opened.0,
+            sock: Sock::open(&ns, NETLINK_ROUTE)?,
             what,
-            index: opened.1,
-            seq: 0,
-            buf: Vec::with_capacity(RECV_BUF),
+            index,
         })
     }
 
@@ -83,45 +66,16 @@ impl VipAddrs {
         let mut req = RouteMessage::default();
         req.header.address_family = AddressFamily::Inet;
         req.header.table = RT_TABLE_LOCAL;
-        let seq = self.send(vec![(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)])?;
-        let mut out = BTreeSet::new();
-        loop {
-            self.recv()?;
-            let mut done = false;
-            for raw in split(&self.buf) {
-                let (mtype, s) = header(raw);
-                if s != seq {
-                    continue;
-                }
-                match mtype {
-                    NLMSG_DONE => done = true,
-                    NLMSG_ERROR => {
-                        let code = ack_code(&raw[16..]);
-                        if code != 0 {
-                            return Err(Error::Io(
-                                format!("list the addresses of {}", self.what),
-                                io::Error::from_raw_os_error(code),
-                            ));
-                        }
-                        done = true;
-                    }
-                    _ => {
-                        let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw) else {
-                            continue;
-                        };
-                        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) =
-                            m.payload
-                            && let Some(v4) = self.ours(&r)
-                        {
-                            out.insert(v4);
-                        }
-                    }
-                }
-            }
-            if done {
-                return Ok(out);
-            }
-        }
+        let what = format!("list the addresses of {}", self.what);
+        let routes = self.sock.dump(RouteNetlinkMessage::GetRoute(req), &what)?;
+        // A route the parser cannot read is not one of ours (ours carry nothing new).
+        Ok(routes
+            .into_iter()
+            .filter_map(|m| match m {
+                Ok(RouteNetlinkMessage::NewRoute(r)) => self.ours(&r),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Adds VIPs; one already there is not an error. Returns how many were added.
@@ -135,52 +89,34 @@ impl VipAddrs {
     }
 
     fn change(&mut self, addrs: &[Ipv4Addr], add: bool) -> Result<u64> {
+        let msgs: Vec<_> = addrs
+            .iter()
+            .map(|a| {
+                let m = self.msg(*a);
+                if add {
+                    (RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+                } else {
+                    (RouteNetlinkMessage::DelRoute(m), 0)
+                }
+            })
+            .collect();
         let mut changed = 0;
-        for chunk in addrs.chunks(BATCH) {
-            let msgs = chunk
-                .iter()
-                .map(|a| {
-                    let m = self.msg(*a);
-                    if add {
-                        (
-                            RouteNetlinkMessage::NewRoute(m),
-                            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                        )
-                    } else {
-                        (RouteNetlinkMessage::DelRoute(m), NLM_F_ACK)
-                    }
-                })
-                .collect();
-            let last = self.send(msgs)?;
-            let first = last.wrapping_sub(chunk.len() as u32 - 1);
-            let mut pending = chunk.len();
-            while pending > 0 {
-                self.recv()?;
-                for raw in split(&self.buf) {
-                    let (mtype, s) = header(raw);
-                    let i = s.wrapping_sub(first) as usize;
-                    if mtype != NLMSG_ERROR || i >= chunk.len() {
-                        continue;
-                    }
-                    pending -= 1;
-                    match ack_code(&raw[16..]) {
-                        0 => changed += 1,
-                        // Already there / already gone: the wanted state holds.
-                        libc::EEXIST if add => {}
-                        libc::ESRCH | libc::ENOENT if !add => {}
-                        code => {
-                            return Err(Error::Io(
-                                format!(
-                                    "{} VIP route {}/32 {} {}",
-                                    if add { "add" } else { "remove" },
-                                    chunk[i],
-                                    if add { "to" } else { "from" },
-                                    self.what
-                                ),
-                                io::Error::from_raw_os_error(code),
-                            ));
-                        }
-                    }
+        for (addr, res) in addrs.iter().zip(self.sock.batch(msgs)?) {
+            match res.map_err(|e| e.errno) {
+                Ok(()) => changed += 1,
+                // Already there / already gone: the wanted state holds.
+                Err(libc::EEXIST) if add => {}
+                Err(libc::ESRCH | libc::ENOENT) if !add => {}
+                Err(code) => {
+                    return Err(Error::Io(
+                        format!(
+                            "{} VIP route {addr}/32 {} {}",
+                            if add { "add" } else { "remove" },
+                            if add { "to" } else { "from" },
+                            self.what
+                        ),
+                        io::Error::from_raw_os_error(code),
+                    ));
                 }
             }
         }
@@ -233,70 +169,4 @@ impl VipAddrs {
             _ => None,
         })
     }
-
-    /// Sends messages in one datagram; returns the sequence number of the last.
-    fn send(&mut self, msgs: Vec<(RouteNetlinkMessage, u16)>) -> Result<u32> {
-        let mut out = Vec::new();
-        for (msg, flags) in msgs {
-            self.seq = self.seq.wrapping_add(1);
-            let mut h = NetlinkHeader::default();
-            h.flags = NLM_F_REQUEST | flags;
-            h.sequence_number = self.seq;
-            let mut m = NetlinkMessage::new(h, NetlinkPayload::InnerMessage(msg));
-            m.finalize();
-            let start = out.len();
-            out.resize(start + m.buffer_len(), 0);
-            m.serialize(&mut out[start..]);
-        }
-        self.sock
-            .send(&out, 0)
-            .map_err(|e| Error::Io(format!("netlink request to {}", self.what), e))?;
-        Ok(self.seq)
-    }
-
-    fn recv(&mut self) -> Result<()> {
-        self.buf.clear();
-        self.buf.reserve(RECV_BUF);
-        loop {
-            match self.sock.recv(&mut self.buf, 0) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::Io(format!("netlink answer from {}", self.what), e));
-                }
-            }
-        }
-    }
-}
-
-fn header(raw: &[u8]) -> (u16, u32) {
-    (
-        u16::from_ne_bytes([raw[4], raw[5]]),
-        u32::from_ne_bytes([raw[8], raw[9], raw[10], raw[11]]),
-    )
-}
-
-/// The error code of an NLMSG_ERROR payload, as a positive errno (0: success).
-fn ack_code(p: &[u8]) -> i32 {
-    if p.len() < 4 {
-        return libc::EIO;
-    }
-    -i32::from_ne_bytes([p[0], p[1], p[2], p[3]])
-}
-
-/// Splits a datagram into whole netlink messages (header included).
-fn split(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut off = 0usize;
-    std::iter::from_fn(move || {
-        if off + 16 > buf.len() {
-            return None;
-        }
-        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-        if len < 16 || off + len > buf.len() {
-            return None;
-        }
-        let m = &buf[off..off + len];
-        off += (len + 3) & !3;
-        Some(m)
-    })
 }

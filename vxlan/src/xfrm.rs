@@ -2,13 +2,9 @@
 //! kinds netagent makes (tagged with [`MARK`] as reqid and policy mark), dumped and changed one
 //! request at a time. Messages are netlink-packet-xfrm's.
 
-use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_xfrm::policy::{DelGetMessage as PolicyId, ModifyMessage as PolicyMsg};
 use netlink_packet_xfrm::state::{DelGetMessage as SaId, GetDumpMessage, ModifyMessage as SaMsg};
 use netlink_packet_xfrm::{
@@ -17,11 +13,11 @@ use netlink_packet_xfrm::{
     XFRM_MODE_TRANSPORT, XFRM_POLICY_ALLOW, XFRM_POLICY_OUT, XFRM_SHARE_ANY, XfrmAttrs,
     XfrmMessage,
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_XFRM};
 use netns::NetNs;
 
 use crate::error::{Error, Result};
-use crate::nl::{Counter, NLMSG_DONE, NLMSG_ERROR, NlError, parse_ack, split, split_raw};
+use crate::nl::{Counter, NlError};
+use nlsock::{NETLINK_XFRM, Sock};
 
 /// Docker's mark (0xD0C4E3): the reqid of every state netagent makes, the mark (full mask) of
 /// its outbound policies, and the packet mark its nftables table puts on encrypted VXLAN.
@@ -31,7 +27,6 @@ pub const AEAD: &str = "rfc4106(gcm(aes))";
 const ICV_BITS: u32 = 64;
 const AF_INET: u16 = libc::AF_INET as u16;
 const IPPROTO_UDP: u8 = libc::IPPROTO_UDP as u8;
-const RECV_BUF: usize = 256 << 10;
 
 /// An ESP transport-mode security association (one direction between two VTEPs).
 #[derive(Clone, PartialEq, Eq)]
@@ -157,37 +152,14 @@ fn sp_msg(sp: &Sp) -> XfrmMessage {
 
 /// One NETLINK_XFRM socket inside a namespace.
 pub(crate) struct Xfrm {
-    sock: Socket,
-    capped: bool,
-    ns: String,
-    seq: u32,
-    buf: Vec<u8>,
+    sock: Sock,
     writes: Arc<Counter>,
 }
 
 impl Xfrm {
     pub fn open(ns: &NetNs, writes: Arc<Counter>) -> Result<Xfrm> {
-        let (sock, capped) = ns
-            .run(|| -> io::Result<(Socket, bool)> {
-                let mut s = Socket::new(NETLINK_XFRM)?;
-                s.bind_auto()?;
-                s.connect(&SocketAddr::new(0, 0))?;
-                let _ = s.set_ext_ack(true);
-                let capped = s.set_cap_ack(true).is_ok();
-                Ok((s, capped))
-            })?
-            .map_err(|e| Error::Netlink {
-                op: "open an xfrm netlink socket".into(),
-                ns: ns.name().to_string(),
-                detail: e.to_string(),
-                errno: e.raw_os_error().unwrap_or(0),
-            })?;
         Ok(Xfrm {
-            sock,
-            capped,
-            ns: ns.name().to_string(),
-            seq: 0,
-            buf: Vec::with_capacity(RECV_BUF),
+            sock: Sock::open(ns, NETLINK_XFRM)?,
             writes,
         })
     }
@@ -195,45 +167,10 @@ impl Xfrm {
     fn err(&self, op: impl Into<String>, e: NlError) -> Error {
         Error::Netlink {
             op: op.into(),
-            ns: self.ns.clone(),
+            ns: self.sock.ns().to_string(),
             detail: e.to_string(),
             errno: e.errno,
         }
-    }
-
-    fn send(&mut self, msg: XfrmMessage, flags: u16) -> io::Result<u32> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.seq;
-        let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        m.finalize();
-        let mut out = vec![0u8; m.buffer_len()];
-        m.serialize(&mut out);
-        self.sock.send(&out, 0)?;
-        Ok(self.seq)
-    }
-
-    fn recv(&mut self) -> io::Result<()> {
-        self.buf.clear();
-        self.buf.reserve(RECV_BUF);
-        loop {
-            match self.sock.recv(&mut self.buf, 0) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn io(&self, op: &str, e: io::Error) -> Error {
-        self.err(
-            op,
-            NlError {
-                errno: e.raw_os_error().unwrap_or(libc::EIO),
-                msg: None,
-            },
-        )
     }
 
     /// Sends one request and waits for its acknowledgement; the kernel's error is returned
@@ -243,50 +180,15 @@ impl Xfrm {
         msg: XfrmMessage,
         what: &str,
     ) -> Result<std::result::Result<(), NlError>> {
-        tracing::debug!(ns = %self.ns, op = %what, "xfrm write");
-        let seq = self.send(msg, NLM_F_ACK).map_err(|e| self.io(what, e))?;
+        tracing::debug!(ns = %self.sock.ns(), op = %what, "xfrm write");
+        let answer = self.sock.request(msg, 0)?;
         self.writes.add(1);
-        loop {
-            self.recv().map_err(|e| self.io(what, e))?;
-            for (mtype, s, payload) in split(&self.buf) {
-                if s == seq && mtype == NLMSG_ERROR {
-                    return Ok(parse_ack(payload, self.capped));
-                }
-            }
-        }
+        Ok(answer)
     }
 
+    /// A dump's answers; an entry the parser cannot read is skipped.
     fn dump(&mut self, msg: XfrmMessage, what: &str) -> Result<Vec<XfrmMessage>> {
-        let seq = self.send(msg, NLM_F_DUMP).map_err(|e| self.io(what, e))?;
-        let mut out = Vec::new();
-        loop {
-            self.recv().map_err(|e| self.io(what, e))?;
-            let mut done = false;
-            for (mtype, s, payload) in split(&self.buf) {
-                if s != seq {
-                    continue;
-                }
-                if mtype == NLMSG_DONE {
-                    done = true;
-                } else if mtype == NLMSG_ERROR {
-                    if let Err(e) = parse_ack(payload, self.capped) {
-                        return Err(self.err(what, e));
-                    }
-                    done = true;
-                }
-            }
-            for raw in split_raw(&self.buf) {
-                if let Ok(m) = NetlinkMessage::<XfrmMessage>::deserialize(raw)
-                    && m.header.sequence_number == seq
-                    && let NetlinkPayload::InnerMessage(inner) = m.payload
-                {
-                    out.push(inner);
-                }
-            }
-            if done {
-                return Ok(out);
-            }
-        }
+        Ok(self.sock.dump(msg, what)?.into_iter().flatten().collect())
     }
 
     /// netagent's states: ESP, IPv4, reqid [`MARK`].

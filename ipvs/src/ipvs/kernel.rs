@@ -12,13 +12,41 @@ use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::protocols::{NETLINK_GENERIC, NETLINK_ROUTE};
 use netns::NetNs;
+use nlsock::{NETLINK_GENERIC, NETLINK_ROUTE, NlError, Sock};
 
 use super::diff::{DestView, SvcView, View};
 use super::msg::{AF_INET, FAMILY, IpvsMsg, Service, Timeouts};
-use super::nl::{NlError, Sock};
 use crate::{Error, Result};
+
+/// The crate's error for a request the kernel refused: operation `what` in namespace `ns`.
+pub(crate) fn refused(e: NlError, what: &str, ns: &str) -> Error {
+    let detail = e.msg.map(|m| format!(" ({m})")).unwrap_or_default();
+    Error::Io(
+        format!("{what} in namespace {ns}{detail}"),
+        std::io::Error::from_raw_os_error(e.errno),
+    )
+}
+
+impl From<nlsock::Error> for Error {
+    fn from(e: nlsock::Error) -> Error {
+        if e.errno == 0 {
+            return Error::Other(e.to_string());
+        }
+        Error::Io(
+            format!("{} in namespace {}", e.what, e.ns),
+            std::io::Error::from_raw_os_error(e.errno),
+        )
+    }
+}
+
+/// A dump's answers, every one parsed: an IPVS entry or address left out would read as one
+/// to add again.
+fn parsed<R>(all: Vec<std::result::Result<R, String>>, what: &str, ns: &str) -> Result<Vec<R>> {
+    all.into_iter()
+        .collect::<std::result::Result<Vec<R>, String>>()
+        .map_err(|e| Error::Other(format!("{what} in namespace {ns}: {e}")))
+}
 
 /// Resolves the IPVS generic netlink family id (family ids are global: any namespace answers).
 /// `None` when the kernel has no IPVS.
@@ -34,7 +62,7 @@ pub(crate) fn resolve_family(ns: &NetNs) -> Result<Option<u16>> {
             _ => None,
         })),
         Err(NlError { errno, .. }) if errno == libc::ENOENT => Ok(None),
-        Err(e) => Err(e.into_error("resolve the IPVS netlink family", ns.name())),
+        Err(e) => Err(refused(e, "resolve the IPVS netlink family", ns.name())),
     }
 }
 
@@ -170,7 +198,7 @@ impl Kernel {
                     "{what} in namespace {ns}: the answer has no timeouts"
                 ))
             }),
-            Err(e) => Err(e.into_error(what, &ns)),
+            Err(e) => Err(refused(e, what, &ns)),
         }
     }
 
@@ -190,7 +218,8 @@ impl Kernel {
         let mut seen: BTreeMap<u32, Service> = BTreeMap::new();
         for n in 0..DUMPS {
             let req = self.genl_msg(IpvsMsg::get_services());
-            let list: Vec<GenlMessage<IpvsMsg>> = self.genl.dump(req, what)?;
+            let list: Vec<GenlMessage<IpvsMsg>> =
+                parsed(self.genl.dump(req, what)?, what, self.genl.ns())?;
             let now: BTreeMap<u32, Service> = list
                 .iter()
                 .filter_map(|m| m.payload.service())
@@ -216,7 +245,8 @@ impl Kernel {
                 "list the destinations of IPVS service fwmark {}",
                 svc.fwmark
             );
-            let dests: Vec<GenlMessage<IpvsMsg>> = self.genl.dump(req, &what)?;
+            let dests: Vec<GenlMessage<IpvsMsg>> =
+                parsed(self.genl.dump(req, &what)?, &what, self.genl.ns())?;
             let dests = dests
                 .iter()
                 .filter_map(|d| d.payload.dest())
@@ -256,7 +286,7 @@ impl Kernel {
     /// Sends IPVS requests (pipelined); one result each.
     pub fn ipvs(&mut self, msgs: Vec<IpvsMsg>) -> Result<Vec<std::result::Result<(), NlError>>> {
         let msgs: Vec<_> = msgs.into_iter().map(|m| (self.genl_msg(m), 0)).collect();
-        self.genl.batch(msgs)
+        Ok(self.genl.batch(msgs)?)
     }
 
     /// The /32 addresses on the network's interface inside `subnet` other than the node's own
@@ -264,9 +294,9 @@ impl Kernel {
     pub fn vip_addrs(&mut self, subnet: &Ipv4Net, lb_addr: Ipv4Addr) -> Result<BTreeSet<Ipv4Addr>> {
         let mut req = AddressMessage::default();
         req.header.family = AddressFamily::Inet;
-        let msgs: Vec<RouteNetlinkMessage> = self
-            .rt
-            .dump(RouteNetlinkMessage::GetAddress(req), "list addresses")?;
+        let what = "list addresses";
+        let all = self.rt.dump(RouteNetlinkMessage::GetAddress(req), what)?;
+        let msgs: Vec<RouteNetlinkMessage> = parsed(all, what, self.rt.ns())?;
         let mut out = BTreeSet::new();
         for m in msgs {
             let RouteNetlinkMessage::NewAddress(a) = m else {
@@ -315,7 +345,33 @@ impl Kernel {
                     (RouteNetlinkMessage::DelAddress(m), 0)
                 }
             })
-            .collect();
-        self.rt.batch(msgs)
+            .collect::<Vec<_>>();
+        Ok(self.rt.batch(msgs)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_the_errno_and_the_kernels_message() {
+        let e = refused(
+            NlError {
+                errno: libc::ESRCH,
+                msg: Some("no such service".into()),
+            },
+            "delete IPVS service fwmark 300",
+            "lb-x",
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("fwmark 300 in namespace lb-x (no such service)"),
+            "{text}"
+        );
+        match e {
+            Error::Io(_, io) => assert_eq!(io.raw_os_error(), Some(libc::ESRCH)),
+            other => panic!("{other}"),
+        }
     }
 }

@@ -21,7 +21,6 @@ mod diff;
 mod kernel;
 mod msg;
 mod nft;
-mod nl;
 mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -260,7 +259,11 @@ fn execute(st: &mut NetState, ops: Vec<Op>) -> Result<u64> {
                 for (o, r) in group.into_iter().zip(results) {
                     match r {
                         Err(e) if !o.done_already(e.errno) => {
-                            first_err.get_or_insert(e.into_error(&o.describe(), st.kernel.name()));
+                            first_err.get_or_insert(kernel::refused(
+                                e,
+                                &o.describe(),
+                                st.kernel.name(),
+                            ));
                         }
                         _ => Op::Ipvs(o).apply_to(&mut st.view),
                     }
@@ -283,7 +286,7 @@ fn execute(st: &mut NetState, ops: Vec<Op>) -> Result<u64> {
                                 if add { "add" } else { "remove" },
                                 st.net.iface
                             );
-                            first_err.get_or_insert(e.into_error(&what, st.kernel.name()));
+                            first_err.get_or_insert(kernel::refused(e, &what, st.kernel.name()));
                         }
                         _ => Op::Addr(add, vip).apply_to(&mut st.view),
                     }
@@ -296,7 +299,8 @@ fn execute(st: &mut NetState, ops: Vec<Op>) -> Result<u64> {
                     Op::Timeouts(t) => {
                         let r = st.kernel.ipvs(vec![msg::IpvsMsg::set_config(*t)])?;
                         match r.into_iter().next() {
-                            Some(Err(e)) => Err(e.into_error(
+                            Some(Err(e)) => Err(kernel::refused(
+                                e,
                                 &format!("set the IPVS timeouts to {t:?}"),
                                 st.kernel.name(),
                             )),
