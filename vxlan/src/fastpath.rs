@@ -33,7 +33,7 @@ use crate::nl::Counter;
 use crate::spec::Mac;
 use crate::tcx::{
     TcMode, attach, chain, link_pin, load_programs, pinned_program_id, pinned_programs, program,
-    remove_key, remove_link_pin, remove_stale_link_pins, runs, tc_mode,
+    remove_key, remove_link_pin, remove_stale_link_pins, running, tc_mode,
 };
 use crate::{Error, Result};
 
@@ -317,16 +317,12 @@ impl Sandbox {
             TcMode::Tcx => BTreeMap::new(),
             TcMode::Filter => self.program_ids(),
         };
-        let running = ns
-            .run(|| {
-                todo.iter()
-                    .map(|(dev, _, hook)| {
-                        let prog = hook.program();
-                        runs(dev, prog, map_id, ids.get(prog).copied())
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .map_err(|e| fp_err("query tc programs", &self.ns_name)(e.to_string()))?;
+        let devs: Vec<(&str, &str)> = todo
+            .iter()
+            .map(|(dev, _, hook)| (dev.as_str(), hook.program()))
+            .collect();
+        let running =
+            running(ns, &devs, map_id, &ids).map_err(fp_err("query tc programs", &self.ns_name))?;
         let mut need = Vec::new();
         for ((dev, index, hook), ok) in todo.into_iter().zip(running) {
             match ok {

@@ -37,7 +37,7 @@ use netns::NetNs;
 use crate::ingress::{Proto, SBOX_GW_IF, Sbox};
 use crate::tcx::{
     TcMode, attach, chain, load_programs, pinned_program_id, pinned_programs, program, remove_key,
-    remove_link_pins, remove_stale_link_pins, runs, tc_mode,
+    remove_link_pins, remove_stale_link_pins, running, tc_mode,
 };
 use crate::{Error, Result};
 
@@ -198,13 +198,7 @@ pub(crate) fn sync(ns: &NetNs, dir: &Path, want: Option<&Want>) -> Result<u64> {
         .into_iter()
         .filter_map(|p| Some((p, pinned_program_id(dir, p)?)))
         .collect();
-    let running = ns
-        .run(|| {
-            devs.iter()
-                .map(|(d, p)| runs(d, p, map_id, ids.get(p).copied()))
-                .collect::<Vec<_>>()
-        })
-        .map_err(|e| err("query tc programs", ns)(e.to_string()))?;
+    let running = running(ns, &devs, map_id, &ids).map_err(err("query tc programs", ns))?;
     let mut from_pins = Vec::new();
     for ((dev, prog), ok) in devs.iter().zip(running) {
         if ok.map_err(err(format!("query the tc programs of {dev}"), ns))? {

@@ -7,9 +7,9 @@
 //! on a clsact qdisc ([`TcMode::Filter`]). A filter stays on its device until the device goes or
 //! it is removed: it has no link to pin, so the programs are pinned and an empty directory per
 //! device marks the filter (a bpffs holds no files); a restarted agent finds it by asking the
-//! device (`tc filter show`) for the pinned program's id.
+//! device for its filters (over netlink, as `tc filter show` does) and their programs' ids.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, MapError};
@@ -18,7 +18,12 @@ use aya::programs::tc::{NlOptions, TcAttachOptions, TcError};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::tc::{
+    TcAttribute, TcFilterBpf, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
+};
 use netns::NetNs;
+use nlsock::{NETLINK_ROUTE, Sock};
 
 /// The crate's tc programs (a filter's marker names only its device).
 const PROGRAMS: [&str; 4] = [
@@ -97,21 +102,47 @@ pub(crate) fn load_programs(bpf: &mut Ebpf, names: &[&str]) -> std::result::Resu
     Ok(())
 }
 
-/// Whether `dev` (in the calling thread's namespace) runs `prog` on the map `map_id` at its
-/// ingress: a TCX link; in [`TcMode::Filter`] a filter running the program of id `filter_prog`
-/// (the caller's pinned or loaded one; `None`: it has none, so no filter runs it).
-pub(crate) fn runs(
-    dev: &str,
-    prog: &str,
+/// Which of `devs` (device, program) in `ns` run their program on the map `map_id` at ingress:
+/// a TCX link; in [`TcMode::Filter`] a filter running the program whose id `ids` holds for the
+/// program's name (the caller's pinned or loaded one; none: it has none, so no filter runs it).
+/// One answer per device; the whole fails only when the namespace or its netlink socket does.
+pub(crate) fn running(
+    ns: &NetNs,
+    devs: &[(&str, &str)],
     map_id: u32,
-    filter_prog: Option<u32>,
-) -> std::result::Result<bool, String> {
-    if tc_mode() == TcMode::Filter {
-        return match filter_prog {
-            Some(id) => Ok(filter_programs(dev, prog)?.contains(&id)),
-            None => Ok(false),
-        };
+    ids: &BTreeMap<&str, u32>,
+) -> std::result::Result<Vec<std::result::Result<bool, String>>, String> {
+    if tc_mode() == TcMode::Tcx {
+        return ns
+            .run(|| {
+                devs.iter()
+                    .map(|(dev, prog)| tcx_runs(dev, prog, map_id))
+                    .collect()
+            })
+            .map_err(|e| e.to_string());
     }
+    let indexes: Vec<u32> = ns
+        .run(|| devs.iter().map(|(dev, _)| if_index(dev)).collect())
+        .map_err(|e| e.to_string())?;
+    let mut sock = Sock::open(ns, NETLINK_ROUTE).map_err(|e| e.to_string())?;
+    Ok(devs
+        .iter()
+        .zip(indexes)
+        .map(|((dev, prog), index)| {
+            let Some(id) = ids.get(prog) else {
+                return Ok(false);
+            };
+            if index == 0 {
+                return Err(format!("no device {dev}"));
+            }
+            Ok(filter_programs(&mut sock, index, prog)?.contains(id))
+        })
+        .collect())
+}
+
+/// Whether `dev` (in the calling thread's namespace) has a TCX link at ingress running `prog`
+/// on the map `map_id`.
+fn tcx_runs(dev: &str, prog: &str, map_id: u32) -> std::result::Result<bool, String> {
     let (_, progs) =
         SchedClassifier::query_tcx(dev, TcAttachType::Ingress).map_err(|e| chain(&e))?;
     for p in progs {
@@ -126,42 +157,69 @@ pub(crate) fn runs(
     Ok(false)
 }
 
-/// The ids of the programs named `prog` that filters on `dev`'s ingress run (`tc -j filter
-/// show`, in the calling thread's namespace).
-fn filter_programs(dev: &str, prog: &str) -> std::result::Result<Vec<u32>, String> {
-    let out = std::process::Command::new("tc")
-        .args(["-j", "filter", "show", "dev", dev, "ingress"])
-        .output()
-        .map_err(|e| format!("run tc: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "tc filter show dev {dev} ingress: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+/// The index of device `dev` in the calling thread's namespace (0: there is none).
+fn if_index(dev: &str) -> u32 {
+    match std::ffi::CString::new(dev) {
+        // SAFETY: a valid NUL-terminated string.
+        Ok(name) => unsafe { libc::if_nametoindex(name.as_ptr()) },
+        Err(_) => 0,
     }
-    Ok(parse_filters(&String::from_utf8_lossy(&out.stdout), prog))
 }
 
-/// The program ids of the bpf filters named `prog` in `tc -j filter show`'s output. tc names a
-/// filter's program `<name>` or `<name>:[<id>]`, by its version.
-fn parse_filters(json: &str, prog: &str) -> Vec<u32> {
-    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
-    let mut ids = Vec::new();
-    for f in v.as_array().into_iter().flatten() {
-        let o = &f["options"];
-        if f["kind"] != "bpf" {
-            continue;
-        }
-        let name = o["bpf_name"].as_str().unwrap_or_default();
-        let base = name.split(':').next().unwrap_or_default();
-        if base != prog {
-            continue;
-        }
-        if let Some(id) = o["prog"]["id"].as_u64().and_then(|i| u32::try_from(i).ok()) {
-            ids.push(id);
+/// The ids of the programs named `prog` that bpf filters on the ingress (clsact) of device
+/// `index` run: a dump of its filters (RTM_GETTFILTER, what `tc filter show` asks).
+fn filter_programs(
+    sock: &mut Sock,
+    index: u32,
+    prog: &str,
+) -> std::result::Result<Vec<u32>, String> {
+    let mut req = TcMessage::default();
+    req.header.index = index as i32;
+    req.header.parent = TcHandle {
+        major: u16::MAX,
+        minor: TcHandle::MIN_INGRESS,
+    };
+    let filters = sock
+        .dump::<_, RouteNetlinkMessage>(
+            RouteNetlinkMessage::GetTrafficFilter(req),
+            "list the tc filters",
+        )
+        .map_err(|e| e.to_string())?;
+    // A filter the parser cannot read is no bpf filter of ours (we write none it cannot).
+    Ok(filters
+        .into_iter()
+        .filter_map(|f| match f {
+            Ok(RouteNetlinkMessage::NewTrafficFilter(f)) => bpf_program(&f, prog),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The program id of a bpf filter that runs a program named `prog`. The kernel names a filter's
+/// program as the attaching process gave it; tc gives `<name>` or `<name>:[<id>]` by version.
+fn bpf_program(f: &TcMessage, prog: &str) -> Option<u32> {
+    if !f
+        .attributes
+        .iter()
+        .any(|a| matches!(a, TcAttribute::Kind(k) if k == TcFilterBpf::KIND))
+    {
+        return None;
+    }
+    let opts = f.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(o) => Some(o),
+        _ => None,
+    })?;
+    let (mut name, mut id) = (None, None);
+    for o in opts {
+        match o {
+            TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n.as_str()),
+            TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+            _ => {}
         }
     }
-    ids
+    (name?.split(':').next() == Some(prog))
+        .then_some(id)
+        .flatten()
 }
 
 /// The pin of the link on device `dev` in a pin directory.
@@ -373,22 +431,41 @@ pub(crate) fn attach(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_filters;
+    use super::*;
+
+    fn filter(kind: &str, name: Option<&str>, id: Option<u32>) -> TcMessage {
+        let mut f = TcMessage::default();
+        let mut opts = Vec::new();
+        if let Some(n) = name {
+            opts.push(TcOption::Bpf(TcFilterBpfOption::ProgName(n.into())));
+        }
+        if let Some(i) = id {
+            opts.push(TcOption::Bpf(TcFilterBpfOption::ProgId(i)));
+        }
+        f.attributes = vec![TcAttribute::Kind(kind.into()), TcAttribute::Options(opts)];
+        f
+    }
 
     #[test]
     fn filters_are_found_by_program_name_in_either_spelling() {
-        let json = r#"[{"protocol":"all","pref":49152,"kind":"bpf","chain":0},
-            {"protocol":"all","pref":49152,"kind":"bpf","chain":0,"options":{"handle":"0x1",
-             "bpf_name":"na_fp_veth_in","direct-action":true,"not_in_hw":true,
-             "prog":{"id":42,"name":"na_fp_veth_in","tag":"ab12","jited":1}}},
-            {"protocol":"all","pref":49153,"kind":"bpf","chain":0,"options":{"handle":"0x1",
-             "bpf_name":"na_fp_veth_in:[43]","prog":{"id":43}}},
-            {"protocol":"all","pref":49154,"kind":"bpf","chain":0,"options":{"handle":"0x1",
-             "bpf_name":"other","prog":{"id":44}}},
-            {"protocol":"all","pref":49155,"kind":"u32","chain":0,"options":{}}]"#;
-        assert_eq!(parse_filters(json, "na_fp_veth_in"), vec![42, 43]);
-        assert_eq!(parse_filters(json, "na_fp_vxlan_in"), Vec::<u32>::new());
-        assert_eq!(parse_filters("", "x"), Vec::<u32>::new());
-        assert_eq!(parse_filters("not json", "x"), Vec::<u32>::new());
+        let prog = "na_fp_veth_in";
+        assert_eq!(
+            bpf_program(&filter("bpf", Some(prog), Some(42)), prog),
+            Some(42)
+        );
+        let tc_named = filter("bpf", Some("na_fp_veth_in:[43]"), Some(43));
+        assert_eq!(bpf_program(&tc_named, prog), Some(43));
+        // Another program, another kind, a filter without options or without an id.
+        assert_eq!(
+            bpf_program(&filter("bpf", Some("other"), Some(44)), prog),
+            None
+        );
+        assert_eq!(
+            bpf_program(&filter("u32", Some(prog), Some(45)), prog),
+            None
+        );
+        assert_eq!(bpf_program(&filter("bpf", None, Some(46)), prog), None);
+        assert_eq!(bpf_program(&filter("bpf", Some(prog), None), prog), None);
+        assert_eq!(bpf_program(&TcMessage::default(), prog), None);
     }
 }
