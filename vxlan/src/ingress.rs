@@ -343,6 +343,33 @@ fn sysctl(ns: &NetNs, key: &str, value: &str) -> Result<u64> {
 }
 
 /// The rules (fwmark, table) at [`RULE_PRIORITY`] in a namespace.
+/// Removes the policy rule `fwmark <mark> lookup <table>` at [`RULE_PRIORITY`] and empties the
+/// table; returns the writes (2).
+fn remove_rule_and_table(ns: &NetNs, mark: u32, table: u32) -> Result<u64> {
+    run_ok(
+        ns,
+        "ip",
+        &[
+            "rule",
+            "del",
+            "priority",
+            &RULE_PRIORITY.to_string(),
+            "fwmark",
+            &format!("{mark:#x}"),
+            "lookup",
+            &table.to_string(),
+        ],
+    )?;
+    let _ = run(
+        ns,
+        "ip",
+        &["route", "flush", "table", &table.to_string()],
+        None,
+    )?;
+    wrote(ns, &format!("remove rule and table {table}"));
+    Ok(2)
+}
+
 fn our_rules(ns: &NetNs) -> Result<Vec<(u32, u32)>> {
     let out = run_ok(ns, "ip", &["-j", "-4", "rule", "show"])?;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
@@ -510,28 +537,7 @@ impl Ingress {
         let have = our_rules(&ns)?;
         for (mark, table) in &have {
             if !want.contains(mark) || mark != table {
-                run_ok(
-                    &ns,
-                    "ip",
-                    &[
-                        "rule",
-                        "del",
-                        "priority",
-                        &RULE_PRIORITY.to_string(),
-                        "fwmark",
-                        &format!("{mark:#x}"),
-                        "lookup",
-                        &table.to_string(),
-                    ],
-                )?;
-                let _ = run(
-                    &ns,
-                    "ip",
-                    &["route", "flush", "table", &table.to_string()],
-                    None,
-                )?;
-                wrote(&ns, &format!("remove rule and table {table}"));
-                self.writes += 2;
+                self.writes += remove_rule_and_table(&ns, *mark, *table)?;
             }
         }
         for sbox in &r.sboxes {
@@ -594,27 +600,7 @@ impl Ingress {
         };
         self.writes += ensure_table(&ns, None)?;
         for (mark, table) in our_rules(&ns)? {
-            run_ok(
-                &ns,
-                "ip",
-                &[
-                    "rule",
-                    "del",
-                    "priority",
-                    &RULE_PRIORITY.to_string(),
-                    "fwmark",
-                    &format!("{mark:#x}"),
-                    "lookup",
-                    &table.to_string(),
-                ],
-            )?;
-            let _ = run(
-                &ns,
-                "ip",
-                &["route", "flush", "table", &table.to_string()],
-                None,
-            )?;
-            self.writes += 2;
+            self.writes += remove_rule_and_table(&ns, mark, table)?;
         }
         Ok(())
     }
