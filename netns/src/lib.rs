@@ -312,6 +312,38 @@ impl NetNs {
         cmd
     }
 
+    /// Runs `program args` inside the namespace to its end, `input` on its stdin (none: an
+    /// empty stdin). A program that exits before reading all of its input is no error here:
+    /// its status and stderr say why.
+    pub fn run_program(
+        &self,
+        program: &str,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> io::Result<Ran> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut cmd = self.command(program);
+        cmd.args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        let out = child.wait_with_output()?;
+        Ok(Ran {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+
     /// Makes an existing `Command` enter this namespace before `exec`.
     pub fn prepare(&self, cmd: &mut Command) {
         let fd = self.file.try_clone().expect("dup of a namespace fd");
@@ -329,6 +361,16 @@ impl NetNs {
     pub fn delete(self) -> Result<()> {
         delete(&self.name)
     }
+}
+
+/// How a program run by [`NetNs::run_program`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    /// It exited with status 0.
+    pub ok: bool,
+    pub stdout: String,
+    /// Its standard error, trimmed.
+    pub stderr: String,
 }
 
 /// Deletes the named namespace `/run/netns/NAME`; a missing one is not an error.
@@ -435,6 +477,40 @@ mod tests {
 
     fn is_root() -> bool {
         nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn programs_run_inside_with_input_and_their_ending() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        /// Deletes the namespace when the test ends, failed or not.
+        struct Gone(String);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = delete(&self.0);
+            }
+        }
+        let name = format!("nstest-{}-prog", std::process::id());
+        let ns = NetNs::create(&name).unwrap();
+        let _gone = Gone(name);
+        let inside = ns.inode().unwrap();
+        let r = ns
+            .run_program("readlink", &["/proc/self/ns/net"], None)
+            .unwrap();
+        assert!(r.ok && r.stdout.contains(&inside.to_string()), "{r:?}");
+        let r = ns.run_program("cat", &[], Some("a line\n")).unwrap();
+        assert_eq!((r.ok, r.stdout.as_str()), (true, "a line\n"));
+        let r = ns
+            .run_program("sh", &["-c", "echo why >&2; exit 3"], None)
+            .unwrap();
+        assert_eq!((r.ok, r.stderr.as_str()), (false, "why"));
+        // A program that exits without reading a large input: its own ending, no error.
+        let big = "x".repeat(4 << 20);
+        let r = ns.run_program("sh", &["-c", "exit 4"], Some(&big)).unwrap();
+        assert!(!r.ok);
+        assert!(ns.run_program("no-such-program-here", &[], None).is_err());
     }
 
     #[test]

@@ -23,10 +23,8 @@
 //!   (`fwmark <sbox> lookup <sbox>`, priority [`RULE_PRIORITY`]) routes them via that sbox.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use netns::NetNs;
 
@@ -137,31 +135,10 @@ fn run(
     args: &[&str],
     input: Option<&str>,
 ) -> Result<(bool, String, String)> {
-    let mut cmd: Command = ns.command(program);
-    cmd.args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let what = format!("{program} {}", args.join(" "));
-    let mut child = cmd.spawn().map_err(|e| nft_err(&what, ns, e.to_string()))?;
-    if let Some(text) = input {
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| nft_err(&what, ns, e.to_string()))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| nft_err(&what, ns, e.to_string()))?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    ))
+    let r = ns
+        .run_program(program, args, input)
+        .map_err(|e| nft_err(&format!("{program} {}", args.join(" ")), ns, e.to_string()))?;
+    Ok((r.ok, r.stdout, r.stderr))
 }
 
 pub(crate) fn run_ok(ns: &NetNs, program: &str, args: &[&str]) -> Result<String> {

@@ -1,9 +1,6 @@
 //! The gateway bridge's nftables table (masquerade, no traffic between tasks) and sysctls, both
 //! applied inside the node namespace.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use ipnet::Ipv4Net;
 use netns::NetNs;
 
@@ -39,32 +36,12 @@ pub(crate) fn nft(
     args: &[&str],
     input: Option<&str>,
 ) -> Result<(bool, String, String)> {
-    let mut cmd: Command = ns.command("nft");
-    cmd.args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let err = |detail: String| Error::Nft {
+    let r = ns.run_program("nft", args, input).map_err(|e| Error::Nft {
         what: format!("nft {}", args.join(" ")),
         ns: ns.name().to_string(),
-        detail,
-    };
-    let mut child = cmd.spawn().map_err(|e| err(e.to_string()))?;
-    if let Some(text) = input {
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        // nft may exit before reading all of it (an error): its status and stderr tell why.
-        let _ = stdin.write_all(text.as_bytes());
-    }
-    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    ))
+        detail: e.to_string(),
+    })?;
+    Ok((r.ok, r.stdout, r.stderr))
 }
 
 /// Whether the table exists and holds exactly the rules tagged `tag` (two chains, two rules).

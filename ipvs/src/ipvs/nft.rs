@@ -11,9 +11,7 @@
 //!   packets), so the backends' replies come back through IPVS (Docker's `configureFWMark`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 use netns::NetNs;
@@ -160,33 +158,11 @@ impl Elems {
 }
 
 fn nft(ns: &NetNs, args: &[&str], input: Option<&str>) -> Result<(bool, String, String)> {
-    let mut cmd: Command = ns.command("nft");
-    cmd.args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let what = format!("nft {} in namespace {}", args.join(" "), ns.name());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::Io(format!("{what} (is nftables installed?)"), e))?;
-    if let Some(text) = input {
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| Error::Io(what.clone(), e))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::Io(what.clone(), e))?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    ))
+    let r = ns.run_program("nft", args, input).map_err(|e| {
+        let what = format!("nft {} in namespace {}", args.join(" "), ns.name());
+        Error::Io(format!("{what} (is nftables installed?)"), e)
+    })?;
+    Ok((r.ok, r.stdout, r.stderr))
 }
 
 /// Runs one nft transaction.
