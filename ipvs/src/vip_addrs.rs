@@ -41,19 +41,15 @@ impl VipAddrs {
         let what = format!("{iface} in {}", netns.display());
         let ns = NetNs::open_path(&netns.display().to_string(), netns)
             .map_err(|e| Error::Other(format!("load-balancer namespace of {what}: {e}")))?;
-        let name = std::ffi::CString::new(iface)
-            .map_err(|_| Error::Other(format!("interface name {iface:?} has a NUL byte")))?;
         let index = ns
-            .run(|| -> io::Result<u32> {
-                // SAFETY: a valid NUL-terminated string.
-                let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                if index == 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(index)
-            })
+            .if_index(iface)
             .map_err(|e| Error::Other(format!("enter the namespace of {what}: {e}")))?
-            .map_err(|e| Error::Io(format!("open {what}"), e))?;
+            .ok_or_else(|| {
+                Error::Io(
+                    format!("open {what}"),
+                    io::Error::from_raw_os_error(libc::ENODEV),
+                )
+            })?;
         Ok(VipAddrs {
             sock: Sock::open(&ns, NETLINK_ROUTE)?,
             what,

@@ -304,6 +304,22 @@ impl NetNs {
         })
     }
 
+    /// The index of each interface `names` names in this namespace (`None`: there is none),
+    /// looked up from one thread inside it.
+    pub fn if_indexes(&self, names: &[&str]) -> Result<Vec<Option<u32>>> {
+        self.run(|| {
+            names
+                .iter()
+                .map(|n| nix::net::if_::if_nametoindex(*n).ok().filter(|i| *i != 0))
+                .collect()
+        })
+    }
+
+    /// The index of interface `name` in this namespace (`None`: there is none).
+    pub fn if_index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.if_indexes(&[name])?.pop().flatten())
+    }
+
     /// A `Command` whose process enters this namespace before `exec` (not `ip netns exec`:
     /// the mount namespace, /sys and the cgroup2 mount stay those of the caller).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -496,6 +512,11 @@ mod tests {
         let ns = NetNs::create(&name).unwrap();
         let _gone = Gone(name);
         let inside = ns.inode().unwrap();
+        assert_eq!(
+            ns.if_indexes(&["lo", "no-such-if", "bad\0name"]).unwrap(),
+            vec![Some(1), None, None]
+        );
+        assert_eq!(ns.if_index("lo").unwrap(), Some(1));
         let r = ns
             .run_program("readlink", &["/proc/self/ns/net"], None)
             .unwrap();

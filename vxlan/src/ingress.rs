@@ -319,7 +319,6 @@ fn sysctl(ns: &NetNs, key: &str, value: &str) -> Result<u64> {
     Ok(u64::from(w))
 }
 
-/// The rules (fwmark, table) at [`RULE_PRIORITY`] in a namespace.
 /// Removes the policy rule `fwmark <mark> lookup <table>` at [`RULE_PRIORITY`] and empties the
 /// table; returns the writes (2).
 fn remove_rule_and_table(ns: &NetNs, mark: u32, table: u32) -> Result<u64> {
@@ -347,6 +346,7 @@ fn remove_rule_and_table(ns: &NetNs, mark: u32, table: u32) -> Result<u64> {
     Ok(2)
 }
 
+/// The rules (fwmark, table) at [`RULE_PRIORITY`] in a namespace.
 fn our_rules(ns: &NetNs) -> Result<Vec<(u32, u32)>> {
     let out = run_ok(ns, "ip", &["-j", "-4", "rule", "show"])?;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();

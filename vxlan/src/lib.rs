@@ -215,15 +215,6 @@ impl Ctx {
     fn sandbox_prefix(&self) -> String {
         format!("{}{SANDBOX_TAG}", self.prefix)
     }
-
-    fn netlink_err(&self, op: impl Into<String>, ns: &str, e: nl::NlError) -> Error {
-        Error::Netlink {
-            op: op.into(),
-            ns: ns.to_string(),
-            detail: e.to_string(),
-            errno: e.errno,
-        }
-    }
 }
 
 impl Dataplane {

@@ -20,12 +20,7 @@ pub(crate) fn batch_ignoring(nl: &mut Nl, reqs: Vec<Req>, ignore: &[i32]) -> Res
         if let Err(e) = r
             && !ignore.contains(&e.errno)
         {
-            return Err(Error::Netlink {
-                op: what,
-                ns: nl.ns_name().to_string(),
-                detail: e.to_string(),
-                errno: e.errno,
-            });
+            return Err(Error::refused(what, nl.ns_name(), e));
         }
     }
     Ok(())

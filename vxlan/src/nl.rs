@@ -39,6 +39,18 @@ impl Counter {
     }
 }
 
+impl Error {
+    /// The kernel refused operation `op` in namespace `ns`.
+    pub(crate) fn refused(op: impl Into<String>, ns: &str, e: NlError) -> Error {
+        Error::Netlink {
+            op: op.into(),
+            ns: ns.to_string(),
+            detail: e.to_string(),
+            errno: e.errno,
+        }
+    }
+}
+
 impl From<nlsock::Error> for Error {
     fn from(e: nlsock::Error) -> Error {
         Error::Netlink {
@@ -85,20 +97,11 @@ impl Nl {
         self.sock.ns()
     }
 
-    fn netlink_err(&self, op: String, e: NlError) -> Error {
-        Error::Netlink {
-            op,
-            ns: self.ns_name().to_string(),
-            detail: e.to_string(),
-            errno: e.errno,
-        }
-    }
-
     /// Sends one mutating request and waits for its acknowledgement.
     pub fn request(&mut self, req: Req) -> Result<()> {
         let what = req.what.clone();
         match self.batch(vec![req])?.pop() {
-            Some(Err(e)) => Err(self.netlink_err(what, e)),
+            Some(Err(e)) => Err(Error::refused(what, self.ns_name(), e)),
             _ => Ok(()),
         }
     }
@@ -136,7 +139,7 @@ impl Nl {
         match self.sock.get(msg, &what)? {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.errno == libc::ENODEV || e.errno == libc::ENOENT => Ok(None),
-            Err(e) => Err(self.netlink_err(what, e)),
+            Err(e) => Err(Error::refused(what, self.ns_name(), e)),
         }
     }
 

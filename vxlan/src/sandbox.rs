@@ -144,7 +144,7 @@ pub(crate) fn reconcile_sandbox(ctx: &Ctx, node_nl: &mut Nl, net: &mut Net) -> R
                     node_nl
                         .try_request(kernel::new_vxlan(&spec))?
                         .map_err(|e| {
-                            ctx.netlink_err(
+                            Error::refused(
                                 format!("create {VXLAN} for network {}", net.spec.id),
                                 ctx.node.name(),
                                 e,
@@ -152,7 +152,7 @@ pub(crate) fn reconcile_sandbox(ctx: &Ctx, node_nl: &mut Nl, net: &mut Net) -> R
                         })?;
                 }
                 Err(e) => {
-                    return Err(ctx.netlink_err(
+                    return Err(Error::refused(
                         format!("create {VXLAN} for network {}", net.spec.id),
                         ctx.node.name(),
                         e,

@@ -121,9 +121,12 @@ pub(crate) fn running(
             })
             .map_err(|e| e.to_string());
     }
-    let indexes: Vec<u32> = ns
-        .run(|| devs.iter().map(|(dev, _)| if_index(dev)).collect())
-        .map_err(|e| e.to_string())?;
+    // Without a program of ours there is no filter of ours to find: no socket to open.
+    if !devs.iter().any(|(_, prog)| ids.contains_key(prog)) {
+        return Ok(vec![Ok(false); devs.len()]);
+    }
+    let names: Vec<&str> = devs.iter().map(|(dev, _)| *dev).collect();
+    let indexes = ns.if_indexes(&names).map_err(|e| e.to_string())?;
     let mut sock = Sock::open(ns, NETLINK_ROUTE).map_err(|e| e.to_string())?;
     Ok(devs
         .iter()
@@ -132,9 +135,7 @@ pub(crate) fn running(
             let Some(id) = ids.get(prog) else {
                 return Ok(false);
             };
-            if index == 0 {
-                return Err(format!("no device {dev}"));
-            }
+            let index = index.ok_or_else(|| format!("no device {dev}"))?;
             Ok(filter_programs(&mut sock, index, prog)?.contains(id))
         })
         .collect())
@@ -155,15 +156,6 @@ fn tcx_runs(dev: &str, prog: &str, map_id: u32) -> std::result::Result<bool, Str
         }
     }
     Ok(false)
-}
-
-/// The index of device `dev` in the calling thread's namespace (0: there is none).
-fn if_index(dev: &str) -> u32 {
-    match std::ffi::CString::new(dev) {
-        // SAFETY: a valid NUL-terminated string.
-        Ok(name) => unsafe { libc::if_nametoindex(name.as_ptr()) },
-        Err(_) => 0,
-    }
 }
 
 /// The ids of the programs named `prog` that bpf filters on the ingress (clsact) of device

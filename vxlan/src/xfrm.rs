@@ -164,15 +164,6 @@ impl Xfrm {
         })
     }
 
-    fn err(&self, op: impl Into<String>, e: NlError) -> Error {
-        Error::Netlink {
-            op: op.into(),
-            ns: self.sock.ns().to_string(),
-            detail: e.to_string(),
-            errno: e.errno,
-        }
-    }
-
     /// Sends one request and waits for its acknowledgement; the kernel's error is returned
     /// for the caller to interpret. Counts a write.
     fn request(
@@ -277,7 +268,9 @@ impl Xfrm {
             nlas: vec![XfrmAttrs::SrcAddr(addr(sa.src))],
         });
         match self.request(msg, &what)? {
-            Err(e) if e.errno != libc::ESRCH && e.errno != libc::ENOENT => Err(self.err(what, e)),
+            Err(e) if e.errno != libc::ESRCH && e.errno != libc::ENOENT => {
+                Err(Error::refused(what, self.sock.ns(), e))
+            }
             _ => Ok(()),
         }
     }
@@ -289,7 +282,7 @@ impl Xfrm {
             sp.src, sp.dst, sp.dport, sp.spi
         );
         self.request(sp_msg(sp), &what)?
-            .map_err(|e| self.err(what, e))
+            .map_err(|e| Error::refused(what, self.sock.ns(), e))
     }
 
     /// Deletes an outbound policy; an absent one is fine.
@@ -307,7 +300,9 @@ impl Xfrm {
             nlas: vec![mark_nla()],
         });
         match self.request(msg, &what)? {
-            Err(e) if e.errno != libc::ENOENT && e.errno != libc::ESRCH => Err(self.err(what, e)),
+            Err(e) if e.errno != libc::ENOENT && e.errno != libc::ESRCH => {
+                Err(Error::refused(what, self.sock.ns(), e))
+            }
             _ => Ok(()),
         }
     }

@@ -104,17 +104,14 @@ impl Kernel {
         let ns = NetNs::open_path(&name, path).map_err(|e| {
             Error::Other(format!("load-balancer namespace {}: {e}", path.display()))
         })?;
-        let cname = std::ffi::CString::new(iface)
-            .map_err(|_| Error::Other(format!("interface name {iface:?} has a NUL byte")))?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string; the thread is inside `ns`.
         let ifindex = ns
-            .run(|| unsafe { libc::if_nametoindex(cname.as_ptr()) })
-            .map_err(|e| Error::Other(format!("enter namespace {name}: {e}")))?;
-        if ifindex == 0 {
-            return Err(Error::Other(format!(
-                "no interface {iface} in load-balancer namespace {name}"
-            )));
-        }
+            .if_index(iface)
+            .map_err(|e| Error::Other(format!("enter namespace {name}: {e}")))?
+            .ok_or_else(|| {
+                Error::Other(format!(
+                    "no interface {iface:?} in load-balancer namespace {name}"
+                ))
+            })?;
         Ok(Kernel {
             genl: Sock::open(&ns, NETLINK_GENERIC)?,
             rt: Sock::open(&ns, NETLINK_ROUTE)?,
