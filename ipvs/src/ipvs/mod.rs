@@ -463,7 +463,8 @@ impl LoadBalancer for IpvsLb {
                 .filter(|(m, _)| ours(m))
                 .map(|(_, s)| s.dests.len() as u64)
                 .sum::<u64>();
-            for (mark, n) in st.kernel.conns()? {
+            let known: BTreeSet<u32> = st.view.services.keys().copied().collect();
+            for (mark, n) in st.kernel.conns(&known)? {
                 if ours(&mark) {
                     conns.insert((id.clone(), mark), n);
                 }

@@ -486,6 +486,11 @@ impl IpvsMsg {
         IpvsMsg::new(cmd::GET_SERVICE, vec![])
     }
 
+    /// Request (not a dump) for one fwmark service; the kernel answers ESRCH when there is none.
+    pub fn get_service(mark: u32) -> IpvsMsg {
+        IpvsMsg::new(cmd::GET_SERVICE, vec![IpvsAttr::Service(fwmark_id(mark))])
+    }
+
     /// Dump request for the destinations of one fwmark service.
     pub fn get_dests(mark: u32) -> IpvsMsg {
         IpvsMsg::new(cmd::GET_DEST, vec![IpvsAttr::Service(fwmark_id(mark))])
