@@ -119,6 +119,30 @@ fn published_port_answers_on_every_node_with_the_client_address() {
             "the tasks see the client's own address through node{i}"
         );
     }
+    // An address node3 gains after its mesh was applied is published too, and on the
+    // shortcut's path as soon as the agent hears of it (the kernel's address notification),
+    // not only at the mesh's next change. node3 runs no task: its sbox alone answers there.
+    let extra = std::net::Ipv4Addr::new(198, 19, 255, 203);
+    let node3_sh = |cmd: String| s.lab.node(3).sh(&cmd).unwrap();
+    node3_sh(format!("ip addr add {extra}/15 dev eth0"));
+    s.wait("both tasks answer through node3's new address", || {
+        let (tasks, _, failed) = load(&s, extra, 8080, 10);
+        failed.is_empty() && tasks.len() == 2
+    });
+    if shortcut {
+        s.wait("node3's shortcut takes its new address", || {
+            let tracked = node_tracked(3);
+            let (_, _, failed) = load(&s, extra, 8080, 10);
+            failed.is_empty() && node_tracked(3) <= tracked
+        });
+    }
+    node3_sh(format!("ip addr del {extra}/15 dev eth0"));
+    let (_, _, failed) = load(&s, s.lab.node(3).addr(), 8080, 10);
+    assert!(
+        failed.is_empty(),
+        "through node3 after its extra address went: {failed:?}"
+    );
+
     // The tasks log it: their output files on node1 and node2.
     for i in 1..=2 {
         let logs = s

@@ -2,9 +2,13 @@
 //! NETLINK_XFRM, NETLINK_GENERIC): a socket opened inside one network namespace (it stays bound
 //! to it), mutating requests pipelined with their acknowledgements, requests with one answer,
 //! and dumps. The messages are any `netlink-packet-*` type; callers keep their own error types
-//! and their own bookkeeping (write counters, logs) around it.
+//! and their own bookkeeping (write counters, logs) around it. [`Events`] is told of changes
+//! (multicast notifications).
 
 use std::io;
+
+mod events;
+pub use events::{Events, RTMGRP_IPV4_IFADDR};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,

@@ -2,6 +2,7 @@ use super::*;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use std::time::Duration;
 
 fn nlmsg(mtype: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
     let len = 16 + payload.len();
@@ -167,4 +168,41 @@ fn requests_dumps_and_gets_in_a_namespace() {
 fn nix_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Notifications: an address added inside the namespace wakes a subscriber there (once: the
+/// queue is read out), one added in another namespace does not, and a quiet wait says so.
+#[test]
+fn address_notifications_of_one_namespace() {
+    if !nix_root() {
+        eprintln!("skipped: needs root (a network namespace)");
+        return;
+    }
+    let pid = std::process::id();
+    let ns = Ns(Some(NetNs::create(&format!("nlsock-ev-{pid}")).unwrap()));
+    let other = Ns(Some(NetNs::create(&format!("nlsock-ev2-{pid}")).unwrap()));
+    let (ns_ref, other_ref) = (ns.0.as_ref().unwrap(), other.0.as_ref().unwrap());
+    let ip = |n: &NetNs, args: &str| {
+        let args: Vec<&str> = args.split(' ').collect();
+        let r = n.run_program("ip", &args, None).unwrap();
+        assert!(r.ok, "ip {args:?}: {}", r.stderr);
+    };
+    for n in [ns_ref, other_ref] {
+        ip(n, "link add b0 type bridge");
+        ip(n, "link set b0 up");
+    }
+    let mut ev = Events::open(ns_ref, NETLINK_ROUTE, RTMGRP_IPV4_IFADDR).unwrap();
+    let quiet = Duration::from_millis(200);
+    assert!(!ev.wait(quiet).unwrap(), "nothing changed yet");
+    ip(other_ref, "addr add 192.0.2.1/24 dev b0");
+    assert!(!ev.wait(quiet).unwrap(), "another namespace's address");
+    ip(ns_ref, "addr add 192.0.2.1/24 dev b0");
+    ip(ns_ref, "addr add 192.0.2.2/24 dev b0");
+    assert!(ev.wait(Duration::from_secs(5)).unwrap(), "an address added");
+    assert!(!ev.wait(quiet).unwrap(), "both notifications read at once");
+    ip(ns_ref, "addr del 192.0.2.2/24 dev b0");
+    assert!(
+        ev.wait(Duration::from_secs(5)).unwrap(),
+        "an address removed"
+    );
 }

@@ -32,6 +32,19 @@ pub(crate) struct IngressRt {
     specs: BTreeMap<String, vxlan::Network>,
 }
 
+impl IngressRt {
+    /// Whether the mesh last applied has an sbox (published ports balanced on this node).
+    pub(crate) fn has_sbox(&self) -> bool {
+        self.applied.as_ref().is_some_and(|a| a.sbox.is_some())
+    }
+
+    /// Makes the next [`Executor::sync_ingress`] apply the mesh even when its desired state is
+    /// unchanged (what it reads from the kernel, such as the node's addresses, changed).
+    pub(crate) fn forget_applied(&mut self) {
+        self.applied = None;
+    }
+}
+
 fn proto(p: Protocol) -> Proto {
     match p {
         Protocol::Tcp => Proto::Tcp,

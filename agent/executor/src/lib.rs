@@ -4,7 +4,8 @@
 //!
 //! - [`feed`]: the node's assignments from the dispatcher session: the whole set, then deltas.
 //! - [`node`]: the loop: a full pass at start (and after a failure), then events (assignment
-//!   changes, gossip, task exits) handled one task or network at a time.
+//!   changes, gossip, task exits, the node's addresses coming and going: `node_addrs`) handled
+//!   one task or network at a time; `changes`: what changed in the assignments, by id.
 //! - `tasks`: a task's life (namespace, endpoints, start, watch, stop, removal, its gossip
 //!   entries); `networks`: a network's presence on the node (sandbox, subscription, peers,
 //!   load-balancer endpoint); `plane`: the handle on the `vxlan` data plane; `discovery`: the
@@ -14,6 +15,7 @@
 //!   outlives an agent restart and its exit code is never lost.
 
 mod balancer;
+mod changes;
 mod discovery;
 mod error;
 pub mod feed;
@@ -21,6 +23,7 @@ mod ingress;
 mod ipsec;
 mod networks;
 pub mod node;
+mod node_addrs;
 pub mod plan;
 mod plane;
 pub mod runner;
