@@ -137,6 +137,7 @@ impl Kernel {
     }
 
     /// Reads everything netagent manages in this namespace.
+    ///
     /// The marks the namespace's nftables rules give VIPs are the services looked up one by
     /// one when no dump listed them (see [`Kernel::fwmark_services`]).
     pub fn read(&mut self, subnet: &Ipv4Net, lb_addr: Ipv4Addr) -> Result<View> {
