@@ -9,7 +9,7 @@ use std::time::Duration;
 use netlink_sys::{Socket, SocketAddr};
 use netns::NetNs;
 
-use crate::{Error, RECV_BUF, Result};
+use crate::{Error, RECV_BUF, Result, io_error, socket_in};
 
 /// The multicast group bit of IPv4 address notifications (`RTMGRP_IPV4_IFADDR`).
 pub const RTMGRP_IPV4_IFADDR: u32 = 0x10;
@@ -25,21 +25,12 @@ impl Events {
     /// Subscribes to the groups `groups` (a bit mask such as [`RTMGRP_IPV4_IFADDR`]) of
     /// `protocol` inside `ns`.
     pub fn open(ns: &NetNs, protocol: isize, groups: u32) -> Result<Events> {
-        let err = |detail: String, errno: i32| Error {
-            what: "subscribe to netlink notifications".into(),
-            ns: ns.name().to_string(),
-            errno,
-            detail,
-        };
-        let sock = ns
-            .run(|| -> io::Result<Socket> {
-                let mut s = Socket::new(protocol)?;
-                s.bind(&SocketAddr::new(0, groups))?;
-                s.set_non_blocking(true)?;
-                Ok(s)
-            })
-            .map_err(|e| err(format!("enter the namespace: {e}"), 0))?
-            .map_err(|e| err(e.to_string(), e.raw_os_error().unwrap_or(0)))?;
+        let what = "subscribe to netlink notifications";
+        let sock = socket_in(ns, protocol, what, |mut s| {
+            s.bind(&SocketAddr::new(0, groups))?;
+            s.set_non_blocking(true)?;
+            Ok(s)
+        })?;
         Ok(Events {
             sock,
             ns: ns.name().to_string(),
@@ -84,11 +75,6 @@ impl Events {
     }
 
     fn err(&self, e: io::Error) -> Error {
-        Error {
-            what: "read netlink notifications".into(),
-            ns: self.ns.clone(),
-            errno: e.raw_os_error().unwrap_or(0),
-            detail: e.to_string(),
-        }
+        io_error("read netlink notifications", &self.ns, e)
     }
 }

@@ -79,25 +79,15 @@ pub struct Sock {
 impl Sock {
     /// Opens a socket of `protocol` (`NETLINK_ROUTE`, ...) inside `ns`.
     pub fn open(ns: &NetNs, protocol: isize) -> Result<Sock> {
-        let err = |detail: String, errno: i32| Error {
-            what: "open a netlink socket".into(),
-            ns: ns.name().to_string(),
-            errno,
-            detail,
-        };
-        let (sock, capped) = ns
-            .run(|| -> io::Result<(Socket, bool)> {
-                let mut s = Socket::new(protocol)?;
-                s.bind_auto()?;
-                s.connect(&SocketAddr::new(0, 0))?;
-                // Best effort: error messages from the kernel and short acknowledgements.
-                let _ = s.set_ext_ack(true);
-                let capped = s.set_cap_ack(true).is_ok();
-                let _ = s.set_rx_buf_sz(4 << 20);
-                Ok((s, capped))
-            })
-            .map_err(|e| err(format!("enter the namespace: {e}"), 0))?
-            .map_err(|e| err(e.to_string(), e.raw_os_error().unwrap_or(0)))?;
+        let (sock, capped) = socket_in(ns, protocol, "open a netlink socket", |mut s| {
+            s.bind_auto()?;
+            s.connect(&SocketAddr::new(0, 0))?;
+            // Best effort: error messages from the kernel and short acknowledgements.
+            let _ = s.set_ext_ack(true);
+            let capped = s.set_cap_ack(true).is_ok();
+            let _ = s.set_rx_buf_sz(4 << 20);
+            Ok((s, capped))
+        })?;
         Ok(Sock {
             sock,
             capped,
@@ -113,12 +103,7 @@ impl Sock {
     }
 
     fn io_err(&self, what: &str, e: io::Error) -> Error {
-        Error {
-            what: what.to_string(),
-            ns: self.ns.clone(),
-            errno: e.raw_os_error().unwrap_or(0),
-            detail: e.to_string(),
-        }
+        io_error(what, &self.ns, e)
     }
 
     fn encode<T: NetlinkSerializable>(&mut self, msg: T, flags: u16, out: &mut Vec<u8>) -> u32 {
@@ -285,6 +270,34 @@ impl Sock {
             errno: e.errno,
             detail: e.to_string(),
         })
+    }
+}
+
+/// A socket of `protocol` made inside `ns` and set up there by `setup` (so it stays bound to
+/// that namespace).
+fn socket_in<T: Send>(
+    ns: &NetNs,
+    protocol: isize,
+    what: &str,
+    setup: impl FnOnce(Socket) -> io::Result<T> + Send,
+) -> Result<T> {
+    ns.run(|| setup(Socket::new(protocol)?))
+        .map_err(|e| Error {
+            what: what.to_string(),
+            ns: ns.name().to_string(),
+            errno: 0,
+            detail: format!("enter the namespace: {e}"),
+        })?
+        .map_err(|e| io_error(what, ns.name(), e))
+}
+
+/// A failure of the socket itself (`what` in namespace `ns`).
+fn io_error(what: &str, ns: &str, e: io::Error) -> Error {
+    Error {
+        what: what.to_string(),
+        ns: ns.to_string(),
+        errno: e.raw_os_error().unwrap_or(0),
+        detail: e.to_string(),
     }
 }
 

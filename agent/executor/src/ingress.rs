@@ -32,19 +32,6 @@ pub(crate) struct IngressRt {
     specs: BTreeMap<String, vxlan::Network>,
 }
 
-impl IngressRt {
-    /// Whether the mesh last applied has an sbox (published ports balanced on this node).
-    pub(crate) fn has_sbox(&self) -> bool {
-        self.applied.as_ref().is_some_and(|a| a.sbox.is_some())
-    }
-
-    /// Makes the next [`Executor::sync_ingress`] apply the mesh even when its desired state is
-    /// unchanged (what it reads from the kernel, such as the node's addresses, changed).
-    pub(crate) fn forget_applied(&mut self) {
-        self.applied = None;
-    }
-}
-
 fn proto(p: Protocol) -> Proto {
     match p {
         Protocol::Tcp => Proto::Tcp,
@@ -501,6 +488,23 @@ impl Executor {
         );
         self.ingress.applied = Some(desired);
         Ok(())
+    }
+
+    /// An address of the node came or went (`node_addrs`): the mesh is applied again even
+    /// though its desired state is unchanged, when it has an sbox and so maybe a shortcut,
+    /// whose port map is keyed by the node's addresses.
+    pub(crate) async fn on_node_addresses(&mut self) {
+        if self
+            .ingress
+            .applied
+            .as_ref()
+            .is_none_or(|a| a.sbox.is_none())
+        {
+            return;
+        }
+        tracing::debug!("node addresses changed: the routing mesh is applied again");
+        self.ingress.applied = None;
+        self.sync_ingress_or_retry().await;
     }
 
     /// [`Executor::sync_ingress`], a failure retried by a full pass.

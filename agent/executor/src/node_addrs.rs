@@ -3,15 +3,16 @@
 //! added after the mesh was applied (a second address, an interface brought up later) would
 //! take the node's nftables path until the mesh next changed. A thread of its own, subscribed to
 //! the kernel's address notifications in the node's namespace, wakes the executor instead,
-//! which applies the mesh again (writing only what the new addresses need).
+//! which applies the mesh again (`Executor::on_node_addresses`, writing only what the new
+//! addresses need).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::node::{Ev, Executor};
+use crate::node::Ev;
 
 /// How often the watching thread looks whether the executor is still there.
 const CHECK_GONE: Duration = Duration::from_secs(1);
@@ -55,18 +56,5 @@ pub(crate) fn watch(node_netns: Option<PathBuf>, tx: mpsc::UnboundedSender<Ev>) 
         .spawn(run)
     {
         warn!(error = %e, "cannot start the thread that follows the node's addresses");
-    }
-}
-
-impl Executor {
-    /// An address of the node came or went: the mesh is applied again when it has a shortcut
-    /// to keep (its sbox balances published ports).
-    pub(crate) async fn on_node_addresses(&mut self) {
-        if !self.ingress.has_sbox() {
-            return;
-        }
-        debug!("node addresses changed: the routing mesh is applied again");
-        self.ingress.forget_applied();
-        self.sync_ingress_or_retry().await;
     }
 }
